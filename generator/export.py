@@ -1,0 +1,171 @@
+"""Writes the model files of every generated model into its version directory.
+
+Python-backend models get a real module from `generator.triton_models` (copied as model.py, with the shared
+numpy kernels beside it) plus their data as .npy/.npz; ONNX models are exported with `torch.onnx.export`
+(dynamic batch axis only, so ORT's exact output-shape check passes) and checked against PyTorch with ONNX Runtime
+before the build goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import warnings
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from generator import naming
+from generator.errors import RecgenError
+from generator.models import DLRM, DenseTower, pool_rows
+from generator.plan import Plan, ShardPlan, TablePlan
+from generator.render import Backend, Target, dense_inputs
+
+#: Model modules in `generator.triton_models`, by role.
+ROUTER_MODULE = "router_model.py"
+SHARD_MODULE = "shard_model.py"
+DENSE_MODULE = "dense_model.py"
+ONNX_RUNNER_MODULE = "onnx_model.py"
+#: Exported ONNX graphs must match PyTorch this closely on a random batch.
+ONNX_CHECK_ATOL = 1e-6
+_EXPORT_EXAMPLE_BATCH = 3
+
+
+def install_python_model(module: str, version_dir: Path) -> None:
+    """Copy a model module from the package as model.py, with the numpy kernels it imports."""
+    package = resources.files("generator.triton_models")
+    (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module).read_text())
+    (version_dir / naming.KERNELS_FILE).write_text(package.joinpath(naming.KERNELS_FILE).read_text())
+
+
+def export_router(plan: Plan, version_dir: Path) -> None:
+    """Router code, plus the hotness ranks of permuted tables."""
+    install_python_model(ROUTER_MODULE, version_dir)
+    ranks = {table.spec.name: table.rank_of_row() for table in plan.tables if table.row_order is not None}
+    if ranks:
+        np.savez(version_dir / naming.ROUTER_ROW_RANKS_FILE, **ranks)
+
+
+def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:
+    """The rows one shard holds, in hotness-rank order."""
+    original = table.original_rows()[shard.row_start : shard.row_end]
+    weight = model.embeddings[table.spec.name].detach().cpu().numpy()
+    return np.ascontiguousarray(weight[original], dtype=np.float32)
+
+
+class ShardPool(nn.Module):
+    """The ONNX graph of a shard: pool rows for local ids, -1 skipped."""
+
+    def __init__(self, rows: np.ndarray):
+        super().__init__()
+        self.register_buffer("rows", torch.from_numpy(rows))
+
+    def forward(self, local_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] local ids -> [B, dim] partial sum."""
+        return pool_rows(self.rows, local_ids)
+
+
+class DenseGraph(nn.Module):
+    """The ONNX graph of the dense model: add each table's partial sums, then the model's own DenseTower."""
+
+    def __init__(self, tower: DenseTower, shards_per_table: Sequence[int]):
+        super().__init__()
+        self.tower = tower
+        self.shards_per_table = list(shards_per_table)
+
+    def forward(self, dense_features: torch.Tensor, *partials: torch.Tensor) -> torch.Tensor:
+        """Dense features [B, D] and every shard's partial sum [B, dim], table by table -> score [B, 1]."""
+        pooled = []
+        start = 0
+        for count in self.shards_per_table:
+            total = partials[start]
+            for partial in partials[start + 1 : start + count]:
+                total = total + partial
+            pooled.append(total)
+            start += count
+        return self.tower(dense_features, pooled)
+
+
+def _export_onnx(
+    module: nn.Module, example: tuple[torch.Tensor, ...], names: Sequence[str], output_name: str, path: Path
+) -> None:
+    """Export with a dynamic batch axis on every input, then check ORT against PyTorch on the example."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    dynamic_shapes = tuple({0: batch} for _ in example)
+    # The exporter prints progress and warns about internals that are not the user's business.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=list(names),
+            output_names=[output_name],
+            dynamic_shapes=dynamic_shapes,
+            dynamo=True,
+            external_data=False,
+        )
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {name: tensor.numpy() for name, tensor in zip(names, example, strict=True)})
+    with torch.no_grad():
+        expected = module(*example).numpy()
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=ONNX_CHECK_ATOL, rtol=0):
+        raise RecgenError(f"exported {path} differs from PyTorch (max |diff| {np.abs(got - expected).max():.3g})")
+
+
+def export_shard(
+    model: DLRM, table: TablePlan, shard: ShardPlan, backend: Backend, target: Target, version_dir: Path
+) -> None:
+    """One shard's rows, as rows.npy (python) or model.onnx (onnx)."""
+    rows = shard_rows(model, table, shard)
+    if backend == "python":
+        install_python_model(SHARD_MODULE, version_dir)
+        np.save(version_dir / naming.SHARD_ROWS_FILE, rows)
+        return
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randint(
+        -1, shard.num_rows, (_EXPORT_EXAMPLE_BATCH, table.spec.max_ids_per_sample), generator=generator
+    )
+    _export_onnx(
+        ShardPool(rows),
+        (example,),
+        [naming.SHARD_INPUT],
+        naming.SHARD_OUTPUT,
+        version_dir / naming.ONNX_MODEL_FILE,
+    )
+    if target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+def export_dense(model: DLRM, plan: Plan, backend: Backend, target: Target, version_dir: Path) -> None:
+    """The dense tower's weights, as dense.npz (python) or model.onnx (onnx)."""
+    if backend == "python":
+        install_python_model(DENSE_MODULE, version_dir)
+        weights = {key: value.detach().cpu().numpy() for key, value in model.dense.state_dict().items()}
+        np.savez(version_dir / naming.DENSE_WEIGHTS_FILE, **weights)
+        return
+    graph = DenseGraph(model.dense, [len(table.shards) for table in plan.tables]).eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs = dense_inputs(plan, model.num_dense_features)
+    example = tuple(torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
+    names = [spec.name for spec in inputs]
+    _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE)
+    if target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+def directory_bytes(path: Path) -> int:
+    """Total size of the files under `path`."""
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory we created (temporary build output)."""
+    shutil.rmtree(path, ignore_errors=True)

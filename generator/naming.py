@@ -1,0 +1,72 @@
+"""Every naming rule of a generated repository, in one place.
+
+Model (directory) names, tensor names on ensemble edges, and file names inside version directories are derived
+here and nowhere else; the Python-backend models read the names they need from their config.pbtxt parameters,
+so they never re-derive them.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Version directory every generated model uses (Triton needs a numeric one, even for ensembles).
+MODEL_VERSION = "1"
+CONFIG_FILE = "config.pbtxt"
+PYTHON_MODEL_FILE = "model.py"
+ONNX_MODEL_FILE = "model.onnx"
+#: Pure-numpy helpers shared by the Python-backend models, copied next to each model.py.
+KERNELS_FILE = "recgen_kernels.py"
+SHARD_ROWS_FILE = "rows.npy"
+DENSE_WEIGHTS_FILE = "dense.npz"
+ROUTER_ROW_RANKS_FILE = "row_ranks.npz"
+MANIFEST_FILE = "recgen_manifest.json"
+
+#: Request contract (DESIGN.md): ensemble inputs and output.
+DENSE_FEATURES = "dense_features"
+SCORE = "score"
+
+#: Tensor names inside a shard model and a dense model (shared by every shard).
+SHARD_INPUT = "local_ids"
+SHARD_OUTPUT = "partial_sum"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def is_valid_identifier(name: str) -> bool:
+    """Whether `name` may be used as a model or table name (letters, digits, '_'; starts with a letter)."""
+    return bool(_IDENTIFIER.match(name)) and "__" not in name
+
+
+def sparse_input(table: str) -> str:
+    """Ensemble input carrying the multi-hot ids of `table`."""
+    return f"sparse_{table}"
+
+
+def local_ids(table: str, shard: int) -> str:
+    """Ensemble tensor from the router to one shard: local row ids, -1 where an id is not in that shard."""
+    return f"local_ids__{table}__{shard}"
+
+
+def partial_sum(table: str, shard: int) -> str:
+    """Ensemble tensor from one shard to the dense model: the pooled partial sum over that shard's rows."""
+    return f"partial_sum__{table}__{shard}"
+
+
+def router_model(model: str) -> str:
+    """Triton model name of the router."""
+    return f"{model}_router"
+
+
+def shard_model(model: str, table: str, shard: int) -> str:
+    """Triton model name of shard `shard` of `table`."""
+    return f"{model}_shard_{table}_{shard}"
+
+
+def dense_model(model: str) -> str:
+    """Triton model name of the dense model (bottom MLP, interaction, top MLP)."""
+    return f"{model}_dense"
+
+
+def ensemble_model(model: str) -> str:
+    """Triton model name of the ensemble: the model's own name, the endpoint clients call."""
+    return model

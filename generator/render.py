@@ -1,0 +1,297 @@
+"""The one mapping from a plan to Triton's config schema (`model_config_pb2.ModelConfig` messages).
+
+Configs are built as protobuf messages, written with `text_format`, and parsed back strictly with the schema of
+the 2.51 server (tritonclient 2.51's `model_config_pb2`) before a build succeeds. `check_ensemble` checks the
+ensemble's data flow mechanically: every step's tensors exist in the composed model with the same dtype and
+dims, every intermediate tensor is produced exactly once and consumed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from generator import naming
+from generator.errors import ConfigValidationError
+from generator.plan import Placement, Plan, ShardPlan, TablePlan
+
+Backend = Literal["python", "onnx"]
+Target = Literal["embedded", "container"]
+BACKENDS: tuple[Backend, ...] = ("python", "onnx")
+TARGETS: tuple[Target, ...] = ("embedded", "container")
+
+#: ORT threads per instance: instances are the unit of parallelism on few cores, so one thread each avoids
+#: oversubscription (ORT's default is one thread per core *per instance*).
+ORT_THREADS_PER_INSTANCE = 1
+
+_KIND = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor of a model's signature; `dims` exclude the batch dimension."""
+
+    name: str
+    data_type: int
+    dims: tuple[int, ...]
+
+
+def _fp32(name: str, *dims: int) -> TensorSpec:
+    return TensorSpec(name, mc.TYPE_FP32, dims)
+
+
+def _int64(name: str, *dims: int) -> TensorSpec:
+    return TensorSpec(name, mc.TYPE_INT64, dims)
+
+
+def ensemble_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
+    """The request contract: dense features, then one multi-hot id tensor per table."""
+    return [_fp32(naming.DENSE_FEATURES, num_dense_features)] + [
+        _int64(naming.sparse_input(table.spec.name), table.spec.max_ids_per_sample) for table in plan.tables
+    ]
+
+
+def ensemble_outputs() -> list[TensorSpec]:
+    """The request contract's output."""
+    return [_fp32(naming.SCORE, 1)]
+
+
+def _add_tensors(target: Iterable[mc.ModelInput] | Iterable[mc.ModelOutput], specs: Sequence[TensorSpec]) -> None:
+    for spec in specs:
+        tensor = target.add()  # type: ignore[attr-defined]
+        tensor.name = spec.name
+        tensor.data_type = spec.data_type
+        tensor.dims.extend(spec.dims)
+
+
+def _base_config(
+    name: str, max_batch_size: int, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, outputs)
+    return config
+
+
+def _serving_config(
+    name: str,
+    backend: str,
+    max_batch_size: int,
+    placement: Placement,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    parameters: Mapping[str, str] | None = None,
+) -> mc.ModelConfig:
+    """A leaf model: backend, one instance group, dynamic batching across concurrent requests."""
+    config = _base_config(name, max_batch_size, inputs, outputs)
+    config.backend = backend
+    config.instance_group.add(kind=_KIND[placement.device], count=placement.instance_count)
+    # An empty dynamic_batching block batches whatever is queued without waiting (delay 0).
+    config.dynamic_batching.SetInParent()
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def _ort_parameters() -> dict[str, str]:
+    threads = str(ORT_THREADS_PER_INSTANCE)
+    return {"intra_op_thread_count": threads, "inter_op_thread_count": threads}
+
+
+def _leaf_backend(backend: Backend, target: Target) -> tuple[str, dict[str, str]]:
+    """Triton backend and parameters of a shard or dense model for this backend/target pair."""
+    if backend == "onnx":
+        return ("onnxruntime" if target == "container" else "python"), _ort_parameters()
+    return "python", {}
+
+
+def router_config(plan: Plan) -> mc.ModelConfig:
+    """Router: sparse ids in, per-shard local ids out; the routing table travels as a parameter."""
+    inputs = [_int64(naming.sparse_input(t.spec.name), t.spec.max_ids_per_sample) for t in plan.tables]
+    outputs = [
+        _int64(naming.local_ids(t.spec.name, s.index), t.spec.max_ids_per_sample) for t in plan.tables for s in t.shards
+    ]
+    routing = {
+        "tables": [
+            {
+                "table": t.spec.name,
+                "input": naming.sparse_input(t.spec.name),
+                "num_rows": t.spec.num_rows,
+                "boundaries": t.boundaries,
+                "outputs": [naming.local_ids(t.spec.name, s.index) for s in t.shards],
+                "permuted": t.row_order is not None,
+            }
+            for t in plan.tables
+        ]
+    }
+    return _serving_config(
+        naming.router_model(plan.model_name),
+        "python",
+        plan.max_batch_size,
+        plan.router,
+        inputs,
+        outputs,
+        {"routing": json.dumps(routing, separators=(",", ":"))},
+    )
+
+
+def shard_config(plan: Plan, table: TablePlan, shard: ShardPlan, backend: Backend, target: Target) -> mc.ModelConfig:
+    """Shard: local ids [L] in, pooled partial sum [dim] out."""
+    triton_backend, parameters = _leaf_backend(backend, target)
+    return _serving_config(
+        naming.shard_model(plan.model_name, table.spec.name, shard.index),
+        triton_backend,
+        plan.max_batch_size,
+        shard.placement,
+        [_int64(naming.SHARD_INPUT, table.spec.max_ids_per_sample)],
+        [_fp32(naming.SHARD_OUTPUT, table.spec.dim)],
+        parameters,
+    )
+
+
+def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
+    """Dense features, then every shard's partial sum, table by table (the ONNX graph's input order)."""
+    return [_fp32(naming.DENSE_FEATURES, num_dense_features)] + [
+        _fp32(naming.partial_sum(t.spec.name, s.index), t.spec.dim) for t in plan.tables for s in t.shards
+    ]
+
+
+def dense_config(plan: Plan, num_dense_features: int, backend: Backend, target: Target) -> mc.ModelConfig:
+    """Dense model: dense features and all partial sums in, score out."""
+    triton_backend, parameters = _leaf_backend(backend, target)
+    if backend == "python":
+        layout = {
+            "dense_input": naming.DENSE_FEATURES,
+            "output": naming.SCORE,
+            "tables": [
+                {
+                    "table": t.spec.name,
+                    "partials": [naming.partial_sum(t.spec.name, s.index) for s in t.shards],
+                }
+                for t in plan.tables
+            ],
+        }
+        parameters = {"dense": json.dumps(layout, separators=(",", ":"))}
+    return _serving_config(
+        naming.dense_model(plan.model_name),
+        triton_backend,
+        plan.max_batch_size,
+        plan.dense,
+        dense_inputs(plan, num_dense_features),
+        ensemble_outputs(),
+        parameters,
+    )
+
+
+def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
+    """Ensemble: router, then every shard (dispatched together), then dense; named after the model."""
+    config = _base_config(
+        naming.ensemble_model(plan.model_name),
+        plan.max_batch_size,
+        ensemble_inputs(plan, num_dense_features),
+        ensemble_outputs(),
+    )
+    config.platform = "ensemble"
+    steps = config.ensemble_scheduling.step
+    router = steps.add(model_name=naming.router_model(plan.model_name), model_version=-1)
+    for table in plan.tables:
+        router.input_map[naming.sparse_input(table.spec.name)] = naming.sparse_input(table.spec.name)
+        for shard in table.shards:
+            local = naming.local_ids(table.spec.name, shard.index)
+            router.output_map[local] = local
+            step = steps.add(
+                model_name=naming.shard_model(plan.model_name, table.spec.name, shard.index), model_version=-1
+            )
+            step.input_map[naming.SHARD_INPUT] = local
+            step.output_map[naming.SHARD_OUTPUT] = naming.partial_sum(table.spec.name, shard.index)
+    dense = steps.add(model_name=naming.dense_model(plan.model_name), model_version=-1)
+    for spec in dense_inputs(plan, num_dense_features):
+        dense.input_map[spec.name] = spec.name
+    dense.output_map[naming.SCORE] = naming.SCORE
+    return config
+
+
+def to_text(config: mc.ModelConfig) -> str:
+    """config.pbtxt text of a message."""
+    return text_format.MessageToString(config)
+
+
+def parse_strict(text: str, source: str = "config.pbtxt") -> mc.ModelConfig:
+    """Parse config.pbtxt text with Triton's schema, rejecting unknown fields and duplicated scalars."""
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as error:
+        raise ConfigValidationError(
+            f"{source} does not parse with Triton 2.51's model_config schema: {error}"
+        ) from error
+
+
+def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
+    """Write `model_dir/config.pbtxt` and prove it parses back to the same message."""
+    path = model_dir / naming.CONFIG_FILE
+    text = to_text(config)
+    path.write_text(text)
+    if parse_strict(path.read_text(), str(path)) != config:
+        raise ConfigValidationError(f"{path} does not round-trip: the parsed config differs from the rendered one")
+    return path
+
+
+def _tensor_signature(
+    tensors: Iterable[mc.ModelInput] | Iterable[mc.ModelOutput],
+) -> dict[str, tuple[int, tuple]]:
+    return {tensor.name: (tensor.data_type, tuple(tensor.dims)) for tensor in tensors}
+
+
+def check_ensemble(ensemble: mc.ModelConfig, composing: Mapping[str, mc.ModelConfig]) -> None:
+    """Raise ConfigValidationError unless the ensemble's steps form a consistent data flow (Triton's load rules)."""
+    problems: list[str] = []
+    known: dict[str, tuple[int, tuple]] = _tensor_signature(ensemble.input)
+    produced: Counter[str] = Counter()
+    consumed: Counter[str] = Counter()
+    for step in ensemble.ensemble_scheduling.step:
+        model = composing.get(step.model_name)
+        if model is None:
+            problems.append(f"step model {step.model_name!r} is not generated")
+            continue
+        if model.max_batch_size and ensemble.max_batch_size > model.max_batch_size:
+            problems.append(f"ensemble max_batch_size exceeds {step.model_name!r}'s {model.max_batch_size}")
+        model_inputs = _tensor_signature(model.input)
+        model_outputs = _tensor_signature(model.output)
+        if set(step.input_map) != set(model_inputs):
+            problems.append(
+                f"step {step.model_name!r} maps inputs {sorted(step.input_map)}, model has {sorted(model_inputs)}"
+            )
+        for model_tensor, ensemble_tensor in step.input_map.items():
+            consumed[ensemble_tensor] += 1
+            if ensemble_tensor not in known:
+                problems.append(f"step {step.model_name!r} reads {ensemble_tensor!r} before any step produces it")
+            elif model_tensor in model_inputs and known[ensemble_tensor] != model_inputs[model_tensor]:
+                problems.append(
+                    f"{ensemble_tensor!r} feeds {step.model_name}.{model_tensor} with another dtype or shape"
+                )
+        for model_tensor, ensemble_tensor in step.output_map.items():
+            if model_tensor not in model_outputs:
+                problems.append(f"step {step.model_name!r} maps unknown output {model_tensor!r}")
+                continue
+            produced[ensemble_tensor] += 1
+            known[ensemble_tensor] = model_outputs[model_tensor]
+    outputs = _tensor_signature(ensemble.output)
+    problems += [f"{name!r} is produced {count} times" for name, count in produced.items() if count > 1]
+    problems += [
+        f"ensemble input {name!r} is never consumed" for name in _tensor_signature(ensemble.input) if not consumed[name]
+    ]
+    problems += [
+        f"intermediate tensor {name!r} is never consumed"
+        for name in produced
+        if name not in outputs and not consumed[name]
+    ]
+    problems += [f"ensemble output {name!r} is not written" for name in outputs if not produced[name]]
+    if problems:
+        raise ConfigValidationError(f"ensemble {ensemble.name!r} is inconsistent: " + "; ".join(problems))

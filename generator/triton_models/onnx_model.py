@@ -1,0 +1,68 @@
+"""Runs `model.onnx` with ONNX Runtime inside the Python backend (the embedded server has no ORT backend).
+
+Inputs and outputs are those of the config; config parameters `intra_op_thread_count` and
+`inter_op_thread_count` size ORT's thread pools, as they do for Triton's native onnxruntime backend. A KIND_GPU
+instance uses ORT's CUDA provider on its device when the installed onnxruntime has it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+try:  # inside Triton
+    import triton_python_backend_utils as pb_utils
+except ModuleNotFoundError:  # imported by tests or tooling
+    pb_utils = None
+
+try:  # a generated repository has the kernels next to this file
+    import recgen_kernels as kernels
+except ModuleNotFoundError:
+    from generator.triton_models import recgen_kernels as kernels
+
+ONNX_FILE = "model.onnx"
+
+
+def _int_parameter(config: dict[str, Any], key: str, default: int) -> int:
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return int(value) if value else default
+
+
+class TritonPythonModel:
+    """Triton entry point."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Open one ORT session per instance with the configured thread counts."""
+        config = json.loads(args["model_config"])
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = _int_parameter(config, "intra_op_thread_count", 1)
+        options.inter_op_num_threads = _int_parameter(config, "inter_op_thread_count", 1)
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
+        path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """Run all batched requests as one ORT call, then split the outputs back per request."""
+        feeds = {}
+        split_points: list[int] = []
+        for name in self.input_names:
+            feeds[name], split_points = kernels.stack_requests(
+                [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for request in requests]
+            )
+        results = self.session.run(self.output_names, feeds)
+        per_output = [kernels.unstack_responses(result, split_points) for result in results]
+        return [
+            pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor(name, parts[index]) for name, parts in zip(self.output_names, per_output, strict=True)
+                ]
+            )
+            for index in range(len(requests))
+        ]

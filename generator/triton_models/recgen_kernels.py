@@ -1,0 +1,98 @@
+"""Numpy kernels of the generated Python-backend models: routing, pooling, the dense tower.
+
+Copied next to every generated model.py, so it must depend on numpy only (the NGC container's Python backend
+has no recgen installed) and run on Python 3.10.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+PADDING_ID = -1
+
+
+def first_bad_id(ids: np.ndarray, num_rows: int) -> int | None:
+    """The first id outside [-1, num_rows), or None when every id is valid."""
+    if ids.size == 0:
+        return None
+    bad = (ids < PADDING_ID) | (ids >= num_rows)
+    if not bad.any():
+        return None
+    return int(ids[bad][0])
+
+
+def route(ids: np.ndarray, boundaries: np.ndarray, rank_of_row: np.ndarray | None = None) -> list[np.ndarray]:
+    """Split ids [B, L] into one local-id array [B, L] per shard, -1 where an id belongs to another shard.
+
+    `boundaries` are the shard boundaries in hotness-rank space ([0, ..., num_rows]); `rank_of_row` maps an
+    original row id to its rank (None: identity). Ids must already be valid (see `first_bad_id`).
+    """
+    present = ids >= 0
+    if rank_of_row is None:
+        ranks = ids
+    else:
+        ranks = np.where(present, rank_of_row[np.where(present, ids, 0)], PADDING_ID)
+    # Rank -1 (padding) lands left of boundaries[0] == 0, i.e. in no shard.
+    shard_of_id = np.searchsorted(boundaries, ranks, side="right") - 1
+    return [
+        np.where(shard_of_id == shard, ranks - boundaries[shard], PADDING_ID).astype(np.int64, copy=False)
+        for shard in range(len(boundaries) - 1)
+    ]
+
+
+def pool(rows: np.ndarray, local_ids: np.ndarray) -> np.ndarray:
+    """Sum of rows[local_ids] over each sample [B, L] -> [B, dim], skipping -1."""
+    present = local_ids >= 0
+    gathered = rows[np.where(present, local_ids, 0)]
+    gathered *= present[..., np.newaxis]
+    return gathered.sum(axis=1, dtype=rows.dtype)
+
+
+def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    return x @ weight.T + bias
+
+
+def mlp(x: np.ndarray, layers: Sequence[tuple[np.ndarray, np.ndarray]], *, relu_last: bool) -> np.ndarray:
+    """Linear layers with ReLU between them (and after the last one when `relu_last`)."""
+    for index, (weight, bias) in enumerate(layers):
+        x = _linear(x, weight, bias)
+        if relu_last or index < len(layers) - 1:
+            x = np.maximum(x, 0, out=x)
+    return x
+
+
+def mlp_layers(weights: Mapping[str, np.ndarray], prefix: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Layers stored as `{prefix}.{i}.weight` / `{prefix}.{i}.bias`, in order of i."""
+    indices = sorted({int(key.split(".")[1]) for key in weights if key.startswith(prefix + ".")})
+    return [(weights[f"{prefix}.{i}.weight"], weights[f"{prefix}.{i}.bias"]) for i in indices]
+
+
+def dense_tower(
+    dense_features: np.ndarray,
+    pooled: Sequence[np.ndarray],
+    bottom: Sequence[tuple[np.ndarray, np.ndarray]],
+    top: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """Bottom MLP, pairwise dot interaction (strict upper triangle), top MLP, sigmoid: [B, 1]."""
+    bottom_out = mlp(dense_features, bottom, relu_last=True)
+    vectors = np.stack([bottom_out, *pooled], axis=1)
+    gram = vectors @ vectors.transpose(0, 2, 1)
+    rows, cols = np.triu_indices(vectors.shape[1], k=1)
+    logits = mlp(np.concatenate([bottom_out, gram[:, rows, cols]], axis=1), top, relu_last=False)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
+
+
+def stack_requests(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """Concatenate the same input of several batched requests; returns the stack and the split points."""
+    split_points = np.cumsum([array.shape[0] for array in arrays])[:-1].tolist()
+    stacked = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    return stacked, split_points
+
+
+def unstack_responses(array: np.ndarray, split_points: Sequence[int]) -> list[np.ndarray]:
+    """Undo `stack_requests` on an output: one contiguous array per request."""
+    if not split_points:
+        return [array]
+    return [np.ascontiguousarray(part) for part in np.split(array, split_points, axis=0)]
