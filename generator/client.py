@@ -94,7 +94,7 @@ class RankingClient:
             self.client = self.module.InferenceServerClient(url)
 
     def infer(self, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Send raw tensors (any names, dtypes, shapes) and return `score`; server errors raise InferenceServerException."""
+        """Send raw tensors (any names, dtypes, shapes); returns `score`, raises InferenceServerException on errors."""
         inputs = []
         for name, array in tensors.items():
             infer_input = self.module.InferInput(name, list(array.shape), _triton_dtype(array))

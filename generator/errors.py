@@ -7,6 +7,7 @@ The hierarchy, so callers can catch at the level they care about::
     │   ├── ModelFileError           a model file cannot be read or does not follow the DLRM protocol
     │   ├── PlanError                a plan is inconsistent with its model or with itself
     │   └── OutputExistsError        the output directory exists and `--force` was not given
+    ├── ExportError                  torch.onnx.export failed, or its graph disagrees with PyTorch
     ├── ConfigValidationError        a generated config.pbtxt does not parse back with Triton's schema (a bug)
     ├── ServerError                  the embedded tritonserver could not be started or stopped
     │   └── ModelLoadError           the server started but a model failed to load
@@ -34,6 +35,10 @@ class PlanError(UserInputError):
 
 class OutputExistsError(UserInputError):
     """The output directory exists and overwriting was not requested."""
+
+
+class ExportError(RecgenError):
+    """torch.onnx.export failed, or the exported graph disagrees with PyTorch on a check batch."""
 
 
 class ConfigValidationError(RecgenError):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from generator import naming
-from generator.errors import RecgenError
+from generator.errors import ExportError
 from generator.models import DLRM, DenseTower, pool_rows
 from generator.plan import Plan, ShardPlan, TablePlan
 from generator.render import Backend, Target, dense_inputs
@@ -34,6 +35,7 @@ ONNX_RUNNER_MODULE = "onnx_model.py"
 #: Exported ONNX graphs must match PyTorch this closely on a random batch.
 ONNX_CHECK_ATOL = 1e-6
 _EXPORT_EXAMPLE_BATCH = 3
+_BATCH_DIM = torch.export.Dim("batch", min=1, max=1 << 20)
 
 
 def install_python_model(module: str, version_dir: Path) -> None:
@@ -91,25 +93,55 @@ class DenseGraph(nn.Module):
         return self.tower(dense_features, pooled)
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[io.StringIO]:
+    """Capture the exporter's progress prints, warnings and log lines (about internals, not the user's model)."""
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as progress:
+            warnings.simplefilter("ignore")
+            yield progress
+    finally:
+        onnx_logger.setLevel(level)
+
+
 def _export_onnx(
-    module: nn.Module, example: tuple[torch.Tensor, ...], names: Sequence[str], output_name: str, path: Path
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    names: Sequence[str],
+    output_name: str,
+    path: Path,
+    *,
+    varargs_after: int | None = None,
 ) -> None:
-    """Export with a dynamic batch axis on every input, then check ORT against PyTorch on the example."""
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    dynamic_shapes = tuple({0: batch} for _ in example)
+    """Export with a dynamic batch axis on every input, then check ORT against PyTorch on the example.
+
+    `varargs_after`: the forward takes `*args` from this position on (their dynamic shapes nest as one tuple).
+    """
+    batch = _BATCH_DIM
+    per_input: list[object] = [{0: batch} for _ in example]
+    dynamic_shapes = (
+        tuple(per_input) if varargs_after is None else (*per_input[:varargs_after], tuple(per_input[varargs_after:]))
+    )
     # The exporter prints progress and warns about internals that are not the user's business.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            input_names=list(names),
-            output_names=[output_name],
-            dynamic_shapes=dynamic_shapes,
-            dynamo=True,
-            external_data=False,
-        )
+    with _quiet_exporter() as progress:
+        try:
+            torch.onnx.export(
+                module,
+                example,
+                str(path),
+                input_names=list(names),
+                output_names=[output_name],
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                external_data=False,
+            )
+        except Exception as error:  # the exporter raises many types; all mean "this graph did not export"
+            raise ExportError(
+                f"torch.onnx.export failed for {path.parent.parent.name}: {error}\n{progress.getvalue()}"
+            ) from error
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -117,7 +149,7 @@ def _export_onnx(
     with torch.no_grad():
         expected = module(*example).numpy()
     if got.shape != expected.shape or not np.allclose(got, expected, atol=ONNX_CHECK_ATOL, rtol=0):
-        raise RecgenError(f"exported {path} differs from PyTorch (max |diff| {np.abs(got - expected).max():.3g})")
+        raise ExportError(f"exported {path} differs from PyTorch (max |diff| {np.abs(got - expected).max():.3g})")
 
 
 def export_shard(
@@ -156,7 +188,7 @@ def export_dense(model: DLRM, plan: Plan, backend: Backend, target: Target, vers
     inputs = dense_inputs(plan, model.num_dense_features)
     example = tuple(torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
     names = [spec.name for spec in inputs]
-    _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE)
+    _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)
     if target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
 

@@ -129,12 +129,19 @@ class DLRM(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.embeddings = nn.ParameterDict()
         for table in self.tables:
-            bound = math.sqrt(1.0 / table.num_rows)
+            # Rows of norm ~1, so every pooled vector moves the score visibly (a routing bug cannot hide under 1e-5).
+            bound = math.sqrt(3.0 / table.dim)
             weight = (torch.rand(table.num_rows, table.dim, generator=generator) * 2 - 1) * bound
             self.embeddings[table.name] = nn.Parameter(weight)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.dense = DenseTower(num_dense_features, len(self.tables), self.bottom_mlp, self.top_mlp)
+        self.dense = DenseTower(num_dense_features, len(self.tables), self.bottom_mlp, self.top_mlp)
+        # He initialisation keeps activations O(1) through the ReLU stack, so scores spread over (0, 1)
+        # instead of sitting at 0.5: served-vs-reference checks then see every input.
+        for layer in self.dense.modules():
+            if isinstance(layer, nn.Linear):
+                fan_in = layer.in_features
+                with torch.no_grad():
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * math.sqrt(2.0 / fan_in))
+                    layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * 0.1)
 
     @property
     def table_names(self) -> list[str]:

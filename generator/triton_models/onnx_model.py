@@ -61,7 +61,8 @@ class TritonPythonModel:
         return [
             pb_utils.InferenceResponse(
                 output_tensors=[
-                    pb_utils.Tensor(name, parts[index]) for name, parts in zip(self.output_names, per_output, strict=True)
+                    pb_utils.Tensor(name, parts[index])
+                    for name, parts in zip(self.output_names, per_output, strict=True)
                 ]
             )
             for index in range(len(requests))

@@ -30,10 +30,7 @@ def route(ids: np.ndarray, boundaries: np.ndarray, rank_of_row: np.ndarray | Non
     original row id to its rank (None: identity). Ids must already be valid (see `first_bad_id`).
     """
     present = ids >= 0
-    if rank_of_row is None:
-        ranks = ids
-    else:
-        ranks = np.where(present, rank_of_row[np.where(present, ids, 0)], PADDING_ID)
+    ranks = ids if rank_of_row is None else np.where(present, rank_of_row[np.where(present, ids, 0)], PADDING_ID)
     # Rank -1 (padding) lands left of boundaries[0] == 0, i.e. in no shard.
     shard_of_id = np.searchsorted(boundaries, ranks, side="right") - 1
     return [
