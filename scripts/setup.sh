@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs recgen with every dependency, pinned by constraints.txt.
+# PYTHON picks the interpreter (default python3; the torch pin has a CPU wheel for 3.11 on these machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'

@@ -1,0 +1,120 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from generator import build, export, naming
+from generator.errors import ExportError, OutputExistsError, UserInputError
+from generator.plan import uniform_plan
+from tests.conftest import tiny_model, wide_model
+
+
+def _build(tmp_path: Path, backend="python", target="embedded", force=False, **plan_args):
+    model = tiny_model()
+    plan = uniform_plan(model, shards_per_table=3, **plan_args)
+    return build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend, target=target, force=force)
+
+
+def test_python_build_layout(tmp_path: Path) -> None:
+    result = _build(tmp_path)
+    repo = tmp_path / "repo"
+    names = sorted(p.name for p in repo.iterdir() if p.is_dir())
+    assert names == sorted(
+        ["dlrm_router", "dlrm_dense", "dlrm_shard_one_row_0"]
+        + [f"dlrm_shard_{t}_{i}" for t in ("small", "medium") for i in range(3)]
+    )
+    for name in names:
+        version = repo / name / "1"
+        assert (repo / name / "config.pbtxt").is_file()
+        assert (version / "model.py").is_file() and (version / naming.KERNELS_FILE).is_file()
+    assert (repo / "dlrm_shard_small_1" / "1" / "rows.npy").is_file()
+    assert (repo / "dlrm_dense" / "1" / "dense.npz").is_file()
+    assert (tmp_path / "ens" / "dlrm" / "config.pbtxt").is_file()
+    assert (tmp_path / "ens" / "dlrm" / "1").is_dir()
+    manifest = json.loads((repo / naming.MANIFEST_FILE).read_text())
+    assert manifest["format_version"] == 1 and manifest["backend"] == "python"
+    assert [len(t["shards"]) for t in manifest["tables"]] == [1, 3, 3]
+    text = str(result)
+    assert "dlrm_shard_medium_2" in text and "tritonserver --model-repository=/models" in text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary directories left behind"
+
+
+def test_shard_rows_are_the_planned_range(tmp_path: Path) -> None:
+    _build(tmp_path)
+    weight = tiny_model().embeddings["medium"].detach().numpy()
+    rows = np.load(tmp_path / "repo" / "dlrm_shard_medium_1" / "1" / "rows.npy")
+    np.testing.assert_array_equal(rows, weight[333:666])
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    _build(tmp_path)
+    with pytest.raises(OutputExistsError, match="--force"):
+        _build(tmp_path)
+    _build(tmp_path, force=True, instance_count=3)
+    assert "count: 3" in (tmp_path / "repo" / "dlrm_dense" / "config.pbtxt").read_text()
+
+
+def test_failed_build_keeps_previous_output_and_leaves_no_temporaries(tmp_path: Path, monkeypatch) -> None:
+    _build(tmp_path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+    def explode(*args, **kwargs):
+        raise ExportError("simulated export failure")
+
+    monkeypatch.setattr(export, "export_dense", explode)
+    with pytest.raises(ExportError, match="simulated"):
+        _build(tmp_path, force=True)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_failed_first_build_writes_nothing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(export, "export_dense", lambda *a, **k: (_ for _ in ()).throw(ExportError("boom")))
+    with pytest.raises(ExportError):
+        _build(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_must_be_separate(tmp_path: Path) -> None:
+    model = tiny_model()
+    with pytest.raises(UserInputError, match="separate"):
+        build.build(model, uniform_plan(model), tmp_path / "x", tmp_path / "x" / "ens")
+
+
+def test_plan_of_another_model_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="do not match"):
+        build.build(wide_model(), uniform_plan(tiny_model()), tmp_path / "r", tmp_path / "e")
+
+
+def test_onnx_container_build_has_native_ort_configs_and_no_python(tmp_path: Path) -> None:
+    result = _build(tmp_path, backend="onnx", target="container", device="gpu")
+    shard_dir = tmp_path / "repo" / "dlrm_shard_small_0"
+    assert sorted(p.name for p in (shard_dir / "1").iterdir()) == ["model.onnx"]
+    assert 'backend: "onnxruntime"' in (shard_dir / "config.pbtxt").read_text()
+    assert "KIND_GPU" in (shard_dir / "config.pbtxt").read_text()
+    assert "--gpus=all" in result.container_command()
+
+
+def test_onnx_graphs_match_pytorch(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    model = tiny_model()
+    _build(tmp_path, backend="onnx")
+    shard = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_shard_medium_2" / "1" / "model.onnx"))
+    local_ids = np.array([[0], [-1], [333]], dtype=np.int64)
+    (pooled,) = shard.run(None, {"local_ids": local_ids})
+    weight = model.embeddings["medium"].detach().numpy()
+    np.testing.assert_allclose(pooled, np.stack([weight[666], np.zeros(8), weight[999]]), atol=1e-6)
+    dense = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_dense" / "1" / "model.onnx"))
+    names = [i.name for i in dense.get_inputs()]
+    assert names[0] == "dense_features" and len(names) == 1 + 7
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal((1, i.shape[1])).astype(np.float32) for i in dense.get_inputs()}
+    (score,) = dense.run(None, feeds)
+    pooled_per_table = [
+        sum(torch.from_numpy(feeds[n]) for n in names[1:] if n.startswith(f"partial_sum__{t.name}__"))
+        for t in model.tables
+    ]
+    expected = model.dense(torch.from_numpy(feeds["dense_features"]), pooled_per_table).detach().numpy()
+    np.testing.assert_allclose(score, expected, atol=1e-6)

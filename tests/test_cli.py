@@ -1,0 +1,182 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from generator import serve
+from generator.cli import main
+from tests.conftest import requires_server
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    code, out = _run("example", "--out", str(model))
+    assert code == 0 and "8 tables" in out and model.is_file()
+    code, out = _run(
+        "build",
+        "--model",
+        str(model),
+        "--out",
+        str(tmp_path / "r"),
+        "--ensembles",
+        str(tmp_path / "e"),
+        "--shards-per-table",
+        "1",
+        "--target",
+        "container",
+    )
+    assert code == 0, out
+    assert "wrote 11 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
+
+
+def test_build_errors_name_the_problem(tmp_path: Path) -> None:
+    code, out = _run("build", "--model", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "r"))
+    assert code == 1 and "ModelFileError" in out and "does not exist" in out
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    (tmp_path / "r").mkdir()
+    code, out = _run("build", "--model", str(model), "--out", str(tmp_path / "r"), "--ensembles", str(tmp_path / "e"))
+    assert code == 1 and "OutputExistsError" in out and "--force" in out
+    code, out = _run("build", "--model", str(model), "--shards-per-table", "0")
+    assert code == 2 and "--shards-per-table" in out
+
+
+def test_check_without_server_fails_cleanly(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    port = serve.free_ports(1)[0]
+    result = CliRunner().invoke(main, ["check", "--model", str(model), "--url", f"127.0.0.1:{port}"])
+    assert result.exit_code != 0
+
+
+@requires_server
+@pytest.mark.server
+def test_serve_check_and_sigterm(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    code, out = _run(
+        "build",
+        "--model",
+        str(model),
+        "--out",
+        str(tmp_path / "r"),
+        "--ensembles",
+        str(tmp_path / "e"),
+        "--shards-per-table",
+        "1",
+    )
+    assert code == 0, out
+    http, grpc, metrics = serve.free_ports(3)
+    command = [
+        sys.executable,
+        "-m",
+        "generator",
+        "serve",
+        "--repo",
+        str(tmp_path / "r"),
+        "--ensembles",
+        str(tmp_path / "e"),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--log-file",
+        str(tmp_path / "server.log"),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C to stop" in line or not line:
+                break
+        assert "Ctrl-C to stop" in "".join(lines), "".join(lines) + (tmp_path / "server.log").read_text()
+        assert f"127.0.0.1:{http}" in "".join(lines)
+        for protocol, port in (("http", http), ("grpc", grpc)):
+            code, out = _run(
+                "check",
+                "--model",
+                str(model),
+                "--url",
+                f"127.0.0.1:{port}",
+                "--protocol",
+                protocol,
+                "--requests",
+                "2",
+                "--batch",
+                "16",
+            )
+            assert code == 0 and out.startswith("OK"), out
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "tritonserver stopped (exit code 0)" in rest
+        assert not serve.port_answers("127.0.0.1", http)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@requires_server
+@pytest.mark.server
+def test_serve_exits_nonzero_with_the_servers_error_lines(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    code, out = _run(
+        "build",
+        "--model",
+        str(model),
+        "--out",
+        str(tmp_path / "r"),
+        "--ensembles",
+        str(tmp_path / "e"),
+        "--shards-per-table",
+        "1",
+    )
+    assert code == 0, out
+    dense_code = tmp_path / "r" / "dlrm_dense" / "1" / "model.py"
+    dense_code.write_text("raise RuntimeError('broken dense model for the test')\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "generator",
+            "serve",
+            "--repo",
+            str(tmp_path / "r"),
+            "--ensembles",
+            str(tmp_path / "e"),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--timeout-s",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "ModelLoadError" in result.stderr and "broken dense model for the test" in result.stderr

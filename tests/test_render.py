@@ -1,0 +1,137 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from generator import naming, render
+from generator.errors import ConfigValidationError
+from generator.plan import uniform_plan
+from tests.conftest import tiny_model
+
+GOLDEN = Path(__file__).parent / "golden"
+KIND_CPU = mc.ModelInstanceGroup.KIND_CPU
+KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
+
+
+def _all_configs(backend: render.Backend, target: render.Target, device="cpu") -> dict[str, mc.ModelConfig]:
+    model = tiny_model()
+    plan = uniform_plan(model, shards_per_table=3, device=device, instance_count=2)
+    configs = [render.router_config(plan), render.dense_config(plan, model.num_dense_features, backend, target)]
+    configs += [render.shard_config(plan, t, s, backend, target) for t in plan.tables for s in t.shards]
+    configs.append(render.ensemble_config(plan, model.num_dense_features))
+    return {config.name: config for config in configs}
+
+
+@pytest.mark.parametrize("backend", render.BACKENDS)
+@pytest.mark.parametrize("target", render.TARGETS)
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_every_config_parses_back_strictly_and_the_ensemble_is_consistent(backend, target, device, tmp_path) -> None:
+    configs = _all_configs(backend, target, device)
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        path = render.write_config(config, tmp_path / name)
+        assert render.parse_strict(path.read_text()) == config
+    ensemble = configs["dlrm"]
+    render.check_ensemble(ensemble, {n: c for n, c in configs.items() if n != "dlrm"})
+
+
+@pytest.mark.parametrize(
+    ("backend", "target", "triton_backend", "ort_threads"),
+    [
+        ("python", "embedded", "python", False),
+        ("python", "container", "python", False),
+        ("onnx", "embedded", "python", True),
+        ("onnx", "container", "onnxruntime", True),
+    ],
+)
+def test_leaf_backend_per_backend_and_target(backend, target, triton_backend, ort_threads) -> None:
+    configs = _all_configs(backend, target)
+    shard = configs["dlrm_shard_small_0"]
+    dense = configs["dlrm_dense"]
+    for config in (shard, dense):
+        assert config.backend == triton_backend
+        assert not config.platform
+        assert ("intra_op_thread_count" in config.parameters) is ort_threads
+    assert configs["dlrm_router"].backend == "python"
+    assert [(t.name, list(t.dims)) for t in shard.input] == [("local_ids", [3])]
+    assert [(t.name, list(t.dims)) for t in shard.output] == [("partial_sum", [8])]
+
+
+def test_gpu_device_places_shards_and_dense_on_gpu_router_on_cpu() -> None:
+    configs = _all_configs("onnx", "container", device="gpu")
+    assert configs["dlrm_router"].instance_group[0].kind == KIND_CPU
+    assert configs["dlrm_dense"].instance_group[0].kind == KIND_GPU
+    assert configs["dlrm_shard_medium_2"].instance_group[0].kind == KIND_GPU
+    assert configs["dlrm_shard_medium_2"].instance_group[0].count == 2
+
+
+def test_ensemble_follows_triton_rules_and_request_contract() -> None:
+    ensemble = _all_configs("python", "embedded")["dlrm"]
+    assert ensemble.platform == "ensemble" and not ensemble.backend
+    assert not ensemble.instance_group and not ensemble.HasField("optimization")
+    assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.input] == [
+        ("dense_features", mc.TYPE_FP32, [5]),
+        ("sparse_one_row", mc.TYPE_INT64, [1]),
+        ("sparse_small", mc.TYPE_INT64, [3]),
+        ("sparse_medium", mc.TYPE_INT64, [1]),
+    ]
+    assert [(t.name, list(t.dims)) for t in ensemble.output] == [("score", [1])]
+    steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
+    assert steps[0] == "dlrm_router" and steps[-1] == "dlrm_dense" and len(steps) == 2 + 7
+
+
+def test_router_and_dense_parameters_carry_the_layout() -> None:
+    configs = _all_configs("python", "embedded")
+    routing = json.loads(configs["dlrm_router"].parameters["routing"].string_value)
+    small = next(t for t in routing["tables"] if t["table"] == "small")
+    assert small["boundaries"] == [0, 2, 4, 7]
+    assert small["outputs"] == [naming.local_ids("small", i) for i in range(3)]
+    layout = json.loads(configs["dlrm_dense"].parameters["dense"].string_value)
+    assert layout["tables"][0]["partials"] == [naming.partial_sum("one_row", 0)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'name: "x" unknown_field: 1',
+        'name: "x" instance_group { kind: KIND_GPUX }',
+        'name: "x" input { name: "a" data_type: "TYPE_FP32" dims: 1 }',
+        'name: "x" max_batch_size: 4 max_batch_size: 8',
+        'name: "x" dynamic_batching { } ensemble_scheduling { }',
+        'name: "x" model_metrics { }',
+    ],
+)
+def test_strict_parse_rejects_what_a_2_51_server_rejects(text: str) -> None:
+    with pytest.raises(ConfigValidationError):
+        render.parse_strict(text)
+
+
+def test_check_ensemble_finds_broken_data_flow() -> None:
+    configs = _all_configs("python", "embedded")
+    ensemble = configs.pop("dlrm")
+    broken = mc.ModelConfig()
+    broken.CopyFrom(ensemble)
+    broken.ensemble_scheduling.step[1].output_map["partial_sum"] = "dangling"
+    with pytest.raises(ConfigValidationError, match="never consumed"):
+        render.check_ensemble(broken, configs)
+    with pytest.raises(ConfigValidationError, match="not generated"):
+        render.check_ensemble(ensemble, {k: v for k, v in configs.items() if k != "dlrm_dense"})
+    mismatched = dict(configs)
+    shard = mc.ModelConfig()
+    shard.CopyFrom(configs["dlrm_shard_small_0"])
+    shard.input[0].data_type = mc.TYPE_INT32
+    mismatched["dlrm_shard_small_0"] = shard
+    with pytest.raises(ConfigValidationError, match="another dtype or shape"):
+        render.check_ensemble(ensemble, mismatched)
+
+
+@pytest.mark.parametrize("name", ["dlrm", "dlrm_router", "dlrm_shard_small_1", "dlrm_dense"])
+def test_golden_configs(name: str) -> None:
+    """The rendered text is stable; regenerate with RECGEN_UPDATE_GOLDEN=1 after an intended change."""
+    text = render.to_text(_all_configs("onnx", "container")[name])
+    golden = GOLDEN / f"tiny_onnx_container_{name}.pbtxt"
+    if os.environ.get("RECGEN_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
