@@ -20,6 +20,25 @@ def _run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def _example_repository(tmp_path: Path) -> Path:
+    """Example model in tmp_path/m.pt, built with one shard per table into tmp_path/r and tmp_path/e."""
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    code, out = _run(
+        "build",
+        "--model",
+        str(model),
+        "--out",
+        str(tmp_path / "r"),
+        "--ensembles",
+        str(tmp_path / "e"),
+        "--shards-per-table",
+        "1",
+    )
+    assert code == 0, out
+    return model
+
+
 def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
     model = tmp_path / "m.pt"
     code, out = _run("example", "--out", str(model))
@@ -64,20 +83,7 @@ def test_check_without_server_fails_cleanly(tmp_path: Path) -> None:
 @requires_server
 @pytest.mark.server
 def test_serve_check_and_sigterm(tmp_path: Path) -> None:
-    model = tmp_path / "m.pt"
-    _run("example", "--out", str(model))
-    code, out = _run(
-        "build",
-        "--model",
-        str(model),
-        "--out",
-        str(tmp_path / "r"),
-        "--ensembles",
-        str(tmp_path / "e"),
-        "--shards-per-table",
-        "1",
-    )
-    assert code == 0, out
+    model = _example_repository(tmp_path)
     http, grpc, metrics = serve.free_ports(3)
     command = [
         sys.executable,
@@ -138,20 +144,7 @@ def test_serve_check_and_sigterm(tmp_path: Path) -> None:
 @requires_server
 @pytest.mark.server
 def test_serve_exits_nonzero_with_the_servers_error_lines(tmp_path: Path) -> None:
-    model = tmp_path / "m.pt"
-    _run("example", "--out", str(model))
-    code, out = _run(
-        "build",
-        "--model",
-        str(model),
-        "--out",
-        str(tmp_path / "r"),
-        "--ensembles",
-        str(tmp_path / "e"),
-        "--shards-per-table",
-        "1",
-    )
-    assert code == 0, out
+    _example_repository(tmp_path)
     dense_code = tmp_path / "r" / "dlrm_dense" / "1" / "model.py"
     dense_code.write_text("raise RuntimeError('broken dense model for the test')\n")
     result = subprocess.run(

@@ -42,19 +42,17 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         """Score all batched requests at once, then split the scores back per request."""
 
-        def stacked(name: str) -> np.ndarray:
+        def stacked(name: str) -> tuple[np.ndarray, list[int]]:
             return kernels.stack_requests(
                 [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for request in requests]
-            )[0]
+            )
 
-        dense_features, split_points = kernels.stack_requests(
-            [pb_utils.get_input_tensor_by_name(request, self.dense_input).as_numpy() for request in requests]
-        )
+        dense_features, split_points = stacked(self.dense_input)
         pooled = []
         for partial_names in self.table_partials:
-            total = stacked(partial_names[0]).copy()
+            total = stacked(partial_names[0])[0].copy()
             for name in partial_names[1:]:
-                total += stacked(name)
+                total += stacked(name)[0]
             pooled.append(total)
         scores = kernels.dense_tower(dense_features, pooled, self.bottom, self.top)
         return [
