@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import re
 
+from generator.triton_models import dense_model, onnx_model, router_model, shard_model
+
 #: Version directory every generated model uses (Triton needs a numeric one, even for ensembles).
 MODEL_VERSION = "1"
 CONFIG_FILE = "config.pbtxt"
 PYTHON_MODEL_FILE = "model.py"
-ONNX_MODEL_FILE = "model.onnx"
 #: Pure-numpy helpers shared by the Python-backend models, copied next to each model.py.
 KERNELS_FILE = "recgen_kernels.py"
-SHARD_ROWS_FILE = "rows.npy"
-DENSE_WEIGHTS_FILE = "dense.npz"
-ROUTER_ROW_RANKS_FILE = "row_ranks.npz"
+#: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
+#: container), so each defines its own file name and this module refers to it rather than repeating it.
+SHARD_ROWS_FILE = shard_model.ROWS_FILE
+DENSE_WEIGHTS_FILE = dense_model.WEIGHTS_FILE
+ROUTER_ROW_RANKS_FILE = router_model.ROW_RANKS_FILE
+ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"
 
 #: Request contract (DESIGN.md): ensemble inputs and output.

@@ -142,11 +142,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class TritonServer:
-    """One embedded tritonserver process; use as a context manager or call start()/stop().
+    """One embedded tritonserver process: start(), wait_until_ready(), stop().
 
     Example:
-        >>> with TritonServer(ServerConfig((Path("model_repository"), Path("ensembles")))) as server:  # doctest: +SKIP
-        ...     print(server.http_url)
+        >>> server = TritonServer(ServerConfig((Path("model_repository"), Path("ensembles"))))  # doctest: +SKIP
+        >>> server.start(); server.wait_until_ready(); print(server.http_url); server.stop()  # doctest: +SKIP
+
+    `running_server` wraps the same steps in a context manager.
 
     """
 
@@ -290,18 +292,6 @@ class TritonServer:
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> TritonServer:
-        self.start()
-        try:
-            self.wait_until_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
 
 @contextlib.contextmanager
 def running_server(
@@ -311,11 +301,15 @@ def running_server(
     timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     log_path: Path | None = None,
 ) -> Iterator[TritonServer]:
-    """Start a server on free loopback ports, wait until `models` are ready, always stop it."""
+    """Start a server on free loopback ports, wait until `models` are ready, always stop it.
+
+    Without `log_path` the log goes to a temporary file that is removed afterwards (load errors are in the
+    raised ModelLoadError).
+    """
     server = TritonServer(ServerConfig(tuple(Path(path) for path in repositories)), log_path=log_path)
     server.start()
     try:
         server.wait_until_ready(models, timeout_s)
         yield server
     finally:
-        server.stop()
+        server.close()
