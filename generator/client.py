@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,19 +93,29 @@ class RankingClient:
         else:
             self.client = self.module.InferenceServerClient(url)
 
-    def infer(self, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Send raw tensors (any names, dtypes, shapes); returns `score`, raises InferenceServerException on errors."""
+    def send(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        *,
+        model_name: str | None = None,
+        output_names: Sequence[str] | None = (naming.SCORE,),
+    ) -> Any:
+        """Send raw tensors (any names, dtypes, shapes) to `model_name` (default: the ensemble).
+
+        `output_names=None` asks for every output. Server errors raise InferenceServerException.
+        """
         inputs = []
         for name, array in tensors.items():
             infer_input = self.module.InferInput(name, list(array.shape), _triton_dtype(array))
             infer_input.set_data_from_numpy(array)
             inputs.append(infer_input)
-        outputs = [self.module.InferRequestedOutput(naming.SCORE)]
-        if self.protocol == "grpc":
-            result = self.client.infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout_s)
-        else:
-            result = self.client.infer(self.model_name, inputs, outputs=outputs)
-        return result.as_numpy(naming.SCORE)
+        outputs = None if output_names is None else [self.module.InferRequestedOutput(n) for n in output_names]
+        timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        return self.client.infer(model_name or self.model_name, inputs, outputs=outputs, **timeout)
+
+    def infer(self, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Send raw tensors to the ensemble and return `score`; server errors raise InferenceServerException."""
+        return self.send(tensors).as_numpy(naming.SCORE)
 
     def score(self, request: RankingRequest) -> np.ndarray:
         """Scores [B, 1] of a ranking request."""

@@ -8,9 +8,13 @@ Rows are addressed by *hotness rank*: `TablePlan.row_order[rank]` is the origina
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -90,8 +94,12 @@ class TablePlan:
             raise PlanError(f"table {name!r}: shards end at row {expected_start}, the table has {self.spec.num_rows}")
         if self.row_order is not None:
             order = np.asarray(self.row_order)
-            if order.shape != (self.spec.num_rows,) or not np.array_equal(
-                np.sort(order), np.arange(self.spec.num_rows)
+            if (
+                order.shape != (self.spec.num_rows,)
+                or not np.issubdtype(order.dtype, np.integer)
+                or int(order.min()) < 0
+                or int(order.max()) >= self.spec.num_rows
+                or int(np.bincount(order, minlength=self.spec.num_rows).max()) != 1
             ):
                 raise PlanError(f"table {name!r}: `row_order` must be a permutation of 0..{self.spec.num_rows - 1}")
 
@@ -218,3 +226,117 @@ def uniform_plan(
         dense=placement,
         max_batch_size=max_batch_size,
     )
+
+
+PLAN_FORMAT = "recgen.plan"
+PLAN_SCHEMA_VERSION = 1
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def row_order_path(plan_path: Path) -> Path:
+    """The .npz beside plan.json that holds the hotness row orders."""
+    return plan_path.with_name(plan_path.stem + ".rows.npz")
+
+
+def save_plan(
+    plan: Plan,
+    path: str | Path,
+    *,
+    shard_details: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    totals: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write plan.json (schema-versioned) and, for permuted tables, the row orders as <stem>.rows.npz."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    orders = {t.spec.name: np.asarray(t.row_order) for t in plan.tables if t.row_order is not None}
+    rows_path = row_order_path(path)
+    if orders:
+        with rows_path.open("wb") as file:
+            np.savez(file, **orders)
+    details = shard_details or {}
+    document = {
+        "format": PLAN_FORMAT,
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "model_name": plan.model_name,
+        "max_batch_size": plan.max_batch_size,
+        "inputs": dict(inputs or {}),
+        "row_order_file": rows_path.name if orders else None,
+        "row_order_sha256": _sha256(rows_path) if orders else None,
+        "router": {"instance_count": plan.router.instance_count, "device": plan.router.device},
+        "dense": {"instance_count": plan.dense.instance_count, "device": plan.dense.device},
+        "tables": [
+            {
+                **dataclasses.asdict(t.spec),
+                "permuted": t.row_order is not None,
+                "shards": [
+                    {
+                        "index": s.index,
+                        "row_start": s.row_start,
+                        "row_end": s.row_end,
+                        "replicas": s.placement.instance_count,
+                        "device": s.placement.device,
+                        "bytes": s.num_rows * t.spec.bytes_per_row,
+                        **details.get((t.spec.name, s.index), {}),
+                    }
+                    for s in t.shards
+                ],
+            }
+            for t in plan.tables
+        ],
+        "totals": dict(totals or {}),
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read plan.json and its row orders; every field is checked as if the plan were built by hand."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PlanError(f"plan `{path}` cannot be read: {error}") from error
+    if document.get("format") != PLAN_FORMAT:
+        raise PlanError(f"`{path}` is not a recgen plan")
+    if document.get("schema_version") != PLAN_SCHEMA_VERSION:
+        raise PlanError(
+            f"plan `{path}` has schema version {document.get('schema_version')!r}; this recgen reads "
+            f"{PLAN_SCHEMA_VERSION}"
+        )
+    orders: dict[str, np.ndarray] = {}
+    if document.get("row_order_file"):
+        rows_path = path.with_name(document["row_order_file"])
+        if not rows_path.is_file():
+            raise PlanError(f"plan `{path}` needs its row orders `{rows_path}`, which is missing")
+        if _sha256(rows_path) != document.get("row_order_sha256"):
+            raise PlanError(f"`{rows_path}` does not match plan `{path}` (sha256 differs); re-run `recgen plan`")
+        with np.load(rows_path, allow_pickle=False) as data:
+            orders = {name: data[name] for name in data.files}
+    try:
+        tables = []
+        for entry in document["tables"]:
+            spec = TableSpec(entry["name"], entry["num_rows"], entry["dim"], entry["max_ids_per_sample"])
+            shards = entry["shards"]
+            boundaries = [shards[0]["row_start"], *(shard["row_end"] for shard in shards)]
+            placements = [Placement(shard["replicas"], shard["device"]) for shard in shards]
+            order = orders.get(spec.name) if entry.get("permuted") else None
+            if entry.get("permuted") and order is None:
+                raise PlanError(f"plan `{path}`: table {spec.name!r} is permuted but has no row order")
+            tables.append(table_plan(spec, boundaries, placements, row_order=order))
+        return Plan(
+            model_name=document["model_name"],
+            tables=tuple(tables),
+            router=Placement(document["router"]["instance_count"], document["router"]["device"]),
+            dense=Placement(document["dense"]["instance_count"], document["dense"]["device"]),
+            max_batch_size=document["max_batch_size"],
+        )
+    except (KeyError, IndexError, TypeError) as error:
+        raise PlanError(f"plan `{path}` is missing a field: {error!r}") from error
