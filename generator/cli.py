@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from generator import build as build_module
-from generator import client, demo, models, naming, plan, render, serve
-from generator.errors import RecgenError
+from generator import calibrate, capacity, client, demo, models, naming, plan, plan_figure, planner, render, serve
+from generator import profile as profiles
+from generator.errors import RecgenError, UserInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -124,8 +126,19 @@ def example(out_path: Path, seed: int) -> None:
     help="Largest number of candidates per request.",
 )
 @click.option("--force", is_flag=True, help="Replace existing output directories.")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="plan.json from `recgen plan`: hotness order, cuts, replicas and devices (replaces "
+    "--shards-per-table, --device, --instances, --name, --max-batch-size).",
+)
+@click.pass_context
 @_reports_errors
 def build_command(
+    context: click.Context,
+    plan_path: Path | None,
     model_path: Path,
     repository: Path,
     ensembles: Path,
@@ -140,18 +153,25 @@ def build_command(
 ) -> None:
     """Generate the sharded repository and the ensemble for a model."""
     model = models.DLRM.load(model_path)
-    the_plan = plan.uniform_plan(
-        model,
-        name=name,
-        shards_per_table=shards_per_table,
-        device=device,
-        instance_count=instances,
-        max_batch_size=max_batch_size,
-    )
+    if plan_path is not None:
+        replaced = ["shards_per_table", "device", "instances", "name", "max_batch_size"]
+        given = [name for name in replaced if context.get_parameter_source(name) != ParameterSource.DEFAULT]
+        if given:
+            raise UserInputError(f"--plan sets {', '.join('--' + g.replace('_', '-') for g in given)}; drop them")
+        the_plan = plan.load_plan(plan_path)
+    else:
+        the_plan = plan.uniform_plan(
+            model,
+            name=name,
+            shards_per_table=shards_per_table,
+            device=device,
+            instance_count=instances,
+            max_batch_size=max_batch_size,
+        )
     click.echo(str(the_plan))
     result = build_module.build(model, the_plan, repository, ensembles, backend=backend, target=target, force=force)
     click.echo(str(result))
-    if device == "gpu" and backend == "python":
+    if backend == "python" and any(m.device == "gpu" for m in result.models):
         click.echo(
             "note: numpy models on KIND_GPU instances still compute on the host; use --backend onnx for GPU execution."
         )
@@ -280,3 +300,227 @@ def demo_command(workdir: Path, backend: render.Backend, shards_per_table: int) 
     report = demo.run_demo(workdir, backend=backend, shards_per_table=shards_per_table, echo=click.echo)
     if not report.passed:
         sys.exit(1)
+
+
+def _table_shapes(model_path: Path | None, table_options: tuple[str, ...]) -> list[profiles.TableShape]:
+    if (model_path is None) == (not table_options):
+        raise UserInputError("give exactly one of --model or --table")
+    if model_path is not None:
+        model = models.DLRM.load(model_path)
+        return [profiles.TableShape(t.name, t.num_rows, t.max_ids_per_sample) for t in model.tables]
+    shapes = []
+    for option in table_options:
+        parts = option.split(":")
+        try:
+            shapes.append(profiles.TableShape(parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 1))
+        except (IndexError, ValueError) as error:
+            raise UserInputError(f"`--table` must be NAME:ROWS[:IDS_PER_SAMPLE], got {option!r}") from error
+    return shapes
+
+
+def _zipf_alpha(options: tuple[str, ...], shapes: list[profiles.TableShape]) -> float | dict[str, float]:
+    """`--zipf 1.05` for all tables; `--zipf user_id=1.2` for one (a bare value is the default for the rest)."""
+    default: float | None = None
+    per_table: dict[str, float] = {}
+    for option in options:
+        name, _, value = option.rpartition("=")
+        try:
+            alpha = float(value)
+        except ValueError as error:
+            raise UserInputError(f"`--zipf` must be ALPHA or TABLE=ALPHA, got {option!r}") from error
+        if name:
+            per_table[name] = alpha
+        else:
+            default = alpha
+    if not per_table and default is not None:
+        return default
+    if default is not None:
+        return {shape.name: per_table.get(shape.name, default) for shape in shapes} | per_table
+    return per_table
+
+
+@main.command("profile")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Take table names and sizes from this model.",
+)
+@click.option("--table", "table_options", multiple=True, help="NAME:ROWS[:IDS_PER_SAMPLE] (instead of --model).")
+@click.option("--zipf", "zipf_options", multiple=True, help="Synthetic Zipf traffic: ALPHA, or TABLE=ALPHA.")
+@click.option(
+    "--trace",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=".npz with one id array per table ([samples, width] padded with -1, or 1-D).",
+)
+@click.option(
+    "--meta-trace",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Meta dlrm_datasets trace: torch file of (indices, offsets, lengths).",
+)
+@click.option("--samples", type=click.IntRange(1), default=100_000, show_default=True, help="Synthetic samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_reports_errors
+def profile_command(
+    model_path: Path | None,
+    table_options: tuple[str, ...],
+    zipf_options: tuple[str, ...],
+    trace: Path | None,
+    meta_trace: Path | None,
+    samples: int,
+    seed: int,
+    out_path: Path,
+) -> None:
+    """Record per-row access counts of every table (synthetic Zipf or a trace) into PROFILE.npz."""
+    shapes = _table_shapes(model_path, table_options)
+    sources = [bool(zipf_options), trace is not None, meta_trace is not None]
+    if sum(sources) != 1:
+        raise UserInputError("give exactly one of --zipf, --trace or --meta-trace")
+    if zipf_options:
+        result = profiles.zipf_profile(shapes, _zipf_alpha(zipf_options, shapes), samples=samples, seed=seed)
+    elif trace is not None:
+        result = profiles.profile_from_npz(trace, shapes)
+    else:
+        assert meta_trace is not None
+        result = profiles.profile_from_meta_trace(meta_trace, shapes)
+    result.save(out_path)
+    click.echo(str(result))
+    click.echo(f"wrote {out_path}")
+
+
+@main.command("calibrate")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Model to measure (default: the bundled example).",
+)
+@click.option("--batch", type=click.IntRange(1, 1 << 16), default=256, show_default=True)
+@click.option(
+    "--requests",
+    "num_requests",
+    type=click.IntRange(5),
+    default=40,
+    show_default=True,
+    help="Requests per measured point.",
+)
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_reports_errors
+def calibrate_command(model_path: Path | None, batch: int, num_requests: int, out_path: Path) -> None:
+    """Measure the capacity model (per-request and per-row costs, memory per replica) on the embedded server."""
+    model = models.DLRM.load(model_path) if model_path else models.example_model()
+    measured = calibrate.calibrate(model, batch_size=batch, requests=num_requests, echo=click.echo)
+    measured.save(out_path)
+    click.echo(str(measured))
+    click.echo(f"wrote {out_path}")
+
+
+@main.command("plan")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--target-qps",
+    type=click.FloatRange(0, min_open=True),
+    required=True,
+    help="Queries (requests) per second to serve.",
+)
+@click.option("--batch", type=click.IntRange(1), default=256, show_default=True, help="Candidates per query.")
+@click.option(
+    "--capacity",
+    "capacity_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="capacity.json from `recgen calibrate` (default: built-in figures).",
+)
+@click.option("--max-shards-per-table", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option(
+    "--gpu-memory-gb",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Put the dense model, then the hottest shards, on GPU while they fit.",
+)
+@click.option(
+    "--window-s",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Replay window for memory utility.",
+)
+@click.option("--name", default="dlrm", show_default=True)
+@click.option("--shard-fixed-us", type=click.FloatRange(0), default=None, help="Override: shard cost per request.")
+@click.option("--shard-per-row-ns", type=click.FloatRange(0), default=None, help="Override: shard cost per row.")
+@click.option("--router-fixed-us", type=click.FloatRange(0), default=None, help="Override: router cost per request.")
+@click.option("--router-per-id-ns", type=click.FloatRange(0), default=None, help="Override: router cost per id.")
+@click.option("--dense-samples-per-s", type=click.FloatRange(0, min_open=True), default=None, help="Override.")
+@click.option("--replica-overhead-mb", type=click.FloatRange(0), default=None, help="Override: bytes per replica.")
+@click.option("--server-overhead-mb", type=click.FloatRange(0), default=None, help="Override: bytes per server.")
+@click.option("--target-utilization", type=click.FloatRange(0, 1, min_open=True), default=None, help="Override.")
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--figure",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG of access CDFs, cuts and memory (default: next to the plan).",
+)
+@_reports_errors
+def plan_command(
+    model_path: Path,
+    profile_path: Path,
+    target_qps: float,
+    batch: int,
+    capacity_path: Path | None,
+    max_shards_per_table: int,
+    gpu_memory_gb: float | None,
+    window_s: float,
+    name: str,
+    shard_fixed_us: float | None,
+    shard_per_row_ns: float | None,
+    router_fixed_us: float | None,
+    router_per_id_ns: float | None,
+    dense_samples_per_s: float | None,
+    replica_overhead_mb: float | None,
+    server_overhead_mb: float | None,
+    target_utilization: float | None,
+    out_path: Path,
+    figure: Path | None,
+) -> None:
+    """Size every shard from its access share (ElasticRec) and write plan.json, its row orders and a PNG."""
+    model = models.DLRM.load(model_path)
+    access = profiles.AccessProfile.load(profile_path)
+
+    def scaled(value: float | None, factor: float) -> float | None:
+        return None if value is None else value * factor
+
+    figures = capacity.Capacity.load(capacity_path) if capacity_path else capacity.Capacity()
+    figures = figures.with_overrides(
+        shard_fixed_s=scaled(shard_fixed_us, 1e-6),
+        shard_per_row_s=scaled(shard_per_row_ns, 1e-9),
+        router_fixed_s=scaled(router_fixed_us, 1e-6),
+        router_per_id_s=scaled(router_per_id_ns, 1e-9),
+        dense_samples_per_s=dense_samples_per_s,
+        replica_overhead_bytes=None if replica_overhead_mb is None else int(replica_overhead_mb * 1e6),
+        server_overhead_bytes=None if server_overhead_mb is None else int(server_overhead_mb * 1e6),
+        target_utilization=target_utilization,
+    )
+    shape = planner.ModelShape.of(model)
+    report = planner.plan_model(
+        shape,
+        access,
+        target_qps=target_qps,
+        batch_size=batch,
+        capacity=figures,
+        max_shards_per_table=max_shards_per_table,
+        gpu_memory_bytes=None if gpu_memory_gb is None else int(gpu_memory_gb * 1e9),
+        window_s=window_s,
+    )
+    the_plan = planner.plan_from_report(report, shape, access, name=name)
+    planner.save(the_plan, report, out_path, profile_source=access.source)
+    figure_path = plan_figure.plot_plan(report, access, figure or out_path.with_suffix(".png"))
+    click.echo(str(report))
+    click.echo(f"wrote {out_path}, {plan.row_order_path(out_path)} and {figure_path}")
+    click.echo(f"build it: recgen build --model {model_path} --plan {out_path}")

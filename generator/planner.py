@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 from generator.capacity import Capacity
 from generator.errors import PlanError, UserInputError
 from generator.models import TableSpec
-from generator.plan import DEFAULT_MAX_BATCH_SIZE, Placement, Plan, table_plan
+from generator.plan import DEFAULT_MAX_BATCH_SIZE, Placement, Plan, save_plan, table_plan
 from generator.profile import AccessProfile, TableAccess
 
 #: Every cut position up to this rank is a candidate; beyond it candidates grow geometrically.
@@ -404,3 +405,22 @@ def _place(
             free -= shard.memory_bytes
             placed[index] = ShardStats(**{**shard.__dict__, "device": "gpu"})
     return placed, dense_device
+
+
+def save(plan: Plan, report: PlanReport, path: str | Path, *, profile_source: str = "") -> Path:
+    """plan.json with every shard's access share and bytes, the totals, and what the plan was made from."""
+    details = {
+        (s.table, s.index): {"access_share": s.access_share, "replicas": s.replicas, "bytes": s.bytes_per_replica}
+        for s in report.shards
+    }
+    inputs = {
+        "target_qps": report.target_qps,
+        "batch_size": report.batch_size,
+        "window_s": report.window_s,
+        "profile": profile_source,
+        "capacity": report.capacity.to_dict(),
+    }
+    totals = report.to_dict()
+    totals["router_replicas"] = report.router_replicas
+    totals["dense_replicas"] = report.dense_replicas
+    return save_plan(plan, path, shard_details=details, totals=totals, inputs=inputs)
