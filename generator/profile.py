@@ -198,7 +198,9 @@ def zipf_profile(
     accesses = []
     for table in tables:
         table_alpha = alphas.get(table.name)
-        if table_alpha is None or not 0 <= table_alpha <= 5:
+        if table_alpha is None:
+            raise UserInputError(f"no Zipf alpha for table {table.name!r}; give a default too (e.g. --zipf 1.05)")
+        if not 0 <= table_alpha <= 5:
             raise UserInputError(f"table {table.name!r}: Zipf alpha must be in 0..5, got {table_alpha!r}")
         lengths = rng.integers(1, table.max_ids_per_sample + 1, size=samples)
         ranks = _zipf_ranks(table.num_rows, float(table_alpha), int(lengths.sum()), rng)

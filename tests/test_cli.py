@@ -173,3 +173,94 @@ def test_serve_exits_nonzero_with_the_servers_error_lines(tmp_path: Path) -> Non
     )
     assert result.returncode == 1
     assert "ModelLoadError" in result.stderr and "broken dense model for the test" in result.stderr
+
+
+def test_profile_plan_build_from_the_command_line(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    code, out = _run(
+        "profile",
+        "--model",
+        str(model),
+        "--zipf",
+        "1.1",
+        "--zipf",
+        "user_id=1.3",
+        "--samples",
+        "5000",
+        "-o",
+        str(tmp_path / "p.npz"),
+    )
+    assert code == 0, out
+    assert "user_id=1.3" in out and "top 1%" in out
+    code, out = _run(
+        "plan",
+        "--model",
+        str(model),
+        "--profile",
+        str(tmp_path / "p.npz"),
+        "--target-qps",
+        "3000",
+        "--max-shards-per-table",
+        "3",
+        "--replica-overhead-mb",
+        "1",
+        "-o",
+        str(tmp_path / "plan.json"),
+    )
+    assert code == 0, out
+    assert "memory allocated: model-wise" in out and "memory utility" in out
+    assert (tmp_path / "plan.png").stat().st_size > 10_000
+    assert (tmp_path / "plan.rows.npz").is_file()
+    code, out = _run(
+        "build",
+        "--model",
+        str(model),
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--out",
+        str(tmp_path / "r"),
+        "--ensembles",
+        str(tmp_path / "e"),
+    )
+    assert code == 0, out
+    assert (tmp_path / "r" / "dlrm_router" / "1" / "row_ranks.npz").is_file()
+    code, out = _run(
+        "build",
+        "--model",
+        str(model),
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--out",
+        str(tmp_path / "r2"),
+        "--ensembles",
+        str(tmp_path / "e2"),
+        "--shards-per-table",
+        "4",
+    )
+    assert code == 1 and "--shards-per-table" in out
+
+
+def test_profile_and_plan_errors(tmp_path: Path) -> None:
+    code, out = _run("profile", "--table", "a:100", "-o", str(tmp_path / "p.npz"))
+    assert code == 1 and "--zipf, --trace or --meta-trace" in out
+    code, out = _run("profile", "--table", "a:lots", "--zipf", "1", "-o", str(tmp_path / "p.npz"))
+    assert code == 1 and "NAME:ROWS" in out
+    code, out = _run("profile", "--table", "a:100:2", "--zipf", "a=x", "-o", str(tmp_path / "p.npz"))
+    assert code == 1 and "TABLE=ALPHA" in out
+    code, out = _run("profile", "--table", "a:100:2", "--table", "b:5", "--zipf", "0.9", "-o", str(tmp_path / "p.npz"))
+    assert code == 0, out
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    code, out = _run(
+        "plan",
+        "--model",
+        str(model),
+        "--profile",
+        str(tmp_path / "p.npz"),
+        "--target-qps",
+        "10",
+        "-o",
+        str(tmp_path / "plan.json"),
+    )
+    assert code == 1 and "has no table 'user_id'" in out

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from generator import build, client
 from generator.capacity import Capacity
 from generator.models import TableSpec
 from generator.plan import load_plan, row_order_path
@@ -19,7 +20,7 @@ from generator.planner import (
     save,
 )
 from generator.profile import AccessProfile, TableAccess, TableShape, zipf_profile
-from tests.conftest import tiny_model
+from tests.conftest import requires_server, tiny_model, wide_model
 
 CAPACITY = Capacity(replica_overhead_bytes=1_000_000)
 
@@ -226,3 +227,46 @@ def test_planning_26_criteo_tables_takes_seconds() -> None:
     report = plan_model(shape, profile, target_qps=10_000, capacity=Capacity())
     assert time.perf_counter() - started < 30
     assert len({s.table for s in report.shards}) == len(CRITEO_KAGGLE_ROWS) == 26
+
+
+SERVING_CAPACITY = Capacity(
+    replica_overhead_bytes=100,
+    shard_fixed_s=20e-6,
+    shard_per_row_s=2e-6,
+    dense_samples_per_s=1e7,
+    router_fixed_s=50e-6,
+    router_per_id_s=0.0,
+)
+
+
+@requires_server
+@pytest.mark.server
+@pytest.mark.parametrize("backend", ["python", "onnx"])
+def test_planned_repository_serves_scores_equal_to_pytorch(tmp_path: Path, server_factory, backend: str) -> None:
+    model = wide_model()
+    shape = ModelShape.of(model)
+    profile = zipf_profile(
+        [TableShape(t.name, t.num_rows, t.max_ids_per_sample) for t in model.tables], 1.2, samples=20_000, seed=0
+    )
+    report = plan_model(
+        shape, profile, target_qps=3_000, batch_size=64, capacity=SERVING_CAPACITY, max_shards_per_table=3
+    )
+    plan = load_plan(save(plan_from_report(report, shape, profile), report, tmp_path / "plan.json"))
+    history = plan.tables[0]
+    assert len(history.shards) == 3, str(report)
+    assert len({s.placement.instance_count for s in history.shards}) > 1, str(report)
+    assert not np.array_equal(history.row_order, np.arange(history.spec.num_rows))
+    result = build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend)
+    counts = [m.instance_count for m in result.models if m.role == "shard"]
+    assert counts == [s.placement.instance_count for s in plan.shards]
+    server = server_factory(result)
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        report = client.check(model, url, protocol=protocol, requests=3, batch_size=64, seed=5)
+        assert report.passed, str(report)
+        # Requests that follow the profile hit the hot shard hardest; scores must still match.
+        hot_ids = profile.table("history").rows[:3]
+        request = client.random_request(model, 16, np.random.default_rng(2))
+        ids = request.sparse["history"]
+        ids[ids >= 0] = hot_ids[ids[ids >= 0] % 3]
+        with client.RankingClient(url, protocol) as ranking:
+            np.testing.assert_allclose(ranking.score(request), client.reference_scores(model, request), atol=1e-5)
