@@ -20,43 +20,28 @@ def _run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def _example_repository(tmp_path: Path) -> Path:
+def _example_repository(tmp_path: Path, *build_args: str) -> tuple[Path, str]:
     """Example model in tmp_path/m.pt, built with one shard per table into tmp_path/r and tmp_path/e."""
-    model = tmp_path / "m.pt"
-    _run("example", "--out", str(model))
-    code, out = _run(
-        "build",
-        "--model",
-        str(model),
-        "--out",
-        str(tmp_path / "r"),
-        "--ensembles",
-        str(tmp_path / "e"),
-        "--shards-per-table",
-        "1",
-    )
-    assert code == 0, out
-    return model
-
-
-def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
     model = tmp_path / "m.pt"
     code, out = _run("example", "--out", str(model))
     assert code == 0 and "8 tables" in out and model.is_file()
-    code, out = _run(
-        "build",
-        "--model",
-        str(model),
-        "--out",
-        str(tmp_path / "r"),
-        "--ensembles",
-        str(tmp_path / "e"),
-        "--shards-per-table",
-        "1",
-        "--target",
-        "container",
-    )
+    out_dirs = ["--out", str(tmp_path / "r"), "--ensembles", str(tmp_path / "e")]
+    code, out = _run("build", "--model", str(model), *out_dirs, "--shards-per-table", "1", *build_args)
     assert code == 0, out
+    return model, out
+
+
+def _serve_command(tmp_path: Path, *ports: int) -> list[str]:
+    """`python -m generator serve` on tmp_path/r and tmp_path/e with the given http, grpc and metrics ports."""
+    command = [sys.executable, "-m", "generator", "serve", "--repo", str(tmp_path / "r")]
+    command += ["--ensembles", str(tmp_path / "e")]
+    for flag, port in zip(("--http-port", "--grpc-port", "--metrics-port"), ports, strict=True):
+        command += [flag, str(port)]
+    return command
+
+
+def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
+    _, out = _example_repository(tmp_path, "--target", "container")
     assert "wrote 11 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
 
 
@@ -83,23 +68,10 @@ def test_check_without_server_fails_cleanly(tmp_path: Path) -> None:
 @requires_server
 @pytest.mark.server
 def test_serve_check_and_sigterm(tmp_path: Path) -> None:
-    model = _example_repository(tmp_path)
+    model, _ = _example_repository(tmp_path)
     http, grpc, metrics = serve.free_ports(3)
     command = [
-        sys.executable,
-        "-m",
-        "generator",
-        "serve",
-        "--repo",
-        str(tmp_path / "r"),
-        "--ensembles",
-        str(tmp_path / "e"),
-        "--http-port",
-        str(http),
-        "--grpc-port",
-        str(grpc),
-        "--metrics-port",
-        str(metrics),
+        *_serve_command(tmp_path, http, grpc, metrics),
         "--log-file",
         str(tmp_path / "server.log"),
     ]
@@ -149,20 +121,7 @@ def test_serve_exits_nonzero_with_the_servers_error_lines(tmp_path: Path) -> Non
     dense_code.write_text("raise RuntimeError('broken dense model for the test')\n")
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "generator",
-            "serve",
-            "--repo",
-            str(tmp_path / "r"),
-            "--ensembles",
-            str(tmp_path / "e"),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
+            *_serve_command(tmp_path, 0, 0, 0),
             "--timeout-s",
             "120",
         ],
