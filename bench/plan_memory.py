@@ -5,7 +5,8 @@ one id per sample, under synthetic Zipf traffic with alpha 0.8, 1.05 and 1.2, at
 and 32 model-wise replicas, and prints a markdown table (memory allocated ratio = model-wise / planned; memory
 utility ratio = planned / model-wise) and writes the cells as JSON.
 
-    python -m bench.plan_memory [--capacity capacity.json] [--samples N] [--out runs/bench/plan_memory.json]
+    python -m bench.plan_memory [--capacity capacity.json] [--samples N] [--shard-fixed-us US]
+                                [--out runs/bench/plan_memory.json]
 """
 
 from __future__ import annotations
@@ -104,9 +105,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--capacity", type=Path, default=None, help="capacity.json (default: built-in figures)")
     parser.add_argument("--samples", type=int, default=1_000_000, help="synthetic samples per table")
+    parser.add_argument(
+        "--shard-fixed-us",
+        type=float,
+        default=None,
+        help="override the per-request cost of a shard step (sensitivity: a native backend)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/plan_memory.json"))
     args = parser.parse_args()
     capacity = Capacity.load(args.capacity) if args.capacity else Capacity()
+    capacity = capacity.with_overrides(
+        shard_fixed_s=None if args.shard_fixed_us is None else args.shard_fixed_us * 1e-6
+    )
     started = time.perf_counter()
     cells = run(capacity, args.samples)
     print(f"capacity: {capacity}")
