@@ -14,7 +14,20 @@ import click
 from click.core import ParameterSource
 
 from generator import build as build_module
-from generator import calibrate, capacity, client, demo, models, naming, plan, plan_figure, planner, render, serve
+from generator import (
+    calibrate,
+    capacity,
+    client,
+    demo,
+    loadtest,
+    models,
+    naming,
+    plan,
+    plan_figure,
+    planner,
+    render,
+    serve,
+)
 from generator import profile as profiles
 from generator.errors import RecgenError, UserInputError
 
@@ -524,3 +537,67 @@ def plan_command(
     click.echo(str(report))
     click.echo(f"wrote {out_path}, {plan.row_order_path(out_path)} and {figure_path}")
     click.echo(f"build it: recgen build --model {model_path} --plan {out_path}")
+
+
+@main.command("loadtest")
+@click.option("--url", required=True, help="host:port of the protocol's endpoint (8000 http, 8001 grpc).")
+@click.option("--protocol", type=click.Choice(client.PROTOCOLS), default="http", show_default=True)
+@click.option("--name", default="dlrm", show_default=True, help="Ensemble to call.")
+@click.option("--users", type=click.IntRange(1), default=4, show_default=True, help="Concurrent locust users.")
+@click.option("--spawn-rate", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True)
+@click.option("--run-time", default="60s", show_default=True, help="locust duration, e.g. 30s, 2m.")
+@click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Candidates per request.")
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Access profile: ids and pooling lengths follow it (default: uniform ids).",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Spot-check responses against this PyTorch model.",
+)
+@click.option(
+    "--spot-check-every",
+    type=click.IntRange(0),
+    default=50,
+    show_default=True,
+    help="With --model: compare every Nth response.",
+)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_reports_errors
+def loadtest_command(
+    url: str,
+    protocol: client.Protocol,
+    name: str,
+    users: int,
+    spawn_rate: float,
+    run_time: str,
+    batch: int,
+    profile_path: Path | None,
+    model_path: Path | None,
+    spot_check_every: int,
+    out_dir: Path,
+) -> None:
+    """Headless locust against a running ensemble: CSV, HTML, summary (JSON, markdown) and a PNG in OUT."""
+    summary = loadtest.run_loadtest(
+        url,
+        out_dir,
+        protocol=protocol,
+        ensemble=name,
+        users=users,
+        spawn_rate=spawn_rate,
+        run_time=run_time,
+        batch_size=batch,
+        profile_path=profile_path,
+        model_path=model_path,
+        spot_check_every=spot_check_every,
+    )
+    click.echo(str(summary))
+    click.echo(f"wrote {out_dir}/summary.json, summary.md, report.html, locust_*.csv, throughput_latency.png")
+    if summary.failures:
+        sys.exit(1)
