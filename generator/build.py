@@ -47,8 +47,13 @@ class BuildResult:
     backend: Backend
     target: Target
     repository: Path
-    ensembles: Path
+    ensembles: Path | None
     models: tuple[BuiltModel, ...]
+
+    @property
+    def repositories(self) -> list[Path]:
+        """Every repository the server must load."""
+        return [self.repository] if self.ensembles is None else [self.repository, self.ensembles]
 
     @property
     def ensemble_name(self) -> str:
@@ -58,10 +63,14 @@ class BuildResult:
     def container_command(self) -> str:
         """The command that serves this build in the NGC Triton container."""
         gpus = "--gpus=all " if any(model.device == "gpu" for model in self.models) else ""
+        volumes = f"-v {self.repository.resolve()}:/models"
+        repositories = "--model-repository=/models"
+        if self.ensembles is not None:
+            volumes += f" -v {self.ensembles.resolve()}:/ensembles"
+            repositories += " --model-repository=/ensembles"
         return (
-            f"docker run --rm {gpus}--shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 "
-            f"-v {self.repository.resolve()}:/models -v {self.ensembles.resolve()}:/ensembles {NGC_IMAGE} "
-            "tritonserver --model-repository=/models --model-repository=/ensembles"
+            f"docker run --rm {gpus}--shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 {volumes} {NGC_IMAGE} "
+            f"tritonserver {repositories}"
         )
 
     def __str__(self) -> str:
@@ -79,8 +88,11 @@ class BuildResult:
         lines += [
             f"  total {total:,} bytes; {len(self.plan.shards)} shards over {len(self.plan.tables)} tables",
             f"leaf models: {self.repository}",
-            f"ensemble:    {self.ensembles}/{self.ensemble_name}",
-            f"serve here:  recgen serve --repo {self.repository} --ensembles {self.ensembles}",
+            f"ensemble:    {self.ensembles}/{self.ensemble_name}"
+            if self.ensembles
+            else "ensemble:    none (monolithic)",
+            f"serve here:  recgen serve --repo {self.repository}"
+            + (f" --ensembles {self.ensembles}" if self.ensembles else ""),
             f"NGC container ({NGC_IMAGE}):",
             f"  {self.container_command()}",
         ]
@@ -207,6 +219,45 @@ def _write_all(
         )
     )
     return built
+
+
+def build_monolithic(
+    model: DLRM,
+    plan: Plan,
+    repository: Path,
+    *,
+    backend: Backend = "python",
+    target: Target = "embedded",
+    force: bool = False,
+) -> BuildResult:
+    """The model-wise baseline: the whole model as one Triton model named after it, `plan.dense` instances.
+
+    Same request contract as the ensemble, so the same clients, checks and load tests run against it.
+    """
+    _check_options(backend, target)
+    plan.check_matches(model)
+    repository = Path(repository)
+    if repository.exists() and not force:
+        raise OutputExistsError(f"`--out` {repository} already exists; pass --force to replace it")
+    staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.recgen-", dir=_parent(repository)))
+    try:
+        config = render.monolithic_config(plan, model.num_dense_features, backend, target)
+        version_dir = _new_model_dir(staging, config.name)
+        export.export_monolithic(model, plan, backend, target, version_dir)
+        render.write_config(config, version_dir.parent)
+        built = BuiltModel(
+            config.name,
+            "whole",
+            _backend_label(config),
+            plan.dense.instance_count,
+            plan.dense.device,
+            export.directory_bytes(version_dir.parent),
+            "monolithic",
+        )
+        _publish([(staging, repository)])
+    finally:
+        export.remove_tree(staging)
+    return BuildResult(plan, backend, target, repository, None, (built,))
 
 
 def _write_manifest(plan: Plan, backend: Backend, target: Target, repository: Path) -> None:

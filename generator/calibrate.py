@@ -94,7 +94,7 @@ def calibrate(
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="recgen-calibrate-") as workdir:
         result = build.build(model, the_plan, Path(workdir) / "repo", Path(workdir) / "ens")
-        with serve.running_server([result.repository, result.ensembles]) as server:
+        with serve.running_server(result.repositories) as server:
             client = RankingClient(server.http_url, "http", "calib")
             shard_name = naming.shard_model("calib", widest.name, 0)
             shard_points = []

@@ -47,7 +47,7 @@ def run_demo(
         model, the_plan, workdir / "model_repository", workdir / "ensembles", backend=backend, force=True
     )
     echo(f"[2/4] built the repository\n{result}")
-    with serve.running_server([result.repository, result.ensembles], log_path=workdir / "tritonserver.log") as server:
+    with serve.running_server(result.repositories, log_path=workdir / "tritonserver.log") as server:
         echo(f"[3/4] tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url} (log: {server.log_path})")
         checks = tuple(
             client.check(

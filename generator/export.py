@@ -25,12 +25,13 @@ from generator import naming
 from generator.errors import ExportError
 from generator.models import DLRM, DenseTower, pool_rows
 from generator.plan import Plan, ShardPlan, TablePlan
-from generator.render import Backend, Target, dense_inputs
+from generator.render import Backend, Target, dense_inputs, ensemble_inputs
 
 #: Model modules in `generator.triton_models`, by role.
 ROUTER_MODULE = "router_model.py"
 SHARD_MODULE = "shard_model.py"
 DENSE_MODULE = "dense_model.py"
+MONOLITHIC_MODULE = "monolithic_model.py"
 ONNX_RUNNER_MODULE = "onnx_model.py"
 #: Exported ONNX graphs must match PyTorch this closely on a random batch.
 ONNX_CHECK_ATOL = 1e-6
@@ -189,6 +190,50 @@ def export_dense(model: DLRM, plan: Plan, backend: Backend, target: Target, vers
     example = tuple(torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
     names = [spec.name for spec in inputs]
     _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)
+    if target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+class MonolithicGraph(nn.Module):
+    """The ONNX graph of the whole DLRM: dense features and one id tensor per table in, score out."""
+
+    def __init__(self, model: DLRM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, dense_features: torch.Tensor, *sparse: torch.Tensor) -> torch.Tensor:
+        """Score [B, 1] from dense features [B, D] and ids [B, L] per table (model order)."""
+        return self.model.dense(
+            dense_features,
+            [pool_rows(self.model.embeddings[t.name], ids) for t, ids in zip(self.model.tables, sparse, strict=True)],
+        )
+
+
+def export_monolithic(model: DLRM, plan: Plan, backend: Backend, target: Target, version_dir: Path) -> None:
+    """The whole model: every table's rows and the dense weights (python), or one ONNX graph (onnx)."""
+    if backend == "python":
+        install_python_model(MONOLITHIC_MODULE, version_dir)
+        for table in plan.tables:
+            rows = model.embeddings[table.spec.name].detach().cpu().numpy().astype(np.float32)
+            np.save(version_dir / naming.table_rows_file(table.spec.name), rows)
+        weights = {key: value.detach().cpu().numpy() for key, value in model.dense.state_dict().items()}
+        np.savez(version_dir / naming.DENSE_WEIGHTS_FILE, **weights)
+        return
+    generator = torch.Generator().manual_seed(0)
+    inputs = ensemble_inputs(plan, model.num_dense_features)
+    example = [torch.randn(_EXPORT_EXAMPLE_BATCH, model.num_dense_features, generator=generator)]
+    example += [
+        torch.randint(-1, t.spec.num_rows, (_EXPORT_EXAMPLE_BATCH, t.spec.max_ids_per_sample), generator=generator)
+        for t in plan.tables
+    ]
+    _export_onnx(
+        MonolithicGraph(model).eval(),
+        tuple(example),
+        [spec.name for spec in inputs],
+        naming.SCORE,
+        version_dir / naming.ONNX_MODEL_FILE,
+        varargs_after=1,
+    )
     if target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
 

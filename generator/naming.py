@@ -56,6 +56,11 @@ def partial_sum(table: str, shard: int) -> str:
     return f"partial_sum__{table}__{shard}"
 
 
+def table_rows_file(table: str) -> str:
+    """File of a whole table's rows inside a monolithic model."""
+    return f"rows_{table}.npy"
+
+
 def router_model(model: str) -> str:
     """Triton model name of the router."""
     return f"{model}_router"

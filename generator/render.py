@@ -190,6 +190,35 @@ def dense_config(plan: Plan, num_dense_features: int, backend: Backend, target: 
     )
 
 
+def monolithic_config(plan: Plan, num_dense_features: int, backend: Backend, target: Target) -> mc.ModelConfig:
+    """The whole model as one Triton model with the ensemble's request contract (the model-wise baseline)."""
+    triton_backend, parameters = _leaf_backend(backend, target)
+    if backend == "python":
+        layout = {
+            "dense_input": naming.DENSE_FEATURES,
+            "output": naming.SCORE,
+            "tables": [
+                {
+                    "table": t.spec.name,
+                    "input": naming.sparse_input(t.spec.name),
+                    "num_rows": t.spec.num_rows,
+                    "rows_file": naming.table_rows_file(t.spec.name),
+                }
+                for t in plan.tables
+            ],
+        }
+        parameters = {"tables": json.dumps(layout, separators=(",", ":"))}
+    return _serving_config(
+        naming.ensemble_model(plan.model_name),
+        triton_backend,
+        plan.max_batch_size,
+        plan.dense,
+        ensemble_inputs(plan, num_dense_features),
+        ensemble_outputs(),
+        parameters,
+    )
+
+
 def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
     """Ensemble: router, then every shard (dispatched together), then dense; named after the model."""
     config = _base_config(

@@ -61,9 +61,7 @@ def _failed(node: pytest.Item) -> bool:
 @contextlib.contextmanager
 def serving(result: BuildResult, log_path: Path) -> Iterator[serve.TritonServer]:
     """Serve a build on free loopback ports until the block ends."""
-    with serve.running_server(
-        [result.repository, result.ensembles], timeout_s=SERVER_READY_TIMEOUT_S, log_path=log_path
-    ) as server:
+    with serve.running_server(result.repositories, timeout_s=SERVER_READY_TIMEOUT_S, log_path=log_path) as server:
         yield server
 
 

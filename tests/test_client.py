@@ -29,7 +29,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     plan = uniform_plan(model, name=f"rank_{shape}", shards_per_table=shards, instance_count=instances)
     result = build.build(model, plan, workdir / "repo", workdir / "ens", backend=backend)
     with serve.running_server(
-        [result.repository, result.ensembles], timeout_s=SERVER_READY_TIMEOUT_S, log_path=workdir / "server.log"
+        result.repositories, timeout_s=SERVER_READY_TIMEOUT_S, log_path=workdir / "server.log"
     ) as server:
         yield model, result, server
 

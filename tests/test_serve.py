@@ -50,7 +50,7 @@ def test_gpu_instances_without_gpu_fail_with_the_servers_own_error(tmp_path: Pat
     result = _build(tmp_path, device="gpu")
     with (
         pytest.raises(ModelLoadError, match="KIND_GPU but no GPUs are available"),
-        serve.running_server([result.repository, result.ensembles], timeout_s=120),
+        serve.running_server(result.repositories, timeout_s=120),
     ):
         pass
 
@@ -58,7 +58,7 @@ def test_gpu_instances_without_gpu_fail_with_the_servers_own_error(tmp_path: Pat
 @pytest.mark.skipif(not _gpu_present(), reason="needs an NVIDIA GPU")
 def test_gpu_build_serves_scores_equal_to_pytorch(tmp_path: Path) -> None:
     result = _build(tmp_path, device="gpu")
-    with serve.running_server([result.repository, result.ensembles], timeout_s=240) as server:
+    with serve.running_server(result.repositories, timeout_s=240) as server:
         report = client.check(tiny_model(), server.http_url, requests=3, batch_size=32)
     assert report.passed, str(report)
 

@@ -23,6 +23,14 @@ def first_bad_id(ids: np.ndarray, num_rows: int) -> int | None:
     return int(ids[bad][0])
 
 
+def bad_id_message(input_name: str, bad_id: int, num_rows: int, table: str) -> str:
+    """The request error for an id outside a table (shared by the router and the monolithic model)."""
+    return (
+        f"input '{input_name}' holds id {bad_id}, outside the allowed range -1 (padding) to {num_rows - 1} "
+        f"of table '{table}'"
+    )
+
+
 def route(ids: np.ndarray, boundaries: np.ndarray, rank_of_row: np.ndarray | None = None) -> list[np.ndarray]:
     """Split ids [B, L] into one local-id array [B, L] per shard, -1 where an id belongs to another shard.
 

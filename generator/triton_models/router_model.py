@@ -65,10 +65,7 @@ def route_request(routes: list[TableRoute], inputs: dict[str, np.ndarray]) -> di
         ids = inputs[route.input_name]
         bad = kernels.first_bad_id(ids, route.num_rows)
         if bad is not None:
-            raise ValueError(
-                f"input '{route.input_name}' holds id {bad}, outside the allowed range -1 (padding) to "
-                f"{route.num_rows - 1} of table '{route.table}'"
-            )
+            raise ValueError(kernels.bad_id_message(route.input_name, bad, route.num_rows, route.table))
         local = kernels.route(ids.astype(np.int64, copy=False), route.boundaries, route.rank_of_row)
         outputs.update(zip(route.output_names, local, strict=True))
     return outputs

@@ -1,0 +1,74 @@
+"""The whole DLRM as one Python-backend model (numpy): the model-wise baseline a sharded ensemble is compared with.
+
+Config parameter `tables` (JSON) lists per table the input tensor, the row count and the rows file next to this
+file; the dense weights are in `dense.npz`. Bad ids fail only their own request, with the router's message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # inside Triton
+    import triton_python_backend_utils as pb_utils
+except ModuleNotFoundError:  # imported by tests or tooling
+    pb_utils = None
+
+try:  # a generated repository has the kernels next to this file
+    import recgen_kernels as kernels
+except ModuleNotFoundError:
+    from generator.triton_models import recgen_kernels as kernels
+
+WEIGHTS_FILE = "dense.npz"
+
+
+class TritonPythonModel:
+    """Triton entry point."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Load every table and the dense weights once per instance."""
+        config = json.loads(args["model_config"])
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        layout = json.loads(config["parameters"]["tables"]["string_value"])
+        self.dense_input = layout["dense_input"]
+        self.output_name = layout["output"]
+        self.tables = [
+            (entry["input"], entry["table"], int(entry["num_rows"]), np.load(version_dir / entry["rows_file"]))
+            for entry in layout["tables"]
+        ]
+        weights = dict(np.load(version_dir / WEIGHTS_FILE))
+        self.bottom = kernels.mlp_layers(weights, "bottom")
+        self.top = kernels.mlp_layers(weights, "top")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """Validate each request, then score all valid ones in one batch."""
+        responses: list[Any] = [None] * len(requests)
+        valid: list[int] = []
+        for index, request in enumerate(requests):
+            for input_name, table, num_rows, _ in self.tables:
+                ids = pb_utils.get_input_tensor_by_name(request, input_name).as_numpy()
+                bad = kernels.first_bad_id(ids, num_rows)
+                if bad is not None:
+                    message = kernels.bad_id_message(input_name, bad, num_rows, table)
+                    responses[index] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+                    )
+                    break
+            else:
+                valid.append(index)
+        if valid:
+
+            def stacked(name: str) -> tuple[np.ndarray, list[int]]:
+                return kernels.stack_requests(
+                    [pb_utils.get_input_tensor_by_name(requests[i], name).as_numpy() for i in valid]
+                )
+
+            dense_features, split_points = stacked(self.dense_input)
+            pooled = [kernels.pool(rows, stacked(input_name)[0]) for input_name, _, _, rows in self.tables]
+            scores = kernels.dense_tower(dense_features, pooled, self.bottom, self.top)
+            for index, part in zip(valid, kernels.unstack_responses(scores, split_points), strict=True):
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
+        return responses
