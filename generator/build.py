@@ -190,12 +190,12 @@ def _write_all(
     export.export_router(plan, version_dir)
     finish(router, version_dir, "router", f"{len(plan.tables)} tables -> {len(plan.shards)} shards")
 
-    for table in plan.tables:
-        for shard in table.shards:
-            config = render.shard_config(plan, table, shard, backend, target)
-            version_dir = _new_model_dir(repository, config.name)
-            export.export_shard(model, table, shard, backend, target, version_dir)
-            finish(config, version_dir, "shard", f"{table.spec.name} rows [{shard.row_start}, {shard.row_end})")
+    for group in plan.shard_groups():
+        config = render.shard_group_config(plan, group, backend, target)
+        version_dir = _new_model_dir(repository, config.name)
+        export.export_shard_group(model, plan, group, backend, target, version_dir)
+        members = ", ".join(f"{s.table}[{s.row_start}:{s.row_end}]" for s in group.shards)
+        finish(config, version_dir, "shards", members if len(members) < 60 else f"{len(group.shards)} shards")
 
     dense = render.dense_config(plan, model.num_dense_features, backend, target)
     version_dir = _new_model_dir(repository, dense.name)
@@ -262,6 +262,11 @@ def build_monolithic(
 
 def _write_manifest(plan: Plan, backend: Backend, target: Target, repository: Path) -> None:
     """A versioned record of what was built (Triton ignores plain files at the repository root)."""
+    group_of = {
+        (shard.table, shard.index): render.shard_group_model_name(plan, group)
+        for group in plan.shard_groups()
+        for shard in group.shards
+    }
     manifest = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "recgen_version": __version__,
@@ -269,6 +274,7 @@ def _write_manifest(plan: Plan, backend: Backend, target: Target, repository: Pa
         "backend": backend,
         "target": target,
         "max_batch_size": plan.max_batch_size,
+        "group_by": plan.group_by,
         "tables": [
             {
                 "table": table.spec.name,
@@ -278,7 +284,7 @@ def _write_manifest(plan: Plan, backend: Backend, target: Target, repository: Pa
                 "permuted": table.row_order is not None,
                 "shards": [
                     {
-                        "model": naming.shard_model(plan.model_name, table.spec.name, shard.index),
+                        "model": group_of[(table.spec.name, shard.index)],
                         "row_start": shard.row_start,
                         "row_end": shard.row_end,
                         "instance_count": shard.placement.instance_count,

@@ -87,7 +87,9 @@ def calibrate(
     echo: Callable[[str], None] = print,
 ) -> Capacity:
     """Measure every figure of the capacity model on the embedded server (python backend, one shard per table)."""
-    the_plan = plan.uniform_plan(model, name="calib", shards_per_table=1, max_batch_size=max(batch_size, 8))
+    the_plan = plan.uniform_plan(
+        model, name="calib", shards_per_table=1, max_batch_size=max(batch_size, 8), group_by="shard"
+    )
     batches = sorted({max(1, batch_size // 16), max(1, batch_size // 4), batch_size})
     widest = max(model.tables, key=lambda t: t.max_ids_per_sample)
     smallest = min(model.tables, key=lambda t: t.num_rows)
@@ -101,7 +103,9 @@ def calibrate(
             router_points = []
             for batch in batches:
                 local = rng.integers(0, widest.num_rows, size=(batch, widest.max_ids_per_sample), dtype=np.int64)
-                busy = _busy_seconds_per_request(client, shard_name, {naming.SHARD_INPUT: local}, requests)
+                busy = _busy_seconds_per_request(
+                    client, shard_name, {naming.local_ids(widest.name, 0): local}, requests
+                )
                 shard_points.append((batch * widest.max_ids_per_sample, busy))
                 sparse = {
                     naming.sparse_input(t.name): rng.integers(

@@ -24,7 +24,7 @@ from torch import nn
 from generator import naming
 from generator.errors import ExportError
 from generator.models import DLRM, DenseTower, pool_rows
-from generator.plan import Plan, ShardPlan, TablePlan
+from generator.plan import Plan, ShardGroup, ShardPlan, TablePlan
 from generator.render import Backend, Target, dense_inputs, ensemble_inputs
 
 #: Model modules in `generator.triton_models`, by role.
@@ -61,16 +61,16 @@ def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:
     return np.ascontiguousarray(weight[original], dtype=np.float32)
 
 
-class ShardPool(nn.Module):
-    """The ONNX graph of a shard: pool rows for local ids, -1 skipped."""
+class ShardGroupGraph(nn.Module):
+    """The ONNX graph of a shard group: per shard, pool its rows for the local ids (-1 skipped)."""
 
-    def __init__(self, rows: np.ndarray):
+    def __init__(self, rows: Sequence[np.ndarray]):
         super().__init__()
-        self.register_buffer("rows", torch.from_numpy(rows))
+        self.rows = nn.ParameterList([nn.Parameter(torch.from_numpy(r), requires_grad=False) for r in rows])
 
-    def forward(self, local_ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] local ids -> [B, dim] partial sum."""
-        return pool_rows(self.rows, local_ids)
+    def forward(self, *local_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One [B, L] local-id tensor per shard -> one [B, dim] partial sum per shard."""
+        return tuple(pool_rows(rows, ids) for rows, ids in zip(self.rows, local_ids, strict=True))
 
 
 class DenseGraph(nn.Module):
@@ -112,7 +112,7 @@ def _export_onnx(
     module: nn.Module,
     example: tuple[torch.Tensor, ...],
     names: Sequence[str],
-    output_name: str,
+    output_names: str | Sequence[str],
     path: Path,
     *,
     varargs_after: int | None = None,
@@ -134,7 +134,7 @@ def _export_onnx(
                 example,
                 str(path),
                 input_names=list(names),
-                output_names=[output_name],
+                output_names=[output_names] if isinstance(output_names, str) else list(output_names),
                 dynamic_shapes=dynamic_shapes,
                 dynamo=True,
                 external_data=False,
@@ -146,32 +146,43 @@ def _export_onnx(
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {name: tensor.numpy() for name, tensor in zip(names, example, strict=True)})
+    got = session.run(None, {name: tensor.numpy() for name, tensor in zip(names, example, strict=True)})
     with torch.no_grad():
-        expected = module(*example).numpy()
-    if got.shape != expected.shape or not np.allclose(got, expected, atol=ONNX_CHECK_ATOL, rtol=0):
-        raise ExportError(f"exported {path} differs from PyTorch (max |diff| {np.abs(got - expected).max():.3g})")
+        result = module(*example)
+    expected = [t.numpy() for t in (result if isinstance(result, tuple) else (result,))]
+    for got_array, expected_array in zip(got, expected, strict=True):
+        if got_array.shape != expected_array.shape or not np.allclose(
+            got_array, expected_array, atol=ONNX_CHECK_ATOL, rtol=0
+        ):
+            difference = np.abs(got_array - expected_array).max()
+            raise ExportError(f"exported {path} differs from PyTorch (max |diff| {difference:.3g})")
 
 
-def export_shard(
-    model: DLRM, table: TablePlan, shard: ShardPlan, backend: Backend, target: Target, version_dir: Path
+def export_shard_group(
+    model: DLRM, plan: Plan, group: ShardGroup, backend: Backend, target: Target, version_dir: Path
 ) -> None:
-    """One shard's rows, as rows.npy (python) or model.onnx (onnx)."""
-    rows = shard_rows(model, table, shard)
+    """A shard group's rows, as one .npy per shard (python) or one model.onnx (onnx)."""
+    tables = {table.spec.name: table for table in plan.tables}
+    rows = [shard_rows(model, tables[s.table], s) for s in group.shards]
     if backend == "python":
         install_python_model(SHARD_MODULE, version_dir)
-        np.save(version_dir / naming.SHARD_ROWS_FILE, rows)
+        for shard, shard_rows_array in zip(group.shards, rows, strict=True):
+            np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), shard_rows_array)
         return
     generator = torch.Generator().manual_seed(0)
-    example = torch.randint(
-        -1, shard.num_rows, (_EXPORT_EXAMPLE_BATCH, table.spec.max_ids_per_sample), generator=generator
+    example = tuple(
+        torch.randint(
+            -1, s.num_rows, (_EXPORT_EXAMPLE_BATCH, tables[s.table].spec.max_ids_per_sample), generator=generator
+        )
+        for s in group.shards
     )
     _export_onnx(
-        ShardPool(rows),
-        (example,),
-        [naming.SHARD_INPUT],
-        naming.SHARD_OUTPUT,
+        ShardGroupGraph(rows).eval(),
+        example,
+        [naming.local_ids(s.table, s.index) for s in group.shards],
+        [naming.partial_sum(s.table, s.index) for s in group.shards],
         version_dir / naming.ONNX_MODEL_FILE,
+        varargs_after=0,
     )
     if target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)

@@ -8,8 +8,9 @@ so they never re-derive them.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-from generator.triton_models import dense_model, onnx_model, router_model, shard_model
+from generator.triton_models import dense_model, onnx_model, router_model
 
 #: Version directory every generated model uses (Triton needs a numeric one, even for ensembles).
 MODEL_VERSION = "1"
@@ -19,7 +20,6 @@ PYTHON_MODEL_FILE = "model.py"
 KERNELS_FILE = "recgen_kernels.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
-SHARD_ROWS_FILE = shard_model.ROWS_FILE
 DENSE_WEIGHTS_FILE = dense_model.WEIGHTS_FILE
 ROUTER_ROW_RANKS_FILE = router_model.ROW_RANKS_FILE
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
@@ -29,9 +29,6 @@ MANIFEST_FILE = "recgen_manifest.json"
 DENSE_FEATURES = "dense_features"
 SCORE = "score"
 
-#: Tensor names inside a shard model and a dense model (shared by every shard).
-SHARD_INPUT = "local_ids"
-SHARD_OUTPUT = "partial_sum"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
@@ -67,8 +64,20 @@ def router_model(model: str) -> str:
 
 
 def shard_model(model: str, table: str, shard: int) -> str:
-    """Triton model name of shard `shard` of `table`."""
+    """Triton model name of a shard served alone."""
     return f"{model}_shard_{table}_{shard}"
+
+
+def shard_group_model(model: str, group: int, members: Sequence[tuple[str, int]]) -> str:
+    """Triton model name of a shard group: the shard's own name when it is alone, else numbered."""
+    if len(members) == 1:
+        return shard_model(model, *members[0])
+    return f"{model}_shards_{group}"
+
+
+def shard_rows_file(table: str, shard: int) -> str:
+    """File of one shard's rows inside its (group) model's version directory."""
+    return f"rows__{table}__{shard}.npy"
 
 
 def dense_model(model: str) -> str:

@@ -24,6 +24,10 @@ from generator.models import DLRM, TableSpec
 
 Device = Literal["cpu", "gpu"]
 DEVICES: tuple[Device, ...] = ("cpu", "gpu")
+#: How shards become Triton models: all shards with the same placement in one model (fewer ensemble steps, each
+#: group still scaled on its own), or one model per shard.
+GroupBy = Literal["placement", "shard"]
+GROUP_BY: tuple[GroupBy, ...] = ("placement", "shard")
 #: Largest batch (candidates per request) a generated model accepts unless told otherwise.
 DEFAULT_MAX_BATCH_SIZE = 1024
 
@@ -124,6 +128,15 @@ class TablePlan:
 
 
 @dataclass(frozen=True)
+class ShardGroup:
+    """Shards served together by one Triton model, with one instance group."""
+
+    index: int
+    placement: Placement
+    shards: tuple[ShardPlan, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything the exporter and renderer need besides the weights."""
 
@@ -132,6 +145,7 @@ class Plan:
     router: Placement = field(default_factory=Placement)
     dense: Placement = field(default_factory=Placement)
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    group_by: GroupBy = "placement"
 
     def __post_init__(self) -> None:
         if not naming.is_valid_identifier(self.model_name):
@@ -141,11 +155,22 @@ class Plan:
             )
         if not 1 <= self.max_batch_size <= 1 << 20:
             raise UserInputError(f"`max_batch_size` must be in 1..{1 << 20}, got {self.max_batch_size}")
+        if self.group_by not in GROUP_BY:
+            raise UserInputError(f"`group_by` must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
 
     @property
     def shards(self) -> list[ShardPlan]:
         """All shards, table by table."""
         return [shard for table in self.tables for shard in table.shards]
+
+    def shard_groups(self) -> list[ShardGroup]:
+        """Shards grouped into Triton models (see GroupBy), in order of first appearance."""
+        if self.group_by == "shard":
+            return [ShardGroup(i, shard.placement, (shard,)) for i, shard in enumerate(self.shards)]
+        members: dict[Placement, list[ShardPlan]] = {}
+        for shard in self.shards:
+            members.setdefault(shard.placement, []).append(shard)
+        return [ShardGroup(i, placement, tuple(group)) for i, (placement, group) in enumerate(members.items())]
 
     def check_matches(self, model: DLRM) -> None:
         """Raise PlanError unless the plan's tables are exactly the model's tables, in order."""
@@ -167,6 +192,7 @@ class Plan:
                     f"  {table.spec.name:<16} {shard.index:>5} {rows:>21} {shard.placement.instance_count:>9} "
                     f"{shard.placement.device:>6} {megabytes:>9.3f}"
                 )
+        lines.append(f"  {len(self.shard_groups())} shard models (grouped by {self.group_by})")
         lines.append(
             f"  router: {self.router.instance_count} x {self.router.device}; "
             f"dense: {self.dense.instance_count} x {self.dense.device}"
@@ -208,6 +234,7 @@ def uniform_plan(
     device: Device = "cpu",
     instance_count: int = 1,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    group_by: GroupBy = "placement",
 ) -> Plan:
     """Cut every table into up to `shards_per_table` equal row ranges, one instance each, identity row order.
 
@@ -225,6 +252,7 @@ def uniform_plan(
         router=Placement(instance_count, "cpu"),
         dense=placement,
         max_batch_size=max_batch_size,
+        group_by=group_by,
     )
 
 
@@ -267,6 +295,7 @@ def save_plan(
         "schema_version": PLAN_SCHEMA_VERSION,
         "model_name": plan.model_name,
         "max_batch_size": plan.max_batch_size,
+        "group_by": plan.group_by,
         "inputs": dict(inputs or {}),
         "row_order_file": rows_path.name if orders else None,
         "row_order_sha256": _sha256(rows_path) if orders else None,
@@ -337,6 +366,7 @@ def load_plan(path: str | Path) -> Plan:
             router=Placement(document["router"]["instance_count"], document["router"]["device"]),
             dense=Placement(document["dense"]["instance_count"], document["dense"]["device"]),
             max_batch_size=document["max_batch_size"],
+            group_by=document.get("group_by", "placement"),
         )
     except (KeyError, IndexError, TypeError) as error:
         raise PlanError(f"plan `{path}` is missing a field: {error!r}") from error

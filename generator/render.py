@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from generator import naming
 from generator.errors import ConfigValidationError
-from generator.plan import Placement, Plan, ShardPlan, TablePlan
+from generator.plan import Placement, Plan, ShardGroup
 
 Backend = Literal["python", "onnx"]
 Target = Literal["embedded", "container"]
@@ -142,16 +142,36 @@ def router_config(plan: Plan) -> mc.ModelConfig:
     )
 
 
-def shard_config(plan: Plan, table: TablePlan, shard: ShardPlan, backend: Backend, target: Target) -> mc.ModelConfig:
-    """Shard: local ids [L] in, pooled partial sum [dim] out."""
+def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
+    """The Triton model serving a shard group."""
+    return naming.shard_group_model(plan.model_name, group.index, [(s.table, s.index) for s in group.shards])
+
+
+def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: Target) -> mc.ModelConfig:
+    """Shard group: per member shard, local ids [L] in and the pooled partial sum [dim] out."""
     triton_backend, parameters = _leaf_backend(backend, target)
+    specs = {table.spec.name: table.spec for table in plan.tables}
+    inputs = [_int64(naming.local_ids(s.table, s.index), specs[s.table].max_ids_per_sample) for s in group.shards]
+    outputs = [_fp32(naming.partial_sum(s.table, s.index), specs[s.table].dim) for s in group.shards]
+    if backend == "python":
+        members = [
+            {
+                "table": s.table,
+                "shard": s.index,
+                "input": naming.local_ids(s.table, s.index),
+                "output": naming.partial_sum(s.table, s.index),
+                "rows_file": naming.shard_rows_file(s.table, s.index),
+            }
+            for s in group.shards
+        ]
+        parameters = {"shards": json.dumps(members, separators=(",", ":"))}
     return _serving_config(
-        naming.shard_model(plan.model_name, table.spec.name, shard.index),
+        shard_group_model_name(plan, group),
         triton_backend,
         plan.max_batch_size,
-        shard.placement,
-        [_int64(naming.SHARD_INPUT, table.spec.max_ids_per_sample)],
-        [_fp32(naming.SHARD_OUTPUT, table.spec.dim)],
+        group.placement,
+        inputs,
+        outputs,
         parameters,
     )
 
@@ -220,7 +240,7 @@ def monolithic_config(plan: Plan, num_dense_features: int, backend: Backend, tar
 
 
 def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
-    """Ensemble: router, then every shard (dispatched together), then dense; named after the model."""
+    """Ensemble: router, then every shard group (dispatched together), then dense; named after the model."""
     config = _base_config(
         naming.ensemble_model(plan.model_name),
         plan.max_batch_size,
@@ -235,11 +255,11 @@ def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
         for shard in table.shards:
             local = naming.local_ids(table.spec.name, shard.index)
             router.output_map[local] = local
-            step = steps.add(
-                model_name=naming.shard_model(plan.model_name, table.spec.name, shard.index), model_version=-1
-            )
-            step.input_map[naming.SHARD_INPUT] = local
-            step.output_map[naming.SHARD_OUTPUT] = naming.partial_sum(table.spec.name, shard.index)
+    for group in plan.shard_groups():
+        step = steps.add(model_name=shard_group_model_name(plan, group), model_version=-1)
+        for shard in group.shards:
+            step.input_map[naming.local_ids(shard.table, shard.index)] = naming.local_ids(shard.table, shard.index)
+            step.output_map[naming.partial_sum(shard.table, shard.index)] = naming.partial_sum(shard.table, shard.index)
     dense = steps.add(model_name=naming.dense_model(plan.model_name), model_version=-1)
     for spec in dense_inputs(plan, num_dense_features):
         dense.input_map[spec.name] = spec.name

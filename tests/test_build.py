@@ -17,8 +17,8 @@ def _build(tmp_path: Path, backend="python", target="embedded", force=False, **p
     return build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend, target=target, force=force)
 
 
-def test_python_build_layout(tmp_path: Path) -> None:
-    result = _build(tmp_path)
+def test_python_build_layout_one_model_per_shard(tmp_path: Path) -> None:
+    result = _build(tmp_path, group_by="shard")
     repo = tmp_path / "repo"
     names = sorted(p.name for p in repo.iterdir() if p.is_dir())
     assert names == sorted(
@@ -29,7 +29,7 @@ def test_python_build_layout(tmp_path: Path) -> None:
         version = repo / name / "1"
         assert (repo / name / "config.pbtxt").is_file()
         assert (version / "model.py").is_file() and (version / naming.KERNELS_FILE).is_file()
-    assert (repo / "dlrm_shard_small_1" / "1" / "rows.npy").is_file()
+    assert (repo / "dlrm_shard_small_1" / "1" / "rows__small__1.npy").is_file()
     assert (repo / "dlrm_dense" / "1" / "dense.npz").is_file()
     assert (tmp_path / "ens" / "dlrm" / "config.pbtxt").is_file()
     assert (tmp_path / "ens" / "dlrm" / "1").is_dir()
@@ -42,10 +42,21 @@ def test_python_build_layout(tmp_path: Path) -> None:
 
 
 def test_shard_rows_are_the_planned_range(tmp_path: Path) -> None:
-    _build(tmp_path)
+    _build(tmp_path, group_by="shard")
     weight = tiny_model().embeddings["medium"].detach().numpy()
-    rows = np.load(tmp_path / "repo" / "dlrm_shard_medium_1" / "1" / "rows.npy")
+    rows = np.load(tmp_path / "repo" / "dlrm_shard_medium_1" / "1" / "rows__medium__1.npy")
     np.testing.assert_array_equal(rows, weight[333:666])
+
+
+def test_shards_with_the_same_placement_share_one_model(tmp_path: Path) -> None:
+    result = _build(tmp_path)
+    names = sorted(p.name for p in (tmp_path / "repo").iterdir() if p.is_dir())
+    assert names == ["dlrm_dense", "dlrm_router", "dlrm_shards_0"]
+    group_dir = tmp_path / "repo" / "dlrm_shards_0" / "1"
+    assert len(list(group_dir.glob("rows__*.npy"))) == 7
+    assert [m.role for m in result.models] == ["router", "shards", "dense", "ensemble"]
+    manifest = json.loads((tmp_path / "repo" / naming.MANIFEST_FILE).read_text())
+    assert {s["model"] for t in manifest["tables"] for s in t["shards"]} == {"dlrm_shards_0"}
 
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:
@@ -88,7 +99,7 @@ def test_plan_of_another_model_is_rejected(tmp_path: Path) -> None:
 
 
 def test_onnx_container_build_has_native_ort_configs_and_no_python(tmp_path: Path) -> None:
-    result = _build(tmp_path, backend="onnx", target="container", device="gpu")
+    result = _build(tmp_path, backend="onnx", target="container", device="gpu", group_by="shard")
     shard_dir = tmp_path / "repo" / "dlrm_shard_small_0"
     assert sorted(p.name for p in (shard_dir / "1").iterdir()) == ["model.onnx"]
     assert 'backend: "onnxruntime"' in (shard_dir / "config.pbtxt").read_text()
@@ -101,9 +112,14 @@ def test_onnx_graphs_match_pytorch(tmp_path: Path) -> None:
 
     model = tiny_model()
     _build(tmp_path, backend="onnx")
-    shard = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_shard_medium_2" / "1" / "model.onnx"))
+    group = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_shards_0" / "1" / "model.onnx"))
+    assert len(group.get_inputs()) == len(group.get_outputs()) == 7
     local_ids = np.array([[0], [-1], [333]], dtype=np.int64)
-    (pooled,) = shard.run(None, {"local_ids": local_ids})
+    feeds = {i.name: np.full((3, i.shape[1]), -1, dtype=np.int64) for i in group.get_inputs()}
+    feeds["local_ids__medium__2"] = local_ids
+    outputs = dict(zip([o.name for o in group.get_outputs()], group.run(None, feeds), strict=True))
+    pooled = outputs["partial_sum__medium__2"]
+    assert not outputs["partial_sum__small__0"].any()
     weight = model.embeddings["medium"].detach().numpy()
     np.testing.assert_allclose(pooled, np.stack([weight[666], np.zeros(8), weight[999]]), atol=1e-6)
     dense = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_dense" / "1" / "model.onnx"))

@@ -42,7 +42,7 @@ def _serve_command(tmp_path: Path, *ports: int) -> list[str]:
 
 def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
     _, out = _example_repository(tmp_path, "--target", "container")
-    assert "wrote 11 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
+    assert "wrote 4 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
 
 
 def test_build_errors_name_the_problem(tmp_path: Path) -> None:

@@ -15,11 +15,13 @@ KIND_CPU = mc.ModelInstanceGroup.KIND_CPU
 KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
 
 
-def _all_configs(backend: render.Backend, target: render.Target, device="cpu") -> dict[str, mc.ModelConfig]:
+def _all_configs(
+    backend: render.Backend, target: render.Target, device="cpu", group_by="shard"
+) -> dict[str, mc.ModelConfig]:
     model = tiny_model()
-    plan = uniform_plan(model, shards_per_table=3, device=device, instance_count=2)
+    plan = uniform_plan(model, shards_per_table=3, device=device, instance_count=2, group_by=group_by)
     configs = [render.router_config(plan), render.dense_config(plan, model.num_dense_features, backend, target)]
-    configs += [render.shard_config(plan, t, s, backend, target) for t in plan.tables for s in t.shards]
+    configs += [render.shard_group_config(plan, group, backend, target) for group in plan.shard_groups()]
     configs.append(render.ensemble_config(plan, model.num_dense_features))
     return {config.name: config for config in configs}
 
@@ -27,8 +29,11 @@ def _all_configs(backend: render.Backend, target: render.Target, device="cpu") -
 @pytest.mark.parametrize("backend", render.BACKENDS)
 @pytest.mark.parametrize("target", render.TARGETS)
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
-def test_every_config_parses_back_strictly_and_the_ensemble_is_consistent(backend, target, device, tmp_path) -> None:
-    configs = _all_configs(backend, target, device)
+@pytest.mark.parametrize("group_by", ["shard", "placement"])
+def test_every_config_parses_back_strictly_and_the_ensemble_is_consistent(
+    backend, target, device, group_by, tmp_path
+) -> None:
+    configs = _all_configs(backend, target, device, group_by)
     for name, config in configs.items():
         (tmp_path / name).mkdir()
         path = render.write_config(config, tmp_path / name)
@@ -55,8 +60,8 @@ def test_leaf_backend_per_backend_and_target(backend, target, triton_backend, or
         assert not config.platform
         assert ("intra_op_thread_count" in config.parameters) is ort_threads
     assert configs["dlrm_router"].backend == "python"
-    assert [(t.name, list(t.dims)) for t in shard.input] == [("local_ids", [3])]
-    assert [(t.name, list(t.dims)) for t in shard.output] == [("partial_sum", [8])]
+    assert [(t.name, list(t.dims)) for t in shard.input] == [("local_ids__small__0", [3])]
+    assert [(t.name, list(t.dims)) for t in shard.output] == [("partial_sum__small__0", [8])]
 
 
 def test_gpu_device_places_shards_and_dense_on_gpu_router_on_cpu() -> None:
@@ -80,6 +85,22 @@ def test_ensemble_follows_triton_rules_and_request_contract() -> None:
     assert [(t.name, list(t.dims)) for t in ensemble.output] == [("score", [1])]
     steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
     assert steps[0] == "dlrm_router" and steps[-1] == "dlrm_dense" and len(steps) == 2 + 7
+
+
+def test_grouped_shards_make_a_three_step_ensemble() -> None:
+    configs = _all_configs("python", "embedded", group_by="placement")
+    steps = [step.model_name for step in configs["dlrm"].ensemble_scheduling.step]
+    assert steps == ["dlrm_router", "dlrm_shards_0", "dlrm_dense"]
+    group = configs["dlrm_shards_0"]
+    assert len(group.input) == len(group.output) == 7
+    members = json.loads(group.parameters["shards"].string_value)
+    assert members[1] == {
+        "table": "small",
+        "shard": 0,
+        "input": "local_ids__small__0",
+        "output": "partial_sum__small__0",
+        "rows_file": "rows__small__0.npy",
+    }
 
 
 def test_router_and_dense_parameters_carry_the_layout() -> None:
@@ -113,7 +134,7 @@ def test_check_ensemble_finds_broken_data_flow() -> None:
     ensemble = configs.pop("dlrm")
     broken = mc.ModelConfig()
     broken.CopyFrom(ensemble)
-    broken.ensemble_scheduling.step[1].output_map["partial_sum"] = "dangling"
+    broken.ensemble_scheduling.step[1].output_map["partial_sum__one_row__0"] = "dangling"
     with pytest.raises(ConfigValidationError, match="never consumed"):
         render.check_ensemble(broken, configs)
     with pytest.raises(ConfigValidationError, match="not generated"):

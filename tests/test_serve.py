@@ -36,7 +36,7 @@ def test_start_ready_stop(tmp_path: Path) -> None:
     try:
         server.wait_until_ready(["dlrm", "dlrm_router", "dlrm_dense"], timeout_s=120)
         assert serve.port_answers("127.0.0.1", server.http_port)
-        assert server._get("/v2/models/dlrm_shard_small_1/ready") == 200
+        assert server._get("/v2/models/dlrm_shards_0/ready") == 200
         assert "backend-directory" in " ".join(server.command())
     finally:
         code = server.stop()

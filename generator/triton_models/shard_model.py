@@ -1,6 +1,8 @@
-"""Embedding shard (numpy): gathers its rows for the local ids of a batch and sum-pools them per sample.
+"""Embedding shard group (numpy): for each of its shards, gathers the rows of the local ids and sum-pools them.
 
-Rows live in `rows.npy` next to this file, in hotness-rank order; ids are local to the shard, -1 = skip.
+Config parameter `shards` (JSON) lists per shard the input tensor (local ids, -1 = skip), the output tensor
+(pooled partial sum) and the rows file next to this file (rows in hotness-rank order). Shards that share a
+placement are served by one model so the ensemble has few steps; each group is still scaled on its own.
 """
 
 from __future__ import annotations
@@ -21,26 +23,27 @@ try:  # a generated repository has the kernels next to this file
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
 
-ROWS_FILE = "rows.npy"
-
 
 class TritonPythonModel:
     """Triton entry point."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Load this shard's rows into the instance's memory (each instance is its own process)."""
+        """Load every member shard's rows into this instance's memory (each instance is its own process)."""
         config = json.loads(args["model_config"])
-        self.input_name = config["input"][0]["name"]
-        self.output_name = config["output"][0]["name"]
-        self.rows = np.load(Path(args["model_repository"]) / args["model_version"] / ROWS_FILE)
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        members = json.loads(config["parameters"]["shards"]["string_value"])
+        self.shards = [
+            (entry["input"], entry["output"], np.load(version_dir / entry["rows_file"])) for entry in members
+        ]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Pool all batched requests in one gather, then split the result back per request."""
-        local_ids, split_points = kernels.stack_requests(
-            [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
-        )
-        pooled = kernels.pool(self.rows, local_ids)
-        return [
-            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
-            for part in kernels.unstack_responses(pooled, split_points)
-        ]
+        """Pool each shard over all batched requests in one gather, then split the results back per request."""
+        outputs: list[list[Any]] = [[] for _ in requests]
+        for input_name, output_name, rows in self.shards:
+            local_ids, split_points = kernels.stack_requests(
+                [pb_utils.get_input_tensor_by_name(request, input_name).as_numpy() for request in requests]
+            )
+            pooled = kernels.pool(rows, local_ids)
+            for response_outputs, part in zip(outputs, kernels.unstack_responses(pooled, split_points), strict=True):
+                response_outputs.append(pb_utils.Tensor(output_name, part))
+        return [pb_utils.InferenceResponse(output_tensors=tensors) for tensors in outputs]

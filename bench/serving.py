@@ -1,0 +1,209 @@
+"""Benchmark: in-process PyTorch vs a monolithic Triton model vs the sharded ensemble, on one machine, in one run.
+
+For batch 1, 64 and 256 candidates and client concurrency 1, 4 and 8 (closed loop: each client thread sends its
+next request when the previous answer arrives, over gRPC, one client per thread):
+(a) in-process PyTorch forward of the same model (the limit; `concurrency` threads call forward),
+(b) one monolithic Triton model holding the whole DLRM (Python backend numpy, and ONNX Runtime), 2 instances,
+(c) the generated sharded ensemble (Python and ONNX backends) with the generator's default configs.
+Prints a markdown table with samples/s, requests/s, p50 and p99 latency and the ratios (c)/(a) and (c)/(b), and
+writes JSON and a PNG.
+
+    python -m bench.serving [--seconds 3] [--batches 1 64 256] [--concurrency 1 4 8] [--out runs/bench/serving]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from generator import build, client, models, plan, serve
+
+SYSTEMS = ("pytorch", "monolithic-python", "monolithic-onnx", "ensemble-python", "ensemble-onnx")
+
+
+def closed_loop(send: Callable[[int], None], concurrency: int, seconds: float, warmup_s: float) -> dict[str, float]:
+    """Run `concurrency` threads calling send(thread) back to back; latency percentiles and request rate."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[BaseException] = []
+    start_at = time.perf_counter() + 0.2
+    measure_from = start_at + warmup_s
+    stop_at = measure_from + seconds
+
+    def worker(index: int) -> None:
+        while time.perf_counter() < start_at:
+            time.sleep(0.001)
+        try:
+            while (now := time.perf_counter()) < stop_at:
+                send(index)
+                if now >= measure_from:
+                    latencies[index].append(time.perf_counter() - now)
+        except BaseException as error:  # reported after the join
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    merged = np.array([value for per_thread in latencies for value in per_thread])
+    return {
+        "requests": int(merged.size),
+        "requests_per_s": merged.size / seconds,
+        "p50_ms": float(np.percentile(merged, 50) * 1000),
+        "p99_ms": float(np.percentile(merged, 99) * 1000),
+    }
+
+
+def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict[str, float]:
+    request = client.random_request(model, batch, np.random.default_rng(batch))
+    dense = torch.from_numpy(request.dense_features)
+    sparse = {name: torch.from_numpy(ids) for name, ids in request.sparse.items()}
+
+    def send(_: int) -> None:
+        with torch.no_grad():
+            model(dense, sparse)
+
+    return closed_loop(send, concurrency, seconds, warmup_s=0.3)
+
+
+def bench_triton(url: str, model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict[str, float]:
+    clients = [client.RankingClient(url, "grpc") for _ in range(concurrency)]
+    requests = [client.random_request(model, batch, np.random.default_rng(i)).tensors() for i in range(concurrency)]
+    try:
+        return closed_loop(lambda i: clients[i].infer(requests[i]), concurrency, seconds, warmup_s=0.5)
+    finally:
+        for each in clients:
+            each.close()
+
+
+def build_system(system: str, model: models.DLRM, workdir: Path) -> build.BuildResult:
+    kind, backend = system.split("-")
+    if kind == "monolithic":
+        the_plan = plan.uniform_plan(model, shards_per_table=1, instance_count=2)
+        return build.build_monolithic(model, the_plan, workdir / system, backend=backend)  # type: ignore[arg-type]
+    the_plan = plan.uniform_plan(model)
+    return build.build(model, the_plan, workdir / system / "r", workdir / system / "e", backend=backend)  # type: ignore[arg-type]
+
+
+def run(systems: list[str], batches: list[int], concurrencies: list[int], seconds: float) -> list[dict]:
+    model = models.example_model()
+    torch.set_num_threads(2)
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir:
+        for system in systems:
+            if system == "pytorch":
+                for batch in batches:
+                    for concurrency in concurrencies:
+                        cells.append(
+                            {
+                                "system": system,
+                                "batch": batch,
+                                "concurrency": concurrency,
+                                **bench_pytorch(model, batch, concurrency, seconds),
+                            }
+                        )
+                        print(_row(cells[-1]), flush=True)
+                continue
+            result = build_system(system, model, Path(workdir))
+            with serve.running_server(result.repositories, timeout_s=300) as server:
+                for batch in batches:
+                    for concurrency in concurrencies:
+                        cells.append(
+                            {
+                                "system": system,
+                                "batch": batch,
+                                "concurrency": concurrency,
+                                **bench_triton(server.grpc_url, model, batch, concurrency, seconds),
+                            }
+                        )
+                        print(_row(cells[-1]), flush=True)
+    for cell in cells:
+        cell["samples_per_s"] = cell["requests_per_s"] * cell["batch"]
+    return cells
+
+
+def _row(cell: dict) -> str:
+    return (
+        f"{cell['system']:<18} batch {cell['batch']:>4} x{cell['concurrency']}: "
+        f"{cell['requests_per_s'] * cell['batch']:>10,.0f} samples/s, p50 {cell['p50_ms']:.2f} ms, "
+        f"p99 {cell['p99_ms']:.2f} ms"
+    )
+
+
+def markdown(cells: list[dict]) -> str:
+    by_key = {(c["system"], c["batch"], c["concurrency"]): c for c in cells}
+    lines = [
+        "| system | batch | concurrency | samples/s | requests/s | p50 ms | p99 ms | ÷ PyTorch | ÷ monolithic |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        reference = by_key.get(("pytorch", c["batch"], c["concurrency"]))
+        backend = c["system"].split("-")[-1]
+        monolithic = by_key.get((f"monolithic-{backend}", c["batch"], c["concurrency"]))
+        vs_torch = f"{c['samples_per_s'] / reference['samples_per_s']:.2f}" if reference else "-"
+        vs_mono = (
+            f"{c['samples_per_s'] / monolithic['samples_per_s']:.2f}"
+            if monolithic and c["system"].startswith("ensemble")
+            else "-"
+        )
+        lines.append(
+            f"| {c['system']} | {c['batch']} | {c['concurrency']} | {c['samples_per_s']:,.0f} | "
+            f"{c['requests_per_s']:,.1f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {vs_torch} | {vs_mono} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({c["batch"] for c in cells})
+    figure, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for axis, batch in zip(axes[0], batches, strict=True):
+        for system in dict.fromkeys(c["system"] for c in cells):
+            points = sorted(
+                (c["concurrency"], c["samples_per_s"]) for c in cells if c["system"] == system and c["batch"] == batch
+            )
+            axis.plot(*zip(*points, strict=True), marker="o", label=system)
+        axis.set_title(f"batch {batch}")
+        axis.set_xlabel("concurrent clients")
+        axis.set_ylabel("samples/s")
+        axis.set_yscale("log")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/serving"))
+    args = parser.parse_args()
+    cells = run(args.systems, args.batches, args.concurrency, args.seconds)
+    table = markdown(cells)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
+    (args.out / "serving.md").write_text(table + "\n")
+    plot(cells, args.out / "serving.png")
+    print(f"wrote {args.out}/serving.json, serving.md, serving.png")
+
+
+if __name__ == "__main__":
+    main()
