@@ -8,12 +8,14 @@ next request when the previous answer arrives, over gRPC, one client per thread)
 Prints a markdown table with samples/s, requests/s, p50 and p99 latency and the ratios (c)/(a) and (c)/(b), and
 writes JSON and a PNG.
 
-    python -m bench.serving [--seconds 3] [--batches 1 64 256] [--concurrency 1 4 8] [--out runs/bench/serving]
+    python -m bench.serving [--seconds 3] [--rounds 3] [--batches 1 64 256] [--concurrency 1 4 8]
+                            [--systems ...] [--out runs/bench/serving]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import threading
@@ -73,14 +75,14 @@ def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: flo
         with torch.no_grad():
             model(dense, sparse)
 
-    return closed_loop(send, concurrency, seconds, warmup_s=0.3)
+    return closed_loop(send, concurrency, seconds, warmup_s=0.5)
 
 
 def bench_triton(url: str, model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict[str, float]:
     clients = [client.RankingClient(url, "grpc") for _ in range(concurrency)]
     requests = [client.random_request(model, batch, np.random.default_rng(i)).tensors() for i in range(concurrency)]
     try:
-        return closed_loop(lambda i: clients[i].infer(requests[i]), concurrency, seconds, warmup_s=0.5)
+        return closed_loop(lambda i: clients[i].infer(requests[i]), concurrency, seconds, warmup_s=1.0)
     finally:
         for each in clients:
             each.close()
@@ -95,41 +97,46 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> build.BuildR
     return build.build(model, the_plan, workdir / system / "r", workdir / system / "e", backend=backend)  # type: ignore[arg-type]
 
 
-def run(systems: list[str], batches: list[int], concurrencies: list[int], seconds: float) -> list[dict]:
+def run(systems: list[str], batches: list[int], concurrencies: list[int], seconds: float, rounds: int) -> list[dict]:
+    """Every cell `rounds` times, systems interleaved (all servers up at once, idle while others run), median kept.
+
+    These machines are shared VMs whose speed drifts from minute to minute (steal time); interleaving keeps the
+    ratios between systems honest.
+    """
     model = models.example_model()
     torch.set_num_threads(2)
-    cells = []
-    with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir:
+    measured: dict[tuple[str, int, int], list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir, contextlib.ExitStack() as stack:
+        urls: dict[str, str] = {}
         for system in systems:
-            if system == "pytorch":
-                for batch in batches:
-                    for concurrency in concurrencies:
-                        cells.append(
-                            {
-                                "system": system,
-                                "batch": batch,
-                                "concurrency": concurrency,
-                                **bench_pytorch(model, batch, concurrency, seconds),
-                            }
-                        )
-                        print(_row(cells[-1]), flush=True)
-                continue
-            result = build_system(system, model, Path(workdir))
-            with serve.running_server(result.repositories, timeout_s=300) as server:
-                for batch in batches:
-                    for concurrency in concurrencies:
-                        cells.append(
-                            {
-                                "system": system,
-                                "batch": batch,
-                                "concurrency": concurrency,
-                                **bench_triton(server.grpc_url, model, batch, concurrency, seconds),
-                            }
-                        )
-                        print(_row(cells[-1]), flush=True)
-    for cell in cells:
-        cell["samples_per_s"] = cell["requests_per_s"] * cell["batch"]
-    return cells
+            if system != "pytorch":
+                result = build_system(system, model, Path(workdir))
+                server = stack.enter_context(serve.running_server(result.repositories, timeout_s=300))
+                urls[system] = server.grpc_url
+                bench_triton(server.grpc_url, model, 64, 2, 1.0)  # warm every instance up
+        for round_index in range(rounds):
+            for batch in batches:
+                for concurrency in concurrencies:
+                    for system in systems:
+                        if system == "pytorch":
+                            cell = bench_pytorch(model, batch, concurrency, seconds)
+                        else:
+                            cell = bench_triton(urls[system], model, batch, concurrency, seconds)
+                        cell.update(system=system, batch=batch, concurrency=concurrency, round=round_index)
+                        measured.setdefault((system, batch, concurrency), []).append(cell)
+                        print(_row(cell), flush=True)
+    cells = []
+    for (_, batch, _), runs in measured.items():
+        median = sorted(runs, key=lambda c: c["requests_per_s"])[len(runs) // 2]
+        cells.append(
+            {
+                **median,
+                "samples_per_s": median["requests_per_s"] * batch,
+                "rounds_samples_per_s": [c["requests_per_s"] * batch for c in runs],
+            }
+        )
+    order = {name: index for index, name in enumerate(systems)}
+    return sorted(cells, key=lambda c: (c["batch"], c["concurrency"], order[c["system"]]))
 
 
 def _row(cell: dict) -> str:
@@ -193,9 +200,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--rounds", type=int, default=3, help="measure every cell this often, keep the median")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving"))
     args = parser.parse_args()
-    cells = run(args.systems, args.batches, args.concurrency, args.seconds)
+    cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
     table = markdown(cells)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

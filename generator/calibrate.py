@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generator import build, naming, plan, serve
+from generator import build, naming, plan, render, serve
 from generator.capacity import Capacity
 from generator.client import RankingClient
 from generator.errors import ServerError
@@ -98,13 +98,14 @@ def calibrate(
         result = build.build(model, the_plan, Path(workdir) / "repo", Path(workdir) / "ens")
         with serve.running_server(result.repositories) as server:
             client = RankingClient(server.http_url, "http", "calib")
-            shard_name = naming.shard_model("calib", widest.name, 0)
+            widest_group = next(g for g in the_plan.shard_groups() if g.shards[0].table == widest.name)
+            shard_name = naming.shard_model("calib", widest.name, 0)  # a group of one shard keeps its own name
             shard_points = []
             router_points = []
             for batch in batches:
                 local = rng.integers(0, widest.num_rows, size=(batch, widest.max_ids_per_sample), dtype=np.int64)
                 busy = _busy_seconds_per_request(
-                    client, shard_name, {naming.local_ids(widest.name, 0): local}, requests
+                    client, shard_name, {naming.group_local_ids(widest_group.index): local}, requests
                 )
                 shard_points.append((batch * widest.max_ids_per_sample, busy))
                 sparse = {
@@ -121,12 +122,9 @@ def calibrate(
                     f"router {router_points[-1][1] * 1e6:8.1f} us for {router_points[-1][0]} ids"
                 )
             dense_inputs = {
-                naming.DENSE_FEATURES: rng.standard_normal((batch_size, model.num_dense_features), dtype=np.float32)
+                spec.name: rng.standard_normal((batch_size, *spec.dims), dtype=np.float32)
+                for spec in render.dense_inputs(the_plan, model.num_dense_features)
             }
-            for table in the_plan.tables:
-                dense_inputs[naming.partial_sum(table.spec.name, 0)] = rng.standard_normal(
-                    (batch_size, table.spec.dim), dtype=np.float32
-                )
             dense = naming.dense_model("calib")
             dense_busy = _busy_seconds_per_request(client, dense, dense_inputs, requests)
             echo(f"  dense: {dense_busy * 1e6:.1f} us per {batch_size} samples")

@@ -25,7 +25,7 @@ from generator import naming
 from generator.errors import ExportError
 from generator.models import DLRM, DenseTower, pool_rows
 from generator.plan import Plan, ShardGroup, ShardPlan, TablePlan
-from generator.render import Backend, Target, dense_inputs, ensemble_inputs
+from generator.render import Backend, Target, dense_inputs, ensemble_inputs, group_columns, table_parts
 
 #: Model modules in `generator.triton_models`, by role.
 ROUTER_MODULE = "router_model.py"
@@ -62,35 +62,39 @@ def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:
 
 
 class ShardGroupGraph(nn.Module):
-    """The ONNX graph of a shard group: per shard, pool its rows for the local ids (-1 skipped)."""
+    """The ONNX graph of a shard group: packed local ids in, each member's pooled rows side by side out."""
 
-    def __init__(self, rows: Sequence[np.ndarray]):
+    def __init__(self, rows: Sequence[np.ndarray], columns: Sequence[tuple[int, int]]):
         super().__init__()
         self.rows = nn.ParameterList([nn.Parameter(torch.from_numpy(r), requires_grad=False) for r in rows])
+        self.columns = list(columns)
 
-    def forward(self, *local_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One [B, L] local-id tensor per shard -> one [B, dim] partial sum per shard."""
-        return tuple(pool_rows(rows, ids) for rows, ids in zip(self.rows, local_ids, strict=True))
+    def forward(self, packed_ids: torch.Tensor) -> torch.Tensor:
+        """[B, sum of widths] local ids (-1 skipped) -> [B, members * dim] partial sums."""
+        return torch.cat(
+            [pool_rows(rows, packed_ids[:, a:b]) for rows, (a, b) in zip(self.rows, self.columns, strict=True)],
+            dim=1,
+        )
 
 
 class DenseGraph(nn.Module):
     """The ONNX graph of the dense model: add each table's partial sums, then the model's own DenseTower."""
 
-    def __init__(self, tower: DenseTower, shards_per_table: Sequence[int]):
+    def __init__(self, tower: DenseTower, parts: Sequence[Sequence[tuple[int, int]]], dim: int):
         super().__init__()
         self.tower = tower
-        self.shards_per_table = list(shards_per_table)
+        self.parts = [list(per_table) for per_table in parts]  # per table: (packed input index, slot)
+        self.dim = dim
 
-    def forward(self, dense_features: torch.Tensor, *partials: torch.Tensor) -> torch.Tensor:
-        """Dense features [B, D] and every shard's partial sum [B, dim], table by table -> score [B, 1]."""
+    def forward(self, dense_features: torch.Tensor, *packed: torch.Tensor) -> torch.Tensor:
+        """Dense features [B, D] and each group's packed partial sums -> score [B, 1]."""
         pooled = []
-        start = 0
-        for count in self.shards_per_table:
-            total = partials[start]
-            for partial in partials[start + 1 : start + count]:
-                total = total + partial
+        for per_table in self.parts:
+            slices = [packed[i][:, slot * self.dim : (slot + 1) * self.dim] for i, slot in per_table]
+            total = slices[0]
+            for piece in slices[1:]:
+                total = total + piece
             pooled.append(total)
-            start += count
         return self.tower(dense_features, pooled)
 
 
@@ -169,20 +173,21 @@ def export_shard_group(
         for shard, shard_rows_array in zip(group.shards, rows, strict=True):
             np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), shard_rows_array)
         return
+    columns = group_columns(plan, group)
     generator = torch.Generator().manual_seed(0)
-    example = tuple(
-        torch.randint(
-            -1, s.num_rows, (_EXPORT_EXAMPLE_BATCH, tables[s.table].spec.max_ids_per_sample), generator=generator
-        )
-        for s in group.shards
+    example = torch.cat(
+        [
+            torch.randint(-1, s.num_rows, (_EXPORT_EXAMPLE_BATCH, b - a), generator=generator)
+            for s, (a, b) in zip(group.shards, columns, strict=True)
+        ],
+        dim=1,
     )
     _export_onnx(
-        ShardGroupGraph(rows).eval(),
-        example,
-        [naming.local_ids(s.table, s.index) for s in group.shards],
-        [naming.partial_sum(s.table, s.index) for s in group.shards],
+        ShardGroupGraph(rows, columns).eval(),
+        (example,),
+        [naming.group_local_ids(group.index)],
+        naming.group_partial_sums(group.index),
         version_dir / naming.ONNX_MODEL_FILE,
-        varargs_after=0,
     )
     if target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
@@ -195,9 +200,11 @@ def export_dense(model: DLRM, plan: Plan, backend: Backend, target: Target, vers
         weights = {key: value.detach().cpu().numpy() for key, value in model.dense.state_dict().items()}
         np.savez(version_dir / naming.DENSE_WEIGHTS_FILE, **weights)
         return
-    graph = DenseGraph(model.dense, [len(table.shards) for table in plan.tables]).eval()
-    generator = torch.Generator().manual_seed(0)
     inputs = dense_inputs(plan, model.num_dense_features)
+    position = {spec.name: index - 1 for index, spec in enumerate(inputs)}
+    parts = [[(position[name], slot) for name, slot in table] for table in table_parts(plan)]
+    graph = DenseGraph(model.dense, parts, plan.tables[0].spec.dim).eval()
+    generator = torch.Generator().manual_seed(0)
     example = tuple(torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
     names = [spec.name for spec in inputs]
     _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)

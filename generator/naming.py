@@ -43,14 +43,14 @@ def sparse_input(table: str) -> str:
     return f"sparse_{table}"
 
 
-def local_ids(table: str, shard: int) -> str:
-    """Ensemble tensor from the router to one shard: local row ids, -1 where an id is not in that shard."""
-    return f"local_ids__{table}__{shard}"
+def group_local_ids(group: int) -> str:
+    """Ensemble tensor from the router to shard group `group`: the local ids of all its shards, side by side."""
+    return f"local_ids__g{group}"
 
 
-def partial_sum(table: str, shard: int) -> str:
-    """Ensemble tensor from one shard to the dense model: the pooled partial sum over that shard's rows."""
-    return f"partial_sum__{table}__{shard}"
+def group_partial_sums(group: int) -> str:
+    """Ensemble tensor from shard group `group` to the dense model: its shards' pooled partial sums, side by side."""
+    return f"partial_sums__g{group}"
 
 
 def table_rows_file(table: str) -> str:

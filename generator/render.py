@@ -112,12 +112,31 @@ def _leaf_backend(backend: Backend, target: Target) -> tuple[str, dict[str, str]
     return "python", {}
 
 
+def group_columns(plan: Plan, group: ShardGroup) -> list[tuple[int, int]]:
+    """[first, last) columns of each member shard in the group's packed local-id tensor."""
+    widths = {table.spec.name: table.spec.max_ids_per_sample for table in plan.tables}
+    columns = []
+    first = 0
+    for shard in group.shards:
+        columns.append((first, first + widths[shard.table]))
+        first += widths[shard.table]
+    return columns
+
+
+def _row_dim(plan: Plan) -> int:
+    return plan.tables[0].spec.dim  # DLRM protocol: every table's dim equals bottom_mlp[-1]
+
+
 def router_config(plan: Plan) -> mc.ModelConfig:
-    """Router: sparse ids in, per-shard local ids out; the routing table travels as a parameter."""
+    """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter."""
+    groups = plan.shard_groups()
     inputs = [_int64(naming.sparse_input(t.spec.name), t.spec.max_ids_per_sample) for t in plan.tables]
-    outputs = [
-        _int64(naming.local_ids(t.spec.name, s.index), t.spec.max_ids_per_sample) for t in plan.tables for s in t.shards
-    ]
+    outputs = [_int64(naming.group_local_ids(g.index), group_columns(plan, g)[-1][1]) for g in groups]
+    target = {
+        (shard.table, shard.index): {"output": position, "column": first}
+        for position, group in enumerate(groups)
+        for shard, (first, _) in zip(group.shards, group_columns(plan, group), strict=True)
+    }
     routing = {
         "tables": [
             {
@@ -125,11 +144,12 @@ def router_config(plan: Plan) -> mc.ModelConfig:
                 "input": naming.sparse_input(t.spec.name),
                 "num_rows": t.spec.num_rows,
                 "boundaries": t.boundaries,
-                "outputs": [naming.local_ids(t.spec.name, s.index) for s in t.shards],
+                "shards": [target[(t.spec.name, s.index)] for s in t.shards],
                 "permuted": t.row_order is not None,
             }
             for t in plan.tables
-        ]
+        ],
+        "outputs": [{"name": spec.name, "width": spec.dims[0]} for spec in outputs],
     }
     return _serving_config(
         naming.router_model(plan.model_name),
@@ -148,54 +168,66 @@ def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
 
 
 def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: Target) -> mc.ModelConfig:
-    """Shard group: per member shard, local ids [L] in and the pooled partial sum [dim] out."""
+    """Shard group: packed local ids of its shards in, packed partial sums (dim per shard) out."""
     triton_backend, parameters = _leaf_backend(backend, target)
-    specs = {table.spec.name: table.spec for table in plan.tables}
-    inputs = [_int64(naming.local_ids(s.table, s.index), specs[s.table].max_ids_per_sample) for s in group.shards]
-    outputs = [_fp32(naming.partial_sum(s.table, s.index), specs[s.table].dim) for s in group.shards]
+    columns = group_columns(plan, group)
+    dim = _row_dim(plan)
     if backend == "python":
-        members = [
-            {
-                "table": s.table,
-                "shard": s.index,
-                "input": naming.local_ids(s.table, s.index),
-                "output": naming.partial_sum(s.table, s.index),
-                "rows_file": naming.shard_rows_file(s.table, s.index),
-            }
-            for s in group.shards
-        ]
-        parameters = {"shards": json.dumps(members, separators=(",", ":"))}
+        layout = {
+            "input": naming.group_local_ids(group.index),
+            "output": naming.group_partial_sums(group.index),
+            "dim": dim,
+            "shards": [
+                {
+                    "table": s.table,
+                    "shard": s.index,
+                    "columns": list(span),
+                    "rows_file": naming.shard_rows_file(s.table, s.index),
+                }
+                for s, span in zip(group.shards, columns, strict=True)
+            ],
+        }
+        parameters = {"shards": json.dumps(layout, separators=(",", ":"))}
     return _serving_config(
         shard_group_model_name(plan, group),
         triton_backend,
         plan.max_batch_size,
         group.placement,
-        inputs,
-        outputs,
+        [_int64(naming.group_local_ids(group.index), columns[-1][1])],
+        [_fp32(naming.group_partial_sums(group.index), len(group.shards) * dim)],
         parameters,
     )
 
 
 def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
-    """Dense features, then every shard's partial sum, table by table (the ONNX graph's input order)."""
+    """Dense features, then every shard group's packed partial sums (the ONNX graph's input order)."""
+    dim = _row_dim(plan)
     return [_fp32(naming.DENSE_FEATURES, num_dense_features)] + [
-        _fp32(naming.partial_sum(t.spec.name, s.index), t.spec.dim) for t in plan.tables for s in t.shards
+        _fp32(naming.group_partial_sums(g.index), len(g.shards) * dim) for g in plan.shard_groups()
     ]
 
 
+def table_parts(plan: Plan) -> list[list[tuple[str, int]]]:
+    """Per table (model order): the (packed partial-sum tensor, slot) of each of its shards."""
+    slots = {
+        (shard.table, shard.index): (naming.group_partial_sums(group.index), slot)
+        for group in plan.shard_groups()
+        for slot, shard in enumerate(group.shards)
+    }
+    return [[slots[(t.spec.name, s.index)] for s in t.shards] for t in plan.tables]
+
+
 def dense_config(plan: Plan, num_dense_features: int, backend: Backend, target: Target) -> mc.ModelConfig:
-    """Dense model: dense features and all partial sums in, score out."""
+    """Dense model: dense features and the packed partial sums in, score out."""
     triton_backend, parameters = _leaf_backend(backend, target)
     if backend == "python":
         layout = {
             "dense_input": naming.DENSE_FEATURES,
             "output": naming.SCORE,
+            "dim": _row_dim(plan),
             "tables": [
-                {
-                    "table": t.spec.name,
-                    "partials": [naming.partial_sum(t.spec.name, s.index) for s in t.shards],
-                }
-                for t in plan.tables
+                {"table": t.spec.name, "parts": [{"input": name, "slot": slot} for name, slot in parts]}
+                for t, parts in zip(plan.tables, table_parts(plan), strict=True)
             ],
         }
         parameters = {"dense": json.dumps(layout, separators=(",", ":"))}
@@ -252,14 +284,12 @@ def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
     router = steps.add(model_name=naming.router_model(plan.model_name), model_version=-1)
     for table in plan.tables:
         router.input_map[naming.sparse_input(table.spec.name)] = naming.sparse_input(table.spec.name)
-        for shard in table.shards:
-            local = naming.local_ids(table.spec.name, shard.index)
-            router.output_map[local] = local
     for group in plan.shard_groups():
+        local, partial = naming.group_local_ids(group.index), naming.group_partial_sums(group.index)
+        router.output_map[local] = local
         step = steps.add(model_name=shard_group_model_name(plan, group), model_version=-1)
-        for shard in group.shards:
-            step.input_map[naming.local_ids(shard.table, shard.index)] = naming.local_ids(shard.table, shard.index)
-            step.output_map[naming.partial_sum(shard.table, shard.index)] = naming.partial_sum(shard.table, shard.index)
+        step.input_map[local] = local
+        step.output_map[partial] = partial
     dense = steps.add(model_name=naming.dense_model(plan.model_name), model_version=-1)
     for spec in dense_inputs(plan, num_dense_features):
         dense.input_map[spec.name] = spec.name

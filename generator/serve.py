@@ -38,6 +38,8 @@ STOP_GRACE_S = 30.0
 SHM_DEFAULT_BYTES = 4 * 1024 * 1024
 SHM_GROWTH_BYTES = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
+#: Thread-pool sizes for the numpy/BLAS inside every Python-backend stub (see server_environment).
+SINGLE_THREADED_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _ERROR_LINE = re.compile(r"^E\d{4} |error: |failed to load|Internal - ")
 
 
@@ -93,6 +95,10 @@ def server_environment() -> dict[str, str]:
     """Environment for the server: this interpreter first on PATH, libpython and the wheel's libs findable."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # Every Python-backend instance is a process; BLAS/OpenMP pools of one thread per core in each of them
+    # oversubscribe the cores many times over. Instances are the unit of parallelism, so one thread each.
+    for variable, value in SINGLE_THREADED_ENV.items():
+        env.setdefault(variable, value)
     library_dirs = [str(pytriton_server_dir().parent.parent / "nvidia_pytriton.libs")]
     if sysconfig.get_config_var("Py_ENABLE_SHARED"):
         library_dirs.insert(0, str(sysconfig.get_config_var("LIBDIR")))

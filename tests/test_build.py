@@ -110,27 +110,33 @@ def test_onnx_container_build_has_native_ort_configs_and_no_python(tmp_path: Pat
 def test_onnx_graphs_match_pytorch(tmp_path: Path) -> None:
     import onnxruntime as ort
 
+    from generator import render
+
     model = tiny_model()
-    _build(tmp_path, backend="onnx")
-    group = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_shards_0" / "1" / "model.onnx"))
-    assert len(group.get_inputs()) == len(group.get_outputs()) == 7
-    local_ids = np.array([[0], [-1], [333]], dtype=np.int64)
-    feeds = {i.name: np.full((3, i.shape[1]), -1, dtype=np.int64) for i in group.get_inputs()}
-    feeds["local_ids__medium__2"] = local_ids
-    outputs = dict(zip([o.name for o in group.get_outputs()], group.run(None, feeds), strict=True))
-    pooled = outputs["partial_sum__medium__2"]
-    assert not outputs["partial_sum__small__0"].any()
+    plan = uniform_plan(model, shards_per_table=3)
+    build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend="onnx")
+    (group,) = plan.shard_groups()
+    columns = render.group_columns(plan, group)
+    slot = next(i for i, s in enumerate(group.shards) if (s.table, s.index) == ("medium", 2))
+    session = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_shards_0" / "1" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["local_ids__g0"]
+    packed = np.full((3, columns[-1][1]), -1, dtype=np.int64)
+    packed[:, columns[slot][0]] = [0, -1, 333]
+    (pooled,) = session.run(None, {"local_ids__g0": packed})
+    assert pooled.shape == (3, 7 * 8)
     weight = model.embeddings["medium"].detach().numpy()
-    np.testing.assert_allclose(pooled, np.stack([weight[666], np.zeros(8), weight[999]]), atol=1e-6)
+    np.testing.assert_allclose(
+        pooled[:, slot * 8 : (slot + 1) * 8], np.stack([weight[666], np.zeros(8), weight[999]]), atol=1e-6
+    )
+    assert not np.delete(pooled, np.s_[slot * 8 : (slot + 1) * 8], axis=1).any()
     dense = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_dense" / "1" / "model.onnx"))
-    names = [i.name for i in dense.get_inputs()]
-    assert names[0] == "dense_features" and len(names) == 1 + 7
+    assert [i.name for i in dense.get_inputs()] == ["dense_features", "partial_sums__g0"]
     rng = np.random.default_rng(0)
-    feeds = {i.name: rng.standard_normal((1, i.shape[1])).astype(np.float32) for i in dense.get_inputs()}
+    feeds = {i.name: rng.standard_normal((2, i.shape[1])).astype(np.float32) for i in dense.get_inputs()}
     (score,) = dense.run(None, feeds)
-    pooled_per_table = [
-        sum(torch.from_numpy(feeds[n]) for n in names[1:] if n.startswith(f"partial_sum__{t.name}__"))
-        for t in model.tables
-    ]
-    expected = model.dense(torch.from_numpy(feeds["dense_features"]), pooled_per_table).detach().numpy()
-    np.testing.assert_allclose(score, expected, atol=1e-6)
+    partials = torch.from_numpy(feeds["partial_sums__g0"])
+    per_table = {t.name: torch.zeros(2, 8) for t in model.tables}
+    for index, shard in enumerate(group.shards):
+        per_table[shard.table] = per_table[shard.table] + partials[:, index * 8 : (index + 1) * 8]
+    expected = model.dense(torch.from_numpy(feeds["dense_features"]), [per_table[t.name] for t in model.tables])
+    np.testing.assert_allclose(score, expected.detach().numpy(), atol=1e-6)

@@ -60,8 +60,8 @@ def test_leaf_backend_per_backend_and_target(backend, target, triton_backend, or
         assert not config.platform
         assert ("intra_op_thread_count" in config.parameters) is ort_threads
     assert configs["dlrm_router"].backend == "python"
-    assert [(t.name, list(t.dims)) for t in shard.input] == [("local_ids__small__0", [3])]
-    assert [(t.name, list(t.dims)) for t in shard.output] == [("partial_sum__small__0", [8])]
+    assert [(t.name, list(t.dims)) for t in shard.input] == [("local_ids__g1", [3])]
+    assert [(t.name, list(t.dims)) for t in shard.output] == [("partial_sums__g1", [8])]
 
 
 def test_gpu_device_places_shards_and_dense_on_gpu_router_on_cpu() -> None:
@@ -92,15 +92,11 @@ def test_grouped_shards_make_a_three_step_ensemble() -> None:
     steps = [step.model_name for step in configs["dlrm"].ensemble_scheduling.step]
     assert steps == ["dlrm_router", "dlrm_shards_0", "dlrm_dense"]
     group = configs["dlrm_shards_0"]
-    assert len(group.input) == len(group.output) == 7
-    members = json.loads(group.parameters["shards"].string_value)
-    assert members[1] == {
-        "table": "small",
-        "shard": 0,
-        "input": "local_ids__small__0",
-        "output": "partial_sum__small__0",
-        "rows_file": "rows__small__0.npy",
-    }
+    assert [(t.name, list(t.dims)) for t in group.input] == [("local_ids__g0", [1 + 3 * 3 + 3 * 1])]
+    assert [(t.name, list(t.dims)) for t in group.output] == [("partial_sums__g0", [7 * 8])]
+    layout = json.loads(group.parameters["shards"].string_value)
+    assert layout["shards"][1] == {"table": "small", "shard": 0, "columns": [1, 4], "rows_file": "rows__small__0.npy"}
+    assert layout["shards"][4]["columns"] == [10, 11]
 
 
 def test_router_and_dense_parameters_carry_the_layout() -> None:
@@ -108,9 +104,10 @@ def test_router_and_dense_parameters_carry_the_layout() -> None:
     routing = json.loads(configs["dlrm_router"].parameters["routing"].string_value)
     small = next(t for t in routing["tables"] if t["table"] == "small")
     assert small["boundaries"] == [0, 2, 4, 7]
-    assert small["outputs"] == [naming.local_ids("small", i) for i in range(3)]
+    assert small["shards"] == [{"output": i, "column": 0} for i in (1, 2, 3)]  # one group per shard here
+    assert routing["outputs"][1] == {"name": naming.group_local_ids(1), "width": 3}
     layout = json.loads(configs["dlrm_dense"].parameters["dense"].string_value)
-    assert layout["tables"][0]["partials"] == [naming.partial_sum("one_row", 0)]
+    assert layout["tables"][1]["parts"] == [{"input": naming.group_partial_sums(i), "slot": 0} for i in (1, 2, 3)]
 
 
 @pytest.mark.parametrize(
@@ -134,7 +131,7 @@ def test_check_ensemble_finds_broken_data_flow() -> None:
     ensemble = configs.pop("dlrm")
     broken = mc.ModelConfig()
     broken.CopyFrom(ensemble)
-    broken.ensemble_scheduling.step[1].output_map["partial_sum__one_row__0"] = "dangling"
+    broken.ensemble_scheduling.step[1].output_map["partial_sums__g0"] = "dangling"
     with pytest.raises(ConfigValidationError, match="never consumed"):
         render.check_ensemble(broken, configs)
     with pytest.raises(ConfigValidationError, match="not generated"):

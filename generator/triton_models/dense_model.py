@@ -1,7 +1,7 @@
 """Dense model (numpy): adds the partial sums of each table, then bottom MLP, dot interaction, top MLP, sigmoid.
 
-Config parameter `dense` (JSON) names the dense-feature input, the score output and, per table in interaction
-order, the partial-sum inputs to add; weights are in `dense.npz` next to this file.
+Config parameter `dense` (JSON) names the dense-feature input, the score output, the row width `dim` and, per
+table in interaction order, its parts: (packed partial-sum input, slot) pairs to add; weights are in `dense.npz`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ class TritonPythonModel:
         layout = json.loads(config["parameters"]["dense"]["string_value"])
         self.dense_input = layout["dense_input"]
         self.output_name = layout["output"]
-        self.table_partials: list[list[str]] = [table["partials"] for table in layout["tables"]]
+        self.dim = int(layout["dim"])
+        self.table_parts: list[list[tuple[str, int]]] = [
+            [(part["input"], int(part["slot"])) for part in table["parts"]] for table in layout["tables"]
+        ]
+        self.packed_inputs = sorted({name for parts in self.table_parts for name, _ in parts})
         weights = dict(np.load(Path(args["model_repository"]) / args["model_version"] / WEIGHTS_FILE))
         self.bottom = kernels.mlp_layers(weights, "bottom")
         self.top = kernels.mlp_layers(weights, "top")
@@ -48,11 +52,14 @@ class TritonPythonModel:
             )
 
         dense_features, split_points = stacked(self.dense_input)
+        packed = {name: stacked(name)[0] for name in self.packed_inputs}
+        dim = self.dim
         pooled = []
-        for partial_names in self.table_partials:
-            total = stacked(partial_names[0])[0].copy()
-            for name in partial_names[1:]:
-                total += stacked(name)[0]
+        for parts in self.table_parts:
+            (first_input, first_slot), *rest = parts
+            total = packed[first_input][:, first_slot * dim : (first_slot + 1) * dim].copy()
+            for name, slot in rest:
+                total += packed[name][:, slot * dim : (slot + 1) * dim]
             pooled.append(total)
         scores = kernels.dense_tower(dense_features, pooled, self.bottom, self.top)
         return [

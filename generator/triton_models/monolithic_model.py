@@ -36,7 +36,12 @@ class TritonPythonModel:
         self.dense_input = layout["dense_input"]
         self.output_name = layout["output"]
         self.tables = [
-            (entry["input"], entry["table"], int(entry["num_rows"]), np.load(version_dir / entry["rows_file"]))
+            (
+                entry["input"],
+                entry["table"],
+                int(entry["num_rows"]),
+                kernels.with_padding_row(np.load(version_dir / entry["rows_file"])),
+            )
             for entry in layout["tables"]
         ]
         weights = dict(np.load(version_dir / WEIGHTS_FILE))

@@ -47,12 +47,26 @@ def route(ids: np.ndarray, boundaries: np.ndarray, rank_of_row: np.ndarray | Non
     ]
 
 
-def pool(rows: np.ndarray, local_ids: np.ndarray) -> np.ndarray:
-    """Sum of rows[local_ids] over each sample [B, L] -> [B, dim], skipping -1."""
-    present = local_ids >= 0
-    gathered = rows[np.where(present, local_ids, 0)]
-    gathered *= present[..., np.newaxis]
-    return gathered.sum(axis=1, dtype=rows.dtype)
+def with_padding_row(rows: np.ndarray) -> np.ndarray:
+    """Rows plus one trailing zero row that padding ids (-1) are pointed at, so pooling needs no mask."""
+    padded = np.zeros((rows.shape[0] + 1, rows.shape[1]), dtype=rows.dtype)
+    padded[:-1] = rows
+    return padded
+
+
+def pool(padded_rows: np.ndarray, local_ids: np.ndarray) -> np.ndarray:
+    """Sum of rows[local_ids] over each sample [B, L] -> [B, dim], skipping -1 (see `with_padding_row`).
+
+    One contiguous gather per id column: far faster than gathering [B, L, dim] at once.
+    """
+    padding = padded_rows.shape[0] - 1
+    columns = np.ascontiguousarray(np.where(local_ids < 0, padding, local_ids).T)
+    if columns.shape[0] == 0:
+        return np.zeros((local_ids.shape[0], padded_rows.shape[1]), dtype=padded_rows.dtype)
+    pooled = np.take(padded_rows, columns[0], axis=0)
+    for column in columns[1:]:
+        pooled += np.take(padded_rows, column, axis=0)
+    return pooled
 
 
 def _linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

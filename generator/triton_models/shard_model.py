@@ -1,8 +1,9 @@
-"""Embedding shard group (numpy): for each of its shards, gathers the rows of the local ids and sum-pools them.
+"""Embedding shard group (numpy): pools every member shard's rows for its local ids, packed side by side.
 
-Config parameter `shards` (JSON) lists per shard the input tensor (local ids, -1 = skip), the output tensor
-(pooled partial sum) and the rows file next to this file (rows in hotness-rank order). Shards that share a
-placement are served by one model so the ensemble has few steps; each group is still scaled on its own.
+Config parameter `shards` (JSON): the packed input (local ids of all members, -1 = skip), the packed output
+(pooled partial sums, `dim` columns per member) and, per member, its columns in the input and its rows file next
+to this file (rows in hotness-rank order). Shards that share a placement are served by one model so the ensemble
+has few steps and few tensors; each group is still scaled on its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
 
 
+def pool_group(members: list[tuple[int, int, np.ndarray]], packed_ids: np.ndarray, dim: int) -> np.ndarray:
+    """[B, sum of widths] packed local ids -> [B, members * dim] packed partial sums."""
+    pooled = np.empty((packed_ids.shape[0], len(members) * dim), dtype=np.float32)
+    for slot, (first, last, padded_rows) in enumerate(members):
+        pooled[:, slot * dim : (slot + 1) * dim] = kernels.pool(padded_rows, packed_ids[:, first:last])
+    return pooled
+
+
 class TritonPythonModel:
     """Triton entry point."""
 
@@ -31,19 +40,26 @@ class TritonPythonModel:
         """Load every member shard's rows into this instance's memory (each instance is its own process)."""
         config = json.loads(args["model_config"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        members = json.loads(config["parameters"]["shards"]["string_value"])
-        self.shards = [
-            (entry["input"], entry["output"], np.load(version_dir / entry["rows_file"])) for entry in members
+        layout = json.loads(config["parameters"]["shards"]["string_value"])
+        self.input_name = layout["input"]
+        self.output_name = layout["output"]
+        self.dim = int(layout["dim"])
+        self.members = [
+            (
+                int(m["columns"][0]),
+                int(m["columns"][1]),
+                kernels.with_padding_row(np.load(version_dir / m["rows_file"])),
+            )
+            for m in layout["shards"]
         ]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Pool each shard over all batched requests in one gather, then split the results back per request."""
-        outputs: list[list[Any]] = [[] for _ in requests]
-        for input_name, output_name, rows in self.shards:
-            local_ids, split_points = kernels.stack_requests(
-                [pb_utils.get_input_tensor_by_name(request, input_name).as_numpy() for request in requests]
-            )
-            pooled = kernels.pool(rows, local_ids)
-            for response_outputs, part in zip(outputs, kernels.unstack_responses(pooled, split_points), strict=True):
-                response_outputs.append(pb_utils.Tensor(output_name, part))
-        return [pb_utils.InferenceResponse(output_tensors=tensors) for tensors in outputs]
+        """Pool all batched requests at once, then split the result back per request."""
+        packed_ids, split_points = kernels.stack_requests(
+            [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
+        )
+        pooled = pool_group(self.members, packed_ids, self.dim)
+        return [
+            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
+            for part in kernels.unstack_responses(pooled, split_points)
+        ]

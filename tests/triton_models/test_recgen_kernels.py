@@ -68,7 +68,7 @@ def test_sharded_pooling_adds_up_to_the_whole_table(case, dim) -> None:
     ranked_rows = rows[order]
     routed = kernels.route(ids, boundaries, rank_of_row)
     total = sum(
-        kernels.pool(ranked_rows[start:end], local)
+        kernels.pool(kernels.with_padding_row(ranked_rows[start:end]), local)
         for start, end, local in zip(boundaries[:-1], boundaries[1:], routed, strict=True)
     )
     expected = pool_rows(torch.from_numpy(rows), torch.from_numpy(ids)).numpy()

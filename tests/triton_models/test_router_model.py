@@ -3,61 +3,75 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 
 from generator import naming, render
 from generator.plan import Placement, Plan, table_plan, uniform_plan
-from generator.triton_models import router_model
+from generator.triton_models import recgen_kernels as kernels
+from generator.triton_models import router_model, shard_model
 from tests.conftest import tiny_model
 
 
-def _routes(plan: Plan, tmp_path: Path) -> list[router_model.TableRoute]:
-    config = render.router_config(plan)
-    from google.protobuf import json_format
-
-    as_json = json.loads(json_format.MessageToJson(config, preserving_proto_field_name=True))
-    return router_model.load_routes(as_json, tmp_path)
+def _routing(plan: Plan, tmp_path: Path) -> router_model.Routing:
+    config = json.loads(json_format.MessageToJson(render.router_config(plan), preserving_proto_field_name=True))
+    return router_model.load_routing(config, tmp_path)
 
 
-def test_route_request_outputs_every_shard(tmp_path: Path) -> None:
-    plan = uniform_plan(tiny_model(), shards_per_table=3)
-    routes = _routes(plan, tmp_path)
-    inputs = {
-        "sparse_one_row": np.array([[0], [-1]]),
-        "sparse_small": np.array([[0, 6, -1], [-1, -1, -1]]),
-        "sparse_medium": np.array([[999], [0]]),
-    }
-    outputs = router_model.route_request(routes, inputs)
-    assert set(outputs) == {naming.local_ids(t.spec.name, s.index) for t in plan.tables for s in t.shards}
-    assert outputs["local_ids__small__0"].tolist() == [[0, -1, -1], [-1, -1, -1]]
-    assert outputs["local_ids__small__2"].tolist() == [[-1, 2, -1], [-1, -1, -1]]
-    assert outputs["local_ids__medium__2"].tolist() == [[333], [-1]]
+INPUTS = {
+    "sparse_one_row": np.array([[0], [-1]]),
+    "sparse_small": np.array([[0, 6, -1], [-1, -1, -1]]),
+    "sparse_medium": np.array([[999], [0]]),
+}
+
+
+def test_route_request_packs_every_group(tmp_path: Path) -> None:
+    plan = uniform_plan(tiny_model(), shards_per_table=3, group_by="shard")
+    outputs = router_model.route_request(_routing(plan, tmp_path), INPUTS)
+    assert set(outputs) == {naming.group_local_ids(g.index) for g in plan.shard_groups()}
+    # groups: 0 one_row/0, 1-3 small/0-2, 4-6 medium/0-2
+    assert outputs["local_ids__g1"].tolist() == [[0, -1, -1], [-1, -1, -1]]
+    assert outputs["local_ids__g3"].tolist() == [[-1, 2, -1], [-1, -1, -1]]
+    assert outputs["local_ids__g6"].tolist() == [[333], [-1]]
+
+
+def test_grouped_routing_then_pooling_equals_whole_tables(tmp_path: Path) -> None:
+    model = tiny_model()
+    plan = uniform_plan(model, shards_per_table=3)
+    (group,) = plan.shard_groups()
+    (packed,) = router_model.route_request(_routing(plan, tmp_path), INPUTS).values()
+    tables = {t.spec.name: t for t in plan.tables}
+    members = [
+        (a, b, kernels.with_padding_row(model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end]))
+        for s, (a, b) in zip(group.shards, render.group_columns(plan, group), strict=True)
+    ]
+    pooled = shard_model.pool_group(members, packed, 8)
+    for table in model.tables:
+        total = sum(
+            pooled[:, slot * 8 : (slot + 1) * 8] for slot, s in enumerate(group.shards) if s.table == table.name
+        )
+        ids = INPUTS[f"sparse_{table.name}"]
+        weight = model.embeddings[table.name].detach().numpy()
+        expected = np.stack([weight[row[row >= 0]].sum(axis=0) for row in ids])
+        np.testing.assert_allclose(total, expected, atol=1e-6)
+    assert tables["medium"].boundaries == [0, 333, 666, 1000]
 
 
 @pytest.mark.parametrize(("value", "shown"), [(7, "id 7"), (-2, "id -2")])
 def test_bad_id_names_tensor_value_and_range(tmp_path: Path, value: int, shown: str) -> None:
-    routes = _routes(uniform_plan(tiny_model()), tmp_path)
-    inputs = {
-        "sparse_one_row": np.array([[0]]),
-        "sparse_small": np.array([[0, value, -1]]),
-        "sparse_medium": np.array([[1]]),
-    }
+    routing = _routing(uniform_plan(tiny_model()), tmp_path)
+    inputs = dict(INPUTS, sparse_small=np.array([[0, value, -1], [1, 2, 3]]))
     with pytest.raises(ValueError, match=rf"'sparse_small' holds {shown}.*-1 \(padding\) to 6"):
-        router_model.route_request(routes, inputs)
+        router_model.route_request(routing, inputs)
 
 
 def test_permuted_table_reads_ranks_file(tmp_path: Path) -> None:
     model = tiny_model()
-    base = uniform_plan(model, shards_per_table=2)
+    base = uniform_plan(model, shards_per_table=2, group_by="shard")
     order = np.arange(1000)[::-1].copy()  # hottest = highest id
     medium = table_plan(model.tables[2], [0, 10, 1000], [Placement(), Placement()], row_order=order)
-    plan = Plan("dlrm", (base.tables[0], base.tables[1], medium))
+    plan = Plan("dlrm", (base.tables[0], base.tables[1], medium), group_by="shard")
     np.savez(tmp_path / router_model.ROW_RANKS_FILE, medium=medium.rank_of_row())
-    routes = _routes(plan, tmp_path)
-    inputs = {
-        "sparse_one_row": np.array([[0]]),
-        "sparse_small": np.array([[0, 1, 2]]),
-        "sparse_medium": np.array([[999]]),
-    }
-    outputs = router_model.route_request(routes, inputs)
-    assert outputs["local_ids__medium__0"].tolist() == [[0]]
-    assert outputs["local_ids__medium__1"].tolist() == [[-1]]
+    outputs = router_model.route_request(_routing(plan, tmp_path), dict(INPUTS, sparse_medium=np.array([[999], [0]])))
+    # groups: 0 one_row, 1-2 small, 3-4 medium
+    assert outputs["local_ids__g3"].tolist() == [[0], [-1]]
+    assert outputs["local_ids__g4"].tolist() == [[-1], [989]]
