@@ -28,6 +28,8 @@ import torch
 
 from generator import build, client, models, plan, serve
 
+#: Instances of each ensemble step (router, shard group, dense); overridable with --ensemble-instances.
+ENSEMBLE_INSTANCES = 1
 SYSTEMS = ("pytorch", "monolithic-python", "monolithic-onnx", "ensemble-python", "ensemble-onnx")
 
 
@@ -93,7 +95,7 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> build.BuildR
     if kind == "monolithic":
         the_plan = plan.uniform_plan(model, shards_per_table=1, instance_count=2)
         return build.build_monolithic(model, the_plan, workdir / system, backend=backend)  # type: ignore[arg-type]
-    the_plan = plan.uniform_plan(model)
+    the_plan = plan.uniform_plan(model, instance_count=ENSEMBLE_INSTANCES)
     return build.build(model, the_plan, workdir / system / "r", workdir / system / "e", backend=backend)  # type: ignore[arg-type]
 
 
@@ -202,7 +204,9 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--rounds", type=int, default=3, help="measure every cell this often, keep the median")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving"))
+    parser.add_argument("--ensemble-instances", type=int, default=ENSEMBLE_INSTANCES)
     args = parser.parse_args()
+    globals()["ENSEMBLE_INSTANCES"] = args.ensemble_instances
     cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
     table = markdown(cells)
     print(table)
