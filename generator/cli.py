@@ -138,6 +138,13 @@ def example(out_path: Path, seed: int) -> None:
     show_default=True,
     help="Largest number of candidates per request.",
 )
+@click.option(
+    "--group-by",
+    type=click.Choice(plan.GROUP_BY),
+    default="placement",
+    show_default=True,
+    help="Serve shards with the same placement as one model (fewer ensemble steps), or one model per shard.",
+)
 @click.option("--force", is_flag=True, help="Replace existing output directories.")
 @click.option(
     "--plan",
@@ -162,12 +169,13 @@ def build_command(
     device: plan.Device,
     instances: int,
     max_batch_size: int,
+    group_by: plan.GroupBy,
     force: bool,
 ) -> None:
     """Generate the sharded repository and the ensemble for a model."""
     model = models.DLRM.load(model_path)
     if plan_path is not None:
-        replaced = ["shards_per_table", "device", "instances", "name", "max_batch_size"]
+        replaced = ["shards_per_table", "device", "instances", "name", "max_batch_size", "group_by"]
         given = [name for name in replaced if context.get_parameter_source(name) != ParameterSource.DEFAULT]
         if given:
             raise UserInputError(f"--plan sets {', '.join('--' + g.replace('_', '-') for g in given)}; drop them")
@@ -180,6 +188,7 @@ def build_command(
             device=device,
             instance_count=instances,
             max_batch_size=max_batch_size,
+            group_by=group_by,
         )
     click.echo(str(the_plan))
     result = build_module.build(model, the_plan, repository, ensembles, backend=backend, target=target, force=force)

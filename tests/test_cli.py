@@ -223,3 +223,8 @@ def test_profile_and_plan_errors(tmp_path: Path) -> None:
         str(tmp_path / "plan.json"),
     )
     assert code == 1 and "has no table 'user_id'" in out
+
+
+def test_group_by_shard_writes_one_model_per_shard(tmp_path: Path) -> None:
+    _, out = _example_repository(tmp_path, "--group-by", "shard", "--force")
+    assert "wrote 11 models" in out and "dlrm_shard_user_id_0" in out
