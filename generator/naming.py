@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from generator.triton_models import dense_model, onnx_model, router_model
+from generator.triton_models import onnx_model, recgen_kernels, router_model
 
 #: Version directory every generated model uses (Triton needs a numeric one, even for ensembles).
 MODEL_VERSION = "1"
@@ -20,7 +20,7 @@ PYTHON_MODEL_FILE = "model.py"
 KERNELS_FILE = "recgen_kernels.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
-DENSE_WEIGHTS_FILE = dense_model.WEIGHTS_FILE
+DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE
 ROUTER_ROW_RANKS_FILE = router_model.ROW_RANKS_FILE
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"

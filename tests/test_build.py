@@ -8,7 +8,7 @@ import torch
 from generator import build, export, naming
 from generator.errors import ExportError, OutputExistsError, UserInputError
 from generator.plan import uniform_plan
-from tests.conftest import tiny_model, wide_model
+from tests.conftest import requires_server, tiny_model, wide_model
 
 
 def _build(tmp_path: Path, backend="python", target="embedded", force=False, **plan_args):
@@ -140,3 +140,27 @@ def test_onnx_graphs_match_pytorch(tmp_path: Path) -> None:
         per_table[shard.table] = per_table[shard.table] + partials[:, index * 8 : (index + 1) * 8]
     expected = model.dense(torch.from_numpy(feeds["dense_features"]), [per_table[t.name] for t in model.tables])
     np.testing.assert_allclose(score, expected.detach().numpy(), atol=1e-6)
+
+
+@requires_server
+@pytest.mark.server
+@pytest.mark.parametrize("backend", ["python", "onnx"])
+def test_monolithic_baseline_serves_the_same_contract(tmp_path: Path, server_factory, backend: str) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    from generator import client
+
+    model = tiny_model()
+    result = build.build_monolithic(model, uniform_plan(model, instance_count=2), tmp_path / "mono", backend=backend)
+    assert result.ensembles is None and [m.role for m in result.models] == ["whole"]
+    assert "--model-repository=/models" in result.container_command() and "/ensembles" not in str(result)
+    server = server_factory(result)
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        report = client.check(model, url, protocol=protocol, requests=3, batch_size=32)
+        assert report.passed, str(report)
+    if backend == "python":
+        request = client.random_request(model, 4, np.random.default_rng(0)).tensors()
+        request["sparse_small"][0, 0] = 7
+        with client.RankingClient(server.http_url) as ranking, pytest.raises(InferenceServerException) as error:
+            ranking.infer(request)
+        assert "'sparse_small' holds id 7" in str(error.value)

@@ -22,8 +22,6 @@ try:  # a generated repository has the kernels next to this file
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
 
-WEIGHTS_FILE = "dense.npz"
-
 
 class TritonPythonModel:
     """Triton entry point."""
@@ -39,9 +37,7 @@ class TritonPythonModel:
             [(part["input"], int(part["slot"])) for part in table["parts"]] for table in layout["tables"]
         ]
         self.packed_inputs = sorted({name for parts in self.table_parts for name, _ in parts})
-        weights = dict(np.load(Path(args["model_repository"]) / args["model_version"] / WEIGHTS_FILE))
-        self.bottom = kernels.mlp_layers(weights, "bottom")
-        self.top = kernels.mlp_layers(weights, "top")
+        self.bottom, self.top = kernels.load_dense_tower(str(Path(args["model_repository"]) / args["model_version"]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Score all batched requests at once, then split the scores back per request."""

@@ -22,8 +22,6 @@ try:  # a generated repository has the kernels next to this file
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
 
-WEIGHTS_FILE = "dense.npz"
-
 
 class TritonPythonModel:
     """Triton entry point."""
@@ -44,9 +42,7 @@ class TritonPythonModel:
             )
             for entry in layout["tables"]
         ]
-        weights = dict(np.load(version_dir / WEIGHTS_FILE))
-        self.bottom = kernels.mlp_layers(weights, "bottom")
-        self.top = kernels.mlp_layers(weights, "top")
+        self.bottom, self.top = kernels.load_dense_tower(str(version_dir))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Validate each request, then score all valid ones in one batch."""

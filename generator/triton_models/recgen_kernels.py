@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 PADDING_ID = -1
+#: Dense-tower weights file next to the model.py of dense and monolithic models.
+DENSE_WEIGHTS_FILE = "dense.npz"
 
 
 def first_bad_id(ids: np.ndarray, num_rows: int) -> int | None:
@@ -86,6 +88,13 @@ def mlp_layers(weights: Mapping[str, np.ndarray], prefix: str) -> list[tuple[np.
     """Layers stored as `{prefix}.{i}.weight` / `{prefix}.{i}.bias`, in order of i."""
     indices = sorted({int(key.split(".")[1]) for key in weights if key.startswith(prefix + ".")})
     return [(weights[f"{prefix}.{i}.weight"], weights[f"{prefix}.{i}.bias"]) for i in indices]
+
+
+def load_dense_tower(version_dir: str) -> tuple[list, list]:
+    """Bottom and top MLP layers from the weights file in a version directory."""
+    with np.load(f"{version_dir}/{DENSE_WEIGHTS_FILE}") as data:
+        weights = dict(data)
+    return mlp_layers(weights, "bottom"), mlp_layers(weights, "top")
 
 
 def dense_tower(
