@@ -103,7 +103,7 @@ def calibrate(
             shard_points = []
             router_points = []
             for batch in batches:
-                local = rng.integers(0, widest.num_rows, size=(batch, widest.max_ids_per_sample), dtype=np.int64)
+                local = rng.integers(0, widest.num_rows, size=(batch, widest.max_ids_per_sample), dtype=np.int32)
                 busy = _busy_seconds_per_request(
                     client, shard_name, {naming.group_local_ids(widest_group.index): local}, requests
                 )

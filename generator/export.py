@@ -25,7 +25,15 @@ from generator import naming
 from generator.errors import ExportError
 from generator.models import DLRM, DenseTower, pool_rows
 from generator.plan import Plan, ShardGroup, ShardPlan, TablePlan
-from generator.render import Backend, Target, dense_inputs, ensemble_inputs, group_columns, table_parts
+from generator.render import (
+    Backend,
+    Target,
+    dense_inputs,
+    ensemble_inputs,
+    group_columns,
+    group_tables,
+    table_parts,
+)
 
 #: Model modules in `generator.triton_models`, by role.
 ROUTER_MODULE = "router_model.py"
@@ -62,19 +70,23 @@ def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:
 
 
 class ShardGroupGraph(nn.Module):
-    """The ONNX graph of a shard group: packed local ids in, each member's pooled rows side by side out."""
+    """The ONNX graph of a shard group: packed local ids in, per table slot the sum of its shards' pools out."""
 
-    def __init__(self, rows: Sequence[np.ndarray], columns: Sequence[tuple[int, int]]):
+    def __init__(self, rows: Sequence[np.ndarray], columns: Sequence[tuple[int, int]], slots: Sequence[int]):
         super().__init__()
         self.rows = nn.ParameterList([nn.Parameter(torch.from_numpy(r), requires_grad=False) for r in rows])
         self.columns = list(columns)
+        self.slots = list(slots)
 
     def forward(self, packed_ids: torch.Tensor) -> torch.Tensor:
-        """[B, sum of widths] local ids (-1 skipped) -> [B, members * dim] partial sums."""
-        return torch.cat(
-            [pool_rows(rows, packed_ids[:, a:b]) for rows, (a, b) in zip(self.rows, self.columns, strict=True)],
-            dim=1,
-        )
+        """[B, sum of widths] int32 local ids (-1 skipped) -> [B, slots * dim] partial sums."""
+        ids = packed_ids.to(torch.int64)
+        per_slot: list[torch.Tensor | None] = [None] * (max(self.slots) + 1)
+        for rows, (first, last), slot in zip(self.rows, self.columns, self.slots, strict=True):
+            pooled = pool_rows(rows, ids[:, first:last])
+            current = per_slot[slot]
+            per_slot[slot] = pooled if current is None else current + pooled
+        return torch.cat([part for part in per_slot if part is not None], dim=1)
 
 
 class DenseGraph(nn.Module):
@@ -174,16 +186,17 @@ def export_shard_group(
             np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), shard_rows_array)
         return
     columns = group_columns(plan, group)
+    slots = [group_tables(group).index(s.table) for s in group.shards]
     generator = torch.Generator().manual_seed(0)
     example = torch.cat(
         [
-            torch.randint(-1, s.num_rows, (_EXPORT_EXAMPLE_BATCH, b - a), generator=generator)
+            torch.randint(-1, s.num_rows, (_EXPORT_EXAMPLE_BATCH, b - a), generator=generator, dtype=torch.int32)
             for s, (a, b) in zip(group.shards, columns, strict=True)
         ],
         dim=1,
     )
     _export_onnx(
-        ShardGroupGraph(rows, columns).eval(),
+        ShardGroupGraph(rows, columns, slots).eval(),
         (example,),
         [naming.group_local_ids(group.index)],
         naming.group_partial_sums(group.index),

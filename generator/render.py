@@ -55,6 +55,10 @@ def _int64(name: str, *dims: int) -> TensorSpec:
     return TensorSpec(name, mc.TYPE_INT64, dims)
 
 
+def _int32(name: str, *dims: int) -> TensorSpec:
+    return TensorSpec(name, mc.TYPE_INT32, dims)
+
+
 def ensemble_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
     """The request contract: dense features, then one multi-hot id tensor per table."""
     return [_fp32(naming.DENSE_FEATURES, num_dense_features)] + [
@@ -127,6 +131,11 @@ def group_columns(plan: Plan, group: ShardGroup) -> list[tuple[int, int]]:
     return columns
 
 
+def group_tables(group: ShardGroup) -> list[str]:
+    """Tables with shards in the group, in order of first appearance: one partial-sum slot each."""
+    return list(dict.fromkeys(shard.table for shard in group.shards))
+
+
 def _row_dim(plan: Plan) -> int:
     return plan.tables[0].spec.dim  # DLRM protocol: every table's dim equals bottom_mlp[-1]
 
@@ -135,7 +144,8 @@ def router_config(plan: Plan) -> mc.ModelConfig:
     """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter."""
     groups = plan.shard_groups()
     inputs = [_int64(naming.sparse_input(t.spec.name), t.spec.max_ids_per_sample) for t in plan.tables]
-    outputs = [_int64(naming.group_local_ids(g.index), group_columns(plan, g)[-1][1]) for g in groups]
+    # Local ids fit int32 (a shard holds < 2**31 rows): half the bytes of int64 on the router -> shard edge.
+    outputs = [_int32(naming.group_local_ids(g.index), group_columns(plan, g)[-1][1]) for g in groups]
     target = {
         (shard.table, shard.index): {"output": position, "column": first}
         for position, group in enumerate(groups)
@@ -172,7 +182,7 @@ def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
 
 
 def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: Target) -> mc.ModelConfig:
-    """Shard group: packed local ids of its shards in, packed partial sums (dim per shard) out."""
+    """Shard group: packed local ids of its shards in; per table it holds, the sum of its shards' partials out."""
     triton_backend, parameters = _leaf_backend(backend, target)
     columns = group_columns(plan, group)
     dim = _row_dim(plan)
@@ -186,6 +196,7 @@ def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: 
                     "table": s.table,
                     "shard": s.index,
                     "columns": list(span),
+                    "slot": group_tables(group).index(s.table),
                     "rows_file": naming.shard_rows_file(s.table, s.index),
                 }
                 for s, span in zip(group.shards, columns, strict=True)
@@ -197,8 +208,8 @@ def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: 
         triton_backend,
         plan.max_batch_size,
         group.placement,
-        [_int64(naming.group_local_ids(group.index), columns[-1][1])],
-        [_fp32(naming.group_partial_sums(group.index), len(group.shards) * dim)],
+        [_int32(naming.group_local_ids(group.index), columns[-1][1])],
+        [_fp32(naming.group_partial_sums(group.index), len(group_tables(group)) * dim)],
         parameters,
     )
 
@@ -207,18 +218,21 @@ def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
     """Dense features, then every shard group's packed partial sums (the ONNX graph's input order)."""
     dim = _row_dim(plan)
     return [_fp32(naming.DENSE_FEATURES, num_dense_features)] + [
-        _fp32(naming.group_partial_sums(g.index), len(g.shards) * dim) for g in plan.shard_groups()
+        _fp32(naming.group_partial_sums(g.index), len(group_tables(g)) * dim) for g in plan.shard_groups()
     ]
 
 
 def table_parts(plan: Plan) -> list[list[tuple[str, int]]]:
-    """Per table (model order): the (packed partial-sum tensor, slot) of each of its shards."""
-    slots = {
-        (shard.table, shard.index): (naming.group_partial_sums(group.index), slot)
-        for group in plan.shard_groups()
-        for slot, shard in enumerate(group.shards)
-    }
-    return [[slots[(t.spec.name, s.index)] for s in t.shards] for t in plan.tables]
+    """Per table (model order): the (packed partial-sum tensor, slot) of each group holding its shards."""
+    groups = plan.shard_groups()
+    return [
+        [
+            (naming.group_partial_sums(group.index), group_tables(group).index(t.spec.name))
+            for group in groups
+            if t.spec.name in group_tables(group)
+        ]
+        for t in plan.tables
+    ]
 
 
 def dense_config(plan: Plan, num_dense_features: int, backend: Backend, target: Target) -> mc.ModelConfig:

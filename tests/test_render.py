@@ -93,9 +93,16 @@ def test_grouped_shards_make_a_three_step_ensemble() -> None:
     assert steps == ["dlrm_router", "dlrm_shards_0", "dlrm_dense"]
     group = configs["dlrm_shards_0"]
     assert [(t.name, list(t.dims)) for t in group.input] == [("local_ids__g0", [1 + 3 * 3 + 3 * 1])]
-    assert [(t.name, list(t.dims)) for t in group.output] == [("partial_sums__g0", [7 * 8])]
+    assert [(t.name, list(t.dims)) for t in group.output] == [("partial_sums__g0", [3 * 8])]  # one slot per table
+    assert group.input[0].data_type == mc.TYPE_INT32
     layout = json.loads(group.parameters["shards"].string_value)
-    assert layout["shards"][1] == {"table": "small", "shard": 0, "columns": [1, 4], "rows_file": "rows__small__0.npy"}
+    assert layout["shards"][1] == {
+        "table": "small",
+        "shard": 0,
+        "columns": [1, 4],
+        "slot": 1,
+        "rows_file": "rows__small__0.npy",
+    }
     assert layout["shards"][4]["columns"] == [10, 11]
 
 
@@ -139,7 +146,7 @@ def test_check_ensemble_finds_broken_data_flow() -> None:
     mismatched = dict(configs)
     shard = mc.ModelConfig()
     shard.CopyFrom(configs["dlrm_shard_small_0"])
-    shard.input[0].data_type = mc.TYPE_INT32
+    shard.input[0].data_type = mc.TYPE_INT64
     mismatched["dlrm_shard_small_0"] = shard
     with pytest.raises(ConfigValidationError, match="another dtype or shape"):
         render.check_ensemble(ensemble, mismatched)

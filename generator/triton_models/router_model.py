@@ -70,7 +70,7 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
 def route_request(routing: Routing, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Packed local ids for every shard group; raises ValueError naming the tensor and the bad id."""
     batch = next(iter(inputs.values())).shape[0]
-    packed = [np.full((batch, width), kernels.PADDING_ID, dtype=np.int64) for _, width in routing.outputs]
+    packed = [np.full((batch, width), kernels.PADDING_ID, dtype=np.int32) for _, width in routing.outputs]
     for route in routing.tables:
         ids = inputs[route.input_name]
         bad = kernels.first_bad_id(ids, route.num_rows)

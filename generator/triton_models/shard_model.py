@@ -1,9 +1,10 @@
-"""Embedding shard group (numpy): pools every member shard's rows for its local ids, packed side by side.
+"""Embedding shard group (numpy): pools every member shard's rows for its local ids; one partial sum per table.
 
 Config parameter `shards` (JSON): the packed input (local ids of all members, -1 = skip), the packed output
-(pooled partial sums, `dim` columns per member) and, per member, its columns in the input and its rows file next
-to this file (rows in hotness-rank order). Shards that share a placement are served by one model so the ensemble
-has few steps and few tensors; each group is still scaled on its own.
+(`dim` columns per table slot: the sum of the pools of the group's shards of that table) and, per member, its
+columns in the input, its table slot and its rows file next to this file (rows in hotness-rank order). Shards that
+share a placement are served by one model so the ensemble has few steps and few tensors; each group is still
+scaled on its own.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
 
 
-def pool_group(members: list[tuple[int, int, np.ndarray]], packed_ids: np.ndarray, dim: int) -> np.ndarray:
-    """[B, sum of widths] packed local ids -> [B, members * dim] packed partial sums."""
-    pooled = np.empty((packed_ids.shape[0], len(members) * dim), dtype=np.float32)
-    for slot, (first, last, padded_rows) in enumerate(members):
-        pooled[:, slot * dim : (slot + 1) * dim] = kernels.pool(padded_rows, packed_ids[:, first:last])
+def pool_group(
+    members: list[tuple[int, int, int, np.ndarray]], packed_ids: np.ndarray, slots: int, dim: int
+) -> np.ndarray:
+    """[B, sum of widths] packed local ids -> [B, slots * dim]: per table slot, the sum of its shards' pools."""
+    pooled = np.zeros((packed_ids.shape[0], slots * dim), dtype=np.float32)
+    for first, last, slot, padded_rows in members:
+        pooled[:, slot * dim : (slot + 1) * dim] += kernels.pool(padded_rows, packed_ids[:, first:last])
     return pooled
 
 
@@ -48,17 +51,19 @@ class TritonPythonModel:
             (
                 int(m["columns"][0]),
                 int(m["columns"][1]),
+                int(m["slot"]),
                 kernels.with_padding_row(np.load(version_dir / m["rows_file"])),
             )
             for m in layout["shards"]
         ]
+        self.slots = 1 + max(member[2] for member in self.members)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Pool all batched requests at once, then split the result back per request."""
         packed_ids, split_points = kernels.stack_requests(
             [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
         )
-        pooled = pool_group(self.members, packed_ids, self.dim)
+        pooled = pool_group(self.members, packed_ids, self.slots, self.dim)
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
             for part in kernels.unstack_responses(pooled, split_points)

@@ -40,15 +40,20 @@ def test_grouped_routing_then_pooling_equals_whole_tables(tmp_path: Path) -> Non
     (group,) = plan.shard_groups()
     (packed,) = router_model.route_request(_routing(plan, tmp_path), INPUTS).values()
     tables = {t.spec.name: t for t in plan.tables}
+    slots = render.group_tables(group)
     members = [
-        (a, b, kernels.with_padding_row(model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end]))
+        (
+            a,
+            b,
+            slots.index(s.table),
+            kernels.with_padding_row(model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end]),
+        )
         for s, (a, b) in zip(group.shards, render.group_columns(plan, group), strict=True)
     ]
-    pooled = shard_model.pool_group(members, packed, 8)
+    pooled = shard_model.pool_group(members, packed, len(slots), 8)
     for table in model.tables:
-        total = sum(
-            pooled[:, slot * 8 : (slot + 1) * 8] for slot, s in enumerate(group.shards) if s.table == table.name
-        )
+        slot = slots.index(table.name)
+        total = pooled[:, slot * 8 : (slot + 1) * 8]
         ids = INPUTS[f"sparse_{table.name}"]
         weight = model.embeddings[table.name].detach().numpy()
         expected = np.stack([weight[row[row >= 0]].sum(axis=0) for row in ids])
