@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,8 @@ class TritonServer:
     def __init__(self, config: ServerConfig, log_path: Path | None = None):
         self.config = config
         self._own_log = log_path is None
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        # Named now, created by start(): a server that never starts leaves no file behind.
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"tritonserver-{uuid.uuid4().hex[:12]}.log"
         self.process: subprocess.Popen[bytes] | None = None
         ports = free_ports(3, config.address if config.address != "0.0.0.0" else "127.0.0.1")
         self.http_port = config.http_port or ports[0]
@@ -265,8 +267,12 @@ class TritonServer:
         while pending:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                lines = "\n".join(self.error_lines()[-20:]) or self.logs()[-4000:]
-                raise ModelLoadError(f"tritonserver exited with code {code} before it was ready:\n{lines}")
+                lines = "\n".join(self.error_lines()[-20:])
+                if code is not None and code < 0:  # killed by a signal: its own last words matter more
+                    lines = f"{lines}\n--- last lines of {self.log_path} ---\n{self.logs()[-3000:]}"
+                raise ModelLoadError(
+                    f"tritonserver exited with code {code} before it was ready:\n{lines or self.logs()[-4000:]}"
+                )
             if self._get(pending[0]) == 200:
                 pending.pop(0)
                 continue
@@ -309,13 +315,17 @@ def running_server(
 ) -> Iterator[TritonServer]:
     """Start a server on free loopback ports, wait until `models` are ready, always stop it.
 
-    Without `log_path` the log goes to a temporary file that is removed afterwards (load errors are in the
-    raised ModelLoadError).
+    Without `log_path` the log goes to a temporary file, removed after a clean run and kept when the server failed
+    to come up (the raised error quotes it).
     """
     server = TritonServer(ServerConfig(tuple(Path(path) for path in repositories)), log_path=log_path)
     server.start()
     try:
         server.wait_until_ready(models, timeout_s)
+    except BaseException:
+        server.stop()  # keep the log for the post-mortem; its path is in the error
+        raise
+    try:
         yield server
     finally:
         server.close()
