@@ -99,7 +99,7 @@ def calibrate(
         with serve.running_server(result.repositories) as server:
             client = RankingClient(server.http_url, "http", "calib")
             widest_group = next(g for g in the_plan.shard_groups() if g.shards[0].table == widest.name)
-            shard_name = naming.shard_model("calib", widest.name, 0)  # a group of one shard keeps its own name
+            shard_name = render.shard_group_model_name(the_plan, widest_group)
             shard_points = []
             router_points = []
             for batch in batches:

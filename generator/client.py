@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from tritonclient.utils import np_to_triton_dtype
 
 from generator import naming
 from generator.errors import CheckFailedError, UserInputError
@@ -133,8 +134,6 @@ class RankingClient:
 
 
 def _triton_dtype(array: np.ndarray) -> str:
-    from tritonclient.utils import np_to_triton_dtype
-
     return str(np_to_triton_dtype(array.dtype))
 
 

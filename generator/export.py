@@ -186,7 +186,8 @@ def export_shard_group(
             np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), shard_rows_array)
         return
     columns = group_columns(plan, group)
-    slots = [group_tables(group).index(s.table) for s in group.shards]
+    tables_in_group = group_tables(group)
+    slots = [tables_in_group.index(s.table) for s in group.shards]
     generator = torch.Generator().manual_seed(0)
     example = torch.cat(
         [

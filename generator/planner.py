@@ -13,6 +13,7 @@ favours the baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -403,7 +404,7 @@ def _place(
         shard = stats[index]
         if shard.access_share > 0 and shard.memory_bytes <= free:
             free -= shard.memory_bytes
-            placed[index] = ShardStats(**{**shard.__dict__, "device": "gpu"})
+            placed[index] = dataclasses.replace(shard, device="gpu")
     return placed, dense_device
 
 

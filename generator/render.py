@@ -108,6 +108,11 @@ def _serving_config(
     return config
 
 
+def _compact_json(value: object) -> str:
+    """A config parameter's JSON value, without spaces (it is read by the model, not by people)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _ort_parameters() -> dict[str, str]:
     threads = str(ORT_THREADS_PER_INSTANCE)
     return {"intra_op_thread_count": threads, "inter_op_thread_count": threads}
@@ -172,7 +177,7 @@ def router_config(plan: Plan) -> mc.ModelConfig:
         plan.router,
         inputs,
         outputs,
-        {"routing": json.dumps(routing, separators=(",", ":"))},
+        {"routing": _compact_json(routing)},
     )
 
 
@@ -185,6 +190,7 @@ def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: 
     """Shard group: packed local ids of its shards in; per table it holds, the sum of its shards' partials out."""
     triton_backend, parameters = _leaf_backend(backend, target)
     columns = group_columns(plan, group)
+    tables = group_tables(group)
     dim = _row_dim(plan)
     if backend == "python":
         layout = {
@@ -196,20 +202,20 @@ def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: 
                     "table": s.table,
                     "shard": s.index,
                     "columns": list(span),
-                    "slot": group_tables(group).index(s.table),
+                    "slot": tables.index(s.table),
                     "rows_file": naming.shard_rows_file(s.table, s.index),
                 }
                 for s, span in zip(group.shards, columns, strict=True)
             ],
         }
-        parameters = {"shards": json.dumps(layout, separators=(",", ":"))}
+        parameters = {"shards": _compact_json(layout)}
     return _serving_config(
         shard_group_model_name(plan, group),
         triton_backend,
         plan.max_batch_size,
         group.placement,
         [_int32(naming.group_local_ids(group.index), columns[-1][1])],
-        [_fp32(naming.group_partial_sums(group.index), len(group_tables(group)) * dim)],
+        [_fp32(naming.group_partial_sums(group.index), len(tables) * dim)],
         parameters,
     )
 
@@ -224,14 +230,9 @@ def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
 
 def table_parts(plan: Plan) -> list[list[tuple[str, int]]]:
     """Per table (model order): the (packed partial-sum tensor, slot) of each group holding its shards."""
-    groups = plan.shard_groups()
+    slots = [(naming.group_partial_sums(group.index), group_tables(group)) for group in plan.shard_groups()]
     return [
-        [
-            (naming.group_partial_sums(group.index), group_tables(group).index(t.spec.name))
-            for group in groups
-            if t.spec.name in group_tables(group)
-        ]
-        for t in plan.tables
+        [(tensor, tables.index(t.spec.name)) for tensor, tables in slots if t.spec.name in tables] for t in plan.tables
     ]
 
 
@@ -248,7 +249,7 @@ def dense_config(plan: Plan, num_dense_features: int, backend: Backend, target: 
                 for t, parts in zip(plan.tables, table_parts(plan), strict=True)
             ],
         }
-        parameters = {"dense": json.dumps(layout, separators=(",", ":"))}
+        parameters = {"dense": _compact_json(layout)}
     return _serving_config(
         naming.dense_model(plan.model_name),
         triton_backend,
@@ -277,7 +278,7 @@ def monolithic_config(plan: Plan, num_dense_features: int, backend: Backend, tar
                 for t in plan.tables
             ],
         }
-        parameters = {"tables": json.dumps(layout, separators=(",", ":"))}
+        parameters = {"tables": _compact_json(layout)}
     return _serving_config(
         naming.ensemble_model(plan.model_name),
         triton_backend,

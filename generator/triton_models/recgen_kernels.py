@@ -6,6 +6,7 @@ has no recgen installed) and run on Python 3.10.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -97,6 +98,12 @@ def load_dense_tower(version_dir: str) -> tuple[list, list]:
     return mlp_layers(weights, "bottom"), mlp_layers(weights, "top")
 
 
+@functools.lru_cache(maxsize=8)
+def _upper_pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Strict upper-triangle index pairs of a count x count matrix (built once, not per request)."""
+    return np.triu_indices(count, k=1)
+
+
 def dense_tower(
     dense_features: np.ndarray,
     pooled: Sequence[np.ndarray],
@@ -107,7 +114,7 @@ def dense_tower(
     bottom_out = mlp(dense_features, bottom, relu_last=True)
     vectors = np.stack([bottom_out, *pooled], axis=1)
     gram = vectors @ vectors.transpose(0, 2, 1)
-    rows, cols = np.triu_indices(vectors.shape[1], k=1)
+    rows, cols = _upper_pairs(vectors.shape[1])
     logits = mlp(np.concatenate([bottom_out, gram[:, rows, cols]], axis=1), top, relu_last=False)
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
 
