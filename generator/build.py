@@ -20,7 +20,7 @@ from generator.errors import OutputExistsError, UserInputError
 from generator.models import DLRM
 from generator.plan import Plan
 from generator.render import BACKENDS, TARGETS, Backend, Target
-from generator.serve import SINGLE_THREADED_ENV
+from generator.serve import SERVING_ENV
 
 #: Image the `container` target is written for (Triton 2.51 = NGC 24.10).
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
@@ -69,9 +69,9 @@ class BuildResult:
         if self.ensembles is not None:
             volumes += f" -v {self.ensembles.resolve()}:/ensembles"
             repositories += " --model-repository=/ensembles"
-        threads = " ".join(f"-e {name}={value}" for name, value in SINGLE_THREADED_ENV.items())
+        environment = " ".join(f"-e {name}={value}" for name, value in SERVING_ENV.items())
         return (
-            f"docker run --rm {gpus}--shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 {threads} {volumes} "
+            f"docker run --rm {gpus}--shm-size=1g -p 8000:8000 -p 8001:8001 -p 8002:8002 {environment} {volumes} "
             f"{NGC_IMAGE} tritonserver {repositories}"
         )
 

@@ -30,8 +30,7 @@ from generator.render import (
     Target,
     dense_inputs,
     ensemble_inputs,
-    group_columns,
-    group_tables,
+    group_layout,
     table_parts,
 )
 
@@ -70,23 +69,17 @@ def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:
 
 
 class ShardGroupGraph(nn.Module):
-    """The ONNX graph of a shard group: packed local ids in, per table slot the sum of its shards' pools out."""
+    """The ONNX graph of a shard group: packed row ids in, per table slot the pool of its block out."""
 
-    def __init__(self, rows: Sequence[np.ndarray], columns: Sequence[tuple[int, int]], slots: Sequence[int]):
+    def __init__(self, stacked_rows: np.ndarray, slot_columns: Sequence[tuple[int, int]]):
         super().__init__()
-        self.rows = nn.ParameterList([nn.Parameter(torch.from_numpy(r), requires_grad=False) for r in rows])
-        self.columns = list(columns)
-        self.slots = list(slots)
+        self.rows = nn.Parameter(torch.from_numpy(stacked_rows), requires_grad=False)
+        self.slot_columns = list(slot_columns)
 
     def forward(self, packed_ids: torch.Tensor) -> torch.Tensor:
-        """[B, sum of widths] int32 local ids (-1 skipped) -> [B, slots * dim] partial sums."""
+        """[B, width] int32 row ids into the stacked rows (-1 skipped) -> [B, slots * dim] partial sums."""
         ids = packed_ids.to(torch.int64)
-        per_slot: list[torch.Tensor | None] = [None] * (max(self.slots) + 1)
-        for rows, (first, last), slot in zip(self.rows, self.columns, self.slots, strict=True):
-            pooled = pool_rows(rows, ids[:, first:last])
-            current = per_slot[slot]
-            per_slot[slot] = pooled if current is None else current + pooled
-        return torch.cat([part for part in per_slot if part is not None], dim=1)
+        return torch.cat([pool_rows(self.rows, ids[:, first:last]) for first, last in self.slot_columns], dim=1)
 
 
 class DenseGraph(nn.Module):
@@ -185,19 +178,13 @@ def export_shard_group(
         for shard, shard_rows_array in zip(group.shards, rows, strict=True):
             np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), shard_rows_array)
         return
-    columns = group_columns(plan, group)
-    tables_in_group = group_tables(group)
-    slots = [tables_in_group.index(s.table) for s in group.shards]
+    layout = group_layout(plan, group)
     generator = torch.Generator().manual_seed(0)
-    example = torch.cat(
-        [
-            torch.randint(-1, s.num_rows, (_EXPORT_EXAMPLE_BATCH, b - a), generator=generator, dtype=torch.int32)
-            for s, (a, b) in zip(group.shards, columns, strict=True)
-        ],
-        dim=1,
+    example = torch.randint(
+        -1, layout.total_rows, (_EXPORT_EXAMPLE_BATCH, layout.width), generator=generator, dtype=torch.int32
     )
     _export_onnx(
-        ShardGroupGraph(rows, columns, slots).eval(),
+        ShardGroupGraph(np.concatenate(rows), layout.columns).eval(),
         (example,),
         [naming.group_local_ids(group.index)],
         naming.group_partial_sums(group.index),

@@ -12,6 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -125,20 +126,38 @@ def _leaf_backend(backend: Backend, target: Target) -> tuple[str, dict[str, str]
     return "python", {}
 
 
-def group_columns(plan: Plan, group: ShardGroup) -> list[tuple[int, int]]:
-    """[first, last) columns of each member shard in the group's packed local-id tensor."""
-    widths = {table.spec.name: table.spec.max_ids_per_sample for table in plan.tables}
-    columns = []
-    first = 0
-    for shard in group.shards:
-        columns.append((first, first + widths[shard.table]))
-        first += widths[shard.table]
-    return columns
-
-
 def group_tables(group: ShardGroup) -> list[str]:
     """Tables with shards in the group, in order of first appearance: one partial-sum slot each."""
     return list(dict.fromkeys(shard.table for shard in group.shards))
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """A shard group's packed input: one block of columns per table it holds, of row ids into its stacked rows.
+
+    The group stacks its member shards' rows in member order; `first_rows[i]` is where member i starts. A sample's
+    id lives in exactly one shard of its table, so the router writes it, already shifted to the stacked rows,
+    into the table's block: the group pools each block with one gather per column, whatever its shard count.
+    """
+
+    tables: list[str]  # partial-sum slot order
+    columns: list[tuple[int, int]]  # [first, last) per table slot
+    first_rows: list[int]  # per member shard
+    total_rows: int
+
+    @property
+    def width(self) -> int:
+        """Columns of the packed input."""
+        return self.columns[-1][1]
+
+
+def group_layout(plan: Plan, group: ShardGroup) -> GroupLayout:
+    """Columns per table slot and first stacked row per member shard (the router and the group both read this)."""
+    widths = {table.spec.name: table.spec.max_ids_per_sample for table in plan.tables}
+    tables = group_tables(group)
+    edges = list(accumulate((widths[table] for table in tables), initial=0))
+    rows = list(accumulate((shard.num_rows for shard in group.shards), initial=0))
+    return GroupLayout(tables, list(pairwise(edges)), rows[:-1], rows[-1])
 
 
 def _row_dim(plan: Plan) -> int:
@@ -150,11 +169,16 @@ def router_config(plan: Plan) -> mc.ModelConfig:
     groups = plan.shard_groups()
     inputs = [_int64(naming.sparse_input(t.spec.name), t.spec.max_ids_per_sample) for t in plan.tables]
     # Local ids fit int32 (a shard holds < 2**31 rows): half the bytes of int64 on the router -> shard edge.
-    outputs = [_int32(naming.group_local_ids(g.index), group_columns(plan, g)[-1][1]) for g in groups]
+    layouts = [group_layout(plan, g) for g in groups]
+    outputs = [_int32(naming.group_local_ids(g.index), layout.width) for g, layout in zip(groups, layouts, strict=True)]
     target = {
-        (shard.table, shard.index): {"output": position, "column": first}
-        for position, group in enumerate(groups)
-        for shard, (first, _) in zip(group.shards, group_columns(plan, group), strict=True)
+        (shard.table, shard.index): {
+            "output": position,
+            "column": layout.columns[layout.tables.index(shard.table)][0],
+            "first_row": first_row,
+        }
+        for position, (group, layout) in enumerate(zip(groups, layouts, strict=True))
+        for shard, first_row in zip(group.shards, layout.first_rows, strict=True)
     }
     routing = {
         "tables": [
@@ -162,6 +186,7 @@ def router_config(plan: Plan) -> mc.ModelConfig:
                 "table": t.spec.name,
                 "input": naming.sparse_input(t.spec.name),
                 "num_rows": t.spec.num_rows,
+                "ids_per_sample": t.spec.max_ids_per_sample,
                 "boundaries": t.boundaries,
                 "shards": [target[(t.spec.name, s.index)] for s in t.shards],
                 "permuted": t.row_order is not None,
@@ -187,35 +212,32 @@ def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
 
 
 def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: Target) -> mc.ModelConfig:
-    """Shard group: packed local ids of its shards in; per table it holds, the sum of its shards' partials out."""
+    """Shard group: packed row ids of its tables in; per table it holds, the pool over all its shards out."""
     triton_backend, parameters = _leaf_backend(backend, target)
-    columns = group_columns(plan, group)
-    tables = group_tables(group)
+    layout = group_layout(plan, group)
     dim = _row_dim(plan)
     if backend == "python":
-        layout = {
+        description = {
             "input": naming.group_local_ids(group.index),
             "output": naming.group_partial_sums(group.index),
             "dim": dim,
-            "shards": [
-                {
-                    "table": s.table,
-                    "shard": s.index,
-                    "columns": list(span),
-                    "slot": tables.index(s.table),
-                    "rows_file": naming.shard_rows_file(s.table, s.index),
-                }
-                for s, span in zip(group.shards, columns, strict=True)
+            "shards": [  # stacked in this order
+                {"table": s.table, "shard": s.index, "rows_file": naming.shard_rows_file(s.table, s.index)}
+                for s in group.shards
+            ],
+            "slots": [
+                {"table": table, "columns": list(span)}
+                for table, span in zip(layout.tables, layout.columns, strict=True)
             ],
         }
-        parameters = {"shards": _compact_json(layout)}
+        parameters = {"shards": _compact_json(description)}
     return _serving_config(
         shard_group_model_name(plan, group),
         triton_backend,
         plan.max_batch_size,
         group.placement,
-        [_int32(naming.group_local_ids(group.index), columns[-1][1])],
-        [_fp32(naming.group_partial_sums(group.index), len(tables) * dim)],
+        [_int32(naming.group_local_ids(group.index), layout.width)],
+        [_fp32(naming.group_partial_sums(group.index), len(layout.tables) * dim)],
         parameters,
     )
 

@@ -116,12 +116,14 @@ def test_onnx_graphs_match_pytorch(tmp_path: Path) -> None:
     plan = uniform_plan(model, shards_per_table=3)
     build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend="onnx")
     (group,) = plan.shard_groups()
-    columns = render.group_columns(plan, group)
+    layout = render.group_layout(plan, group)
     member = next(i for i, s in enumerate(group.shards) if (s.table, s.index) == ("medium", 2))
     session = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_shards_0" / "1" / "model.onnx"))
     assert [i.name for i in session.get_inputs()] == ["local_ids__g0"]
-    packed = np.full((3, columns[-1][1]), -1, dtype=np.int32)
-    packed[:, columns[member][0]] = [0, -1, 333]
+    packed = np.full((3, layout.width), -1, dtype=np.int32)
+    medium_column = layout.columns[layout.tables.index("medium")][0]
+    first_row = layout.first_rows[member]  # shard medium/2 holds rows 666..999, stacked from first_row
+    packed[:, medium_column] = [first_row, -1, first_row + 333]
     (pooled,) = session.run(None, {"local_ids__g0": packed})
     assert pooled.shape == (3, 3 * 8)  # one slot per table: one_row, small, medium
     weight = model.embeddings["medium"].detach().numpy()

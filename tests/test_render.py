@@ -92,18 +92,17 @@ def test_grouped_shards_make_a_three_step_ensemble() -> None:
     steps = [step.model_name for step in configs["dlrm"].ensemble_scheduling.step]
     assert steps == ["dlrm_router", "dlrm_shards_0", "dlrm_dense"]
     group = configs["dlrm_shards_0"]
-    assert [(t.name, list(t.dims)) for t in group.input] == [("local_ids__g0", [1 + 3 * 3 + 3 * 1])]
+    # one block per table (one_row: 1 id, small: 3, medium: 1), whatever its shard count
+    assert [(t.name, list(t.dims)) for t in group.input] == [("local_ids__g0", [1 + 3 + 1])]
     assert [(t.name, list(t.dims)) for t in group.output] == [("partial_sums__g0", [3 * 8])]  # one slot per table
     assert group.input[0].data_type == mc.TYPE_INT32
     layout = json.loads(group.parameters["shards"].string_value)
-    assert layout["shards"][1] == {
-        "table": "small",
-        "shard": 0,
-        "columns": [1, 4],
-        "slot": 1,
-        "rows_file": "rows__small__0.npy",
-    }
-    assert layout["shards"][4]["columns"] == [10, 11]
+    assert layout["shards"][1] == {"table": "small", "shard": 0, "rows_file": "rows__small__0.npy"}
+    assert layout["slots"] == [
+        {"table": "one_row", "columns": [0, 1]},
+        {"table": "small", "columns": [1, 4]},
+        {"table": "medium", "columns": [4, 5]},
+    ]
 
 
 def test_router_and_dense_parameters_carry_the_layout() -> None:
@@ -111,7 +110,7 @@ def test_router_and_dense_parameters_carry_the_layout() -> None:
     routing = json.loads(configs["dlrm_router"].parameters["routing"].string_value)
     small = next(t for t in routing["tables"] if t["table"] == "small")
     assert small["boundaries"] == [0, 2, 4, 7]
-    assert small["shards"] == [{"output": i, "column": 0} for i in (1, 2, 3)]  # one group per shard here
+    assert small["shards"] == [{"output": i, "column": 0, "first_row": 0} for i in (1, 2, 3)]  # a group per shard
     assert routing["outputs"][1] == {"name": naming.group_local_ids(1), "width": 3}
     layout = json.loads(configs["dlrm_dense"].parameters["dense"].string_value)
     assert layout["tables"][1]["parts"] == [{"input": naming.group_partial_sums(i), "slot": 0} for i in (1, 2, 3)]

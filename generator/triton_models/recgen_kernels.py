@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,20 +35,77 @@ def bad_id_message(input_name: str, bad_id: int, num_rows: int, table: str) -> s
     )
 
 
-def route(ids: np.ndarray, boundaries: np.ndarray, rank_of_row: np.ndarray | None = None) -> list[np.ndarray]:
-    """Split ids [B, L] into one local-id array [B, L] per shard, -1 where an id belongs to another shard.
-
-    `boundaries` are the shard boundaries in hotness-rank space ([0, ..., num_rows]); `rank_of_row` maps an
-    original row id to its rank (None: identity). Ids must already be valid (see `first_bad_id`).
-    """
+def ranks_of(ids: np.ndarray, rank_of_row: np.ndarray | None) -> np.ndarray:
+    """Hotness ranks of valid ids (-1 stays -1); `rank_of_row` None means ranks equal ids."""
+    if rank_of_row is None:
+        return ids
     present = ids >= 0
-    ranks = ids if rank_of_row is None else np.where(present, rank_of_row[np.where(present, ids, 0)], PADDING_ID)
-    # Rank -1 (padding) lands left of boundaries[0] == 0, i.e. in no shard.
-    shard_of_id = np.searchsorted(boundaries, ranks, side="right") - 1
-    return [
-        np.where(shard_of_id == shard, ranks - boundaries[shard], PADDING_ID).astype(np.int64, copy=False)
-        for shard in range(len(boundaries) - 1)
-    ]
+    return np.where(present, rank_of_row[np.where(present, ids, 0)], PADDING_ID)
+
+
+@dataclass(frozen=True)
+class RouteLayout:
+    """Where every id of several tables lands in one packed [B, width] row-id array, compiled once.
+
+    The input is the tables' id blocks side by side ([B, C] ranks); every table's rank space is shifted by the
+    rows of the tables before it, so one searchsorted over all shard starts finds each id's shard. Each shard has
+    a block of columns in the packed array (shards served together share their table's block) and a first row
+    (where its rows start in the stack of rows it is served from).
+    """
+
+    column_base: np.ndarray  # [C] first global rank of the column's table
+    column_position: np.ndarray  # [C] index of the column within its table's block
+    shard_starts: np.ndarray  # [S] first global rank of every shard, ascending
+    shard_columns: np.ndarray  # [S] packed column where the shard's block starts
+    shard_shift: np.ndarray  # [S] the shard's first row minus its first global rank
+    width: int
+
+    @classmethod
+    def build(
+        cls, tables: Sequence[tuple[int, Sequence[int], Sequence[int], Sequence[int]]], width: int
+    ) -> RouteLayout:
+        """From (ids per sample, boundaries in rank space, first column per shard, first row per shard) per table."""
+        bases, positions, starts, columns, shifts = [], [], [], [], []
+        base = 0
+        for ids_per_sample, boundaries, shard_columns, shard_first_rows in tables:
+            bases.append(np.full(ids_per_sample, base, dtype=np.int64))
+            positions.append(np.arange(ids_per_sample, dtype=np.int64))
+            starts.extend(base + int(start) for start in boundaries[:-1])
+            columns.extend(int(column) for column in shard_columns)
+            shifts.extend(
+                int(row) - base - int(start) for row, start in zip(shard_first_rows, boundaries[:-1], strict=True)
+            )
+            base += int(boundaries[-1])
+        empty = np.zeros(0, np.int64)
+        return cls(
+            np.concatenate(bases) if bases else empty,
+            np.concatenate(positions) if positions else empty,
+            np.asarray(starts, dtype=np.int64),
+            np.asarray(columns, dtype=np.int64),
+            np.asarray(shifts, dtype=np.int64),
+            width,
+        )
+
+
+def route_packed(ranks: np.ndarray, layout: RouteLayout) -> np.ndarray:
+    """Ranks [B, C] (-1 = padding) -> packed row ids [B, width] int32, -1 where no id sits.
+
+    An id at position j of its table's block, in shard s, lands at column shard_columns[s] + j, as its rank within
+    the shard plus the shard's first row. Work is proportional to the number of real ids, not to tables or shards.
+    """
+    batch = ranks.shape[0]
+    packed = np.full((batch, layout.width), PADDING_ID, dtype=np.int32)
+    present = np.flatnonzero(ranks.reshape(-1) >= 0)
+    if present.size == 0:
+        return packed
+    columns = ranks.shape[1]
+    column = present % columns
+    global_rank = ranks.reshape(-1)[present] + layout.column_base[column]
+    # Empty shards share their start with the next shard; side="right" picks the last, non-empty one.
+    shard = np.searchsorted(layout.shard_starts, global_rank, side="right") - 1
+    destination = (present // columns) * layout.width + layout.shard_columns[shard] + layout.column_position[column]
+    packed.reshape(-1)[destination] = global_rank + layout.shard_shift[shard]
+    return packed
 
 
 def with_padding_row(rows: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
-"""Router: buckets each request's sparse ids into local row ids for every shard, packed per shard group.
+"""Router: buckets each request's sparse ids into shards, as row ids into each shard group's stacked rows.
 
-Config parameter `routing` (JSON) lists, per table, the input tensor, the row count, the shard boundaries in
-hotness-rank space and, per shard, the shard group output it goes to and the first column it occupies there;
-and the outputs with their widths. `row_ranks.npz` (optional) maps original row ids to hotness ranks for
-permuted tables. An id outside [-1, rows) fails only its own request, with a message naming the tensor and value.
+Config parameter `routing` (JSON) lists, per table, the input tensor, the row count, ids per sample, the shard
+boundaries in hotness-rank space and, per shard, the shard group output it goes to, the first column of its
+table's block there and the shard's first row in the group's stacked rows; and the outputs with their widths.
+All tables are routed in one vectorised pass (see `recgen_kernels.route_packed`). `row_ranks.npz` (optional)
+maps original row ids to hotness ranks for permuted tables. An id outside [-1, rows) fails only its own request,
+with a message naming the tensor and value.
 """
 
 from __future__ import annotations
@@ -30,22 +32,23 @@ ROW_RANKS_FILE = "row_ranks.npz"
 
 @dataclass(frozen=True)
 class TableRoute:
-    """How one table's ids reach its shards: (output index, first column) per shard."""
+    """One table's input and its validity range; `rank_of_row` maps original ids to hotness ranks (or None)."""
 
     input_name: str
     table: str
     num_rows: int
-    boundaries: np.ndarray
-    targets: list[tuple[int, int]]
+    ids_per_sample: int
     rank_of_row: np.ndarray | None
 
 
 @dataclass(frozen=True)
 class Routing:
-    """Every table's route and the packed outputs (name, width)."""
+    """Every table's route, the packed outputs (name, width) and the compiled layout of all of them side by side."""
 
     tables: list[TableRoute]
     outputs: list[tuple[str, int]]
+    layout: kernels.RouteLayout
+    column_rows: np.ndarray  # [C] row count of each input column's table, for the validity check
 
 
 def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
@@ -53,33 +56,46 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
     routing = json.loads(model_config["parameters"]["routing"]["string_value"])
     ranks_path = version_dir / ROW_RANKS_FILE
     ranks = dict(np.load(ranks_path)) if ranks_path.exists() else {}
-    tables = [
-        TableRoute(
-            input_name=entry["input"],
-            table=entry["table"],
-            num_rows=int(entry["num_rows"]),
-            boundaries=np.asarray(entry["boundaries"], dtype=np.int64),
-            targets=[(int(shard["output"]), int(shard["column"])) for shard in entry["shards"]],
-            rank_of_row=ranks.get(entry["table"]),
+    outputs = [(output["name"], int(output["width"])) for output in routing["outputs"]]
+    output_offsets = np.cumsum([0] + [width for _, width in outputs]).tolist()
+    tables = []
+    layout_tables = []
+    for entry in routing["tables"]:
+        ids_per_sample = int(entry["ids_per_sample"])
+        tables.append(
+            TableRoute(
+                entry["input"], entry["table"], int(entry["num_rows"]), ids_per_sample, ranks.get(entry["table"])
+            )
         )
-        for entry in routing["tables"]
-    ]
-    return Routing(tables, [(output["name"], int(output["width"])) for output in routing["outputs"]])
+        columns = [output_offsets[int(shard["output"])] + int(shard["column"]) for shard in entry["shards"]]
+        first_rows = [int(shard["first_row"]) for shard in entry["shards"]]
+        layout_tables.append((ids_per_sample, entry["boundaries"], columns, first_rows))
+    column_rows = np.concatenate([np.full(t.ids_per_sample, t.num_rows, dtype=np.int64) for t in tables])
+    return Routing(tables, outputs, kernels.RouteLayout.build(layout_tables, output_offsets[-1]), column_rows)
 
 
 def route_request(routing: Routing, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Packed local ids for every shard group; raises ValueError naming the tensor and the bad id."""
-    batch = next(iter(inputs.values())).shape[0]
-    packed = [np.full((batch, width), kernels.PADDING_ID, dtype=np.int32) for _, width in routing.outputs]
+    ids = np.concatenate([inputs[route.input_name] for route in routing.tables], axis=1).astype(np.int64, copy=False)
+    if ((ids < kernels.PADDING_ID) | (ids >= routing.column_rows)).any():
+        for route in routing.tables:  # name the first table holding a bad id
+            bad = kernels.first_bad_id(inputs[route.input_name], route.num_rows)
+            if bad is not None:
+                raise ValueError(kernels.bad_id_message(route.input_name, bad, route.num_rows, route.table))
+    first = 0
     for route in routing.tables:
-        ids = inputs[route.input_name]
-        bad = kernels.first_bad_id(ids, route.num_rows)
-        if bad is not None:
-            raise ValueError(kernels.bad_id_message(route.input_name, bad, route.num_rows, route.table))
-        local = kernels.route(ids.astype(np.int64, copy=False), route.boundaries, route.rank_of_row)
-        for (output, column), shard_ids in zip(route.targets, local, strict=True):
-            packed[output][:, column : column + shard_ids.shape[1]] = shard_ids
-    return {name: array for (name, _), array in zip(routing.outputs, packed, strict=True)}
+        last = first + route.ids_per_sample
+        if route.rank_of_row is not None:
+            ids[:, first:last] = kernels.ranks_of(ids[:, first:last], route.rank_of_row)
+        first = last
+    packed = kernels.route_packed(ids, routing.layout)
+    if len(routing.outputs) == 1:
+        return {routing.outputs[0][0]: packed}
+    offsets = np.cumsum([0] + [width for _, width in routing.outputs])
+    return {
+        name: np.ascontiguousarray(packed[:, offsets[index] : offsets[index + 1]])
+        for index, (name, _) in enumerate(routing.outputs)
+    }
 
 
 class TritonPythonModel:

@@ -1,15 +1,15 @@
-"""Embedding shard group (numpy): pools every member shard's rows for its local ids; one partial sum per table.
+"""Embedding shard group (numpy): one partial sum per table it holds, pooled from its member shards' rows.
 
-Config parameter `shards` (JSON): the packed input (local ids of all members, -1 = skip), the packed output
-(`dim` columns per table slot: the sum of the pools of the group's shards of that table) and, per member, its
-columns in the input, its table slot and its rows file next to this file (rows in hotness-rank order). Shards that
-share a placement are served by one model so the ensemble has few steps and few tensors; each group is still
-scaled on its own.
+Config parameter `shards` (JSON): the packed input (per table slot a block of row ids into the members' rows
+stacked in member order, -1 = none), the packed output (`dim` columns per table slot), the members' rows files
+next to this file (rows in hotness-rank order) and each slot's columns. Shards that share a placement are served
+by one model so the ensemble has few steps and few tensors; each group is still scaled on its own.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,36 @@ except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
 
 
-def pool_group(
-    members: list[tuple[int, int, int, np.ndarray]], packed_ids: np.ndarray, slots: int, dim: int
-) -> np.ndarray:
-    """[B, sum of widths] packed local ids -> [B, slots * dim]: per table slot, the sum of its shards' pools."""
-    pooled = np.zeros((packed_ids.shape[0], slots * dim), dtype=np.float32)
-    for first, last, slot, padded_rows in members:
-        pooled[:, slot * dim : (slot + 1) * dim] += kernels.pool(padded_rows, packed_ids[:, first:last])
+@dataclass(frozen=True)
+class GroupRows:
+    """All member shards' rows stacked in one array with a trailing zero padding row, and each slot's columns."""
+
+    padded_rows: np.ndarray
+    slot_columns: list[tuple[int, int]]
+
+    @property
+    def dim(self) -> int:
+        """Row width."""
+        return self.padded_rows.shape[1]
+
+
+def load_group_rows(layout: dict[str, Any], version_dir: Path) -> GroupRows:
+    """Stack the members' rows files in member order, without holding two copies of all rows."""
+    arrays = [np.load(version_dir / member["rows_file"], mmap_mode="r") for member in layout["shards"]]
+    padded = np.zeros((sum(array.shape[0] for array in arrays) + 1, int(layout["dim"])), dtype=np.float32)
+    first_row = 0
+    for array in arrays:
+        padded[first_row : first_row + array.shape[0]] = array
+        first_row += array.shape[0]
+    return GroupRows(padded, [(int(slot["columns"][0]), int(slot["columns"][1])) for slot in layout["slots"]])
+
+
+def pool_group(rows: GroupRows, packed_ids: np.ndarray) -> np.ndarray:
+    """[B, width] packed row ids (-1 = none) -> [B, slots * dim]: per table slot, the pool of its block."""
+    dim = rows.dim
+    pooled = np.empty((packed_ids.shape[0], len(rows.slot_columns) * dim), dtype=np.float32)
+    for slot, (first, last) in enumerate(rows.slot_columns):
+        pooled[:, slot * dim : (slot + 1) * dim] = kernels.pool(rows.padded_rows, packed_ids[:, first:last])
     return pooled
 
 
@@ -46,24 +69,14 @@ class TritonPythonModel:
         layout = json.loads(config["parameters"]["shards"]["string_value"])
         self.input_name = layout["input"]
         self.output_name = layout["output"]
-        self.dim = int(layout["dim"])
-        self.members = [
-            (
-                int(m["columns"][0]),
-                int(m["columns"][1]),
-                int(m["slot"]),
-                kernels.with_padding_row(np.load(version_dir / m["rows_file"])),
-            )
-            for m in layout["shards"]
-        ]
-        self.slots = 1 + max(member[2] for member in self.members)
+        self.rows = load_group_rows(layout, version_dir)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Pool all batched requests at once, then split the result back per request."""
         packed_ids, split_points = kernels.stack_requests(
             [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
         )
-        pooled = pool_group(self.members, packed_ids, self.slots, self.dim)
+        pooled = pool_group(self.rows, packed_ids)
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
             for part in kernels.unstack_responses(pooled, split_points)

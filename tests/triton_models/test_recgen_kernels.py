@@ -24,11 +24,22 @@ def routing_cases(draw):
     return ids, boundaries, rank_of_row
 
 
+def route_one_table(ids, boundaries, rank_of_row=None) -> list[np.ndarray]:
+    """Route one table with the packed kernel, each shard in its own block: one [B, L] array per shard."""
+    width = ids.shape[1]
+    shards = len(boundaries) - 1
+    layout = kernels.RouteLayout.build(
+        [(width, boundaries, [s * width for s in range(shards)], [0] * shards)], shards * width
+    )
+    packed = kernels.route_packed(kernels.ranks_of(ids, rank_of_row), layout)
+    return [packed[:, s * width : (s + 1) * width] for s in range(shards)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(routing_cases())
 def test_route_matches_brute_force(case) -> None:
     ids, boundaries, rank_of_row = case
-    routed = kernels.route(ids, boundaries, rank_of_row)
+    routed = route_one_table(ids, boundaries, rank_of_row)
     assert len(routed) == len(boundaries) - 1
     for (row, column), value in np.ndenumerate(ids):
         expected = [-1] * (len(boundaries) - 1)
@@ -40,15 +51,60 @@ def test_route_matches_brute_force(case) -> None:
         assert [int(local[row, column]) for local in routed] == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(routing_cases(), min_size=1, max_size=4), st.integers(1, 3), st.randoms(use_true_random=False))
+def test_packed_routing_of_several_tables_matches_brute_force(cases, groups, random) -> None:
+    """Tables side by side, shards spread over groups (one block per table and group, blocks in any order), each
+    shard at some first row of its group's stack; empty shards allowed."""
+    batch = min(case[0].shape[0] for case in cases)
+    cases = [  # an empty shard: a boundary repeated
+        (ids, np.insert(b, i, b[i]) if (i := random.randrange(len(b) + 2)) < len(b) else b, order)
+        for ids, b, order in cases
+    ]
+    group_of = {(t, s): random.randrange(groups) for t, case in enumerate(cases) for s in range(len(case[1]) - 1)}
+    first_row = {key: random.randrange(1000) for key in group_of}
+    blocks = sorted({(g, t) for (t, _), g in group_of.items()}, key=lambda _: random.random())
+    first_column = {}
+    width = 0
+    for g, t in blocks:
+        first_column[g, t] = width
+        width += cases[t][0].shape[1]
+    shards = [range(len(boundaries) - 1) for _, boundaries, _ in cases]
+    layout = kernels.RouteLayout.build(
+        [
+            (
+                ids.shape[1],
+                boundaries,
+                [first_column[group_of[t, s], t] for s in shards[t]],
+                [first_row[t, s] for s in shards[t]],
+            )
+            for t, (ids, boundaries, _) in enumerate(cases)
+        ],
+        width,
+    )
+    ranks = np.concatenate([kernels.ranks_of(ids[:batch], order) for ids, _, order in cases], axis=1)
+    packed = kernels.route_packed(ranks, layout)
+    expected = np.full((batch, width), -1)
+    for t, (ids, boundaries, order) in enumerate(cases):
+        for (row, column), value in np.ndenumerate(ids[:batch]):
+            if value >= 0:
+                rank = value if order is None else order[value]
+                (shard,) = [s for s in shards[t] if boundaries[s] <= rank < boundaries[s + 1]]
+                destination = first_column[group_of[t, shard], t] + column
+                expected[row, destination] = rank - boundaries[shard] + first_row[t, shard]
+    assert packed.dtype == np.int32
+    np.testing.assert_array_equal(packed, expected)
+
+
 def test_route_all_padding_and_empty_batch() -> None:
     boundaries = np.array(split_rows(10, 3))
-    for local in kernels.route(np.full((2, 4), -1), boundaries):
+    for local in route_one_table(np.full((2, 4), -1), boundaries):
         assert (local == -1).all()
-    assert [r.shape for r in kernels.route(np.zeros((0, 4), np.int64), boundaries)] == [(0, 4)] * 3
+    assert [r.shape for r in route_one_table(np.zeros((0, 4), np.int64), boundaries)] == [(0, 4)] * 3
 
 
 def test_route_single_row_table() -> None:
-    (local,) = kernels.route(np.array([[0], [-1]]), np.array([0, 1]))
+    (local,) = route_one_table(np.array([[0], [-1]]), np.array([0, 1]))
     assert local.tolist() == [[0], [-1]]
 
 
@@ -66,7 +122,7 @@ def test_sharded_pooling_adds_up_to_the_whole_table(case, dim) -> None:
     rows = np.random.default_rng(0).standard_normal((boundaries[-1], dim)).astype(np.float32)
     order = np.arange(boundaries[-1]) if rank_of_row is None else np.argsort(rank_of_row)
     ranked_rows = rows[order]
-    routed = kernels.route(ids, boundaries, rank_of_row)
+    routed = route_one_table(ids, boundaries, rank_of_row)
     total = sum(
         kernels.pool(kernels.with_padding_row(ranked_rows[start:end]), local)
         for start, end, local in zip(boundaries[:-1], boundaries[1:], routed, strict=True)

@@ -7,7 +7,6 @@ from google.protobuf import json_format
 
 from generator import naming, render
 from generator.plan import Placement, Plan, table_plan, uniform_plan
-from generator.triton_models import recgen_kernels as kernels
 from generator.triton_models import router_model, shard_model
 from tests.conftest import tiny_model
 
@@ -40,17 +39,14 @@ def test_grouped_routing_then_pooling_equals_whole_tables(tmp_path: Path) -> Non
     (group,) = plan.shard_groups()
     (packed,) = router_model.route_request(_routing(plan, tmp_path), INPUTS).values()
     tables = {t.spec.name: t for t in plan.tables}
-    slots = render.group_tables(group)
-    members = [
-        (
-            a,
-            b,
-            slots.index(s.table),
-            kernels.with_padding_row(model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end]),
-        )
-        for s, (a, b) in zip(group.shards, render.group_columns(plan, group), strict=True)
-    ]
-    pooled = shard_model.pool_group(members, packed, len(slots), 8)
+    layout = render.group_layout(plan, group)
+    slots = layout.tables
+    description = {"dim": 8, "shards": [], "slots": [{"columns": list(span)} for span in layout.columns]}
+    for s in group.shards:
+        rows_file = f"{s.table}_{s.index}.npy"
+        np.save(tmp_path / rows_file, model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end])
+        description["shards"].append({"rows_file": rows_file})
+    pooled = shard_model.pool_group(shard_model.load_group_rows(description, tmp_path), packed)
     for table in model.tables:
         slot = slots.index(table.name)
         total = pooled[:, slot * 8 : (slot + 1) * 8]
