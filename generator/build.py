@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -18,13 +18,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 from generator import __version__, export, naming, render
 from generator.errors import OutputExistsError, UserInputError
 from generator.models import DLRM
-from generator.plan import Plan
+from generator.plan import GroupBy, Plan, ShardGroup
 from generator.render import BACKENDS, TARGETS, Backend, Target
 from generator.serve import SERVING_ENV
 
 #: Image the `container` target is written for (Triton 2.51 = NGC 24.10).
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 MANIFEST_FORMAT_VERSION = 1
+TOPOLOGY_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -165,21 +166,24 @@ def _parent(path: Path) -> Path:
     return parent
 
 
-def _write_all(
-    model: DLRM, plan: Plan, repository: Path, ensembles: Path, backend: Backend, target: Target
-) -> list[BuiltModel]:
-    configs: dict[str, mc.ModelConfig] = {}
-    built: list[BuiltModel] = []
+class _Writer:
+    """Writes models into repositories and records what it wrote (configs for the ensemble check, built models)."""
 
-    def finish(config: mc.ModelConfig, version_dir: Path, role: str, detail: str) -> None:
+    def __init__(self, model: DLRM, plan: Plan, backend: Backend, target: Target):
+        self.model, self.plan, self.backend, self.target = model, plan, backend, target
+        self.configs: dict[str, mc.ModelConfig] = {}
+        self.built: list[BuiltModel] = []
+
+    def _finish(self, config: mc.ModelConfig, version_dir: Path, role: str, detail: str) -> None:
         render.write_config(config, version_dir.parent)
-        configs[config.name] = config
+        self.configs[config.name] = config
         group = config.instance_group[0]
-        built.append(
+        onnx = role in ("shards", "dense") and self.backend == "onnx"
+        self.built.append(
             BuiltModel(
                 name=config.name,
                 role=role,
-                backend=_backend_label(config) + (" (onnx)" if role != "router" and backend == "onnx" else ""),
+                backend=_backend_label(config) + (" (onnx)" if onnx else ""),
                 instance_count=group.count,
                 device="gpu" if group.kind == mc.ModelInstanceGroup.KIND_GPU else "cpu",
                 num_bytes=export.directory_bytes(version_dir.parent),
@@ -187,40 +191,196 @@ def _write_all(
             )
         )
 
-    router = render.router_config(plan)
-    version_dir = _new_model_dir(repository, router.name)
-    export.export_router(plan, version_dir)
-    finish(router, version_dir, "router", f"{len(plan.tables)} tables -> {len(plan.shards)} shards")
-
-    for group in plan.shard_groups():
-        config = render.shard_group_config(plan, group, backend, target)
+    def router(self, repository: Path) -> None:
+        config = render.router_config(self.plan)
         version_dir = _new_model_dir(repository, config.name)
-        export.export_shard_group(model, plan, group, backend, target, version_dir)
+        export.export_router(self.plan, version_dir)
+        self._finish(config, version_dir, "router", f"{len(self.plan.tables)} tables -> {len(self.plan.shards)} shards")
+
+    def shard_group(self, repository: Path, group: ShardGroup, *, one_instance: bool = False) -> None:
+        config = render.shard_group_config(self.plan, group, self.backend, self.target, one_instance=one_instance)
+        version_dir = _new_model_dir(repository, config.name)
+        export.export_shard_group(self.model, self.plan, group, self.backend, self.target, version_dir)
         members = ", ".join(f"{s.table}[{s.row_start}:{s.row_end}]" for s in group.shards)
-        finish(config, version_dir, "shards", members if len(members) < 60 else f"{len(group.shards)} shards")
+        self._finish(config, version_dir, "shards", members if len(members) < 60 else f"{len(group.shards)} shards")
 
-    dense = render.dense_config(plan, model.num_dense_features, backend, target)
-    version_dir = _new_model_dir(repository, dense.name)
-    export.export_dense(model, plan, backend, target, version_dir)
-    finish(dense, version_dir, "dense", f"MLPs {model.bottom_mlp} / {model.top_mlp}")
+    def remote_group(self, repository: Path, group: ShardGroup, policy: render.RemoteCallPolicy) -> None:
+        config = render.remote_group_config(self.plan, group, policy)
+        version_dir = _new_model_dir(repository, config.name)
+        export.install_python_model(export.REMOTE_GROUP_MODULE, version_dir)
+        self._finish(config, version_dir, "remote", f"gRPC to {group.placement.instance_count} replica(s)")
 
-    ensemble = render.ensemble_config(plan, model.num_dense_features)
-    render.check_ensemble(ensemble, configs)
-    ensemble_dir = ensembles / ensemble.name
-    (ensemble_dir / naming.MODEL_VERSION).mkdir(parents=True)  # Triton needs a version dir, even an empty one
-    render.write_config(ensemble, ensemble_dir)
-    built.append(
-        BuiltModel(
-            ensemble.name,
-            "ensemble",
-            "ensemble",
-            0,
-            "-",
-            export.directory_bytes(ensemble_dir),
-            f"{len(ensemble.ensemble_scheduling.step)} steps",
+    def dense(self, repository: Path) -> None:
+        config = render.dense_config(self.plan, self.model.num_dense_features, self.backend, self.target)
+        version_dir = _new_model_dir(repository, config.name)
+        export.export_dense(self.model, self.plan, self.backend, self.target, version_dir)
+        self._finish(config, version_dir, "dense", f"MLPs {self.model.bottom_mlp} / {self.model.top_mlp}")
+
+    def ensemble(self, repository: Path) -> None:
+        ensemble = render.ensemble_config(self.plan, self.model.num_dense_features)
+        render.check_ensemble(ensemble, self.configs)
+        ensemble_dir = repository / ensemble.name
+        (ensemble_dir / naming.MODEL_VERSION).mkdir(parents=True)  # Triton needs a version dir, even an empty one
+        render.write_config(ensemble, ensemble_dir)
+        steps = len(ensemble.ensemble_scheduling.step)
+        self.built.append(
+            BuiltModel(
+                ensemble.name, "ensemble", "ensemble", 0, "-", export.directory_bytes(ensemble_dir), f"{steps} steps"
+            )
         )
+
+
+def _write_all(
+    model: DLRM, plan: Plan, repository: Path, ensembles: Path, backend: Backend, target: Target
+) -> list[BuiltModel]:
+    writer = _Writer(model, plan, backend, target)
+    writer.router(repository)
+    for group in plan.shard_groups():
+        writer.shard_group(repository, group)
+    writer.dense(repository)
+    writer.ensemble(ensembles)
+    return writer.built
+
+
+@dataclass(frozen=True)
+class GroupService:
+    """One shard group served by its own Triton deployment: `replicas` servers each loading `repository`."""
+
+    model: str
+    repository: Path
+    replicas: int
+    device: str
+    service: str
+    rows_bytes: int
+
+
+@dataclass(frozen=True)
+class DistributedBuild:
+    """A distributed layout: the front repository and one repository per shard group (see topology.json)."""
+
+    plan: Plan
+    root: Path
+    front: Path
+    groups: tuple[GroupService, ...]
+    models: tuple[BuiltModel, ...]
+    policy: render.RemoteCallPolicy
+
+    @property
+    def ensemble_name(self) -> str:
+        """The endpoint clients call, on the front server."""
+        return naming.ensemble_model(self.plan.model_name)
+
+    def __str__(self) -> str:
+        lines = [f"wrote a distributed layout of {self.plan.model_name!r} in {self.root}:"]
+        lines.append(f"  front    {self.front}  (router, dense, {len(self.groups)} remote steps, ensemble)")
+        for group in self.groups:
+            lines.append(
+                f"  group    {group.repository}  {group.replicas} replica(s) on {group.device}, "
+                f"{group.rows_bytes:,} bytes of rows, service {group.service}:{naming.GRPC_PORT}"
+            )
+        lines += [
+            f"remote calls: deadline {self.policy.deadline_s:g} s, {self.policy.max_attempts} attempts, "
+            f"backoff from {self.policy.backoff_s:g} s",
+            f"serve here:   recgen serve --distributed {self.root}",
+            f"Kubernetes:   recgen k8s --plan <plan.json> --layout-dir {self.root} -o deploy/",
+        ]
+        return "\n".join(lines)
+
+
+def build_distributed(
+    model: DLRM,
+    plan: Plan,
+    out: Path,
+    *,
+    backend: Backend = "python",
+    target: Target = "embedded",
+    policy: render.RemoteCallPolicy | None = None,
+    group_by: GroupBy = "shard",
+    force: bool = False,
+) -> DistributedBuild:
+    """The plan as separately served shard groups behind a front server.
+
+    One repository per shard group (one instance per server; the plan's count is the replica count) and a front
+    repository whose ensemble keeps the request contract, its shard-group steps calling the groups over gRPC.
+    By default every shard is its own group, so each is scaled on its own (ElasticRec); `group_by="placement"`
+    serves shards with the same placement together (fewer services and hops). Written into a temporary directory
+    and renamed into place, like `build`.
+    """
+    _check_options(backend, target)
+    plan.check_matches(model)
+    plan = replace(plan, group_by=group_by)
+    policy = policy or render.RemoteCallPolicy()
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(f"`--out` {out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"`--out` {out} exists and is not a directory")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.recgen-", dir=_parent(out)))
+    try:
+        writer = _Writer(model, plan, backend, target)
+        front = staging / naming.FRONT_DIR
+        front.mkdir()
+        writer.router(front)
+        groups = []
+        for group in plan.shard_groups():
+            name = render.shard_group_model_name(plan, group)
+            repository = staging / naming.GROUPS_DIR / name
+            writer.shard_group(repository, group, one_instance=True)
+            writer.remote_group(front, group, policy)  # replaces the group's config in the ensemble check
+            groups.append(
+                GroupService(
+                    name,
+                    Path(naming.GROUPS_DIR) / name,
+                    group.placement.instance_count,
+                    group.placement.device,
+                    naming.service_name(name),
+                    export.directory_bytes(repository),
+                )
+            )
+        writer.dense(front)
+        writer.ensemble(front)
+        _write_manifest(plan, backend, target, front)
+        _write_topology(plan, policy, groups, staging)
+        _publish([(staging, out)])
+    finally:
+        export.remove_tree(staging)
+    return DistributedBuild(
+        plan,
+        out,
+        out / naming.FRONT_DIR,
+        tuple(replace(g, repository=out / g.repository) for g in groups),
+        tuple(writer.built),
+        policy,
     )
-    return built
+
+
+def _write_topology(plan: Plan, policy: render.RemoteCallPolicy, groups: list[GroupService], root: Path) -> None:
+    """What `recgen serve --distributed` and `recgen k8s` start: the front and every group's replicas."""
+    topology = {
+        "format_version": TOPOLOGY_FORMAT_VERSION,
+        "recgen_version": __version__,
+        "model_name": plan.model_name,
+        "ensemble": naming.ensemble_model(plan.model_name),
+        "front": {
+            "repository": naming.FRONT_DIR,
+            "service": naming.front_service_name(plan.model_name),
+            "replicas": plan.dense.instance_count,
+        },
+        "remote_call": asdict(policy),
+        "groups": [
+            {
+                "model": g.model,
+                "repository": str(g.repository),
+                "replicas": g.replicas,
+                "device": g.device,
+                "service": g.service,
+                "rows_bytes": g.rows_bytes,
+                "endpoints_env": naming.endpoints_env_var(g.model),
+            }
+            for g in groups
+        ],
+    }
+    (root / naming.TOPOLOGY_FILE).write_text(json.dumps(topology, indent=2) + "\n")
 
 
 def build_monolithic(

@@ -147,6 +147,28 @@ def example(out_path: Path, seed: int) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace existing output directories.")
 @click.option(
+    "--layout",
+    type=click.Choice(["single", "distributed"]),
+    default="single",
+    show_default=True,
+    help="single: one server (--out + --ensembles); distributed: --out DIR holds DIR/front and one repository "
+    "per shard group, served by `recgen serve --distributed DIR` or `recgen k8s`.",
+)
+@click.option(
+    "--remote-deadline-s",
+    type=click.FloatRange(0.01, 600),
+    default=render.RemoteCallPolicy.deadline_s,
+    show_default=True,
+    help="distributed: deadline of one front -> shard group call, retries included.",
+)
+@click.option(
+    "--remote-attempts",
+    type=click.IntRange(1, 16),
+    default=render.RemoteCallPolicy.max_attempts,
+    show_default=True,
+    help="distributed: attempts per call, each on the next replica, on UNAVAILABLE only.",
+)
+@click.option(
     "--plan",
     "plan_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -171,11 +193,16 @@ def build_command(
     max_batch_size: int,
     group_by: plan.GroupBy,
     force: bool,
+    layout: str,
+    remote_deadline_s: float,
+    remote_attempts: int,
 ) -> None:
-    """Generate the sharded repository and the ensemble for a model."""
+    """Generate the sharded repository and the ensemble for a model (or the distributed layout)."""
     model = models.DLRM.load(model_path)
+    explicit_group_by = context.get_parameter_source("group_by") != ParameterSource.DEFAULT
     if plan_path is not None:
-        replaced = ["shards_per_table", "device", "instances", "name", "max_batch_size", "group_by"]
+        replaced = ["shards_per_table", "device", "instances", "name", "max_batch_size"]
+        replaced += [] if layout == "distributed" else ["group_by"]
         given = [name for name in replaced if context.get_parameter_source(name) != ParameterSource.DEFAULT]
         if given:
             raise UserInputError(f"--plan sets {', '.join('--' + g.replace('_', '-') for g in given)}; drop them")
@@ -191,7 +218,24 @@ def build_command(
             group_by=group_by,
         )
     click.echo(str(the_plan))
-    result = build_module.build(model, the_plan, repository, ensembles, backend=backend, target=target, force=force)
+    if layout == "distributed":
+        if context.get_parameter_source("ensembles") != ParameterSource.DEFAULT:
+            raise UserInputError("--ensembles is for --layout single; the distributed front holds its ensemble")
+        if context.get_parameter_source("repository") == ParameterSource.DEFAULT:
+            repository = Path("distributed")
+        policy = render.RemoteCallPolicy(deadline_s=remote_deadline_s, max_attempts=remote_attempts)
+        result: build_module.BuildResult | build_module.DistributedBuild = build_module.build_distributed(
+            model,
+            the_plan,
+            repository,
+            backend=backend,
+            target=target,
+            policy=policy,
+            group_by=group_by if explicit_group_by else "shard",
+            force=force,
+        )
+    else:
+        result = build_module.build(model, the_plan, repository, ensembles, backend=backend, target=target, force=force)
     click.echo(str(result))
     if backend == "python" and any(m.device == "gpu" for m in result.models):
         click.echo(
@@ -236,8 +280,18 @@ def build_command(
     default=None,
     help="Keep the server log here (default: a temporary file).",
 )
+@click.option(
+    "--distributed",
+    "distributed_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Serve a `--layout distributed` build: one server per shard-group replica plus the front, on free "
+    "loopback ports (logs in DIR/logs).",
+)
+@click.pass_context
 @_reports_errors
 def serve_command(
+    context: click.Context,
     repository: Path,
     ensembles: Path,
     http_port: int,
@@ -246,8 +300,16 @@ def serve_command(
     address: str,
     timeout_s: float,
     log_file: Path | None,
+    distributed_dir: Path | None,
 ) -> None:
     """Run the embedded tritonserver until Ctrl-C / SIGTERM."""
+    if distributed_dir is not None:
+        fixed = ["repository", "ensembles", "http_port", "grpc_port", "metrics_port", "log_file"]
+        given = [name for name in fixed if context.get_parameter_source(name) != ParameterSource.DEFAULT]
+        if given:
+            raise UserInputError(f"--distributed picks its own ports and logs; drop --{given[0].replace('_', '-')}")
+        _serve_distributed(distributed_dir, address, timeout_s)
+        return
     config = serve.ServerConfig((repository, ensembles), http_port, grpc_port, metrics_port, address)
     server = serve.TritonServer(config, log_path=log_file)
     stop_requested = []
@@ -270,6 +332,31 @@ def serve_command(
     finally:
         code = server.stop()
     click.echo(f"tritonserver stopped (exit code {code}).")
+
+
+def _serve_distributed(root: Path, address: str, timeout_s: float) -> None:
+    topology = serve.Topology.load(root)
+    log_dir = root / "logs"
+    log_dir.mkdir(exist_ok=True)
+    stop_requested = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    with serve.LocalTopology(topology, log_dir=log_dir, address=address) as local:
+        local.start(timeout_s=timeout_s)
+        click.echo(f"distributed topology of {topology.model_name!r} ready (logs: {log_dir})")
+        click.echo(str(local))
+        click.echo(
+            f"  ensemble {topology.ensemble}: POST http://{local.front.http_url}/v2/models/{topology.ensemble}/infer"
+        )
+        click.echo("Ctrl-C to stop.")
+        try:
+            while not stop_requested:
+                dead = [s for s in local.servers() if s.process is None or s.process.poll() is not None]
+                if dead:
+                    raise serve.ServerError(f"a server exited unexpectedly; see {dead[0].log_path}")
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+    click.echo("all servers stopped.")
 
 
 @main.command("check")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from generator.triton_models import onnx_model, recgen_kernels, router_model
+from generator.triton_models import onnx_model, recgen_kernels, remote_group_model, router_model
 
 #: Version directory every generated model uses (Triton needs a numeric one, even for ensembles).
 MODEL_VERSION = "1"
@@ -24,6 +24,16 @@ DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE
 ROUTER_ROW_RANKS_FILE = router_model.ROW_RANKS_FILE
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"
+
+#: Distributed layout (`recgen build --layout distributed -o DIR`): DIR/front is the front server's repository
+#: (router, dense, remote shard-group steps, ensemble), DIR/groups/<group model> one repository per shard group.
+FRONT_DIR = "front"
+GROUPS_DIR = "groups"
+TOPOLOGY_FILE = "topology.json"
+#: Port every server listens on for gRPC inside its pod (Triton's default).
+GRPC_PORT = 8001
+HTTP_PORT = 8000
+METRICS_PORT = 8002
 
 #: Request contract (DESIGN.md): ensemble inputs and output.
 DENSE_FEATURES = "dense_features"
@@ -88,3 +98,19 @@ def dense_model(model: str) -> str:
 def ensemble_model(model: str) -> str:
     """Triton model name of the ensemble: the model's own name, the endpoint clients call."""
     return model
+
+
+def endpoints_env_var(model: str) -> str:
+    """Environment variable of the front server that lists the endpoints of the remote shard group `model`."""
+    return remote_group_model.endpoints_env_var(model)
+
+
+def service_name(model: str) -> str:
+    """Kubernetes name (DNS-1035 label) of the Deployment and Service that serve Triton model `model`."""
+    label = re.sub(r"[^a-z0-9-]", "-", model.lower()).strip("-")
+    return label[:63].rstrip("-")
+
+
+def front_service_name(model: str) -> str:
+    """Kubernetes name of the front server (router, dense, ensemble) of model `model`."""
+    return service_name(f"{model}-front")

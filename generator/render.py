@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import Literal
@@ -211,8 +211,13 @@ def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
     return naming.shard_group_model(plan.model_name, group.index, [(s.table, s.index) for s in group.shards])
 
 
-def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: Target) -> mc.ModelConfig:
-    """Shard group: packed row ids of its tables in; per table it holds, the pool over all its shards out."""
+def shard_group_config(
+    plan: Plan, group: ShardGroup, backend: Backend, target: Target, *, one_instance: bool = False
+) -> mc.ModelConfig:
+    """Shard group: packed row ids of its tables in; per table it holds, the pool over all its shards out.
+
+    `one_instance`: the distributed layout, where the plan's instance count is the number of replica servers.
+    """
     triton_backend, parameters = _leaf_backend(backend, target)
     layout = group_layout(plan, group)
     dim = _row_dim(plan)
@@ -235,10 +240,58 @@ def shard_group_config(plan: Plan, group: ShardGroup, backend: Backend, target: 
         shard_group_model_name(plan, group),
         triton_backend,
         plan.max_batch_size,
-        group.placement,
-        [_int32(naming.group_local_ids(group.index), layout.width)],
-        [_fp32(naming.group_partial_sums(group.index), len(layout.tables) * dim)],
+        replace(group.placement, instance_count=1) if one_instance else group.placement,
+        *_group_signature(plan, group),
         parameters,
+    )
+
+
+def _group_signature(plan: Plan, group: ShardGroup) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """A shard group's input and output, the same for the group model and its remote step in a front server."""
+    layout = group_layout(plan, group)
+    return (
+        [_int32(naming.group_local_ids(group.index), layout.width)],
+        [_fp32(naming.group_partial_sums(group.index), len(layout.tables) * _row_dim(plan))],
+    )
+
+
+@dataclass(frozen=True)
+class RemoteCallPolicy:
+    """How a front server's remote shard-group step calls the group's service."""
+
+    deadline_s: float = 2.0
+    max_attempts: int = 3
+    backoff_s: float = 0.05
+    resolve_interval_s: float = 30.0
+
+
+def remote_group_config(plan: Plan, group: ShardGroup, policy: RemoteCallPolicy) -> mc.ModelConfig:
+    """The front's step for a shard group served elsewhere: same name and tensors, calls the group over gRPC.
+
+    One instance per planned replica of the group, so the front keeps every replica busy; the endpoints default to
+    the group's Kubernetes Service and are overridden through the environment (see remote_group_model).
+    """
+    name = shard_group_model_name(plan, group)
+    inputs, outputs = _group_signature(plan, group)
+    remote = {
+        "model": name,
+        "input": inputs[0].name,
+        "input_dtype": "INT32",
+        "output": outputs[0].name,
+        "endpoints": [f"{naming.service_name(name)}:{naming.GRPC_PORT}"],
+        "deadline_s": policy.deadline_s,
+        "max_attempts": policy.max_attempts,
+        "backoff_s": policy.backoff_s,
+        "resolve_interval_s": policy.resolve_interval_s,
+    }
+    return _serving_config(
+        name,
+        "python",
+        plan.max_batch_size,
+        Placement(device="cpu", instance_count=group.placement.instance_count),
+        inputs,
+        outputs,
+        {"remote": _compact_json(remote)},
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -26,10 +27,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from generator.errors import ModelLoadError, ServerError
+from generator import naming
+from generator.errors import ModelLoadError, ServerError, UserInputError
 
 #: Seconds the server gets to load every model and report ready.
 DEFAULT_READY_TIMEOUT_S = 180.0
@@ -149,6 +151,8 @@ class ServerConfig:
     address: str = "127.0.0.1"
     log_verbose: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    #: Extra environment variables of the server and its model stubs (e.g. a front server's shard endpoints).
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -241,7 +245,7 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=server_environment(),
+                env={**server_environment(), **dict(self.config.environment)},
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -337,3 +341,138 @@ def running_server(
         yield server
     finally:
         server.close()
+
+
+@dataclass(frozen=True)
+class TopologyGroup:
+    """A shard group of a distributed build: its repository and how many replica servers serve it."""
+
+    model: str
+    repository: Path
+    replicas: int
+    endpoints_env: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A distributed build's topology.json, read back."""
+
+    root: Path
+    model_name: str
+    ensemble: str
+    front_repository: Path
+    groups: tuple[TopologyGroup, ...]
+
+    @classmethod
+    def load(cls, root: Path) -> Topology:
+        """Read DIR/topology.json; a missing or malformed file is a UserInputError naming it."""
+        path = Path(root) / naming.TOPOLOGY_FILE
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                Path(root),
+                data["model_name"],
+                data["ensemble"],
+                Path(root) / data["front"]["repository"],
+                tuple(
+                    TopologyGroup(g["model"], Path(root) / g["repository"], int(g["replicas"]), g["endpoints_env"])
+                    for g in data["groups"]
+                ),
+            )
+        except FileNotFoundError as error:
+            raise UserInputError(f"{path} does not exist; build with `recgen build --layout distributed`") from error
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserInputError(f"{path} is not a recgen topology ({type(error).__name__}: {error})") from error
+
+
+class LocalTopology:
+    """A distributed build on this machine: one tritonserver per shard-group replica, then the front server.
+
+    Every server binds loopback ports of its own; the front learns its groups' endpoints through the environment
+    variables the remote steps read. `stop_replica` / `start_replica` (same ports) exist for failure drills.
+    """
+
+    def __init__(self, topology: Topology, log_dir: Path | None = None, address: str = "127.0.0.1"):
+        self.topology = topology
+        self.log_dir = log_dir
+        self.address = address
+        count = sum(group.replicas for group in topology.groups) + 1
+        # All ports in one call, so no two servers are handed the same free port.
+        self._ports = iter(free_ports(3 * count, address if address != "0.0.0.0" else "127.0.0.1"))
+        self.replicas: dict[str, list[TritonServer]] = {
+            group.model: [self._server((group.repository,), f"{group.model}-{i}") for i in range(group.replicas)]
+            for group in topology.groups
+        }
+        environment = tuple(
+            (group.endpoints_env, ",".join(server.grpc_url for server in self.replicas[group.model]))
+            for group in topology.groups
+        )
+        self.front = self._server((topology.front_repository,), "front", environment)
+
+    def _server(
+        self, repositories: tuple[Path, ...], label: str, environment: tuple[tuple[str, str], ...] = ()
+    ) -> TritonServer:
+        log_path = None if self.log_dir is None else self.log_dir / f"{label}.log"
+        http, grpc, metrics = next(self._ports), next(self._ports), next(self._ports)
+        config = ServerConfig(repositories, http, grpc, metrics, address=self.address, environment=environment)
+        return TritonServer(config, log_path)
+
+    def servers(self) -> list[TritonServer]:
+        """Every replica server, then the front."""
+        return [server for servers in self.replicas.values() for server in servers] + [self.front]
+
+    def start(self, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
+        """Start every replica at once, wait for them within one deadline, then start the front and wait for it."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            for servers in self.replicas.values():
+                for server in servers:
+                    server.start()
+            for servers in self.replicas.values():
+                for server in servers:
+                    server.wait_until_ready(timeout_s=max(1.0, deadline - time.monotonic()))
+            self.front.start()
+            self.front.wait_until_ready((self.topology.ensemble,), timeout_s=max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop_replica(self, model: str, index: int) -> None:
+        """Stop one replica server of a shard group (its ports stay reserved for `start_replica`)."""
+        self.replicas[model][index].stop()
+
+    def start_replica(self, model: str, index: int, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
+        """Start a stopped replica again on the same ports and wait until it is ready."""
+        old = self.replicas[model][index]
+        config = replace(old.config, http_port=old.http_port, grpc_port=old.grpc_port, metrics_port=old.metrics_port)
+        server = TritonServer(config, None if self.log_dir is None else old.log_path)
+        self.replicas[model][index] = server
+        server.start()
+        server.wait_until_ready(timeout_s=timeout_s)
+
+    def stop(self) -> None:
+        """Stop the front first (no new remote calls), then every replica."""
+        for server in [self.front, *[s for servers in self.replicas.values() for s in servers]]:
+            server.stop()
+
+    def close(self) -> None:
+        """Stop everything and remove temporary logs."""
+        self.stop()
+        for server in self.servers():
+            server.close()
+
+    def __enter__(self) -> LocalTopology:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        lines = [
+            f"front      {self.topology.ensemble!r}: http {self.front.http_url}, grpc {self.front.grpc_url}, "
+            f"metrics {self.front.metrics_url}"
+        ]
+        for model, servers in self.replicas.items():
+            for index, server in enumerate(servers):
+                lines.append(f"{model}[{index}]: grpc {server.grpc_url}, metrics {server.metrics_url}")
+        return "\n".join(lines)
