@@ -18,7 +18,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from generator import __version__, export, naming, render
 from generator.errors import OutputExistsError, UserInputError
 from generator.models import DLRM
-from generator.plan import GroupBy, Plan, ShardGroup
+from generator.plan import GroupBy, Plan, ShardGroup, save_plan
 from generator.render import BACKENDS, TARGETS, Backend, Target
 from generator.serve import SERVING_ENV
 
@@ -282,7 +282,7 @@ class DistributedBuild:
             f"remote calls: deadline {self.policy.deadline_s:g} s, {self.policy.max_attempts} attempts, "
             f"backoff from {self.policy.backoff_s:g} s",
             f"serve here:   recgen serve --distributed {self.root}",
-            f"Kubernetes:   recgen k8s --plan <plan.json> --layout-dir {self.root} -o deploy/",
+            f"Kubernetes:   recgen k8s --layout-dir {self.root} -o deploy/",
         ]
         return "\n".join(lines)
 
@@ -341,6 +341,7 @@ def build_distributed(
         writer.ensemble(front)
         _write_manifest(plan, backend, target, front)
         _write_topology(plan, policy, groups, staging)
+        save_plan(plan, staging / naming.DISTRIBUTED_PLAN_FILE)  # what `recgen k8s --layout-dir` deploys
         _publish([(staging, out)])
     finally:
         export.remove_tree(staging)

@@ -19,6 +19,7 @@ from generator import (
     capacity,
     client,
     demo,
+    k8s,
     loadtest,
     models,
     naming,
@@ -633,6 +634,106 @@ def plan_command(
     click.echo(str(report))
     click.echo(f"wrote {out_path}, {plan.row_order_path(out_path)} and {figure_path}")
     click.echo(f"build it: recgen build --model {model_path} --plan {out_path}")
+
+
+@main.command("k8s")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="plan.json (default: the one the distributed build in --layout-dir saved).",
+)
+@click.option(
+    "--image", default=k8s.DEFAULT_IMAGE, show_default=True, help="Triton image the pods run (or build FROM)."
+)
+@click.option(
+    "--source",
+    type=click.Choice(k8s.SOURCES),
+    default="image",
+    show_default=True,
+    help="How repositories reach the pods: baked into images (Dockerfiles written), a read-only PVC holding the "
+    "distributed build, or object storage.",
+)
+@click.option("--registry", default=k8s.K8sOptions.registry, show_default=True, help="Where built images are pushed.")
+@click.option("--tag", default=k8s.K8sOptions.tag, show_default=True, help="Tag of the built images.")
+@click.option("--pvc", default=None, help="--source pvc: the claim holding the distributed build.")
+@click.option("--repository-url", default=None, help="--source url: s3://, gs:// or as:// prefix of the build.")
+@click.option("--namespace", default=None, help="Namespace set by the kustomization.")
+@click.option(
+    "--group-by",
+    type=click.Choice(plan.GROUP_BY),
+    default=None,
+    help="One service per shard (scaled on its own), or per placement; must match the distributed build "
+    "[default: the build's in --layout-dir, else shard].",
+)
+@click.option("--max-replica-factor", type=click.FloatRange(1, 1000), default=4.0, show_default=True)
+@click.option(
+    "--queue-target-us",
+    type=click.IntRange(1, 10_000_000),
+    default=1000,
+    show_default=True,
+    help="HPA target: Triton queue time per request, averaged over the pods.",
+)
+@click.option("--front-replicas", type=click.IntRange(1, 1000), default=1, show_default=True)
+@click.option(
+    "--layout-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The `recgen build --layout distributed` output: its groups must be the manifests' groups.",
+)
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@_reports_errors
+def k8s_command(
+    plan_path: Path,
+    image: str,
+    source: k8s.Source,
+    registry: str,
+    tag: str,
+    pvc: str | None,
+    repository_url: str | None,
+    namespace: str | None,
+    group_by: plan.GroupBy | None,
+    max_replica_factor: float,
+    queue_target_us: int,
+    front_replicas: int,
+    layout_dir: Path | None,
+    out_path: Path,
+    force: bool,
+) -> None:
+    """Write Kubernetes manifests: per shard group a Deployment, headless Service and HPA, plus the front."""
+    if plan_path is None and layout_dir is None:
+        raise UserInputError("give --plan plan.json, or --layout-dir DIR of a `recgen build --layout distributed`")
+    the_plan = plan.load_plan(plan_path if plan_path is not None else layout_dir / naming.DISTRIBUTED_PLAN_FILE)
+    if group_by is None:
+        group_by = the_plan.group_by if plan_path is None else "shard"
+    options = k8s.K8sOptions(
+        image=image,
+        registry=registry,
+        tag=tag,
+        source=source,
+        pvc=pvc,
+        repository_url=repository_url,
+        namespace=namespace,
+        group_by=group_by,
+        max_replica_factor=max_replica_factor,
+        queue_target_us=queue_target_us,
+        front_replicas=front_replicas,
+    )
+    manifests = k8s.render_manifests(the_plan, options)
+    if layout_dir is not None:
+        built = [group.model for group in serve.Topology.load(layout_dir).groups]
+        planned = [c.models[0] for c in manifests.components if c.role == "shard-group"]
+        if built != planned:
+            raise UserInputError(
+                f"--layout-dir {layout_dir} holds groups {built}, the manifests have {planned}; "
+                "build and k8s must use the same plan and --group-by"
+            )
+    out = manifests.write(out_path, force=force)
+    click.echo(str(manifests))
+    click.echo(f"wrote {out}: `kubectl apply -k {out}`")
+    click.echo(f"build the images first: {out}/{k8s.IMAGES_DIR}/build.sh <distributed build dir>")
 
 
 @main.command("loadtest")

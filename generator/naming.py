@@ -30,6 +30,7 @@ MANIFEST_FILE = "recgen_manifest.json"
 FRONT_DIR = "front"
 GROUPS_DIR = "groups"
 TOPOLOGY_FILE = "topology.json"
+DISTRIBUTED_PLAN_FILE = "plan.json"
 #: Port every server listens on for gRPC inside its pod (Triton's default).
 GRPC_PORT = 8001
 HTTP_PORT = 8000

@@ -228,3 +228,51 @@ def test_profile_and_plan_errors(tmp_path: Path) -> None:
 def test_group_by_shard_writes_one_model_per_shard(tmp_path: Path) -> None:
     _, out = _example_repository(tmp_path, "--group-by", "shard", "--force")
     assert "wrote 11 models" in out and "dlrm_shard_user_id_0" in out
+
+
+@requires_server
+def test_distributed_build_serve_check_and_k8s(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    layout = tmp_path / "dist"
+    build_args = ["build", "--model", str(model), "--layout", "distributed", "--out", str(layout)]
+    code, out = _run(*build_args, "--shards-per-table", "1", "--group-by", "placement", "--remote-deadline-s", "3")
+    assert code == 0, out
+    assert "recgen serve --distributed" in out and (layout / "plan.json").is_file()
+    code, out = _run(*build_args, "--ensembles", str(tmp_path / "e"), "--force")
+    assert code == 1 and "--ensembles is for --layout single" in out
+
+    code, out = _run("k8s", "--layout-dir", str(layout), "-o", str(tmp_path / "deploy"))
+    assert code == 0, out
+    assert "dlrm-shards-0" in out and (tmp_path / "deploy" / "kustomization.yaml").is_file()
+    code, out = _run("k8s", "--layout-dir", str(layout), "--group-by", "shard", "-o", str(tmp_path / "d2"))
+    assert code == 1 and "same plan and --group-by" in out
+    code, out = _run("k8s", "-o", str(tmp_path / "d3"))
+    assert code == 1 and "--plan" in out
+
+    command = [sys.executable, "-m", "generator", "serve", "--distributed", str(layout)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C to stop" in line or not line:
+                break
+        text = "".join(lines)
+        assert "Ctrl-C to stop" in text, text
+        front_http = text.split("front      'dlrm': http ", 1)[1].split(",", 1)[0]
+        code, out = _run("check", "--model", str(model), "--url", front_http, "--requests", "2", "--batch", "16")
+        assert code == 0 and out.startswith("OK"), out
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "all servers stopped" in rest
+        assert not serve.port_answers("127.0.0.1", int(front_http.rsplit(":", 1)[1]))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
