@@ -106,7 +106,7 @@ class Component:
     repository: str  # relative to the distributed build
     replicas: int
     device: str
-    memory_request_bytes: int
+    memory_bytes: int  # expected resident bytes of one replica: rows, rank maps, server and stub overheads
     models: tuple[str, ...]
 
 
@@ -122,11 +122,11 @@ class Manifests:
 
     def __str__(self) -> str:
         lines = [f"Kubernetes manifests for {self.plan.model_name!r} ({len(self.objects)} objects):"]
-        lines.append(f"  {'component':<40} {'role':<12} {'replicas':>8} {'max':>5} {'device':>6} {'memory':>10}")
+        lines.append(f"  {'component':<40} {'role':<12} {'replicas':>8} {'max':>5} {'device':>6} {'resident':>10}")
         for c in self.components:
             lines.append(
                 f"  {c.name:<40} {c.role:<12} {c.replicas:>8} {self.max_replicas(c):>5} {c.device:>6} "
-                f"{_mebibytes(c.memory_request_bytes):>10}"
+                f"{_mebibytes(c.memory_bytes):>10}"
             )
         lines.append(f"repositories from: {self.options.source}; autoscaling on {QUEUE_METRIC} ")
         lines.append(f"  (target {self.options.queue_target_us} us; install the rule in {ADAPTER_VALUES_FILE})")
@@ -189,7 +189,6 @@ def _group_rows_bytes(plan: Plan, group: ShardGroup) -> int:
 def components(plan: Plan, options: K8sOptions) -> list[Component]:
     """The front and every shard group, with replicas and memory requests from the plan and the capacity model."""
     capacity = options.capacity
-    shm_bytes = options.shm_mb << 20
     plan = replace(plan, group_by=options.group_by)
     result = []
     groups = plan.shard_groups()
@@ -205,10 +204,7 @@ def components(plan: Plan, options: K8sOptions) -> list[Component]:
             naming.FRONT_DIR,
             options.front_replicas,
             plan.dense.device,
-            router_bytes
-            + capacity.server_overhead_bytes
-            + front_instances * capacity.replica_overhead_bytes
-            + shm_bytes,
+            router_bytes + capacity.server_overhead_bytes + front_instances * capacity.replica_overhead_bytes,
             (naming.ensemble_model(plan.model_name), *front_models),
         )
     )
@@ -221,10 +217,7 @@ def components(plan: Plan, options: K8sOptions) -> list[Component]:
                 f"{naming.GROUPS_DIR}/{model}",
                 group.placement.instance_count,
                 group.placement.device,
-                _group_rows_bytes(plan, group)
-                + capacity.server_overhead_bytes
-                + capacity.replica_overhead_bytes
-                + shm_bytes,
+                _group_rows_bytes(plan, group) + capacity.server_overhead_bytes + capacity.replica_overhead_bytes,
                 (model,),
             )
         )
@@ -270,9 +263,11 @@ def _container(plan: Plan, options: K8sOptions, component: Component, groups: li
                     "value": f"{group.name}:{naming.GRPC_PORT}",  # the headless Service: every replica's address
                 }
             )
-    limit_bytes = math.ceil(component.memory_request_bytes * options.memory_headroom)
+    # A memory-backed emptyDir counts against the container's memory: /dev/shm is part of the request.
+    request_bytes = component.memory_bytes + (options.shm_mb << 20)
+    limit_bytes = math.ceil(request_bytes * options.memory_headroom)
     resources: dict[str, Any] = {
-        "requests": {"cpu": "1", "memory": _mebibytes(component.memory_request_bytes)},
+        "requests": {"cpu": "1", "memory": _mebibytes(request_bytes)},
         "limits": {"memory": _mebibytes(limit_bytes)},
     }
     if component.device == "gpu":

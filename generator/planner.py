@@ -295,7 +295,7 @@ def plan_model(
     if window_s <= 0:
         raise UserInputError(f"`window_s` must be > 0, got {window_s}")
     accesses = [profile.table(spec.name) for spec in shape.tables]
-    lookups_per_query = [batch_size * access.mean_ids_per_sample for access in accesses]
+    lookups_per_query = _lookups_per_query(shape, profile, batch_size)
     window_lookups = [target_qps * window_s * lookups for lookups in lookups_per_query]
     stats = [
         shard
@@ -306,10 +306,7 @@ def plan_model(
     ]
 
     model_bytes = sum(spec.num_rows * spec.bytes_per_row for spec in shape.tables)
-    whole_seconds = (
-        capacity.shard_fixed_s + capacity.shard_per_row_s * sum(lookups_per_query) + capacity.dense_seconds(batch_size)
-    )
-    model_wise_replicas = capacity.replicas(target_qps, whole_seconds)
+    model_wise_replicas = capacity.replicas(target_qps, _whole_model_seconds(capacity, lookups_per_query, batch_size))
     model_wise_read = sum(
         # A whole-model replica is one shard spanning the table that sees 1/R of the traffic.
         _window_bytes_read(
@@ -358,6 +355,47 @@ def plan_model(
         planned,
         model_wise,
         dense_device == "gpu",
+    )
+
+
+def _lookups_per_query(shape: ModelShape, profile: AccessProfile, batch_size: int) -> list[float]:
+    return [batch_size * profile.table(spec.name).mean_ids_per_sample for spec in shape.tables]
+
+
+def _whole_model_seconds(capacity: Capacity, lookups_per_query: Sequence[float], batch_size: int) -> float:
+    """Busy time of a whole-model replica per query: one step doing every lookup, then the dense tower."""
+    return (
+        capacity.shard_fixed_s + capacity.shard_per_row_s * sum(lookups_per_query) + capacity.dense_seconds(batch_size)
+    )
+
+
+@dataclass(frozen=True)
+class ScaledReplicas:
+    """Replicas at one load under the plan's scaling rule: per shard (report order), router, dense, model-wise."""
+
+    qps: float
+    shards: tuple[int, ...]
+    router: int
+    dense: int
+    model_wise: int
+
+
+def scale_to_load(report: PlanReport, shape: ModelShape, profile: AccessProfile, qps: float) -> ScaledReplicas:
+    """The plan's cuts at another load: every model gets the replicas that load needs under the capacity model.
+
+    This is what the autoscalers do between the planned floor and the ceiling; at the planned load it gives back
+    the report's own replica counts.
+    """
+    if not qps > 0:
+        raise UserInputError(f"`qps` must be > 0, got {qps}")
+    capacity, batch = report.capacity, report.batch_size
+    lookups = dict(zip([spec.name for spec in shape.tables], _lookups_per_query(shape, profile, batch), strict=True))
+    return ScaledReplicas(
+        qps,
+        tuple(capacity.replicas(qps, capacity.shard_seconds(lookups[s.table] * s.access_share)) for s in report.shards),
+        capacity.replicas(qps, capacity.router_seconds(sum(lookups.values()))),
+        capacity.replicas(qps, capacity.dense_seconds(batch)),
+        capacity.replicas(qps, _whole_model_seconds(capacity, list(lookups.values()), batch)),
     )
 
 

@@ -18,6 +18,7 @@ from generator.planner import (
     plan_from_report,
     plan_model,
     save,
+    scale_to_load,
 )
 from generator.profile import AccessProfile, TableAccess, TableShape, zipf_profile
 from tests.conftest import requires_server, tiny_model, wide_model
@@ -155,6 +156,23 @@ def test_more_traffic_never_needs_fewer_replicas() -> None:
     assert high.planned.memory_bytes >= low.planned.memory_bytes
     assert high.model_wise.replicas >= low.model_wise.replicas
     assert all(s.replicas >= 1 for r in (low, high) for s in r.shards)
+
+
+def test_scaling_rule_gives_the_plan_back_at_the_planned_load_and_grows_with_load() -> None:
+    shape, profile = _criteo_like(1.05)
+    report = plan_model(shape, profile, target_qps=20_000, capacity=CAPACITY)
+    at_plan = scale_to_load(report, shape, profile, 20_000)
+    assert at_plan.shards == tuple(s.replicas for s in report.shards)
+    assert (at_plan.router, at_plan.dense) == (report.router_replicas, report.dense_replicas)
+    assert at_plan.model_wise == report.model_wise.replicas
+    loads = [500, 5_000, 20_000, 80_000]
+    scaled = [scale_to_load(report, shape, profile, qps) for qps in loads]
+    for lower, higher in itertools.pairwise(scaled):
+        assert all(a <= b for a, b in zip(lower.shards, higher.shards, strict=True))
+        assert lower.model_wise <= higher.model_wise and lower.dense <= higher.dense
+    assert min(scaled[0].shards) == 1
+    with pytest.raises(Exception, match="qps"):
+        scale_to_load(report, shape, profile, 0)
 
 
 def test_one_row_table_and_untouched_table_get_valid_plans() -> None:
