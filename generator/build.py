@@ -216,8 +216,28 @@ class _Writer:
         export.export_dense(self.model, self.plan, self.backend, self.target, version_dir)
         self._finish(config, version_dir, "dense", f"MLPs {self.model.bottom_mlp} / {self.model.top_mlp}")
 
+    def ranking(self, leaf_repository: Path, ensemble_repository: Path) -> None:
+        """The `<model>_ranking` ensemble, its router and its dense model (shard groups shared with the flattened one).
+
+        Only for models with features on both sides; an all-item model has nothing to compute once per request.
+        """
+        model, plan = self.model, self.plan
+        if not model.supports_ranking_requests:
+            return
+        router = render.ranking_router_config(plan)
+        version_dir = _new_model_dir(leaf_repository, router.name)
+        export.export_router(plan, version_dir)
+        self._finish(router, version_dir, "router", "ranking: user row + candidate rows")
+        dense = render.ranking_dense_config(plan, model.dense_sides)
+        version_dir = _new_model_dir(leaf_repository, dense.name)
+        export.export_dense_weights(model, export.RANKING_DENSE_MODULE, version_dir)
+        self._finish(dense, version_dir, "dense", "ranking: user-only terms once")
+        self._ensemble(render.ranking_ensemble_config(plan, model.dense_sides), ensemble_repository)
+
     def ensemble(self, repository: Path) -> None:
-        ensemble = render.ensemble_config(self.plan, self.model.num_dense_features)
+        self._ensemble(render.ensemble_config(self.plan, self.model.num_dense_features), repository)
+
+    def _ensemble(self, ensemble: mc.ModelConfig, repository: Path) -> None:
         render.check_ensemble(ensemble, self.configs)
         ensemble_dir = repository / ensemble.name
         (ensemble_dir / naming.MODEL_VERSION).mkdir(parents=True)  # Triton needs a version dir, even an empty one
@@ -239,6 +259,7 @@ def _write_all(
         writer.shard_group(repository, group)
     writer.dense(repository)
     writer.ensemble(ensembles)
+    writer.ranking(repository, ensembles)
     return writer.built
 
 
@@ -339,6 +360,7 @@ def build_distributed(
             )
         writer.dense(front)
         writer.ensemble(front)
+        writer.ranking(front, front)
         _write_manifest(plan, backend, target, front)
         _write_topology(plan, policy, groups, staging)
         save_plan(plan, staging / naming.DISTRIBUTED_PLAN_FILE)  # what `recgen k8s --layout-dir` deploys

@@ -368,6 +368,11 @@ def _serve_distributed(root: Path, address: str, timeout_s: float) -> None:
 @click.option("--requests", "num_requests", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Samples per request.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--ranking",
+    is_flag=True,
+    help="Call `<name>_ranking` with one user and --batch candidates; compare with the flattened forward.",
+)
 @_reports_errors
 def check_command(
     model_path: Path,
@@ -377,6 +382,7 @@ def check_command(
     num_requests: int,
     batch: int,
     seed: int,
+    ranking: bool,
 ) -> None:
     """Compare served scores with the PyTorch model; exit 1 above 1e-5."""
     model = models.DLRM.load(model_path)
@@ -384,10 +390,11 @@ def check_command(
         model,
         url or client.default_url(protocol),
         protocol=protocol,
-        model_name=name,
+        model_name=naming.ranking_ensemble(name) if ranking else name,
         requests=num_requests,
         batch_size=batch,
         seed=seed,
+        structured=ranking,
     )
     click.echo(str(report))
     if not report.passed:

@@ -41,6 +41,58 @@ class RankingRequest:
         return tensors
 
 
+@dataclass(frozen=True)
+class StructuredRequest:
+    """One ranking request as RecServe sends it: the user's features once, N candidates' item features.
+
+    `user_dense` [1, Du] and `item_dense` [N, Di] hold the model's user- and item-side dense features (model order
+    within a side); `user_sparse` ([1, L]) and `item_sparse` ([N, L]) the ids of the user- and item-side tables.
+    """
+
+    user_dense: np.ndarray
+    item_dense: np.ndarray
+    user_sparse: Mapping[str, np.ndarray]
+    item_sparse: Mapping[str, np.ndarray]
+
+    @property
+    def num_candidates(self) -> int:
+        """N."""
+        return int(self.item_dense.shape[0])
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Request tensors by `<model>_ranking` input name (a side without dense features sends none)."""
+        tensors = {}
+        if self.user_dense.shape[1]:
+            tensors[naming.USER_DENSE_FEATURES] = self.user_dense
+        if self.item_dense.shape[1]:
+            tensors[naming.ITEM_DENSE_FEATURES] = self.item_dense
+        tensors.update({naming.side_sparse_input(t, "user"): ids for t, ids in self.user_sparse.items()})
+        tensors.update({naming.side_sparse_input(t, "item"): ids for t, ids in self.item_sparse.items()})
+        return tensors
+
+    def flattened(self, model: DLRM) -> RankingRequest:
+        """The same request for the flattened ensemble: the user's features repeated for every candidate."""
+        count = self.num_candidates
+        dense = np.empty((count, model.num_dense_features), dtype=np.float32)
+        dense[:, model.dense_indices("user")] = self.user_dense
+        dense[:, model.dense_indices("item")] = self.item_dense
+        sparse = {name: np.repeat(ids, count, axis=0) for name, ids in self.user_sparse.items()}
+        sparse.update(self.item_sparse)
+        return RankingRequest(dense, {table.name: sparse[table.name] for table in model.tables})
+
+
+def random_structured_request(model: DLRM, num_candidates: int, rng: np.random.Generator) -> StructuredRequest:
+    """A valid random ranking request: one random user, `num_candidates` random candidates."""
+    user = random_request(model, 1, rng)
+    items = random_request(model, num_candidates, rng)
+    return StructuredRequest(
+        user.dense_features[:, model.dense_indices("user")],
+        items.dense_features[:, model.dense_indices("item")],
+        {t.name: user.sparse[t.name] for t in model.tables if t.side == "user"},
+        {t.name: items.sparse[t.name] for t in model.tables if t.side == "item"},
+    )
+
+
 def random_request(model: DLRM, batch_size: int, rng: np.random.Generator) -> RankingRequest:
     """Valid random request: per sample 0..L ids drawn from the whole table, right-padded with -1."""
     if batch_size < 1:
@@ -175,8 +227,13 @@ def check(
     batch_size: int = 64,
     seed: int = 0,
     tolerance: float = SCORE_TOLERANCE,
+    structured: bool = False,
 ) -> CheckReport:
-    """Send `requests` random valid requests and compare every score with `DLRM.forward`."""
+    """Send `requests` random valid requests and compare every score with `DLRM.forward`.
+
+    `structured`: `model_name` is a `<model>_ranking` ensemble; requests carry one user and `batch_size`
+    candidates and are compared with the forward of the flattened request.
+    """
     if requests < 1:
         raise UserInputError(f"`requests` must be >= 1, got {requests}")
     rng = np.random.default_rng(seed)
@@ -184,9 +241,14 @@ def check(
     first: tuple[float, ...] = ()
     with RankingClient(url, protocol, model_name) as client:
         for _ in range(requests):
-            request = random_request(model, batch_size, rng)
-            served = client.score(request)
-            expected = reference_scores(model, request)
+            if structured:
+                ranking = random_structured_request(model, batch_size, rng)
+                served = client.infer(ranking.tensors())
+                expected = reference_scores(model, ranking.flattened(model))
+            else:
+                request = random_request(model, batch_size, rng)
+                served = client.score(request)
+                expected = reference_scores(model, request)
             if served.shape != expected.shape:
                 raise CheckFailedError(f"served scores have shape {served.shape}, expected {expected.shape}")
             max_diff = max(max_diff, float(np.abs(served - expected).max()))

@@ -41,6 +41,7 @@ DENSE_MODULE = "dense_model.py"
 MONOLITHIC_MODULE = "monolithic_model.py"
 ONNX_RUNNER_MODULE = "onnx_model.py"
 REMOTE_GROUP_MODULE = "remote_group_model.py"
+RANKING_DENSE_MODULE = "ranking_dense_model.py"
 #: Exported ONNX graphs must match PyTorch this closely on a random batch.
 ONNX_CHECK_ATOL = 1e-6
 _EXPORT_EXAMPLE_BATCH = 3
@@ -198,9 +199,7 @@ def export_shard_group(
 def export_dense(model: DLRM, plan: Plan, backend: Backend, target: Target, version_dir: Path) -> None:
     """The dense tower's weights, as dense.npz (python) or model.onnx (onnx)."""
     if backend == "python":
-        install_python_model(DENSE_MODULE, version_dir)
-        weights = {key: value.detach().cpu().numpy() for key, value in model.dense.state_dict().items()}
-        np.savez(version_dir / naming.DENSE_WEIGHTS_FILE, **weights)
+        export_dense_weights(model, DENSE_MODULE, version_dir)
         return
     inputs = dense_inputs(plan, model.num_dense_features)
     position = {spec.name: index - 1 for index, spec in enumerate(inputs)}
@@ -212,6 +211,13 @@ def export_dense(model: DLRM, plan: Plan, backend: Backend, target: Target, vers
     _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)
     if target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+def export_dense_weights(model: DLRM, module: str, version_dir: Path) -> None:
+    """A numpy dense model: its module and the tower's weights as dense.npz."""
+    install_python_model(module, version_dir)
+    weights = {key: value.detach().cpu().numpy() for key, value in model.dense.state_dict().items()}
+    np.savez(version_dir / naming.DENSE_WEIGHTS_FILE, **weights)
 
 
 class MonolithicGraph(nn.Module):
@@ -232,12 +238,10 @@ class MonolithicGraph(nn.Module):
 def export_monolithic(model: DLRM, plan: Plan, backend: Backend, target: Target, version_dir: Path) -> None:
     """The whole model: every table's rows and the dense weights (python), or one ONNX graph (onnx)."""
     if backend == "python":
-        install_python_model(MONOLITHIC_MODULE, version_dir)
+        export_dense_weights(model, MONOLITHIC_MODULE, version_dir)
         for table in plan.tables:
             rows = model.embeddings[table.spec.name].detach().cpu().numpy().astype(np.float32)
             np.save(version_dir / naming.table_rows_file(table.spec.name), rows)
-        weights = {key: value.detach().cpu().numpy() for key, value in model.dense.state_dict().items()}
-        np.savez(version_dir / naming.DENSE_WEIGHTS_FILE, **weights)
         return
     generator = torch.Generator().manual_seed(0)
     inputs = ensemble_inputs(plan, model.num_dense_features)

@@ -444,6 +444,13 @@ def render_manifests(plan: Plan, options: K8sOptions | None = None) -> Manifests
     """Every manifest, the adapter rule, the Dockerfiles and the kustomization for `plan`."""
     options = options or K8sOptions()
     parts = components(plan, options)
+    names = [c.name for c in parts]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise UserInputError(
+            f"Kubernetes names {clashes} would serve more than one model (names are lowercased, '_' becomes '-'); "
+            "rename the model or its tables"
+        )
     groups = [c for c in parts if c.role == "shard-group"]
     files: dict[str, str] = {}
     objects: list[dict[str, Any]] = []

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -26,6 +26,11 @@ MODEL_FILE_VERSION = 1
 #: Padding id of multi-hot sparse features: ids right-padded with -1 pool to nothing.
 PADDING_ID = -1
 
+#: Which side of a ranking request a feature belongs to (RecServe's structured features): user-side features are
+#: the same for all N candidates of a request, item-side ones differ per candidate.
+Side = Literal["user", "item"]
+SIDES: tuple[Side, ...] = ("user", "item")
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -35,6 +40,7 @@ class TableSpec:
     num_rows: int
     dim: int
     max_ids_per_sample: int
+    side: Side = "item"
 
     def __post_init__(self) -> None:
         if not naming.is_valid_identifier(self.name):
@@ -42,6 +48,8 @@ class TableSpec:
                 f"table `name` {self.name!r} is not allowed: use 1-64 letters, digits and single '_', "
                 "starting with a letter"
             )
+        if self.side not in SIDES:
+            raise UserInputError(f"table {self.name!r}: `side` must be one of {', '.join(SIDES)}, got {self.side!r}")
         for field in ("num_rows", "dim", "max_ids_per_sample"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -101,6 +109,8 @@ class DLRM(nn.Module):
         bottom_mlp: layer widths of the bottom MLP (ReLU after every layer).
         top_mlp: layer widths of the top MLP including the final 1 (ReLU between layers, sigmoid at the end).
         seed: seed of the weight initialisation.
+        dense_sides: per dense feature, "user" or "item" (default: all item-side). With `TableSpec.side`, this is
+            what the `<model>_ranking` ensemble computes once per request instead of once per candidate.
 
     Example:
         >>> model = DLRM(num_dense_features=4, tables=[TableSpec("user", 10, 8, 2)], bottom_mlp=[16, 8],
@@ -118,9 +128,16 @@ class DLRM(nn.Module):
         bottom_mlp: Sequence[int],
         top_mlp: Sequence[int],
         seed: int = 0,
+        dense_sides: Sequence[Side] | None = None,
     ):
         super().__init__()
         _validate_architecture(num_dense_features, tables, bottom_mlp, top_mlp)
+        self.dense_sides: list[Side] = list(dense_sides) if dense_sides is not None else ["item"] * num_dense_features
+        if len(self.dense_sides) != num_dense_features or not set(self.dense_sides) <= set(SIDES):
+            raise UserInputError(
+                f"`dense_sides` must list 'user' or 'item' for each of the {num_dense_features} dense features, "
+                f"got {dense_sides!r}"
+            )
         self.num_dense_features = num_dense_features
         self.tables = list(tables)
         self.bottom_mlp = list(bottom_mlp)
@@ -142,6 +159,16 @@ class DLRM(nn.Module):
                 with torch.no_grad():
                     layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * math.sqrt(2.0 / fan_in))
                     layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * 0.1)
+
+    @property
+    def supports_ranking_requests(self) -> bool:
+        """Whether features sit on both sides (then the build adds the `<model>_ranking` ensemble)."""
+        sides = {*self.dense_sides, *(table.side for table in self.tables)}
+        return sides == {"user", "item"}
+
+    def dense_indices(self, side: Side) -> list[int]:
+        """Positions of the dense features of one side, in model order."""
+        return [index for index, value in enumerate(self.dense_sides) if value == side]
 
     @property
     def table_names(self) -> list[str]:
@@ -175,6 +202,7 @@ class DLRM(nn.Module):
             "bottom_mlp": self.bottom_mlp,
             "top_mlp": self.top_mlp,
             "seed": self.seed,
+            "dense_sides": list(self.dense_sides),
         }
 
     def embedding_bytes(self) -> int:
@@ -242,16 +270,27 @@ def _validate_architecture(
 
 
 def example_model(seed: int = 0) -> DLRM:
-    """The bundled example: 8 tables of very different row counts (1 to 200k), dim 16."""
+    """The bundled example: 8 tables of very different row counts (1 to 200k), dim 16.
+
+    The user, the query and the context (5 tables, the first 6 dense features) are user-side: one value per
+    ranking request; the candidate item (3 tables, 7 dense features) is item-side.
+    """
     dim = 16
     tables = [
-        TableSpec("user_id", 200_000, dim, 1),
+        TableSpec("user_id", 200_000, dim, 1, "user"),
         TableSpec("item_id", 100_000, dim, 1),
         TableSpec("item_category", 1_000, dim, 3),
-        TableSpec("user_history", 50_000, dim, 20),
-        TableSpec("query_terms", 20_000, dim, 8),
-        TableSpec("device", 12, dim, 1),
-        TableSpec("country", 200, dim, 1),
+        TableSpec("user_history", 50_000, dim, 20, "user"),
+        TableSpec("query_terms", 20_000, dim, 8, "user"),
+        TableSpec("device", 12, dim, 1, "user"),
+        TableSpec("country", 200, dim, 1, "user"),
         TableSpec("bias", 1, dim, 1),
     ]
-    return DLRM(num_dense_features=13, tables=tables, bottom_mlp=[64, 32, dim], top_mlp=[64, 32, 1], seed=seed).eval()
+    return DLRM(
+        num_dense_features=13,
+        tables=tables,
+        bottom_mlp=[64, 32, dim],
+        top_mlp=[64, 32, 1],
+        seed=seed,
+        dense_sides=["user"] * 6 + ["item"] * 7,
+    ).eval()

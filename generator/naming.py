@@ -39,6 +39,9 @@ METRICS_PORT = 8002
 #: Request contract (DESIGN.md): ensemble inputs and output.
 DENSE_FEATURES = "dense_features"
 SCORE = "score"
+#: Ranking request contract (`<model>_ranking`): one user [1, ...], N candidates [N, ...].
+USER_DENSE_FEATURES = "user_dense_features"
+ITEM_DENSE_FEATURES = "item_dense_features"
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -52,6 +55,11 @@ def is_valid_identifier(name: str) -> bool:
 def sparse_input(table: str) -> str:
     """Ensemble input carrying the multi-hot ids of `table`."""
     return f"sparse_{table}"
+
+
+def side_sparse_input(table: str, side: str) -> str:
+    """Ranking-ensemble input carrying the ids of `table`: `user_sparse_<table>` [1, L] or `item_sparse_<table>`."""
+    return f"{side}_sparse_{table}"
 
 
 def group_local_ids(group: int) -> str:
@@ -99,6 +107,21 @@ def dense_model(model: str) -> str:
 def ensemble_model(model: str) -> str:
     """Triton model name of the ensemble: the model's own name, the endpoint clients call."""
     return model
+
+
+def ranking_ensemble(model: str) -> str:
+    """Triton model name of the ranking ensemble (one user, N candidates; RecServe's structured request)."""
+    return f"{model}_ranking"
+
+
+def ranking_router_model(model: str) -> str:
+    """Router of the ranking ensemble: routes the user's ids once and the candidates' ids, as one batch."""
+    return f"{model}_router_ranking"
+
+
+def ranking_dense_model(model: str) -> str:
+    """Dense model of the ranking ensemble: user-only terms once, broadcast onto the candidates."""
+    return f"{model}_dense_ranking"
 
 
 def endpoints_env_var(model: str) -> str:

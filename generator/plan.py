@@ -352,7 +352,9 @@ def load_plan(path: str | Path) -> Plan:
     try:
         tables = []
         for entry in document["tables"]:
-            spec = TableSpec(entry["name"], entry["num_rows"], entry["dim"], entry["max_ids_per_sample"])
+            spec = TableSpec(
+                entry["name"], entry["num_rows"], entry["dim"], entry["max_ids_per_sample"], entry.get("side", "item")
+            )
             shards = entry["shards"]
             boundaries = [shards[0]["row_start"], *(shard["row_end"] for shard in shards)]
             placements = [Placement(shard["replicas"], shard["device"]) for shard in shards]

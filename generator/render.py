@@ -102,8 +102,8 @@ def _serving_config(
     config = _base_config(name, max_batch_size, inputs, outputs)
     config.backend = backend
     config.instance_group.add(kind=_KIND[placement.device], count=placement.instance_count)
-    # Concurrent requests that queue up share one execute() (one stub round trip); see QUEUE_DELAY_US.
-    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    if max_batch_size > 0:  # concurrent requests that queue up share one execute(); see QUEUE_DELAY_US
+        config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = value
     return config
@@ -164,10 +164,9 @@ def _row_dim(plan: Plan) -> int:
     return plan.tables[0].spec.dim  # DLRM protocol: every table's dim equals bottom_mlp[-1]
 
 
-def router_config(plan: Plan) -> mc.ModelConfig:
-    """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter."""
+def _routing(plan: Plan, input_names: Sequence[str]) -> tuple[dict, list[TensorSpec]]:
+    """The router's routing parameter (tables read from `input_names`) and its per-group outputs."""
     groups = plan.shard_groups()
-    inputs = [_int64(naming.sparse_input(t.spec.name), t.spec.max_ids_per_sample) for t in plan.tables]
     # Local ids fit int32 (a shard holds < 2**31 rows): half the bytes of int64 on the router -> shard edge.
     layouts = [group_layout(plan, g) for g in groups]
     outputs = [_int32(naming.group_local_ids(g.index), layout.width) for g, layout in zip(groups, layouts, strict=True)]
@@ -184,17 +183,25 @@ def router_config(plan: Plan) -> mc.ModelConfig:
         "tables": [
             {
                 "table": t.spec.name,
-                "input": naming.sparse_input(t.spec.name),
+                "input": input_name,
+                "side": t.spec.side,
                 "num_rows": t.spec.num_rows,
                 "ids_per_sample": t.spec.max_ids_per_sample,
                 "boundaries": t.boundaries,
                 "shards": [target[(t.spec.name, s.index)] for s in t.shards],
                 "permuted": t.row_order is not None,
             }
-            for t in plan.tables
+            for t, input_name in zip(plan.tables, input_names, strict=True)
         ],
         "outputs": [{"name": spec.name, "width": spec.dims[0]} for spec in outputs],
     }
+    return routing, outputs
+
+
+def router_config(plan: Plan) -> mc.ModelConfig:
+    """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter."""
+    inputs = [_int64(naming.sparse_input(t.spec.name), t.spec.max_ids_per_sample) for t in plan.tables]
+    routing, outputs = _routing(plan, [spec.name for spec in inputs])
     return _serving_config(
         naming.router_model(plan.model_name),
         "python",
@@ -204,6 +211,98 @@ def router_config(plan: Plan) -> mc.ModelConfig:
         outputs,
         {"routing": _compact_json(routing)},
     )
+
+
+def ranking_inputs(plan: Plan, dense_sides: Sequence[str]) -> list[TensorSpec]:
+    """The ranking request contract (full shapes, no batch dimension): one user row, N candidate rows."""
+    specs = []
+    for side, name in (("user", naming.USER_DENSE_FEATURES), ("item", naming.ITEM_DENSE_FEATURES)):
+        width = sum(1 for value in dense_sides if value == side)
+        if width:
+            specs.append(_fp32(name, 1 if side == "user" else -1, width))
+    for table in plan.tables:
+        rows = 1 if table.spec.side == "user" else -1
+        specs.append(
+            _int64(naming.side_sparse_input(table.spec.name, table.spec.side), rows, table.spec.max_ids_per_sample)
+        )
+    return specs
+
+
+def ranking_router_config(plan: Plan) -> mc.ModelConfig:
+    """The ranking ensemble's router: the user's ids and the N candidates' ids in, per group [1 + N, width] out.
+
+    Row 0 of every output carries the user-side tables' ids, rows 1..N the item-side ones, so the shard groups pool
+    the user's rows once, in the same step (and batch) as the candidates'. Not batching (max_batch_size 0): the
+    user and item tensors of one request have different first dimensions.
+    """
+    inputs = [
+        _int64(naming.side_sparse_input(t.spec.name, t.spec.side), 1 if t.spec.side == "user" else -1,
+               t.spec.max_ids_per_sample)
+        for t in plan.tables
+    ]  # fmt: skip
+    routing, outputs = _routing(plan, [spec.name for spec in inputs])
+    routing["mode"] = "ranking"
+    routing["max_rows"] = plan.max_batch_size  # 1 + N rows reach the (batching) shard groups
+    return _serving_config(
+        naming.ranking_router_model(plan.model_name),
+        "python",
+        0,
+        plan.router,
+        inputs,
+        [TensorSpec(spec.name, spec.data_type, (-1, *spec.dims)) for spec in outputs],
+        {"routing": _compact_json(routing)},
+    )
+
+
+def ranking_dense_config(plan: Plan, dense_sides: Sequence[str]) -> mc.ModelConfig:
+    """The ranking ensemble's dense model: user-only terms once, broadcast onto the N candidates (numpy)."""
+    dense_inputs_ = [spec for spec in ranking_inputs(plan, dense_sides) if spec.data_type == mc.TYPE_FP32]
+    partials = [
+        TensorSpec(spec.name, spec.data_type, (-1, *spec.dims)) for spec in dense_inputs(plan, 1)[1:]
+    ]  # per group [1 + N, slots * dim]
+    layout = {
+        "user_dense": naming.USER_DENSE_FEATURES if "user" in dense_sides else None,
+        "item_dense": naming.ITEM_DENSE_FEATURES if "item" in dense_sides else None,
+        "output": naming.SCORE,
+        "dim": _row_dim(plan),
+        "dense_sides": list(dense_sides),
+        "tables": [
+            {
+                "table": t.spec.name,
+                "side": t.spec.side,
+                "parts": [{"input": name, "slot": slot} for name, slot in parts],
+            }
+            for t, parts in zip(plan.tables, table_parts(plan), strict=True)
+        ],
+    }
+    return _serving_config(
+        naming.ranking_dense_model(plan.model_name),
+        "python",
+        0,
+        plan.dense,
+        [*dense_inputs_, *partials],
+        [_fp32(naming.SCORE, -1, 1)],
+        {"ranking": _compact_json(layout)},
+    )
+
+
+def ranking_ensemble_config(plan: Plan, dense_sides: Sequence[str]) -> mc.ModelConfig:
+    """`<model>_ranking`: ranking router, the same shard groups as the flattened ensemble, ranking dense."""
+    config = _base_config(
+        naming.ranking_ensemble(plan.model_name), 0, ranking_inputs(plan, dense_sides), [_fp32(naming.SCORE, -1, 1)]
+    )
+    config.platform = "ensemble"
+    steps = config.ensemble_scheduling.step
+    router = steps.add(model_name=naming.ranking_router_model(plan.model_name), model_version=-1)
+    for table in plan.tables:
+        name = naming.side_sparse_input(table.spec.name, table.spec.side)
+        router.input_map[name] = name
+    _group_steps(plan, config, router)
+    dense = steps.add(model_name=naming.ranking_dense_model(plan.model_name), model_version=-1)
+    for spec in ranking_dense_config(plan, dense_sides).input:
+        dense.input_map[spec.name] = spec.name
+    dense.output_map[naming.SCORE] = naming.SCORE
+    return config
 
 
 def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
@@ -378,17 +477,22 @@ def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
     router = steps.add(model_name=naming.router_model(plan.model_name), model_version=-1)
     for table in plan.tables:
         router.input_map[naming.sparse_input(table.spec.name)] = naming.sparse_input(table.spec.name)
-    for group in plan.shard_groups():
-        local, partial = naming.group_local_ids(group.index), naming.group_partial_sums(group.index)
-        router.output_map[local] = local
-        step = steps.add(model_name=shard_group_model_name(plan, group), model_version=-1)
-        step.input_map[local] = local
-        step.output_map[partial] = partial
+    _group_steps(plan, config, router)
     dense = steps.add(model_name=naming.dense_model(plan.model_name), model_version=-1)
     for spec in dense_inputs(plan, num_dense_features):
         dense.input_map[spec.name] = spec.name
     dense.output_map[naming.SCORE] = naming.SCORE
     return config
+
+
+def _group_steps(plan: Plan, config: mc.ModelConfig, router: mc.ModelEnsembling.Step) -> None:
+    """Every shard group as a step fed by the router's packed ids (the same steps in both ensembles)."""
+    for group in plan.shard_groups():
+        local, partial = naming.group_local_ids(group.index), naming.group_partial_sums(group.index)
+        router.output_map[local] = local
+        step = config.ensemble_scheduling.step.add(model_name=shard_group_model_name(plan, group), model_version=-1)
+        step.input_map[local] = local
+        step.output_map[partial] = partial
 
 
 def to_text(config: mc.ModelConfig) -> str:
@@ -417,15 +521,27 @@ def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
 
 
 def _tensor_signature(
-    tensors: Iterable[mc.ModelInput] | Iterable[mc.ModelOutput],
+    tensors: Iterable[mc.ModelInput] | Iterable[mc.ModelOutput], max_batch_size: int = 0
 ) -> dict[str, tuple[int, tuple]]:
-    return {tensor.name: (tensor.data_type, tuple(tensor.dims)) for tensor in tensors}
+    """Name -> (dtype, full shape): a batching model's tensors get their leading -1 batch dimension."""
+    batch = (-1,) if max_batch_size > 0 else ()
+    return {tensor.name: (tensor.data_type, (*batch, *tensor.dims)) for tensor in tensors}
+
+
+def _compatible(a: tuple[int, tuple], b: tuple[int, tuple]) -> bool:
+    """Same dtype and shapes equal up to -1 wildcards (Triton's rule between ensemble tensors and step tensors)."""
+    (type_a, shape_a), (type_b, shape_b) = a, b
+    return (
+        type_a == type_b
+        and len(shape_a) == len(shape_b)
+        and all(x == y or x == -1 or y == -1 for x, y in zip(shape_a, shape_b, strict=True))
+    )
 
 
 def check_ensemble(ensemble: mc.ModelConfig, composing: Mapping[str, mc.ModelConfig]) -> None:
     """Raise ConfigValidationError unless the ensemble's steps form a consistent data flow (Triton's load rules)."""
     problems: list[str] = []
-    known: dict[str, tuple[int, tuple]] = _tensor_signature(ensemble.input)
+    known: dict[str, tuple[int, tuple]] = _tensor_signature(ensemble.input, ensemble.max_batch_size)
     produced: Counter[str] = Counter()
     consumed: Counter[str] = Counter()
     for step in ensemble.ensemble_scheduling.step:
@@ -435,8 +551,8 @@ def check_ensemble(ensemble: mc.ModelConfig, composing: Mapping[str, mc.ModelCon
             continue
         if model.max_batch_size and ensemble.max_batch_size > model.max_batch_size:
             problems.append(f"ensemble max_batch_size exceeds {step.model_name!r}'s {model.max_batch_size}")
-        model_inputs = _tensor_signature(model.input)
-        model_outputs = _tensor_signature(model.output)
+        model_inputs = _tensor_signature(model.input, model.max_batch_size)
+        model_outputs = _tensor_signature(model.output, model.max_batch_size)
         if set(step.input_map) != set(model_inputs):
             problems.append(
                 f"step {step.model_name!r} maps inputs {sorted(step.input_map)}, model has {sorted(model_inputs)}"
@@ -445,7 +561,7 @@ def check_ensemble(ensemble: mc.ModelConfig, composing: Mapping[str, mc.ModelCon
             consumed[ensemble_tensor] += 1
             if ensemble_tensor not in known:
                 problems.append(f"step {step.model_name!r} reads {ensemble_tensor!r} before any step produces it")
-            elif model_tensor in model_inputs and known[ensemble_tensor] != model_inputs[model_tensor]:
+            elif model_tensor in model_inputs and not _compatible(known[ensemble_tensor], model_inputs[model_tensor]):
                 problems.append(
                     f"{ensemble_tensor!r} feeds {step.model_name}.{model_tensor} with another dtype or shape"
                 )

@@ -8,6 +8,7 @@ import yaml
 
 from generator import build, k8s, naming
 from generator.errors import OutputExistsError, UserInputError
+from generator.models import TableSpec
 from generator.plan import Placement, Plan, table_plan
 from tests.conftest import tiny_model
 from tests.test_distributed import two_group_plan
@@ -133,3 +134,11 @@ def test_manifests_match_the_distributed_build(tmp_path: Path) -> None:
 def test_bad_options_name_the_field(options: dict, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
         k8s.K8sOptions(**options)
+
+
+def test_models_whose_kubernetes_names_clash_are_rejected() -> None:
+    model = tiny_model()
+    specs = [model.tables[0], TableSpec("Small", 7, 8, 3), TableSpec("small", 7, 8, 3)]
+    plan = Plan("dlrm", tuple(table_plan(spec, [0, spec.num_rows], [Placement()]) for spec in specs))
+    with pytest.raises(UserInputError, match="would serve more than one model"):
+        k8s.render_manifests(plan)

@@ -189,3 +189,133 @@ def unstack_responses(array: np.ndarray, split_points: Sequence[int]) -> list[np
     if not split_points:
         return [array]
     return [np.ascontiguousarray(part) for part in np.split(array, split_points, axis=0)]
+
+
+@dataclass(frozen=True)
+class RankingTower:
+    """The dense tower of a ranking request (one user, N candidates), split where user and item inputs first mix.
+
+    Everything that depends on user-side inputs only is computed once per request: the bottom MLP's first layer on
+    the user's dense features, the whole bottom MLP when no dense feature is item-side, the dot products between
+    user-only vectors, and their share of the top MLP's first layer. Item-dependent terms are computed per candidate
+    and the user terms broadcast onto them; the sums are the flattened tower's sums, in another order.
+    """
+
+    user_dense: np.ndarray  # dense-feature positions of each side
+    item_dense: np.ndarray
+    bottom_first: tuple[np.ndarray, np.ndarray, np.ndarray]  # (weight over user features, over item features, bias)
+    bottom_rest: list[tuple[np.ndarray, np.ndarray]]
+    user_vectors: np.ndarray  # interaction-vector positions (0 = bottom output, 1 + t = table t) that are user-only
+    item_vectors: np.ndarray
+    user_pairs: tuple[np.ndarray, np.ndarray]  # (a, b) indices into user_vectors of the user-only dot products
+    mixed_pairs: tuple[np.ndarray, np.ndarray]  # (item index, user index) of the user-item dot products
+    item_pairs: tuple[np.ndarray, np.ndarray]  # (a, b) indices into item_vectors of the item-item dot products
+    top_first: tuple[np.ndarray, np.ndarray, np.ndarray]  # (weight over user columns, over item columns, bias)
+    top_rest: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def build(
+        cls,
+        bottom: Sequence[tuple[np.ndarray, np.ndarray]],
+        top: Sequence[tuple[np.ndarray, np.ndarray]],
+        dense_sides: Sequence[str],
+        table_sides: Sequence[str],
+    ) -> RankingTower:
+        """Split the flattened tower's weights by the side of every dense feature and table."""
+        user_dense = np.array([i for i, side in enumerate(dense_sides) if side == "user"], dtype=np.int64)
+        item_dense = np.array([i for i, side in enumerate(dense_sides) if side == "item"], dtype=np.int64)
+        (weight, bias), *bottom_rest = bottom
+        dim = bottom[-1][0].shape[0]
+        bottom_is_user = item_dense.size == 0
+        vector_sides = ["user" if bottom_is_user else "item", *table_sides]
+        user_vectors = np.array([i for i, side in enumerate(vector_sides) if side == "user"], dtype=np.int64)
+        item_vectors = np.array([i for i, side in enumerate(vector_sides) if side == "item"], dtype=np.int64)
+        position = {int(v): k for k, v in enumerate(user_vectors)} | {int(v): k for k, v in enumerate(item_vectors)}
+        # z = [bottom output (dim columns), one column per upper-triangle pair in flattened order]
+        user_columns = list(range(dim)) if bottom_is_user else []
+        item_columns = [] if bottom_is_user else list(range(dim))
+        user_pairs: list[tuple[int, int]] = []
+        mixed_pairs: list[tuple[int, int]] = []
+        item_pairs: list[tuple[int, int]] = []
+        mixed_columns: list[int] = []
+        item_pair_columns: list[int] = []
+        rows, cols = _upper_pairs(len(vector_sides))
+        for column, (a, b) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True), start=dim):
+            sides = (vector_sides[a], vector_sides[b])
+            if sides == ("user", "user"):
+                user_pairs.append((position[a], position[b]))
+                user_columns.append(column)
+            elif sides == ("item", "item"):
+                item_pairs.append((position[a], position[b]))
+                item_pair_columns.append(column)
+            else:
+                item, user = (a, b) if sides[0] == "item" else (b, a)
+                mixed_pairs.append((position[item], position[user]))
+                mixed_columns.append(column)
+        item_columns += mixed_columns + item_pair_columns
+        (top_weight, top_bias), *top_rest = top
+
+        def index_pair(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+            array = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+            return array[:, 0], array[:, 1]
+
+        return cls(
+            user_dense,
+            item_dense,
+            (weight[:, user_dense], weight[:, item_dense], bias),
+            list(bottom_rest),
+            user_vectors,
+            item_vectors,
+            index_pair(user_pairs),
+            index_pair(mixed_pairs),
+            index_pair(item_pairs),
+            (top_weight[:, user_columns], top_weight[:, item_columns], top_bias),
+            list(top_rest),
+        )
+
+
+def ranking_scores(
+    tower: RankingTower,
+    user_dense: np.ndarray,
+    item_dense: np.ndarray,
+    user_pooled: Sequence[np.ndarray],
+    item_pooled: Sequence[np.ndarray],
+    num_candidates: int,
+) -> np.ndarray:
+    """Scores [N, 1] of one ranking request.
+
+    `user_dense` [1, Du] and `item_dense` [N, Di] hold the dense features of each side (model order within a side);
+    `user_pooled` ([1, dim] each) and `item_pooled` ([N, dim] each) the pooled tables of each side, in model order.
+    """
+    weight_user, weight_item, bias = tower.bottom_first
+    hidden = user_dense @ weight_user.T + bias  # once per request
+    if tower.item_dense.size:
+        hidden = hidden + item_dense @ weight_item.T  # broadcast: the first operation that mixes the sides
+    bottom_out = np.maximum(hidden, 0)
+    if tower.bottom_rest:
+        bottom_out = mlp(bottom_out, tower.bottom_rest, relu_last=True)
+    user_vectors = ([bottom_out] if tower.item_dense.size == 0 else []) + list(user_pooled)
+    item_vectors = ([bottom_out] if tower.item_dense.size else []) + list(item_pooled)
+    users = np.stack(user_vectors, axis=1) if user_vectors else None  # [1, nu, dim]
+    items = np.stack(item_vectors, axis=1) if item_vectors else None  # [N, ni, dim]
+    user_columns = [bottom_out] if tower.item_dense.size == 0 else []
+    item_columns = [] if tower.item_dense.size == 0 else [bottom_out]
+    if tower.user_pairs[0].size:
+        gram = users @ users.transpose(0, 2, 1)
+        user_columns.append(gram[:, tower.user_pairs[0], tower.user_pairs[1]])
+    if tower.mixed_pairs[0].size:
+        mixed = items @ users.transpose(0, 2, 1)  # [N, ni, nu]
+        item_columns.append(mixed[:, tower.mixed_pairs[0], tower.mixed_pairs[1]])
+    if tower.item_pairs[0].size:
+        gram = items @ items.transpose(0, 2, 1)
+        item_columns.append(gram[:, tower.item_pairs[0], tower.item_pairs[1]])
+    top_user, top_item, top_bias = tower.top_first
+    logits = top_bias[np.newaxis, :]
+    if user_columns:
+        logits = logits + np.concatenate(user_columns, axis=1) @ top_user.T
+    if item_columns:
+        logits = logits + np.concatenate(item_columns, axis=1) @ top_item.T
+    logits = np.broadcast_to(logits, (num_candidates, logits.shape[1]))
+    if tower.top_rest:
+        logits = mlp(np.maximum(logits, 0), tower.top_rest, relu_last=False)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)

@@ -39,6 +39,7 @@ class TableRoute:
     num_rows: int
     ids_per_sample: int
     rank_of_row: np.ndarray | None
+    side: str = "item"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Routing:
     outputs: list[tuple[str, int]]
     layout: kernels.RouteLayout
     column_rows: np.ndarray  # [C] row count of each input column's table, for the validity check
+    mode: str = "flattened"  # or "ranking": one user row and N candidate rows per request
+    max_rows: int = 0  # ranking: 1 + N must fit the shard groups' max_batch_size
 
 
 def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
@@ -64,14 +67,53 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
         ids_per_sample = int(entry["ids_per_sample"])
         tables.append(
             TableRoute(
-                entry["input"], entry["table"], int(entry["num_rows"]), ids_per_sample, ranks.get(entry["table"])
+                entry["input"],
+                entry["table"],
+                int(entry["num_rows"]),
+                ids_per_sample,
+                ranks.get(entry["table"]),
+                entry.get("side", "item"),
             )
         )
         columns = [output_offsets[int(shard["output"])] + int(shard["column"]) for shard in entry["shards"]]
         first_rows = [int(shard["first_row"]) for shard in entry["shards"]]
         layout_tables.append((ids_per_sample, entry["boundaries"], columns, first_rows))
     column_rows = np.concatenate([np.full(t.ids_per_sample, t.num_rows, dtype=np.int64) for t in tables])
-    return Routing(tables, outputs, kernels.RouteLayout.build(layout_tables, output_offsets[-1]), column_rows)
+    layout = kernels.RouteLayout.build(layout_tables, output_offsets[-1])
+    mode = routing.get("mode", "flattened")
+    return Routing(tables, outputs, layout, column_rows, mode, int(routing.get("max_rows", 0)))
+
+
+def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A ranking request's ids as one batch: every table [1 + N, L], row 0 the user's ids, rows 1..N the candidates'.
+
+    Raises ValueError naming the tensor when the user tensors do not hold exactly one row, the candidate tensors
+    disagree on N, or 1 + N exceeds what the shard groups accept.
+    """
+    candidates: dict[str, int] = {}
+    for route in routing.tables:
+        rows = inputs[route.input_name].shape[0]
+        if route.side == "user" and rows != 1:
+            raise ValueError(f"input '{route.input_name}' holds {rows} rows; a ranking request has one user (1 row)")
+        if route.side == "item":
+            candidates[route.input_name] = rows
+    if len(set(candidates.values())) > 1:
+        raise ValueError(f"the candidate inputs disagree on the number of candidates: {candidates}")
+    count = next(iter(candidates.values()), 0)
+    if routing.max_rows and 1 + count > routing.max_rows:
+        raise ValueError(
+            f"a ranking request holds at most {routing.max_rows - 1} candidates (max_batch_size - 1), got {count}"
+        )
+    combined = {}
+    for route in routing.tables:
+        ids = inputs[route.input_name]
+        both = np.full((1 + count, ids.shape[1]), kernels.PADDING_ID, dtype=ids.dtype)
+        if route.side == "user":
+            both[0] = ids[0]
+        else:
+            both[1:] = ids
+        combined[route.input_name] = both
+    return combined
 
 
 def route_request(routing: Routing, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,6 +155,8 @@ class TritonPythonModel:
             {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in names}
             for request in requests
         ]
+        if self.routing.mode == "ranking":  # not batching: one request per entry
+            return [self._respond(self._ranking, inputs) for inputs in per_request]
         if len(per_request) > 1:
             stacked = {}
             split_points: list[int] = []
@@ -130,18 +174,18 @@ class TritonPythonModel:
                     )
                     for index in range(len(requests))
                 ]
-        responses = []
-        for inputs in per_request:
-            try:
-                outputs = route_request(self.routing, inputs)
-            except ValueError as error:
-                responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
-                )
-                continue
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items()]
-                )
-            )
-        return responses
+        return [self._respond(lambda inputs: route_request(self.routing, inputs), inputs) for inputs in per_request]
+
+    def _ranking(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return route_request(self.routing, combine_ranking_request(self.routing, inputs))
+
+    @staticmethod
+    def _respond(route: Any, inputs: dict[str, np.ndarray]) -> Any:
+        """One response: the routed outputs, or the request's own error (the other requests are unaffected)."""
+        try:
+            outputs = route(inputs)
+        except ValueError as error:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items()]
+        )

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from generator.models import pool_rows
+from generator.models import DLRM, TableSpec, pool_rows
 from generator.plan import split_rows
 from generator.triton_models import recgen_kernels as kernels
 from tests.conftest import tiny_model, wide_model
@@ -145,6 +145,52 @@ def test_dense_tower_matches_pytorch() -> None:
             kernels.mlp_layers(weights, "top"),
         )
         np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 4),  # dense features
+    st.integers(1, 4),  # tables
+    st.lists(st.integers(1, 6), min_size=1, max_size=3),  # bottom MLP widths
+    st.lists(st.integers(1, 6), min_size=0, max_size=2),  # top MLP hidden widths
+    st.integers(1, 7),  # candidates
+    st.randoms(use_true_random=False),
+)
+def test_ranking_tower_equals_the_flattened_tower(num_dense, num_tables, bottom, top_hidden, candidates, random):
+    """Any split of dense features and tables into sides, including all-user and all-item ones."""
+    dim = bottom[-1]
+    dense_sides = [random.choice(("user", "item")) for _ in range(num_dense)]
+    table_sides = [random.choice(("user", "item")) for _ in range(num_tables)]
+    tables = [TableSpec(f"t{i}", 5, dim, 2, side) for i, side in enumerate(table_sides)]
+    model = DLRM(
+        num_dense_features=num_dense, tables=tables, bottom_mlp=bottom, top_mlp=[*top_hidden, 1],
+        seed=random.randrange(1000), dense_sides=dense_sides,
+    )  # fmt: skip
+    weights = {key: value.numpy() for key, value in model.dense.state_dict().items()}
+    bottom_layers, top_layers = kernels.mlp_layers(weights, "bottom"), kernels.mlp_layers(weights, "top")
+    rng = np.random.default_rng(random.randrange(1000))
+    user_dense = rng.standard_normal((1, num_dense)).astype(np.float32)
+    item_dense = rng.standard_normal((candidates, num_dense)).astype(np.float32)
+    user_pooled = rng.standard_normal((num_tables, 1, dim)).astype(np.float32)
+    item_pooled = rng.standard_normal((num_tables, candidates, dim)).astype(np.float32)
+    # The flattened request: user-side values repeated for every candidate.
+    dense = np.where(np.array(dense_sides) == "user", np.repeat(user_dense, candidates, axis=0), item_dense)
+    pooled = [
+        np.repeat(user_pooled[t], candidates, axis=0) if side == "user" else item_pooled[t]
+        for t, side in enumerate(table_sides)
+    ]
+    expected = kernels.dense_tower(dense, pooled, bottom_layers, top_layers)
+    tower = kernels.RankingTower.build(bottom_layers, top_layers, dense_sides, table_sides)
+    got = kernels.ranking_scores(
+        tower,
+        user_dense[:, tower.user_dense],
+        item_dense[:, tower.item_dense],
+        [user_pooled[t] for t, side in enumerate(table_sides) if side == "user"],
+        [item_pooled[t] for t, side in enumerate(table_sides) if side == "item"],
+        candidates,
+    )
+    assert got.shape == (candidates, 1)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_stack_and_unstack_requests_round_trip() -> None:

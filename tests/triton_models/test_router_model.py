@@ -76,3 +76,21 @@ def test_permuted_table_reads_ranks_file(tmp_path: Path) -> None:
     # groups: 0 one_row, 1-2 small, 3-4 medium
     assert outputs["local_ids__g3"].tolist() == [[0], [-1]]
     assert outputs["local_ids__g4"].tolist() == [[-1], [989]]
+
+
+def test_ranking_request_becomes_one_batch_with_the_user_in_row_zero(tmp_path: Path) -> None:
+    from tests.test_ranking import sided_model, sided_plan
+
+    plan = sided_plan(sided_model())
+    config = json.loads(json_format.MessageToJson(render.ranking_router_config(plan), preserving_proto_field_name=True))
+    routing = router_model.load_routing(config, tmp_path)
+    inputs = {
+        "item_sparse_one_row": np.array([[0], [-1]]),
+        "user_sparse_small": np.array([[6, 2, -1]]),
+        "item_sparse_medium": np.array([[1], [2]]),
+    }
+    combined = router_model.combine_ranking_request(routing, inputs)
+    assert combined["user_sparse_small"].tolist() == [[6, 2, -1], [-1, -1, -1], [-1, -1, -1]]
+    assert combined["item_sparse_medium"].tolist() == [[-1], [1], [2]]
+    with pytest.raises(ValueError, match="'user_sparse_small' holds 2 rows"):
+        router_model.combine_ranking_request(routing, {**inputs, "user_sparse_small": np.zeros((2, 3), np.int64)})
