@@ -10,6 +10,11 @@ writes JSON and a PNG.
 
     python -m bench.serving [--seconds 3] [--rounds 3] [--batches 1 64 256] [--concurrency 1 4 8]
                             [--systems ...] [--out runs/bench/serving]
+    python -m bench.serving --structured [--shares 0.25 0.5 0.75] [--candidates 16 64 256] [--concurrency 4]
+
+The structured mode (RecServe) serves, per user-side share of the features, the flattened ensemble and
+`<model>_ranking`, and sends the same samples both ways: N rows of everything, or the user's features once and
+N candidates' item features. It reports requests/s and request bytes of each.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator import build, client, models, plan, serve
+from generator import build, client, models, naming, plan, serve
 
 #: Instances of each ensemble step (router, shard group, dense); overridable with --ensemble-instances.
 ENSEMBLE_INSTANCES = 1
@@ -196,6 +201,90 @@ def plot(cells: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def shared_model(user_share: float) -> models.DLRM:
+    """8 equal tables (100k rows, dim 16, up to 4 ids) and 16 dense features; the first `user_share` of each are
+    user-side, so the share is exact for tables and dense features alike."""
+    user_tables = round(8 * user_share)
+    tables = [models.TableSpec(f"t{i}", 100_000, 16, 4, "user" if i < user_tables else "item") for i in range(8)]
+    user_dense = round(16 * user_share)
+    sides = ["user"] * user_dense + ["item"] * (16 - user_dense)
+    return models.DLRM(
+        num_dense_features=16, tables=tables, bottom_mlp=[64, 16], top_mlp=[64, 32, 1], dense_sides=sides
+    ).eval()
+
+
+def run_structured(
+    shares: list[float], candidates: list[int], concurrency: int, seconds: float, rounds: int
+) -> list[dict]:
+    """Packed (`<model>_ranking`) vs flattened requests of the same samples, interleaved, median of rounds."""
+    cells = []
+    for share in shares:
+        model = shared_model(share)
+        with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir:
+            result = build.build(model, plan.uniform_plan(model), Path(workdir) / "r", Path(workdir) / "e")
+            with serve.running_server(result.repositories, timeout_s=300) as server:
+                names = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
+                clients = {
+                    mode: [client.RankingClient(server.grpc_url, "grpc", name) for _ in range(concurrency)]
+                    for mode, name in names.items()
+                }
+                for count in candidates:
+                    structured = [
+                        client.random_structured_request(model, count, np.random.default_rng(i))
+                        for i in range(concurrency)
+                    ]
+                    tensors = {
+                        "packed": [r.tensors() for r in structured],
+                        "flattened": [r.flattened(model).tensors() for r in structured],
+                    }
+                    runs: dict[str, list[dict]] = {"flattened": [], "packed": []}
+                    for _ in range(rounds):
+                        for mode in runs:
+                            runs[mode].append(
+                                closed_loop(
+                                    lambda i, to=clients[mode], payload=tensors[mode]: to[i].infer(payload[i]),
+                                    concurrency,
+                                    seconds,
+                                    warmup_s=0.5,
+                                )
+                            )
+                    for mode, measured in runs.items():
+                        median = sorted(measured, key=lambda c: c["requests_per_s"])[len(measured) // 2]
+                        cell = {
+                            **median,
+                            "mode": mode,
+                            "user_share": share,
+                            "candidates": count,
+                            "bytes_per_request": sum(a.nbytes for a in tensors[mode][0].values()),
+                        }
+                        cells.append(cell)
+                        print(
+                            f"share {share:.0%} N {count:>4} {mode:<9}: {cell['requests_per_s']:8.1f} req/s, "
+                            f"{cell['bytes_per_request']:>9,} B/request, p99 {cell['p99_ms']:.1f} ms",
+                            flush=True,
+                        )
+                for each in (c for per_mode in clients.values() for c in per_mode):
+                    each.close()
+    return cells
+
+
+def markdown_structured(cells: list[dict]) -> str:
+    by_key = {(c["user_share"], c["candidates"], c["mode"]): c for c in cells}
+    lines = [
+        "| user-side share | N | flattened req/s | packed req/s | packed ÷ flattened | flattened B/req | packed B/req "
+        "| bytes ÷ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for share, count in dict.fromkeys((c["user_share"], c["candidates"]) for c in cells):
+        flat, packed = by_key[(share, count, "flattened")], by_key[(share, count, "packed")]
+        lines.append(
+            f"| {share:.0%} | {count} | {flat['requests_per_s']:,.1f} | {packed['requests_per_s']:,.1f} | "
+            f"{packed['requests_per_s'] / flat['requests_per_s']:.2f}x | {flat['bytes_per_request']:,} | "
+            f"{packed['bytes_per_request']:,} | {flat['bytes_per_request'] / packed['bytes_per_request']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell")
@@ -205,8 +294,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measure every cell this often, keep the median")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving"))
     parser.add_argument("--ensemble-instances", type=int, default=ENSEMBLE_INSTANCES)
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="instead: packed ranking requests (one user, N candidates) vs flattened ones, per user-side share",
+    )
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--candidates", type=int, nargs="+", default=[16, 64, 256])
     args = parser.parse_args()
     globals()["ENSEMBLE_INSTANCES"] = args.ensemble_instances
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.structured:
+        concurrency = args.concurrency[0] if len(args.concurrency) == 1 else 4
+        cells = run_structured(args.shares, args.candidates, concurrency, args.seconds, args.rounds)
+        table = markdown_structured(cells)
+        print(table)
+        (args.out / "structured.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
+        (args.out / "structured.md").write_text(table + "\n")
+        print(f"wrote {args.out}/structured.json, structured.md")
+        return
     cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
     table = markdown(cells)
     print(table)

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from generator import build, client, models, plan, serve
+from generator import build, client, models, naming, plan, serve
 from generator.render import Backend
 
 
 @dataclass(frozen=True)
 class DemoReport:
-    """The checks the demo ran, one per protocol."""
+    """The checks the demo ran, one per ensemble and protocol."""
 
     checks: tuple[client.CheckReport, ...]
 
@@ -32,7 +32,7 @@ def run_demo(
     batch_size: int = 256,
     echo: Callable[[str], None] = print,
 ) -> DemoReport:
-    """Write the example model, build its repository, serve it, check HTTP and gRPC, stop the server."""
+    """Write the example model, build its repository, serve it, check both ensembles over HTTP and gRPC, stop."""
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     model_path = workdir / "example.pt"
@@ -49,15 +49,20 @@ def run_demo(
     echo(f"[2/4] built the repository\n{result}")
     with serve.running_server(result.repositories, log_path=workdir / "tritonserver.log") as server:
         echo(f"[3/4] tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url} (log: {server.log_path})")
+        ensembles = [(result.ensemble_name, False)]
+        if model.supports_ranking_requests:  # one user + N candidates, user features sent and computed once
+            ensembles.append((naming.ranking_ensemble(the_plan.model_name), True))
         checks = tuple(
             client.check(
                 model,
                 url,
                 protocol=protocol,
-                model_name=result.ensemble_name,
+                model_name=name,
                 requests=requests,
                 batch_size=batch_size,
+                structured=structured,
             )
+            for name, structured in ensembles
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url))
         )
         for report in checks:

@@ -42,7 +42,9 @@ def _serve_command(tmp_path: Path, *ports: int) -> list[str]:
 
 def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
     _, out = _example_repository(tmp_path, "--target", "container")
-    assert "wrote 4 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
+    # router, shard group, dense, ensemble + the ranking ensemble's router, dense and ensemble
+    assert "wrote 7 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
+    assert "dlrm_ranking" in out
 
 
 def test_build_errors_name_the_problem(tmp_path: Path) -> None:
@@ -227,7 +229,7 @@ def test_profile_and_plan_errors(tmp_path: Path) -> None:
 
 def test_group_by_shard_writes_one_model_per_shard(tmp_path: Path) -> None:
     _, out = _example_repository(tmp_path, "--group-by", "shard", "--force")
-    assert "wrote 11 models" in out and "dlrm_shard_user_id_0" in out
+    assert "wrote 14 models" in out and "dlrm_shard_user_id_0" in out
 
 
 @requires_server

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 PADDING_ID = -1
+#: Below this many samples, checking which samples have ids costs more than gathering the padding row.
+SPARSE_ROWS_MIN_BATCH = 16
 #: Dense-tower weights file next to the model.py of dense and monolithic models.
 DENSE_WEIGHTS_FILE = "dense.npz"
 
@@ -118,8 +120,21 @@ def with_padding_row(rows: np.ndarray) -> np.ndarray:
 def pool(padded_rows: np.ndarray, local_ids: np.ndarray) -> np.ndarray:
     """Sum of rows[local_ids] over each sample [B, L] -> [B, dim], skipping -1 (see `with_padding_row`).
 
-    One contiguous gather per id column: far faster than gathering [B, L, dim] at once.
+    One contiguous gather per id column: far faster than gathering [B, L, dim] at once. When most samples have no
+    id here (the user row of a ranking batch, a cold shard group), only the samples with ids are gathered.
     """
+    batch = local_ids.shape[0]
+    if batch >= SPARSE_ROWS_MIN_BATCH:
+        with_ids = np.flatnonzero((local_ids >= 0).any(axis=1))
+        if with_ids.size * 2 < batch:
+            pooled = np.zeros((batch, padded_rows.shape[1]), dtype=padded_rows.dtype)
+            if with_ids.size:
+                pooled[with_ids] = _pool_columns(padded_rows, local_ids[with_ids])
+            return pooled
+    return _pool_columns(padded_rows, local_ids)
+
+
+def _pool_columns(padded_rows: np.ndarray, local_ids: np.ndarray) -> np.ndarray:
     padding = padded_rows.shape[0] - 1
     columns = np.ascontiguousarray(np.where(local_ids < 0, padding, local_ids).T)
     if columns.shape[0] == 0:

@@ -201,3 +201,16 @@ def test_stack_and_unstack_requests_round_trip() -> None:
         assert np.array_equal(original, back)
     single, points = kernels.stack_requests(parts[:1])
     assert points == [] and kernels.unstack_responses(single, points)[0] is single
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(16, 80), st.integers(0, 80), st.integers(1, 5), st.integers(0, 10_000))
+def test_pooling_gathers_only_samples_with_ids_and_stays_exact(batch, with_ids, width, seed) -> None:
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((30, 4)).astype(np.float32)
+    ids = np.full((batch, width), -1, dtype=np.int64)
+    chosen = rng.choice(batch, size=min(with_ids, batch), replace=False)
+    ids[chosen] = rng.integers(-1, 30, size=(chosen.size, width))
+    got = kernels.pool(kernels.with_padding_row(rows), ids)
+    expected = pool_rows(torch.from_numpy(rows), torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
