@@ -772,6 +772,11 @@ def k8s_command(
     show_default=True,
     help="With --model: compare every Nth response.",
 )
+@click.option(
+    "--structured",
+    is_flag=True,
+    help="Ranking requests to NAME_ranking: the user's features once and --batch candidates (RecServe).",
+)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @_reports_errors
 def loadtest_command(
@@ -785,6 +790,7 @@ def loadtest_command(
     profile_path: Path | None,
     model_path: Path | None,
     spot_check_every: int,
+    structured: bool,
     out_dir: Path,
 ) -> None:
     """Headless locust against a running ensemble: CSV, HTML, summary (JSON, markdown) and a PNG in OUT."""
@@ -800,6 +806,7 @@ def loadtest_command(
         profile_path=profile_path,
         model_path=model_path,
         spot_check_every=spot_check_every,
+        structured=structured,
     )
     click.echo(str(summary))
     click.echo(f"wrote {out_dir}/summary.json, summary.md, report.html, locust_*.csv, throughput_latency.png")

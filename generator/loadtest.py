@@ -13,14 +13,14 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from generator import naming
-from generator.client import Protocol, RankingClient, RankingRequest
+from generator.client import Protocol, RankingClient, RankingRequest, StructuredRequest
 from generator.errors import RecgenError, UserInputError
 from generator.models import PADDING_ID
 from generator.profile import AccessProfile
@@ -43,6 +43,7 @@ class TableTraffic:
     rows: np.ndarray | None = None
     cumulative: np.ndarray | None = None
     mean_ids_per_sample: float | None = None
+    side: str = "item"
 
     def sample_ids(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """[batch, width] ids, right-padded with -1; lengths around the profile's mean (else uniform 0..width)."""
@@ -67,10 +68,25 @@ class RequestSampler:
     num_dense_features: int
     tables: tuple[TableTraffic, ...]
 
+    #: Dense-feature widths of the `<ensemble>_ranking` request (0, 0 when the server has no ranking ensemble).
+    user_dense_features: int = 0
+    item_dense_features: int = 0
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> RankingRequest:
         """One request of `batch_size` candidates."""
         dense = rng.standard_normal((batch_size, self.num_dense_features)).astype(np.float32)
         return RankingRequest(dense, {t.name: t.sample_ids(batch_size, rng) for t in self.tables})
+
+    def sample_structured(self, num_candidates: int, rng: np.random.Generator) -> StructuredRequest:
+        """One ranking request: one user (user-side tables and dense features), `num_candidates` items."""
+        if not self.user_dense_features + self.item_dense_features:
+            raise RecgenError("the server has no ranking ensemble (the model has no user-side features)")
+        return StructuredRequest(
+            rng.standard_normal((1, self.user_dense_features)).astype(np.float32),
+            rng.standard_normal((num_candidates, self.item_dense_features)).astype(np.float32),
+            {t.name: t.sample_ids(1, rng) for t in self.tables if t.side == "user"},
+            {t.name: t.sample_ids(num_candidates, rng) for t in self.tables if t.side == "item"},
+        )
 
 
 def sampler_from_server(client: RankingClient, profile: AccessProfile | None = None) -> RequestSampler:
@@ -95,10 +111,19 @@ def sampler_from_server(client: RankingClient, profile: AccessProfile | None = N
             num_dense = width
         elif tensor["name"] in by_input:
             entry = by_input[tensor["name"]]
-            tables.append(_table_traffic(entry["table"], int(entry["num_rows"]), width, profile))
+            traffic = _table_traffic(entry["table"], int(entry["num_rows"]), width, profile)
+            tables.append(replace(traffic, side=entry.get("side", "item")))
     if num_dense is None:
         raise RecgenError(f"ensemble {client.model_name!r} has no {naming.DENSE_FEATURES!r} input")
-    return RequestSampler(num_dense, tuple(tables))
+    widths = {naming.USER_DENSE_FEATURES: 0, naming.ITEM_DENSE_FEATURES: 0}
+    try:  # the ranking ensemble exists only for models with user-side features
+        ranking = client.client.get_model_metadata(naming.ranking_ensemble(client.model_name), **as_json)
+        widths.update({t["name"]: int(t["shape"][-1]) for t in ranking["inputs"] if t["name"] in widths})
+    except Exception:  # tritonclient raises its own "not found" per protocol
+        pass
+    return RequestSampler(
+        num_dense, tuple(tables), widths[naming.USER_DENSE_FEATURES], widths[naming.ITEM_DENSE_FEATURES]
+    )
 
 
 def _table_traffic(name: str, num_rows: int, width: int, profile: AccessProfile | None) -> TableTraffic:
@@ -167,8 +192,12 @@ def run_loadtest(
     model_path: Path | None = None,
     spot_check_every: int = 0,
     timeout_s: float | None = None,
+    structured: bool = False,
 ) -> LoadTestSummary:
-    """Run headless locust against `url` (host:port of the protocol) and summarise its CSV output into `out_dir`."""
+    """Run headless locust against `url` (host:port of the protocol) and summarise its CSV output into `out_dir`.
+
+    `structured`: send ranking requests (one user, `batch_size` candidates) to `<ensemble>_ranking`.
+    """
     if users < 1 or spawn_rate <= 0 or batch_size < 1:
         raise UserInputError("`users` and `batch` must be >= 1 and `spawn_rate` > 0")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,12 +215,15 @@ def run_loadtest(
         command += ["--profile", str(profile_path)]
     if model_path is not None:
         command += ["--model", str(model_path), "--spot-check-every", str(spot_check_every or 50)]
+    if structured:
+        command += ["--structured"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     (out_dir / "locust.log").write_text(completed.stdout + completed.stderr)
     stats_path = out_dir / f"{CSV_PREFIX}_stats.csv"
     if not stats_path.exists():
         raise RecgenError(f"locust wrote no statistics (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
-    summary = summarise(out_dir, url=url, protocol=protocol, ensemble=ensemble, users=users, batch_size=batch_size)
+    called = naming.ranking_ensemble(ensemble) if structured else ensemble
+    summary = summarise(out_dir, url=url, protocol=protocol, ensemble=called, users=users, batch_size=batch_size)
     if summary.requests == 0:
         raise RecgenError(
             f"locust sent no request; its log ({out_dir / 'locust.log'}) ends with:\n"

@@ -19,6 +19,7 @@ import numpy as np
 from locust import User, constant, events, task
 from locust.env import Environment
 
+from generator import naming
 from generator.client import RankingClient, reference_scores
 from generator.errors import CheckFailedError
 from generator.loadtest import HISTORY_COLUMNS, RequestSampler, sampler_from_server
@@ -37,6 +38,11 @@ def _add_options(parser: Any) -> None:
     parser.add_argument("--model", default="", help="model file for spot checks against PyTorch")
     parser.add_argument("--spot-check-every", type=int, default=0, help="check every Nth response (0 = never)")
     parser.add_argument("--history-csv", default="", help="write per-second throughput and latency percentiles here")
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="ranking requests to <ensemble>_ranking: the user's features once, --batch candidates",
+    )
 
 
 class _History:
@@ -120,8 +126,15 @@ class TritonUser(User):
         self.protocol = options.protocol
         self.batch = options.batch
         self.spot_check_every = options.spot_check_every
-        self.client = RankingClient(_strip_scheme(self.host or ""), self.protocol, options.ensemble)
-        self.sampler, self.model = _Shared.load(self.environment, self.client)
+        host = _strip_scheme(self.host or "")
+        flattened = RankingClient(host, self.protocol, options.ensemble)
+        self.sampler, self.model = _Shared.load(self.environment, flattened)
+        self.structured = options.structured
+        if self.structured:
+            flattened.close()
+            self.client = RankingClient(host, self.protocol, naming.ranking_ensemble(options.ensemble))
+        else:
+            self.client = flattened
         self.rng = np.random.default_rng(id(self) % 2**32)
         self.sent = 0
 
@@ -132,8 +145,12 @@ class TritonUser(User):
     @task
     def rank(self) -> None:
         """One ranking request, timed; server errors are failures carrying the server's text."""
-        request = self.sampler.sample(self.batch, self.rng)
-        tensors = request.tensors()
+        if self.structured:
+            ranking = self.sampler.sample_structured(self.batch, self.rng)
+            tensors = ranking.tensors()
+        else:
+            request = self.sampler.sample(self.batch, self.rng)
+            tensors = request.tensors()
         sent_bytes = sum(array.nbytes for array in tensors.values())
         started = time.perf_counter()
         exception: BaseException | None = None
@@ -141,6 +158,8 @@ class TritonUser(User):
             scores = self.client.infer(tensors)
             self.sent += 1
             if self.model is not None and self.spot_check_every and self.sent % self.spot_check_every == 0:
+                if self.structured:
+                    request = ranking.flattened(self.model)
                 difference = float(np.abs(scores - reference_scores(self.model, request)).max())
                 if difference > 1e-5:
                     raise CheckFailedError(f"spot check: max |served - PyTorch| = {difference:.3g}")

@@ -12,7 +12,8 @@ from generator import build, loadtest
 from generator.client import RankingClient
 from generator.plan import uniform_plan
 from generator.profile import TableShape, zipf_profile
-from tests.conftest import requires_server, tiny_model
+from tests.conftest import requires_server
+from tests.test_ranking import sided_model
 
 
 def test_profile_sampling_follows_counts_and_pooling() -> None:
@@ -34,11 +35,11 @@ def test_profile_sampling_follows_counts_and_pooling() -> None:
 
 @requires_server
 @pytest.mark.server
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize(("protocol", "structured"), [("http", False), ("grpc", True)])
 def test_short_headless_load_has_a_complete_summary_and_no_failures(
-    tmp_path: Path, server_factory, protocol: str
+    tmp_path: Path, server_factory, protocol: str, structured: bool
 ) -> None:
-    model = tiny_model()
+    model = sided_model()
     model_path = tmp_path / "tiny.pt"
     model.save(model_path)
     result = build.build(model, uniform_plan(model, shards_per_table=2), tmp_path / "r", tmp_path / "e")
@@ -51,6 +52,8 @@ def test_short_headless_load_has_a_complete_summary_and_no_failures(
         sampler = loadtest.sampler_from_server(ranking)
     assert [t.name for t in sampler.tables] == ["one_row", "small", "medium"]
     assert [t.width for t in sampler.tables] == [1, 3, 1] and sampler.num_dense_features == 5
+    assert [t.side for t in sampler.tables] == ["item", "user", "item"]
+    assert (sampler.user_dense_features, sampler.item_dense_features) == (2, 3)
     summary = loadtest.run_loadtest(
         url,
         tmp_path / "out",
@@ -63,11 +66,13 @@ def test_short_headless_load_has_a_complete_summary_and_no_failures(
         model_path=model_path,
         spot_check_every=3,
         timeout_s=120,
+        structured=structured,
     )
     assert summary.failures == 0, (tmp_path / "out" / "locust.log").read_text()[-3000:]
     assert summary.requests > 10 and summary.requests_per_s > 0 and summary.samples_per_s > 0
     assert 0 < summary.p50_ms <= summary.p95_ms <= summary.p99_ms
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["requests"] == summary.requests and saved["protocol"] == protocol
+    assert saved["ensemble"] == ("dlrm_ranking" if structured else "dlrm")
     for name in ("summary.md", "report.html", "locust_stats.csv", "history.csv", "throughput_latency.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
