@@ -194,7 +194,7 @@ class _Writer:
     def router(self, repository: Path) -> None:
         config = render.router_config(self.plan)
         version_dir = _new_model_dir(repository, config.name)
-        export.export_router(self.plan, version_dir)
+        export.export_router(self.model, self.plan, version_dir)
         self._finish(config, version_dir, "router", f"{len(self.plan.tables)} tables -> {len(self.plan.shards)} shards")
 
     def shard_group(self, repository: Path, group: ShardGroup, *, one_instance: bool = False) -> None:
@@ -226,7 +226,7 @@ class _Writer:
             return
         router = render.ranking_router_config(plan)
         version_dir = _new_model_dir(leaf_repository, router.name)
-        export.export_router(plan, version_dir)
+        export.export_router(model, plan, version_dir)
         self._finish(router, version_dir, "router", "ranking: user row + candidate rows")
         dense = render.ranking_dense_config(plan, model.dense_sides)
         version_dir = _new_model_dir(leaf_repository, dense.name)

@@ -584,6 +584,14 @@ def calibrate_command(model_path: Path | None, batch: int, num_requests: int, ou
     default=None,
     help="PNG of access CDFs, cuts and memory (default: next to the plan).",
 )
+@click.option(
+    "--front-cache-mb",
+    type=click.FloatRange(0, 1_000_000),
+    default=0.0,
+    show_default=True,
+    help="Keep this many MB of the hottest rows (by the profile, across tables) in the router, which pools them "
+    "itself; their lookups reach no shard (FlexEMR).",
+)
 @_reports_errors
 def plan_command(
     model_path: Path,
@@ -605,6 +613,7 @@ def plan_command(
     target_utilization: float | None,
     out_path: Path,
     figure: Path | None,
+    front_cache_mb: float,
 ) -> None:
     """Size every shard from its access share (ElasticRec) and write plan.json, its row orders and a PNG."""
     model = models.DLRM.load(model_path)
@@ -634,6 +643,7 @@ def plan_command(
         max_shards_per_table=max_shards_per_table,
         gpu_memory_bytes=None if gpu_memory_gb is None else int(gpu_memory_gb * 1e9),
         window_s=window_s,
+        front_cache_bytes=int(front_cache_mb * 2**20),
     )
     the_plan = planner.plan_from_report(report, shape, access, name=name)
     planner.save(the_plan, report, out_path, profile_source=access.source)

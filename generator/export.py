@@ -55,12 +55,19 @@ def install_python_model(module: str, version_dir: Path) -> None:
     (version_dir / naming.KERNELS_FILE).write_text(package.joinpath(naming.KERNELS_FILE).read_text())
 
 
-def export_router(plan: Plan, version_dir: Path) -> None:
-    """Router code, plus the hotness ranks of permuted tables."""
+def export_router(model: DLRM, plan: Plan, version_dir: Path) -> None:
+    """Router code, plus the hotness ranks of permuted tables and the front cache's rows (hottest ranks first)."""
     install_python_model(ROUTER_MODULE, version_dir)
     ranks = {table.spec.name: table.rank_of_row() for table in plan.tables if table.row_order is not None}
     if ranks:
         np.savez(version_dir / naming.ROUTER_ROW_RANKS_FILE, **ranks)
+    cache = {
+        table.spec.name: shard_rows(model, table, ShardPlan(table.spec.name, 0, 0, table.cached_rows))
+        for table in plan.tables
+        if table.cached_rows
+    }
+    if cache:
+        np.savez(version_dir / naming.ROUTER_FRONT_CACHE_FILE, **cache)
 
 
 def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:

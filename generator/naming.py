@@ -22,6 +22,7 @@ KERNELS_FILE = "recgen_kernels.py"
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
 DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE
 ROUTER_ROW_RANKS_FILE = router_model.ROW_RANKS_FILE
+ROUTER_FRONT_CACHE_FILE = router_model.FRONT_CACHE_FILE
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"
 
@@ -70,6 +71,10 @@ def group_local_ids(group: int) -> str:
 def group_partial_sums(group: int) -> str:
     """Ensemble tensor from shard group `group` to the dense model: its shards' pooled partial sums, side by side."""
     return f"partial_sums__g{group}"
+
+
+#: Ensemble tensor from the router to the dense model: the pools of the rows the router's front cache served.
+FRONT_CACHE_PARTIALS = "partial_sums__cache"
 
 
 def table_rows_file(table: str) -> str:

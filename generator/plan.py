@@ -79,9 +79,15 @@ class TablePlan:
     spec: TableSpec
     shards: tuple[ShardPlan, ...]
     row_order: np.ndarray | None = None
+    #: The hottest `cached_rows` ranks are also held by the router (FlexEMR's front cache), which pools them itself.
+    cached_rows: int = 0
 
     def __post_init__(self) -> None:
         name = self.spec.name
+        if not isinstance(self.cached_rows, int) or not 0 <= self.cached_rows <= self.spec.num_rows:
+            raise PlanError(
+                f"table {name!r}: `cached_rows` must be in 0..{self.spec.num_rows}, got {self.cached_rows!r}"
+            )
         if not self.shards:
             raise PlanError(f"table {name!r}: a table needs at least one shard")
         expected_start = 0
@@ -163,6 +169,11 @@ class Plan:
         """All shards, table by table."""
         return [shard for table in self.tables for shard in table.shards]
 
+    @property
+    def has_front_cache(self) -> bool:
+        """Whether the router holds a front cache of hot rows for any table."""
+        return any(table.cached_rows for table in self.tables)
+
     def shard_groups(self) -> list[ShardGroup]:
         """Shards grouped into Triton models (see GroupBy), in order of first appearance."""
         if self.group_by == "shard":
@@ -212,6 +223,7 @@ def table_plan(
     boundaries: Sequence[int],
     placements: Sequence[Placement],
     row_order: np.ndarray | None = None,
+    cached_rows: int = 0,
 ) -> TablePlan:
     """Build one table's plan from its boundaries [0, ..., num_rows] and one placement per shard."""
     if len(placements) != len(boundaries) - 1:
@@ -223,7 +235,7 @@ def table_plan(
         ShardPlan(spec.name, index, int(start), int(end), placement)
         for index, (start, end, placement) in enumerate(zip(boundaries[:-1], boundaries[1:], placements, strict=True))
     )
-    return TablePlan(spec, shards, row_order)
+    return TablePlan(spec, shards, row_order, cached_rows)
 
 
 def uniform_plan(
@@ -305,6 +317,7 @@ def save_plan(
             {
                 **dataclasses.asdict(t.spec),
                 "permuted": t.row_order is not None,
+                "cached_rows": t.cached_rows,
                 "shards": [
                     {
                         "index": s.index,
@@ -361,7 +374,8 @@ def load_plan(path: str | Path) -> Plan:
             order = orders.get(spec.name) if entry.get("permuted") else None
             if entry.get("permuted") and order is None:
                 raise PlanError(f"plan `{path}`: table {spec.name!r} is permuted but has no row order")
-            tables.append(table_plan(spec, boundaries, placements, row_order=order))
+            cached = entry.get("cached_rows", 0)
+            tables.append(table_plan(spec, boundaries, placements, row_order=order, cached_rows=cached))
         return Plan(
             model_name=document["model_name"],
             tables=tuple(tables),

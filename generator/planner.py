@@ -121,6 +121,10 @@ class PlanReport:
     planned: Totals
     model_wise: Totals
     dense_on_gpu: bool = False
+    #: Front cache (FlexEMR): hottest ranks per table (model order) the router pools itself, and its expectation.
+    cached_rows: tuple[int, ...] = ()
+    front_cache_bytes: int = 0
+    expected_hit_rate: float = 0.0
 
     @property
     def memory_ratio(self) -> float:
@@ -153,6 +157,11 @@ class PlanReport:
             "model_wise": totals(self.model_wise),
             "memory_ratio": self.memory_ratio,
             "utility_ratio": self.utility_ratio,
+            "front_cache": {
+                "bytes": self.front_cache_bytes,
+                "cached_rows": list(self.cached_rows),
+                "expected_hit_rate": self.expected_hit_rate,
+            },
         }
 
     def __str__(self) -> str:
@@ -174,6 +183,11 @@ class PlanReport:
             f"memory utility ({self.window_s:g} s window): model-wise {self.model_wise.memory_utility:.4f}, "
             f"planned {self.planned.memory_utility:.4f} -> {self.utility_ratio:.2f}x higher",
         ]
+        if self.front_cache_bytes:
+            lines.append(
+                f"front cache: {self.front_cache_bytes / 1e6:.2f} MB in the router ({sum(self.cached_rows):,} rows), "
+                f"expected hit rate {self.expected_hit_rate:.1%} of lookups"
+            )
         return "\n".join(lines)
 
 
@@ -185,12 +199,23 @@ def _expected_unique(probabilities: np.ndarray, draws: float) -> float:
 
 
 def _table_grid_costs(
-    access: TableAccess, spec: TableSpec, lookups_per_query: float, qps: float, capacity: Capacity, grid: np.ndarray
+    access: TableAccess,
+    spec: TableSpec,
+    lookups_per_query: float,
+    qps: float,
+    capacity: Capacity,
+    grid: np.ndarray,
+    cached_rows: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Memory cost, replicas and access share of every grid segment (i, j)."""
-    prefix = np.concatenate([[0], np.cumsum(access.ranked_counts(), dtype=np.float64)])
+    """Memory cost, replicas and access share of every grid segment (i, j).
+
+    Lookups of the hottest `cached_rows` ranks are served by the router's front cache and reach no shard.
+    """
+    counts = np.asarray(access.ranked_counts(), dtype=np.float64).copy()
+    counts[:cached_rows] = 0.0
+    prefix = np.concatenate([[0], np.cumsum(counts)])
     at_grid = prefix[np.minimum(grid, access.touched_rows)]
-    total = prefix[-1]
+    total = float(access.lookups)
     share = (at_grid[np.newaxis, :] - at_grid[:, np.newaxis]) / total if total else np.zeros((grid.size, grid.size))
     seconds = capacity.shard_fixed_s + capacity.shard_per_row_s * lookups_per_query * share
     replicas = np.maximum(1, np.ceil(qps * seconds / capacity.target_utilization - 1e-9))
@@ -200,14 +225,26 @@ def _table_grid_costs(
 
 
 def cut_table(
-    spec: TableSpec, access: TableAccess, *, qps: float, batch_size: int, capacity: Capacity, max_shards: int
+    spec: TableSpec,
+    access: TableAccess,
+    *,
+    qps: float,
+    batch_size: int,
+    capacity: Capacity,
+    max_shards: int,
+    cached_rows: int = 0,
 ) -> list[ShardStats]:
-    """Optimal cuts of one table's hotness order and each shard's replicas (all on CPU; placement comes later)."""
+    """Optimal cuts of one table's hotness order and each shard's replicas (all on CPU; placement comes later).
+
+    With a front cache of the hottest `cached_rows` ranks, those lookups reach no shard (shares exclude them).
+    """
     if access.num_rows != spec.num_rows:
         raise PlanError(f"table {spec.name!r}: the profile has {access.num_rows} rows, the model {spec.num_rows}")
     lookups_per_query = batch_size * access.mean_ids_per_sample
     grid = candidate_cuts(spec.num_rows, access.touched_rows)
-    memory, replicas, share = _table_grid_costs(access, spec, lookups_per_query, qps, capacity, grid)
+    if cached_rows:  # a cut at the cache's edge lets the DP give the (now cold) cached head its own shard
+        grid = np.unique(np.concatenate([grid, [min(cached_rows, spec.num_rows)]]))
+    memory, replicas, share = _table_grid_costs(access, spec, lookups_per_query, qps, capacity, grid, cached_rows)
     cut_indices = optimal_segmentation(memory, max_shards)
     return [
         ShardStats(
@@ -224,15 +261,20 @@ def cut_table(
     ]
 
 
-def _window_bytes_read(access: TableAccess, spec: TableSpec, lookups: float, shards: Sequence[ShardStats]) -> float:
+def _window_bytes_read(
+    access: TableAccess, spec: TableSpec, lookups: float, shards: Sequence[ShardStats], cached_rows: int = 0
+) -> float:
     """Bytes of distinct rows each replica reads in a window of `lookups` lookups, summed over replicas."""
     if not access.lookups:
         return 0.0
     probabilities = access.ranked_counts() / access.lookups
+    if cached_rows:  # the router serves these; shards never read them
+        probabilities = probabilities.copy()
+        probabilities[:cached_rows] = 0.0
     read_rows = 0.0
     for shard in shards:
         within = probabilities[shard.row_start : min(shard.row_end, access.touched_rows)]
-        if shard.access_share <= 0 or within.size == 0:
+        if shard.access_share <= 0 or within.size == 0 or not within.any():
             continue
         per_replica = lookups * shard.access_share / shard.replicas
         read_rows += shard.replicas * _expected_unique(within / shard.access_share, per_replica)
@@ -280,10 +322,13 @@ def plan_model(
     gpu_memory_bytes: int | None = None,
     window_s: float = 1.0,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    front_cache_bytes: int = 0,
 ) -> PlanReport:
     """Cut every table, size every model for `target_qps` queries of `batch_size` candidates, place on GPU.
 
-    Needs no weights; `plan_from_report` turns the result into a buildable Plan.
+    `front_cache_bytes`: the router keeps that many bytes of the hottest rows (see `allocate_front_cache`); their
+    lookups reach no shard, so hot shards need fewer replicas. Needs no weights; `plan_from_report` turns the
+    result into a buildable Plan.
     """
     capacity = capacity or Capacity()
     if not target_qps > 0:
@@ -294,14 +339,23 @@ def plan_model(
         raise UserInputError(f"`max_shards_per_table` must be in 1..1024, got {max_shards_per_table}")
     if window_s <= 0:
         raise UserInputError(f"`window_s` must be > 0, got {window_s}")
+    if front_cache_bytes < 0:
+        raise UserInputError(f"`front_cache_mb` must be >= 0, got {front_cache_bytes / 2**20:g}")
     accesses = [profile.table(spec.name) for spec in shape.tables]
+    cached = allocate_front_cache(shape, profile, front_cache_bytes)
     lookups_per_query = _lookups_per_query(shape, profile, batch_size)
     window_lookups = [target_qps * window_s * lookups for lookups in lookups_per_query]
     stats = [
         shard
-        for spec, access in zip(shape.tables, accesses, strict=True)
+        for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)
         for shard in cut_table(
-            spec, access, qps=target_qps, batch_size=batch_size, capacity=capacity, max_shards=max_shards_per_table
+            spec,
+            access,
+            qps=target_qps,
+            batch_size=batch_size,
+            capacity=capacity,
+            max_shards=max_shards_per_table,
+            cached_rows=cached_rows,
         )
     ]
 
@@ -327,7 +381,8 @@ def plan_model(
 
     router_replicas = capacity.replicas(target_qps, capacity.router_seconds(sum(lookups_per_query)))
     dense_replicas = capacity.replicas(target_qps, capacity.dense_seconds(batch_size))
-    router_bytes = sum(spec.num_rows * RANK_BYTES for spec in shape.tables)
+    cache_bytes = sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True))
+    router_bytes = sum(spec.num_rows * RANK_BYTES for spec in shape.tables) + cache_bytes
     stats, dense_device = _place(stats, dense_replicas * shape.dense_bytes, gpu_memory_bytes)
     shard_replicas = sum(s.replicas for s in stats)
     embedding_bytes = sum(s.memory_bytes for s in stats)
@@ -340,10 +395,12 @@ def plan_model(
         + capacity.server_overhead_bytes,
         embedding_bytes=embedding_bytes,
         bytes_read=sum(
-            _window_bytes_read(access, spec, lookups, [s for s in stats if s.table == spec.name])
-            for spec, access, lookups in zip(shape.tables, accesses, window_lookups, strict=True)
+            _window_bytes_read(access, spec, lookups, [s for s in stats if s.table == spec.name], cached_rows)
+            for spec, access, lookups, cached_rows in zip(shape.tables, accesses, window_lookups, cached, strict=True)
         ),
     )
+    hits = sum(float(access.ranked_counts()[:rows].sum()) for access, rows in zip(accesses, cached, strict=True))
+    total_lookups = sum(access.lookups for access in accesses)
     return PlanReport(
         target_qps,
         batch_size,
@@ -355,7 +412,30 @@ def plan_model(
         planned,
         model_wise,
         dense_device == "gpu",
+        tuple(cached),
+        cache_bytes,
+        hits / total_lookups if total_lookups else 0.0,
     )
+
+
+def allocate_front_cache(shape: ModelShape, profile: AccessProfile, budget_bytes: int) -> list[int]:
+    """Hottest ranks per table that fill `budget_bytes` with the most lookups.
+
+    Rows of all tables compete by accesses per byte, so each table gets a prefix of its hotness order.
+    """
+    if budget_bytes <= 0:
+        return [0] * len(shape.tables)
+    values, owners = [], []
+    for index, spec in enumerate(shape.tables):
+        counts = np.asarray(profile.table(spec.name).ranked_counts(), dtype=np.float64)
+        values.append(counts / spec.bytes_per_row)
+        owners.append(np.full(counts.size, index, dtype=np.int64))
+    value, owner = np.concatenate(values), np.concatenate(owners)
+    order = np.argsort(-value, kind="stable")
+    sizes = np.array([spec.bytes_per_row for spec in shape.tables], dtype=np.int64)[owner[order]]
+    taken = order[: int(np.searchsorted(np.cumsum(sizes), budget_bytes, side="right"))]
+    taken = taken[value[taken] > 0]  # an untouched row is never worth caching
+    return np.bincount(owner[taken], minlength=len(shape.tables)).astype(int).tolist()
 
 
 def _lookups_per_query(shape: ModelShape, profile: AccessProfile, batch_size: int) -> list[float]:
@@ -409,11 +489,13 @@ def plan_from_report(
 ) -> Plan:
     """The buildable plan: hotness row orders from the profile, the report's cuts, replicas and devices."""
     tables = []
-    for spec in shape.tables:
+    cached = report.cached_rows or (0,) * len(shape.tables)
+    for spec, cached_rows in zip(shape.tables, cached, strict=True):
         shards = [s for s in report.shards if s.table == spec.name]
         boundaries = [shards[0].row_start, *(s.row_end for s in shards)]
         placements = [Placement(s.replicas, s.device) for s in shards]  # type: ignore[arg-type]
-        tables.append(table_plan(spec, boundaries, placements, row_order=profile.table(spec.name).row_order()))
+        order = profile.table(spec.name).row_order()
+        tables.append(table_plan(spec, boundaries, placements, row_order=order, cached_rows=cached_rows))
     dense_device = "gpu" if report.dense_on_gpu else "cpu"
     return Plan(
         model_name=name,

@@ -179,12 +179,16 @@ def _routing(plan: Plan, input_names: Sequence[str]) -> tuple[dict, list[TensorS
         for position, (group, layout) in enumerate(zip(groups, layouts, strict=True))
         for shard, first_row in zip(group.shards, layout.first_rows, strict=True)
     }
+    if plan.has_front_cache:
+        cached = [t.spec.name for t in plan.tables if t.cached_rows]
+        outputs.append(_fp32(naming.FRONT_CACHE_PARTIALS, len(cached) * _row_dim(plan)))
     routing = {
         "tables": [
             {
                 "table": t.spec.name,
                 "input": input_name,
                 "side": t.spec.side,
+                "cached_rows": t.cached_rows,
                 "num_rows": t.spec.num_rows,
                 "ids_per_sample": t.spec.max_ids_per_sample,
                 "boundaries": t.boundaries,
@@ -193,8 +197,10 @@ def _routing(plan: Plan, input_names: Sequence[str]) -> tuple[dict, list[TensorS
             }
             for t, input_name in zip(plan.tables, input_names, strict=True)
         ],
-        "outputs": [{"name": spec.name, "width": spec.dims[0]} for spec in outputs],
+        "outputs": [{"name": spec.name, "width": spec.dims[0]} for spec in outputs if spec.data_type == mc.TYPE_INT32],
     }
+    if plan.has_front_cache:
+        routing["front_cache"] = {"output": naming.FRONT_CACHE_PARTIALS, "tables": cached, "dim": _row_dim(plan)}
     return routing, outputs
 
 
@@ -395,16 +401,21 @@ def remote_group_config(plan: Plan, group: ShardGroup, policy: RemoteCallPolicy)
 
 
 def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
-    """Dense features, then every shard group's packed partial sums (the ONNX graph's input order)."""
+    """Dense features, every shard group's packed partial sums, then the front cache's (the ONNX input order)."""
     dim = _row_dim(plan)
-    return [_fp32(naming.DENSE_FEATURES, num_dense_features)] + [
+    specs = [_fp32(naming.DENSE_FEATURES, num_dense_features)] + [
         _fp32(naming.group_partial_sums(g.index), len(group_tables(g)) * dim) for g in plan.shard_groups()
     ]
+    if plan.has_front_cache:
+        specs.append(_fp32(naming.FRONT_CACHE_PARTIALS, sum(1 for t in plan.tables if t.cached_rows) * dim))
+    return specs
 
 
 def table_parts(plan: Plan) -> list[list[tuple[str, int]]]:
     """Per table (model order): the (packed partial-sum tensor, slot) of each group holding its shards."""
     slots = [(naming.group_partial_sums(group.index), group_tables(group)) for group in plan.shard_groups()]
+    if plan.has_front_cache:
+        slots.append((naming.FRONT_CACHE_PARTIALS, [t.spec.name for t in plan.tables if t.cached_rows]))
     return [
         [(tensor, tables.index(t.spec.name)) for tensor, tables in slots if t.spec.name in tables] for t in plan.tables
     ]
@@ -487,6 +498,8 @@ def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
 
 def _group_steps(plan: Plan, config: mc.ModelConfig, router: mc.ModelEnsembling.Step) -> None:
     """Every shard group as a step fed by the router's packed ids (the same steps in both ensembles)."""
+    if plan.has_front_cache:  # straight from the router to the dense model
+        router.output_map[naming.FRONT_CACHE_PARTIALS] = naming.FRONT_CACHE_PARTIALS
     for group in plan.shard_groups():
         local, partial = naming.group_local_ids(group.index), naming.group_partial_sums(group.index)
         router.output_map[local] = local

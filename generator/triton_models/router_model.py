@@ -28,6 +28,8 @@ except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
 
 ROW_RANKS_FILE = "row_ranks.npz"
+#: The front cache's rows: per cached table, its hottest ranks' rows in rank order.
+FRONT_CACHE_FILE = "front_cache.npz"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class TableRoute:
     ids_per_sample: int
     rank_of_row: np.ndarray | None
     side: str = "item"
+    cached_rows: int = 0
+    cache: np.ndarray | None = None  # the cached rows plus a zero padding row
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,15 @@ class Routing:
     column_rows: np.ndarray  # [C] row count of each input column's table, for the validity check
     mode: str = "flattened"  # or "ranking": one user row and N candidate rows per request
     max_rows: int = 0  # ranking: 1 + N must fit the shard groups' max_batch_size
+    cache_output: str = ""  # the front cache's partial sums output ("" = no front cache)
+
+
+@dataclass
+class CacheCounts:
+    """Ids of cached tables the router saw, and how many of them its front cache served."""
+
+    lookups: int = 0
+    hits: int = 0
 
 
 def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
@@ -59,6 +72,8 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
     routing = json.loads(model_config["parameters"]["routing"]["string_value"])
     ranks_path = version_dir / ROW_RANKS_FILE
     ranks = dict(np.load(ranks_path)) if ranks_path.exists() else {}
+    cache_path = version_dir / FRONT_CACHE_FILE
+    caches = dict(np.load(cache_path)) if cache_path.exists() else {}
     outputs = [(output["name"], int(output["width"])) for output in routing["outputs"]]
     output_offsets = np.cumsum([0] + [width for _, width in outputs]).tolist()
     tables = []
@@ -73,6 +88,8 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
                 ids_per_sample,
                 ranks.get(entry["table"]),
                 entry.get("side", "item"),
+                int(entry.get("cached_rows", 0)),
+                kernels.with_padding_row(caches[entry["table"]]) if entry.get("cached_rows") else None,
             )
         )
         columns = [output_offsets[int(shard["output"])] + int(shard["column"]) for shard in entry["shards"]]
@@ -81,7 +98,8 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
     column_rows = np.concatenate([np.full(t.ids_per_sample, t.num_rows, dtype=np.int64) for t in tables])
     layout = kernels.RouteLayout.build(layout_tables, output_offsets[-1])
     mode = routing.get("mode", "flattened")
-    return Routing(tables, outputs, layout, column_rows, mode, int(routing.get("max_rows", 0)))
+    cache_output = routing.get("front_cache", {}).get("output", "")
+    return Routing(tables, outputs, layout, column_rows, mode, int(routing.get("max_rows", 0)), cache_output)
 
 
 def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -116,39 +134,70 @@ def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> 
     return combined
 
 
-def route_request(routing: Routing, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Packed local ids for every shard group; raises ValueError naming the tensor and the bad id."""
+def route_request(
+    routing: Routing, inputs: dict[str, np.ndarray], counts: CacheCounts | None = None
+) -> dict[str, np.ndarray]:
+    """Packed local ids for every shard group; raises ValueError naming the tensor and the bad id.
+
+    With a front cache, ids among a table's hottest `cached_rows` ranks are pooled here, from the router's copy
+    of those rows, into the cache's partial sums, and reach no shard.
+    """
     ids = np.concatenate([inputs[route.input_name] for route in routing.tables], axis=1).astype(np.int64, copy=False)
     if ((ids < kernels.PADDING_ID) | (ids >= routing.column_rows)).any():
         for route in routing.tables:  # name the first table holding a bad id
             bad = kernels.first_bad_id(inputs[route.input_name], route.num_rows)
             if bad is not None:
                 raise ValueError(kernels.bad_id_message(route.input_name, bad, route.num_rows, route.table))
+    cached_pools = []
     first = 0
     for route in routing.tables:
         last = first + route.ids_per_sample
         if route.rank_of_row is not None:
             ids[:, first:last] = kernels.ranks_of(ids[:, first:last], route.rank_of_row)
+        if route.cache is not None:
+            block = ids[:, first:last]
+            hit = (block >= 0) & (block < route.cached_rows)
+            cached_pools.append(kernels.pool(route.cache, np.where(hit, block, kernels.PADDING_ID)))
+            if counts is not None:
+                counts.lookups += int((block >= 0).sum())
+                counts.hits += int(hit.sum())
+            block[hit] = kernels.PADDING_ID  # served here: no shard sees it
         first = last
     packed = kernels.route_packed(ids, routing.layout)
     if len(routing.outputs) == 1:
-        return {routing.outputs[0][0]: packed}
-    offsets = np.cumsum([0] + [width for _, width in routing.outputs])
-    return {
-        name: np.ascontiguousarray(packed[:, offsets[index] : offsets[index + 1]])
-        for index, (name, _) in enumerate(routing.outputs)
-    }
+        outputs = {routing.outputs[0][0]: packed}
+    else:
+        offsets = np.cumsum([0] + [width for _, width in routing.outputs])
+        outputs = {
+            name: np.ascontiguousarray(packed[:, offsets[index] : offsets[index + 1]])
+            for index, (name, _) in enumerate(routing.outputs)
+        }
+    if routing.cache_output:
+        outputs[routing.cache_output] = np.concatenate(cached_pools, axis=1)
+    return outputs
 
 
 class TritonPythonModel:
     """Triton entry point."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Load the routing table once per instance."""
+        """Load the routing table once per instance; with a front cache, register its hit counters."""
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.routing = load_routing(json.loads(args["model_config"]), version_dir)
+        self.counts = CacheCounts()
+        self.metrics = _cache_metrics(args["model_name"]) if self.routing.cache_output else None
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        """Route the batched requests; export the front cache's hits and lookups as Prometheus counters."""
+        before = (self.counts.lookups, self.counts.hits)
+        responses = self._route_all(requests)
+        if self.metrics is not None:
+            lookups, hits = self.metrics
+            lookups.increment(self.counts.lookups - before[0])
+            hits.increment(self.counts.hits - before[1])
+        return responses
+
+    def _route_all(self, requests: list[Any]) -> list[Any]:
         """Route all batched requests in one pass; if any id is bad, route each request alone so only it fails."""
         names = [route.input_name for route in self.routing.tables]
         per_request = [
@@ -163,7 +212,7 @@ class TritonPythonModel:
             for name in names:
                 stacked[name], split_points = kernels.stack_requests([inputs[name] for inputs in per_request])
             try:
-                routed = route_request(self.routing, stacked)
+                routed = route_request(self.routing, stacked, self.counts)
             except ValueError:
                 pass  # some request holds a bad id: fall through to one request at a time
             else:
@@ -174,10 +223,13 @@ class TritonPythonModel:
                     )
                     for index in range(len(requests))
                 ]
-        return [self._respond(lambda inputs: route_request(self.routing, inputs), inputs) for inputs in per_request]
+        return [
+            self._respond(lambda inputs: route_request(self.routing, inputs, self.counts), inputs)
+            for inputs in per_request
+        ]
 
     def _ranking(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return route_request(self.routing, combine_ranking_request(self.routing, inputs))
+        return route_request(self.routing, combine_ranking_request(self.routing, inputs), self.counts)
 
     @staticmethod
     def _respond(route: Any, inputs: dict[str, np.ndarray]) -> Any:
@@ -189,3 +241,25 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items()]
         )
+
+
+#: Prometheus counters of the front cache (labelled with the router's model name) on the server's /metrics.
+CACHE_LOOKUPS_METRIC = "recgen_front_cache_lookups_total"
+CACHE_HITS_METRIC = "recgen_front_cache_hits_total"
+
+
+def _cache_metrics(model_name: str) -> tuple[Any, Any] | None:
+    """(lookups, hits) counters; None where the backend has no custom metrics (the routing works the same)."""
+    try:
+        families = [
+            pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
+            for name, text in (
+                (CACHE_LOOKUPS_METRIC, "ids of front-cached tables the router saw"),
+                (CACHE_HITS_METRIC, "of those, ids the router's front cache pooled itself"),
+            )
+        ]
+        lookups, hits = (family.Metric(labels={"model": model_name}) for family in families)
+    except Exception as error:  # an older backend, or metrics disabled
+        pb_utils.Logger.log_warn(f"front cache metrics unavailable ({error}); routing is unaffected")
+        return None
+    return lookups, hits
