@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from generator import render
 from generator.capacity import Capacity
 from generator.errors import PlanError, UserInputError
 from generator.models import TableSpec
@@ -545,3 +546,55 @@ def save(plan: Plan, report: PlanReport, path: str | Path, *, profile_source: st
     totals["router_replicas"] = report.router_replicas
     totals["dense_replicas"] = report.dense_replicas
     return save_plan(plan, path, shard_details=details, totals=totals, inputs=inputs)
+
+
+@dataclass(frozen=True)
+class EdgeBytes:
+    """Bytes one request of `batch_size` candidates moves across the ensemble's step (or network) boundaries.
+
+    Shard groups return pooled partial sums (one `dim` vector per sample and table they hold); shipping the raw rows
+    instead would move one `dim` vector per id. `ids_to_groups` is what the router sends the groups (packed int32
+    blocks, padding included); `ids_reaching_groups` the real ids among them (expected from the profile).
+    """
+
+    batch_size: int
+    ids_to_groups: int
+    partials_to_dense: int
+    raw_rows_instead: int
+    ids_reaching_groups: float
+    cache_partials: int
+
+    @property
+    def saving(self) -> float:
+        """Raw-row bytes / pooled-partial bytes on the group -> dense edges (FlexEMR's spatial locality)."""
+        return self.raw_rows_instead / self.partials_to_dense if self.partials_to_dense else float("inf")
+
+    def __str__(self) -> str:
+        return (
+            f"per request of {self.batch_size}: router -> groups {self.ids_to_groups:,} B of ids "
+            f"({self.ids_reaching_groups:,.0f} real ids), groups -> dense {self.partials_to_dense:,} B of pooled "
+            f"partials (raw rows would be {self.raw_rows_instead:,.0f} B: {self.saving:.1f}x), "
+            f"front cache -> dense {self.cache_partials:,} B"
+        )
+
+
+def edge_bytes(plan: Plan, profile: AccessProfile, batch_size: int) -> EdgeBytes:
+    """What the plan moves per request between router, shard groups and dense model, and what raw rows would."""
+    dims = {t.spec.name: t.spec.dim for t in plan.tables}
+    ids_bytes = partial_bytes = 0
+    raw_bytes = real_ids = 0.0
+    for group in plan.shard_groups():
+        layout = render.group_layout(plan, group)
+        ids_bytes += batch_size * layout.width * 4
+        partial_bytes += batch_size * len(layout.tables) * dims[layout.tables[0]] * 4
+        for shard in group.shards:
+            table = next(t for t in plan.tables if t.spec.name == shard.table)
+            access = profile.table(shard.table)
+            counts = np.asarray(access.ranked_counts(), dtype=np.float64)
+            reached = counts[max(shard.row_start, table.cached_rows) : shard.row_end].sum() if access.lookups else 0
+            ids = batch_size * access.mean_ids_per_sample * (reached / access.lookups if access.lookups else 0)
+            real_ids += ids
+            raw_bytes += ids * dims[shard.table] * 4
+    cached_tables = [t for t in plan.tables if t.cached_rows]
+    cache_bytes = batch_size * sum(t.spec.dim for t in cached_tables) * 4
+    return EdgeBytes(batch_size, ids_bytes, partial_bytes, raw_bytes, real_ids, cache_bytes)

@@ -125,3 +125,21 @@ def test_cached_repository_serves_pytorch_scores_and_reports_its_hit_rate(
     lookups = _metric(after, "recgen_front_cache_lookups_total") - _metric(before, "recgen_front_cache_lookups_total")
     hits = _metric(after, "recgen_front_cache_hits_total") - _metric(before, "recgen_front_cache_hits_total")
     assert (lookups, hits) == (expected_lookups, expected_hits) and 0 < hits < lookups
+
+
+def test_edge_bytes_pooled_partials_vs_raw_rows() -> None:
+    from generator.planner import edge_bytes
+
+    model = sided_model()
+    profile = _profile(model)
+    plan = sided_plan(model)
+    plain = edge_bytes(plan, profile, 100)
+    # One group per placement: [1 + 3 + 1] id columns and 3 slots in group 0, medium's hot shard alone in group 1.
+    assert plain.ids_to_groups == 100 * (5 + 1) * 4
+    assert plain.partials_to_dense == 100 * (3 + 1) * 8 * 4
+    lookups_per_sample = sum(profile.table(t.name).mean_ids_per_sample for t in model.tables)
+    assert plain.ids_reaching_groups == pytest.approx(100 * lookups_per_sample)
+    assert plain.raw_rows_instead == pytest.approx(plain.ids_reaching_groups * 8 * 4)
+    cached = edge_bytes(cached_plan(model), profile, 100)
+    assert cached.ids_reaching_groups < plain.ids_reaching_groups and cached.cache_partials == 100 * 2 * 8 * 4
+    assert "pooled partials" in str(cached)

@@ -192,7 +192,7 @@ class TritonPythonModel:
         before = (self.counts.lookups, self.counts.hits)
         responses = self._route_all(requests)
         if self.metrics is not None:
-            lookups, hits = self.metrics
+            lookups, hits, _ = self.metrics
             lookups.increment(self.counts.lookups - before[0])
             hits.increment(self.counts.hits - before[1])
         return responses
@@ -248,8 +248,11 @@ CACHE_LOOKUPS_METRIC = "recgen_front_cache_lookups_total"
 CACHE_HITS_METRIC = "recgen_front_cache_hits_total"
 
 
-def _cache_metrics(model_name: str) -> tuple[Any, Any] | None:
-    """(lookups, hits) counters; None where the backend has no custom metrics (the routing works the same)."""
+def _cache_metrics(model_name: str) -> tuple[Any, Any, list[Any]] | None:
+    """(lookups, hits, their families) counters; None where the backend has no custom metrics.
+
+    The families are returned too: the backend refuses to touch a metric whose family was garbage-collected.
+    """
     try:
         families = [
             pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
@@ -262,4 +265,4 @@ def _cache_metrics(model_name: str) -> tuple[Any, Any] | None:
     except Exception as error:  # an older backend, or metrics disabled
         pb_utils.Logger.log_warn(f"front cache metrics unavailable ({error}); routing is unaffected")
         return None
-    return lookups, hits
+    return lookups, hits, families
