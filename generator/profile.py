@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +170,7 @@ def _zipf_ranks(num_rows: int, alpha: float, size: int, rng: np.random.Generator
 
 
 def _scatter(ranks: np.ndarray, num_rows: int, rng: np.random.Generator) -> np.ndarray:
-    """Map ranks to row ids with a seeded affine bijection, so hot rows are not the low ids."""
+    """Map ranks to row ids with an affine bijection drawn from `rng`, so hot rows are not the low ids."""
     if num_rows == 1:
         return ranks
     while True:
@@ -187,7 +188,11 @@ def zipf_profile(
     samples: int = 100_000,
     seed: int = 0,
 ) -> AccessProfile:
-    """Synthetic traffic: each sample reads 1..max_ids_per_sample ids (uniform) per table, Zipf(alpha) over rows."""
+    """Synthetic traffic: each sample reads 1..max_ids_per_sample ids (uniform) per table, Zipf(alpha) over rows.
+
+    Which rows are hot is fixed by the table's name and size (not by `seed`), so profiles with other seeds are
+    fresh samples of the same traffic: a plan made from one can be tested with another.
+    """
     if samples < 1:
         raise UserInputError(f"`samples` must be >= 1, got {samples}")
     alphas = {t.name: alpha for t in tables} if not isinstance(alpha, Mapping) else dict(alpha)
@@ -204,8 +209,9 @@ def zipf_profile(
             raise UserInputError(f"table {table.name!r}: Zipf alpha must be in 0..5, got {table_alpha!r}")
         lengths = rng.integers(1, table.max_ids_per_sample + 1, size=samples)
         ranks = _zipf_ranks(table.num_rows, float(table_alpha), int(lengths.sum()), rng)
+        world = np.random.default_rng(zlib.crc32(f"{table.name}/{table.num_rows}".encode()))
         accesses.append(
-            table_access_from_ids(table.name, table.num_rows, _scatter(ranks, table.num_rows, rng), samples)
+            table_access_from_ids(table.name, table.num_rows, _scatter(ranks, table.num_rows, world), samples)
         )
     description = alpha if not isinstance(alpha, Mapping) else ", ".join(f"{k}={v}" for k, v in alpha.items())
     return AccessProfile(tuple(accesses), f"zipf alpha {description}, {samples:,} samples, seed {seed}")
