@@ -269,6 +269,8 @@ def test_distributed_build_serve_check_and_k8s(tmp_path: Path) -> None:
         front_http = text.split("front      'dlrm': http ", 1)[1].split(",", 1)[0]
         code, out = _run("check", "--model", str(model), "--url", front_http, "--requests", "2", "--batch", "16")
         assert code == 0 and out.startswith("OK"), out
+        code, out = _run("check", "--model", str(model), "--url", front_http, "--batch", "16", "--ranking")
+        assert code == 0 and out.startswith("OK") and "dlrm_ranking" in out, out  # the front's ranking ensemble
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=60)
         assert process.returncode == 0, rest
