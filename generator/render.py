@@ -263,9 +263,8 @@ def ranking_router_config(plan: Plan) -> mc.ModelConfig:
 def ranking_dense_config(plan: Plan, dense_sides: Sequence[str]) -> mc.ModelConfig:
     """The ranking ensemble's dense model: user-only terms once, broadcast onto the N candidates (numpy)."""
     dense_inputs_ = [spec for spec in ranking_inputs(plan, dense_sides) if spec.data_type == mc.TYPE_FP32]
-    partials = [
-        TensorSpec(spec.name, spec.data_type, (-1, *spec.dims)) for spec in dense_inputs(plan, 1)[1:]
-    ]  # per group [1 + N, slots * dim]
+    # Not batching: full shapes, [1 + N, slots * dim] per partial-sum tensor.
+    partials = [TensorSpec(spec.name, spec.data_type, (-1, *spec.dims)) for spec in partial_sum_inputs(plan)]
     layout = {
         "user_dense": naming.USER_DENSE_FEATURES if "user" in dense_sides else None,
         "item_dense": naming.ITEM_DENSE_FEATURES if "item" in dense_sides else None,
@@ -400,15 +399,18 @@ def remote_group_config(plan: Plan, group: ShardGroup, policy: RemoteCallPolicy)
     )
 
 
-def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
-    """Dense features, every shard group's packed partial sums, then the front cache's (the ONNX input order)."""
+def partial_sum_inputs(plan: Plan) -> list[TensorSpec]:
+    """Every shard group's packed partial sums, then the front cache's: what the dense models add up per table."""
     dim = _row_dim(plan)
-    specs = [_fp32(naming.DENSE_FEATURES, num_dense_features)] + [
-        _fp32(naming.group_partial_sums(g.index), len(group_tables(g)) * dim) for g in plan.shard_groups()
-    ]
+    specs = [_fp32(naming.group_partial_sums(g.index), len(group_tables(g)) * dim) for g in plan.shard_groups()]
     if plan.has_front_cache:
         specs.append(_fp32(naming.FRONT_CACHE_PARTIALS, sum(1 for t in plan.tables if t.cached_rows) * dim))
     return specs
+
+
+def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
+    """Dense features, then the partial sums (the ONNX graph's input order)."""
+    return [_fp32(naming.DENSE_FEATURES, num_dense_features), *partial_sum_inputs(plan)]
 
 
 def table_parts(plan: Plan) -> list[list[tuple[str, int]]]:
