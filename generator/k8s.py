@@ -235,7 +235,8 @@ def _repository_arg(options: K8sOptions, component: Component) -> str:
         return IMAGE_REPOSITORY_PATH
     if options.source == "pvc":
         return f"{PVC_MOUNT_PATH}/{component.repository}"
-    return f"{options.repository_url.rstrip('/')}/{component.repository}"  # type: ignore[union-attr]
+    prefix = (options.repository_url or "").rstrip("/")  # K8sOptions checked it is an s3://, gs:// or as:// URL
+    return f"{prefix}/{component.repository}"
 
 
 def _container(plan: Plan, options: K8sOptions, component: Component, groups: list[Component]) -> dict[str, Any]:
