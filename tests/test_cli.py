@@ -166,11 +166,14 @@ def test_profile_plan_build_from_the_command_line(tmp_path: Path) -> None:
         "3",
         "--replica-overhead-mb",
         "1",
+        "--front-cache-mb",
+        "0.5",
         "-o",
         str(tmp_path / "plan.json"),
     )
     assert code == 0, out
     assert "memory allocated: model-wise" in out and "memory utility" in out
+    assert "front cache: 0.52 MB in the router" in out and "expected hit rate" in out
     assert (tmp_path / "plan.png").stat().st_size > 10_000
     assert (tmp_path / "plan.rows.npz").is_file()
     code, out = _run(
@@ -186,6 +189,7 @@ def test_profile_plan_build_from_the_command_line(tmp_path: Path) -> None:
     )
     assert code == 0, out
     assert (tmp_path / "r" / "dlrm_router" / "1" / "row_ranks.npz").is_file()
+    assert (tmp_path / "r" / "dlrm_router" / "1" / "front_cache.npz").is_file()
     code, out = _run(
         "build",
         "--model",
