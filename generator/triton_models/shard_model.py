@@ -50,8 +50,19 @@ def load_group_rows(layout: dict[str, Any], version_dir: Path) -> GroupRows:
     return GroupRows(padded, [(int(slot["columns"][0]), int(slot["columns"][1])) for slot in layout["slots"]])
 
 
+#: Up to this many ids per execution, one gather over every column and one segmented sum beat a loop over the
+#: slots (measured on the example model: 16 vs 156 us for 1 sample, 384 vs 561 us for 128; 868 vs 641 for 256).
+ONE_PASS_MAX_IDS = 6144
+
+
 def pool_group(rows: GroupRows, packed_ids: np.ndarray) -> np.ndarray:
     """[B, width] packed row ids (-1 = none) -> [B, slots * dim]: per table slot, the pool of its block."""
+    if packed_ids.size <= ONE_PASS_MAX_IDS:
+        padding = rows.padded_rows.shape[0] - 1
+        gathered = np.take(rows.padded_rows, np.where(packed_ids < 0, padding, packed_ids).T, axis=0)  # [W, B, dim]
+        starts = [first for first, _ in rows.slot_columns]  # slots are contiguous column ranges, in order
+        pooled = np.add.reduceat(gathered, starts, axis=0)  # [slots, B, dim]
+        return np.ascontiguousarray(pooled.transpose(1, 0, 2)).reshape(packed_ids.shape[0], -1)
     dim = rows.dim
     pooled = np.empty((packed_ids.shape[0], len(rows.slot_columns) * dim), dtype=np.float32)
     for slot, (first, last) in enumerate(rows.slot_columns):

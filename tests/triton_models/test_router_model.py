@@ -3,10 +3,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from generator import naming, render
+from generator.models import pool_rows
 from generator.plan import Placement, Plan, table_plan, uniform_plan
+from generator.triton_models import recgen_kernels as kernels
 from generator.triton_models import router_model, shard_model
 from tests.conftest import tiny_model
 
@@ -94,3 +99,19 @@ def test_ranking_request_becomes_one_batch_with_the_user_in_row_zero(tmp_path: P
     assert combined["item_sparse_medium"].tolist() == [[-1], [1], [2]]
     with pytest.raises(ValueError, match="'user_sparse_small' holds 2 rows"):
         router_model.combine_ranking_request(routing, {**inputs, "user_sparse_small": np.zeros((2, 3), np.int64)})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 400), st.integers(0, 1000))
+def test_group_pooling_is_the_same_on_both_paths(batch: int, seed: int) -> None:
+    """Small executions pool in one pass, large ones slot by slot: both equal the reference pooling."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((150, 4)).astype(np.float32)
+    rows = shard_model.GroupRows(kernels.with_padding_row(table), [(0, 1), (1, 4), (4, 24)])
+    packed = rng.integers(-1, 150, size=(batch, 24)).astype(np.int32)
+    weight = torch.from_numpy(table)
+    expected = np.concatenate(
+        [pool_rows(weight, torch.from_numpy(packed[:, a:b].astype(np.int64))).numpy() for a, b in rows.slot_columns],
+        axis=1,
+    )
+    np.testing.assert_allclose(shard_model.pool_group(rows, packed), expected, atol=1e-5)
