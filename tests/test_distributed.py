@@ -170,6 +170,18 @@ def _scores_match(local: serve.LocalTopology, protocol: str, request: client.Ran
     np.testing.assert_allclose(served, client.reference_scores(tiny_model(), request), atol=1e-5)
 
 
+def _wait_until_served(local: serve.LocalTopology, request: client.RankingRequest, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _scores_match(local, "grpc", request)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @requires_server
 def test_local_topology_serves_pytorch_scores_and_survives_a_replica(topology) -> None:
     result, local = topology
@@ -198,7 +210,7 @@ def test_local_topology_serves_pytorch_scores_and_survives_a_replica(topology) -
 
     local.start_replica(single, 0, timeout_s=SERVER_READY_TIMEOUT_S)
     local.start_replica(replicated, 0, timeout_s=SERVER_READY_TIMEOUT_S)
-    time.sleep(1.2)  # the gRPC channels reconnect within their 1 s maximum backoff
+    _wait_until_served(local, requests[0])  # the front's channels reconnect within their 1 s maximum backoff
     for request in requests * 2:
         _scores_match(local, "grpc", request)
 
