@@ -580,7 +580,8 @@ class EdgeBytes:
 
 def edge_bytes(plan: Plan, profile: AccessProfile, batch_size: int) -> EdgeBytes:
     """What the plan moves per request between router, shard groups and dense model, and what raw rows would."""
-    dims = {t.spec.name: t.spec.dim for t in plan.tables}
+    tables = {t.spec.name: t for t in plan.tables}
+    dims = {name: t.spec.dim for name, t in tables.items()}
     ids_bytes = partial_bytes = 0
     raw_bytes = real_ids = 0.0
     for group in plan.shard_groups():
@@ -588,7 +589,7 @@ def edge_bytes(plan: Plan, profile: AccessProfile, batch_size: int) -> EdgeBytes
         ids_bytes += batch_size * layout.width * 4
         partial_bytes += batch_size * len(layout.tables) * dims[layout.tables[0]] * 4
         for shard in group.shards:
-            table = next(t for t in plan.tables if t.spec.name == shard.table)
+            table = tables[shard.table]
             access = profile.table(shard.table)
             counts = np.asarray(access.ranked_counts(), dtype=np.float64)
             reached = counts[max(shard.row_start, table.cached_rows) : shard.row_end].sum() if access.lookups else 0

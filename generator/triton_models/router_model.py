@@ -57,6 +57,7 @@ class Routing:
     mode: str = "flattened"  # or "ranking": one user row and N candidate rows per request
     max_rows: int = 0  # ranking: 1 + N must fit the shard groups' max_batch_size
     cache_output: str = ""  # the front cache's partial sums output ("" = no front cache)
+    output_offsets: tuple[int, ...] = ()  # first packed column of every output, then the total width
 
 
 @dataclass
@@ -99,7 +100,16 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
     layout = kernels.RouteLayout.build(layout_tables, output_offsets[-1])
     mode = routing.get("mode", "flattened")
     cache_output = routing.get("front_cache", {}).get("output", "")
-    return Routing(tables, outputs, layout, column_rows, mode, int(routing.get("max_rows", 0)), cache_output)
+    return Routing(
+        tables,
+        outputs,
+        layout,
+        column_rows,
+        mode,
+        int(routing.get("max_rows", 0)),
+        cache_output,
+        tuple(output_offsets),
+    )
 
 
 def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -167,7 +177,7 @@ def route_request(
     if len(routing.outputs) == 1:
         outputs = {routing.outputs[0][0]: packed}
     else:
-        offsets = np.cumsum([0] + [width for _, width in routing.outputs])
+        offsets = routing.output_offsets
         outputs = {
             name: np.ascontiguousarray(packed[:, offsets[index] : offsets[index + 1]])
             for index, (name, _) in enumerate(routing.outputs)

@@ -8,6 +8,7 @@ by one model so the ensemble has few steps and few tensors; each group is still 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,11 @@ class GroupRows:
         """Row width."""
         return self.padded_rows.shape[1]
 
+    @functools.cached_property
+    def slot_starts(self) -> list[int]:
+        """First column of every slot (slots are contiguous column ranges, in order): the one-pass segments."""
+        return [first for first, _ in self.slot_columns]
+
 
 def load_group_rows(layout: dict[str, Any], version_dir: Path) -> GroupRows:
     """Stack the members' rows files in member order, without holding two copies of all rows."""
@@ -60,8 +66,7 @@ def pool_group(rows: GroupRows, packed_ids: np.ndarray) -> np.ndarray:
     if packed_ids.size <= ONE_PASS_MAX_IDS:
         padding = rows.padded_rows.shape[0] - 1
         gathered = np.take(rows.padded_rows, np.where(packed_ids < 0, padding, packed_ids).T, axis=0)  # [W, B, dim]
-        starts = [first for first, _ in rows.slot_columns]  # slots are contiguous column ranges, in order
-        pooled = np.add.reduceat(gathered, starts, axis=0)  # [slots, B, dim]
+        pooled = np.add.reduceat(gathered, rows.slot_starts, axis=0)  # [slots, B, dim]
         return np.ascontiguousarray(pooled.transpose(1, 0, 2)).reshape(packed_ids.shape[0], -1)
     dim = rows.dim
     pooled = np.empty((packed_ids.shape[0], len(rows.slot_columns) * dim), dtype=np.float32)
