@@ -31,9 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from generator import build, calibrate, client, k8s, loadtest, models, planner, serve
-from generator.capacity import Capacity
-from generator.profile import TableShape, zipf_profile
+from generator.check import calibrate, client, loadtest
+from generator.deploy import k8s
+from generator.deploy import server as serve
+from generator.model import dlrm as models
+from generator.planning import planner
+from generator.planning.capacity import Capacity
+from generator.repository import build
+from generator.traffic.profile import TableShape, zipf_profile
 
 BATCH = 256
 TABLES = (  # 1.85M rows x 32 dims: 237 MB of fp32 rows, most of the model's bytes; one long multi-hot table

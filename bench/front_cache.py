@@ -26,8 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from generator import build, client, loadtest, models, naming, planner, serve
-from generator.profile import TableShape, zipf_profile
+from generator import naming
+from generator.check import client, loadtest
+from generator.deploy import server as serve
+from generator.model import dlrm as models
+from generator.planning import planner
+from generator.repository import build
+from generator.traffic.profile import TableShape, zipf_profile
 
 BATCH = 256
 TABLES = (

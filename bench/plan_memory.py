@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
-from generator.capacity import Capacity
-from generator.models import TableSpec
-from generator.planner import ModelShape, plan_model
-from generator.profile import AccessProfile, TableShape, zipf_profile
+from generator.model.dlrm import TableSpec
+from generator.planning.capacity import Capacity
+from generator.planning.planner import ModelShape, plan_model
+from generator.traffic.profile import AccessProfile, TableShape, zipf_profile
 
 #: Rows of the 26 categorical features of the Criteo Kaggle Display Advertising dataset (DLRM's day-split counts).
 CRITEO_KAGGLE_ROWS = (

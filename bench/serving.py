@@ -31,7 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generator import build, client, models, naming, plan, serve
+from generator import naming
+from generator.check import client
+from generator.deploy import server as serve
+from generator.model import dlrm as models
+from generator.planning import plan
+from generator.repository import build
 
 #: Instances of each ensemble step (router, shard group, dense); overridable with --ensemble-instances.
 ENSEMBLE_INSTANCES = 1

@@ -10,7 +10,8 @@ The hierarchy, so callers can catch at the level they care about::
     ├── ExportError                  torch.onnx.export failed, or its graph disagrees with PyTorch
     ├── ConfigValidationError        a generated config.pbtxt does not parse back with Triton's schema (a bug)
     ├── ServerError                  the embedded tritonserver could not be started or stopped
-    │   └── ModelLoadError           the server started but a model failed to load
+    │   ├── ModelLoadError           the server started but a model failed to load
+    │   └── ServerUnreachableError   no Triton server answers at the URL a client was given
     └── CheckFailedError             served scores differ from PyTorch by more than the tolerance
 """
 
@@ -51,6 +52,10 @@ class ServerError(RecgenError):
 
 class ModelLoadError(ServerError):
     """The server started but at least one model failed to load; the message holds the server's error lines."""
+
+
+class ServerUnreachableError(ServerError):
+    """No Triton server answers at the URL a client was given."""
 
 
 class CheckFailedError(RecgenError):

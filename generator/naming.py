@@ -18,6 +18,8 @@ CONFIG_FILE = "config.pbtxt"
 PYTHON_MODEL_FILE = "model.py"
 #: Pure-numpy helpers shared by the Python-backend models, copied next to each model.py.
 KERNELS_FILE = "recgen_kernels.py"
+#: The typed parameter specs the Python-backend models read from their configs, copied next to each model.py.
+PARAMS_FILE = "recgen_params.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
 DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE
@@ -32,10 +34,6 @@ FRONT_DIR = "front"
 GROUPS_DIR = "groups"
 TOPOLOGY_FILE = "topology.json"
 DISTRIBUTED_PLAN_FILE = "plan.json"
-#: Port every server listens on for gRPC inside its pod (Triton's default).
-GRPC_PORT = 8001
-HTTP_PORT = 8000
-METRICS_PORT = 8002
 
 #: Request contract (DESIGN.md): ensemble inputs and output.
 DENSE_FEATURES = "dense_features"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from generator import serve
-from generator.build import BuildResult
-from generator.models import DLRM, TableSpec
+from generator.deploy import server as serve
+from generator.model.dlrm import DLRM, TableSpec
+from generator.repository.build import BuildResult
 
 #: One deadline for a server and all its models to become ready.
 SERVER_READY_TIMEOUT_S = 240.0

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 from google.protobuf import json_format
 
-from generator import build, client, export, render
-from generator.plan import load_plan, save_plan
-from generator.planner import ModelShape, allocate_front_cache, plan_from_report, plan_model
-from generator.profile import TableShape, zipf_profile
+from generator.check import client
+from generator.planning.memory import ModelShape
+from generator.planning.placement import allocate_front_cache
+from generator.planning.plan_file import load_plan, save_plan
+from generator.planning.planner import plan_from_report, plan_model
+from generator.repository import build, configs, export
+from generator.traffic.profile import TableShape, zipf_profile
+from generator.traffic.requests import random_request
 from generator.triton_models import router_model
 from tests.conftest import requires_server
 from tests.test_ranking import sided_model, sided_plan
@@ -65,7 +69,7 @@ def test_router_pools_cached_ids_itself_and_hides_them_from_the_shards(tmp_path:
     model = sided_model()
     plan = cached_plan(model)
     export.export_router(model, plan, tmp_path)
-    config = json.loads(json_format.MessageToJson(render.router_config(plan), preserving_proto_field_name=True))
+    config = json.loads(json_format.MessageToJson(configs.router_config(plan), preserving_proto_field_name=True))
     routing = router_model.load_routing(config, tmp_path)
     medium = plan.tables[2]
     hot_id, cold_id = int(medium.original_rows()[5]), int(medium.original_rows()[500])
@@ -107,7 +111,7 @@ def test_cached_repository_serves_pytorch_scores_and_reports_its_hit_rate(
             model, url, protocol=protocol, model_name="dlrm_ranking", requests=2, batch_size=20, structured=True
         ).passed
     rng = np.random.default_rng(7)
-    request = client.random_request(model, 40, rng)
+    request = random_request(model, 40, rng)
     rank_of = {t.spec.name: t.rank_of_row() for t in plan.tables}
     expected_hits = expected_lookups = 0
     for table in plan.tables:
@@ -128,7 +132,7 @@ def test_cached_repository_serves_pytorch_scores_and_reports_its_hit_rate(
 
 
 def test_edge_bytes_pooled_partials_vs_raw_rows() -> None:
-    from generator.planner import edge_bytes
+    from generator.repository.edges import edge_bytes
 
     model = sided_model()
     profile = _profile(model)

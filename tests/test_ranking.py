@@ -5,9 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generator import build, client, naming, render
-from generator.models import DLRM, TableSpec
-from generator.plan import Placement, Plan, table_plan, uniform_plan
+from generator import naming
+from generator.check import client
+from generator.model.dlrm import DLRM, TableSpec
+from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
+from generator.repository import build
+from generator.repository.validation import parse_strict
+from generator.traffic.requests import random_structured_request, reference_scores
 from tests.conftest import requires_server, tiny_model
 
 
@@ -44,8 +48,8 @@ def test_ranking_ensemble_shares_the_shard_groups(tmp_path: Path) -> None:
     result = build.build(model, sided_plan(model), tmp_path / "r", tmp_path / "e")
     names = {m.name for m in result.models}
     assert {"dlrm_ranking", "dlrm_router_ranking", "dlrm_dense_ranking", "dlrm"} <= names
-    ranking = render.parse_strict((tmp_path / "e" / "dlrm_ranking" / "config.pbtxt").read_text())
-    flattened = render.parse_strict((tmp_path / "e" / "dlrm" / "config.pbtxt").read_text())
+    ranking = parse_strict((tmp_path / "e" / "dlrm_ranking" / "config.pbtxt").read_text())
+    flattened = parse_strict((tmp_path / "e" / "dlrm" / "config.pbtxt").read_text())
     assert ranking.max_batch_size == 0
     shapes = {t.name: list(t.dims) for t in ranking.input}
     assert shapes == {
@@ -64,7 +68,7 @@ def test_ranking_ensemble_shares_the_shard_groups(tmp_path: Path) -> None:
 
 def test_structured_request_flattens_to_the_same_samples() -> None:
     model = sided_model()
-    request = client.random_structured_request(model, 4, np.random.default_rng(0))
+    request = random_structured_request(model, 4, np.random.default_rng(0))
     flat = request.flattened(model)
     assert flat.dense_features.shape == (4, 5)
     np.testing.assert_array_equal(flat.dense_features[:, [0, 3]], np.repeat(request.user_dense, 4, axis=0))
@@ -96,7 +100,7 @@ def test_bad_ranking_requests_fail_alone(tmp_path: Path, server_factory) -> None
     model = sided_model()
     server = server_factory(build.build(model, sided_plan(model), tmp_path / "r", tmp_path / "e"))
     rng = np.random.default_rng(0)
-    good = client.random_structured_request(model, 8, rng)
+    good = random_structured_request(model, 8, rng)
     with client.RankingClient(server.grpc_url, "grpc", "dlrm_ranking") as ranking:
         tensors = good.tensors()
         cases = [
@@ -110,8 +114,8 @@ def test_bad_ranking_requests_fail_alone(tmp_path: Path, server_factory) -> None
         for change, message in cases:
             with pytest.raises(Exception, match=message):
                 ranking.infer({**tensors, **change})
-        too_many = client.random_structured_request(model, 64, rng)
+        too_many = random_structured_request(model, 64, rng)
         with pytest.raises(Exception, match="at most 63 candidates"):
             ranking.infer(too_many.tensors())
         served = ranking.infer(tensors)
-    np.testing.assert_allclose(served, client.reference_scores(model, good.flattened(model)), atol=1e-5)
+    np.testing.assert_allclose(served, reference_scores(model, good.flattened(model)), atol=1e-5)

@@ -1,7 +1,8 @@
 """Dense model (numpy): adds the partial sums of each table, then bottom MLP, dot interaction, top MLP, sigmoid.
 
-Config parameter `dense` (JSON) names the dense-feature input, the score output, the row width `dim` and, per
-table in interaction order, its parts: (packed partial-sum input, slot) pairs to add; weights are in `dense.npz`.
+Typed parameter `dense` (`recgen_params.DenseParams`) names the dense-feature input, the score output, the row width
+`dim` and, per table in interaction order, its parts: (packed partial-sum input, slot) pairs to add; weights are in
+`dense.npz`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ try:  # inside Triton
 except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
-try:  # a generated repository has the kernels next to this file
+try:  # a generated repository has its helpers next to this file
     import recgen_kernels as kernels
+    import recgen_params as params
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
+    from generator.triton_models import recgen_params as params
 
 
 class TritonPythonModel:
@@ -28,13 +31,12 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load the MLP weights and the input layout once per instance."""
-        config = json.loads(args["model_config"])
-        layout = json.loads(config["parameters"]["dense"]["string_value"])
-        self.dense_input = layout["dense_input"]
-        self.output_name = layout["output"]
-        self.dim = int(layout["dim"])
+        layout = params.DenseParams.from_model_config(json.loads(args["model_config"]))
+        self.dense_input = layout.dense_input
+        self.output_name = layout.output
+        self.dim = layout.dim
         self.table_parts: list[list[tuple[str, int]]] = [
-            [(part["input"], int(part["slot"])) for part in table["parts"]] for table in layout["tables"]
+            [(part.input, part.slot) for part in table.parts] for table in layout.tables
         ]
         self.packed_inputs = sorted({name for parts in self.table_parts for name, _ in parts})
         self.bottom, self.top = kernels.load_dense_tower(str(Path(args["model_repository"]) / args["model_version"]))

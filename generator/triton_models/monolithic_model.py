@@ -1,7 +1,8 @@
 """The whole DLRM as one Python-backend model (numpy): the model-wise baseline a sharded ensemble is compared with.
 
-Config parameter `tables` (JSON) lists per table the input tensor, the row count and the rows file next to this
-file; the dense weights are in `dense.npz`. Bad ids fail only their own request, with the router's message.
+Typed parameter `tables` (`recgen_params.MonolithicParams`) lists per table the input tensor, the row count and the
+rows file next to this file; the dense weights are in `dense.npz`. Bad ids fail only their own request, with the
+router's message.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ try:  # inside Triton
 except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
-try:  # a generated repository has the kernels next to this file
+try:  # a generated repository has its helpers next to this file
     import recgen_kernels as kernels
+    import recgen_params as params
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
+    from generator.triton_models import recgen_params as params
 
 
 class TritonPythonModel:
@@ -28,19 +31,13 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load every table and the dense weights once per instance."""
-        config = json.loads(args["model_config"])
+        layout = params.MonolithicParams.from_model_config(json.loads(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        layout = json.loads(config["parameters"]["tables"]["string_value"])
-        self.dense_input = layout["dense_input"]
-        self.output_name = layout["output"]
+        self.dense_input = layout.dense_input
+        self.output_name = layout.output
         self.tables = [
-            (
-                entry["input"],
-                entry["table"],
-                int(entry["num_rows"]),
-                kernels.with_padding_row(np.load(version_dir / entry["rows_file"])),
-            )
-            for entry in layout["tables"]
+            (entry.input, entry.table, entry.num_rows, kernels.with_padding_row(np.load(version_dir / entry.rows_file)))
+            for entry in layout.tables
         ]
         self.bottom, self.top = kernels.load_dense_tower(str(version_dir))
 

@@ -24,9 +24,12 @@ except ModuleNotFoundError:
 ONNX_FILE = "model.onnx"
 
 
-def _int_parameter(config: dict[str, Any], key: str, default: int) -> int:
-    value = config.get("parameters", {}).get(key, {}).get("string_value")
-    return int(value) if value else default
+def _int_parameter(config: dict[str, Any], key: str) -> int:
+    """An ORT thread count, in the form Triton's native onnxruntime backend reads it (one string per key)."""
+    try:
+        return int(config["parameters"][key]["string_value"])
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"the model config needs an integer parameter {key!r} ({error})") from error
 
 
 class TritonPythonModel:
@@ -40,8 +43,8 @@ class TritonPythonModel:
         self.input_names = [tensor["name"] for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
         options = ort.SessionOptions()
-        options.intra_op_num_threads = _int_parameter(config, "intra_op_thread_count", 1)
-        options.inter_op_num_threads = _int_parameter(config, "inter_op_thread_count", 1)
+        options.intra_op_num_threads = _int_parameter(config, "intra_op_thread_count")
+        options.inter_op_num_threads = _int_parameter(config, "inter_op_thread_count")
         providers: list[Any] = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))

@@ -1,9 +1,10 @@
 """Dense model of the ranking ensemble (numpy): one user, N candidates; user-only terms computed once.
 
-Config parameter `ranking` (JSON): the user and item dense-feature inputs (either may be absent), the score output,
-the row width `dim`, the side of every dense feature, and per table (model order) its side and its parts: (packed
-partial-sum input, slot) pairs to add. Every partial-sum input holds 1 + N rows: row 0 the user-side tables'
-pools, rows 1..N the candidates'. Weights are in `dense.npz`; `recgen_kernels.RankingTower` splits them once.
+Typed parameter `ranking` (`recgen_params.RankingDenseParams`): the user and item dense-feature inputs (either may
+be absent), the score output, the row width `dim`, the side of every dense feature, and per table (model order) its
+side and its parts: (packed partial-sum input, slot) pairs to add. Every partial-sum input holds 1 + N rows: row 0
+the user-side tables' pools, rows 1..N the candidates'. Weights are in `dense.npz`; `recgen_kernels.RankingTower`
+splits them once.
 """
 
 from __future__ import annotations
@@ -19,26 +20,25 @@ try:  # inside Triton
 except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
-try:  # a generated repository has the kernels next to this file
+try:  # a generated repository has its helpers next to this file
     import recgen_kernels as kernels
+    import recgen_params as params
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
+    from generator.triton_models import recgen_params as params
 
 
 class RankingDense:
     """The ranking tower and the layout of its inputs."""
 
-    def __init__(self, layout: dict[str, Any], version_dir: str):
-        self.user_dense = layout["user_dense"]
-        self.item_dense = layout["item_dense"]
-        self.output_name = layout["output"]
-        self.dim = int(layout["dim"])
-        self.tables = [
-            (table["side"], [(part["input"], int(part["slot"])) for part in table["parts"]])
-            for table in layout["tables"]
-        ]
+    def __init__(self, layout: params.RankingDenseParams, version_dir: str):
+        self.user_dense = layout.user_dense
+        self.item_dense = layout.item_dense
+        self.output_name = layout.output
+        self.dim = layout.dim
+        self.tables = [(table.side, [(part.input, part.slot) for part in table.parts]) for table in layout.tables]
         bottom, top = kernels.load_dense_tower(version_dir)
-        self.tower = kernels.RankingTower.build(bottom, top, layout["dense_sides"], [side for side, _ in self.tables])
+        self.tower = kernels.RankingTower.build(bottom, top, layout.dense_sides, [side for side, _ in self.tables])
         self.partial_inputs = sorted({name for _, parts in self.tables for name, _ in parts})
 
     def scores(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -79,8 +79,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load the weights and split them by side once per instance."""
-        config = json.loads(args["model_config"])
-        layout = json.loads(config["parameters"]["ranking"]["string_value"])
+        layout = params.RankingDenseParams.from_model_config(json.loads(args["model_config"]))
         self.dense = RankingDense(layout, str(Path(args["model_repository"]) / args["model_version"]))
         self.input_names = [name for name in (self.dense.user_dense, self.dense.item_dense) if name]
         self.input_names += self.dense.partial_inputs

@@ -1,13 +1,13 @@
 """Remote shard group: the front server's step for a shard group served by its own Triton deployment.
 
-It forwards the group's packed row ids over gRPC and returns the group's partial sums, so the front's ensemble
-keeps the same steps and request contract as the single-server layout.
+It forwards the group's packed row ids over gRPC and returns the group's partial sums, so the front's ensemble keeps
+the same steps and request contract as the single-server layout.
 
-Config parameter `remote` (JSON): the remote model and its input/output tensors, the endpoints (`host:port`; a host
-that resolves to several addresses, such as a Kubernetes headless Service, counts as one endpoint per address,
-re-resolved every `resolve_interval_s`), the deadline of one call including retries, the attempts and the first
-backoff. The environment variable named by `endpoints_env_var` (comma-separated `host:port`) replaces the
-configured endpoints: the local topology and the Kubernetes manifests set it.
+Typed parameter `remote` (`recgen_params.RemoteParams`): the remote model and its input/output tensors, the
+endpoints (`host:port`; a host that resolves to several addresses, such as a Kubernetes headless Service, counts as
+one endpoint per address, re-resolved every `resolve_interval_s`), the deadline of one call including retries, the
+attempts and the first backoff. The environment variable named by `endpoints_env_var` (comma-separated `host:port`)
+replaces the configured endpoints: the local topology and the Kubernetes manifests set it.
 
 Calls go round-robin over the endpoints with one reused client each; a call that fails with UNAVAILABLE (replica
 down, connection refused) is retried on the next endpoint after an exponential backoff, within the deadline. Every
@@ -34,10 +34,12 @@ try:  # inside Triton
 except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
-try:  # a generated repository has the kernels next to this file
+try:  # a generated repository has its helpers next to this file
     import recgen_kernels as kernels
+    import recgen_params as params
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
+    from generator.triton_models import recgen_params as params
 
 ENDPOINTS_ENV_PREFIX = "RECGEN_ENDPOINTS_"
 #: gRPC status names (tritonclient reports them as "StatusCode.<NAME>") worth another replica.
@@ -72,21 +74,21 @@ class RemoteSettings:
 
 def load_settings(model_config: Mapping[str, Any], environ: Mapping[str, str]) -> RemoteSettings:
     """Settings from the config parameter, endpoints from the environment when it names them."""
-    remote = json.loads(model_config["parameters"]["remote"]["string_value"])
-    override = environ.get(endpoints_env_var(remote["model"]), "")
-    endpoints = tuple(e.strip() for e in override.split(",") if e.strip()) or tuple(remote["endpoints"])
+    remote = params.RemoteParams.from_model_config(model_config)
+    override = environ.get(endpoints_env_var(remote.model), "")
+    endpoints = tuple(e.strip() for e in override.split(",") if e.strip()) or remote.endpoints
     if not endpoints:
-        raise ValueError(f"shard group '{remote['model']}' has no endpoints")
+        raise ValueError(f"shard group '{remote.model}' has no endpoints")
     return RemoteSettings(
-        model=remote["model"],
-        input_name=remote["input"],
-        input_dtype=remote["input_dtype"],
-        output_name=remote["output"],
+        model=remote.model,
+        input_name=remote.input,
+        input_dtype=remote.input_dtype,
+        output_name=remote.output,
         endpoints=endpoints,
-        deadline_s=float(remote["deadline_s"]),
-        max_attempts=int(remote["max_attempts"]),
-        backoff_s=float(remote["backoff_s"]),
-        resolve_interval_s=float(remote["resolve_interval_s"]),
+        deadline_s=remote.deadline_s,
+        max_attempts=remote.max_attempts,
+        backoff_s=remote.backoff_s,
+        resolve_interval_s=remote.resolve_interval_s,
     )
 
 

@@ -1,11 +1,12 @@
 """Router: buckets each request's sparse ids into shards, as row ids into each shard group's stacked rows.
 
-Config parameter `routing` (JSON) lists, per table, the input tensor, the row count, ids per sample, the shard
-boundaries in hotness-rank space and, per shard, the shard group output it goes to, the first column of its
-table's block there and the shard's first row in the group's stacked rows; and the outputs with their widths.
-All tables are routed in one vectorised pass (see `recgen_kernels.route_packed`). `row_ranks.npz` (optional)
-maps original row ids to hotness ranks for permuted tables. An id outside [-1, rows) fails only its own request,
-with a message naming the tensor and value.
+Its typed parameters (`recgen_params`): `routing` lists, per table, the input tensor, the row count, ids per
+sample, the shard boundaries in hotness-rank space and, per shard, the shard group output it goes to, the first
+column of its table's block there and the shard's first row in the group's stacked rows; and the outputs with
+their widths. `front_cache` (optional) names the cache's output and tables; `ranking_router` (only on the ranking
+ensemble's router) says a request is one user and N candidates. All tables are routed in one vectorised pass (see
+`recgen_kernels.route_packed`). `row_ranks.npz` maps original row ids to hotness ranks for permuted tables. An id
+outside [-1, rows) fails only its own request, with a message naming the tensor and value.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ try:  # inside Triton
 except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
-try:  # a generated repository has the kernels next to this file
+try:  # a generated repository has its helpers next to this file
     import recgen_kernels as kernels
+    import recgen_params as params
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
+    from generator.triton_models import recgen_params as params
 
 ROW_RANKS_FILE = "row_ranks.npz"
 #: The front cache's rows: per cached table, its hottest ranks' rows in rank order.
@@ -68,46 +71,62 @@ class CacheCounts:
     hits: int = 0
 
 
-def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
-    """Read the routing table from the model config and the optional hotness ranks next to model.py."""
-    routing = json.loads(model_config["parameters"]["routing"]["string_value"])
-    ranks_path = version_dir / ROW_RANKS_FILE
-    ranks = dict(np.load(ranks_path)) if ranks_path.exists() else {}
-    cache_path = version_dir / FRONT_CACHE_FILE
-    caches = dict(np.load(cache_path)) if cache_path.exists() else {}
-    outputs = [(output["name"], int(output["width"])) for output in routing["outputs"]]
-    output_offsets = np.cumsum([0] + [width for _, width in outputs]).tolist()
-    tables = []
-    layout_tables = []
-    for entry in routing["tables"]:
-        ids_per_sample = int(entry["ids_per_sample"])
-        tables.append(
-            TableRoute(
-                entry["input"],
-                entry["table"],
-                int(entry["num_rows"]),
-                ids_per_sample,
-                ranks.get(entry["table"]),
-                entry.get("side", "item"),
-                int(entry.get("cached_rows", 0)),
-                kernels.with_padding_row(caches[entry["table"]]) if entry.get("cached_rows") else None,
-            )
+def _table_route(entry: params.RoutedTable, ranks: dict[str, np.ndarray], caches: dict[str, np.ndarray]) -> TableRoute:
+    if entry.permuted != (entry.table in ranks):
+        raise params.ParameterError(
+            f"table {entry.table!r} is {'' if entry.permuted else 'not '}permuted, but {ROW_RANKS_FILE} "
+            f"{'lacks' if entry.permuted else 'holds'} its ranks"
         )
-        columns = [output_offsets[int(shard["output"])] + int(shard["column"]) for shard in entry["shards"]]
-        first_rows = [int(shard["first_row"]) for shard in entry["shards"]]
-        layout_tables.append((ids_per_sample, entry["boundaries"], columns, first_rows))
+    if bool(entry.cached_rows) != (entry.table in caches):
+        raise params.ParameterError(f"table {entry.table!r}: cached_rows {entry.cached_rows} vs {FRONT_CACHE_FILE}")
+    return TableRoute(
+        entry.input,
+        entry.table,
+        entry.num_rows,
+        entry.ids_per_sample,
+        ranks.get(entry.table),
+        entry.side,
+        entry.cached_rows,
+        kernels.with_padding_row(caches[entry.table]) if entry.cached_rows else None,
+    )
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        return dict(data)
+
+
+def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
+    """Read the typed routing parameters from the model config and the rank maps and cache next to model.py."""
+    routing = params.RoutingParams.from_model_config(model_config)
+    cache = params.FrontCacheParams.optional_from_model_config(model_config)
+    ranking = params.RankingRouterParams.optional_from_model_config(model_config)
+    ranks = _arrays(version_dir / ROW_RANKS_FILE)
+    caches = _arrays(version_dir / FRONT_CACHE_FILE)
+    output_offsets = np.cumsum([0] + [output.width for output in routing.outputs]).tolist()
+    tables = [_table_route(entry, ranks, caches) for entry in routing.tables]
+    if cache is not None and list(cache.tables) != [t.table for t in tables if t.cached_rows]:
+        raise params.ParameterError(f"front_cache tables {list(cache.tables)} disagree with the tables' cached_rows")
+    layout_tables = [
+        (
+            entry.ids_per_sample,
+            list(entry.boundaries),
+            [output_offsets[shard.output] + shard.column for shard in entry.shards],
+            [shard.first_row for shard in entry.shards],
+        )
+        for entry in routing.tables
+    ]
     column_rows = np.concatenate([np.full(t.ids_per_sample, t.num_rows, dtype=np.int64) for t in tables])
-    layout = kernels.RouteLayout.build(layout_tables, output_offsets[-1])
-    mode = routing.get("mode", "flattened")
-    cache_output = routing.get("front_cache", {}).get("output", "")
     return Routing(
         tables,
-        outputs,
-        layout,
+        [(output.name, output.width) for output in routing.outputs],
+        kernels.RouteLayout.build(layout_tables, output_offsets[-1]),
         column_rows,
-        mode,
-        int(routing.get("max_rows", 0)),
-        cache_output,
+        "flattened" if ranking is None else "ranking",
+        0 if ranking is None else ranking.max_rows,
+        "" if cache is None else cache.output,
         tuple(output_offsets),
     )
 

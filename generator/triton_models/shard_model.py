@@ -1,9 +1,10 @@
 """Embedding shard group (numpy): one partial sum per table it holds, pooled from its member shards' rows.
 
-Config parameter `shards` (JSON): the packed input (per table slot a block of row ids into the members' rows
-stacked in member order, -1 = none), the packed output (`dim` columns per table slot), the members' rows files
-next to this file (rows in hotness-rank order) and each slot's columns. Shards that share a placement are served
-by one model so the ensemble has few steps and few tensors; each group is still scaled on its own.
+Typed parameter `shards` (`recgen_params.ShardGroupParams`): the packed input (per table slot a block of row ids
+into the members' rows stacked in member order, -1 = none), the packed output (`dim` columns per table slot), the
+members' rows files next to this file (rows in hotness-rank order) and each slot's columns. Shards that share a
+placement are served by one model so the ensemble has few steps and few tensors; each group is still scaled on its
+own.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ try:  # inside Triton
 except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
-try:  # a generated repository has the kernels next to this file
+try:  # a generated repository has its helpers next to this file
     import recgen_kernels as kernels
+    import recgen_params as params
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
+    from generator.triton_models import recgen_params as params
 
 
 @dataclass(frozen=True)
@@ -45,15 +48,15 @@ class GroupRows:
         return [first for first, _ in self.slot_columns]
 
 
-def load_group_rows(layout: dict[str, Any], version_dir: Path) -> GroupRows:
+def load_group_rows(layout: params.ShardGroupParams, version_dir: Path) -> GroupRows:
     """Stack the members' rows files in member order, without holding two copies of all rows."""
-    arrays = [np.load(version_dir / member["rows_file"], mmap_mode="r") for member in layout["shards"]]
-    padded = np.zeros((sum(array.shape[0] for array in arrays) + 1, int(layout["dim"])), dtype=np.float32)
+    arrays = [np.load(version_dir / member.rows_file, mmap_mode="r") for member in layout.shards]
+    padded = np.zeros((sum(array.shape[0] for array in arrays) + 1, layout.dim), dtype=np.float32)
     first_row = 0
     for array in arrays:
         padded[first_row : first_row + array.shape[0]] = array
         first_row += array.shape[0]
-    return GroupRows(padded, [(int(slot["columns"][0]), int(slot["columns"][1])) for slot in layout["slots"]])
+    return GroupRows(padded, [slot.columns for slot in layout.slots])
 
 
 #: Up to this many ids per execution, one gather over every column and one segmented sum beat a loop over the
@@ -80,11 +83,10 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load every member shard's rows into this instance's memory (each instance is its own process)."""
-        config = json.loads(args["model_config"])
+        layout = params.ShardGroupParams.from_model_config(json.loads(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        layout = json.loads(config["parameters"]["shards"]["string_value"])
-        self.input_name = layout["input"]
-        self.output_name = layout["output"]
+        self.input_name = layout.input
+        self.output_name = layout.output
         self.rows = load_group_rows(layout, version_dir)
 
     def execute(self, requests: list[Any]) -> list[Any]:

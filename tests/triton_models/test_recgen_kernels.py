@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from generator.models import DLRM, TableSpec, pool_rows
-from generator.plan import split_rows
+from generator.model.dlrm import DLRM, TableSpec, pool_rows
+from generator.planning.plan import split_rows
 from generator.triton_models import recgen_kernels as kernels
 from tests.conftest import tiny_model, wide_model
 

@@ -8,16 +8,18 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generator import naming, render
-from generator.models import pool_rows
-from generator.plan import Placement, Plan, table_plan, uniform_plan
+from generator import naming
+from generator.model.dlrm import pool_rows
+from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
+from generator.repository import configs, params
+from generator.repository.layout import group_layout
 from generator.triton_models import recgen_kernels as kernels
 from generator.triton_models import router_model, shard_model
 from tests.conftest import tiny_model
 
 
 def _routing(plan: Plan, tmp_path: Path) -> router_model.Routing:
-    config = json.loads(json_format.MessageToJson(render.router_config(plan), preserving_proto_field_name=True))
+    config = json.loads(json_format.MessageToJson(configs.router_config(plan), preserving_proto_field_name=True))
     return router_model.load_routing(config, tmp_path)
 
 
@@ -44,13 +46,10 @@ def test_grouped_routing_then_pooling_equals_whole_tables(tmp_path: Path) -> Non
     (group,) = plan.shard_groups()
     (packed,) = router_model.route_request(_routing(plan, tmp_path), INPUTS).values()
     tables = {t.spec.name: t for t in plan.tables}
-    layout = render.group_layout(plan, group)
-    slots = layout.tables
-    description = {"dim": 8, "shards": [], "slots": [{"columns": list(span)} for span in layout.columns]}
-    for s in group.shards:
-        rows_file = f"{s.table}_{s.index}.npy"
-        np.save(tmp_path / rows_file, model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end])
-        description["shards"].append({"rows_file": rows_file})
+    slots = group_layout(plan, group).tables
+    description = params.shard_group(plan, group)
+    for s, member in zip(group.shards, description.shards, strict=True):
+        np.save(tmp_path / member.rows_file, model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end])
     pooled = shard_model.pool_group(shard_model.load_group_rows(description, tmp_path), packed)
     for table in model.tables:
         slot = slots.index(table.name)
@@ -87,7 +86,11 @@ def test_ranking_request_becomes_one_batch_with_the_user_in_row_zero(tmp_path: P
     from tests.test_ranking import sided_model, sided_plan
 
     plan = sided_plan(sided_model())
-    config = json.loads(json_format.MessageToJson(render.ranking_router_config(plan), preserving_proto_field_name=True))
+    config = json.loads(
+        json_format.MessageToJson(configs.ranking_router_config(plan), preserving_proto_field_name=True)
+    )
+    ranks = {t.spec.name: t.rank_of_row() for t in plan.tables if t.row_order is not None}
+    np.savez(tmp_path / router_model.ROW_RANKS_FILE, **ranks)
     routing = router_model.load_routing(config, tmp_path)
     inputs = {
         "item_sparse_one_row": np.array([[0], [-1]]),

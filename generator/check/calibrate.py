@@ -1,0 +1,155 @@
+"""`recgen calibrate`: measure the capacity model's figures on the embedded server.
+
+The model (or the bundled example) is built with one shard per table and served. Each leaf model is then sent
+requests directly at several batch sizes, one at a time, and its busy time per request is read from Triton's own
+statistics (compute input + infer + output per execution, i.e. stub IPC included, queueing excluded). A straight
+line through busy time vs rows looked up gives a shard's fixed and per-row cost; the same for the router per id;
+the dense model's samples/s is taken at the calibration batch. Memory is the proportional set size
+(`/proc/PID/smaps_rollup`) of the server process and of the stub process of the smallest shard.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from generator import naming
+from generator.check.client import RankingClient
+from generator.deploy import server as serve
+from generator.errors import ServerError
+from generator.model.dlrm import DLRM
+from generator.planning import plan
+from generator.planning.capacity import Capacity
+from generator.repository import build, layout
+
+_WARMUP_REQUESTS = 5
+
+
+def _busy_seconds_per_request(client: RankingClient, model: str, tensors: dict[str, np.ndarray], count: int) -> float:
+    """Send `count` requests one by one; Triton's busy time per execution of `model`, in seconds."""
+
+    def busy_ns_and_executions() -> tuple[int, int]:
+        stats = client.client.get_inference_statistics(model)
+        entry = stats["model_stats"][0] if isinstance(stats, dict) else stats.model_stats[0]
+        if not isinstance(entry, dict):
+            from google.protobuf import json_format
+
+            entry = json_format.MessageToDict(entry, preserving_proto_field_name=True)
+        inference = entry["inference_stats"]
+        busy = sum(int(inference[part].get("ns", 0)) for part in ("compute_input", "compute_infer", "compute_output"))
+        return busy, int(entry.get("execution_count", 0))
+
+    for _ in range(_WARMUP_REQUESTS):
+        client.send(tensors, model_name=model, output_names=None)
+    busy_before, executions_before = busy_ns_and_executions()
+    for _ in range(count):
+        client.send(tensors, model_name=model, output_names=None)
+    busy_after, executions_after = busy_ns_and_executions()
+    return (busy_after - busy_before) / max(executions_after - executions_before, 1) / 1e9
+
+
+def _fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope, both clipped at 0."""
+    slope, intercept = np.polyfit(np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64), 1)
+    return max(float(intercept), 0.0), max(float(slope), 0.0)
+
+
+def proportional_set_size_bytes(pid: int) -> int:
+    """PSS of a process from /proc/PID/smaps_rollup (bytes)."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    raise ServerError(f"no Pss line for process {pid}")
+
+
+def stub_processes(server_pid: int) -> dict[str, int]:
+    """Python-backend stub PIDs of a server, by model directory name."""
+    stubs: dict[str, int] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            if int(fields.get("PPid", "0").strip()) != server_pid:
+                continue
+            arguments = (status.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if arguments and arguments[0].endswith(b"triton_python_backend_stub") and len(arguments) > 1:
+            model_file = Path(arguments[1].decode())
+            stubs[model_file.parent.parent.name] = int(status.parent.name)
+    return stubs
+
+
+def calibrate(
+    model: DLRM,
+    *,
+    batch_size: int = 256,
+    requests: int = 40,
+    echo: Callable[[str], None] = print,
+) -> Capacity:
+    """Measure every figure of the capacity model on the embedded server (python backend, one shard per table)."""
+    the_plan = plan.uniform_plan(
+        model, name="calib", shards_per_table=1, max_batch_size=max(batch_size, 8), group_by="shard"
+    )
+    batches = sorted({max(1, batch_size // 16), max(1, batch_size // 4), batch_size})
+    widest = max(model.tables, key=lambda t: t.max_ids_per_sample)
+    smallest = min(model.tables, key=lambda t: t.num_rows)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="recgen-calibrate-") as workdir:
+        result = build.build(model, the_plan, Path(workdir) / "repo", Path(workdir) / "ens")
+        with serve.running_server(result.repositories) as server:
+            client = RankingClient(server.http_url, "http", "calib")
+            widest_group = next(g for g in the_plan.shard_groups() if g.shards[0].table == widest.name)
+            shard_name = layout.shard_group_model_name(the_plan, widest_group)
+            shard_points = []
+            router_points = []
+            for batch in batches:
+                local = rng.integers(0, widest.num_rows, size=(batch, widest.max_ids_per_sample), dtype=np.int32)
+                busy = _busy_seconds_per_request(
+                    client, shard_name, {naming.group_local_ids(widest_group.index): local}, requests
+                )
+                shard_points.append((batch * widest.max_ids_per_sample, busy))
+                sparse = {
+                    naming.sparse_input(t.name): rng.integers(
+                        0, t.num_rows, (batch, t.max_ids_per_sample), dtype=np.int64
+                    )
+                    for t in model.tables
+                }
+                router = naming.router_model("calib")
+                busy = _busy_seconds_per_request(client, router, sparse, requests)
+                router_points.append((batch * sum(t.max_ids_per_sample for t in model.tables), busy))
+                echo(
+                    f"  batch {batch:>5}: shard {shard_points[-1][1] * 1e6:8.1f} us for {shard_points[-1][0]} rows, "
+                    f"router {router_points[-1][1] * 1e6:8.1f} us for {router_points[-1][0]} ids"
+                )
+            dense_inputs = {
+                spec.name: rng.standard_normal((batch_size, *spec.dims), dtype=np.float32)
+                for spec in layout.dense_inputs(the_plan, model.num_dense_features)
+            }
+            dense = naming.dense_model("calib")
+            dense_busy = _busy_seconds_per_request(client, dense, dense_inputs, requests)
+            echo(f"  dense: {dense_busy * 1e6:.1f} us per {batch_size} samples")
+            if server.process is None:
+                raise ServerError("the calibration server stopped unexpectedly")
+            server_bytes = proportional_set_size_bytes(server.process.pid)
+            stubs = stub_processes(server.process.pid)
+            smallest_stub = stubs.get(naming.shard_model("calib", smallest.name, 0))
+            if smallest_stub is None:
+                raise ServerError(f"could not find the stub process of the smallest shard among {sorted(stubs)}")
+            replica_bytes = proportional_set_size_bytes(smallest_stub)
+            client.close()
+    shard_fixed, shard_per_row = _fit_line(*zip(*shard_points, strict=True))
+    router_fixed, router_per_id = _fit_line(*zip(*router_points, strict=True))
+    return Capacity(
+        batch_size=batch_size,
+        shard_fixed_s=shard_fixed,
+        shard_per_row_s=shard_per_row,
+        router_fixed_s=router_fixed,
+        router_per_id_s=router_per_id,
+        dense_samples_per_s=batch_size / dense_busy,
+        replica_overhead_bytes=replica_bytes,
+        server_overhead_bytes=server_bytes,
+        source=f"calibrated on the embedded server at batch {batch_size}",
+    )

@@ -1,0 +1,200 @@
+"""Ranking requests to a served ensemble over HTTP or gRPC, and the check against the PyTorch reference."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from tritonclient.utils import np_to_triton_dtype
+
+from generator import naming
+from generator.errors import CheckFailedError, ServerUnreachableError, UserInputError
+from generator.model.dlrm import DLRM
+from generator.traffic.requests import (
+    RankingRequest,
+    random_request,
+    random_structured_request,
+    reference_scores,
+)
+
+Protocol = Literal["http", "grpc"]
+PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
+DEFAULT_PORTS: dict[Protocol, int] = {"http": 8000, "grpc": 8001}
+#: Largest allowed |served - PyTorch| per score (DESIGN.md request contract).
+SCORE_TOLERANCE = 1e-5
+DEFAULT_TIMEOUT_S = 60.0
+
+
+def _client_module(protocol: str) -> Any:
+    if protocol == "http":
+        import tritonclient.http as module
+    elif protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        raise UserInputError(f"`protocol` must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return module
+
+
+class RankingClient:
+    """Sends ranking requests to the ensemble `model_name` at `url` (host:port)."""
+
+    def __init__(
+        self,
+        url: str,
+        protocol: Protocol = "http",
+        model_name: str = "dlrm",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
+        self.module = _client_module(protocol)
+        self.url = url
+        self.protocol = protocol
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        if protocol == "http":
+            self.client = self.module.InferenceServerClient(
+                url, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+        else:
+            self.client = self.module.InferenceServerClient(url)
+
+    def send(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        *,
+        model_name: str | None = None,
+        output_names: Sequence[str] | None = (naming.SCORE,),
+    ) -> Any:
+        """Send raw tensors (any names, dtypes, shapes) to `model_name` (default: the ensemble).
+
+        `output_names=None` asks for every output. Server errors raise InferenceServerException.
+        """
+        inputs = []
+        for name, array in tensors.items():
+            infer_input = self.module.InferInput(name, list(array.shape), _triton_dtype(array))
+            infer_input.set_data_from_numpy(array)
+            inputs.append(infer_input)
+        outputs = None if output_names is None else [self.module.InferRequestedOutput(n) for n in output_names]
+        timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        return self.client.infer(model_name or self.model_name, inputs, outputs=outputs, **timeout)
+
+    def infer(self, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Send raw tensors to the ensemble and return `score`; server errors raise InferenceServerException."""
+        return self.send(tensors).as_numpy(naming.SCORE)
+
+    def score(self, request: RankingRequest) -> np.ndarray:
+        """Scores [B, 1] of a ranking request."""
+        return self.infer(request.tensors())
+
+    def ensure_live(self) -> None:
+        """Raise ServerUnreachableError unless a Triton server answers at the URL (connection errors wrapped)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            live = bool(self.client.is_server_live())
+        except (OSError, InferenceServerException) as error:
+            live, reason = False, f"{type(error).__name__}: {str(error).strip() or 'no answer'}"
+        else:
+            reason = "the server says it is not live"
+        if not live:
+            raise ServerUnreachableError(
+                f"no Triton server answers at {self.url} over {self.protocol} ({reason}); start one with "
+                "`recgen serve`, or pass --url and --protocol of a running one"
+            )
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.client.close()
+
+    def __enter__(self) -> RankingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _triton_dtype(array: np.ndarray) -> str:
+    return str(np_to_triton_dtype(array.dtype))
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Served scores compared with PyTorch."""
+
+    url: str
+    protocol: Protocol
+    model_name: str
+    requests: int
+    samples: int
+    max_abs_diff: float
+    first_scores: tuple[float, ...] = field(default_factory=tuple)
+    tolerance: float = SCORE_TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        """Whether every score is within the tolerance."""
+        return self.max_abs_diff <= self.tolerance
+
+    def __str__(self) -> str:
+        verdict = "OK" if self.passed else "FAILED"
+        scores = ", ".join(f"{score:.6f}" for score in self.first_scores)
+        return (
+            f"{verdict}: {self.requests} requests x {self.samples // max(self.requests, 1)} samples to "
+            f"{self.model_name!r} at {self.url} over {self.protocol}; max |served - PyTorch| = "
+            f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:g}); first scores: {scores}"
+        )
+
+
+def check(
+    model: DLRM,
+    url: str,
+    *,
+    protocol: Protocol = "http",
+    model_name: str = "dlrm",
+    requests: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    tolerance: float = SCORE_TOLERANCE,
+    structured: bool = False,
+) -> CheckReport:
+    """Send `requests` random valid requests and compare every score with `DLRM.forward`.
+
+    `structured`: `model_name` is a `<model>_ranking` ensemble; requests carry one user and `batch_size`
+    candidates and are compared with the forward of the flattened request.
+    """
+    if requests < 1:
+        raise UserInputError(f"`requests` must be >= 1, got {requests}")
+    rng = np.random.default_rng(seed)
+    max_diff = 0.0
+    first: tuple[float, ...] = ()
+    with RankingClient(url, protocol, model_name) as client:
+        client.ensure_live()
+        for _ in range(requests):
+            if structured:
+                ranking = random_structured_request(model, batch_size, rng)
+                tensors, expected = ranking.tensors(), reference_scores(model, ranking.flattened(model))
+            else:
+                request = random_request(model, batch_size, rng)
+                tensors, expected = request.tensors(), reference_scores(model, request)
+            served = _served_scores(client, tensors)
+            if served.shape != expected.shape:
+                raise CheckFailedError(f"served scores have shape {served.shape}, expected {expected.shape}")
+            max_diff = max(max_diff, float(np.abs(served - expected).max()))
+            first = first or tuple(float(x) for x in served[:5, 0])
+    return CheckReport(url, protocol, model_name, requests, requests * batch_size, max_diff, first, tolerance)
+
+
+def _served_scores(client: RankingClient, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The ensemble's scores; an error answer is a CheckFailedError carrying the server's message."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return client.infer(tensors)
+    except InferenceServerException as error:
+        raise CheckFailedError(f"{client.model_name!r} at {client.url} answered with an error: {error}") from error
+
+
+def default_url(protocol: Protocol, host: str = "localhost") -> str:
+    """host:port of the protocol's default Triton port."""
+    return f"{host}:{DEFAULT_PORTS[protocol]}"

@@ -1,0 +1,177 @@
+"""Locust users that send ranking requests to a recgen ensemble over HTTP or gRPC.
+
+Run with `locust -f loadtest/locustfile.py --host localhost:8000` (web UI) or headless, or through
+`recgen loadtest`. Options: --protocol http|grpc, --ensemble NAME, --batch B, --profile PROFILE.npz (ids and
+pooling lengths follow the profile), --model MODEL.pt with --spot-check-every N (compare every Nth response with
+PyTorch; a mismatch is a failure). The tritonclient HTTP client is gevent-based; gRPC gets gevent support
+initialised before any channel exists, so neither blocks the hub.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import defaultdict
+from typing import Any, ClassVar
+
+import grpc.experimental.gevent as grpc_gevent
+import numpy as np
+from locust import User, constant, events, task
+from locust.env import Environment
+
+from generator import naming
+from generator.check.client import SCORE_TOLERANCE, RankingClient
+from generator.check.loadtest import HISTORY_COLUMNS, sampler_from_server
+from generator.errors import CheckFailedError
+from generator.model.dlrm import DLRM
+from generator.traffic.profile import AccessProfile
+from generator.traffic.requests import reference_scores
+from generator.traffic.sampler import RequestSampler
+
+grpc_gevent.init_gevent()
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: Any) -> None:
+    parser.add_argument("--protocol", choices=["http", "grpc"], default="http", help="Triton protocol")
+    parser.add_argument("--ensemble", default="dlrm", help="ensemble (model) name")
+    parser.add_argument("--batch", type=int, default=64, help="candidates per request")
+    parser.add_argument("--profile", default="", help="access profile .npz: ids follow its counts")
+    parser.add_argument("--model", default="", help="model file for spot checks against PyTorch")
+    parser.add_argument("--spot-check-every", type=int, default=0, help="check every Nth response (0 = never)")
+    parser.add_argument("--history-csv", default="", help="write per-second throughput and latency percentiles here")
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="ranking requests to <ensemble>_ranking: the user's features once, --batch candidates",
+    )
+
+
+class _History:
+    """Per-second latencies and failures, written at exit.
+
+    locust's own `_stats_history.csv` is flushed only every 10 s and not at exit, so short runs lose most of it.
+    """
+
+    latencies_ms: ClassVar[dict[int, list[float]]] = defaultdict(list)
+    failures: ClassVar[dict[int, int]] = defaultdict(int)
+
+    @classmethod
+    def record(cls, response_time: float, exception: BaseException | None, **_: Any) -> None:
+        second = int(time.time())
+        cls.latencies_ms[second].append(response_time)
+        if exception is not None:
+            cls.failures[second] += 1
+
+    @classmethod
+    def write(cls, path: str) -> None:
+        seconds = sorted(set(cls.latencies_ms) | set(cls.failures))
+        with open(path, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(HISTORY_COLUMNS)
+            for second in seconds:
+                latencies = np.asarray(cls.latencies_ms.get(second, [np.nan]))
+                p50, p95, p99 = np.nanpercentile(latencies, [50, 95, 99])
+                writer.writerow(
+                    [
+                        second,
+                        len(cls.latencies_ms.get(second, [])),
+                        cls.failures.get(second, 0),
+                        f"{p50:.2f}",
+                        f"{p95:.2f}",
+                        f"{p99:.2f}",
+                    ]
+                )
+
+
+@events.request.add_listener
+def _record_request(response_time: float, exception: BaseException | None = None, **kwargs: Any) -> None:
+    _History.record(response_time, exception)
+
+
+@events.quitting.add_listener
+def _write_history(environment: Environment, **_: Any) -> None:
+    path = environment.parsed_options.history_csv if environment.parsed_options else ""
+    if path:
+        _History.write(path)
+
+
+def _strip_scheme(host: str) -> str:
+    return host.split("://", 1)[-1].rstrip("/")
+
+
+class _Shared:
+    """What all users of one locust process share: the request sampler and the reference model."""
+
+    sampler: RequestSampler | None = None
+    model: DLRM | None = None
+
+    @classmethod
+    def load(cls, environment: Environment, client: RankingClient) -> tuple[RequestSampler, DLRM | None]:
+        """Learn the request shape from the server once; load the profile and model once."""
+        if cls.sampler is None:
+            options = environment.parsed_options
+            profile = AccessProfile.load(options.profile) if options.profile else None
+            cls.sampler = sampler_from_server(client, profile)
+            cls.model = DLRM.load(options.model) if options.model else None
+        return cls.sampler, cls.model
+
+
+class TritonUser(User):
+    """Sends back-to-back ranking requests; each user has its own client and random stream."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        """Connect and learn the request shape."""
+        options = self.environment.parsed_options
+        self.protocol = options.protocol
+        self.batch = options.batch
+        self.spot_check_every = options.spot_check_every
+        host = _strip_scheme(self.host or "")
+        flattened = RankingClient(host, self.protocol, options.ensemble)
+        self.sampler, self.model = _Shared.load(self.environment, flattened)
+        self.structured = options.structured
+        if self.structured:
+            flattened.close()
+            self.client = RankingClient(host, self.protocol, naming.ranking_ensemble(options.ensemble))
+        else:
+            self.client = flattened
+        self.rng = np.random.default_rng(id(self) % 2**32)
+        self.sent = 0
+
+    def on_stop(self) -> None:
+        """Close the connection."""
+        self.client.close()
+
+    @task
+    def rank(self) -> None:
+        """One ranking request, timed; server errors are failures carrying the server's text."""
+        if self.structured:
+            ranking = self.sampler.sample_structured(self.batch, self.rng)
+            tensors = ranking.tensors()
+        else:
+            request = self.sampler.sample(self.batch, self.rng)
+            tensors = request.tensors()
+        sent_bytes = sum(array.nbytes for array in tensors.values())
+        started = time.perf_counter()
+        exception: BaseException | None = None
+        try:
+            scores = self.client.infer(tensors)
+            self.sent += 1
+            if self.model is not None and self.spot_check_every and self.sent % self.spot_check_every == 0:
+                if self.structured:
+                    request = ranking.flattened(self.model)
+                difference = float(np.abs(scores - reference_scores(self.model, request)).max())
+                if difference > SCORE_TOLERANCE:
+                    raise CheckFailedError(f"spot check: max |served - PyTorch| = {difference:.3g}")
+        except Exception as error:  # every failure is reported to locust with its text
+            exception = error
+        self.environment.events.request.fire(
+            request_type=self.protocol,
+            name=self.client.model_name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=sent_bytes,
+            exception=exception,
+            context={},
+        )

@@ -1,0 +1,156 @@
+"""`recgen check`, `recgen loadtest`, `recgen demo` and `recgen calibrate`: the served model, measured and checked."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from generator import naming
+from generator.check import calibrate as calibration
+from generator.check import client
+from generator.check import demo as demos
+from generator.check import loadtest as loadtests
+from generator.cli import options
+from generator.model.dlrm import DLRM, example_model
+from generator.repository.configs import Backend
+
+
+@click.command()
+@options.model_file()
+@click.option("--url", default=None, help="host:port (default localhost:8000 for http, localhost:8001 for grpc).")
+@options.protocol
+@click.option("--name", default="dlrm", show_default=True, help="Ensemble to call.")
+@click.option("--requests", "num_requests", type=click.IntRange(1), default=10, show_default=True)
+@options.batch(64, "Samples per request.")
+@options.seed
+@click.option(
+    "--ranking",
+    is_flag=True,
+    help="Call `<name>_ranking` with one user and --batch candidates; compare with the flattened forward.",
+)
+@options.reports_errors
+def check(
+    model_path: Path,
+    url: str | None,
+    protocol: client.Protocol,
+    name: str,
+    num_requests: int,
+    batch: int,
+    seed: int,
+    ranking: bool,
+) -> None:
+    """Compare served scores with the PyTorch model; exit 1 above 1e-5."""
+    report = client.check(
+        DLRM.load(model_path),
+        url or client.default_url(protocol),
+        protocol=protocol,
+        model_name=naming.ranking_ensemble(name) if ranking else name,
+        requests=num_requests,
+        batch_size=batch,
+        seed=seed,
+        structured=ranking,
+    )
+    click.echo(str(report))
+    if not report.passed:
+        sys.exit(1)
+
+
+@click.command()
+@options.directory("workdir", "runs/demo", "Where the example model and its repositories are written (replaced).")
+@options.backend
+@click.option("--shards-per-table", type=click.IntRange(1, 4096), default=2, show_default=True)
+@options.reports_errors
+def demo(workdir: Path, backend: Backend, shards_per_table: int) -> None:
+    """Example model -> repository -> embedded server -> requests over HTTP and gRPC -> compare -> stop."""
+    report = demos.run_demo(workdir, backend=backend, shards_per_table=shards_per_table, echo=click.echo)
+    if not report.passed:
+        sys.exit(1)
+
+
+@click.command()
+@options.model_file(required=False, help_text="Model to measure (default: the bundled example).")
+@click.option("--batch", type=click.IntRange(1, 1 << 16), default=256, show_default=True)
+@click.option(
+    "--requests",
+    "num_requests",
+    type=click.IntRange(5),
+    default=40,
+    show_default=True,
+    help="Requests per measured point.",
+)
+@options.out_file(help_text="Where to write capacity.json.")
+@options.reports_errors
+def calibrate(model_path: Path | None, batch: int, num_requests: int, out_path: Path) -> None:
+    """Measure the capacity model (per-request and per-row costs, memory per replica) on the embedded server."""
+    model = DLRM.load(model_path) if model_path else example_model()
+    measured = calibration.calibrate(model, batch_size=batch, requests=num_requests, echo=click.echo)
+    measured.save(out_path)
+    click.echo(str(measured))
+    click.echo(f"wrote {out_path}")
+
+
+@click.command()
+@click.option("--url", required=True, help="host:port of the protocol's endpoint (8000 http, 8001 grpc).")
+@options.protocol
+@click.option("--name", default="dlrm", show_default=True, help="Ensemble to call.")
+@click.option("--users", type=click.IntRange(1), default=4, show_default=True, help="Concurrent locust users.")
+@click.option("--spawn-rate", type=click.FloatRange(0, min_open=True), default=4.0, show_default=True)
+@click.option("--run-time", default="60s", show_default=True, help="locust duration, e.g. 30s, 2m.")
+@options.batch(64)
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Access profile: ids and pooling lengths follow it (default: uniform ids).",
+)
+@options.model_file(required=False, help_text="Spot-check responses against this PyTorch model.")
+@click.option(
+    "--spot-check-every",
+    type=click.IntRange(0),
+    default=50,
+    show_default=True,
+    help="With --model: compare every Nth response.",
+)
+@click.option(
+    "--structured",
+    is_flag=True,
+    help="Ranking requests to NAME_ranking: the user's features once and --batch candidates (RecServe).",
+)
+@options.out_dir(help_text="Where locust's CSV and HTML, the summary and the PNG go.", dest="out_dir")
+@options.reports_errors
+def loadtest(
+    url: str,
+    protocol: client.Protocol,
+    name: str,
+    users: int,
+    spawn_rate: float,
+    run_time: str,
+    batch: int,
+    profile_path: Path | None,
+    model_path: Path | None,
+    spot_check_every: int,
+    structured: bool,
+    out_dir: Path,
+) -> None:
+    """Headless locust against a running ensemble: CSV, HTML, summary (JSON, markdown) and a PNG in OUT."""
+    summary = loadtests.run_loadtest(
+        url,
+        out_dir,
+        protocol=protocol,
+        ensemble=name,
+        users=users,
+        spawn_rate=spawn_rate,
+        run_time=run_time,
+        batch_size=batch,
+        profile_path=profile_path,
+        model_path=model_path,
+        spot_check_every=spot_check_every,
+        structured=structured,
+    )
+    click.echo(str(summary))
+    click.echo(f"wrote {out_dir}/summary.json, summary.md, report.html, locust_*.csv, throughput_latency.png")
+    if summary.failures:
+        sys.exit(1)

@@ -1,0 +1,129 @@
+"""What every `recgen` command shares: error reporting, the options that recur, and which options were given."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from generator.check.client import PROTOCOLS
+from generator.errors import RecgenError
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, GROUP_BY
+from generator.repository.configs import BACKENDS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(function: F) -> F:
+    """Print `ErrorType: message` and exit 1 instead of a traceback for errors recgen raises on purpose."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except RecgenError as error:
+            click.echo(f"{type(error).__name__}: {error}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def given(context: click.Context, *names: str) -> list[str]:
+    """Which of the named parameters the user set explicitly (not left at their defaults)."""
+    return [name for name in names if context.get_parameter_source(name) != ParameterSource.DEFAULT]
+
+
+def flag(name: str) -> str:
+    """A parameter's flag as the user types it."""
+    return "--" + name.replace("_", "-")
+
+
+def model_file(*, required: bool = True, help_text: str = "Model file written by DLRM.save / `recgen example`.") -> Any:
+    """`--model PATH` of a recgen model file."""
+    return click.option(
+        "--model",
+        "model_path",
+        required=required,
+        default=None,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+def out_file(*, help_text: str = "Where to write it.", default: Path | None = None) -> Any:
+    """`-o/--out PATH` of an output file."""
+    return click.option(
+        "-o",
+        "--out",
+        "out_path",
+        required=default is None,
+        default=default,
+        show_default=default is not None,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+def out_dir(*, default: Path | None = None, help_text: str = "Output directory.", dest: str = "out_path") -> Any:
+    """`-o/--out DIR` of an output directory."""
+    return click.option(
+        "-o",
+        "--out",
+        dest,
+        required=default is None,
+        default=default,
+        show_default=default is not None,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+def directory(name: str, default: str | None, help_text: str, dest: str | None = None) -> Any:
+    """A `--NAME DIR` option."""
+    return click.option(
+        f"--{name}",
+        dest or name.replace("-", "_"),
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(default) if default else None,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
+force = click.option("--force", is_flag=True, help="Replace an existing output directory.")
+seed = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+backend = click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="python",
+    show_default=True,
+    help="numpy models (python) or models exported with torch.onnx.export (onnx).",
+)
+protocol = click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
+ensemble_name = click.option(
+    "--name", default="dlrm", show_default=True, help="Model name = the ensemble clients call."
+)
+group_by = click.option(
+    "--group-by",
+    type=click.Choice(GROUP_BY),
+    default=None,
+    help="Serve shards with the same placement as one model (fewer steps), or one model per shard "
+    "[default: placement for one server, shard for the distributed layout].",
+)
+max_batch_size = click.option(
+    "--max-batch-size",
+    type=click.IntRange(1, 1 << 20),
+    default=DEFAULT_MAX_BATCH_SIZE,
+    show_default=True,
+    help="Largest number of candidates per request.",
+)
+
+
+def batch(default: int, help_text: str = "Candidates (samples) per request.") -> Any:
+    """`--batch B`."""
+    return click.option("--batch", type=click.IntRange(1), default=default, show_default=True, help=help_text)

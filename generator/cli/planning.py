@@ -1,0 +1,97 @@
+"""`recgen plan`: shards, replicas and placement from an access profile (ElasticRec), written as plan.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from generator.cli import options
+from generator.planning import capacity, planner
+
+
+@click.command()
+@options.model_file()
+@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--target-qps",
+    type=click.FloatRange(0, min_open=True),
+    required=True,
+    help="Queries (requests) per second to serve.",
+)
+@options.batch(256, "Candidates per query.")
+@click.option(
+    "--capacity",
+    "capacity_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="capacity.json from `recgen calibrate` (default: built-in figures).",
+)
+@click.option("--max-shards-per-table", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option(
+    "--gpu-memory-gb",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Put the dense model, then the hottest shards, on GPU while they fit.",
+)
+@click.option(
+    "--window-s",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Replay window for memory utility.",
+)
+@options.ensemble_name
+@click.option("--shard-fixed-us", type=click.FloatRange(0), default=None, help="Override: shard cost per request.")
+@click.option("--shard-per-row-ns", type=click.FloatRange(0), default=None, help="Override: shard cost per row.")
+@click.option("--router-fixed-us", type=click.FloatRange(0), default=None, help="Override: router cost per request.")
+@click.option("--router-per-id-ns", type=click.FloatRange(0), default=None, help="Override: router cost per id.")
+@click.option("--dense-samples-per-s", type=click.FloatRange(0, min_open=True), default=None, help="Override.")
+@click.option("--replica-overhead-mb", type=click.FloatRange(0), default=None, help="Override: bytes per replica.")
+@click.option("--server-overhead-mb", type=click.FloatRange(0), default=None, help="Override: bytes per server.")
+@click.option("--target-utilization", type=click.FloatRange(0, 1, min_open=True), default=None, help="Override.")
+@options.out_file(help_text="plan.json (its row orders go beside it as <stem>.rows.npz).")
+@click.option(
+    "--figure",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG of access CDFs, cuts and memory (default: next to the plan).",
+)
+@click.option(
+    "--front-cache-mb",
+    type=click.FloatRange(0, 1_000_000),
+    default=0.0,
+    show_default=True,
+    help="Keep this many MB of the hottest rows (by the profile, across tables) in the router, which pools them "
+    "itself; their lookups reach no shard (FlexEMR).",
+)
+@options.reports_errors
+def plan(
+    model_path: Path,
+    profile_path: Path,
+    target_qps: float,
+    batch: int,
+    capacity_path: Path | None,
+    max_shards_per_table: int,
+    gpu_memory_gb: float | None,
+    window_s: float,
+    name: str,
+    out_path: Path,
+    figure: Path | None,
+    front_cache_mb: float,
+    **overrides: float | None,
+) -> None:
+    """Size every shard from its access share (ElasticRec) and write plan.json, its row orders and a PNG."""
+    targets = planner.PlanTargets(
+        target_qps=target_qps,
+        batch_size=batch,
+        max_shards_per_table=max_shards_per_table,
+        gpu_memory_bytes=None if gpu_memory_gb is None else int(gpu_memory_gb * 1e9),
+        window_s=window_s,
+        front_cache_bytes=int(front_cache_mb * 2**20),
+    )
+    figures = capacity.load_with_overrides(capacity_path, **overrides)
+    written = planner.plan_to_files(
+        model_path, profile_path, targets, out_path, capacity=figures, figure_path=figure, name=name
+    )
+    click.echo(str(written))

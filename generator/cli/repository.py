@@ -1,0 +1,123 @@
+"""`recgen build`: the sharded repository and its ensembles, or the distributed layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from generator.cli import options
+from generator.deploy.distributed import build_distributed
+from generator.errors import UserInputError
+from generator.model.dlrm import DLRM
+from generator.planning.plan import DEVICES, Device, GroupBy
+from generator.repository import build as builds
+from generator.repository.configs import TARGETS, Backend, Target
+from generator.repository.params import RemoteCallPolicy
+
+LAYOUTS = ("single", "distributed")
+
+
+@click.command()
+@options.model_file()
+@options.out_dir(default=Path("model_repository"), help_text="Repository for router, shards, dense.", dest="repository")
+@options.directory("ensembles", "ensembles", "Repository for the ensemble.")
+@options.ensemble_name
+@options.backend
+@click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="embedded",
+    show_default=True,
+    help="embedded: the pytriton server (ONNX runs via ORT in a Python model); "
+    "container: native onnxruntime configs for the NGC image.",
+)
+@click.option(
+    "--shards-per-table",
+    type=click.IntRange(1, 4096),
+    default=2,
+    show_default=True,
+    help="Cut every table into up to K contiguous row ranges.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="cpu",
+    show_default=True,
+    help="Instance kind of shards and the dense model (the router always runs on CPU).",
+)
+@click.option("--instances", type=click.IntRange(1, 256), default=1, show_default=True, help="Instances per model.")
+@options.max_batch_size
+@options.group_by
+@options.force
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    default="single",
+    show_default=True,
+    help="single: one server (--out + --ensembles); distributed: --out DIR holds DIR/front and one repository "
+    "per shard group, served by `recgen serve --distributed DIR` or `recgen k8s`.",
+)
+@click.option(
+    "--remote-deadline-s",
+    type=click.FloatRange(0.01, 600),
+    default=RemoteCallPolicy.deadline_s,
+    show_default=True,
+    help="distributed: deadline of one front -> shard group call, retries included.",
+)
+@click.option(
+    "--remote-attempts",
+    type=click.IntRange(1, 16),
+    default=RemoteCallPolicy.max_attempts,
+    show_default=True,
+    help="distributed: attempts per call, each on the next replica, on UNAVAILABLE only.",
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="plan.json from `recgen plan`: hotness order, cuts, replicas and devices (replaces "
+    "--shards-per-table, --device, --instances, --name, --max-batch-size).",
+)
+@click.pass_context
+@options.reports_errors
+def build(
+    context: click.Context,
+    model_path: Path,
+    repository: Path,
+    ensembles: Path,
+    name: str,
+    backend: Backend,
+    target: Target,
+    shards_per_table: int,
+    device: Device,
+    instances: int,
+    max_batch_size: int,
+    group_by: GroupBy | None,
+    force: bool,
+    layout: str,
+    remote_deadline_s: float,
+    remote_attempts: int,
+    plan_path: Path | None,
+) -> None:
+    """Generate the sharded repository and the ensemble for a model (or the distributed layout)."""
+    distributed = layout == "distributed"
+    model = DLRM.load(model_path)
+    uniform = builds.UniformOptions(name, shards_per_table, device, instances, max_batch_size, group_by or "placement")
+    given = options.given(context, *builds.PLAN_DECIDES, "group_by")
+    the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed)
+    click.echo(str(the_plan))
+    if not distributed:
+        click.echo(
+            str(builds.build(model, the_plan, repository, ensembles, backend=backend, target=target, force=force))
+        )
+        return
+    if options.given(context, "ensembles"):
+        raise UserInputError("--ensembles is for --layout single; the distributed front holds its ensemble")
+    policy = RemoteCallPolicy(deadline_s=remote_deadline_s, max_attempts=remote_attempts)
+    out = repository if options.given(context, "repository") else Path("distributed")
+    result = build_distributed(
+        model, the_plan, out, backend=backend, target=target, policy=policy, group_by=group_by, force=force
+    )
+    click.echo(str(result))

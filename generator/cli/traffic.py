@@ -1,0 +1,57 @@
+"""`recgen profile`: access profiles from synthetic Zipf traffic or recorded traces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from generator.cli import options
+from generator.errors import UserInputError
+from generator.model.dlrm import DLRM
+from generator.traffic import profile as profiles
+
+
+@click.command()
+@options.model_file(required=False, help_text="Take table names and sizes from this model.")
+@click.option("--table", "table_options", multiple=True, help="NAME:ROWS[:IDS_PER_SAMPLE] (instead of --model).")
+@click.option("--zipf", "zipf_options", multiple=True, help="Synthetic Zipf traffic: ALPHA, or TABLE=ALPHA.")
+@click.option(
+    "--trace",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=".npz with one id array per table ([samples, width] padded with -1, or 1-D).",
+)
+@click.option(
+    "--meta-trace",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Meta dlrm_datasets trace: torch file of (indices, offsets, lengths).",
+)
+@click.option("--samples", type=click.IntRange(1), default=100_000, show_default=True, help="Synthetic samples.")
+@options.seed
+@options.out_file(help_text="Where to write the profile (.npz).")
+@options.reports_errors
+def profile(
+    model_path: Path | None,
+    table_options: tuple[str, ...],
+    zipf_options: tuple[str, ...],
+    trace: Path | None,
+    meta_trace: Path | None,
+    samples: int,
+    seed: int,
+    out_path: Path,
+) -> None:
+    """Record per-row access counts of every table (synthetic Zipf or a trace) into PROFILE.npz."""
+    if (model_path is None) == (not table_options):
+        raise UserInputError("give exactly one of --model or --table")
+    if model_path is not None:
+        shapes = profiles.table_shapes(DLRM.load(model_path).tables)
+    else:
+        shapes = [profiles.parse_table_shape(option) for option in table_options]
+    result = profiles.make_profile(
+        shapes, zipf=zipf_options, trace=trace, meta_trace=meta_trace, samples=samples, seed=seed
+    )
+    result.save(out_path)
+    click.echo(str(result))
+    click.echo(f"wrote {out_path}")

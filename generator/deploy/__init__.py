@@ -1,0 +1,1 @@
+"""Deployment: the embedded server, the distributed topology, the local topology and Kubernetes manifests."""

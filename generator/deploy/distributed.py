@@ -1,0 +1,115 @@
+"""The distributed build: one repository per shard group and a front repository whose steps call them over gRPC.
+
+Layout of `out/` (see `naming`): `front/` (router, dense, one remote step per group, the ensembles), `groups/<group
+model>/` (one repository per shard group, one instance per replica server), `topology.json` (the `Topology`),
+`plan.json` (the plan, what `recgen k8s --layout-dir` deploys) and README.md. Written through `staging` like a
+single-server build: a failed build leaves the old output untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from generator import naming, triton_runtime
+from generator.deploy.topology import INSTANCES_PER_GROUP_SERVER, GroupDeployment, Topology
+from generator.model.dlrm import DLRM
+from generator.planning.plan import GroupBy, Placement, Plan
+from generator.planning.plan_file import save_plan
+from generator.repository import readme, staging
+from generator.repository.build import BuildResult, BuiltModel, ModelWriter, check_options, check_output, write_manifest
+from generator.repository.configs import Backend, Target
+from generator.repository.params import RemoteCallPolicy
+
+
+@dataclass(frozen=True)
+class DistributedBuild:
+    """A distributed layout: the front repository and one repository per shard group (see topology.json)."""
+
+    plan: Plan
+    root: Path
+    topology: Topology
+    models: tuple[BuiltModel, ...]
+
+    @property
+    def front(self) -> Path:
+        """The front server's repository."""
+        return self.root / self.topology.front.repository
+
+    @property
+    def groups(self) -> tuple[GroupDeployment, ...]:
+        """Every shard group's deployment."""
+        return self.topology.groups
+
+    def group_repository(self, group: GroupDeployment) -> Path:
+        """Where a group's repository was written."""
+        return self.root / group.repository
+
+    @property
+    def ensemble_name(self) -> str:
+        """The endpoint clients call, on the front server."""
+        return self.topology.ensemble
+
+    def __str__(self) -> str:
+        policy = self.topology.remote_call
+        lines = [f"wrote a distributed layout of {self.plan.model_name!r} in {self.root}:"]
+        lines.append(f"  front    {self.front}  (router, dense, {len(self.groups)} remote steps, ensemble)")
+        for group in self.groups:
+            lines.append(
+                f"  group    {self.group_repository(group)}  {group.replica_servers} replica server(s) on "
+                f"{group.device}, {group.rows_bytes:,} bytes of rows, "
+                f"service {group.service}:{triton_runtime.GRPC_PORT}"
+            )
+        lines += [
+            f"remote calls: deadline {policy.deadline_s:g} s, {policy.max_attempts} attempts, "
+            f"backoff from {policy.backoff_s:g} s",
+            f"serve here:   recgen serve --distributed {self.root}",
+            f"Kubernetes:   recgen k8s --layout-dir {self.root} -o deploy/",
+        ]
+        return "\n".join(lines)
+
+
+def build_distributed(
+    model: DLRM,
+    plan: Plan,
+    out: Path,
+    *,
+    backend: Backend = "python",
+    target: Target = "embedded",
+    policy: RemoteCallPolicy | None = None,
+    group_by: GroupBy | None = None,
+    force: bool = False,
+) -> DistributedBuild:
+    """The plan as separately served shard groups behind a front server.
+
+    One repository per shard group (one instance per server; the plan's count is the replica count) and a front
+    repository whose ensemble keeps the request contract, its shard-group steps calling the groups over gRPC.
+    By default (`group_by` None) every shard is its own group, so each is scaled on its own (ElasticRec);
+    `group_by="placement"` serves shards with the same placement together (fewer services and hops).
+    """
+    leaves = check_options(backend, target)
+    plan.check_matches(model)
+    plan = dataclasses.replace(plan, group_by=group_by or "shard")
+    topology = Topology.from_plan(plan, group_by=plan.group_by, policy=policy)
+    out = Path(out)
+    check_output(out, "--out", force)
+    with staging.staged([out]) as (staged,):
+        writer = ModelWriter(model, plan, leaves)
+        front = staged / topology.front.repository
+        front.mkdir()
+        writer.router(front)
+        for group, deployment in zip(plan.shard_groups(), topology.groups, strict=True):
+            one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
+            writer.shard_group(staged / deployment.repository, group, one_instance)
+            writer.remote_group(front, group, topology.remote_call)
+        writer.dense(front)
+        writer.ensemble(front)
+        writer.ranking(front, front)
+        write_manifest(plan, leaves, front)
+        topology.save(staged)
+        save_plan(plan, staged / naming.DISTRIBUTED_PLAN_FILE)
+        result = DistributedBuild(plan, out, topology, tuple(writer.built))
+        front_result = BuildResult(plan, backend, target, out / topology.front.repository, None, result.models)
+        (staged / readme.README_FILE).write_text(readme.render(model, front_result, topology=topology, root=out))
+    return result

@@ -1,0 +1,143 @@
+"""A distributed build served on this machine: one embedded server per shard-group replica, then the front.
+
+Every server binds loopback ports of its own; the front learns its groups' endpoints through the environment
+variables its remote steps read (`RECGEN_ENDPOINTS_<GROUP MODEL>`). This is what `recgen serve --distributed`
+runs and what the distributed tests and benchmarks drill (`stop_replica`, `start_replica` on the same ports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from generator.deploy.server import (
+    DEFAULT_READY_TIMEOUT_S,
+    ServerConfig,
+    TritonServer,
+    free_ports,
+    supervise,
+)
+from generator.deploy.topology import Topology
+
+#: Where `recgen serve --distributed DIR` keeps every server's log.
+LOG_DIR = "logs"
+
+
+class LocalTopology:
+    """A distributed build on this machine: one tritonserver per shard-group replica, then the front server."""
+
+    def __init__(self, root: Path, log_dir: Path | None = None, address: str = "127.0.0.1"):
+        self.root = Path(root)
+        self.topology = Topology.load(self.root)
+        self.log_dir = log_dir
+        if log_dir is not None:  # only for a valid topology
+            log_dir.mkdir(parents=True, exist_ok=True)
+        self.address = address
+        count = sum(group.replica_servers for group in self.topology.groups) + 1
+        # All ports in one call, so no two servers are handed the same free port.
+        self._ports = iter(free_ports(3 * count, address if address != "0.0.0.0" else "127.0.0.1"))
+        self.replicas: dict[str, list[TritonServer]] = {
+            group.model: [
+                self._server((self.root / group.repository,), f"{group.model}-{i}")
+                for i in range(group.replica_servers)
+            ]
+            for group in self.topology.groups
+        }
+        environment = tuple(
+            (group.endpoints_env, ",".join(server.grpc_url for server in self.replicas[group.model]))
+            for group in self.topology.groups
+        )
+        self.front = self._server((self.root / self.topology.front.repository,), "front", environment)
+
+    def _server(
+        self, repositories: tuple[Path, ...], label: str, environment: tuple[tuple[str, str], ...] = ()
+    ) -> TritonServer:
+        log_path = None if self.log_dir is None else self.log_dir / f"{label}.log"
+        http, grpc, metrics = next(self._ports), next(self._ports), next(self._ports)
+        config = ServerConfig(repositories, http, grpc, metrics, address=self.address, environment=environment)
+        return TritonServer(config, log_path)
+
+    def servers(self) -> list[TritonServer]:
+        """Every replica server, then the front."""
+        return [server for servers in self.replicas.values() for server in servers] + [self.front]
+
+    def start(self, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
+        """Start every replica at once, wait for them within one deadline, then start the front and wait for it."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            for servers in self.replicas.values():
+                for server in servers:
+                    server.start()
+            for servers in self.replicas.values():
+                for server in servers:
+                    server.wait_until_ready(timeout_s=max(1.0, deadline - time.monotonic()))
+            self.front.start()
+            self.front.wait_until_ready((self.topology.ensemble,), timeout_s=max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop_replica(self, model: str, index: int) -> None:
+        """Stop one replica server of a shard group (its ports stay reserved for `start_replica`)."""
+        self.replicas[model][index].stop()
+
+    def start_replica(self, model: str, index: int, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
+        """Start a stopped replica again on the same ports and wait until it is ready."""
+        old = self.replicas[model][index]
+        config = dataclasses.replace(
+            old.config, http_port=old.http_port, grpc_port=old.grpc_port, metrics_port=old.metrics_port
+        )
+        server = TritonServer(config, None if self.log_dir is None else old.log_path)
+        self.replicas[model][index] = server
+        server.start()
+        server.wait_until_ready(timeout_s=timeout_s)
+
+    def stop(self) -> None:
+        """Stop the front first (no new remote calls), then every replica."""
+        for server in [self.front, *[s for servers in self.replicas.values() for s in servers]]:
+            server.stop()
+
+    def close(self) -> None:
+        """Stop everything and remove temporary logs."""
+        self.stop()
+        for server in self.servers():
+            server.close()
+
+    def __enter__(self) -> LocalTopology:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        lines = [
+            f"front      {self.topology.ensemble!r}: http {self.front.http_url}, grpc {self.front.grpc_url}, "
+            f"metrics {self.front.metrics_url}"
+        ]
+        for model, servers in self.replicas.items():
+            for index, server in enumerate(servers):
+                lines.append(f"{model}[{index}]: grpc {server.grpc_url}, metrics {server.metrics_url}")
+        return "\n".join(lines)
+
+
+def serve_distributed(
+    root: Path,
+    *,
+    address: str = "127.0.0.1",
+    timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """`recgen serve --distributed`: start every replica and the front, print the endpoints, supervise, stop."""
+    root = Path(root)
+    log_dir = root / LOG_DIR
+    with LocalTopology(root, log_dir=log_dir, address=address) as local:
+        local.start(timeout_s=timeout_s)
+        topology = local.topology
+        echo(f"distributed topology of {topology.model_name!r} ready (logs: {log_dir})")
+        echo(str(local))
+        echo(f"  ensemble {topology.ensemble}: POST http://{local.front.http_url}/v2/models/{topology.ensemble}/infer")
+        echo("Ctrl-C to stop.")
+        supervise(local.servers())
+    echo("all servers stopped.")

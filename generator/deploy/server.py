@@ -1,0 +1,377 @@
+"""Run the embedded tritonserver 2.51 (from the nvidia-pytriton wheel) on a generated repository.
+
+The wheel ships the server binary and the Python backend but the backend's stub only per Python version, so a
+backend directory with the stub for the running interpreter is prepared once in a cache directory. The server
+is started with the running interpreter's `bin/` first on PATH (the stub resolves its Python through PATH, so it
+then sees this environment's packages) and libpython's directory on LD_LIBRARY_PATH. It gets free loopback ports
+unless told otherwise, one readiness deadline shared by server and models, its whole log in a file, and a
+SIGINT-then-SIGKILL stop; with PR_SET_PDEATHSIG it dies with its parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from generator import naming, triton_runtime
+from generator.errors import ModelLoadError, ServerError
+from generator.repository import staging, validation
+
+#: Seconds the server gets to load every model and report ready.
+DEFAULT_READY_TIMEOUT_S = 180.0
+#: Seconds between SIGINT and SIGKILL when stopping.
+STOP_GRACE_S = 30.0
+_PR_SET_PDEATHSIG = 1
+_ERROR_LINE = re.compile(r"^E\d{4} |error: |failed to load|Internal - ")
+
+
+def pytriton_server_dir() -> Path:
+    """`pytriton/tritonserver` inside the installed nvidia-pytriton wheel."""
+    try:
+        import pytriton
+    except ImportError as error:  # pragma: no cover - a dependency of recgen
+        raise ServerError("the embedded server needs `pip install nvidia-pytriton==0.7.0`") from error
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def tritonserver_binary() -> Path:
+    """Path of the embedded `tritonserver` executable."""
+    binary = pytriton_server_dir() / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise ServerError(f"the nvidia-pytriton wheel has no tritonserver binary at {binary}")
+    return binary
+
+
+def cache_dir() -> Path:
+    """Where recgen keeps prepared server files (RECGEN_CACHE_DIR, else ~/.cache/recgen)."""
+    configured = os.environ.get("RECGEN_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "recgen"
+
+
+def prepare_backend_dir() -> Path:
+    """A backend directory holding the wheel's Python backend plus the stub for this interpreter (made once)."""
+    source = pytriton_server_dir()
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = source / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the nvidia-pytriton wheel has no Python-backend stub for Python {python_version}")
+    key = f"backends-{stub.stat().st_size}-{int(stub.stat().st_mtime)}-py{python_version}"
+    target = cache_dir() / key
+    if (target / "python" / "triton_python_backend_stub").is_file():
+        return target
+    with staging.staged([target], keep_existing=True) as (staged,):  # another process may prepare it too
+        shutil.copytree(source / "backends", staged, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        shutil.copy2(stub, staged / "python" / "triton_python_backend_stub")
+    return target
+
+
+def server_environment() -> dict[str, str]:
+    """Environment for the server: this interpreter first on PATH, libpython and the wheel's libs findable."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    for variable, value in triton_runtime.SERVING_ENV.items():
+        env.setdefault(variable, value)
+    library_dirs = [str(pytriton_server_dir().parent.parent / "nvidia_pytriton.libs")]
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        library_dirs.insert(0, str(sysconfig.get_config_var("LIBDIR")))
+    if env.get("LD_LIBRARY_PATH"):
+        library_dirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(library_dirs)
+    return env
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports nothing listens on right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def port_answers(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to start the embedded server; ports of 0 are replaced by free ones."""
+
+    repositories: tuple[Path, ...]
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    address: str = "127.0.0.1"
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+    #: Extra environment variables of the server and its model stubs (e.g. a front server's shard endpoints).
+    environment: tuple[tuple[str, str], ...] = ()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class TritonServer:
+    """One embedded tritonserver process: start(), wait_until_ready(), stop().
+
+    Example:
+        >>> server = TritonServer(ServerConfig((Path("model_repository"), Path("ensembles"))))  # doctest: +SKIP
+        >>> server.start(); server.wait_until_ready(); print(server.http_url); server.stop()  # doctest: +SKIP
+
+    `running_server` wraps the same steps in a context manager.
+
+    """
+
+    def __init__(self, config: ServerConfig, log_path: Path | None = None):
+        self.config = config
+        self._own_log = log_path is None
+        # Named now, created by start(): a server that never starts leaves no file behind.
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"tritonserver-{uuid.uuid4().hex[:12]}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        ports = free_ports(3, config.address if config.address != "0.0.0.0" else "127.0.0.1")
+        self.http_port = config.http_port or ports[0]
+        self.grpc_port = config.grpc_port or ports[1]
+        self.metrics_port = config.metrics_port or ports[2]
+
+    @property
+    def client_host(self) -> str:
+        """Host a local client connects to."""
+        return "127.0.0.1" if self.config.address in ("0.0.0.0", "") else self.config.address
+
+    @property
+    def http_url(self) -> str:
+        """host:port of the HTTP endpoint."""
+        return f"{self.client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """host:port of the gRPC endpoint."""
+        return f"{self.client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """URL of the Prometheus metrics."""
+        return f"http://{self.client_host}:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        """The full tritonserver command line."""
+        args = [str(tritonserver_binary())]
+        args += [f"--model-repository={path.resolve()}" for path in self.config.repositories]
+        args += [
+            f"--backend-directory={prepare_backend_dir()}",
+            f"--http-address={self.config.address}",
+            f"--grpc-address={self.config.address}",
+            f"--metrics-address={self.config.address}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            *triton_runtime.server_flags(gpu=False),
+            # No GPU here by default: skip the DCGM probes that only print noise.
+            "--allow-gpu-metrics=false",
+            f"--log-verbose={self.config.log_verbose}",
+            *self.config.extra_args,
+        ]
+        return args
+
+    def start(self) -> None:
+        """Start the process (does not wait for readiness; see wait_until_ready)."""
+        for repository in self.config.repositories:
+            if not repository.is_dir():
+                raise ServerError(f"model repository {repository} does not exist; run `recgen build` first")
+        busy = [
+            port for port in (self.http_port, self.grpc_port, self.metrics_port) if port_answers(self.client_host, port)
+        ]
+        if busy:
+            raise ServerError(f"port(s) {busy} on {self.client_host} already answer; is another server running?")
+        log = self.log_path.open("wb")
+        try:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**server_environment(), **dict(self.config.environment)},
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+
+    def logs(self) -> str:
+        """Everything the server printed so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def error_lines(self) -> list[str]:
+        """The server's own error lines (Triton prefixes them with E<date>)."""
+        return [line for line in self.logs().splitlines() if _ERROR_LINE.search(line)]
+
+    def _get(self, path: str, timeout_s: float = 1.0) -> int:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=timeout_s) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    @property
+    def exited(self) -> bool:
+        """Whether the process is gone (never started, stopped, or died)."""
+        return self.process is None or self.process.poll() is not None
+
+    def exit_report(self, when: str) -> str:
+        """Why the server is gone: its exit code and its own error lines (its last words if a signal killed it)."""
+        code = None if self.process is None else self.process.returncode
+        lines = "\n".join(self.error_lines()[-20:])
+        if code is not None and code < 0:  # killed by a signal: its own last words matter more
+            lines = f"{lines}\n--- last lines of {self.log_path} ---\n{self.logs()[-3000:]}"
+        return f"tritonserver exited with code {code} {when} (log: {self.log_path}):\n{lines or self.logs()[-4000:]}"
+
+    def wait_until_ready(self, models: Sequence[str] = (), timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
+        """Block until the server and every named model are ready, all within one deadline."""
+        deadline = time.monotonic() + timeout_s
+        pending = ["/v2/health/ready", *(f"/v2/models/{model}/ready" for model in models)]
+        while pending:
+            if self.exited:
+                raise ModelLoadError(self.exit_report("before it was ready"))
+            if self._get(pending[0]) == 200:
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"tritonserver was not ready within {timeout_s:.0f} s (waiting for {pending[0]}); "
+                    f"log: {self.log_path}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> int | None:
+        """SIGINT, wait up to STOP_GRACE_S, then SIGKILL; returns the exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def close(self) -> None:
+        """Stop the server and remove the log if we created it."""
+        self.stop()
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def running_server(
+    repositories: Sequence[Path],
+    *,
+    models: Sequence[str] = (),
+    timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    log_path: Path | None = None,
+) -> Iterator[TritonServer]:
+    """Start a server on free loopback ports, wait until `models` are ready, always stop it.
+
+    Without `log_path` the log goes to a temporary file, removed after a clean run and kept when the server failed
+    to come up (the raised error quotes it).
+    """
+    server = TritonServer(ServerConfig(tuple(Path(path) for path in repositories)), log_path=log_path)
+    server.start()
+    try:
+        server.wait_until_ready(models, timeout_s)
+    except BaseException:
+        server.stop()  # keep the log for the post-mortem; its path is in the error
+        raise
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def supervise(servers: Sequence[TritonServer], *, poll_s: float = 0.2) -> None:
+    """Block until SIGTERM or Ctrl-C; a server that exits on its own raises ServerError with its exit report.
+
+    The one watch loop of `recgen serve`, for a single server and for a local distributed topology alike.
+    """
+    stop_requested: list[bool] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    try:
+        while not stop_requested:
+            for server in servers:
+                if server.exited:
+                    raise ServerError(server.exit_report("while serving"))
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve_until_stopped(
+    config: ServerConfig,
+    *,
+    timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    log_path: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> int | None:
+    """`recgen serve`: start the server, wait until every model is ready, print the endpoints, supervise, stop.
+
+    Returns the server's exit code; a model that fails to load raises ModelLoadError with the server's lines.
+    """
+    server = TritonServer(config, log_path=log_path)
+    server.start()
+    try:
+        server.wait_until_ready(timeout_s=timeout_s)
+        echo(f"tritonserver ready (log: {server.log_path})")
+        echo(f"  HTTP     {server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}")
+        for ensemble in ensemble_names(config.repositories):
+            echo(f"  ensemble {ensemble}: POST http://{server.http_url}/v2/models/{ensemble}/infer")
+        echo("Ctrl-C to stop.")
+        supervise([server])
+    finally:
+        code = server.stop()
+    echo(f"tritonserver stopped (exit code {code}).")
+    return code
+
+
+def ensemble_names(repositories: Sequence[Path]) -> list[str]:
+    """The ensembles among the models of these repositories (what clients call)."""
+    names = []
+    for repository in repositories:
+        for path in sorted(Path(repository).glob(f"*/{naming.CONFIG_FILE}")):
+            if validation.parse_strict(path.read_text(), str(path)).platform == "ensemble":
+                names.append(path.parent.name)
+    return names

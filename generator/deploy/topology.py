@@ -1,0 +1,193 @@
+"""The distributed topology: which servers run what, how many replica servers each has, and what each holds.
+
+One owner for the distributed layout (ElasticRec's microservices): a front server (router, dense model, one remote
+step per shard group, the ensembles) and one deployment per shard group. A plan's instance count of a group is the
+capacity the planner sized; here it becomes `replica_servers` servers of one Triton instance each. The distributed
+build writes it as topology.json (versioned), `recgen serve --distributed` starts it, and the Kubernetes manifests
+are rendered from it, so all three agree on names, replicas and memory (the front's rank maps and front cache
+included, counted by the same `planning.memory` as the planner's totals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from generator import __version__, naming
+from generator.errors import UserInputError
+from generator.planning import memory
+from generator.planning.capacity import Capacity
+from generator.planning.plan import Device, GroupBy, Plan, ShardGroup
+from generator.repository.layout import shard_group_model_name
+from generator.repository.params import RemoteCallPolicy
+
+TOPOLOGY_FORMAT_VERSION = 2
+#: Instances of a shard group's model inside each of its replica servers.
+INSTANCES_PER_GROUP_SERVER = 1
+
+
+@dataclass(frozen=True)
+class GroupDeployment:
+    """One shard group served by `replica_servers` Triton servers, each loading the repository `repository`."""
+
+    model: str
+    service: str
+    repository: str  # relative to the distributed build
+    replica_servers: int
+    device: Device
+    rows_bytes: int
+    endpoints_env: str
+
+    def memory_bytes(self, capacity: Capacity) -> int:
+        """Expected resident bytes of one replica server: its rows, the server and one stub per instance."""
+        return (
+            self.rows_bytes
+            + capacity.server_overhead_bytes
+            + INSTANCES_PER_GROUP_SERVER * capacity.replica_overhead_bytes
+        )
+
+
+@dataclass(frozen=True)
+class FrontDeployment:
+    """The front server: router, dense model, a remote step per shard group and the ensembles."""
+
+    service: str
+    repository: str
+    replica_servers: int
+    device: Device
+    #: What its router instances load (rank maps and front cache), once per router instance.
+    router_bytes: int
+    router_instances: int
+    #: Python-backend stubs it runs: router, dense and one remote-step instance per group replica.
+    instances: int
+    models: tuple[str, ...]
+
+    def memory_bytes(self, capacity: Capacity) -> int:
+        """Expected resident bytes of one front server."""
+        return (
+            self.router_instances * self.router_bytes
+            + capacity.server_overhead_bytes
+            + self.instances * capacity.replica_overhead_bytes
+        )
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A plan laid out as separately served shard groups behind a front server."""
+
+    model_name: str
+    ensemble: str
+    group_by: GroupBy
+    front: FrontDeployment
+    groups: tuple[GroupDeployment, ...]
+    remote_call: RemoteCallPolicy
+
+    @classmethod
+    def from_plan(
+        cls,
+        plan: Plan,
+        *,
+        group_by: GroupBy = "shard",
+        policy: RemoteCallPolicy | None = None,
+        front_replicas: int = 1,
+    ) -> Topology:
+        """The topology of `plan` with its shards grouped by `group_by` (one service per shard by default)."""
+        plan = dataclasses.replace(plan, group_by=group_by)
+        groups = tuple(_group_deployment(plan, group) for group in plan.shard_groups())
+        front_models = [naming.router_model(plan.model_name), naming.dense_model(plan.model_name)]
+        front_models += [group.model for group in groups]
+        front = FrontDeployment(
+            service=naming.front_service_name(plan.model_name),
+            repository=naming.FRONT_DIR,
+            replica_servers=front_replicas,
+            device=plan.dense.device,
+            router_bytes=memory.router_bytes(
+                [t.spec for t in plan.tables],
+                [t.cached_rows for t in plan.tables],
+                [t.row_order is not None for t in plan.tables],
+            ),
+            router_instances=plan.router.instance_count,
+            instances=plan.router.instance_count
+            + plan.dense.instance_count
+            + sum(group.replica_servers for group in groups),
+            models=(naming.ensemble_model(plan.model_name), *front_models),
+        )
+        return cls(
+            plan.model_name,
+            naming.ensemble_model(plan.model_name),
+            group_by,
+            front,
+            groups,
+            policy or RemoteCallPolicy(),
+        )
+
+    def group_models(self) -> list[str]:
+        """The shard-group models, in plan order."""
+        return [group.model for group in self.groups]
+
+    def check_same_groups(self, other: Topology, what: str) -> None:
+        """Raise UserInputError unless `other` serves the same shard groups (a build and its manifests, say)."""
+        if self.group_models() != other.group_models():
+            raise UserInputError(
+                f"{what} holds groups {other.group_models()}, this topology has {self.group_models()}; "
+                "build and k8s must use the same plan and --group-by"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """topology.json's content."""
+        return {
+            "format_version": TOPOLOGY_FORMAT_VERSION,
+            "recgen_version": __version__,
+            **dataclasses.asdict(self),
+        }
+
+    def save(self, root: Path) -> Path:
+        """Write ROOT/topology.json."""
+        path = Path(root) / naming.TOPOLOGY_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, root: Path) -> Topology:
+        """Read ROOT/topology.json; a missing, malformed or other-version file is a UserInputError naming it."""
+        path = Path(root) / naming.TOPOLOGY_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as error:
+            raise UserInputError(f"{path} does not exist; build with `recgen build --layout distributed`") from error
+        except ValueError as error:
+            raise UserInputError(f"{path} is not a recgen topology ({error})") from error
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != TOPOLOGY_FORMAT_VERSION:
+            raise UserInputError(
+                f"{path} has format version {version!r}; this recgen reads version {TOPOLOGY_FORMAT_VERSION} "
+                "(rebuild it with this recgen)"
+            )
+        try:
+            return cls(
+                data["model_name"],
+                data["ensemble"],
+                data["group_by"],
+                FrontDeployment(**{**data["front"], "models": tuple(data["front"]["models"])}),
+                tuple(GroupDeployment(**group) for group in data["groups"]),
+                RemoteCallPolicy(**data["remote_call"]),
+            )
+        except (KeyError, TypeError) as error:
+            raise UserInputError(f"{path} is not a recgen topology ({type(error).__name__}: {error})") from error
+
+
+def _group_deployment(plan: Plan, group: ShardGroup) -> GroupDeployment:
+    bytes_per_row = {table.spec.name: table.spec.bytes_per_row for table in plan.tables}
+    model = shard_group_model_name(plan, group)
+    return GroupDeployment(
+        model=model,
+        service=naming.service_name(model),
+        repository=f"{naming.GROUPS_DIR}/{model}",
+        replica_servers=group.placement.instance_count,
+        device=group.placement.device,
+        rows_bytes=sum(shard.num_rows * bytes_per_row[shard.table] for shard in group.shards),
+        endpoints_env=naming.endpoints_env_var(model),
+    )

@@ -1,0 +1,1 @@
+"""The model stage: recgen's reference DLRM, its file format and the bundled examples."""

@@ -1,0 +1,145 @@
+"""Cutting one table's hotness order into shards: the cost grid and the exact dynamic program (ElasticRec).
+
+A shard is a contiguous range of a table's rows ordered by access count (hottest first). Its replicas are what its
+expected lookups per query need under the capacity model at the target QPS, and it costs `replicas * (rows *
+bytes_per_row + replica overhead)` bytes. The cut points minimise that memory exactly over a candidate-cut grid
+that holds every position in the hot head and geometrically spaced ones after it (`optimal_segmentation` is a
+textbook O(K G^2) dynamic program, vectorised over the grid).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from generator.errors import PlanError
+from generator.model.dlrm import TableSpec
+from generator.planning.capacity import Capacity
+from generator.planning.plan import Device
+from generator.traffic.profile import TableAccess
+
+#: Every cut position up to this rank is a candidate; beyond it candidates grow geometrically.
+GRID_HEAD = 64
+GRID_GROWTH = 1.08
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """What the planner expects of one shard."""
+
+    table: str
+    index: int
+    row_start: int
+    row_end: int
+    access_share: float
+    replicas: int
+    bytes_per_replica: int
+    device: Device
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes all replicas reserve (rows only; overheads are in the totals)."""
+        return self.replicas * self.bytes_per_replica
+
+
+def candidate_cuts(num_rows: int, touched_rows: int, head: int = GRID_HEAD, growth: float = GRID_GROWTH) -> np.ndarray:
+    """Candidate boundaries [0, ..., num_rows]: dense in the hot head, geometric after, plus the touched edge."""
+    points = set(range(min(head, num_rows) + 1))
+    position = float(head)
+    while position < num_rows:
+        points.add(int(position))
+        position = max(position * growth, position + 1)
+    points.update((touched_rows, num_rows))
+    return np.array(sorted(p for p in points if 0 <= p <= num_rows), dtype=np.int64)
+
+
+def optimal_segmentation(cost: np.ndarray, max_segments: int) -> list[int]:
+    """Grid indices [0, ..., G-1] of the cheapest split of [0, G-1] into at most `max_segments` segments.
+
+    `cost[i, j]` is the cost of one segment from grid point i to grid point j (only i < j is read).
+    """
+    size = cost.shape[0]
+    if size < 2:
+        raise PlanError("a segmentation needs at least two grid points")
+    upper = np.triu(np.ones((size, size), dtype=bool), k=1)
+    segment = np.where(upper, cost, np.inf)
+    best = np.full(size, np.inf)
+    best[0] = 0.0
+    choices: list[np.ndarray] = []
+    answers: list[float] = []
+    for _ in range(max(1, max_segments)):
+        totals = best[:, np.newaxis] + segment  # totals[i, j]: best split of [0, i] plus segment (i, j)
+        choice = np.argmin(totals, axis=0)
+        best = totals[choice, np.arange(size)]
+        choices.append(choice)
+        answers.append(float(best[-1]))
+    segments = int(np.argmin(answers)) + 1  # fewest segments among equal optima
+    cuts = [size - 1]
+    for choice in reversed(choices[:segments]):
+        cuts.append(int(choice[cuts[-1]]))
+    return cuts[::-1]
+
+
+def _table_grid_costs(
+    access: TableAccess,
+    spec: TableSpec,
+    lookups_per_query: float,
+    qps: float,
+    capacity: Capacity,
+    grid: np.ndarray,
+    cached_rows: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Memory cost, replicas and access share of every grid segment (i, j).
+
+    Lookups of the hottest `cached_rows` ranks are served by the router's front cache and reach no shard.
+    """
+    counts = np.asarray(access.ranked_counts(), dtype=np.float64).copy()
+    counts[:cached_rows] = 0.0
+    prefix = np.concatenate([[0], np.cumsum(counts)])
+    at_grid = prefix[np.minimum(grid, access.touched_rows)]
+    total = float(access.lookups)
+    share = (at_grid[np.newaxis, :] - at_grid[:, np.newaxis]) / total if total else np.zeros((grid.size, grid.size))
+    seconds = capacity.shard_fixed_s + capacity.shard_per_row_s * lookups_per_query * share
+    replicas = np.maximum(1, np.ceil(qps * seconds / capacity.target_utilization - 1e-9))
+    rows = grid[np.newaxis, :] - grid[:, np.newaxis]
+    memory = replicas * (rows * spec.bytes_per_row + capacity.replica_overhead_bytes)
+    return memory, replicas.astype(np.int64), share
+
+
+def cut_table(
+    spec: TableSpec,
+    access: TableAccess,
+    *,
+    qps: float,
+    batch_size: int,
+    capacity: Capacity,
+    max_shards: int,
+    cached_rows: int = 0,
+) -> list[ShardStats]:
+    """Optimal cuts of one table's hotness order and each shard's replicas (all on CPU; placement comes later).
+
+    With a front cache of the hottest `cached_rows` ranks, those lookups reach no shard (shares exclude them).
+    """
+    if access.num_rows != spec.num_rows:
+        raise PlanError(f"table {spec.name!r}: the profile has {access.num_rows} rows, the model {spec.num_rows}")
+    lookups_per_query = batch_size * access.mean_ids_per_sample
+    grid = candidate_cuts(spec.num_rows, access.touched_rows)
+    if cached_rows:  # a cut at the cache's edge lets the DP give the (now cold) cached head its own shard
+        grid = np.unique(np.concatenate([grid, [min(cached_rows, spec.num_rows)]]))
+    memory, replicas, share = _table_grid_costs(access, spec, lookups_per_query, qps, capacity, grid, cached_rows)
+    cut_indices = optimal_segmentation(memory, max_shards)
+    return [
+        ShardStats(
+            spec.name,
+            index,
+            int(grid[i]),
+            int(grid[j]),
+            float(share[i, j]),
+            int(replicas[i, j]),
+            int(grid[j] - grid[i]) * spec.bytes_per_row,
+            "cpu",
+        )
+        for index, (i, j) in enumerate(itertools.pairwise(cut_indices))
+    ]

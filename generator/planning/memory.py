@@ -1,0 +1,59 @@
+"""What each part of a deployment holds in bytes: the one memory model of the planner and the deployments.
+
+The planner's totals, the distributed topology and the Kubernetes memory requests all count the same bytes here:
+rows of shards, the router's rank maps and front cache, the dense tower's weights. Per-process overheads (a
+Python-backend stub, a server) are the capacity model's figures.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from generator.model.dlrm import DLRM, TableSpec
+
+#: Bytes of one entry of the router's id -> hotness-rank map (int32; a table holds < 2**31 rows).
+RANK_BYTES = 4
+
+
+def dense_bytes(num_dense_features: int, num_tables: int, bottom_mlp: Sequence[int], top_mlp: Sequence[int]) -> int:
+    """fp32 bytes of the dense tower's parameters."""
+    widths = [num_dense_features, *bottom_mlp]
+    parameters = sum((a + 1) * b for a, b in itertools.pairwise(widths))
+    vectors = num_tables + 1
+    top = [bottom_mlp[-1] + vectors * (vectors - 1) // 2, *top_mlp]
+    parameters += sum((a + 1) * b for a, b in itertools.pairwise(top))
+    return 4 * parameters
+
+
+def router_bytes(tables: Sequence[TableSpec], cached_rows: Sequence[int], permuted: Sequence[bool]) -> int:
+    """What one router instance loads: the rank map of every permuted table plus its front cache's rows."""
+    ranks = sum(spec.num_rows * RANK_BYTES for spec, is_permuted in zip(tables, permuted, strict=True) if is_permuted)
+    cache = sum(rows * spec.bytes_per_row for spec, rows in zip(tables, cached_rows, strict=True))
+    return ranks + cache
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What planning needs of a model (no weights): tables and MLP widths."""
+
+    tables: tuple[TableSpec, ...]
+    num_dense_features: int
+    bottom_mlp: tuple[int, ...]
+    top_mlp: tuple[int, ...]
+
+    @classmethod
+    def of(cls, model: DLRM) -> ModelShape:
+        """The shape of a DLRM."""
+        return cls(tuple(model.tables), model.num_dense_features, tuple(model.bottom_mlp), tuple(model.top_mlp))
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes of the dense tower."""
+        return dense_bytes(self.num_dense_features, len(self.tables), self.bottom_mlp, self.top_mlp)
+
+    @property
+    def embedding_bytes(self) -> int:
+        """Bytes of every table's rows."""
+        return sum(spec.num_rows * spec.bytes_per_row for spec in self.tables)

@@ -1,0 +1,278 @@
+"""The plan: how every table is cut into row-range shards, and how many instances each model gets where.
+
+A plan is a plain value that is printed and checked before anything heavy runs. Shard boundaries and instance
+counts are arbitrary per-shard lists; `uniform_plan` makes the simple even split, the planner makes skewed ones.
+Rows are addressed by *hotness rank*: `TablePlan.row_order[rank]` is the original row id stored at that rank
+(identity when `row_order` is None), so a hotness permutation changes data, not code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from generator import naming
+from generator.errors import PlanError, UserInputError
+from generator.model.dlrm import DLRM, TableSpec
+
+Device = Literal["cpu", "gpu"]
+DEVICES: tuple[Device, ...] = ("cpu", "gpu")
+#: How shards become Triton models: all shards with the same placement in one model (fewer ensemble steps, each
+#: group still scaled on its own), or one model per shard.
+GroupBy = Literal["placement", "shard"]
+GROUP_BY: tuple[GroupBy, ...] = ("placement", "shard")
+#: Largest batch (candidates per request) a generated model accepts unless told otherwise.
+DEFAULT_MAX_BATCH_SIZE = 1024
+
+
+def split_rows(num_rows: int, max_shards: int) -> list[int]:
+    """Boundaries of up to `max_shards` contiguous, nearly equal row ranges: [0, ..., num_rows].
+
+    A table with fewer rows than `max_shards` gets one shard per row.
+    """
+    if num_rows < 1:
+        raise UserInputError(f"`num_rows` must be >= 1, got {num_rows}")
+    if max_shards < 1:
+        raise UserInputError(f"`shards_per_table` must be >= 1, got {max_shards}")
+    count = min(max_shards, num_rows)
+    return [index * num_rows // count for index in range(count + 1)]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs and how many Triton instances (instance_group count) it gets on one server.
+
+    The planner sizes this count; the distributed layout serves the same capacity as that many replica servers of
+    one instance each (`deploy.topology` names them apart).
+    """
+
+    instance_count: int = 1
+    device: Device = "cpu"
+
+    def __post_init__(self) -> None:
+        _check_placement(self.instance_count, self.device, "model")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Rows [row_start, row_end) in hotness-rank order of one table, served as one Triton model."""
+
+    table: str
+    index: int
+    row_start: int
+    row_end: int
+    placement: Placement = field(default_factory=Placement)
+
+    @property
+    def num_rows(self) -> int:
+        """Rows this shard holds."""
+        return self.row_end - self.row_start
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """One table's shards (contiguous, covering every row) and its hotness order."""
+
+    spec: TableSpec
+    shards: tuple[ShardPlan, ...]
+    row_order: np.ndarray | None = None
+    #: The hottest `cached_rows` ranks are also held by the router (FlexEMR's front cache), which pools them itself.
+    cached_rows: int = 0
+
+    def __post_init__(self) -> None:
+        name = self.spec.name
+        if not isinstance(self.cached_rows, int) or not 0 <= self.cached_rows <= self.spec.num_rows:
+            raise PlanError(
+                f"table {name!r}: `cached_rows` must be in 0..{self.spec.num_rows}, got {self.cached_rows!r}"
+            )
+        if not self.shards:
+            raise PlanError(f"table {name!r}: a table needs at least one shard")
+        expected_start = 0
+        for index, shard in enumerate(self.shards):
+            if shard.table != name or shard.index != index:
+                raise PlanError(f"table {name!r}: shard {index} is labelled {shard.table!r}/{shard.index}")
+            if shard.row_start != expected_start or shard.row_end <= shard.row_start:
+                raise PlanError(
+                    f"table {name!r}: shard {index} covers rows [{shard.row_start}, {shard.row_end}); shards must "
+                    f"be non-empty and contiguous, this one must start at {expected_start}"
+                )
+            expected_start = shard.row_end
+        if expected_start != self.spec.num_rows:
+            raise PlanError(f"table {name!r}: shards end at row {expected_start}, the table has {self.spec.num_rows}")
+        if self.row_order is not None:
+            order = np.asarray(self.row_order)
+            if (
+                order.shape != (self.spec.num_rows,)
+                or not np.issubdtype(order.dtype, np.integer)
+                or int(order.min()) < 0
+                or int(order.max()) >= self.spec.num_rows
+                or int(np.bincount(order, minlength=self.spec.num_rows).max()) != 1
+            ):
+                raise PlanError(f"table {name!r}: `row_order` must be a permutation of 0..{self.spec.num_rows - 1}")
+
+    @property
+    def boundaries(self) -> list[int]:
+        """Shard boundaries in rank space: [0, end of shard 0, ..., num_rows]."""
+        return [0, *(shard.row_end for shard in self.shards)]
+
+    def original_rows(self) -> np.ndarray:
+        """Original row id at every rank (identity when the table is not permuted)."""
+        if self.row_order is None:
+            return np.arange(self.spec.num_rows, dtype=np.int64)
+        return np.asarray(self.row_order, dtype=np.int64)
+
+    def rank_of_row(self) -> np.ndarray | None:
+        """Hotness rank of every original row id (the router's lookup table), or None for identity order."""
+        if self.row_order is None:
+            return None
+        dtype = np.int32 if self.spec.num_rows < 2**31 else np.int64  # what planning.memory.RANK_BYTES counts
+        ranks = np.empty(self.spec.num_rows, dtype=dtype)
+        ranks[np.asarray(self.row_order, dtype=np.int64)] = np.arange(self.spec.num_rows, dtype=dtype)
+        return ranks
+
+
+@dataclass(frozen=True)
+class ShardGroup:
+    """Shards served together by one Triton model, with one instance group."""
+
+    index: int
+    placement: Placement
+    shards: tuple[ShardPlan, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the exporter and renderer need besides the weights."""
+
+    model_name: str
+    tables: tuple[TablePlan, ...]
+    router: Placement = field(default_factory=Placement)
+    dense: Placement = field(default_factory=Placement)
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    group_by: GroupBy = "placement"
+
+    def __post_init__(self) -> None:
+        if not naming.is_valid_identifier(self.model_name):
+            raise UserInputError(
+                f"model `name` {self.model_name!r} is not allowed: use 1-64 letters, digits and single '_', "
+                "starting with a letter"
+            )
+        if not 1 <= self.max_batch_size <= 1 << 20:
+            raise UserInputError(f"`max_batch_size` must be in 1..{1 << 20}, got {self.max_batch_size}")
+        if self.group_by not in GROUP_BY:
+            raise UserInputError(f"`group_by` must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
+
+    @property
+    def shards(self) -> list[ShardPlan]:
+        """All shards, table by table."""
+        return [shard for table in self.tables for shard in table.shards]
+
+    @property
+    def has_front_cache(self) -> bool:
+        """Whether the router holds a front cache of hot rows for any table."""
+        return any(table.cached_rows for table in self.tables)
+
+    def shard_groups(self) -> list[ShardGroup]:
+        """Shards grouped into Triton models (see GroupBy), in order of first appearance."""
+        if self.group_by == "shard":
+            return [ShardGroup(i, shard.placement, (shard,)) for i, shard in enumerate(self.shards)]
+        members: dict[Placement, list[ShardPlan]] = {}
+        for shard in self.shards:
+            members.setdefault(shard.placement, []).append(shard)
+        return [ShardGroup(i, placement, tuple(group)) for i, (placement, group) in enumerate(members.items())]
+
+    def check_matches(self, model: DLRM) -> None:
+        """Raise PlanError unless the plan's tables are exactly the model's tables, in order; name what differs."""
+        planned = [table.spec for table in self.tables]
+        if planned == list(model.tables):
+            return
+        differences = []
+        if [t.name for t in planned] != model.table_names:
+            differences.append(f"tables {[t.name for t in planned]} in the plan, {model.table_names} in the model")
+        else:
+            for plan_spec, model_spec in zip(planned, model.tables, strict=True):
+                for field_name in ("num_rows", "dim", "max_ids_per_sample", "side"):
+                    ours, theirs = getattr(plan_spec, field_name), getattr(model_spec, field_name)
+                    if ours != theirs:
+                        differences.append(
+                            f"table {plan_spec.name!r}: `{field_name}` {ours} in the plan, {theirs} in the model"
+                        )
+        raise PlanError("the plan does not match the model: " + "; ".join(differences))
+
+    def __str__(self) -> str:
+        lines = [f"plan for {self.model_name!r}: {len(self.tables)} tables, {len(self.shards)} shards"]
+        lines.append(f"  {'table':<16} {'shard':>5} {'rows':>21} {'instances':>9} {'device':>6} {'MB':>9}")
+        for table in self.tables:
+            for shard in table.shards:
+                rows = f"[{shard.row_start}, {shard.row_end})"
+                megabytes = shard.num_rows * table.spec.bytes_per_row / 1e6
+                lines.append(
+                    f"  {table.spec.name:<16} {shard.index:>5} {rows:>21} {shard.placement.instance_count:>9} "
+                    f"{shard.placement.device:>6} {megabytes:>9.3f}"
+                )
+        lines.append(f"  {len(self.shard_groups())} shard models (grouped by {self.group_by})")
+        lines.append(
+            f"  router: {self.router.instance_count} x {self.router.device}; "
+            f"dense: {self.dense.instance_count} x {self.dense.device}"
+        )
+        return "\n".join(lines)
+
+
+def _check_placement(instance_count: int, device: str, what: str) -> None:
+    if not isinstance(instance_count, int) or not 1 <= instance_count <= 256:
+        raise UserInputError(f"{what} `instance_count` must be an integer in 1..256, got {instance_count!r}")
+    if device not in DEVICES:
+        raise UserInputError(f"{what} `device` must be one of {', '.join(DEVICES)}, got {device!r}")
+
+
+def table_plan(
+    spec: TableSpec,
+    boundaries: Sequence[int],
+    placements: Sequence[Placement],
+    row_order: np.ndarray | None = None,
+    cached_rows: int = 0,
+) -> TablePlan:
+    """Build one table's plan from its boundaries [0, ..., num_rows] and one placement per shard."""
+    if len(placements) != len(boundaries) - 1:
+        raise PlanError(
+            f"table {spec.name!r}: {len(boundaries) - 1} shards need {len(boundaries) - 1} placements, "
+            f"got {len(placements)}"
+        )
+    shards = tuple(
+        ShardPlan(spec.name, index, int(start), int(end), placement)
+        for index, (start, end, placement) in enumerate(zip(boundaries[:-1], boundaries[1:], placements, strict=True))
+    )
+    return TablePlan(spec, shards, row_order, cached_rows)
+
+
+def uniform_plan(
+    model: DLRM,
+    *,
+    name: str = "dlrm",
+    shards_per_table: int = 2,
+    device: Device = "cpu",
+    instance_count: int = 1,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    group_by: GroupBy = "placement",
+) -> Plan:
+    """Cut every table into up to `shards_per_table` equal row ranges, one instance each, identity row order.
+
+    The router always runs on CPU (it is numpy bookkeeping); shards and the dense model go to `device`.
+    """
+    _check_placement(instance_count, device, "shard")
+    placement = Placement(instance_count, device)
+    tables = []
+    for spec in model.tables:
+        boundaries = split_rows(spec.num_rows, shards_per_table)
+        tables.append(table_plan(spec, boundaries, [placement] * (len(boundaries) - 1)))
+    return Plan(
+        model_name=name,
+        tables=tuple(tables),
+        router=Placement(instance_count, "cpu"),
+        dense=placement,
+        max_batch_size=max_batch_size,
+        group_by=group_by,
+    )

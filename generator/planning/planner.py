@@ -1,0 +1,225 @@
+"""The planner (ElasticRec): hotness-ordered rows, DP-optimal cuts, utility-based replicas, placement, totals.
+
+The stages, each its own module: `cuts` orders each table's rows by access count and cuts them (the cost grid and
+the dynamic program), `placement` puts the dense model and the densest shards on GPU and fills the router's front
+cache, `report` prices the plan against the model-wise baseline. `plan_model` composes them into a `PlanReport`
+(no weights needed), `plan_from_report` turns that into a buildable `Plan`, and `plan_to_files` is the whole
+`recgen plan` pipeline from files to plan.json, its row orders and its figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from generator.errors import UserInputError
+from generator.model.dlrm import DLRM
+from generator.planning import figure, memory
+from generator.planning.capacity import Capacity
+from generator.planning.cuts import cut_table
+from generator.planning.memory import ModelShape
+from generator.planning.placement import allocate_front_cache, place_on_gpu
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, Placement, Plan, table_plan
+from generator.planning.plan_file import row_order_path, save_plan
+from generator.planning.report import PlanReport, model_wise_totals, planned_totals
+from generator.traffic.profile import AccessProfile
+
+
+@dataclass(frozen=True)
+class PlanTargets:
+    """What a plan must serve and within which limits; checked on construction."""
+
+    target_qps: float
+    batch_size: int = 256
+    max_shards_per_table: int = 8
+    gpu_memory_bytes: int | None = None
+    window_s: float = 1.0
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    front_cache_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.target_qps > 0:
+            raise UserInputError(f"`target_qps` must be > 0, got {self.target_qps}")
+        if not 1 <= self.batch_size <= self.max_batch_size:
+            raise UserInputError(
+                f"`batch` must be in 1..{self.max_batch_size} (the max batch size), got {self.batch_size}"
+            )
+        if not 1 <= self.max_shards_per_table <= 1024:
+            raise UserInputError(f"`max_shards_per_table` must be in 1..1024, got {self.max_shards_per_table}")
+        if self.window_s <= 0:
+            raise UserInputError(f"`window_s` must be > 0, got {self.window_s}")
+        if self.front_cache_bytes < 0:
+            raise UserInputError(f"`front_cache_mb` must be >= 0, got {self.front_cache_bytes / 2**20:g}")
+
+
+def _lookups_per_query(shape: ModelShape, profile: AccessProfile, batch_size: int) -> list[float]:
+    return [batch_size * profile.table(spec.name).mean_ids_per_sample for spec in shape.tables]
+
+
+def plan_model(
+    shape: ModelShape,
+    profile: AccessProfile,
+    *,
+    target_qps: float,
+    batch_size: int = 256,
+    capacity: Capacity | None = None,
+    max_shards_per_table: int = 8,
+    gpu_memory_bytes: int | None = None,
+    window_s: float = 1.0,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    front_cache_bytes: int = 0,
+) -> PlanReport:
+    """Cut every table, size every model for `target_qps` queries of `batch_size` candidates, place on GPU.
+
+    `front_cache_bytes`: the router keeps that many bytes of the hottest rows (see `allocate_front_cache`); their
+    lookups reach no shard, so hot shards need fewer replicas. Needs no weights; `plan_from_report` turns the
+    result into a buildable Plan.
+    """
+    targets = PlanTargets(
+        target_qps, batch_size, max_shards_per_table, gpu_memory_bytes, window_s, max_batch_size, front_cache_bytes
+    )
+    capacity = capacity or Capacity()
+    accesses = [profile.table(spec.name) for spec in shape.tables]
+    cached = allocate_front_cache(shape, profile, targets.front_cache_bytes)
+    lookups_per_query = _lookups_per_query(shape, profile, batch_size)
+    window_lookups = [target_qps * window_s * lookups for lookups in lookups_per_query]
+    stats = [
+        shard
+        for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)
+        for shard in cut_table(
+            spec, access, qps=target_qps, batch_size=batch_size, capacity=capacity,
+            max_shards=max_shards_per_table, cached_rows=cached_rows,
+        )
+    ]  # fmt: skip
+    model_wise_replicas = capacity.replicas(
+        target_qps, capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
+    )
+    router_replicas = capacity.replicas(target_qps, capacity.router_seconds(sum(lookups_per_query)))
+    dense_replicas = capacity.replicas(target_qps, capacity.dense_seconds(batch_size))
+    router_bytes = memory.router_bytes(shape.tables, cached, permuted=[True] * len(shape.tables))
+    stats, dense_device = place_on_gpu(stats, dense_replicas * shape.dense_bytes, gpu_memory_bytes)
+    hits = sum(float(access.ranked_counts()[:rows].sum()) for access, rows in zip(accesses, cached, strict=True))
+    total_lookups = sum(access.lookups for access in accesses)
+    return PlanReport(
+        target_qps,
+        batch_size,
+        window_s,
+        capacity,
+        tuple(stats),
+        router_replicas,
+        dense_replicas,
+        planned_totals(
+            shape, accesses, capacity, stats, (router_replicas, dense_replicas), router_bytes, window_lookups, cached
+        ),
+        model_wise_totals(shape, accesses, capacity, model_wise_replicas, window_lookups),
+        dense_device == "gpu",
+        tuple(cached),
+        sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True)),
+        hits / total_lookups if total_lookups else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class ScaledReplicas:
+    """Replicas at one load under the plan's scaling rule: per shard (report order), router, dense, model-wise."""
+
+    qps: float
+    shards: tuple[int, ...]
+    router: int
+    dense: int
+    model_wise: int
+
+
+def scale_to_load(report: PlanReport, shape: ModelShape, profile: AccessProfile, qps: float) -> ScaledReplicas:
+    """The plan's cuts at another load: every model gets the replicas that load needs under the capacity model.
+
+    This is what the autoscalers do between the planned floor and the ceiling; at the planned load it gives back
+    the report's own replica counts.
+    """
+    if not qps > 0:
+        raise UserInputError(f"`qps` must be > 0, got {qps}")
+    capacity, batch = report.capacity, report.batch_size
+    lookups = dict(zip([spec.name for spec in shape.tables], _lookups_per_query(shape, profile, batch), strict=True))
+    return ScaledReplicas(
+        qps,
+        tuple(capacity.replicas(qps, capacity.shard_seconds(lookups[s.table] * s.access_share)) for s in report.shards),
+        capacity.replicas(qps, capacity.router_seconds(sum(lookups.values()))),
+        capacity.replicas(qps, capacity.dense_seconds(batch)),
+        capacity.replicas(qps, capacity.whole_model_seconds(sum(lookups.values()), batch)),
+    )
+
+
+def plan_from_report(
+    report: PlanReport,
+    shape: ModelShape,
+    profile: AccessProfile,
+    *,
+    name: str = "dlrm",
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> Plan:
+    """The buildable plan: hotness row orders from the profile, the report's cuts, replicas and devices."""
+    tables = []
+    cached = report.cached_rows or (0,) * len(shape.tables)
+    for spec, cached_rows in zip(shape.tables, cached, strict=True):
+        shards = [s for s in report.shards if s.table == spec.name]
+        boundaries = [shards[0].row_start, *(s.row_end for s in shards)]
+        placements = [Placement(s.replicas, s.device) for s in shards]
+        order = profile.table(spec.name).row_order()
+        tables.append(table_plan(spec, boundaries, placements, row_order=order, cached_rows=cached_rows))
+    return Plan(
+        model_name=name,
+        tables=tuple(tables),
+        router=Placement(report.router_replicas, "cpu"),
+        dense=Placement(report.dense_replicas, "gpu" if report.dense_on_gpu else "cpu"),
+        max_batch_size=max_batch_size,
+    )
+
+
+@dataclass(frozen=True)
+class PlanFiles:
+    """A planned model and where `plan_to_files` wrote it."""
+
+    plan: Plan
+    report: PlanReport
+    plan_path: Path
+    rows_path: Path
+    figure_path: Path
+    model_path: Path
+
+    def __str__(self) -> str:
+        return (
+            f"{self.report}\nwrote {self.plan_path}, {self.rows_path} and {self.figure_path}\n"
+            f"build it: recgen build --model {self.model_path} --plan {self.plan_path}"
+        )
+
+
+def plan_to_files(
+    model_path: Path,
+    profile_path: Path,
+    targets: PlanTargets,
+    out_path: Path,
+    *,
+    capacity: Capacity | None = None,
+    figure_path: Path | None = None,
+    name: str = "dlrm",
+) -> PlanFiles:
+    """`recgen plan`: model and profile files in; plan.json, its row orders and a PNG of the cuts out."""
+    model = DLRM.load(model_path)
+    profile = AccessProfile.load(profile_path)
+    shape = ModelShape.of(model)
+    report = plan_model(
+        shape,
+        profile,
+        target_qps=targets.target_qps,
+        batch_size=targets.batch_size,
+        capacity=capacity,
+        max_shards_per_table=targets.max_shards_per_table,
+        gpu_memory_bytes=targets.gpu_memory_bytes,
+        window_s=targets.window_s,
+        max_batch_size=targets.max_batch_size,
+        front_cache_bytes=targets.front_cache_bytes,
+    )
+    the_plan = plan_from_report(report, shape, profile, name=name, max_batch_size=targets.max_batch_size)
+    save_plan(the_plan, out_path, report, profile_source=profile.source)
+    written = figure.plot_plan(report, profile, figure_path or out_path.with_suffix(".png"))
+    return PlanFiles(the_plan, report, out_path, row_order_path(out_path), written, model_path)

@@ -1,0 +1,372 @@
+"""Build a Triton repository (leaf models) and an ensemble repository from a model and a plan, atomically.
+
+Everything is written into staged directories beside the outputs (`staging`), every config is parsed back with
+Triton's schema and the ensemble's data flow is checked, and only then are the directories renamed into place; a
+failed build leaves the previous outputs (if any) untouched. Every repository gets a README.md that says what is
+in it and how to serve and call it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from generator import __version__, naming, triton_runtime
+from generator.errors import OutputExistsError, UserInputError
+from generator.model.dlrm import DLRM
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, Device, GroupBy, Placement, Plan, ShardGroup, uniform_plan
+from generator.planning.plan_file import load_plan
+from generator.repository import configs, export, layout, readme, staging, validation
+from generator.repository.configs import BACKENDS, TARGETS, Backend, LeafOptions, Target
+from generator.repository.params import RemoteCallPolicy
+
+MANIFEST_FORMAT_VERSION = 1
+#: What a generated model does in its ensemble.
+Role = Literal["router", "shards", "remote", "dense", "ensemble", "whole"]
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """One generated Triton model."""
+
+    name: str
+    role: Role
+    backend: str
+    instance_count: int
+    device: str
+    num_bytes: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build wrote, and how to serve it."""
+
+    plan: Plan
+    backend: Backend
+    target: Target
+    repository: Path
+    ensembles: Path | None
+    models: tuple[BuiltModel, ...]
+
+    @property
+    def repositories(self) -> list[Path]:
+        """Every repository the server must load."""
+        return [self.repository] if self.ensembles is None else [self.repository, self.ensembles]
+
+    @property
+    def ensemble_name(self) -> str:
+        """The endpoint clients call."""
+        return naming.ensemble_model(self.plan.model_name)
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether any model has KIND_GPU instances."""
+        return any(model.device == "gpu" for model in self.models)
+
+    def container_command(self) -> str:
+        """The command that serves this build in the NGC Triton container."""
+        volumes = [(self.repository.resolve(), "/models")]
+        if self.ensembles is not None:
+            volumes.append((self.ensembles.resolve(), "/ensembles"))
+        return triton_runtime.docker_run_command(volumes, gpu=self.uses_gpu)
+
+    def __str__(self) -> str:
+        lines = [
+            f"wrote {len(self.models)} models for {self.plan.model_name!r} "
+            f"(backend {self.backend}, target {self.target}):",
+            f"  {'model':<40} {'role':<8} {'backend':<11} {'instances':>9} {'device':>6} {'bytes':>12}  detail",
+        ]
+        for model in self.models:
+            lines.append(
+                f"  {model.name:<40} {model.role:<8} {model.backend:<11} {model.instance_count:>9} "
+                f"{model.device:>6} {model.num_bytes:>12,}  {model.detail}"
+            )
+        total = sum(model.num_bytes for model in self.models)
+        lines += [
+            f"  total {total:,} bytes; {len(self.plan.shards)} shards over {len(self.plan.tables)} tables",
+            f"leaf models: {self.repository}",
+            f"ensemble:    {self.ensembles}/{self.ensemble_name}"
+            if self.ensembles
+            else "ensemble:    none (monolithic)",
+            f"serve here:  recgen serve --repo {self.repository}"
+            + (f" --ensembles {self.ensembles}" if self.ensembles else ""),
+            f"NGC container ({triton_runtime.NGC_IMAGE}):",
+            f"  {self.container_command()}",
+        ]
+        if self.backend == "python" and self.uses_gpu:
+            lines.append("note: numpy models on KIND_GPU instances still compute on the host; use --backend onnx.")
+        return "\n".join(lines)
+
+
+def check_options(backend: str, target: str) -> LeafOptions:
+    """The leaf options, or a UserInputError naming the allowed values."""
+    if backend not in BACKENDS:
+        raise UserInputError(f"`backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if target not in TARGETS:
+        raise UserInputError(f"`target` must be one of {', '.join(TARGETS)}, got {target!r}")
+    return LeafOptions(backend, target)  # type: ignore[arg-type]
+
+
+def check_output(path: Path, flag: str, force: bool) -> None:
+    """An output may be replaced only with `force`, and only if it is a directory."""
+    if path.exists() and not force:
+        raise OutputExistsError(f"`{flag}` {path} already exists; pass --force to replace it")
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"`{flag}` {path} exists and is not a directory")
+
+
+def _check_outputs(repository: Path, ensembles: Path, force: bool) -> None:
+    repository, ensembles = repository.resolve(), ensembles.resolve()
+    if repository == ensembles or repository in ensembles.parents or ensembles in repository.parents:
+        raise UserInputError(
+            f"`--out` ({repository}) and `--ensembles` ({ensembles}) must be separate, non-nested directories"
+        )
+    check_output(repository, "--out", force)
+    check_output(ensembles, "--ensembles", force)
+
+
+def _new_model_dir(root: Path, name: str) -> Path:
+    version_dir = root / name / naming.MODEL_VERSION
+    version_dir.mkdir(parents=True)
+    return version_dir
+
+
+class ModelWriter:
+    """Writes models into repositories and records what it wrote (configs for the ensemble check, built models)."""
+
+    def __init__(self, model: DLRM, plan: Plan, leaves: LeafOptions):
+        self.model, self.plan, self.leaves = model, plan, leaves
+        self.configs: dict[str, mc.ModelConfig] = {}
+        self.built: list[BuiltModel] = []
+
+    def _finish(self, config: mc.ModelConfig, version_dir: Path, role: Role, detail: str) -> None:
+        validation.write_config(config, version_dir.parent)
+        self.configs[config.name] = config
+        group = config.instance_group[0]
+        onnx = role in ("shards", "dense") and self.leaves.backend == "onnx"
+        self.built.append(
+            BuiltModel(
+                name=config.name,
+                role=role,
+                backend=(config.backend or config.platform) + (" (onnx)" if onnx else ""),
+                instance_count=group.count,
+                device="gpu" if group.kind == mc.ModelInstanceGroup.KIND_GPU else "cpu",
+                num_bytes=export.directory_bytes(version_dir.parent),
+                detail=detail,
+            )
+        )
+
+    def router(self, repository: Path) -> None:
+        """The router, with the rank maps and front cache it needs."""
+        config = configs.router_config(self.plan)
+        version_dir = _new_model_dir(repository, config.name)
+        export.export_router(self.model, self.plan, version_dir)
+        self._finish(config, version_dir, "router", f"{len(self.plan.tables)} tables -> {len(self.plan.shards)} shards")
+
+    def shard_group(self, repository: Path, group: ShardGroup, placement: Placement | None = None) -> None:
+        """A shard group model with its members' rows (`placement` replaces the group's own)."""
+        config = configs.shard_group_config(self.plan, group, self.leaves, placement)
+        version_dir = _new_model_dir(repository, config.name)
+        export.export_shard_group(self.model, self.plan, group, self.leaves, version_dir)
+        members = ", ".join(f"{s.table}[{s.row_start}:{s.row_end}]" for s in group.shards)
+        self._finish(config, version_dir, "shards", members if len(members) < 60 else f"{len(group.shards)} shards")
+
+    def remote_group(self, repository: Path, group: ShardGroup, policy: RemoteCallPolicy) -> None:
+        """The front's remote step for a shard group (replaces the group's config in the ensemble check)."""
+        config = configs.remote_group_config(self.plan, group, policy)
+        version_dir = _new_model_dir(repository, config.name)
+        export.install_python_model(export.REMOTE_GROUP_MODULE, version_dir)
+        self._finish(config, version_dir, "remote", f"gRPC to {group.placement.instance_count} replica(s)")
+
+    def dense(self, repository: Path) -> None:
+        """The dense model."""
+        config = configs.dense_config(self.plan, self.model.num_dense_features, self.leaves)
+        version_dir = _new_model_dir(repository, config.name)
+        export.export_dense(self.model, self.plan, self.leaves, version_dir)
+        self._finish(config, version_dir, "dense", f"MLPs {self.model.bottom_mlp} / {self.model.top_mlp}")
+
+    def ranking(self, leaf_repository: Path, ensemble_repository: Path) -> None:
+        """The `<model>_ranking` ensemble, its router and its dense model (shard groups shared with the flattened one).
+
+        Only for models with features on both sides; an all-item model has nothing to compute once per request.
+        """
+        model, plan = self.model, self.plan
+        if not model.supports_ranking_requests:
+            return
+        router = configs.ranking_router_config(plan)
+        version_dir = _new_model_dir(leaf_repository, router.name)
+        export.export_router(model, plan, version_dir)
+        self._finish(router, version_dir, "router", "ranking: user row + candidate rows")
+        dense = configs.ranking_dense_config(plan, model.dense_sides)
+        version_dir = _new_model_dir(leaf_repository, dense.name)
+        export.export_dense_weights(model, export.RANKING_DENSE_MODULE, version_dir)
+        self._finish(dense, version_dir, "dense", "ranking: user-only terms once")
+        self._ensemble(configs.ranking_ensemble_config(plan, model.dense_sides), ensemble_repository)
+
+    def ensemble(self, repository: Path) -> None:
+        """The flattened ensemble, checked against the models written so far."""
+        self._ensemble(configs.ensemble_config(self.plan, self.model.num_dense_features), repository)
+
+    def _ensemble(self, ensemble: mc.ModelConfig, repository: Path) -> None:
+        validation.check_ensemble(ensemble, self.configs)
+        ensemble_dir = repository / ensemble.name
+        (ensemble_dir / naming.MODEL_VERSION).mkdir(parents=True)  # Triton needs a version dir, even an empty one
+        validation.write_config(ensemble, ensemble_dir)
+        steps = len(ensemble.ensemble_scheduling.step)
+        self.built.append(
+            BuiltModel(
+                ensemble.name, "ensemble", "ensemble", 0, "-", export.directory_bytes(ensemble_dir), f"{steps} steps"
+            )
+        )
+
+
+def build(
+    model: DLRM,
+    plan: Plan,
+    repository: Path,
+    ensembles: Path,
+    *,
+    backend: Backend = "python",
+    target: Target = "embedded",
+    force: bool = False,
+) -> BuildResult:
+    """Write the router, shard, dense and ensemble models for `plan`; see the module docstring."""
+    leaves = check_options(backend, target)
+    plan.check_matches(model)
+    repository, ensembles = Path(repository), Path(ensembles)
+    _check_outputs(repository, ensembles, force)
+    with staging.staged([repository, ensembles]) as (staged_repository, staged_ensembles):
+        writer = ModelWriter(model, plan, leaves)
+        writer.router(staged_repository)
+        for group in plan.shard_groups():
+            writer.shard_group(staged_repository, group)
+        writer.dense(staged_repository)
+        writer.ensemble(staged_ensembles)
+        writer.ranking(staged_repository, staged_ensembles)
+        result = BuildResult(plan, backend, target, repository, ensembles, tuple(writer.built))
+        write_manifest(plan, leaves, staged_repository)
+        for staged_path in (staged_repository, staged_ensembles):
+            readme.write_single(staged_path, result, model)
+    return result
+
+
+def build_monolithic(
+    model: DLRM,
+    plan: Plan,
+    repository: Path,
+    *,
+    backend: Backend = "python",
+    target: Target = "embedded",
+    force: bool = False,
+) -> BuildResult:
+    """The model-wise baseline: the whole model as one Triton model named after it, `plan.dense` instances.
+
+    Same request contract as the ensemble, so the same clients, checks and load tests run against it.
+    """
+    leaves = check_options(backend, target)
+    plan.check_matches(model)
+    repository = Path(repository)
+    check_output(repository, "--out", force)
+    with staging.staged([repository]) as (staged_repository,):
+        config = configs.monolithic_config(plan, model.num_dense_features, leaves)
+        version_dir = _new_model_dir(staged_repository, config.name)
+        export.export_monolithic(model, plan, leaves, version_dir)
+        validation.write_config(config, version_dir.parent)
+        built = BuiltModel(
+            config.name,
+            "whole",
+            config.backend,
+            plan.dense.instance_count,
+            plan.dense.device,
+            export.directory_bytes(version_dir.parent),
+            "monolithic",
+        )
+        result = BuildResult(plan, backend, target, repository, None, (built,))
+        readme.write_single(staged_repository, result, model)
+    return result
+
+
+def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
+    """A versioned record of what was built (Triton ignores plain files at the repository root)."""
+    group_of = {
+        (shard.table, shard.index): layout.shard_group_model_name(plan, group)
+        for group in plan.shard_groups()
+        for shard in group.shards
+    }
+    manifest = {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "recgen_version": __version__,
+        "model_name": plan.model_name,
+        "backend": leaves.backend,
+        "target": leaves.target,
+        "max_batch_size": plan.max_batch_size,
+        "group_by": plan.group_by,
+        "tables": [
+            {
+                "table": table.spec.name,
+                "num_rows": table.spec.num_rows,
+                "dim": table.spec.dim,
+                "max_ids_per_sample": table.spec.max_ids_per_sample,
+                "permuted": table.row_order is not None,
+                "shards": [
+                    {
+                        "model": group_of[(table.spec.name, shard.index)],
+                        "row_start": shard.row_start,
+                        "row_end": shard.row_end,
+                        "instance_count": shard.placement.instance_count,
+                        "device": shard.placement.device,
+                    }
+                    for shard in table.shards
+                ],
+            }
+            for table in plan.tables
+        ],
+    }
+    (repository / naming.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class UniformOptions:
+    """The build flags that make a uniform plan when no plan file is given."""
+
+    name: str = "dlrm"
+    shards_per_table: int = 2
+    device: Device = "cpu"
+    instances: int = 1
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    group_by: GroupBy = "placement"
+
+
+#: The options a plan file decides (besides group_by, which a distributed build may still choose).
+PLAN_DECIDES = ("shards_per_table", "device", "instances", "name", "max_batch_size")
+
+
+def resolve_plan(
+    model: DLRM, plan_path: Path | None, uniform: UniformOptions, given: Collection[str], *, distributed: bool
+) -> Plan:
+    """The plan of a build: the plan file, or a uniform one from `uniform`.
+
+    `given` names the options set explicitly: with a plan file, an option the plan decides is an error (naming the
+    flags), except `group_by` for a distributed build, which chooses how its shards are grouped into services.
+    """
+    if plan_path is None:
+        return uniform_plan(
+            model,
+            name=uniform.name,
+            shards_per_table=uniform.shards_per_table,
+            device=uniform.device,
+            instance_count=uniform.instances,
+            max_batch_size=uniform.max_batch_size,
+            group_by=uniform.group_by,
+        )
+    decided = [*PLAN_DECIDES, *([] if distributed else ["group_by"])]
+    clashes = [name for name in decided if name in given]
+    if clashes:
+        raise UserInputError(f"--plan sets {', '.join('--' + c.replace('_', '-') for c in clashes)}; drop them")
+    return load_plan(plan_path)

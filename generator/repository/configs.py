@@ -1,0 +1,261 @@
+"""The one mapping from a plan to Triton's config schema (`model_config_pb2.ModelConfig` messages).
+
+Signatures come from `layout`, the runtime models' parameters from `params`; this module only says how they become
+config messages: backend, instance group, dynamic batching, parameters, ensemble steps. `validation` writes the
+messages and parses them back strictly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from generator import naming
+from generator.model.dlrm import Side
+from generator.planning.plan import Placement, Plan, ShardGroup
+from generator.repository import layout, params
+from generator.repository.layout import TensorSpec
+from generator.triton_models.recgen_params import Spec
+
+Backend = Literal["python", "onnx"]
+Target = Literal["embedded", "container"]
+BACKENDS: tuple[Backend, ...] = ("python", "onnx")
+TARGETS: tuple[Target, ...] = ("embedded", "container")
+
+#: ORT threads per instance: instances are the unit of parallelism on few cores, so one thread each avoids
+#: oversubscription (ORT's default is one thread per core *per instance*).
+ORT_THREADS_PER_INSTANCE = 1
+
+#: Dynamic-batching delay of leaf models. Measured (bench/serving.py, batch 256, 8 clients, 2 cores): waiting
+#: 500-2000 us or letting leaves take 8x the ensemble's batch only lowered throughput, so batch what is queued.
+QUEUE_DELAY_US = 0
+
+_KIND = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
+
+
+@dataclass(frozen=True)
+class LeafOptions:
+    """How shard groups and dense models are served: numpy or ONNX models, for the embedded server or the NGC one."""
+
+    backend: Backend = "python"
+    target: Target = "embedded"
+
+    @property
+    def triton_backend(self) -> str:
+        """Triton backend of a shard or dense model."""
+        return "onnxruntime" if self.backend == "onnx" and self.target == "container" else "python"
+
+    def parameters(self, spec: Spec) -> list[Spec] | dict[str, str]:
+        """The numpy model's typed parameters, or ORT's thread counts for an ONNX model."""
+        if self.backend == "onnx":
+            threads = str(ORT_THREADS_PER_INSTANCE)
+            return {"intra_op_thread_count": threads, "inter_op_thread_count": threads}
+        return [spec]
+
+
+def _data_type(name: str) -> int:
+    return mc.DataType.Value(f"TYPE_{name}")
+
+
+def _add_tensors(target: Iterable[mc.ModelInput] | Iterable[mc.ModelOutput], specs: Sequence[TensorSpec]) -> None:
+    for spec in specs:
+        tensor = target.add()  # type: ignore[attr-defined]
+        tensor.name = spec.name
+        tensor.data_type = _data_type(spec.data_type)
+        tensor.dims.extend(spec.dims)
+
+
+def _base_config(
+    name: str, max_batch_size: int, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
+    _add_tensors(config.input, inputs)
+    _add_tensors(config.output, outputs)
+    return config
+
+
+def _serving_config(
+    name: str,
+    backend: str,
+    max_batch_size: int,
+    placement: Placement,
+    signature: tuple[Sequence[TensorSpec], Sequence[TensorSpec]],
+    parameters: Sequence[Spec] | dict[str, str] = (),
+) -> mc.ModelConfig:
+    """A leaf model: backend, one instance group, dynamic batching across concurrent requests, its parameters."""
+    config = _base_config(name, max_batch_size, *signature)
+    config.backend = backend
+    config.instance_group.add(kind=_KIND[placement.device], count=placement.instance_count)
+    if max_batch_size > 0:  # concurrent requests that queue up share one execute(); see QUEUE_DELAY_US
+        config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    values = parameters if isinstance(parameters, dict) else {spec.PARAMETER: spec.to_json() for spec in parameters}
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def router_config(plan: Plan) -> mc.ModelConfig:
+    """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter."""
+    inputs = layout.sparse_inputs(plan)
+    specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs])]
+    specs += [cache for cache in (params.front_cache(plan),) if cache is not None]
+    return _serving_config(
+        naming.router_model(plan.model_name),
+        "python",
+        plan.max_batch_size,
+        plan.router,
+        (inputs, layout.router_outputs(plan)),
+        specs,
+    )
+
+
+def ranking_router_config(plan: Plan) -> mc.ModelConfig:
+    """The ranking ensemble's router: the user's ids and the N candidates' ids in, per group [1 + N, width] out.
+
+    Row 0 of every output carries the user-side tables' ids, rows 1..N the item-side ones, so the shard groups pool
+    the user's rows once, in the same step (and batch) as the candidates'. Not batching (max_batch_size 0): the
+    user and item tensors of one request have different first dimensions.
+    """
+    inputs = layout.ranking_sparse_inputs(plan)
+    specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs]), params.ranking_router(plan)]
+    specs += [cache for cache in (params.front_cache(plan),) if cache is not None]
+    return _serving_config(
+        naming.ranking_router_model(plan.model_name),
+        "python",
+        0,
+        plan.router,
+        (inputs, [spec.unbatched() for spec in layout.router_outputs(plan)]),
+        specs,
+    )
+
+
+def shard_group_config(
+    plan: Plan, group: ShardGroup, leaves: LeafOptions, placement: Placement | None = None
+) -> mc.ModelConfig:
+    """Shard group: packed row ids of its tables in; per table it holds, the pool over all its shards out.
+
+    `placement` replaces the group's own (the distributed layout runs one instance per replica server).
+    """
+    return _serving_config(
+        layout.shard_group_model_name(plan, group),
+        leaves.triton_backend,
+        plan.max_batch_size,
+        placement or group.placement,
+        layout.group_signature(plan, group),
+        leaves.parameters(params.shard_group(plan, group)),
+    )
+
+
+def remote_group_config(plan: Plan, group: ShardGroup, policy: params.RemoteCallPolicy) -> mc.ModelConfig:
+    """The front's step for a shard group served elsewhere: same name and tensors, calls the group over gRPC.
+
+    One instance per planned replica of the group, so the front keeps every replica busy; the endpoints default to
+    the group's Kubernetes Service and are overridden through the environment (see remote_group_model).
+    """
+    return _serving_config(
+        layout.shard_group_model_name(plan, group),
+        "python",
+        plan.max_batch_size,
+        Placement(device="cpu", instance_count=group.placement.instance_count),
+        layout.group_signature(plan, group),
+        [params.remote_group(plan, group, policy)],
+    )
+
+
+def dense_config(plan: Plan, num_dense_features: int, leaves: LeafOptions) -> mc.ModelConfig:
+    """Dense model: dense features and the packed partial sums in, score out."""
+    return _serving_config(
+        naming.dense_model(plan.model_name),
+        leaves.triton_backend,
+        plan.max_batch_size,
+        plan.dense,
+        (layout.dense_inputs(plan, num_dense_features), layout.ensemble_outputs()),
+        leaves.parameters(params.dense(plan)),
+    )
+
+
+def ranking_dense_config(plan: Plan, dense_sides: list[Side]) -> mc.ModelConfig:
+    """The ranking ensemble's dense model: user-only terms once, broadcast onto the N candidates (numpy)."""
+    partials = [spec.unbatched() for spec in layout.partial_sum_inputs(plan)]  # [1 + N, slots * dim] each
+    return _serving_config(
+        naming.ranking_dense_model(plan.model_name),
+        "python",
+        0,
+        plan.dense,
+        ([*layout.ranking_dense_inputs(dense_sides), *partials], layout.ranking_outputs()),
+        [params.ranking_dense(plan, dense_sides)],
+    )
+
+
+def monolithic_config(plan: Plan, num_dense_features: int, leaves: LeafOptions) -> mc.ModelConfig:
+    """The whole model as one Triton model with the ensemble's request contract (the model-wise baseline)."""
+    return _serving_config(
+        naming.ensemble_model(plan.model_name),
+        leaves.triton_backend,
+        plan.max_batch_size,
+        plan.dense,
+        (layout.ensemble_inputs(plan, num_dense_features), layout.ensemble_outputs()),
+        leaves.parameters(params.monolithic(plan)),
+    )
+
+
+def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
+    """Ensemble: router, then every shard group (dispatched together), then dense; named after the model."""
+    return _ensemble(
+        naming.ensemble_model(plan.model_name),
+        plan,
+        plan.max_batch_size,
+        (layout.ensemble_inputs(plan, num_dense_features), layout.ensemble_outputs()),
+        naming.router_model(plan.model_name),
+        layout.sparse_inputs(plan),
+        (naming.dense_model(plan.model_name), layout.dense_inputs(plan, num_dense_features)),
+    )
+
+
+def ranking_ensemble_config(plan: Plan, dense_sides: list[Side]) -> mc.ModelConfig:
+    """`<model>_ranking`: ranking router, the same shard groups as the flattened ensemble, ranking dense."""
+    dense_inputs = [*layout.ranking_dense_inputs(dense_sides), *layout.partial_sum_inputs(plan)]
+    return _ensemble(
+        naming.ranking_ensemble(plan.model_name),
+        plan,
+        0,
+        (layout.ranking_inputs(plan, dense_sides), layout.ranking_outputs()),
+        naming.ranking_router_model(plan.model_name),
+        layout.ranking_sparse_inputs(plan),
+        (naming.ranking_dense_model(plan.model_name), dense_inputs),
+    )
+
+
+def _ensemble(
+    name: str,
+    plan: Plan,
+    max_batch_size: int,
+    signature: tuple[Sequence[TensorSpec], Sequence[TensorSpec]],
+    router_name: str,
+    router_inputs: Sequence[TensorSpec],
+    dense_step: tuple[str, Sequence[TensorSpec]],
+) -> mc.ModelConfig:
+    """Router step, every shard group as a step fed by the router's packed ids, then the dense step."""
+    config = _base_config(name, max_batch_size, *signature)
+    config.platform = "ensemble"
+    steps = config.ensemble_scheduling.step
+    router = steps.add(model_name=router_name, model_version=-1)
+    for spec in router_inputs:
+        router.input_map[spec.name] = spec.name
+    if plan.has_front_cache:  # straight from the router to the dense model
+        router.output_map[naming.FRONT_CACHE_PARTIALS] = naming.FRONT_CACHE_PARTIALS
+    for group in plan.shard_groups():
+        local, partial = naming.group_local_ids(group.index), naming.group_partial_sums(group.index)
+        router.output_map[local] = local
+        step = steps.add(model_name=layout.shard_group_model_name(plan, group), model_version=-1)
+        step.input_map[local] = local
+        step.output_map[partial] = partial
+    dense_name, dense_inputs = dense_step
+    dense = steps.add(model_name=dense_name, model_version=-1)
+    for spec in dense_inputs:
+        dense.input_map[spec.name] = spec.name
+    dense.output_map[naming.SCORE] = naming.SCORE
+    return config

@@ -1,0 +1,284 @@
+"""Writes the model files of every generated model into its version directory.
+
+Python-backend models get a real module from `generator.triton_models` (copied as model.py, with the shared
+numpy kernels beside it) plus their data as .npy/.npz; ONNX models are exported with `torch.onnx.export`
+(dynamic batch axis only, so ORT's exact output-shape check passes) and checked against PyTorch with ONNX Runtime
+before the build goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from generator import naming
+from generator.errors import ExportError
+from generator.model.dlrm import DLRM, DenseTower, pool_rows
+from generator.planning.plan import Plan, ShardGroup, ShardPlan, TablePlan
+from generator.repository.configs import LeafOptions
+from generator.repository.layout import dense_inputs, ensemble_inputs, group_layout, table_parts
+
+#: Model modules in `generator.triton_models`, by role.
+ROUTER_MODULE = "router_model.py"
+SHARD_MODULE = "shard_model.py"
+DENSE_MODULE = "dense_model.py"
+MONOLITHIC_MODULE = "monolithic_model.py"
+ONNX_RUNNER_MODULE = "onnx_model.py"
+REMOTE_GROUP_MODULE = "remote_group_model.py"
+RANKING_DENSE_MODULE = "ranking_dense_model.py"
+#: Exported ONNX graphs must match PyTorch this closely on a random batch.
+ONNX_CHECK_ATOL = 1e-6
+_EXPORT_EXAMPLE_BATCH = 3
+_BATCH_DIM = torch.export.Dim("batch", min=1, max=1 << 20)
+
+
+def install_python_model(module: str, version_dir: Path) -> None:
+    """Copy a model module from the package as model.py, with the kernels and parameter specs it imports."""
+    package = resources.files("generator.triton_models")
+    (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module).read_text())
+    for helper in (naming.KERNELS_FILE, naming.PARAMS_FILE):
+        (version_dir / helper).write_text(package.joinpath(helper).read_text())
+
+
+#: Timestamp of every member of the .npz files a build writes, so the same model and plan give the same bytes.
+_NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write arrays as an uncompressed .npz (np.load reads it) whose bytes depend on the arrays only.
+
+    `np.savez` stamps every member with the current time; a build is reproducible when its files are, which is
+    what lets the repository commit a generated example and test that it does not drift.
+    """
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=_NPZ_DATE_TIME)
+            with archive.open(member, "w", force_zip64=True) as file:
+                np.lib.format.write_array(file, np.asanyarray(array), allow_pickle=False)
+
+
+def export_router(model: DLRM, plan: Plan, version_dir: Path) -> None:
+    """Router code, plus the hotness ranks of permuted tables and the front cache's rows (hottest ranks first)."""
+    install_python_model(ROUTER_MODULE, version_dir)
+    ranks = {table.spec.name: table.rank_of_row() for table in plan.tables if table.row_order is not None}
+    if ranks:
+        save_npz(version_dir / naming.ROUTER_ROW_RANKS_FILE, ranks)
+    cache = {
+        table.spec.name: shard_rows(model, table, ShardPlan(table.spec.name, 0, 0, table.cached_rows))
+        for table in plan.tables
+        if table.cached_rows
+    }
+    if cache:
+        save_npz(version_dir / naming.ROUTER_FRONT_CACHE_FILE, cache)
+
+
+def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:
+    """The rows one shard holds, in hotness-rank order."""
+    original = table.original_rows()[shard.row_start : shard.row_end]
+    weight = model.embeddings[table.spec.name].detach().cpu().numpy()
+    return np.ascontiguousarray(weight[original], dtype=np.float32)
+
+
+class ShardGroupGraph(nn.Module):
+    """The ONNX graph of a shard group: packed row ids in, per table slot the pool of its block out."""
+
+    def __init__(self, stacked_rows: np.ndarray, slot_columns: Sequence[tuple[int, int]]):
+        super().__init__()
+        self.rows = nn.Parameter(torch.from_numpy(stacked_rows), requires_grad=False)
+        self.slot_columns = list(slot_columns)
+
+    def forward(self, packed_ids: torch.Tensor) -> torch.Tensor:
+        """[B, width] int32 row ids into the stacked rows (-1 skipped) -> [B, slots * dim] partial sums."""
+        ids = packed_ids.to(torch.int64)
+        return torch.cat([pool_rows(self.rows, ids[:, first:last]) for first, last in self.slot_columns], dim=1)
+
+
+class DenseGraph(nn.Module):
+    """The ONNX graph of the dense model: add each table's partial sums, then the model's own DenseTower."""
+
+    def __init__(self, tower: DenseTower, parts: Sequence[Sequence[tuple[int, int]]], dim: int):
+        super().__init__()
+        self.tower = tower
+        self.parts = [list(per_table) for per_table in parts]  # per table: (packed input index, slot)
+        self.dim = dim
+
+    def forward(self, dense_features: torch.Tensor, *packed: torch.Tensor) -> torch.Tensor:
+        """Dense features [B, D] and each group's packed partial sums -> score [B, 1]."""
+        pooled = []
+        for per_table in self.parts:
+            slices = [packed[i][:, slot * self.dim : (slot + 1) * self.dim] for i, slot in per_table]
+            total = slices[0]
+            for piece in slices[1:]:
+                total = total + piece
+            pooled.append(total)
+        return self.tower(dense_features, pooled)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[io.StringIO]:
+    """Capture the exporter's progress prints, warnings and log lines (about internals, not the user's model)."""
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as progress:
+            warnings.simplefilter("ignore")
+            yield progress
+    finally:
+        onnx_logger.setLevel(level)
+
+
+def _export_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    names: Sequence[str],
+    output_names: str | Sequence[str],
+    path: Path,
+    *,
+    varargs_after: int | None = None,
+) -> None:
+    """Export with a dynamic batch axis on every input, then check ORT against PyTorch on the example.
+
+    `varargs_after`: the forward takes `*args` from this position on (their dynamic shapes nest as one tuple).
+    """
+    batch = _BATCH_DIM
+    per_input: list[object] = [{0: batch} for _ in example]
+    dynamic_shapes = (
+        tuple(per_input) if varargs_after is None else (*per_input[:varargs_after], tuple(per_input[varargs_after:]))
+    )
+    # The exporter prints progress and warns about internals that are not the user's business.
+    with _quiet_exporter() as progress:
+        try:
+            torch.onnx.export(
+                module,
+                example,
+                str(path),
+                input_names=list(names),
+                output_names=[output_names] if isinstance(output_names, str) else list(output_names),
+                dynamic_shapes=dynamic_shapes,
+                dynamo=True,
+                external_data=False,
+            )
+        except Exception as error:  # the exporter raises many types; all mean "this graph did not export"
+            raise ExportError(
+                f"torch.onnx.export failed for {path.parent.parent.name}: {error}\n{progress.getvalue()}"
+            ) from error
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: tensor.numpy() for name, tensor in zip(names, example, strict=True)})
+    with torch.no_grad():
+        result = module(*example)
+    expected = [t.numpy() for t in (result if isinstance(result, tuple) else (result,))]
+    for got_array, expected_array in zip(got, expected, strict=True):
+        if got_array.shape != expected_array.shape or not np.allclose(
+            got_array, expected_array, atol=ONNX_CHECK_ATOL, rtol=0
+        ):
+            difference = np.abs(got_array - expected_array).max()
+            raise ExportError(f"exported {path} differs from PyTorch (max |diff| {difference:.3g})")
+
+
+def export_shard_group(model: DLRM, plan: Plan, group: ShardGroup, leaves: LeafOptions, version_dir: Path) -> None:
+    """A shard group's rows, as one .npy per shard (python) or one model.onnx (onnx)."""
+    tables = {table.spec.name: table for table in plan.tables}
+    rows = [shard_rows(model, tables[s.table], s) for s in group.shards]
+    if leaves.backend == "python":
+        install_python_model(SHARD_MODULE, version_dir)
+        for shard, shard_rows_array in zip(group.shards, rows, strict=True):
+            np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), shard_rows_array)
+        return
+    layout = group_layout(plan, group)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randint(
+        -1, layout.total_rows, (_EXPORT_EXAMPLE_BATCH, layout.width), generator=generator, dtype=torch.int32
+    )
+    _export_onnx(
+        ShardGroupGraph(np.concatenate(rows), layout.columns).eval(),
+        (example,),
+        [naming.group_local_ids(group.index)],
+        naming.group_partial_sums(group.index),
+        version_dir / naming.ONNX_MODEL_FILE,
+    )
+    if leaves.target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+def export_dense(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
+    """The dense tower's weights, as dense.npz (python) or model.onnx (onnx)."""
+    if leaves.backend == "python":
+        export_dense_weights(model, DENSE_MODULE, version_dir)
+        return
+    inputs = dense_inputs(plan, model.num_dense_features)
+    position = {spec.name: index - 1 for index, spec in enumerate(inputs)}
+    parts = [[(position[name], slot) for name, slot in table] for table in table_parts(plan)]
+    graph = DenseGraph(model.dense, parts, plan.tables[0].spec.dim).eval()
+    generator = torch.Generator().manual_seed(0)
+    example = tuple(torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
+    names = [spec.name for spec in inputs]
+    _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)
+    if leaves.target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+def export_dense_weights(model: DLRM, module: str, version_dir: Path) -> None:
+    """A numpy dense model: its module and the tower's weights as dense.npz."""
+    install_python_model(module, version_dir)
+    weights = {key: value.detach().cpu().numpy() for key, value in model.dense.state_dict().items()}
+    save_npz(version_dir / naming.DENSE_WEIGHTS_FILE, weights)
+
+
+class MonolithicGraph(nn.Module):
+    """The ONNX graph of the whole DLRM: dense features and one id tensor per table in, score out."""
+
+    def __init__(self, model: DLRM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, dense_features: torch.Tensor, *sparse: torch.Tensor) -> torch.Tensor:
+        """Score [B, 1] from dense features [B, D] and ids [B, L] per table (model order)."""
+        return self.model.dense(
+            dense_features,
+            [pool_rows(self.model.embeddings[t.name], ids) for t, ids in zip(self.model.tables, sparse, strict=True)],
+        )
+
+
+def export_monolithic(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
+    """The whole model: every table's rows and the dense weights (python), or one ONNX graph (onnx)."""
+    if leaves.backend == "python":
+        export_dense_weights(model, MONOLITHIC_MODULE, version_dir)
+        for table in plan.tables:
+            rows = model.embeddings[table.spec.name].detach().cpu().numpy().astype(np.float32)
+            np.save(version_dir / naming.table_rows_file(table.spec.name), rows)
+        return
+    generator = torch.Generator().manual_seed(0)
+    inputs = ensemble_inputs(plan, model.num_dense_features)
+    example = [torch.randn(_EXPORT_EXAMPLE_BATCH, model.num_dense_features, generator=generator)]
+    example += [
+        torch.randint(-1, t.spec.num_rows, (_EXPORT_EXAMPLE_BATCH, t.spec.max_ids_per_sample), generator=generator)
+        for t in plan.tables
+    ]
+    _export_onnx(
+        MonolithicGraph(model).eval(),
+        tuple(example),
+        [spec.name for spec in inputs],
+        naming.SCORE,
+        version_dir / naming.ONNX_MODEL_FILE,
+        varargs_after=1,
+    )
+    if leaves.target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+def directory_bytes(path: Path) -> int:
+    """Total size of the files under `path`."""
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())

@@ -1,0 +1,156 @@
+"""The typed parameters every generated runtime model reads, built from a plan and its wire layout.
+
+The specs themselves live in `generator.triton_models.recgen_params` (shipped next to each model.py); this module
+fills them in. `configs` puts each into its model's config.pbtxt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from generator import naming, triton_runtime
+from generator.model.dlrm import Side
+from generator.planning.plan import Plan, ShardGroup
+from generator.repository import layout
+from generator.triton_models import recgen_params as params
+
+
+def routing(plan: Plan, input_names: Sequence[str]) -> params.RoutingParams:
+    """The router's routing table: per table (read from `input_names`) where each shard's ids land."""
+    groups = plan.shard_groups()
+    layouts = [layout.group_layout(plan, group) for group in groups]
+    target = {
+        (shard.table, shard.index): params.ShardTarget(
+            output=position, column=group_layout.columns[group_layout.tables.index(shard.table)][0], first_row=first
+        )
+        for position, (group, group_layout) in enumerate(zip(groups, layouts, strict=True))
+        for shard, first in zip(group.shards, group_layout.first_rows, strict=True)
+    }
+    tables = tuple(
+        params.RoutedTable(
+            table=t.spec.name,
+            input=input_name,
+            side=t.spec.side,
+            cached_rows=t.cached_rows,
+            num_rows=t.spec.num_rows,
+            ids_per_sample=t.spec.max_ids_per_sample,
+            boundaries=tuple(t.boundaries),
+            shards=tuple(target[(t.spec.name, s.index)] for s in t.shards),
+            permuted=t.row_order is not None,
+        )
+        for t, input_name in zip(plan.tables, input_names, strict=True)
+    )
+    outputs = tuple(
+        params.PackedOutput(name=naming.group_local_ids(group.index), width=group_layout.width)
+        for group, group_layout in zip(groups, layouts, strict=True)
+    )
+    return params.RoutingParams(tables=tables, outputs=outputs)
+
+
+def front_cache(plan: Plan) -> params.FrontCacheParams | None:
+    """The router's front cache (None without one)."""
+    if not plan.has_front_cache:
+        return None
+    return params.FrontCacheParams(
+        output=naming.FRONT_CACHE_PARTIALS, tables=tuple(layout.cached_tables(plan)), dim=layout.row_dim(plan)
+    )
+
+
+def ranking_router(plan: Plan) -> params.RankingRouterParams:
+    """The ranking router's one extra fact: 1 + N rows reach the (batching) shard groups."""
+    return params.RankingRouterParams(max_rows=plan.max_batch_size)
+
+
+def shard_group(plan: Plan, group: ShardGroup) -> params.ShardGroupParams:
+    """A numpy shard group: its packed tensors, member rows files (stacked in member order) and slot columns."""
+    group_layout = layout.group_layout(plan, group)
+    return params.ShardGroupParams(
+        input=naming.group_local_ids(group.index),
+        output=naming.group_partial_sums(group.index),
+        dim=layout.row_dim(plan),
+        shards=tuple(
+            params.GroupMember(table=s.table, shard=s.index, rows_file=naming.shard_rows_file(s.table, s.index))
+            for s in group.shards
+        ),
+        slots=tuple(
+            params.GroupSlot(table=table, columns=span)
+            for table, span in zip(group_layout.tables, group_layout.columns, strict=True)
+        ),
+    )
+
+
+def _parts(parts: Sequence[tuple[str, int]]) -> tuple[params.PartialSlot, ...]:
+    return tuple(params.PartialSlot(input=name, slot=slot) for name, slot in parts)
+
+
+def dense(plan: Plan) -> params.DenseParams:
+    """A numpy dense model: its inputs and the parts of every table's pool."""
+    return params.DenseParams(
+        dense_input=naming.DENSE_FEATURES,
+        output=naming.SCORE,
+        dim=layout.row_dim(plan),
+        tables=tuple(
+            params.TableParts(table=t.spec.name, parts=_parts(parts))
+            for t, parts in zip(plan.tables, layout.table_parts(plan), strict=True)
+        ),
+    )
+
+
+def ranking_dense(plan: Plan, dense_sides: Sequence[Side]) -> params.RankingDenseParams:
+    """The ranking dense model: each side's dense input, every feature's side, every table's side and parts."""
+    return params.RankingDenseParams(
+        user_dense=naming.USER_DENSE_FEATURES if "user" in dense_sides else None,
+        item_dense=naming.ITEM_DENSE_FEATURES if "item" in dense_sides else None,
+        output=naming.SCORE,
+        dim=layout.row_dim(plan),
+        dense_sides=tuple(dense_sides),
+        tables=tuple(
+            params.SidedTableParts(table=t.spec.name, side=t.spec.side, parts=_parts(parts))
+            for t, parts in zip(plan.tables, layout.table_parts(plan), strict=True)
+        ),
+    )
+
+
+def monolithic(plan: Plan) -> params.MonolithicParams:
+    """The monolithic baseline: one rows file per whole table."""
+    return params.MonolithicParams(
+        dense_input=naming.DENSE_FEATURES,
+        output=naming.SCORE,
+        tables=tuple(
+            params.WholeTable(
+                table=t.spec.name,
+                input=naming.sparse_input(t.spec.name),
+                num_rows=t.spec.num_rows,
+                rows_file=naming.table_rows_file(t.spec.name),
+            )
+            for t in plan.tables
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class RemoteCallPolicy:
+    """How a front server's remote shard-group step calls the group's service."""
+
+    deadline_s: float = 2.0
+    max_attempts: int = 3
+    backoff_s: float = 0.05
+    resolve_interval_s: float = 30.0
+
+
+def remote_group(plan: Plan, group: ShardGroup, policy: RemoteCallPolicy) -> params.RemoteParams:
+    """The front's step for a shard group served elsewhere; endpoints default to the group's Kubernetes Service."""
+    name = layout.shard_group_model_name(plan, group)
+    (inputs,), (outputs,) = layout.group_signature(plan, group)
+    return params.RemoteParams(
+        model=name,
+        input=inputs.name,
+        input_dtype=inputs.data_type,
+        output=outputs.name,
+        endpoints=(f"{naming.service_name(name)}:{triton_runtime.GRPC_PORT}",),
+        deadline_s=policy.deadline_s,
+        max_attempts=policy.max_attempts,
+        backoff_s=policy.backoff_s,
+        resolve_interval_s=policy.resolve_interval_s,
+    )

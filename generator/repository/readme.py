@@ -1,0 +1,149 @@
+"""The README.md of every generated repository, rendered from a jinja2 template shipped in the package.
+
+It says what the repository holds (models, roles, instances, devices), how the ensembles chain them, the request
+contract with shapes and dtypes, the exact commands that serve it (embedded server, `tritonserver`, `docker run`)
+and the plan it was built from. Paths in the commands are relative to the directory holding the outputs when they
+share one, so a committed example reads the same on every machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+from generator import naming, triton_runtime
+from generator.model.dlrm import DLRM
+from generator.repository import layout
+from generator.repository.layout import TensorSpec
+
+if TYPE_CHECKING:  # build imports this module
+    from generator.repository.build import BuildResult, BuiltModel
+
+README_FILE = "README.md"
+_TEMPLATE = "repository_readme.md.j2"
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """One tensor of a request contract, as the README shows it."""
+
+    name: str
+    dtype: str
+    shape: str
+    meaning: str
+
+
+def _shape(spec: TensorSpec, batch: str | None) -> str:
+    """`[B, 13]` for a batching model's tensor; `[1, 6]` or `[N, 8]` for a full shape (-1 is N)."""
+    if batch:
+        return "[" + ", ".join([batch, *map(str, spec.dims)]) + "]"
+    first, *rest = spec.dims
+    return "[" + ", ".join(["N" if first == -1 else str(first), *map(str, rest)]) + "]"
+
+
+def _meaning(name: str) -> str:
+    if name in (naming.DENSE_FEATURES, naming.USER_DENSE_FEATURES, naming.ITEM_DENSE_FEATURES):
+        return "continuous features" + (" of the user" if name.startswith("user") else "")
+    if name == naming.SCORE:
+        return "click probability (sigmoid)"
+    return "multi-hot ids, right-padded with -1"
+
+
+def _rows(specs: Sequence[TensorSpec], batch: str | None) -> list[TensorRow]:
+    return [TensorRow(s.name, s.data_type, _shape(s, batch), _meaning(s.name)) for s in specs]
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("generator.repository", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # markdown, not HTML
+    )
+
+
+def _relative(paths: Sequence[Path]) -> tuple[list[str], str]:
+    """Paths as the commands name them, and the directory to run them from."""
+    resolved = [path.resolve() for path in paths]
+    parents = {path.parent for path in resolved}
+    if len(parents) == 1:
+        return [path.name for path in resolved], "the directory that holds " + ", ".join(
+            f"`{path.name}/`" for path in resolved
+        )
+    return [str(path) for path in resolved], "any directory"
+
+
+def _contracts(model: DLRM, result: BuildResult) -> list[dict[str, Any]]:
+    plan = result.plan
+    contracts = [
+        {
+            "name": naming.ensemble_model(plan.model_name),
+            "inputs": _rows(layout.ensemble_inputs(plan, model.num_dense_features), "B"),
+            "outputs": _rows(layout.ensemble_outputs(), "B"),
+        }
+    ]
+    ranking = naming.ranking_ensemble(plan.model_name)
+    if any(built.name == ranking and built.role == "ensemble" for built in result.models):
+        contracts.append(
+            {
+                "name": ranking,
+                "inputs": _rows(layout.ranking_inputs(plan, model.dense_sides), None),
+                "outputs": _rows(layout.ranking_outputs(), None),
+            }
+        )
+    return contracts
+
+
+def render(model: DLRM, result: BuildResult, *, topology: Any = None, root: Path | None = None) -> str:
+    """The README text of a build; with `topology` and `root`, of the distributed build in `root`."""
+    outputs = result.repositories if root is None else [root]
+    names, run_from = _relative(outputs)
+    inside = ["/models", "/ensembles"][: len(names)]
+    models: Sequence[BuiltModel] = result.models
+    return (
+        _environment()
+        .get_template(_TEMPLATE)
+        .render(
+            model_name=result.plan.model_name,
+            layout="single" if topology is None else "distributed",
+            topology=topology,
+            backend=result.backend,
+            target=result.target,
+            models=models,
+            contracts=_contracts(model, result),
+            max_batch_size=result.plan.max_batch_size,
+            run_from=run_from,
+            repositories=names,
+            tritonserver=" ".join(
+                [
+                    "tritonserver",
+                    *(f"--model-repository={name}" for name in names),
+                    *triton_runtime.server_flags(gpu=result.uses_gpu),
+                ]
+            ),
+            serve=f"recgen serve --repo {names[0]}" + (f" --ensembles {names[1]}" if len(names) > 1 else ""),
+            docker=triton_runtime.docker_run_command(
+                [
+                    (f'"$PWD/{name}"' if not os.path.isabs(name) else name, path)
+                    for name, path in zip(names, inside, strict=True)
+                ],
+                gpu=result.uses_gpu,
+            ),
+            plan=str(result.plan),
+            image=triton_runtime.NGC_IMAGE,
+        )
+    )
+
+
+def write_single(repository: Path, result: BuildResult, model: DLRM) -> Path:
+    """Write README.md into one (staged) repository of a single-server build."""
+    path = repository / README_FILE
+    path.write_text(render(model, result))
+    return path

@@ -1,0 +1,122 @@
+"""Request generators shaped like real traffic: ids and pooling lengths from an access profile, or uniform.
+
+`RequestSampler` makes flattened and ranking requests for one served ensemble; `RequestSampler.from_served`
+learns the request shape from what a server reports (the ensemble's metadata, the router's typed routing
+parameters), so a load test needs only a URL and, optionally, a profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from generator import naming
+from generator.errors import RecgenError, UserInputError
+from generator.model.dlrm import PADDING_ID
+from generator.traffic.profile import AccessProfile
+from generator.traffic.requests import RankingRequest, StructuredRequest
+from generator.triton_models.recgen_params import ParameterError, RoutingParams
+
+
+@dataclass(frozen=True)
+class TableTraffic:
+    """How one table's ids are drawn: from a profile's counts, or uniformly over all rows."""
+
+    name: str
+    num_rows: int
+    width: int
+    rows: np.ndarray | None = None
+    cumulative: np.ndarray | None = None
+    mean_ids_per_sample: float | None = None
+    side: str = "item"
+
+    def sample_ids(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """[batch, width] ids, right-padded with -1; lengths around the profile's mean (else uniform 0..width)."""
+        if self.mean_ids_per_sample is None:
+            lengths = rng.integers(0, self.width + 1, size=batch_size)
+        else:
+            lengths = np.clip(rng.poisson(self.mean_ids_per_sample, size=batch_size), 1, self.width)
+        if self.rows is None or self.cumulative is None or self.rows.size == 0:
+            ids = rng.integers(0, self.num_rows, size=(batch_size, self.width), dtype=np.int64)
+        else:
+            draws = rng.random((batch_size, self.width)) * self.cumulative[-1]
+            ids = self.rows[np.searchsorted(self.cumulative, draws, side="right").clip(max=self.rows.size - 1)]
+        ids = ids.astype(np.int64, copy=False)
+        ids[np.arange(self.width)[np.newaxis, :] >= lengths[:, np.newaxis]] = PADDING_ID
+        return ids
+
+
+@dataclass(frozen=True)
+class RequestSampler:
+    """Makes ranking requests for one ensemble."""
+
+    num_dense_features: int
+    tables: tuple[TableTraffic, ...]
+
+    #: Dense-feature widths of the `<ensemble>_ranking` request (0, 0 when the server has no ranking ensemble).
+    user_dense_features: int = 0
+    item_dense_features: int = 0
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> RankingRequest:
+        """One request of `batch_size` candidates."""
+        dense = rng.standard_normal((batch_size, self.num_dense_features)).astype(np.float32)
+        return RankingRequest(dense, {t.name: t.sample_ids(batch_size, rng) for t in self.tables})
+
+    def sample_structured(self, num_candidates: int, rng: np.random.Generator) -> StructuredRequest:
+        """One ranking request: one user (user-side tables and dense features), `num_candidates` items."""
+        if not self.user_dense_features + self.item_dense_features:
+            raise RecgenError("the server has no ranking ensemble (the model has no user-side features)")
+        return StructuredRequest(
+            rng.standard_normal((1, self.user_dense_features)).astype(np.float32),
+            rng.standard_normal((num_candidates, self.item_dense_features)).astype(np.float32),
+            {t.name: t.sample_ids(1, rng) for t in self.tables if t.side == "user"},
+            {t.name: t.sample_ids(num_candidates, rng) for t in self.tables if t.side == "item"},
+        )
+
+
+def sampler_from_metadata(
+    ensemble: str,
+    metadata: Mapping[str, Any],
+    router_config: Mapping[str, Any],
+    ranking_metadata: Mapping[str, Any] | None,
+    profile: AccessProfile | None = None,
+) -> RequestSampler:
+    """The sampler of a served ensemble, from its metadata, its router's config and the ranking ensemble's metadata.
+
+    The router's `RoutingParams` give every table's name, side and row count; the metadata the input widths.
+    """
+    try:
+        routing = RoutingParams.from_model_config(router_config)
+    except ParameterError as error:
+        raise RecgenError(f"{ensemble!r} has no recgen router ({error}); is it a recgen ensemble?") from error
+    by_input = {route.input: route for route in routing.tables}
+    num_dense = None
+    tables = []
+    for tensor in metadata["inputs"]:
+        width = int(tensor["shape"][-1])
+        if tensor["name"] == naming.DENSE_FEATURES:
+            num_dense = width
+        elif tensor["name"] in by_input:
+            route = by_input[tensor["name"]]
+            tables.append(replace(_table_traffic(route.table, route.num_rows, width, profile), side=route.side))
+    if num_dense is None:
+        raise RecgenError(f"ensemble {ensemble!r} has no {naming.DENSE_FEATURES!r} input")
+    widths = {naming.USER_DENSE_FEATURES: 0, naming.ITEM_DENSE_FEATURES: 0}
+    if ranking_metadata is not None:  # the ranking ensemble exists only for models with user-side features
+        widths.update({t["name"]: int(t["shape"][-1]) for t in ranking_metadata["inputs"] if t["name"] in widths})
+    return RequestSampler(
+        num_dense, tuple(tables), widths[naming.USER_DENSE_FEATURES], widths[naming.ITEM_DENSE_FEATURES]
+    )
+
+
+def _table_traffic(name: str, num_rows: int, width: int, profile: AccessProfile | None) -> TableTraffic:
+    if profile is None:
+        return TableTraffic(name, num_rows, width)
+    access = profile.table(name)
+    if access.num_rows != num_rows:
+        raise UserInputError(f"profile table {name!r} has {access.num_rows} rows, the served model {num_rows}")
+    cumulative = np.cumsum(access.counts, dtype=np.float64)
+    return TableTraffic(name, num_rows, width, access.rows, cumulative, max(access.mean_ids_per_sample, 1.0))

@@ -1,0 +1,70 @@
+"""How recgen runs Triton: one description for the embedded server, the `docker run` line and the Deployments.
+
+It holds the image the generated repositories are written for (Triton 2.51 = NGC 24.10), the flags every server
+gets, the environment of every Python-backend stub, the shared memory the Python backend uses and the tritonclient
+pin a front server's remote steps need. Each place that starts a server adds only what is its own (ports and the
+backend directory of the embedded server; model control and API restrictions of a pod).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import PurePath
+
+#: Image the `container` target and the Deployments are written for.
+NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+#: What a front server's image adds to the Triton image: its remote steps are gRPC clients.
+TRITONCLIENT_REQUIREMENT = "tritonclient[grpc]==2.51.0"
+NUMPY_REQUIREMENT = "numpy<2"
+#: Ports every server listens on inside a container or pod (Triton's defaults).
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+METRICS_PORT = 8002
+
+#: Environment of every server (and so of every Python-backend stub it starts). Every instance is a process:
+#: BLAS/OpenMP pools of one thread per core in each oversubscribe the cores many times over, so one thread each.
+#: glibc returns freed blocks over 128 KB to the kernel at once, so every batch's arrays came back as fresh pages
+#: (a quarter of the dense step's CPU went to page faults): keep up to 32 MB blocks on the heap, trim at 256 MB.
+SERVING_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+}
+#: Python-backend shared memory per instance (bytes); it grows on demand by the growth size.
+SHM_DEFAULT_BYTES = 4 * 1024 * 1024
+SHM_GROWTH_BYTES = 1024 * 1024
+#: `/dev/shm` of a container (`docker run --shm-size`); Docker's 64 MB default is too small for many instances.
+CONTAINER_SHM_SIZE = "1g"
+
+
+def server_flags(*, gpu: bool) -> list[str]:
+    """Flags of every recgen server, whatever starts it.
+
+    Configs are complete, so the server must not change them behind our back; readiness counts every model; a model
+    that fails to load stops the server. Without a GPU the pinned-memory pool is only a cost.
+    """
+    flags = [
+        "--disable-auto-complete-config",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+        f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
+    ]
+    if not gpu:
+        flags.append("--pinned-memory-pool-byte-size=0")
+    return flags
+
+
+def docker_run_command(repositories: Sequence[tuple[str | PurePath, str]], *, gpu: bool, image: str = NGC_IMAGE) -> str:
+    """`docker run` serving host directories (host path, container path) in the Triton image."""
+    volumes = " ".join(f"-v {host}:{inside}" for host, inside in repositories)
+    environment = " ".join(f"-e {name}={value}" for name, value in SERVING_ENV.items())
+    ports = f"-p {HTTP_PORT}:{HTTP_PORT} -p {GRPC_PORT}:{GRPC_PORT} -p {METRICS_PORT}:{METRICS_PORT}"
+    arguments = " ".join([*(f"--model-repository={inside}" for _, inside in repositories), *server_flags(gpu=gpu)])
+    gpus = "--gpus=all " if gpu else ""
+    return (
+        f"docker run --rm {gpus}--shm-size={CONTAINER_SHM_SIZE} {ports} {environment} {volumes} "
+        f"{image} tritonserver {arguments}"
+    )

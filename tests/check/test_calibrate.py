@@ -1,0 +1,22 @@
+"""Real-server tier: calibration measures positive, plausible figures."""
+
+import pytest
+
+from generator.check.calibrate import calibrate
+from tests.conftest import requires_server, tiny_model
+
+
+@requires_server
+@pytest.mark.server
+def test_calibrate_measures_every_figure() -> None:
+    lines: list[str] = []
+    capacity = calibrate(tiny_model(), batch_size=64, requests=8, echo=lines.append)
+    assert 1e-6 < capacity.shard_fixed_s < 0.1
+    assert capacity.shard_per_row_s >= 0 and capacity.router_per_id_s >= 0
+    assert 1e-6 < capacity.router_fixed_s + capacity.router_per_id_s * 64 < 0.1
+    assert capacity.dense_samples_per_s > 1_000
+    # A Python-backend stub process costs megabytes; the server more.
+    assert 2e6 < capacity.replica_overhead_bytes < 500e6
+    assert 5e6 < capacity.server_overhead_bytes < 2e9
+    assert capacity.batch_size == 64 and "calibrated" in capacity.source
+    assert any("dense" in line for line in lines)

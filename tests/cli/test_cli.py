@@ -1,0 +1,286 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from generator.cli import main
+from generator.deploy import server as serve
+from tests.conftest import requires_server
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def _example_repository(tmp_path: Path, *build_args: str) -> tuple[Path, str]:
+    """Example model in tmp_path/m.pt, built with one shard per table into tmp_path/r and tmp_path/e."""
+    model = tmp_path / "m.pt"
+    code, out = _run("example", "--out", str(model))
+    assert code == 0 and "8 tables" in out and model.is_file()
+    out_dirs = ["--out", str(tmp_path / "r"), "--ensembles", str(tmp_path / "e")]
+    code, out = _run("build", "--model", str(model), *out_dirs, "--shards-per-table", "1", *build_args)
+    assert code == 0, out
+    return model, out
+
+
+def _serve_command(tmp_path: Path, *ports: int) -> list[str]:
+    """`python -m generator serve` on tmp_path/r and tmp_path/e with the given http, grpc and metrics ports."""
+    command = [sys.executable, "-m", "generator", "serve", "--repo", str(tmp_path / "r")]
+    command += ["--ensembles", str(tmp_path / "e")]
+    for flag, port in zip(("--http-port", "--grpc-port", "--metrics-port"), ports, strict=True):
+        command += [flag, str(port)]
+    return command
+
+
+def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
+    _, out = _example_repository(tmp_path, "--target", "container")
+    # router, shard group, dense, ensemble + the ranking ensemble's router, dense and ensemble
+    assert "wrote 7 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
+    assert "dlrm_ranking" in out
+
+
+def test_build_errors_name_the_problem(tmp_path: Path) -> None:
+    code, out = _run("build", "--model", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "r"))
+    assert code == 1 and "ModelFileError" in out and "does not exist" in out
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    (tmp_path / "r").mkdir()
+    code, out = _run("build", "--model", str(model), "--out", str(tmp_path / "r"), "--ensembles", str(tmp_path / "e"))
+    assert code == 1 and "OutputExistsError" in out and "--force" in out
+    code, out = _run("build", "--model", str(model), "--shards-per-table", "0")
+    assert code == 2 and "--shards-per-table" in out
+
+
+def test_check_without_server_fails_cleanly(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    port = serve.free_ports(1)[0]
+    result = CliRunner().invoke(main, ["check", "--model", str(model), "--url", f"127.0.0.1:{port}"])
+    assert result.exit_code != 0
+
+
+@requires_server
+@pytest.mark.server
+def test_serve_check_and_sigterm(tmp_path: Path) -> None:
+    model, _ = _example_repository(tmp_path)
+    http, grpc, metrics = serve.free_ports(3)
+    command = [
+        *_serve_command(tmp_path, http, grpc, metrics),
+        "--log-file",
+        str(tmp_path / "server.log"),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C to stop" in line or not line:
+                break
+        assert "Ctrl-C to stop" in "".join(lines), "".join(lines) + (tmp_path / "server.log").read_text()
+        assert f"127.0.0.1:{http}" in "".join(lines)
+        for protocol, port in (("http", http), ("grpc", grpc)):
+            code, out = _run(
+                "check",
+                "--model",
+                str(model),
+                "--url",
+                f"127.0.0.1:{port}",
+                "--protocol",
+                protocol,
+                "--requests",
+                "2",
+                "--batch",
+                "16",
+            )
+            assert code == 0 and out.startswith("OK"), out
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "tritonserver stopped (exit code 0)" in rest
+        assert not serve.port_answers("127.0.0.1", http)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@requires_server
+@pytest.mark.server
+def test_serve_exits_nonzero_with_the_servers_error_lines(tmp_path: Path) -> None:
+    _example_repository(tmp_path)
+    dense_code = tmp_path / "r" / "dlrm_dense" / "1" / "model.py"
+    dense_code.write_text("raise RuntimeError('broken dense model for the test')\n")
+    result = subprocess.run(
+        [
+            *_serve_command(tmp_path, 0, 0, 0),
+            "--timeout-s",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "ModelLoadError" in result.stderr and "broken dense model for the test" in result.stderr
+
+
+def test_profile_plan_build_from_the_command_line(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    code, out = _run(
+        "profile",
+        "--model",
+        str(model),
+        "--zipf",
+        "1.1",
+        "--zipf",
+        "user_id=1.3",
+        "--samples",
+        "5000",
+        "-o",
+        str(tmp_path / "p.npz"),
+    )
+    assert code == 0, out
+    assert "user_id=1.3" in out and "top 1%" in out
+    code, out = _run(
+        "plan",
+        "--model",
+        str(model),
+        "--profile",
+        str(tmp_path / "p.npz"),
+        "--target-qps",
+        "3000",
+        "--max-shards-per-table",
+        "3",
+        "--replica-overhead-mb",
+        "1",
+        "--front-cache-mb",
+        "0.5",
+        "-o",
+        str(tmp_path / "plan.json"),
+    )
+    assert code == 0, out
+    assert "memory allocated: model-wise" in out and "memory utility" in out
+    assert "front cache: 0.52 MB in the router" in out and "expected hit rate" in out
+    assert (tmp_path / "plan.png").stat().st_size > 10_000
+    assert (tmp_path / "plan.rows.npz").is_file()
+    code, out = _run(
+        "build",
+        "--model",
+        str(model),
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--out",
+        str(tmp_path / "r"),
+        "--ensembles",
+        str(tmp_path / "e"),
+    )
+    assert code == 0, out
+    assert (tmp_path / "r" / "dlrm_router" / "1" / "row_ranks.npz").is_file()
+    assert (tmp_path / "r" / "dlrm_router" / "1" / "front_cache.npz").is_file()
+    code, out = _run(
+        "build",
+        "--model",
+        str(model),
+        "--plan",
+        str(tmp_path / "plan.json"),
+        "--out",
+        str(tmp_path / "r2"),
+        "--ensembles",
+        str(tmp_path / "e2"),
+        "--shards-per-table",
+        "4",
+    )
+    assert code == 1 and "--shards-per-table" in out
+
+
+def test_profile_and_plan_errors(tmp_path: Path) -> None:
+    code, out = _run("profile", "--table", "a:100", "-o", str(tmp_path / "p.npz"))
+    assert code == 1 and "--zipf, --trace or --meta-trace" in out
+    code, out = _run("profile", "--table", "a:lots", "--zipf", "1", "-o", str(tmp_path / "p.npz"))
+    assert code == 1 and "NAME:ROWS" in out
+    code, out = _run("profile", "--table", "a:100:2", "--zipf", "a=x", "-o", str(tmp_path / "p.npz"))
+    assert code == 1 and "TABLE=ALPHA" in out
+    code, out = _run("profile", "--table", "a:100:2", "--table", "b:5", "--zipf", "0.9", "-o", str(tmp_path / "p.npz"))
+    assert code == 0, out
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    code, out = _run(
+        "plan",
+        "--model",
+        str(model),
+        "--profile",
+        str(tmp_path / "p.npz"),
+        "--target-qps",
+        "10",
+        "-o",
+        str(tmp_path / "plan.json"),
+    )
+    assert code == 1 and "has no table 'user_id'" in out
+
+
+def test_group_by_shard_writes_one_model_per_shard(tmp_path: Path) -> None:
+    _, out = _example_repository(tmp_path, "--group-by", "shard", "--force")
+    assert "wrote 14 models" in out and "dlrm_shard_user_id_0" in out
+
+
+@requires_server
+def test_distributed_build_serve_check_and_k8s(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--out", str(model))
+    layout = tmp_path / "dist"
+    build_args = ["build", "--model", str(model), "--layout", "distributed", "--out", str(layout)]
+    code, out = _run(*build_args, "--shards-per-table", "1", "--group-by", "placement", "--remote-deadline-s", "3")
+    assert code == 0, out
+    assert "recgen serve --distributed" in out and (layout / "plan.json").is_file()
+    code, out = _run(*build_args, "--ensembles", str(tmp_path / "e"), "--force")
+    assert code == 1 and "--ensembles is for --layout single" in out
+
+    code, out = _run("k8s", "--layout-dir", str(layout), "-o", str(tmp_path / "deploy"))
+    assert code == 0, out
+    assert "dlrm-shards-0" in out and (tmp_path / "deploy" / "kustomization.yaml").is_file()
+    code, out = _run("k8s", "--layout-dir", str(layout), "--group-by", "shard", "-o", str(tmp_path / "d2"))
+    assert code == 1 and "same plan and --group-by" in out
+    code, out = _run("k8s", "-o", str(tmp_path / "d3"))
+    assert code == 1 and "--plan" in out
+
+    command = [sys.executable, "-m", "generator", "serve", "--distributed", str(layout)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C to stop" in line or not line:
+                break
+        text = "".join(lines)
+        assert "Ctrl-C to stop" in text, text
+        front_http = text.split("front      'dlrm': http ", 1)[1].split(",", 1)[0]
+        code, out = _run("check", "--model", str(model), "--url", front_http, "--requests", "2", "--batch", "16")
+        assert code == 0 and out.startswith("OK"), out
+        code, out = _run("check", "--model", str(model), "--url", front_http, "--batch", "16", "--ranking")
+        assert code == 0 and out.startswith("OK") and "dlrm_ranking" in out, out  # the front's ranking ensemble
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "all servers stopped" in rest
+        assert not serve.port_answers("127.0.0.1", int(front_http.rsplit(":", 1)[1]))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

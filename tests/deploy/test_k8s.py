@@ -1,0 +1,147 @@
+"""Kubernetes manifests: schema-valid offline for a pinned Kubernetes version, and consistent with each other."""
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from generator import naming, triton_runtime
+from generator.deploy import k8s
+from generator.deploy.distributed import build_distributed
+from generator.deploy.topology import Topology
+from generator.errors import OutputExistsError, UserInputError
+from generator.model.dlrm import TableSpec
+from generator.planning.plan import Placement, Plan, table_plan
+from tests.conftest import tiny_model
+from tests.deploy.test_distributed import two_group_plan
+
+#: The Kubernetes version the manifests are validated against (autoscaling/v2 is GA since 1.23).
+KUBERNETES_VERSION = "1.30.0"
+
+
+def gpu_plan() -> Plan:
+    plan = two_group_plan()
+    medium = plan.tables[2]
+    gpu = table_plan(medium.spec, medium.boundaries, [Placement(2, "gpu"), Placement()], row_order=medium.row_order)
+    return Plan(plan.model_name, (plan.tables[0], plan.tables[1], gpu))
+
+
+def by_kind(manifests: k8s.Manifests, kind: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in manifests.objects if o["kind"] == kind}
+
+
+@pytest.mark.parametrize("source", ["image", "pvc", "url"])
+def test_every_manifest_validates_against_the_kubernetes_schema(source: str) -> None:
+    options = k8s.K8sOptions(source=source, pvc="recgen-builds", repository_url="s3://bucket/dlrm")
+    manifests = k8s.render_manifests(Topology.from_plan(gpu_plan()), options)
+    assert len(manifests.objects) == 3 * len(manifests.components)
+    for document in manifests.objects:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    for name, text in manifests.files.items():  # what is written is what was validated
+        if name.endswith(".yaml") and name not in (k8s.KUSTOMIZATION_FILE, k8s.ADAPTER_VALUES_FILE):
+            for document in yaml.safe_load_all(text):
+                kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_cross_references_hold() -> None:
+    plan = gpu_plan()
+    manifests = k8s.render_manifests(Topology.from_plan(plan))
+    deployments = by_kind(manifests, "Deployment")
+    services = by_kind(manifests, "Service")
+    autoscalers = by_kind(manifests, "HorizontalPodAutoscaler")
+    assert set(deployments) == set(services) == set(autoscalers) == {c.name for c in manifests.components}
+    for name, deployment in deployments.items():
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = services[name]["spec"]["selector"]
+        assert selector.items() <= pod_labels.items(), f"Service {name} does not select its pods"
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        target = autoscalers[name]["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) == ("Deployment", name)
+        assert autoscalers[name]["spec"]["minReplicas"] == deployment["spec"]["replicas"]
+        assert autoscalers[name]["spec"]["metrics"][0]["pods"]["metric"]["name"] == k8s.QUEUE_METRIC
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        ports = {port["name"] for port in container["ports"]}
+        assert {port["targetPort"] for port in services[name]["spec"]["ports"]} <= ports
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+        assert any(arg.startswith("--http-restricted-api=model-repository") for arg in container["args"])
+        assert "--model-control-mode=none" in container["args"]
+        assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+    # The front calls every shard group through its headless Service, on the gRPC port, by the env var its
+    # remote steps read; and the per-shard default layout gives every shard its own service.
+    front = deployments[naming.front_service_name("dlrm")]
+    env = {e["name"]: e.get("value") for e in front["spec"]["template"]["spec"]["containers"][0]["env"]}
+    groups = [c for c in manifests.components if c.role == "shard-group"]
+    assert len(groups) == len(plan.shards)
+    for group in groups:
+        assert env[naming.endpoints_env_var(group.models[0])] == f"{group.name}:{triton_runtime.GRPC_PORT}"
+        assert services[group.name]["spec"]["clusterIP"] == "None"
+    # Replicas, memory and devices come from the plan.
+    hot = deployments["dlrm-shard-medium-0"]
+    resources = hot["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert hot["spec"]["replicas"] == 2 and resources["limits"]["nvidia.com/gpu"] == 1
+    assert autoscalers["dlrm-shard-medium-0"]["spec"]["maxReplicas"] == 8
+    cold = deployments["dlrm-shard-medium-1"]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in cold["limits"]
+    rows_bytes = 990 * 8 * 4
+    request_mib = int(cold["requests"]["memory"].removesuffix("Mi"))
+    assert request_mib * 2**20 >= rows_bytes + k8s.K8sOptions().capacity.server_overhead_bytes
+
+
+def test_files_kustomization_and_images(tmp_path: Path) -> None:
+    manifests = k8s.render_manifests(Topology.from_plan(two_group_plan()), k8s.K8sOptions(namespace="ranking"))
+    out = manifests.write(tmp_path / "deploy")
+    kustomization = yaml.safe_load((out / k8s.KUSTOMIZATION_FILE).read_text())
+    assert kustomization["namespace"] == "ranking"
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in out.glob("*.yaml") if p.name not in (
+        k8s.KUSTOMIZATION_FILE, k8s.ADAPTER_VALUES_FILE))  # fmt: skip
+    assert (out / k8s.ADMIN_KEY_FILE).stat().st_mode & 0o077 == 0
+    for deployment in by_kind(manifests, "Deployment").values():
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        name = deployment["metadata"]["name"]
+        dockerfile = (out / k8s.IMAGES_DIR / f"{name}.Dockerfile").read_text()
+        assert dockerfile.startswith(f"# {name}") and f"FROM {k8s.DEFAULT_IMAGE}" in dockerfile
+        assert image in (out / k8s.IMAGES_DIR / "build.sh").read_text()
+    front = (out / k8s.IMAGES_DIR / f"{naming.front_service_name('dlrm')}.Dockerfile").read_text()
+    assert "tritonclient[grpc]==2.51.0" in front and "COPY --chown=1000:1000 front /models" in front
+    rule = yaml.safe_load((out / k8s.ADAPTER_VALUES_FILE).read_text())["rules"]["custom"][0]
+    assert rule["name"]["as"] == k8s.QUEUE_METRIC and "nv_inference_queue_duration_us" in rule["metricsQuery"]
+    with pytest.raises(OutputExistsError):
+        manifests.write(out)
+
+
+def test_manifests_match_the_distributed_build(tmp_path: Path) -> None:
+    plan = two_group_plan()
+    result = build_distributed(tiny_model(), plan, tmp_path / "dist")
+    manifests = k8s.render_manifests(Topology.from_plan(plan))
+    groups = {c.models[0]: c for c in manifests.components if c.role == "shard-group"}
+    assert list(groups) == [g.model for g in result.groups]
+    for built in result.groups:
+        component = groups[built.model]
+        assert (tmp_path / "dist" / component.repository) == result.group_repository(built)
+        assert component.replicas == built.replica_servers and component.name == built.service
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"source": "pvc"}, "--pvc NAME"),
+        ({"source": "url", "repository_url": "http://x"}, "s3://"),
+        ({"source": "ftp"}, "`source` must be one of image, pvc, url"),
+        ({"max_replica_factor": 0.5}, r"max_replica_factor` must be in \[1, 1000\]"),
+        ({"shm_mb": 1}, r"shm_mb` must be in \[16, 65536\]"),
+    ],
+)
+def test_bad_options_name_the_field(options: dict, message: str) -> None:
+    with pytest.raises(UserInputError, match=message):
+        k8s.K8sOptions(**options)
+
+
+def test_models_whose_kubernetes_names_clash_are_rejected() -> None:
+    model = tiny_model()
+    specs = [model.tables[0], TableSpec("Small", 7, 8, 3), TableSpec("small", 7, 8, 3)]
+    plan = Plan("dlrm", tuple(table_plan(spec, [0, spec.num_rows], [Placement()]) for spec in specs))
+    with pytest.raises(UserInputError, match="would serve more than one model"):
+        k8s.render_manifests(Topology.from_plan(plan))

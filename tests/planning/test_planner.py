@@ -1,0 +1,287 @@
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from generator.check import client
+from generator.check.client import RankingClient
+from generator.model.dlrm import TableSpec
+from generator.planning.capacity import Capacity
+from generator.planning.cuts import candidate_cuts, optimal_segmentation
+from generator.planning.memory import ModelShape
+from generator.planning.plan_file import load_plan, row_order_path, save_plan
+from generator.planning.planner import plan_from_report, plan_model, scale_to_load
+from generator.repository import build
+from generator.traffic.profile import AccessProfile, TableAccess, TableShape, zipf_profile
+from generator.traffic.requests import random_request, reference_scores
+from tests.conftest import requires_server, tiny_model, wide_model
+
+CAPACITY = Capacity(replica_overhead_bytes=1_000_000)
+
+
+def _brute_force(cost: np.ndarray, max_segments: int) -> float:
+    size = cost.shape[0]
+    best = np.inf
+    for count in range(max_segments):
+        for cuts in itertools.combinations(range(1, size - 1), count):
+            points = [0, *cuts, size - 1]
+            best = min(best, sum(cost[a, b] for a, b in itertools.pairwise(points)))
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 8), st.integers(1, 6), st.integers(0, 10_000))
+def test_dp_matches_brute_force_on_random_costs(size: int, max_segments: int, seed: int) -> None:
+    cost = np.random.default_rng(seed).uniform(0, 10, (size, size))
+    cuts = optimal_segmentation(cost, max_segments)
+    assert cuts[0] == 0 and cuts[-1] == size - 1 and len(cuts) - 1 <= max_segments
+    assert cuts == sorted(set(cuts))
+    total = sum(cost[a, b] for a, b in itertools.pairwise(cuts))
+    assert total == pytest.approx(_brute_force(cost, max_segments))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 50), min_size=1, max_size=9), st.integers(1, 4), st.floats(10, 20_000))
+def test_dp_matches_brute_force_on_real_shard_costs(counts: list[int], max_shards: int, qps: float) -> None:
+    """On small tables the grid is every row boundary, so the DP must equal the best of all cut sets."""
+    spec = TableSpec("t", len(counts), 16, 1)
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    touched = [int(r) for r in order if counts[r] > 0]
+    access = TableAccess(
+        "t",
+        len(counts),
+        np.array(touched, dtype=np.int64),
+        np.array([counts[r] for r in touched], dtype=np.int64),
+        samples=max(sum(counts), 1),
+    )
+    profile = AccessProfile((access,), "test")
+    shape = ModelShape((spec,), 1, (16,), (1,))
+    report = plan_model(
+        shape, profile, target_qps=qps, batch_size=64, capacity=CAPACITY, max_shards_per_table=max_shards
+    )
+
+    ranked = np.sort(np.asarray(counts))[::-1].astype(float)
+    total = ranked.sum()
+
+    def memory(start: int, end: int) -> float:
+        share = ranked[start:end].sum() / total if total else 0.0
+        seconds = CAPACITY.shard_seconds(64 * access.mean_ids_per_sample * share)
+        replicas = CAPACITY.replicas(qps, seconds)
+        return replicas * ((end - start) * spec.bytes_per_row + CAPACITY.replica_overhead_bytes)
+
+    rows = len(counts)
+    brute = min(
+        sum(memory(a, b) for a, b in itertools.pairwise([0, *cuts, rows]))
+        for k in range(max_shards)
+        for cuts in itertools.combinations(range(1, rows), k)
+    )
+    planned = sum(s.memory_bytes + s.replicas * CAPACITY.replica_overhead_bytes for s in report.shards)
+    assert planned == pytest.approx(brute)
+    assert all(s.replicas >= 1 for s in report.shards)
+
+
+def test_candidate_grid_is_dense_at_the_head_and_sparse_after() -> None:
+    grid = candidate_cuts(10_000_000, 123_456)
+    assert grid[0] == 0 and grid[-1] == 10_000_000
+    assert list(grid[:65]) == list(range(65))
+    assert 123_456 in grid
+    assert len(grid) < 400
+    assert list(candidate_cuts(1, 1)) == [0, 1]
+
+
+def _criteo_like(alpha: float) -> tuple[ModelShape, AccessProfile]:
+    tables = [TableShape(f"t{i}", rows, 1) for i, rows in enumerate([2_000_000, 300_000, 50_000, 1_000, 10])]
+    specs = tuple(TableSpec(t.name, t.num_rows, 32, 1) for t in tables)
+    return ModelShape(specs, 13, (64, 32), (64, 1)), zipf_profile(tables, alpha, samples=200_000, seed=1)
+
+
+HISTORY = TableSpec("history", 1_000_000, 64, 20)
+HISTORY_SHAPE = ModelShape((HISTORY,), 4, (64,), (8, 1))
+
+
+def _uniform_history() -> AccessProfile:
+    rows = HISTORY.num_rows
+    access = TableAccess("history", rows, np.arange(rows), np.full(rows, 10), samples=rows * 10 * 2 // 21)
+    return AccessProfile((access,), "exactly uniform")
+
+
+def _table_memory(report, table: str) -> float:
+    return sum(
+        s.memory_bytes + s.replicas * report.capacity.replica_overhead_bytes for s in report.shards if s.table == table
+    )
+
+
+def test_uniform_access_gains_nothing_from_hotness() -> None:
+    """With uniform access the hotness order is arbitrary: the DP's cuts are no better than an even split."""
+    profile = _uniform_history()
+    report = plan_model(HISTORY_SHAPE, profile, target_qps=8_000, max_shards_per_table=8)
+    shards = [s for s in report.shards if s.table == "history"]
+    even = np.linspace(0, HISTORY.num_rows, len(shards) + 1).astype(int)
+    capacity = report.capacity
+    lookups = 256 * profile.table("history").mean_ids_per_sample
+    even_memory = sum(
+        capacity.replicas(8_000, capacity.shard_seconds(lookups * (b - a) / HISTORY.num_rows))
+        * ((b - a) * HISTORY.bytes_per_row + capacity.replica_overhead_bytes)
+        for a, b in itertools.pairwise(even)
+    )
+    assert _table_memory(report, "history") == pytest.approx(even_memory, rel=0.05)
+    # Every row is still stored at least once per copy the load needs; nothing is dropped.
+    assert sum(s.memory_bytes for s in shards) >= HISTORY.num_rows * HISTORY.bytes_per_row
+
+
+def test_strong_skew_saves_a_lot_with_few_shards() -> None:
+    skewed = zipf_profile([TableShape("history", HISTORY.num_rows, 20)], 1.2, samples=200_000)
+    uniform_report = plan_model(HISTORY_SHAPE, _uniform_history(), target_qps=8_000, max_shards_per_table=8)
+    report = plan_model(HISTORY_SHAPE, skewed, target_qps=8_000, max_shards_per_table=8)
+    assert report.memory_ratio > 4.0
+    assert report.utility_ratio > 2.0
+    assert _table_memory(report, "history") < 0.85 * _table_memory(uniform_report, "history")
+    assert len(report.shards) < len(uniform_report.shards)
+    hot, *_, cold = report.shards
+    assert hot.row_end < 0.01 * HISTORY.num_rows and hot.access_share > 0.5
+    assert hot.replicas > cold.replicas >= 1
+
+
+def test_more_traffic_never_needs_fewer_replicas() -> None:
+    shape, profile = _criteo_like(1.05)
+    low = plan_model(shape, profile, target_qps=1_000, capacity=CAPACITY)
+    high = plan_model(shape, profile, target_qps=50_000, capacity=CAPACITY)
+    assert high.planned.memory_bytes >= low.planned.memory_bytes
+    assert high.model_wise.replicas >= low.model_wise.replicas
+    assert all(s.replicas >= 1 for r in (low, high) for s in r.shards)
+
+
+def test_scaling_rule_gives_the_plan_back_at_the_planned_load_and_grows_with_load() -> None:
+    shape, profile = _criteo_like(1.05)
+    report = plan_model(shape, profile, target_qps=20_000, capacity=CAPACITY)
+    at_plan = scale_to_load(report, shape, profile, 20_000)
+    assert at_plan.shards == tuple(s.replicas for s in report.shards)
+    assert (at_plan.router, at_plan.dense) == (report.router_replicas, report.dense_replicas)
+    assert at_plan.model_wise == report.model_wise.replicas
+    loads = [500, 5_000, 20_000, 80_000]
+    scaled = [scale_to_load(report, shape, profile, qps) for qps in loads]
+    for lower, higher in itertools.pairwise(scaled):
+        assert all(a <= b for a, b in zip(lower.shards, higher.shards, strict=True))
+        assert lower.model_wise <= higher.model_wise and lower.dense <= higher.dense
+    assert min(scaled[0].shards) == 1
+    with pytest.raises(Exception, match="qps"):
+        scale_to_load(report, shape, profile, 0)
+
+
+def test_one_row_table_and_untouched_table_get_valid_plans() -> None:
+    specs = (TableSpec("one", 1, 8, 1), TableSpec("never", 1000, 8, 2), TableSpec("used", 1000, 8, 2))
+    accesses = (
+        TableAccess("one", 1, np.array([0]), np.array([50]), 50),
+        TableAccess("never", 1000, np.array([], dtype=np.int64), np.array([], dtype=np.int64), 50),
+        TableAccess("used", 1000, np.array([5, 6]), np.array([40, 10]), 50),
+    )
+    shape = ModelShape(specs, 2, (8,), (1,))
+    profile = AccessProfile(accesses, "test")
+    report = plan_model(shape, profile, target_qps=5_000, capacity=CAPACITY, max_shards_per_table=4)
+    never = [s for s in report.shards if s.table == "never"]
+    assert len(never) == 1 and never[0].access_share == 0 and never[0].replicas >= 1
+    assert [s.row_end - s.row_start for s in report.shards if s.table == "one"] == [1]
+    plan = plan_from_report(report, shape, profile)
+    assert len(plan.tables[0].shards) == 1
+    assert plan.tables[2].row_order[:2].tolist() == [5, 6]
+
+
+def test_gpu_placement_takes_dense_then_hottest_shards() -> None:
+    shape, profile = _criteo_like(1.1)
+    report = plan_model(shape, profile, target_qps=20_000, capacity=CAPACITY, gpu_memory_bytes=50_000_000)
+    on_gpu = [s for s in report.shards if s.device == "gpu"]
+    assert report.dense_on_gpu and on_gpu
+    assert sum(s.memory_bytes for s in on_gpu) <= 50_000_000
+    density = [s.access_share / s.bytes_per_replica for s in report.shards]
+    best_cpu = max((d for d, s in zip(density, report.shards, strict=True) if s.device == "cpu"), default=0)
+    worst_gpu = min(d for d, s in zip(density, report.shards, strict=True) if s.device == "gpu")
+    assert worst_gpu >= best_cpu or any(s.device == "cpu" and s.memory_bytes > 50_000_000 for s in report.shards)
+    cpu_only = plan_model(shape, profile, target_qps=20_000, capacity=CAPACITY)
+    assert all(s.device == "cpu" for s in cpu_only.shards) and not cpu_only.dense_on_gpu
+
+
+def test_plan_json_round_trip_keeps_cuts_replicas_and_row_orders(tmp_path: Path) -> None:
+    model = tiny_model()
+    shape = ModelShape.of(model)
+    profile = zipf_profile(
+        [TableShape(t.name, t.num_rows, t.max_ids_per_sample) for t in model.tables], 1.1, samples=5_000
+    )
+    report = plan_model(shape, profile, target_qps=8_000, capacity=CAPACITY, max_shards_per_table=3)
+    plan = plan_from_report(report, shape, profile, name="tiny")
+    path = save_plan(plan, tmp_path / "plan.json", report, profile_source=profile.source)
+    loaded = load_plan(path)
+    assert loaded.model_name == "tiny" and loaded.max_batch_size == plan.max_batch_size
+    for a, b in zip(plan.tables, loaded.tables, strict=True):
+        assert a.spec == b.spec and a.boundaries == b.boundaries
+        assert [s.placement for s in a.shards] == [s.placement for s in b.shards]
+        assert np.array_equal(a.row_order, b.row_order)
+    assert loaded.router == plan.router and loaded.dense == plan.dense
+    import json
+
+    document = json.loads(path.read_text())
+    shard = document["tables"][2]["shards"][0]
+    assert {"row_start", "row_end", "access_share", "replicas", "bytes", "device"} <= set(shard)
+    assert document["totals"]["memory_ratio"] == pytest.approx(report.memory_ratio)
+    rows = row_order_path(path)
+    rows.write_bytes(rows.read_bytes()[:-10] + b"0123456789")
+    from generator.errors import PlanError
+
+    with pytest.raises(PlanError, match="sha256"):
+        load_plan(path)
+
+
+def test_planning_26_criteo_tables_takes_seconds() -> None:
+    from bench.plan_memory import CRITEO_KAGGLE_ROWS, criteo_shape_and_profile
+
+    shape, profile = criteo_shape_and_profile(1.05, samples=100_000)
+    started = time.perf_counter()
+    report = plan_model(shape, profile, target_qps=10_000, capacity=Capacity())
+    assert time.perf_counter() - started < 30
+    assert len({s.table for s in report.shards}) == len(CRITEO_KAGGLE_ROWS) == 26
+
+
+SERVING_CAPACITY = Capacity(
+    replica_overhead_bytes=100,
+    shard_fixed_s=20e-6,
+    shard_per_row_s=2e-6,
+    dense_samples_per_s=1e7,
+    router_fixed_s=50e-6,
+    router_per_id_s=0.0,
+)
+
+
+@requires_server
+@pytest.mark.server
+@pytest.mark.parametrize("backend", ["python", "onnx"])
+def test_planned_repository_serves_scores_equal_to_pytorch(tmp_path: Path, server_factory, backend: str) -> None:
+    model = wide_model()
+    shape = ModelShape.of(model)
+    profile = zipf_profile(
+        [TableShape(t.name, t.num_rows, t.max_ids_per_sample) for t in model.tables], 1.2, samples=20_000, seed=0
+    )
+    report = plan_model(
+        shape, profile, target_qps=3_000, batch_size=64, capacity=SERVING_CAPACITY, max_shards_per_table=3
+    )
+    plan = load_plan(save_plan(plan_from_report(report, shape, profile), tmp_path / "plan.json", report))
+    history = plan.tables[0]
+    assert len(history.shards) == 3, str(report)
+    assert len({s.placement.instance_count for s in history.shards}) > 1, str(report)
+    assert not np.array_equal(history.row_order, np.arange(history.spec.num_rows))
+    result = build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend)
+    counts = sorted(m.instance_count for m in result.models if m.role == "shards")
+    assert counts == sorted({s.placement.instance_count for s in plan.shards})
+    server = server_factory(result)
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        report = client.check(model, url, protocol=protocol, requests=3, batch_size=64, seed=5)
+        assert report.passed, str(report)
+        # Requests that follow the profile hit the hot shard hardest; scores must still match.
+        hot_ids = profile.table("history").rows[:3]
+        request = random_request(model, 16, np.random.default_rng(2))
+        ids = request.sparse["history"]
+        ids[ids >= 0] = hot_ids[ids[ids >= 0] % 3]
+        with RankingClient(url, protocol) as ranking:
+            np.testing.assert_allclose(ranking.score(request), reference_scores(model, request), atol=1e-5)
