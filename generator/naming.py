@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from generator.triton_models import onnx_model, recgen_kernels, remote_group_model, router_model
+from generator.triton_models import onnx_model, recgen_kernels, remote_group_model
+from generator.triton_models import router_model as router_module
 
 #: Version directory every generated model uses (Triton needs a numeric one, even for ensembles).
 MODEL_VERSION = "1"
@@ -23,8 +24,8 @@ PARAMS_FILE = "recgen_params.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
 DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE
-ROUTER_ROW_RANKS_FILE = router_model.ROW_RANKS_FILE
-ROUTER_FRONT_CACHE_FILE = router_model.FRONT_CACHE_FILE
+ROUTER_ROW_RANKS_FILE = router_module.ROW_RANKS_FILE
+ROUTER_FRONT_CACHE_FILE = router_module.FRONT_CACHE_FILE
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"
 

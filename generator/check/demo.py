@@ -57,6 +57,7 @@ def run_demo(
         ensembles = [(result.ensemble_name, False)]
         if model.supports_ranking_requests:  # one user + N candidates, user features sent and computed once
             ensembles.append((naming.ranking_ensemble(the_plan.model_name), True))
+        endpoints: tuple[tuple[client.Protocol, str], ...] = (("http", server.http_url), ("grpc", server.grpc_url))
         checks = tuple(
             client.check(
                 model,
@@ -68,7 +69,7 @@ def run_demo(
                 structured=structured,
             )
             for name, structured in ensembles
-            for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url))
+            for protocol, url in endpoints
         )
         for report in checks:
             echo(f"[4/4] {report}")

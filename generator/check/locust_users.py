@@ -111,6 +111,7 @@ class _Shared:
         """Learn the request shape from the server once; load the profile and model once."""
         if cls.sampler is None:
             options = environment.parsed_options
+            assert options is not None, "locust parses its options before users start"
             profile = AccessProfile.load(options.profile) if options.profile else None
             cls.sampler = sampler_from_server(client, profile)
             cls.model = DLRM.load(options.model) if options.model else None

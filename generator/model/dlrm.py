@@ -73,6 +73,9 @@ def _mlp(widths: Sequence[int], *, relu_last: bool) -> nn.Sequential:
 class DenseTower(nn.Module):
     """Bottom MLP over dense features, dot interaction with the pooled tables, top MLP, sigmoid."""
 
+    upper_rows: torch.Tensor  # buffers: the strict upper triangle of the interaction's gram matrix
+    upper_cols: torch.Tensor
+
     def __init__(self, num_dense_features: int, num_tables: int, bottom_mlp: Sequence[int], top_mlp: Sequence[int]):
         super().__init__()
         self.num_tables = num_tables
@@ -269,6 +272,12 @@ def _validate_architecture(
             )
 
 
+def _sides(*, user: int, item: int) -> list[Side]:
+    """The first `user` dense features user-side, the next `item` item-side."""
+    sides: list[Side] = ["user"] * user
+    return sides + ["item"] * item
+
+
 def example_model(seed: int = 0) -> DLRM:
     """The bundled example: 8 tables of very different row counts (1 to 200k), dim 16.
 
@@ -292,7 +301,7 @@ def example_model(seed: int = 0) -> DLRM:
         bottom_mlp=[64, 32, dim],
         top_mlp=[64, 32, 1],
         seed=seed,
-        dense_sides=["user"] * 6 + ["item"] * 7,
+        dense_sides=_sides(user=6, item=7),
     ).eval()
 
 
@@ -314,5 +323,5 @@ def tiny_example_model(seed: int = 0) -> DLRM:
         bottom_mlp=[16, dim],
         top_mlp=[16, 1],
         seed=seed,
-        dense_sides=["user", "user", "item", "item"],
+        dense_sides=_sides(user=2, item=2),
     ).eval()

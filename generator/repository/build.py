@@ -110,7 +110,7 @@ def check_options(backend: str, target: str) -> LeafOptions:
         raise UserInputError(f"`backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if target not in TARGETS:
         raise UserInputError(f"`target` must be one of {', '.join(TARGETS)}, got {target!r}")
-    return LeafOptions(backend, target)  # type: ignore[arg-type]
+    return LeafOptions(backend, target)
 
 
 def check_output(path: Path, flag: str, force: bool) -> None:

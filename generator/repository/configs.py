@@ -7,9 +7,9 @@ messages and parses them back strictly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -60,9 +60,10 @@ def _data_type(name: str) -> int:
     return mc.DataType.Value(f"TYPE_{name}")
 
 
-def _add_tensors(target: Iterable[mc.ModelInput] | Iterable[mc.ModelOutput], specs: Sequence[TensorSpec]) -> None:
+def _add_tensors(target: Any, specs: Sequence[TensorSpec]) -> None:
+    """Append tensors to a config's repeated `input` or `output` field (protobuf containers carry no types)."""
     for spec in specs:
-        tensor = target.add()  # type: ignore[attr-defined]
+        tensor = target.add()
         tensor.name = spec.name
         tensor.data_type = _data_type(spec.data_type)
         tensor.dims.extend(spec.dims)

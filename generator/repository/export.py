@@ -70,7 +70,7 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 def export_router(model: DLRM, plan: Plan, version_dir: Path) -> None:
     """Router code, plus the hotness ranks of permuted tables and the front cache's rows (hottest ranks first)."""
     install_python_model(ROUTER_MODULE, version_dir)
-    ranks = {table.spec.name: table.rank_of_row() for table in plan.tables if table.row_order is not None}
+    ranks = {table.spec.name: rank for table in plan.tables if (rank := table.rank_of_row()) is not None}
     if ranks:
         save_npz(version_dir / naming.ROUTER_ROW_RANKS_FILE, ranks)
     cache = {

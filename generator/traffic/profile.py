@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 
@@ -239,7 +240,7 @@ def profile_from_npz(path: str | Path, tables: Sequence[TableShape]) -> AccessPr
 def _load_torch_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import torch
 
-    def load(source: object) -> object:
+    def load(source: Path | IO[bytes]) -> object:
         return torch.load(source, map_location="cpu", weights_only=True)
 
     if not path.is_file():
@@ -247,7 +248,7 @@ def _load_torch_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         try:
             with gzip.open(path) as file:
-                payload = load(file)
+                payload = load(cast(IO[bytes], file))
         except (gzip.BadGzipFile, EOFError):  # the traces come both gzipped and plain
             payload = load(path)
     except Exception as error:  # torch raises many types for a bad file

@@ -63,7 +63,8 @@ class RankingDense:
         if user_dense.shape[0] != 1:
             raise ValueError(f"input '{self.user_dense}' holds {user_dense.shape[0]} rows; a ranking request has one")
         dim = self.dim
-        user_pooled, item_pooled = [], []
+        user_pooled: list[np.ndarray] = []
+        item_pooled: list[np.ndarray] = []
         for side, parts in self.tables:
             rows_of_side = slice(0, 1) if side == "user" else slice(1, None)
             (first_input, first_slot), *rest = parts

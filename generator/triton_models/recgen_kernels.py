@@ -67,7 +67,11 @@ class RouteLayout:
         cls, tables: Sequence[tuple[int, Sequence[int], Sequence[int], Sequence[int]]], width: int
     ) -> RouteLayout:
         """From (ids per sample, boundaries in rank space, first column per shard, first row per shard) per table."""
-        bases, positions, starts, columns, shifts = [], [], [], [], []
+        bases: list[np.ndarray] = []
+        positions: list[np.ndarray] = []
+        starts: list[int] = []
+        columns: list[int] = []
+        shifts: list[int] = []
         base = 0
         for ids_per_sample, boundaries, shard_columns, shard_first_rows in tables:
             bases.append(np.full(ids_per_sample, base, dtype=np.int64))
@@ -311,8 +315,9 @@ def ranking_scores(
         bottom_out = mlp(bottom_out, tower.bottom_rest, relu_last=True)
     user_vectors = ([bottom_out] if tower.item_dense.size == 0 else []) + list(user_pooled)
     item_vectors = ([bottom_out] if tower.item_dense.size else []) + list(item_pooled)
-    users = np.stack(user_vectors, axis=1) if user_vectors else None  # [1, nu, dim]
-    items = np.stack(item_vectors, axis=1) if item_vectors else None  # [N, ni, dim]
+    dim = bottom_out.shape[1]
+    users = np.stack(user_vectors, axis=1) if user_vectors else np.zeros((1, 0, dim), bottom_out.dtype)  # [1, nu, d]
+    items = np.stack(item_vectors, axis=1) if item_vectors else np.zeros((1, 0, dim), bottom_out.dtype)  # [N, ni, d]
     user_columns = [bottom_out] if tower.item_dense.size == 0 else []
     item_columns = [] if tower.item_dense.size == 0 else [bottom_out]
     if tower.user_pairs[0].size:

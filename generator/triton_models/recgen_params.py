@@ -12,7 +12,6 @@ runs on Python 3.10.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import types
 import typing
@@ -77,10 +76,15 @@ class Spec:
         return cls.from_json(text)
 
 
-@functools.cache
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
 def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+    """Each field's resolved annotation, once per spec class."""
+    if cls not in _FIELD_TYPES:
+        hints = typing.get_type_hints(cls)
+        _FIELD_TYPES[cls] = {field.name: hints[field.name] for field in dataclasses.fields(cls)}
+    return _FIELD_TYPES[cls]
 
 
 def _decode(hint: Any, value: object, where: str) -> Any:

@@ -106,7 +106,7 @@ def resolve_endpoints(endpoints: tuple[str, ...]) -> list[str]:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
             infos = []
-        addresses = sorted({info[4][0] for info in infos})
+        addresses = sorted({str(info[4][0]) for info in infos})
         if not addresses:
             resolved.append(endpoint)
         for address in addresses:
