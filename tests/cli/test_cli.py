@@ -59,12 +59,15 @@ def test_build_errors_name_the_problem(tmp_path: Path) -> None:
     assert code == 2 and "--shards-per-table" in out
 
 
-def test_check_without_server_fails_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_check_without_server_says_so_without_a_traceback(tmp_path: Path, protocol: str) -> None:
     model = tmp_path / "m.pt"
     _run("example", "--out", str(model))
     port = serve.free_ports(1)[0]
-    result = CliRunner().invoke(main, ["check", "--model", str(model), "--url", f"127.0.0.1:{port}"])
-    assert result.exit_code != 0
+    code, out = _run("check", "--model", str(model), "--url", f"127.0.0.1:{port}", "--protocol", protocol)
+    assert code == 1
+    assert f"ServerUnreachableError: no Triton server answers at 127.0.0.1:{port} over {protocol}" in out
+    assert "recgen serve" in out and "Traceback" not in out
 
 
 @requires_server

@@ -1,5 +1,6 @@
 import itertools
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,16 @@ def test_uniform_access_gains_nothing_from_hotness() -> None:
     assert _table_memory(report, "history") == pytest.approx(even_memory, rel=0.05)
     # Every row is still stored at least once per copy the load needs; nothing is dropped.
     assert sum(s.memory_bytes for s in shards) >= HISTORY.num_rows * HISTORY.bytes_per_row
+
+
+def test_the_report_says_more_when_the_plan_allocates_more_than_model_wise() -> None:
+    report = plan_model(HISTORY_SHAPE, _uniform_history(), target_qps=8_000, max_shards_per_table=8)
+    better = replace(report, planned=replace(report.planned, memory_bytes=report.model_wise.memory_bytes // 2))
+    assert "-> 2.00x less" in str(better)
+    worse = replace(report, planned=replace(report.planned, memory_bytes=2 * report.model_wise.memory_bytes))
+    assert worse.memory_ratio == pytest.approx(0.5)
+    assert "-> 2.00x more" in str(worse) and "x less" not in str(worse)
+    assert "x higher" in str(worse) or "x lower" in str(worse)
 
 
 def test_strong_skew_saves_a_lot_with_few_shards() -> None:

@@ -1,0 +1,90 @@
+"""One topology for the distributed build, the local servers and the manifests: names, replicas, memory agree."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from generator import naming, triton_runtime
+from generator.deploy import k8s
+from generator.deploy.distributed import build_distributed
+from generator.deploy.server import ServerConfig, TritonServer
+from generator.deploy.topology import TOPOLOGY_FORMAT_VERSION, Topology
+from generator.errors import UserInputError
+from generator.planning import memory
+from generator.planning.capacity import Capacity
+from generator.planning.memory import ModelShape
+from generator.planning.planner import plan_from_report, plan_model
+from generator.traffic.profile import table_shapes, zipf_profile
+from tests.conftest import tiny_model
+from tests.deploy.test_distributed import two_group_plan
+
+
+def test_a_groups_planned_instances_become_its_replica_servers() -> None:
+    plan = two_group_plan()
+    per_shard = Topology.from_plan(plan)
+    assert [g.replica_servers for g in per_shard.groups] == [s.placement.instance_count for s in plan.shards]
+    grouped = Topology.from_plan(plan, group_by="placement")
+    assert len(grouped.groups) == 2 and grouped.group_by == "placement"
+    assert grouped.front.instances == plan.router.instance_count + plan.dense.instance_count + sum(
+        g.replica_servers for g in grouped.groups
+    )
+    assert [g.endpoints_env for g in grouped.groups] == [naming.endpoints_env_var(g.model) for g in grouped.groups]
+
+
+def test_save_and_load_round_trip_and_refuse_other_versions(tmp_path: Path) -> None:
+    topology = Topology.from_plan(two_group_plan(), group_by="placement")
+    topology.save(tmp_path)
+    assert Topology.load(tmp_path) == topology
+    data = json.loads((tmp_path / naming.TOPOLOGY_FILE).read_text())
+    (tmp_path / naming.TOPOLOGY_FILE).write_text(json.dumps({**data, "format_version": 1}))
+    with pytest.raises(UserInputError, match=rf"format version 1; this recgen reads version {TOPOLOGY_FORMAT_VERSION}"):
+        Topology.load(tmp_path)
+    (tmp_path / naming.TOPOLOGY_FILE).write_text(json.dumps({**data, "groups": [{"model": "x"}]}))
+    with pytest.raises(UserInputError, match="is not a recgen topology"):
+        Topology.load(tmp_path)
+    with pytest.raises(UserInputError, match="build with `recgen build --layout distributed`"):
+        Topology.load(tmp_path / "absent")
+
+
+def test_the_distributed_build_writes_the_topology_it_was_built_from(tmp_path: Path) -> None:
+    plan = two_group_plan()
+    result = build_distributed(tiny_model(), plan, tmp_path / "dist", group_by="placement")
+    assert Topology.load(result.root) == result.topology == Topology.from_plan(plan, group_by="placement")
+    for group in result.groups:
+        assert (result.group_repository(group) / group.model / naming.CONFIG_FILE).is_file()
+
+
+def test_the_front_memory_counts_the_front_cache_the_planner_counts() -> None:
+    model = tiny_model()
+    shape = ModelShape.of(model)
+    profile = zipf_profile(table_shapes(model.tables), 1.2, samples=5_000, seed=1)
+    report = plan_model(shape, profile, target_qps=2_000, front_cache_bytes=64 * 32)
+    assert report.front_cache_bytes > 0
+    plan = plan_from_report(report, shape, profile)
+    topology = Topology.from_plan(plan)
+    rank_maps = sum(spec.num_rows * memory.RANK_BYTES for spec in shape.tables)
+    assert topology.front.router_bytes == rank_maps + report.front_cache_bytes
+    capacity = Capacity()
+    without_cache = Topology.from_plan(dataclasses.replace(plan, tables=tuple(
+        dataclasses.replace(t, cached_rows=0) for t in plan.tables)))  # fmt: skip
+    extra = topology.front.memory_bytes(capacity) - without_cache.front.memory_bytes(capacity)
+    assert extra == plan.router.instance_count * report.front_cache_bytes
+    (front,) = [c for c in k8s.components(topology, k8s.K8sOptions(capacity=capacity)) if c.role == "front"]
+    assert front.memory_bytes == topology.front.memory_bytes(capacity)
+
+
+def test_every_server_gets_the_same_runtime_flags() -> None:
+    topology = Topology.from_plan(two_group_plan())
+    manifests = k8s.render_manifests(topology)
+    shared = triton_runtime.server_flags(gpu=False)
+    for document in manifests.objects:
+        if document["kind"] == "Deployment":
+            args = document["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert set(shared) <= set(args)
+    embedded = TritonServer(ServerConfig((Path("r"),))).command()
+    assert set(shared) <= set(embedded)
+    docker = triton_runtime.docker_run_command([("r", "/models")], gpu=False)
+    assert all(flag in docker for flag in shared)
+    assert all(f"-e {name}={value}" in docker for name, value in triton_runtime.SERVING_ENV.items())

@@ -1,0 +1,60 @@
+"""The one staging mechanism: outputs appear all together or not at all, and old outputs survive a failure."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from generator.repository import staging
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_new_outputs_replace_old_ones_together(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "old.txt").write_text("old")
+    with staging.staged([tmp_path / "a", tmp_path / "b"]) as (a, b):
+        (a / "new.txt").write_text("new a")
+        (b / "new.txt").write_text("new b")
+        assert not (tmp_path / "b").exists()  # nothing is published before the block ends
+    assert _tree(tmp_path) == {"a/new.txt": "new a", "b/new.txt": "new b"}
+
+
+def test_a_failing_block_leaves_every_output_as_it_was(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="half way"), staging.staged([tmp_path / "a", tmp_path / "b"]) as (a, _):
+        (a / "new.txt").write_text("new")
+        raise RuntimeError("half way")
+    assert _tree(tmp_path) == {"a/old.txt": "old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temporary directory left behind
+
+
+def test_a_failed_rename_restores_the_outputs_already_replaced(tmp_path: Path, monkeypatch) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "old.txt").write_text(f"old {name}")
+    real_rename = os.rename
+
+    def rename(source, target):
+        if Path(source).name.startswith(".b.recgen-"):  # publishing b fails; restoring old ones works
+            raise OSError("disk full")
+        real_rename(source, target)
+
+    monkeypatch.setattr(staging.os, "rename", rename)
+    with pytest.raises(OSError, match="disk full"), staging.staged([tmp_path / "a", tmp_path / "b"]) as (a, b):
+        (a / "new.txt").write_text("new a")
+        (b / "new.txt").write_text("new b")
+    monkeypatch.undo()
+    assert _tree(tmp_path) == {"a/old.txt": "old a", "b/old.txt": "old b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_keep_existing_keeps_what_another_process_published_first(tmp_path: Path) -> None:
+    with staging.staged([tmp_path / "cache"], keep_existing=True) as (staged,):
+        (staged / "mine.txt").write_text("mine")
+        (tmp_path / "cache").mkdir()  # another process wins the race
+        (tmp_path / "cache" / "theirs.txt").write_text("theirs")
+    assert _tree(tmp_path) == {"cache/theirs.txt": "theirs"}
