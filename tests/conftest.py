@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -59,24 +59,25 @@ def _failed(node: pytest.Item) -> bool:
 
 
 @contextlib.contextmanager
-def serving(result: BuildResult, log_path: Path) -> Iterator[serve.TritonServer]:
-    """Serve a build on free loopback ports until the block ends."""
-    with serve.running_server(result.repositories, timeout_s=SERVER_READY_TIMEOUT_S, log_path=log_path) as server:
+def serving(repositories: Sequence[Path], log_path: Path) -> Iterator[serve.TritonServer]:
+    """Serve repositories on free loopback ports until the block ends."""
+    with serve.running_server(repositories, timeout_s=SERVER_READY_TIMEOUT_S, log_path=log_path) as server:
         yield server
 
 
 @pytest.fixture
 def server_factory(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[[BuildResult], serve.TritonServer]]:
-    """Start servers for a test; always stopped, and their logs printed if the test failed."""
+) -> Iterator[Callable[[BuildResult | Sequence[Path]], serve.TritonServer]]:
+    """Start servers (of a build, or of repositories) for a test; always stopped, logs printed if the test failed."""
     stack = contextlib.ExitStack()
     logs: list[Path] = []
 
-    def start(result: BuildResult) -> serve.TritonServer:
+    def start(served: BuildResult | Sequence[Path]) -> serve.TritonServer:
         log_path = tmp_path / f"tritonserver-{len(logs)}.log"
         logs.append(log_path)
-        return stack.enter_context(serving(result, log_path))
+        repositories = served.repositories if isinstance(served, BuildResult) else served
+        return stack.enter_context(serving(repositories, log_path))
 
     with stack:
         yield start

@@ -1,0 +1,297 @@
+"""Router: buckets each request's sparse ids into shards, as row ids into each shard group's stacked rows.
+
+Its typed parameters (`recgen_params`): `routing` lists, per table, the input tensor, the row count, ids per
+sample, the shard boundaries in hotness-rank space and, per shard, the shard group output it goes to, the first
+column of its table's block there and the shard's first row in the group's stacked rows; and the outputs with
+their widths. `front_cache` (optional) names the cache's output and tables; `ranking_router` (only on the ranking
+ensemble's router) says a request is one user and N candidates. All tables are routed in one vectorised pass (see
+`recgen_kernels.route_packed`). `row_ranks.npz` maps original row ids to hotness ranks for permuted tables. An id
+outside [-1, rows) fails only its own request, with a message naming the tensor and value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # inside Triton
+    import triton_python_backend_utils as pb_utils
+except ModuleNotFoundError:  # imported by tests or tooling
+    pb_utils = None
+
+try:  # a generated repository has its helpers next to this file
+    import recgen_kernels as kernels
+    import recgen_params as params
+except ModuleNotFoundError:
+    from generator.triton_models import recgen_kernels as kernels
+    from generator.triton_models import recgen_params as params
+
+ROW_RANKS_FILE = "row_ranks.npz"
+#: The front cache's rows: per cached table, its hottest ranks' rows in rank order.
+FRONT_CACHE_FILE = "front_cache.npz"
+
+
+@dataclass(frozen=True)
+class TableRoute:
+    """One table's input and its validity range; `rank_of_row` maps original ids to hotness ranks (or None)."""
+
+    input_name: str
+    table: str
+    num_rows: int
+    ids_per_sample: int
+    rank_of_row: np.ndarray | None
+    side: str = "item"
+    cached_rows: int = 0
+    cache: np.ndarray | None = None  # the cached rows plus a zero padding row
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Every table's route, the packed outputs (name, width) and the compiled layout of all of them side by side."""
+
+    tables: list[TableRoute]
+    outputs: list[tuple[str, int]]
+    layout: kernels.RouteLayout
+    column_rows: np.ndarray  # [C] row count of each input column's table, for the validity check
+    mode: str = "flattened"  # or "ranking": one user row and N candidate rows per request
+    max_rows: int = 0  # ranking: 1 + N must fit the shard groups' max_batch_size
+    cache_output: str = ""  # the front cache's partial sums output ("" = no front cache)
+    output_offsets: tuple[int, ...] = ()  # first packed column of every output, then the total width
+
+
+@dataclass
+class CacheCounts:
+    """Ids of cached tables the router saw, and how many of them its front cache served."""
+
+    lookups: int = 0
+    hits: int = 0
+
+
+def _table_route(entry: params.RoutedTable, ranks: dict[str, np.ndarray], caches: dict[str, np.ndarray]) -> TableRoute:
+    if entry.permuted != (entry.table in ranks):
+        raise params.ParameterError(
+            f"table {entry.table!r} is {'' if entry.permuted else 'not '}permuted, but {ROW_RANKS_FILE} "
+            f"{'lacks' if entry.permuted else 'holds'} its ranks"
+        )
+    if bool(entry.cached_rows) != (entry.table in caches):
+        raise params.ParameterError(f"table {entry.table!r}: cached_rows {entry.cached_rows} vs {FRONT_CACHE_FILE}")
+    return TableRoute(
+        entry.input,
+        entry.table,
+        entry.num_rows,
+        entry.ids_per_sample,
+        ranks.get(entry.table),
+        entry.side,
+        entry.cached_rows,
+        kernels.with_padding_row(caches[entry.table]) if entry.cached_rows else None,
+    )
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        return dict(data)
+
+
+def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
+    """Read the typed routing parameters from the model config and the rank maps and cache next to model.py."""
+    routing = params.RoutingParams.from_model_config(model_config)
+    cache = params.FrontCacheParams.optional_from_model_config(model_config)
+    ranking = params.RankingRouterParams.optional_from_model_config(model_config)
+    ranks = _arrays(version_dir / ROW_RANKS_FILE)
+    caches = _arrays(version_dir / FRONT_CACHE_FILE)
+    output_offsets = np.cumsum([0] + [output.width for output in routing.outputs]).tolist()
+    tables = [_table_route(entry, ranks, caches) for entry in routing.tables]
+    if cache is not None and list(cache.tables) != [t.table for t in tables if t.cached_rows]:
+        raise params.ParameterError(f"front_cache tables {list(cache.tables)} disagree with the tables' cached_rows")
+    layout_tables = [
+        (
+            entry.ids_per_sample,
+            list(entry.boundaries),
+            [output_offsets[shard.output] + shard.column for shard in entry.shards],
+            [shard.first_row for shard in entry.shards],
+        )
+        for entry in routing.tables
+    ]
+    column_rows = np.concatenate([np.full(t.ids_per_sample, t.num_rows, dtype=np.int64) for t in tables])
+    return Routing(
+        tables,
+        [(output.name, output.width) for output in routing.outputs],
+        kernels.RouteLayout.build(layout_tables, output_offsets[-1]),
+        column_rows,
+        "flattened" if ranking is None else "ranking",
+        0 if ranking is None else ranking.max_rows,
+        "" if cache is None else cache.output,
+        tuple(output_offsets),
+    )
+
+
+def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A ranking request's ids as one batch: every table [1 + N, L], row 0 the user's ids, rows 1..N the candidates'.
+
+    Raises ValueError naming the tensor when the user tensors do not hold exactly one row, the candidate tensors
+    disagree on N, or 1 + N exceeds what the shard groups accept.
+    """
+    candidates: dict[str, int] = {}
+    for route in routing.tables:
+        rows = inputs[route.input_name].shape[0]
+        if route.side == "user" and rows != 1:
+            raise ValueError(f"input '{route.input_name}' holds {rows} rows; a ranking request has one user (1 row)")
+        if route.side == "item":
+            candidates[route.input_name] = rows
+    if len(set(candidates.values())) > 1:
+        raise ValueError(f"the candidate inputs disagree on the number of candidates: {candidates}")
+    count = next(iter(candidates.values()), 0)
+    if routing.max_rows and 1 + count > routing.max_rows:
+        raise ValueError(
+            f"a ranking request holds at most {routing.max_rows - 1} candidates (max_batch_size - 1), got {count}"
+        )
+    combined = {}
+    for route in routing.tables:
+        ids = inputs[route.input_name]
+        both = np.full((1 + count, ids.shape[1]), kernels.PADDING_ID, dtype=ids.dtype)
+        if route.side == "user":
+            both[0] = ids[0]
+        else:
+            both[1:] = ids
+        combined[route.input_name] = both
+    return combined
+
+
+def route_request(
+    routing: Routing, inputs: dict[str, np.ndarray], counts: CacheCounts | None = None
+) -> dict[str, np.ndarray]:
+    """Packed local ids for every shard group; raises ValueError naming the tensor and the bad id.
+
+    With a front cache, ids among a table's hottest `cached_rows` ranks are pooled here, from the router's copy
+    of those rows, into the cache's partial sums, and reach no shard.
+    """
+    ids = np.concatenate([inputs[route.input_name] for route in routing.tables], axis=1).astype(np.int64, copy=False)
+    if ((ids < kernels.PADDING_ID) | (ids >= routing.column_rows)).any():
+        for route in routing.tables:  # name the first table holding a bad id
+            bad = kernels.first_bad_id(inputs[route.input_name], route.num_rows)
+            if bad is not None:
+                raise ValueError(kernels.bad_id_message(route.input_name, bad, route.num_rows, route.table))
+    cached_pools = []
+    first = 0
+    for route in routing.tables:
+        last = first + route.ids_per_sample
+        if route.rank_of_row is not None:
+            ids[:, first:last] = kernels.ranks_of(ids[:, first:last], route.rank_of_row)
+        if route.cache is not None:
+            block = ids[:, first:last]
+            hit = (block >= 0) & (block < route.cached_rows)
+            cached_pools.append(kernels.pool(route.cache, np.where(hit, block, kernels.PADDING_ID)))
+            if counts is not None:
+                counts.lookups += int((block >= 0).sum())
+                counts.hits += int(hit.sum())
+            block[hit] = kernels.PADDING_ID  # served here: no shard sees it
+        first = last
+    packed = kernels.route_packed(ids, routing.layout)
+    if len(routing.outputs) == 1:
+        outputs = {routing.outputs[0][0]: packed}
+    else:
+        offsets = routing.output_offsets
+        outputs = {
+            name: np.ascontiguousarray(packed[:, offsets[index] : offsets[index + 1]])
+            for index, (name, _) in enumerate(routing.outputs)
+        }
+    if routing.cache_output:
+        outputs[routing.cache_output] = np.concatenate(cached_pools, axis=1)
+    return outputs
+
+
+class TritonPythonModel:
+    """Triton entry point."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Load the routing table once per instance; with a front cache, register its hit counters."""
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.routing = load_routing(json.loads(args["model_config"]), version_dir)
+        self.counts = CacheCounts()
+        self.metrics = _cache_metrics(args["model_name"]) if self.routing.cache_output else None
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """Route the batched requests; export the front cache's hits and lookups as Prometheus counters."""
+        before = (self.counts.lookups, self.counts.hits)
+        responses = self._route_all(requests)
+        if self.metrics is not None:
+            lookups, hits, _ = self.metrics
+            lookups.increment(self.counts.lookups - before[0])
+            hits.increment(self.counts.hits - before[1])
+        return responses
+
+    def _route_all(self, requests: list[Any]) -> list[Any]:
+        """Route all batched requests in one pass; if any id is bad, route each request alone so only it fails."""
+        names = [route.input_name for route in self.routing.tables]
+        per_request = [
+            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in names}
+            for request in requests
+        ]
+        if self.routing.mode == "ranking":  # not batching: one request per entry
+            return [self._respond(self._ranking, inputs) for inputs in per_request]
+        if len(per_request) > 1:
+            stacked = {}
+            split_points: list[int] = []
+            for name in names:
+                stacked[name], split_points = kernels.stack_requests([inputs[name] for inputs in per_request])
+            try:
+                routed = route_request(self.routing, stacked, self.counts)
+            except ValueError:
+                pass  # some request holds a bad id: fall through to one request at a time
+            else:
+                parts = {name: kernels.unstack_responses(array, split_points) for name, array in routed.items()}
+                return [
+                    pb_utils.InferenceResponse(
+                        output_tensors=[pb_utils.Tensor(name, arrays[index]) for name, arrays in parts.items()]
+                    )
+                    for index in range(len(requests))
+                ]
+        return [
+            self._respond(lambda inputs: route_request(self.routing, inputs, self.counts), inputs)
+            for inputs in per_request
+        ]
+
+    def _ranking(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return route_request(self.routing, combine_ranking_request(self.routing, inputs), self.counts)
+
+    @staticmethod
+    def _respond(route: Any, inputs: dict[str, np.ndarray]) -> Any:
+        """One response: the routed outputs, or the request's own error (the other requests are unaffected)."""
+        try:
+            outputs = route(inputs)
+        except ValueError as error:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(name, array) for name, array in outputs.items()]
+        )
+
+
+#: Prometheus counters of the front cache (labelled with the router's model name) on the server's /metrics.
+CACHE_LOOKUPS_METRIC = "recgen_front_cache_lookups_total"
+CACHE_HITS_METRIC = "recgen_front_cache_hits_total"
+
+
+def _cache_metrics(model_name: str) -> tuple[Any, Any, list[Any]] | None:
+    """(lookups, hits, their families) counters; None where the backend has no custom metrics.
+
+    The families are returned too: the backend refuses to touch a metric whose family was garbage-collected.
+    """
+    try:
+        families = [
+            pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
+            for name, text in (
+                (CACHE_LOOKUPS_METRIC, "ids of front-cached tables the router saw"),
+                (CACHE_HITS_METRIC, "of those, ids the router's front cache pooled itself"),
+            )
+        ]
+        lookups, hits = (family.Metric(labels={"model": model_name}) for family in families)
+    except Exception as error:  # an older backend, or metrics disabled
+        pb_utils.Logger.log_warn(f"front cache metrics unavailable ({error}); routing is unaffected")
+        return None
+    return lookups, hits, families

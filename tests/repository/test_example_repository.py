@@ -1,0 +1,54 @@
+"""The committed `model_repository/` and `ensembles/`: exactly what `recgen build` writes for the tiny example.
+
+Regenerate them after an intended change, from the repository root:
+`recgen example --tiny --out tiny.pt && recgen build --model tiny.pt --force`.
+"""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from generator.check import client
+from generator.cli import main
+from generator.model.dlrm import tiny_example_model
+from tests.conftest import requires_server
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ("model_repository", "ensembles")
+REGENERATE = "recgen example --tiny --out tiny.pt && recgen build --model tiny.pt --force"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def test_the_committed_repository_is_what_recgen_build_writes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    model = tmp_path / "tiny.pt"
+    result = runner.invoke(main, ["example", "--tiny", "--out", str(model)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = ["--out", str(tmp_path / COMMITTED[0]), "--ensembles", str(tmp_path / COMMITTED[1])]
+    result = runner.invoke(main, ["build", "--model", str(model), *out], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for name in COMMITTED:
+        committed, regenerated = _files(ROOT / name), _files(tmp_path / name)
+        assert sorted(committed) == sorted(regenerated), f"{name}/ lists other files; regenerate: {REGENERATE}"
+        drifted = [path for path in committed if committed[path] != regenerated[path]]
+        assert not drifted, f"{name}/ drifted from `recgen build` in {drifted}; regenerate: {REGENERATE}"
+    total = sum(len(data) for name in COMMITTED for data in _files(ROOT / name).values())
+    assert total < 1_000_000, f"the committed example holds {total:,} bytes"
+
+
+@requires_server
+@pytest.mark.server
+def test_the_committed_repository_serves_the_tiny_example(server_factory) -> None:
+    server = server_factory([ROOT / name for name in COMMITTED])
+    model = tiny_example_model()
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        assert client.check(model, url, protocol=protocol, requests=2, batch_size=32).passed
+    assert client.check(model, server.grpc_url, protocol="grpc", model_name="dlrm_ranking", structured=True).passed
