@@ -82,6 +82,53 @@ def stub_processes(server_pid: int) -> dict[str, int]:
     return stubs
 
 
+_MODEL = "calib"
+
+
+def _step_costs(
+    client: RankingClient,
+    the_plan: plan.Plan,
+    model: DLRM,
+    batches: list[int],
+    requests: int,
+    echo: Callable[[str], None],
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(rows looked up, busy s) of the widest table's shard and (ids, busy s) of the router, at every batch."""
+    rng = np.random.default_rng(0)
+    widest = max(model.tables, key=lambda t: t.max_ids_per_sample)
+    widest_group = next(g for g in the_plan.shard_groups() if g.shards[0].table == widest.name)
+    shard_name = layout.shard_group_model_name(the_plan, widest_group)
+    shard_points, router_points = [], []
+    for batch in batches:
+        local = rng.integers(0, widest.num_rows, size=(batch, widest.max_ids_per_sample), dtype=np.int32)
+        busy = _busy_seconds_per_request(
+            client, shard_name, {naming.group_local_ids(widest_group.index): local}, requests
+        )
+        shard_points.append((float(batch * widest.max_ids_per_sample), busy))
+        sparse = {
+            naming.sparse_input(t.name): rng.integers(0, t.num_rows, (batch, t.max_ids_per_sample), dtype=np.int64)
+            for t in model.tables
+        }
+        busy = _busy_seconds_per_request(client, naming.router_model(_MODEL), sparse, requests)
+        router_points.append((float(batch * sum(t.max_ids_per_sample for t in model.tables)), busy))
+        echo(
+            f"  batch {batch:>5}: shard {shard_points[-1][1] * 1e6:8.1f} us for {shard_points[-1][0]:.0f} rows, "
+            f"router {router_points[-1][1] * 1e6:8.1f} us for {router_points[-1][0]:.0f} ids"
+        )
+    return shard_points, router_points
+
+
+def _memory(server: serve.TritonServer, smallest_table: str) -> tuple[int, int]:
+    """PSS of the server process and of the stub of the smallest shard (the cost of one more replica)."""
+    if server.process is None:
+        raise ServerError("the calibration server stopped unexpectedly")
+    stubs = stub_processes(server.process.pid)
+    smallest_stub = stubs.get(naming.shard_model(_MODEL, smallest_table, 0))
+    if smallest_stub is None:
+        raise ServerError(f"could not find the stub process of the smallest shard among {sorted(stubs)}")
+    return proportional_set_size_bytes(server.process.pid), proportional_set_size_bytes(smallest_stub)
+
+
 def calibrate(
     model: DLRM,
     *,
@@ -91,55 +138,21 @@ def calibrate(
 ) -> Capacity:
     """Measure every figure of the capacity model on the embedded server (python backend, one shard per table)."""
     the_plan = plan.uniform_plan(
-        model, name="calib", shards_per_table=1, max_batch_size=max(batch_size, 8), group_by="shard"
+        model, name=_MODEL, shards_per_table=1, max_batch_size=max(batch_size, 8), group_by="shard"
     )
     batches = sorted({max(1, batch_size // 16), max(1, batch_size // 4), batch_size})
-    widest = max(model.tables, key=lambda t: t.max_ids_per_sample)
-    smallest = min(model.tables, key=lambda t: t.num_rows)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory(prefix="recgen-calibrate-") as workdir:
         result = build.build(model, the_plan, Path(workdir) / "repo", Path(workdir) / "ens")
-        with serve.running_server(result.repositories) as server:
-            client = RankingClient(server.http_url, "http", "calib")
-            widest_group = next(g for g in the_plan.shard_groups() if g.shards[0].table == widest.name)
-            shard_name = layout.shard_group_model_name(the_plan, widest_group)
-            shard_points = []
-            router_points = []
-            for batch in batches:
-                local = rng.integers(0, widest.num_rows, size=(batch, widest.max_ids_per_sample), dtype=np.int32)
-                busy = _busy_seconds_per_request(
-                    client, shard_name, {naming.group_local_ids(widest_group.index): local}, requests
-                )
-                shard_points.append((batch * widest.max_ids_per_sample, busy))
-                sparse = {
-                    naming.sparse_input(t.name): rng.integers(
-                        0, t.num_rows, (batch, t.max_ids_per_sample), dtype=np.int64
-                    )
-                    for t in model.tables
-                }
-                router = naming.router_model("calib")
-                busy = _busy_seconds_per_request(client, router, sparse, requests)
-                router_points.append((batch * sum(t.max_ids_per_sample for t in model.tables), busy))
-                echo(
-                    f"  batch {batch:>5}: shard {shard_points[-1][1] * 1e6:8.1f} us for {shard_points[-1][0]} rows, "
-                    f"router {router_points[-1][1] * 1e6:8.1f} us for {router_points[-1][0]} ids"
-                )
+        with serve.running_server(result.repositories) as server, RankingClient(server.http_url, "http") as client:
+            shard_points, router_points = _step_costs(client, the_plan, model, batches, requests, echo)
             dense_inputs = {
                 spec.name: rng.standard_normal((batch_size, *spec.dims), dtype=np.float32)
                 for spec in layout.dense_inputs(the_plan, model.num_dense_features)
             }
-            dense = naming.dense_model("calib")
-            dense_busy = _busy_seconds_per_request(client, dense, dense_inputs, requests)
+            dense_busy = _busy_seconds_per_request(client, naming.dense_model(_MODEL), dense_inputs, requests)
             echo(f"  dense: {dense_busy * 1e6:.1f} us per {batch_size} samples")
-            if server.process is None:
-                raise ServerError("the calibration server stopped unexpectedly")
-            server_bytes = proportional_set_size_bytes(server.process.pid)
-            stubs = stub_processes(server.process.pid)
-            smallest_stub = stubs.get(naming.shard_model("calib", smallest.name, 0))
-            if smallest_stub is None:
-                raise ServerError(f"could not find the stub process of the smallest shard among {sorted(stubs)}")
-            replica_bytes = proportional_set_size_bytes(smallest_stub)
-            client.close()
+            server_bytes, replica_bytes = _memory(server, min(model.tables, key=lambda t: t.num_rows).name)
     shard_fixed, shard_per_row = _fit_line(*zip(*shard_points, strict=True))
     router_fixed, router_per_id = _fit_line(*zip(*router_points, strict=True))
     return Capacity(

@@ -86,10 +86,8 @@ def plan_model(
     stats = [
         shard
         for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)
-        for shard in cut_table(
-            spec, access, qps=target_qps, batch_size=batch_size, capacity=capacity,
-            max_shards=max_shards_per_table, cached_rows=cached_rows,
-        )
+        for shard in cut_table(spec, access, qps=target_qps, batch_size=batch_size, capacity=capacity,
+                               max_shards=max_shards_per_table, cached_rows=cached_rows)
     ]  # fmt: skip
     model_wise_replicas = capacity.replicas(
         target_qps, capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
