@@ -34,8 +34,11 @@ import numpy as np
 from generator.check import calibrate, client, loadtest
 from generator.deploy import k8s
 from generator.deploy import server as serve
+from generator.deploy.distributed import build_distributed
+from generator.deploy.local import LocalTopology
+from generator.deploy.topology import Topology
 from generator.model import dlrm as models
-from generator.planning import planner
+from generator.planning import memory, planner
 from generator.planning.capacity import Capacity
 from generator.repository import build
 from generator.traffic.profile import TableShape, zipf_profile
@@ -144,7 +147,7 @@ def diurnal_qps(peak_qps: float) -> list[float]:
 def replay_day(report, shape, profile, capacity: Capacity) -> dict:
     model_bytes = sum(spec.num_rows * spec.bytes_per_row for spec in shape.tables)
     whole_bytes = model_bytes + shape.dense_bytes + capacity.replica_overhead_bytes + capacity.server_overhead_bytes
-    router_bytes = sum(spec.num_rows * planner.RANK_BYTES for spec in shape.tables)
+    router_bytes = memory.router_bytes(shape.tables, [0] * len(shape.tables), [True] * len(shape.tables))
     hours = []
     for qps in diurnal_qps(report.target_qps):
         scaled = planner.scale_to_load(report, shape, profile, qps)
@@ -191,7 +194,7 @@ def main() -> None:
 
     capacity = Capacity()
     model = bench_model()
-    shape = planner.ModelShape.of(model)
+    shape = memory.ModelShape.of(model)
     shapes = [TableShape(t.name, t.num_rows, t.max_ids_per_sample) for t in TABLES]
     profile = zipf_profile(shapes, args.alpha, samples=200_000, seed=0)
     peak_qps = qps_for_model_wise_replicas(shape, profile, args.replicas, capacity)
@@ -201,8 +204,7 @@ def main() -> None:
     plan = replace(planner.plan_from_report(report, shape, profile), group_by="placement")
     print(report)
 
-    options = k8s.K8sOptions(group_by="placement", capacity=capacity)
-    components = k8s.components(plan, options)
+    components = k8s.components(Topology.from_plan(plan, group_by="placement"), k8s.K8sOptions(capacity=capacity))
     predicted_planned = sum(c.replicas * c.memory_bytes for c in components)
     whole = sum(s.num_rows * s.bytes_per_row for s in TABLES) + shape.dense_bytes
     predicted_model_wise = report.model_wise.replicas * (
@@ -215,14 +217,14 @@ def main() -> None:
         started = time.perf_counter()
         monolithic = build.build_monolithic(model, replace(plan, dense=replace(plan.dense, instance_count=1)),
                                             root / "mono")  # fmt: skip
-        distributed = build.build_distributed(model, plan, root / "dist", group_by="placement")
+        distributed = build_distributed(model, plan, root / "dist", group_by="placement")
         print(f"built both in {time.perf_counter() - started:.0f} s")
         print(distributed)
         rng = np.random.default_rng(0)
         with contextlib.ExitStack() as stack:
             logs = args.out / "logs"
             logs.mkdir(parents=True, exist_ok=True)
-            local = stack.enter_context(serve.LocalTopology(serve.Topology.load(distributed.root), log_dir=logs))
+            local = stack.enter_context(LocalTopology(distributed.root, log_dir=logs))
             local.start()
             with client.RankingClient(local.front.grpc_url, "grpc") as front:
                 sampler = loadtest.sampler_from_server(front, profile)

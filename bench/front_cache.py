@@ -1,10 +1,10 @@
 """Benchmark: the router's front cache of hot rows (FlexEMR's temporal locality) and pooled partials (spatial).
 
 For Zipf alpha 0.8, 1.05 and 1.2 and front caches of 0.1%, 1% and 10% of the embedding bytes (and none), on a
-model of four 250k-row tables: plan with the cache (`planner.plan_model(front_cache_bytes=...)`), then build,
+model of four 250k-row tables: plan with the cache (`planning.planner.plan_model(front_cache_bytes=...)`), then build,
 serve on the embedded server and send requests drawn from a fresh sample of the same distribution. Reports the
 plan's expected hit rate beside the hit rate the router measured (its Prometheus counters), the bytes per request
-on every edge from the plan (`planner.edge_bytes`: ids to the shard groups, pooled partials back, what raw rows
+on every edge from the plan (`repository.edges.edge_bytes`: ids to the shard groups, pooled partials back, what raw rows
 would cost) beside the real ids the router sent the groups (measured by calling the router model itself), and the
 shard replicas the plan needs. Then the requests/s effect of a 1% cache in the local distributed topology (alpha
 1.05). HugeCTR's embedding cache reports about 0.84 hit rate at power-law alpha 1.2.
@@ -29,9 +29,13 @@ import numpy as np
 from generator import naming
 from generator.check import client, loadtest
 from generator.deploy import server as serve
+from generator.deploy.distributed import build_distributed
+from generator.deploy.local import LocalTopology
 from generator.model import dlrm as models
 from generator.planning import planner
+from generator.planning.memory import ModelShape
 from generator.repository import build
+from generator.repository.edges import edge_bytes
 from generator.traffic.profile import TableShape, zipf_profile
 
 BATCH = 256
@@ -59,11 +63,11 @@ def _scrape(server: serve.TritonServer) -> str:
 
 
 def measure_one(model, profile, fresh, cache_share: float, requests: int, workdir: Path) -> dict:
-    shape = planner.ModelShape.of(model)
+    shape = ModelShape.of(model)
     budget = int(cache_share * model.embedding_bytes())
     report = planner.plan_model(shape, profile, target_qps=TARGET_QPS, max_shards_per_table=4, front_cache_bytes=budget)
     plan = planner.plan_from_report(report, shape, profile)
-    edges = planner.edge_bytes(plan, profile, BATCH)
+    edges = edge_bytes(plan, profile, BATCH)
     result = build.build(model, plan, workdir / "r", workdir / "e", force=True)
     with serve.running_server(result.repositories) as server:
         with client.RankingClient(server.grpc_url, "grpc") as ranking:
@@ -100,12 +104,12 @@ def measure_one(model, profile, fresh, cache_share: float, requests: int, workdi
 
 
 def distributed_rps(model, profile, cache_share: float, seconds: float, workdir: Path) -> dict:
-    shape = planner.ModelShape.of(model)
+    shape = ModelShape.of(model)
     budget = int(cache_share * model.embedding_bytes())
     report = planner.plan_model(shape, profile, target_qps=TARGET_QPS, max_shards_per_table=4, front_cache_bytes=budget)
     plan = planner.plan_from_report(report, shape, profile)
-    layout = build.build_distributed(model, plan, workdir / "dist", group_by="placement", force=True)
-    with serve.LocalTopology(serve.Topology.load(layout.root)) as local:
+    layout = build_distributed(model, plan, workdir / "dist", group_by="placement", force=True)
+    with LocalTopology(layout.root) as local:
         local.start()
         with client.RankingClient(local.front.grpc_url, "grpc") as ranking:
             sampler = loadtest.sampler_from_server(ranking, profile)

@@ -37,6 +37,7 @@ from generator.deploy import server as serve
 from generator.model import dlrm as models
 from generator.planning import plan
 from generator.repository import build
+from generator.traffic.requests import random_request, random_structured_request
 
 #: Instances of each ensemble step (router, shard group, dense); overridable with --ensemble-instances.
 ENSEMBLE_INSTANCES = 1
@@ -79,7 +80,7 @@ def closed_loop(send: Callable[[int], None], concurrency: int, seconds: float, w
 
 
 def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict[str, float]:
-    request = client.random_request(model, batch, np.random.default_rng(batch))
+    request = random_request(model, batch, np.random.default_rng(batch))
     dense = torch.from_numpy(request.dense_features)
     sparse = {name: torch.from_numpy(ids) for name, ids in request.sparse.items()}
 
@@ -92,7 +93,7 @@ def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: flo
 
 def bench_triton(url: str, model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict[str, float]:
     clients = [client.RankingClient(url, "grpc") for _ in range(concurrency)]
-    requests = [client.random_request(model, batch, np.random.default_rng(i)).tensors() for i in range(concurrency)]
+    requests = [random_request(model, batch, np.random.default_rng(i)).tensors() for i in range(concurrency)]
     try:
         return closed_loop(lambda i: clients[i].infer(requests[i]), concurrency, seconds, warmup_s=1.0)
     finally:
@@ -235,8 +236,7 @@ def run_structured(
                 }
                 for count in candidates:
                     structured = [
-                        client.random_structured_request(model, count, np.random.default_rng(i))
-                        for i in range(concurrency)
+                        random_structured_request(model, count, np.random.default_rng(i)) for i in range(concurrency)
                     ]
                     tensors = {
                         "packed": [r.tensors() for r in structured],

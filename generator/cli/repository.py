@@ -15,9 +15,6 @@ from generator.repository import build as builds
 from generator.repository.configs import TARGETS, Backend, Target
 from generator.repository.params import RemoteCallPolicy
 
-LAYOUTS = ("single", "distributed")
-
-
 @click.command()
 @options.model_file()
 @options.out_dir(default=Path("model_repository"), help_text="Repository for router, shards, dense.", dest="repository")
@@ -52,7 +49,7 @@ LAYOUTS = ("single", "distributed")
 @options.force
 @click.option(
     "--layout",
-    type=click.Choice(LAYOUTS),
+    type=click.Choice(builds.LAYOUTS),
     default="single",
     show_default=True,
     help="single: one server (--out + --ensembles); distributed: --out DIR holds DIR/front and one repository "
@@ -96,7 +93,7 @@ def build(
     max_batch_size: int,
     group_by: GroupBy | None,
     force: bool,
-    layout: str,
+    layout: builds.Layout,
     remote_deadline_s: float,
     remote_attempts: int,
     plan_path: Path | None,

@@ -28,6 +28,9 @@ from generator.repository.params import RemoteCallPolicy
 MANIFEST_FORMAT_VERSION = 1
 #: What a generated model does in its ensemble.
 Role = Literal["router", "shards", "remote", "dense", "ensemble", "whole"]
+#: One server for everything, or every shard group served on its own behind a front (`deploy.distributed`).
+Layout = Literal["single", "distributed"]
+LAYOUTS: tuple[Layout, ...] = ("single", "distributed")
 
 
 @dataclass(frozen=True)
