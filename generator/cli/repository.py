@@ -15,6 +15,7 @@ from generator.repository import build as builds
 from generator.repository.configs import TARGETS, Backend, Target
 from generator.repository.params import RemoteCallPolicy
 
+
 @click.command()
 @options.model_file()
 @options.out_dir(default=Path("model_repository"), help_text="Repository for router, shards, dense.", dest="repository")

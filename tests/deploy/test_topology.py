@@ -88,3 +88,21 @@ def test_every_server_gets_the_same_runtime_flags() -> None:
     docker = triton_runtime.docker_run_command([("r", "/models")], gpu=False)
     assert all(flag in docker for flag in shared)
     assert all(f"-e {name}={value}" in docker for name, value in triton_runtime.SERVING_ENV.items())
+
+
+def test_k8s_deploys_the_build_and_refuses_a_plan_or_grouping_that_does_not_match_it(tmp_path: Path) -> None:
+    from generator.planning.plan_file import save_plan
+
+    plan = two_group_plan()
+    result = build_distributed(tiny_model(), plan, tmp_path / "dist", group_by="placement")
+    assert k8s.topology_for(None, result.root, None) == result.topology
+    with pytest.raises(UserInputError, match="built with --group-by placement, not shard"):
+        k8s.topology_for(None, result.root, "shard")
+    save_plan(plan, tmp_path / "plan.json")
+    assert k8s.topology_for(tmp_path / "plan.json", result.root, None).group_models() == result.topology.group_models()
+    other = dataclasses.replace(plan, tables=plan.tables[:2])
+    save_plan(other, tmp_path / "other.json")
+    with pytest.raises(UserInputError, match="same plan and --group-by"):
+        k8s.topology_for(tmp_path / "other.json", result.root, None)
+    with pytest.raises(UserInputError, match="give --plan"):
+        k8s.topology_for(None, None, None)
