@@ -28,6 +28,8 @@ ROUTER_ROW_RANKS_FILE = router_module.ROW_RANKS_FILE
 ROUTER_FRONT_CACHE_FILE = router_module.FRONT_CACHE_FILE
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"
+#: The one file in an ensemble's (otherwise empty) version directory.
+ENSEMBLE_VERSION_NOTE = "README.md"
 
 #: Distributed layout (`recgen build --layout distributed -o DIR`): DIR/front is the front server's repository
 #: (router, dense, remote shard-group steps, ensemble), DIR/groups/<group model> one repository per shard group.

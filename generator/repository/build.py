@@ -219,7 +219,14 @@ class ModelWriter:
     def _ensemble(self, ensemble: mc.ModelConfig, repository: Path) -> None:
         validation.check_ensemble(ensemble, self.configs)
         ensemble_dir = repository / ensemble.name
-        (ensemble_dir / naming.MODEL_VERSION).mkdir(parents=True)  # Triton needs a version dir, even an empty one
+        version_dir = ensemble_dir / naming.MODEL_VERSION
+        version_dir.mkdir(parents=True)
+        # Triton loads no ensemble without a version directory, and git keeps no empty directory: a clone of a
+        # committed repository must serve, so the directory holds a note saying why it is there.
+        (version_dir / naming.ENSEMBLE_VERSION_NOTE).write_text(
+            "Triton needs a numeric version directory for every model, ensembles included; an ensemble keeps no "
+            "files in it.\n"
+        )
         validation.write_config(ensemble, ensemble_dir)
         steps = len(ensemble.ensemble_scheduling.step)
         self.built.append(

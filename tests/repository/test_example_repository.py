@@ -20,11 +20,16 @@ REGENERATE = "recgen example --tiny --out tiny.pt && recgen build --model tiny.p
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(root)): path.read_bytes()
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and "__pycache__" not in path.parts
-    }
+    """Every file's bytes, and every directory (git keeps no empty one, so a clone must not need any)."""
+    tree = {}
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts:
+            continue
+        if path.is_dir():
+            assert any(path.iterdir()), f"{path} is empty: a git clone would not have it"
+            continue
+        tree[str(path.relative_to(root))] = path.read_bytes()
+    return tree
 
 
 def test_the_committed_repository_is_what_recgen_build_writes(tmp_path: Path) -> None:
