@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from generator import naming
 from generator.planning.plan import Plan
 from generator.repository import layout
 from generator.traffic.profile import AccessProfile
@@ -67,6 +66,5 @@ def edge_bytes(plan: Plan, profile: AccessProfile, batch_size: int) -> EdgeBytes
             expected = batch_size * access.mean_ids_per_sample * (reached / access.lookups if access.lookups else 0)
             real_ids += expected
             raw_bytes += expected * table.spec.bytes_per_row
-    cached = [spec for spec in layout.partial_sum_inputs(plan) if spec.name == naming.FRONT_CACHE_PARTIALS]
-    cache_bytes = sum(_tensor_bytes(batch_size, spec) for spec in cached)
+    cache_bytes = sum(_tensor_bytes(batch_size, spec) for spec in layout.front_cache_partials(plan))
     return EdgeBytes(batch_size, ids_bytes, partial_bytes, raw_bytes, real_ids, cache_bytes)

@@ -159,12 +159,16 @@ def cached_tables(plan: Plan) -> list[str]:
     return [t.spec.name for t in plan.tables if t.cached_rows]
 
 
+def front_cache_partials(plan: Plan) -> list[TensorSpec]:
+    """The router's pools of its front cache, one slot per cached table (straight to the dense model); [] without."""
+    if not plan.has_front_cache:
+        return []
+    return [fp32(naming.FRONT_CACHE_PARTIALS, len(cached_tables(plan)) * row_dim(plan))]
+
+
 def router_outputs(plan: Plan) -> list[TensorSpec]:
     """The router's outputs: every group's packed ids, then the front cache's partial sums (if any)."""
-    outputs = [group_signature(plan, group)[0][0] for group in plan.shard_groups()]
-    if plan.has_front_cache:
-        outputs.append(fp32(naming.FRONT_CACHE_PARTIALS, len(cached_tables(plan)) * row_dim(plan)))
-    return outputs
+    return [group_signature(plan, group)[0][0] for group in plan.shard_groups()] + front_cache_partials(plan)
 
 
 # -- dense models ------------------------------------------------------------------------------------------------------
@@ -172,10 +176,7 @@ def router_outputs(plan: Plan) -> list[TensorSpec]:
 
 def partial_sum_inputs(plan: Plan) -> list[TensorSpec]:
     """Every shard group's packed partial sums, then the front cache's: what the dense models add up per table."""
-    specs = [group_signature(plan, group)[1][0] for group in plan.shard_groups()]
-    if plan.has_front_cache:
-        specs.append(fp32(naming.FRONT_CACHE_PARTIALS, len(cached_tables(plan)) * row_dim(plan)))
-    return specs
+    return [group_signature(plan, group)[1][0] for group in plan.shard_groups()] + front_cache_partials(plan)
 
 
 def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
