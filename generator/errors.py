@@ -5,6 +5,7 @@ The hierarchy, so callers can catch at the level they care about::
     RecgenError                      any error recgen raises on purpose
     ├── UserInputError               the input (model file, flags, plan, request) is wrong; fix it and retry
     │   ├── ModelFileError           a model file cannot be read or does not follow the DLRM protocol
+    │   ├── ModelImportError         a module or program cannot be cut at its embedding bags (names the node)
     │   ├── PlanError                a plan is inconsistent with its model or with itself
     │   └── OutputExistsError        the output directory exists and `--force` was not given
     ├── ExportError                  torch.onnx.export failed, or its graph disagrees with PyTorch
@@ -28,6 +29,10 @@ class UserInputError(RecgenError):
 
 class ModelFileError(UserInputError):
     """A model file cannot be read or does not follow the DLRM protocol."""
+
+
+class ModelImportError(UserInputError):
+    """A module or program cannot be served as sharded tables plus a dense graph; the message names the node."""
 
 
 class PlanError(UserInputError):
