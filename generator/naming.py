@@ -76,6 +76,8 @@ def group_partial_sums(group: int) -> str:
 
 #: Ensemble tensor from the router to the dense model: the pools of the rows the router's front cache served.
 FRONT_CACHE_PARTIALS = "partial_sums__cache"
+#: Ensemble tensor from the router to the dense model: per sample, the ids of every mean-pooled feature.
+POOL_COUNTS = "pool_counts__router"
 
 
 def table_rows_file(table: str) -> str:

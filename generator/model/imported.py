@@ -21,9 +21,10 @@ from torch.utils import _pytree as pytree
 
 from generator import naming
 from generator.errors import ModelImportError, UserInputError
-from generator.model.cut import Cut, LeafPath, Lookup, cut_program, spec_children
+from generator.model.cut import cut_program
 from generator.model.dlrm import PADDING_ID, TableSpec
 from generator.model.features import FeatureSpec
+from generator.model.program import Cut, LeafPath, Lookup, spec_children
 
 #: Ids per sample of a feature unless `max_ids` says otherwise.
 DEFAULT_MAX_IDS = 32

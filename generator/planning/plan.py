@@ -17,6 +17,11 @@ import numpy as np
 from generator import naming
 from generator.errors import PlanError, UserInputError
 from generator.model.dlrm import DLRM, TableSpec
+from generator.model.features import FeatureSpec
+from generator.model.imported import ImportedModel
+
+#: A model recgen builds: its own DLRM (numpy fast path) or an imported one (a program cut at its lookups).
+Model = DLRM | ImportedModel
 
 Device = Literal["cpu", "gpu"]
 DEVICES: tuple[Device, ...] = ("cpu", "gpu")
@@ -153,8 +158,15 @@ class Plan:
     dense: Placement = field(default_factory=Placement)
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     group_by: GroupBy = "placement"
+    #: The request's sparse features, each pooled from one table; () means one sum-pooled feature per table.
+    features: tuple[FeatureSpec, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.features:
+            tables = {table.spec.name for table in self.tables}
+            stray = [f.name for f in self.features if f.table not in tables]
+            if stray:
+                raise PlanError(f"features {stray} read tables the plan does not hold")
         if not naming.is_valid_identifier(self.model_name):
             raise UserInputError(
                 f"model `name` {self.model_name!r} is not allowed: use 1-64 letters, digits and single '_', "
@@ -171,6 +183,15 @@ class Plan:
         return [shard for table in self.tables for shard in table.shards]
 
     @property
+    def sparse_features(self) -> list[FeatureSpec]:
+        """Every request feature in model order (recgen's DLRM: one sum-pooled feature per table, same name)."""
+        if self.features:
+            return list(self.features)
+        return [
+            FeatureSpec(t.spec.name, t.spec.name, t.spec.max_ids_per_sample, "sum", t.spec.side) for t in self.tables
+        ]
+
+    @property
     def has_front_cache(self) -> bool:
         """Whether the router holds a front cache of hot rows for any table."""
         return any(table.cached_rows for table in self.tables)
@@ -184,14 +205,22 @@ class Plan:
             members.setdefault(shard.placement, []).append(shard)
         return [ShardGroup(i, placement, tuple(group)) for i, (placement, group) in enumerate(members.items())]
 
-    def check_matches(self, model: DLRM) -> None:
+    def check_matches(self, model: Model) -> None:
         """Raise PlanError unless the plan's tables are exactly the model's tables, in order; name what differs."""
         planned = [table.spec for table in self.tables]
-        if planned == list(model.tables):
+        features = list(model.features) if isinstance(model, ImportedModel) else []
+        if planned == list(model.tables) and list(self.features) == features:
             return
+        if planned == list(model.tables):
+            raise PlanError(
+                f"the plan's features {[f.name for f in self.sparse_features]} differ from the model's "
+                f"{[f.name for f in features] or [t.name for t in model.tables]} "
+                "(their tables, ids per sample or pooling)"
+            )
         differences = []
-        if [t.name for t in planned] != model.table_names:
-            differences.append(f"tables {[t.name for t in planned]} in the plan, {model.table_names} in the model")
+        names = [t.name for t in model.tables]
+        if [t.name for t in planned] != names:
+            differences.append(f"tables {[t.name for t in planned]} in the plan, {names} in the model")
         else:
             for plan_spec, model_spec in zip(planned, model.tables, strict=True):
                 for field_name in ("num_rows", "dim", "max_ids_per_sample", "side"):
@@ -249,7 +278,7 @@ def table_plan(
 
 
 def uniform_plan(
-    model: DLRM,
+    model: Model,
     *,
     name: str = "dlrm",
     shards_per_table: int = 2,
@@ -275,4 +304,5 @@ def uniform_plan(
         dense=placement,
         max_batch_size=max_batch_size,
         group_by=group_by,
+        features=tuple(model.features) if isinstance(model, ImportedModel) else (),
     )

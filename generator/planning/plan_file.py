@@ -17,6 +17,7 @@ import numpy as np
 
 from generator.errors import PlanError
 from generator.model.dlrm import TableSpec
+from generator.model.features import FeatureSpec
 from generator.planning.plan import Placement, Plan, TablePlan, table_plan
 from generator.planning.report import PlanReport
 
@@ -98,6 +99,7 @@ def save_plan(plan: Plan, path: str | Path, report: PlanReport | None = None, *,
         "router": {"instance_count": plan.router.instance_count, "device": plan.router.device},
         "dense": {"instance_count": plan.dense.instance_count, "device": plan.dense.device},
         "tables": [_table_entry(t, sections["details"]) for t in plan.tables],
+        "features": [dataclasses.asdict(feature) for feature in plan.features],
         "totals": sections["totals"],
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
@@ -152,6 +154,7 @@ def load_plan(path: str | Path) -> Plan:
             dense=Placement(document["dense"]["instance_count"], document["dense"]["device"]),
             max_batch_size=document["max_batch_size"],
             group_by=document.get("group_by", "placement"),
+            features=tuple(FeatureSpec(**entry) for entry in document.get("features", [])),
         )
     except (KeyError, IndexError, TypeError) as error:
         raise PlanError(f"plan `{path}` is missing a field: {error!r}") from error

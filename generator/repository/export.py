@@ -25,8 +25,9 @@ from generator import naming
 from generator.errors import ExportError
 from generator.model.dlrm import DLRM, DenseTower, pool_rows
 from generator.planning.plan import Plan, ShardGroup, ShardPlan, TablePlan
+from generator.repository import layout
 from generator.repository.configs import LeafOptions
-from generator.repository.layout import dense_inputs, ensemble_inputs, group_layout, table_parts
+from generator.repository.layout import dense_inputs, ensemble_inputs, table_parts
 
 #: Model modules in `generator.triton_models`, by role.
 ROUTER_MODULE = "router_model.py"
@@ -90,17 +91,27 @@ def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:
 
 
 class ShardGroupGraph(nn.Module):
-    """The ONNX graph of a shard group: packed row ids in, per table slot the pool of its block out."""
+    """The ONNX graph of a shard group: packed row ids in, per slot the pool of its block out."""
 
-    def __init__(self, stacked_rows: np.ndarray, slot_columns: Sequence[tuple[int, int]]):
+    def __init__(
+        self, stacks: Sequence[np.ndarray], slot_columns: Sequence[tuple[int, int]], slot_stacks: Sequence[int]
+    ):
         super().__init__()
-        self.rows = nn.Parameter(torch.from_numpy(stacked_rows), requires_grad=False)
-        self.slot_columns = list(slot_columns)
+        self.stacks = nn.ParameterList([nn.Parameter(torch.from_numpy(rows), requires_grad=False) for rows in stacks])
+        self.slots = list(zip(slot_columns, slot_stacks, strict=True))
 
     def forward(self, packed_ids: torch.Tensor) -> torch.Tensor:
-        """[B, width] int32 row ids into the stacked rows (-1 skipped) -> [B, slots * dim] partial sums."""
+        """[B, width] int32 row ids into the stacked rows (-1 skipped) -> [B, sum of slot widths] partial sums."""
         ids = packed_ids.to(torch.int64)
-        return torch.cat([pool_rows(self.rows, ids[:, first:last]) for first, last in self.slot_columns], dim=1)
+        return torch.cat([pool_rows(self.stacks[stack], ids[:, first:last]) for (first, last), stack in self.slots], 1)
+
+
+def group_stacks(plan: Plan, group: ShardGroup, rows: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """The members' rows stacked per row width (as `layout.group_layout` numbers them), and every slot's stack."""
+    widths = list(dict.fromkeys(array.shape[1] for array in rows))
+    stacks = [np.concatenate([array for array in rows if array.shape[1] == width]) for width in widths]
+    dims = layout.table_dims(plan)
+    return stacks, [widths.index(dims[table]) for table in layout.group_layout(plan, group).tables]
 
 
 class DenseGraph(nn.Module):
@@ -197,13 +208,18 @@ def export_shard_group(model: DLRM, plan: Plan, group: ShardGroup, leaves: LeafO
         for shard, shard_rows_array in zip(group.shards, rows, strict=True):
             np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), shard_rows_array)
         return
-    layout = group_layout(plan, group)
+    group_layout = layout.group_layout(plan, group)
+    stacks, slot_stacks = group_stacks(plan, group, rows)
     generator = torch.Generator().manual_seed(0)
-    example = torch.randint(
-        -1, layout.total_rows, (_EXPORT_EXAMPLE_BATCH, layout.width), generator=generator, dtype=torch.int32
-    )
+    example = torch.cat(
+        [
+            torch.randint(-1, len(stacks[stack]), (_EXPORT_EXAMPLE_BATCH, last - first), generator=generator)
+            for (first, last), stack in zip(group_layout.columns, slot_stacks, strict=True)
+        ],
+        dim=1,
+    ).to(torch.int32)
     _export_onnx(
-        ShardGroupGraph(np.concatenate(rows), layout.columns).eval(),
+        ShardGroupGraph(stacks, group_layout.columns, slot_stacks).eval(),
         (example,),
         [naming.group_local_ids(group.index)],
         naming.group_partial_sums(group.index),

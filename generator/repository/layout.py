@@ -9,6 +9,7 @@ Dtypes are Triton's names (`FP32`, `INT64`, `INT32`); mapping them to the config
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
 from typing import Literal
@@ -49,33 +50,54 @@ def int32(name: str, *dims: int) -> TensorSpec:
 
 
 def row_dim(plan: Plan) -> int:
-    """Width of every row and partial sum (the DLRM protocol: every table's dim equals bottom_mlp[-1])."""
+    """Width of every row and partial sum of recgen's DLRM (its protocol: every table's dim equals bottom_mlp[-1])."""
     return plan.tables[0].spec.dim
+
+
+def table_dims(plan: Plan) -> dict[str, int]:
+    """Row width per table (an imported model's tables keep their own widths)."""
+    return {table.spec.name: table.spec.dim for table in plan.tables}
 
 
 # -- request contracts -------------------------------------------------------------------------------------------
 
 
 def sparse_inputs(plan: Plan) -> list[TensorSpec]:
-    """One multi-hot id tensor per table (the flattened request and the router's inputs)."""
-    return [int64(naming.sparse_input(t.spec.name), t.spec.max_ids_per_sample) for t in plan.tables]
+    """One multi-hot id tensor per feature (the flattened request and the router's inputs)."""
+    return [int64(naming.sparse_input(f.name), f.max_ids_per_sample) for f in plan.sparse_features]
 
 
-def ensemble_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
-    """The flattened request contract: dense features, then one multi-hot id tensor per table."""
-    return [fp32(naming.DENSE_FEATURES, num_dense_features), *sparse_inputs(plan)]
+#: The dense side of a request: recgen's DLRM has one `dense_features` tensor of this width; an imported model has
+#: its own dense inputs, (name, width) each.
+DenseSignature = int | Sequence[tuple[str, int]]
+#: An imported model's outputs, (name, per-sample dims) each; None for recgen's DLRM (one `score` [B, 1]).
+OutputSignature = Sequence[tuple[str, tuple[int, ...]]] | None
 
 
-def ensemble_outputs() -> list[TensorSpec]:
-    """The flattened request contract's output."""
-    return [fp32(naming.SCORE, 1)]
+def dense_tensors(dense: DenseSignature) -> list[TensorSpec]:
+    """The request's dense tensors."""
+    if isinstance(dense, int):
+        return [fp32(naming.DENSE_FEATURES, dense)]
+    return [fp32(name, width) for name, width in dense]
+
+
+def ensemble_inputs(plan: Plan, dense: DenseSignature) -> list[TensorSpec]:
+    """The flattened request contract: the dense tensors, then one multi-hot id tensor per feature."""
+    return [*dense_tensors(dense), *sparse_inputs(plan)]
+
+
+def ensemble_outputs(outputs: OutputSignature = None) -> list[TensorSpec]:
+    """The flattened request contract's outputs: `score` [B, 1], or an imported model's own outputs."""
+    if outputs is None:
+        return [fp32(naming.SCORE, 1)]
+    return [fp32(name, *dims) for name, dims in outputs]
 
 
 def ranking_sparse_inputs(plan: Plan) -> list[TensorSpec]:
-    """The ranking request's ids (full shapes): [1, L] for a user-side table, [N, L] for an item-side one."""
+    """The ranking request's ids (full shapes): [1, L] for a user-side feature, [N, L] for an item-side one."""
     return [
-        int64(naming.side_sparse_input(t.spec.name, t.spec.side), _rows_of(t.spec.side), t.spec.max_ids_per_sample)
-        for t in plan.tables
+        int64(naming.side_sparse_input(f.name, f.side), _rows_of(f.side), f.max_ids_per_sample)
+        for f in plan.sparse_features
     ]
 
 
@@ -106,9 +128,10 @@ def _rows_of(side: str) -> int:
 # -- shard groups ----------------------------------------------------------------------------------------------------
 
 
-def group_tables(group: ShardGroup) -> list[str]:
-    """Tables with shards in the group, in order of first appearance: one partial-sum slot each."""
-    return list(dict.fromkeys(shard.table for shard in group.shards))
+def group_slots(plan: Plan, group: ShardGroup) -> list[tuple[str, str]]:
+    """(feature, table) of every partial-sum slot of a group: the features of the tables it holds, model order."""
+    tables = {shard.table for shard in group.shards}
+    return [(f.name, f.table) for f in plan.sparse_features if f.table in tables]
 
 
 def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
@@ -118,16 +141,20 @@ def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
 
 @dataclass(frozen=True)
 class GroupLayout:
-    """A shard group's packed input: one block of columns per table it holds, of row ids into its stacked rows.
+    """A shard group's packed input: one block of columns per feature slot, of row ids into its stacked rows.
 
-    The group stacks its member shards' rows in member order; `first_rows[i]` is where member i starts. A sample's
-    id lives in exactly one shard of its table, so the router writes it, already shifted to the stacked rows,
-    into the table's block: the group pools each block with one gather per column, whatever its shard count.
+    The group stacks its member shards' rows per row width, in member order; `first_rows[i]` is where member i
+    starts in its width's stack (recgen's DLRM has one width, so one stack). A sample's id lives in exactly one
+    shard of its table, so the router writes it, already shifted to the stacked rows, into the feature's block: the
+    group pools each block with one gather per column, whatever its shard count. Output slot i is `slot_widths[i]`
+    columns wide.
     """
 
-    tables: list[str]  # partial-sum slot order
-    columns: list[tuple[int, int]]  # [first, last) per table slot
-    first_rows: list[int]  # per member shard
+    features: list[str]  # partial-sum slot order
+    tables: list[str]  # the table of every slot
+    columns: list[tuple[int, int]]  # [first, last) input columns per slot
+    slot_widths: list[int]
+    first_rows: list[int]  # per member shard, within its width's stack
     total_rows: int
 
     @property
@@ -135,14 +162,33 @@ class GroupLayout:
         """Columns of the packed input."""
         return self.columns[-1][1]
 
+    @property
+    def output_columns(self) -> list[tuple[int, int]]:
+        """[first, last) output columns per slot."""
+        edges = list(accumulate(self.slot_widths, initial=0))
+        return list(pairwise(edges))
+
 
 def group_layout(plan: Plan, group: ShardGroup) -> GroupLayout:
-    """Columns per table slot and first stacked row per member shard (the router and the group both read this)."""
-    widths = {table.spec.name: table.spec.max_ids_per_sample for table in plan.tables}
-    tables = group_tables(group)
-    edges = list(accumulate((widths[table] for table in tables), initial=0))
-    rows = list(accumulate((shard.num_rows for shard in group.shards), initial=0))
-    return GroupLayout(tables, list(pairwise(edges)), rows[:-1], rows[-1])
+    """Columns per feature slot and first stacked row per member shard (the router and the group both read this)."""
+    widths = {f.name: f.max_ids_per_sample for f in plan.sparse_features}
+    dims = table_dims(plan)
+    slots = group_slots(plan, group)
+    edges = list(accumulate((widths[feature] for feature, _ in slots), initial=0))
+    stacked: dict[int, int] = {}
+    first_rows = []
+    for shard in group.shards:
+        dim = dims[shard.table]
+        first_rows.append(stacked.get(dim, 0))
+        stacked[dim] = first_rows[-1] + shard.num_rows
+    return GroupLayout(
+        [feature for feature, _ in slots],
+        [table for _, table in slots],
+        list(pairwise(edges)),
+        [dims[table] for _, table in slots],
+        first_rows,
+        sum(stacked.values()),
+    )
 
 
 def group_signature(plan: Plan, group: ShardGroup) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -150,25 +196,44 @@ def group_signature(plan: Plan, group: ShardGroup) -> tuple[list[TensorSpec], li
     layout = group_layout(plan, group)
     return (
         [int32(naming.group_local_ids(group.index), layout.width)],
-        [fp32(naming.group_partial_sums(group.index), len(layout.tables) * row_dim(plan))],
+        [fp32(naming.group_partial_sums(group.index), sum(layout.slot_widths))],
     )
 
 
+def cached_features(plan: Plan) -> list[tuple[str, str]]:
+    """(feature, table) of the features whose table has rows in the router's front cache (one slot each)."""
+    cached = {t.spec.name for t in plan.tables if t.cached_rows}
+    return [(f.name, f.table) for f in plan.sparse_features if f.table in cached]
+
+
 def cached_tables(plan: Plan) -> list[str]:
-    """Tables with rows in the router's front cache, in model order (one partial-sum slot each)."""
-    return [t.spec.name for t in plan.tables if t.cached_rows]
+    """The table of every front-cache slot, in model order (recgen's DLRM: the cached tables)."""
+    return [table for _, table in cached_features(plan)]
 
 
 def front_cache_partials(plan: Plan) -> list[TensorSpec]:
-    """The router's pools of its front cache, one slot per cached table (straight to the dense model); [] without."""
+    """The router's pools of its front cache, one slot per cached feature (straight to the dense model); []."""
     if not plan.has_front_cache:
         return []
-    return [fp32(naming.FRONT_CACHE_PARTIALS, len(cached_tables(plan)) * row_dim(plan))]
+    dims = table_dims(plan)
+    return [fp32(naming.FRONT_CACHE_PARTIALS, sum(dims[table] for table in cached_tables(plan)))]
+
+
+def mean_features(plan: Plan) -> list[str]:
+    """Mean-pooled features in model order: the router counts their ids for the dense model."""
+    return [f.name for f in plan.sparse_features if f.pooling == "mean"]
+
+
+def pool_counts(plan: Plan) -> list[TensorSpec]:
+    """The router's per-sample id counts of the mean-pooled features, [B, features] FP32 ([] without any)."""
+    means = mean_features(plan)
+    return [fp32(naming.POOL_COUNTS, len(means))] if means else []
 
 
 def router_outputs(plan: Plan) -> list[TensorSpec]:
-    """The router's outputs: every group's packed ids, then the front cache's partial sums (if any)."""
-    return [group_signature(plan, group)[0][0] for group in plan.shard_groups()] + front_cache_partials(plan)
+    """The router's outputs: every group's packed ids, the front cache's partial sums and the mean counts (if any)."""
+    groups = [group_signature(plan, group)[0][0] for group in plan.shard_groups()]
+    return groups + front_cache_partials(plan) + pool_counts(plan)
 
 
 # -- dense models ------------------------------------------------------------------------------------------------------
@@ -179,16 +244,33 @@ def partial_sum_inputs(plan: Plan) -> list[TensorSpec]:
     return [group_signature(plan, group)[1][0] for group in plan.shard_groups()] + front_cache_partials(plan)
 
 
-def dense_inputs(plan: Plan, num_dense_features: int) -> list[TensorSpec]:
-    """Dense features, then the partial sums (the dense ONNX graph's input order)."""
-    return [fp32(naming.DENSE_FEATURES, num_dense_features), *partial_sum_inputs(plan)]
+def dense_inputs(plan: Plan, dense: DenseSignature) -> list[TensorSpec]:
+    """The dense tensors, the partial sums, then the mean counts (the dense ONNX graph's input order)."""
+    return [*dense_tensors(dense), *partial_sum_inputs(plan), *pool_counts(plan)]
 
 
 def table_parts(plan: Plan) -> list[list[tuple[str, int]]]:
-    """Per table (model order): the (packed partial-sum tensor, slot) of each group holding its shards."""
-    slots = [(naming.group_partial_sums(group.index), group_tables(group)) for group in plan.shard_groups()]
-    if plan.has_front_cache:
-        slots.append((naming.FRONT_CACHE_PARTIALS, cached_tables(plan)))
-    return [
-        [(tensor, tables.index(t.spec.name)) for tensor, tables in slots if t.spec.name in tables] for t in plan.tables
+    """Per feature (model order): the (packed partial-sum tensor, slot) of each group holding its table's shards."""
+    slots = [
+        (naming.group_partial_sums(group.index), [feature for feature, _ in group_slots(plan, group)])
+        for group in plan.shard_groups()
     ]
+    if plan.has_front_cache:
+        slots.append((naming.FRONT_CACHE_PARTIALS, [feature for feature, _ in cached_features(plan)]))
+    return [
+        [(tensor, features.index(f.name)) for tensor, features in slots if f.name in features]
+        for f in plan.sparse_features
+    ]
+
+
+def part_columns(plan: Plan) -> list[list[tuple[str, int, int]]]:
+    """Per feature (model order): the (packed partial-sum tensor, first column, last column) of each of its parts."""
+    dims = table_dims(plan)
+    columns = {
+        naming.group_partial_sums(group.index): group_layout(plan, group).output_columns
+        for group in plan.shard_groups()
+    }
+    if plan.has_front_cache:
+        edges = list(accumulate((dims[table] for table in cached_tables(plan)), initial=0))
+        columns[naming.FRONT_CACHE_PARTIALS] = list(pairwise(edges))
+    return [[(tensor, *columns[tensor][slot]) for tensor, slot in parts] for parts in table_parts(plan)]

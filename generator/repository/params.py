@@ -17,44 +17,49 @@ from generator.triton_models import recgen_params as params
 
 
 def routing(plan: Plan, input_names: Sequence[str]) -> params.RoutingParams:
-    """The router's routing table: per table (read from `input_names`) where each shard's ids land."""
+    """The router's routing table: per feature (read from `input_names`) where each shard's ids land."""
     groups = plan.shard_groups()
     layouts = [layout.group_layout(plan, group) for group in groups]
-    target = {
-        (shard.table, shard.index): params.ShardTarget(
-            output=position, column=group_layout.columns[group_layout.tables.index(shard.table)][0], first_row=first
-        )
+    member = {
+        (shard.table, shard.index): (position, group_layout, first)
         for position, (group, group_layout) in enumerate(zip(groups, layouts, strict=True))
         for shard, first in zip(group.shards, group_layout.first_rows, strict=True)
     }
-    tables = tuple(
+    tables = {t.spec.name: t for t in plan.tables}
+
+    def target(feature: str, table: str, shard: int) -> params.ShardTarget:
+        position, group_layout, first = member[(table, shard)]
+        column = group_layout.columns[group_layout.features.index(feature)][0]
+        return params.ShardTarget(output=position, column=column, first_row=first)
+
+    routed = tuple(
         params.RoutedTable(
-            table=t.spec.name,
+            table=f.table,
             input=input_name,
-            side=t.spec.side,
-            cached_rows=t.cached_rows,
-            num_rows=t.spec.num_rows,
-            ids_per_sample=t.spec.max_ids_per_sample,
-            boundaries=tuple(t.boundaries),
-            shards=tuple(target[(t.spec.name, s.index)] for s in t.shards),
-            permuted=t.row_order is not None,
+            side=f.side,
+            cached_rows=tables[f.table].cached_rows,
+            num_rows=tables[f.table].spec.num_rows,
+            ids_per_sample=f.max_ids_per_sample,
+            boundaries=tuple(tables[f.table].boundaries),
+            shards=tuple(target(f.name, f.table, s.index) for s in tables[f.table].shards),
+            permuted=tables[f.table].row_order is not None,
+            counted=f.pooling == "mean",
         )
-        for t, input_name in zip(plan.tables, input_names, strict=True)
+        for f, input_name in zip(plan.sparse_features, input_names, strict=True)
     )
     outputs = tuple(
         params.PackedOutput(name=naming.group_local_ids(group.index), width=group_layout.width)
         for group, group_layout in zip(groups, layouts, strict=True)
     )
-    return params.RoutingParams(tables=tables, outputs=outputs)
+    counts = naming.POOL_COUNTS if layout.mean_features(plan) else ""
+    return params.RoutingParams(tables=routed, outputs=outputs, counts_output=counts)
 
 
 def front_cache(plan: Plan) -> params.FrontCacheParams | None:
     """The router's front cache (None without one)."""
     if not plan.has_front_cache:
         return None
-    return params.FrontCacheParams(
-        output=naming.FRONT_CACHE_PARTIALS, tables=tuple(layout.cached_tables(plan)), dim=layout.row_dim(plan)
-    )
+    return params.FrontCacheParams(output=naming.FRONT_CACHE_PARTIALS, tables=tuple(layout.cached_tables(plan)))
 
 
 def ranking_router(plan: Plan) -> params.RankingRouterParams:
@@ -68,7 +73,6 @@ def shard_group(plan: Plan, group: ShardGroup) -> params.ShardGroupParams:
     return params.ShardGroupParams(
         input=naming.group_local_ids(group.index),
         output=naming.group_partial_sums(group.index),
-        dim=layout.row_dim(plan),
         shards=tuple(
             params.GroupMember(table=s.table, shard=s.index, rows_file=naming.shard_rows_file(s.table, s.index))
             for s in group.shards

@@ -105,16 +105,27 @@ def test_ranking_request_becomes_one_batch_with_the_user_in_row_zero(tmp_path: P
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 400), st.integers(0, 1000))
-def test_group_pooling_is_the_same_on_both_paths(batch: int, seed: int) -> None:
-    """Small executions pool in one pass, large ones slot by slot: both equal the reference pooling."""
+@given(st.integers(1, 400), st.integers(0, 1000), st.booleans())
+def test_group_pooling_is_the_same_on_both_paths(batch: int, seed: int, mixed_widths: bool) -> None:
+    """Small executions pool in one pass, large ones slot by slot, mixed row widths stack by stack: all equal the
+    reference pooling of each slot's own table."""
     rng = np.random.default_rng(seed)
-    table = rng.standard_normal((150, 4)).astype(np.float32)
-    rows = shard_model.GroupRows(kernels.with_padding_row(table), [(0, 1), (1, 4), (4, 24)])
-    packed = rng.integers(-1, 150, size=(batch, 24)).astype(np.int32)
-    weight = torch.from_numpy(table)
+    tables = [rng.standard_normal((150, 4)).astype(np.float32), rng.standard_normal((90, 8)).astype(np.float32)]
+    slot_tables = [0, 1, 0] if mixed_widths else [0, 0, 0]
+    stacks = [kernels.with_padding_row(table) for table in (tables if mixed_widths else tables[:1])]
+    rows = shard_model.GroupRows(stacks, [(0, 1), (1, 4), (4, 24)], slot_tables)
+    packed = np.concatenate(
+        [
+            rng.integers(-1, len(tables[table]), size=(batch, last - first))
+            for (first, last), table in zip(rows.slot_columns, slot_tables, strict=True)
+        ],
+        axis=1,
+    ).astype(np.int32)
     expected = np.concatenate(
-        [pool_rows(weight, torch.from_numpy(packed[:, a:b].astype(np.int64))).numpy() for a, b in rows.slot_columns],
+        [
+            pool_rows(torch.from_numpy(tables[table]), torch.from_numpy(packed[:, a:b].astype(np.int64))).numpy()
+            for (a, b), table in zip(rows.slot_columns, slot_tables, strict=True)
+        ],
         axis=1,
     )
     np.testing.assert_allclose(shard_model.pool_group(rows, packed), expected, atol=1e-5)

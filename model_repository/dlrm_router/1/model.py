@@ -61,6 +61,8 @@ class Routing:
     max_rows: int = 0  # ranking: 1 + N must fit the shard groups' max_batch_size
     cache_output: str = ""  # the front cache's partial sums output ("" = no front cache)
     output_offsets: tuple[int, ...] = ()  # first packed column of every output, then the total width
+    counts_output: str = ""  # ids per sample of the mean-pooled features ("" = none)
+    counted_columns: tuple[tuple[int, int], ...] = ()  # [first, last) input columns of every counted feature
 
 
 @dataclass
@@ -119,6 +121,12 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
         for entry in routing.tables
     ]
     column_rows = np.concatenate([np.full(t.ids_per_sample, t.num_rows, dtype=np.int64) for t in tables])
+    edges = np.cumsum([0] + [entry.ids_per_sample for entry in routing.tables]).tolist()
+    counted = tuple((edges[index], edges[index + 1]) for index, entry in enumerate(routing.tables) if entry.counted)
+    if bool(counted) != bool(routing.counts_output):
+        raise params.ParameterError(
+            f"routing: counts_output {routing.counts_output!r} vs {len(counted)} counted features"
+        )
     return Routing(
         tables,
         [(output.name, output.width) for output in routing.outputs],
@@ -128,6 +136,8 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
         0 if ranking is None else ranking.max_rows,
         "" if cache is None else cache.output,
         tuple(output_offsets),
+        routing.counts_output,
+        counted,
     )
 
 
@@ -164,7 +174,7 @@ def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> 
 
 
 def route_request(
-    routing: Routing, inputs: dict[str, np.ndarray], counts: CacheCounts | None = None
+    routing: Routing, inputs: dict[str, np.ndarray], cache_counts: CacheCounts | None = None
 ) -> dict[str, np.ndarray]:
     """Packed local ids for every shard group; raises ValueError naming the tensor and the bad id.
 
@@ -177,6 +187,10 @@ def route_request(
             bad = kernels.first_bad_id(inputs[route.input_name], route.num_rows)
             if bad is not None:
                 raise ValueError(kernels.bad_id_message(route.input_name, bad, route.num_rows, route.table))
+    counts = None
+    if routing.counts_output:  # before the front cache takes its ids: the mean divides by every id of the sample
+        present = ids >= 0
+        counts = np.stack([present[:, first:last].sum(axis=1) for first, last in routing.counted_columns], axis=1)
     cached_pools = []
     first = 0
     for route in routing.tables:
@@ -187,9 +201,9 @@ def route_request(
             block = ids[:, first:last]
             hit = (block >= 0) & (block < route.cached_rows)
             cached_pools.append(kernels.pool(route.cache, np.where(hit, block, kernels.PADDING_ID)))
-            if counts is not None:
-                counts.lookups += int((block >= 0).sum())
-                counts.hits += int(hit.sum())
+            if cache_counts is not None:
+                cache_counts.lookups += int((block >= 0).sum())
+                cache_counts.hits += int(hit.sum())
             block[hit] = kernels.PADDING_ID  # served here: no shard sees it
         first = last
     packed = kernels.route_packed(ids, routing.layout)
@@ -203,6 +217,8 @@ def route_request(
         }
     if routing.cache_output:
         outputs[routing.cache_output] = np.concatenate(cached_pools, axis=1)
+    if counts is not None:
+        outputs[routing.counts_output] = counts.astype(np.float32)
     return outputs
 
 

@@ -1,7 +1,8 @@
-"""Embedding shard group (numpy): one partial sum per table it holds, pooled from its member shards' rows.
+"""Embedding shard group (numpy): one partial sum per feature slot it holds, pooled from its member shards' rows.
 
-Typed parameter `shards` (`recgen_params.ShardGroupParams`): the packed input (per table slot a block of row ids
-into the members' rows stacked in member order, -1 = none), the packed output (`dim` columns per table slot), the
+Typed parameter `shards` (`recgen_params.ShardGroupParams`): the packed input (per slot a block of row ids
+into the members' rows stacked per row width in member order, -1 = none), the packed output (per slot as many
+columns as its table's rows are wide), the
 members' rows files next to this file (rows in hotness-rank order) and each slot's columns. Shards that share a
 placement are served by one model so the ensemble has few steps and few tensors; each group is still scaled on its
 own.
@@ -10,6 +11,7 @@ own.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,31 +34,51 @@ except ModuleNotFoundError:
 
 @dataclass(frozen=True)
 class GroupRows:
-    """All member shards' rows stacked in one array with a trailing zero padding row, and each slot's columns."""
+    """The member shards' rows stacked per row width (each stack with a trailing zero padding row), and the slots.
 
-    padded_rows: np.ndarray
+    recgen's DLRM has one width, so one stack; an imported model's tables may have several.
+    """
+
+    stacks: list[np.ndarray]
     slot_columns: list[tuple[int, int]]
-
-    @property
-    def dim(self) -> int:
-        """Row width."""
-        return self.padded_rows.shape[1]
+    slot_stacks: list[int]  # the stack every slot pools from
 
     @functools.cached_property
-    def slot_starts(self) -> list[int]:
-        """First column of every slot (slots are contiguous column ranges, in order): the one-pass segments."""
-        return [first for first, _ in self.slot_columns]
+    def output_columns(self) -> list[tuple[int, int]]:
+        """[first, last) output columns of every slot (each as wide as its stack's rows)."""
+        widths = [self.stacks[stack].shape[1] for stack in self.slot_stacks]
+        edges = np.cumsum([0, *widths]).tolist()
+        return list(itertools.pairwise(edges))
+
+    @functools.cached_property
+    def per_stack(self) -> list[tuple[np.ndarray, list[tuple[int, int]], list[int]]]:
+        """Per stack: its slots' input columns (concatenated), their blocks relative to those, and the slots."""
+        plans = []
+        for stack in range(len(self.stacks)):
+            slots = [slot for slot, owner in enumerate(self.slot_stacks) if owner == stack]
+            columns = np.concatenate([np.arange(*self.slot_columns[slot]) for slot in slots])
+            edges = np.cumsum([0, *(self.slot_columns[s][1] - self.slot_columns[s][0] for s in slots)]).tolist()
+            plans.append((columns, list(itertools.pairwise(edges)), slots))
+        return plans
 
 
 def load_group_rows(layout: params.ShardGroupParams, version_dir: Path) -> GroupRows:
-    """Stack the members' rows files in member order, without holding two copies of all rows."""
+    """Stack the members' rows files per row width, in member order, without holding two copies of all rows."""
     arrays = [np.load(version_dir / member.rows_file, mmap_mode="r") for member in layout.shards]
-    padded = np.zeros((sum(array.shape[0] for array in arrays) + 1, layout.dim), dtype=np.float32)
-    first_row = 0
-    for array in arrays:
-        padded[first_row : first_row + array.shape[0]] = array
-        first_row += array.shape[0]
-    return GroupRows(padded, [slot.columns for slot in layout.slots])
+    widths = list(dict.fromkeys(array.shape[1] for array in arrays))
+    stacks = []
+    for width in widths:
+        members = [array for array in arrays if array.shape[1] == width]
+        padded = np.zeros((sum(array.shape[0] for array in members) + 1, width), dtype=np.float32)
+        first_row = 0
+        for array in members:
+            padded[first_row : first_row + array.shape[0]] = array
+            first_row += array.shape[0]
+        stacks.append(padded)
+    width_of = {member.table: array.shape[1] for member, array in zip(layout.shards, arrays, strict=True)}
+    return GroupRows(
+        stacks, [slot.columns for slot in layout.slots], [widths.index(width_of[slot.table]) for slot in layout.slots]
+    )
 
 
 #: Up to this many ids per execution, one gather over every column and one segmented sum beat a loop over the
@@ -64,17 +86,31 @@ def load_group_rows(layout: params.ShardGroupParams, version_dir: Path) -> Group
 ONE_PASS_MAX_IDS = 6144
 
 
-def pool_group(rows: GroupRows, packed_ids: np.ndarray) -> np.ndarray:
-    """[B, width] packed row ids (-1 = none) -> [B, slots * dim]: per table slot, the pool of its block."""
+def pool_stack(padded_rows: np.ndarray, packed_ids: np.ndarray, slot_columns: list[tuple[int, int]]) -> np.ndarray:
+    """[B, width] row ids into one stack (-1 = none) -> [B, slots * dim]: per slot, the pool of its block."""
     if packed_ids.size <= ONE_PASS_MAX_IDS:
-        padding = rows.padded_rows.shape[0] - 1
-        gathered = np.take(rows.padded_rows, np.where(packed_ids < 0, padding, packed_ids).T, axis=0)  # [W, B, dim]
-        pooled = np.add.reduceat(gathered, rows.slot_starts, axis=0)  # [slots, B, dim]
+        padding = padded_rows.shape[0] - 1
+        gathered = np.take(padded_rows, np.where(packed_ids < 0, padding, packed_ids).T, axis=0)  # [W, B, dim]
+        pooled = np.add.reduceat(gathered, [first for first, _ in slot_columns], axis=0)  # [slots, B, dim]
         return np.ascontiguousarray(pooled.transpose(1, 0, 2)).reshape(packed_ids.shape[0], -1)
-    dim = rows.dim
-    pooled = np.empty((packed_ids.shape[0], len(rows.slot_columns) * dim), dtype=np.float32)
-    for slot, (first, last) in enumerate(rows.slot_columns):
-        pooled[:, slot * dim : (slot + 1) * dim] = kernels.pool(rows.padded_rows, packed_ids[:, first:last])
+    dim = padded_rows.shape[1]
+    pooled = np.empty((packed_ids.shape[0], len(slot_columns) * dim), dtype=np.float32)
+    for slot, (first, last) in enumerate(slot_columns):
+        pooled[:, slot * dim : (slot + 1) * dim] = kernels.pool(padded_rows, packed_ids[:, first:last])
+    return pooled
+
+
+def pool_group(rows: GroupRows, packed_ids: np.ndarray) -> np.ndarray:
+    """[B, width] packed row ids (-1 = none) -> [B, sum of slot widths]: per slot, the pool of its block."""
+    if len(rows.stacks) == 1:
+        return pool_stack(rows.stacks[0], packed_ids, rows.slot_columns)
+    pooled = np.empty((packed_ids.shape[0], rows.output_columns[-1][1]), dtype=np.float32)
+    for stack, (columns, blocks, slots) in zip(rows.stacks, rows.per_stack, strict=True):
+        part = pool_stack(stack, packed_ids[:, columns], blocks)
+        dim = stack.shape[1]
+        for index, slot in enumerate(slots):  # one copy per slot of this width, not per id
+            first, last = rows.output_columns[slot]
+            pooled[:, first:last] = part[:, index * dim : (index + 1) * dim]
     return pooled
 
 

@@ -130,7 +130,10 @@ class ShardTarget(Spec):
 
 @dataclasses.dataclass(frozen=True)
 class RoutedTable(Spec):
-    """One table as the router sees it: its input, side, rows, ids per sample, shards in hotness-rank space."""
+    """One feature as the router sees it: its input, table, side, rows, ids per sample, shards in rank space.
+
+    recgen's DLRM has one feature per table, named as the table; features that share a table share its shards.
+    """
 
     table: str
     input: str
@@ -142,6 +145,8 @@ class RoutedTable(Spec):
     shards: tuple[ShardTarget, ...]
     #: Whether the router maps original ids to hotness ranks (its rank file then holds this table).
     permuted: bool
+    #: Whether the router counts this feature's ids per sample (a mean-pooled feature) into `counts_output`.
+    counted: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,23 +159,24 @@ class PackedOutput(Spec):
 
 @dataclasses.dataclass(frozen=True)
 class RoutingParams(Spec):
-    """`routing`: every table's route and the packed outputs, one per shard group, in output order."""
+    """`routing`: every feature's route, the packed outputs (one per shard group) and the mean counts' output."""
 
     PARAMETER: ClassVar[str] = "routing"
 
     tables: tuple[RoutedTable, ...]
     outputs: tuple[PackedOutput, ...]
+    #: [B, counted features] FP32 ids per sample of the mean-pooled features ("" = no mean-pooled feature).
+    counts_output: str
 
 
 @dataclasses.dataclass(frozen=True)
 class FrontCacheParams(Spec):
-    """`front_cache` (only when the router holds one): the cache's partial-sums output and the cached tables."""
+    """`front_cache` (only when the router holds one): the cache's partial-sums output and each slot's table."""
 
     PARAMETER: ClassVar[str] = "front_cache"
 
     output: str
     tables: tuple[str, ...]
-    dim: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +203,7 @@ class GroupMember(Spec):
 
 @dataclasses.dataclass(frozen=True)
 class GroupSlot(Spec):
-    """One table slot of a group: its block [first, last) of input columns."""
+    """One feature slot of a group: the table it pools and its block [first, last) of input columns."""
 
     table: str
     columns: tuple[int, int]
@@ -205,13 +211,15 @@ class GroupSlot(Spec):
 
 @dataclasses.dataclass(frozen=True)
 class ShardGroupParams(Spec):
-    """`shards`: the packed input and output, the member shards (stacked in this order) and each slot's columns."""
+    """`shards`: the packed input and output, the member shards (stacked per row width, in this order), the slots.
+
+    Each slot's output is as wide as its table's rows (read from the rows files).
+    """
 
     PARAMETER: ClassVar[str] = "shards"
 
     input: str
     output: str
-    dim: int
     shards: tuple[GroupMember, ...]
     slots: tuple[GroupSlot, ...]
 
