@@ -12,6 +12,7 @@ from tritonclient.utils import np_to_triton_dtype
 from generator import naming
 from generator.errors import CheckFailedError, ServerUnreachableError, UserInputError
 from generator.model.dlrm import DLRM
+from generator.model.imported import ImportedModel
 from generator.traffic.requests import (
     RankingRequest,
     random_request,
@@ -147,7 +148,7 @@ class CheckReport:
 
 
 def check(
-    model: DLRM,
+    model: DLRM | ImportedModel,
     url: str,
     *,
     protocol: Protocol = "http",
@@ -161,10 +162,15 @@ def check(
     """Send `requests` random valid requests and compare every score with `DLRM.forward`.
 
     `structured`: `model_name` is a `<model>_ranking` ensemble; requests carry one user and `batch_size`
-    candidates and are compared with the forward of the flattened request.
+    candidates and are compared with the forward of the flattened request. An imported model's outputs are
+    compared with its original program, fed each request in the program's own input form.
     """
     if requests < 1:
         raise UserInputError(f"`requests` must be >= 1, got {requests}")
+    if isinstance(model, ImportedModel):
+        if structured:
+            raise UserInputError("`--ranking` needs recgen's DLRM; an imported model serves the flattened contract")
+        return _check_imported(model, url, protocol, model_name, requests, batch_size, seed, tolerance)
     rng = np.random.default_rng(seed)
     max_diff = 0.0
     first: tuple[float, ...] = ()
@@ -182,6 +188,40 @@ def check(
                 raise CheckFailedError(f"served scores have shape {served.shape}, expected {expected.shape}")
             max_diff = max(max_diff, float(np.abs(served - expected).max()))
             first = first or tuple(float(x) for x in served[:5, 0])
+    return CheckReport(url, protocol, model_name, requests, requests * batch_size, max_diff, first, tolerance)
+
+
+def _check_imported(
+    model: ImportedModel,
+    url: str,
+    protocol: Protocol,
+    model_name: str,
+    requests: int,
+    batch_size: int,
+    seed: int,
+    tolerance: float,
+) -> CheckReport:
+    """Every output of every request against the original program's."""
+    from tritonclient.utils import InferenceServerException
+
+    names = [name for name, _ in model.outputs]
+    max_diff = 0.0
+    first: tuple[float, ...] = ()
+    with RankingClient(url, protocol, model_name) as client:
+        client.ensure_live()
+        for index in range(requests):
+            request = model.random_request(batch_size, seed=seed * 100_003 + index)
+            try:
+                result = client.send(request, output_names=names)
+            except InferenceServerException as error:
+                raise CheckFailedError(f"{model_name!r} at {url} answered with an error: {error}") from error
+            for name, expected in zip(names, model.reference_outputs(request), strict=True):
+                served = result.as_numpy(name)
+                if served is None or served.shape != expected.shape:
+                    shape = None if served is None else served.shape
+                    raise CheckFailedError(f"served output {name!r} has shape {shape}, expected {expected.shape}")
+                max_diff = max(max_diff, float(np.abs(served - expected).max(initial=0.0)))
+                first = first or tuple(float(x) for x in served.reshape(-1)[:5])
     return CheckReport(url, protocol, model_name, requests, requests * batch_size, max_diff, first, tolerance)
 
 

@@ -14,11 +14,13 @@ from generator.check import demo as demos
 from generator.check import loadtest as loadtests
 from generator.cli import options
 from generator.model.dlrm import DLRM, example_model
+from generator.model.loading import load_model
 from generator.repository.configs import Backend
 
 
 @click.command()
 @options.model_file()
+@options.max_ids
 @click.option("--url", default=None, help="host:port (default localhost:8000 for http, localhost:8001 for grpc).")
 @options.protocol
 @click.option("--name", default="dlrm", show_default=True, help="Ensemble to call.")
@@ -33,6 +35,7 @@ from generator.repository.configs import Backend
 @options.reports_errors
 def check(
     model_path: Path,
+    max_ids: dict[str, int],
     url: str | None,
     protocol: client.Protocol,
     name: str,
@@ -41,9 +44,9 @@ def check(
     seed: int,
     ranking: bool,
 ) -> None:
-    """Compare served scores with the PyTorch model; exit 1 above 1e-5."""
+    """Compare served outputs with the PyTorch model (or the imported program); exit 1 above 1e-5."""
     report = client.check(
-        DLRM.load(model_path),
+        load_model(model_path, max_ids=max_ids),
         url or client.default_url(protocol),
         protocol=protocol,
         model_name=naming.ranking_ensemble(name) if ranking else name,

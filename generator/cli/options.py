@@ -43,8 +43,12 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def model_file(*, required: bool = True, help_text: str = "Model file written by DLRM.save / `recgen example`.") -> Any:
-    """`--model PATH` of a recgen model file."""
+def model_file(
+    *,
+    required: bool = True,
+    help_text: str = "recgen DLRM file (`recgen example`, DLRM.save) or a torch.export program (.pt2).",
+) -> Any:
+    """`--model PATH` of a model file (`generator.model.loading`)."""
     return click.option(
         "--model",
         "model_path",
@@ -53,6 +57,30 @@ def model_file(*, required: bool = True, help_text: str = "Model file written by
         type=click.Path(dir_okay=False, path_type=Path),
         help=help_text,
     )
+
+
+def _parse_max_ids(context: click.Context, parameter: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for value in values:
+        feature, _, count = value.rpartition("=")
+        try:
+            number = int(count)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: expected FEATURE=L or L (an integer)") from None
+        if not 1 <= number <= 1 << 16:
+            raise click.BadParameter(f"{value!r}: L must be in 1..{1 << 16}")
+        limits[feature or "*"] = number
+    return limits
+
+
+max_ids = click.option(
+    "--max-ids",
+    multiple=True,
+    callback=_parse_max_ids,
+    metavar="[FEATURE=]L",
+    help="Imported models: ids per sample of a feature's `sparse_<feature>` tensor (repeatable; a bare L sets the "
+    "default, 32 unless given). Requests above it are refused.",
+)
 
 
 def out_file(*, help_text: str = "Where to write it.", default: Path | None = None) -> Any:

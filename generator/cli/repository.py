@@ -9,7 +9,7 @@ import click
 from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
-from generator.model.dlrm import DLRM
+from generator.model.loading import load_model
 from generator.planning.plan import DEVICES, Device, GroupBy
 from generator.repository import build as builds
 from generator.repository.configs import TARGETS, Backend, Target
@@ -18,6 +18,7 @@ from generator.repository.params import RemoteCallPolicy
 
 @click.command()
 @options.model_file()
+@options.max_ids
 @options.out_dir(default=Path("model_repository"), help_text="Repository for router, shards, dense.", dest="repository")
 @options.directory("ensembles", "ensembles", "Repository for the ensemble.")
 @options.ensemble_name
@@ -83,6 +84,7 @@ from generator.repository.params import RemoteCallPolicy
 def build(
     context: click.Context,
     model_path: Path,
+    max_ids: dict[str, int],
     repository: Path,
     ensembles: Path,
     name: str,
@@ -101,7 +103,7 @@ def build(
 ) -> None:
     """Generate the sharded repository and the ensemble for a model (or the distributed layout)."""
     distributed = layout == "distributed"
-    model = DLRM.load(model_path)
+    model = load_model(model_path, max_ids=max_ids)
     uniform = builds.UniformOptions(name, shards_per_table, device, instances, max_batch_size, group_by or "placement")
     given = options.given(context, *builds.PLAN_DECIDES, "group_by")
     the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed)

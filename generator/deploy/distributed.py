@@ -14,8 +14,7 @@ from pathlib import Path
 
 from generator import naming, triton_runtime
 from generator.deploy.topology import INSTANCES_PER_GROUP_SERVER, GroupDeployment, Topology
-from generator.model.dlrm import DLRM
-from generator.planning.plan import GroupBy, Placement, Plan
+from generator.planning.plan import GroupBy, Model, Placement, Plan
 from generator.planning.plan_file import save_plan
 from generator.repository import readme, staging
 from generator.repository.build import BuildResult, BuiltModel, ModelWriter, check_options, check_output, write_manifest
@@ -71,7 +70,7 @@ class DistributedBuild:
 
 
 def build_distributed(
-    model: DLRM,
+    model: Model,
     plan: Plan,
     out: Path,
     *,

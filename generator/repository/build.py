@@ -19,7 +19,17 @@ from tritonclient.grpc import model_config_pb2 as mc
 from generator import __version__, naming, triton_runtime
 from generator.errors import OutputExistsError, UserInputError
 from generator.model.dlrm import DLRM
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, Device, GroupBy, Placement, Plan, ShardGroup, uniform_plan
+from generator.model.imported import ImportedModel
+from generator.planning.plan import (
+    DEFAULT_MAX_BATCH_SIZE,
+    Device,
+    GroupBy,
+    Model,
+    Placement,
+    Plan,
+    ShardGroup,
+    uniform_plan,
+)
 from generator.planning.plan_file import load_plan
 from generator.repository import configs, export, layout, readme, staging, validation
 from generator.repository.configs import BACKENDS, TARGETS, Backend, LeafOptions, Target
@@ -143,7 +153,7 @@ def _new_model_dir(root: Path, name: str) -> Path:
 class ModelWriter:
     """Writes models into repositories and records what it wrote (configs for the ensemble check, built models)."""
 
-    def __init__(self, model: DLRM, plan: Plan, leaves: LeafOptions):
+    def __init__(self, model: Model, plan: Plan, leaves: LeafOptions):
         self.model, self.plan, self.leaves = model, plan, leaves
         self.configs: dict[str, mc.ModelConfig] = {}
         self.built: list[BuiltModel] = []
@@ -152,7 +162,9 @@ class ModelWriter:
         validation.write_config(config, version_dir.parent)
         self.configs[config.name] = config
         group = config.instance_group[0]
-        onnx = role in ("shards", "dense") and self.leaves.backend == "onnx"
+        onnx = (role in ("shards", "dense") and self.leaves.backend == "onnx") or (
+            config.name == naming.dense_model(self.plan.model_name) and isinstance(self.model, ImportedModel)
+        )
         self.built.append(
             BuiltModel(
                 name=config.name,
@@ -188,11 +200,18 @@ class ModelWriter:
         self._finish(config, version_dir, "remote", f"gRPC to {group.placement.instance_count} replica(s)")
 
     def dense(self, repository: Path) -> None:
-        """The dense model."""
-        config = configs.dense_config(self.plan, self.model.num_dense_features, self.leaves)
+        """The dense model: recgen's DLRM tower (numpy or ONNX), or an imported model's remainder (ONNX)."""
+        model = self.model
+        dense, outputs = layout.model_signature(model)
+        config = configs.dense_config(self.plan, dense, self.leaves, outputs)
         version_dir = _new_model_dir(repository, config.name)
-        export.export_dense(self.model, self.plan, self.leaves, version_dir)
-        self._finish(config, version_dir, "dense", f"MLPs {self.model.bottom_mlp} / {self.model.top_mlp}")
+        if isinstance(model, ImportedModel):
+            export.export_imported_dense(model, self.plan, self.leaves, version_dir)
+            nodes = sum(1 for node in model.cut.remainder.graph.nodes if node.op == "call_function")
+            self._finish(config, version_dir, "dense", f"the model's dense graph ({nodes} ops, ONNX)")
+            return
+        export.export_dense(model, self.plan, self.leaves, version_dir)
+        self._finish(config, version_dir, "dense", f"MLPs {model.bottom_mlp} / {model.top_mlp}")
 
     def ranking(self, leaf_repository: Path, ensemble_repository: Path) -> None:
         """The `<model>_ranking` ensemble, its router and its dense model (shard groups shared with the flattened one).
@@ -200,7 +219,7 @@ class ModelWriter:
         Only for models with features on both sides; an all-item model has nothing to compute once per request.
         """
         model, plan = self.model, self.plan
-        if not model.supports_ranking_requests:
+        if isinstance(model, ImportedModel) or not model.supports_ranking_requests:
             return
         router = configs.ranking_router_config(plan)
         version_dir = _new_model_dir(leaf_repository, router.name)
@@ -214,7 +233,7 @@ class ModelWriter:
 
     def ensemble(self, repository: Path) -> None:
         """The flattened ensemble, checked against the models written so far."""
-        self._ensemble(configs.ensemble_config(self.plan, self.model.num_dense_features), repository)
+        self._ensemble(configs.ensemble_config(self.plan, *layout.model_signature(self.model)), repository)
 
     def _ensemble(self, ensemble: mc.ModelConfig, repository: Path) -> None:
         validation.check_ensemble(ensemble, self.configs)
@@ -237,7 +256,7 @@ class ModelWriter:
 
 
 def build(
-    model: DLRM,
+    model: Model,
     plan: Plan,
     repository: Path,
     ensembles: Path,
@@ -358,7 +377,7 @@ PLAN_DECIDES = ("shards_per_table", "device", "instances", "name", "max_batch_si
 
 
 def resolve_plan(
-    model: DLRM, plan_path: Path | None, uniform: UniformOptions, given: Collection[str], *, distributed: bool
+    model: Model, plan_path: Path | None, uniform: UniformOptions, given: Collection[str], *, distributed: bool
 ) -> Plan:
     """The plan of a build: the plan file, or a uniform one from `uniform`.
 

@@ -166,14 +166,22 @@ def remote_group_config(plan: Plan, group: ShardGroup, policy: params.RemoteCall
     )
 
 
-def dense_config(plan: Plan, num_dense_features: int, leaves: LeafOptions) -> mc.ModelConfig:
-    """Dense model: dense features and the packed partial sums in, score out."""
+def dense_config(
+    plan: Plan, dense: layout.DenseSignature, leaves: LeafOptions, outputs: layout.OutputSignature = None
+) -> mc.ModelConfig:
+    """Dense model: dense inputs, the packed partial sums (and mean counts) in, the model's outputs out.
+
+    An imported model's dense graph is always ONNX (`outputs` given): run by ORT inside a Python model on the
+    embedded server, by the native onnxruntime backend in the container.
+    """
+    if outputs is not None:
+        leaves = LeafOptions("onnx", leaves.target)
     return _serving_config(
         naming.dense_model(plan.model_name),
         leaves.triton_backend,
         plan.max_batch_size,
         plan.dense,
-        (layout.dense_inputs(plan, num_dense_features), layout.ensemble_outputs()),
+        (layout.dense_inputs(plan, dense), layout.ensemble_outputs(outputs)),
         leaves.parameters(params.dense(plan)),
     )
 
@@ -203,16 +211,16 @@ def monolithic_config(plan: Plan, num_dense_features: int, leaves: LeafOptions) 
     )
 
 
-def ensemble_config(plan: Plan, num_dense_features: int) -> mc.ModelConfig:
+def ensemble_config(plan: Plan, dense: layout.DenseSignature, outputs: layout.OutputSignature = None) -> mc.ModelConfig:
     """Ensemble: router, then every shard group (dispatched together), then dense; named after the model."""
     return _ensemble(
         naming.ensemble_model(plan.model_name),
         plan,
         plan.max_batch_size,
-        (layout.ensemble_inputs(plan, num_dense_features), layout.ensemble_outputs()),
+        (layout.ensemble_inputs(plan, dense), layout.ensemble_outputs(outputs)),
         naming.router_model(plan.model_name),
         layout.sparse_inputs(plan),
-        (naming.dense_model(plan.model_name), layout.dense_inputs(plan, num_dense_features)),
+        (naming.dense_model(plan.model_name), layout.dense_inputs(plan, dense)),
     )
 
 
@@ -246,8 +254,8 @@ def _ensemble(
     router = steps.add(model_name=router_name, model_version=-1)
     for spec in router_inputs:
         router.input_map[spec.name] = spec.name
-    if plan.has_front_cache:  # straight from the router to the dense model
-        router.output_map[naming.FRONT_CACHE_PARTIALS] = naming.FRONT_CACHE_PARTIALS
+    for spec in [*layout.front_cache_partials(plan), *layout.pool_counts(plan)]:  # straight to the dense model
+        router.output_map[spec.name] = spec.name
     for group in plan.shard_groups():
         local, partial = naming.group_local_ids(group.index), naming.group_partial_sums(group.index)
         router.output_map[local] = local
@@ -258,5 +266,6 @@ def _ensemble(
     dense = steps.add(model_name=dense_name, model_version=-1)
     for spec in dense_inputs:
         dense.input_map[spec.name] = spec.name
-    dense.output_map[naming.SCORE] = naming.SCORE
+    for spec in signature[1]:
+        dense.output_map[spec.name] = spec.name
     return config

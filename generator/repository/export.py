@@ -24,7 +24,8 @@ from torch import nn
 from generator import naming
 from generator.errors import ExportError
 from generator.model.dlrm import DLRM, DenseTower, pool_rows
-from generator.planning.plan import Plan, ShardGroup, ShardPlan, TablePlan
+from generator.model.imported import ImportedModel
+from generator.planning.plan import Model, Plan, ShardGroup, ShardPlan, TablePlan
 from generator.repository import layout
 from generator.repository.configs import LeafOptions
 from generator.repository.layout import dense_inputs, ensemble_inputs, table_parts
@@ -68,7 +69,7 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(file, np.asanyarray(array), allow_pickle=False)
 
 
-def export_router(model: DLRM, plan: Plan, version_dir: Path) -> None:
+def export_router(model: Model, plan: Plan, version_dir: Path) -> None:
     """Router code, plus the hotness ranks of permuted tables and the front cache's rows (hottest ranks first)."""
     install_python_model(ROUTER_MODULE, version_dir)
     ranks = {table.spec.name: rank for table in plan.tables if (rank := table.rank_of_row()) is not None}
@@ -83,7 +84,7 @@ def export_router(model: DLRM, plan: Plan, version_dir: Path) -> None:
         save_npz(version_dir / naming.ROUTER_FRONT_CACHE_FILE, cache)
 
 
-def shard_rows(model: DLRM, table: TablePlan, shard: ShardPlan) -> np.ndarray:
+def shard_rows(model: Model, table: TablePlan, shard: ShardPlan) -> np.ndarray:
     """The rows one shard holds, in hotness-rank order."""
     original = table.original_rows()[shard.row_start : shard.row_end]
     weight = model.embeddings[table.spec.name].detach().cpu().numpy()
@@ -199,7 +200,7 @@ def _export_onnx(
             raise ExportError(f"exported {path} differs from PyTorch (max |diff| {difference:.3g})")
 
 
-def export_shard_group(model: DLRM, plan: Plan, group: ShardGroup, leaves: LeafOptions, version_dir: Path) -> None:
+def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: LeafOptions, version_dir: Path) -> None:
     """A shard group's rows, as one .npy per shard (python) or one model.onnx (onnx)."""
     tables = {table.spec.name: table for table in plan.tables}
     rows = [shard_rows(model, tables[s.table], s) for s in group.shards]
@@ -242,6 +243,59 @@ def export_dense(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir: Path
     example = tuple(torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
     names = [spec.name for spec in inputs]
     _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)
+    if leaves.target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+class ImportedDenseGraph(nn.Module):
+    """The ONNX graph of an imported model's dense step: pool every feature from its parts, then the remainder.
+
+    A feature's pool is the sum of its column ranges in the packed partial sums; a mean-pooled one is divided by
+    its id count (at least 1, as `nn.EmbeddingBag` gives 0 for an empty bag).
+    """
+
+    def __init__(
+        self,
+        remainder: nn.Module,
+        num_dense: int,
+        parts: Sequence[Sequence[tuple[int, int, int]]],
+        counted: Sequence[int | None],
+    ):
+        super().__init__()
+        self.remainder = remainder
+        self.num_dense = num_dense
+        self.parts = [list(per_feature) for per_feature in parts]  # per feature: (packed input index, first, last)
+        self.counted = list(counted)  # per feature: its column in the counts input, or None (sum pooling)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Dense inputs, each group's packed partial sums, then (if any feature is mean-pooled) the counts."""
+        dense, packed = inputs[: self.num_dense], inputs[self.num_dense :]
+        pooled = []
+        for per_feature, count in zip(self.parts, self.counted, strict=True):
+            total = packed[per_feature[0][0]][:, per_feature[0][1] : per_feature[0][2]]
+            for index, first, last in per_feature[1:]:
+                total = total + packed[index][:, first:last]
+            if count is not None:
+                total = total / packed[-1][:, count : count + 1].clamp(min=1.0)
+            pooled.append(total)
+        return tuple(self.remainder(*dense, *pooled))
+
+
+def export_imported_dense(model: ImportedModel, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
+    """An imported model's dense step as model.onnx (ORT inside a Python model on the embedded server)."""
+    inputs = dense_inputs(plan, model.dense_inputs)
+    position = {spec.name: index - len(model.dense_inputs) for index, spec in enumerate(inputs)}
+    parts = [[(position[name], first, last) for name, first, last in per] for per in layout.part_columns(plan)]
+    means = layout.mean_features(plan)
+    counted = [means.index(f.name) if f.name in means else None for f in plan.sparse_features]
+    graph = ImportedDenseGraph(model.cut.remainder, len(model.dense_inputs), parts, counted).eval()
+    generator = torch.Generator().manual_seed(0)
+    example = [torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs]
+    if means:
+        example[-1] = torch.randint(0, 4, example[-1].shape, generator=generator).to(torch.float32)
+    names = [spec.name for spec in inputs]
+    outputs = [name for name, _ in model.outputs]
+    _export_onnx(graph, tuple(example), names, outputs, version_dir / naming.ONNX_MODEL_FILE, varargs_after=0)
     if leaves.target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
 

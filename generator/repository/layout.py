@@ -16,7 +16,8 @@ from typing import Literal
 
 from generator import naming
 from generator.model.dlrm import Side
-from generator.planning.plan import Plan, ShardGroup
+from generator.model.imported import ImportedModel
+from generator.planning.plan import Model, Plan, ShardGroup
 
 DataType = Literal["FP32", "INT64", "INT32"]
 
@@ -72,6 +73,13 @@ def sparse_inputs(plan: Plan) -> list[TensorSpec]:
 DenseSignature = int | Sequence[tuple[str, int]]
 #: An imported model's outputs, (name, per-sample dims) each; None for recgen's DLRM (one `score` [B, 1]).
 OutputSignature = Sequence[tuple[str, tuple[int, ...]]] | None
+
+
+def model_signature(model: Model) -> tuple[DenseSignature, OutputSignature]:
+    """The dense side and the outputs of a model's request contract."""
+    if isinstance(model, ImportedModel):
+        return model.dense_inputs, model.outputs
+    return model.num_dense_features, None
 
 
 def dense_tensors(dense: DenseSignature) -> list[TensorSpec]:

@@ -95,8 +95,8 @@ def dense(plan: Plan) -> params.DenseParams:
         output=naming.SCORE,
         dim=layout.row_dim(plan),
         tables=tuple(
-            params.TableParts(table=t.spec.name, parts=_parts(parts))
-            for t, parts in zip(plan.tables, layout.table_parts(plan), strict=True)
+            params.TableParts(table=f.name, parts=_parts(parts))
+            for f, parts in zip(plan.sparse_features, layout.table_parts(plan), strict=True)
         ),
     )
 
@@ -110,8 +110,8 @@ def ranking_dense(plan: Plan, dense_sides: Sequence[Side]) -> params.RankingDens
         dim=layout.row_dim(plan),
         dense_sides=tuple(dense_sides),
         tables=tuple(
-            params.SidedTableParts(table=t.spec.name, side=t.spec.side, parts=_parts(parts))
-            for t, parts in zip(plan.tables, layout.table_parts(plan), strict=True)
+            params.SidedTableParts(table=f.name, side=f.side, parts=_parts(parts))
+            for f, parts in zip(plan.sparse_features, layout.table_parts(plan), strict=True)
         ),
     )
 

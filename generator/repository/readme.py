@@ -18,6 +18,7 @@ import jinja2
 
 from generator import naming, triton_runtime
 from generator.model.dlrm import DLRM
+from generator.planning.plan import Model
 from generator.repository import layout
 from generator.repository.layout import TensorSpec
 
@@ -46,16 +47,19 @@ def _shape(spec: TensorSpec, batch: str | None) -> str:
     return "[" + ", ".join(["N" if first == -1 else str(first), *map(str, rest)]) + "]"
 
 
-def _meaning(name: str) -> str:
-    if name in (naming.DENSE_FEATURES, naming.USER_DENSE_FEATURES, naming.ITEM_DENSE_FEATURES):
-        return "continuous features" + (" of the user" if name.startswith("user") else "")
-    if name == naming.SCORE:
+def _meaning(spec: TensorSpec, outputs: bool) -> str:
+    name = spec.name
+    if name == naming.SCORE and outputs:
         return "click probability (sigmoid)"
+    if outputs:
+        return "the model's own output, with its own meaning"
+    if spec.data_type == "FP32":
+        return "continuous features" + (" of the user" if name.startswith("user") else "")
     return "multi-hot ids, right-padded with -1"
 
 
-def _rows(specs: Sequence[TensorSpec], batch: str | None) -> list[TensorRow]:
-    return [TensorRow(s.name, s.data_type, _shape(s, batch), _meaning(s.name)) for s in specs]
+def _rows(specs: Sequence[TensorSpec], batch: str | None, *, outputs: bool = False) -> list[TensorRow]:
+    return [TensorRow(s.name, s.data_type, _shape(s, batch), _meaning(s, outputs)) for s in specs]
 
 
 def _environment() -> jinja2.Environment:
@@ -80,28 +84,29 @@ def _relative(paths: Sequence[Path]) -> tuple[list[str], str]:
     return [str(path) for path in resolved], "any directory"
 
 
-def _contracts(model: DLRM, result: BuildResult) -> list[dict[str, Any]]:
+def _contracts(model: Model, result: BuildResult) -> list[dict[str, Any]]:
     plan = result.plan
+    dense, outputs = layout.model_signature(model)
     contracts = [
         {
             "name": naming.ensemble_model(plan.model_name),
-            "inputs": _rows(layout.ensemble_inputs(plan, model.num_dense_features), "B"),
-            "outputs": _rows(layout.ensemble_outputs(), "B"),
+            "inputs": _rows(layout.ensemble_inputs(plan, dense), "B"),
+            "outputs": _rows(layout.ensemble_outputs(outputs), "B", outputs=True),
         }
     ]
     ranking = naming.ranking_ensemble(plan.model_name)
-    if any(built.name == ranking and built.role == "ensemble" for built in result.models):
+    if isinstance(model, DLRM) and any(built.name == ranking and built.role == "ensemble" for built in result.models):
         contracts.append(
             {
                 "name": ranking,
                 "inputs": _rows(layout.ranking_inputs(plan, model.dense_sides), None),
-                "outputs": _rows(layout.ranking_outputs(), None),
+                "outputs": _rows(layout.ranking_outputs(), None, outputs=True),
             }
         )
     return contracts
 
 
-def render(model: DLRM, result: BuildResult, *, topology: Any = None, root: Path | None = None) -> str:
+def render(model: Model, result: BuildResult, *, topology: Any = None, root: Path | None = None) -> str:
     """The README text of a build; with `topology` and `root`, of the distributed build in `root`."""
     outputs = result.repositories if root is None else [root]
     names, run_from = _relative(outputs)
@@ -142,7 +147,7 @@ def render(model: DLRM, result: BuildResult, *, topology: Any = None, root: Path
     )
 
 
-def write_single(repository: Path, result: BuildResult, model: DLRM) -> Path:
+def write_single(repository: Path, result: BuildResult, model: Model) -> Path:
     """Write README.md into one (staged) repository of a single-server build."""
     path = repository / README_FILE
     path.write_text(render(model, result))
