@@ -77,8 +77,9 @@ def _source(program: ProgramIndex, bag: fx.Node, lookup_of: str) -> IdSource:
     select = steps[0][1] if len(steps) == 1 and steps[0][0] == "select" else None
     if steps and select is None:
         raise fail(bag, f"the ids of {lookup_of} are sliced out of input {path.name!r} in a way recgen cannot route")
-    if offsets is None:
-        return IdSource("ids_2d", leaf, select, None, None, False)
+    value = placeholder.meta.get("val")
+    if offsets is None or (not steps and isinstance(value, torch.Tensor) and value.dim() == 2):
+        return IdSource("ids_2d", leaf, select, None, None, False)  # nn.EmbeddingBag makes its own offsets
     traced_offsets = _trace_ids(offsets)  # type: ignore[arg-type]
     offsets_leaf = None if traced_offsets is None else program.leaf(traced_offsets[0])
     if traced_offsets is None or offsets_leaf is None or len(traced_offsets[1]) > 1:

@@ -1,0 +1,218 @@
+"""Models written for the tests in the structure of the ones users bring (our own code, parameter names kept).
+
+- `DlrmNetLike`: facebookresearch/dlrm's `DLRM_Net` layout: `emb_l` (nn.EmbeddingBag per table), `bot_l` and
+  `top_l` (nn.Sequential), `v_W_l` (learned per-row weights), forward(dense_x, lS_o [T, B], lS_i list of [nnz]),
+  dot interaction with or without the diagonal, or cat; an optional output clamp.
+- `DcnV2`: bags of mixed widths (sum, mean), a cross network, 2-D ids with a padding_idx for one feature.
+- `TwoTower`: two outputs (a dict), a table shared by two id inputs.
+- TorchRec builders: `DLRM`, `DLRM_DCN` and `DLRM_Projection` over an EmbeddingBagCollection (one table read by
+  two features, one MEAN table), with a KeyedJaggedTensor example.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _mlp(widths: Sequence[int], *, sigmoid_layer: int = -1) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
+        layers.append(nn.Linear(fan_in, fan_out, bias=True))
+        layers.append(nn.Sigmoid() if index == sigmoid_layer else nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class DlrmNetLike(nn.Module):
+    """DLRM_Net's structure: embeddings, bottom MLP, feature interaction, top MLP with a sigmoid."""
+
+    def __init__(
+        self,
+        m_spa: int,
+        ln_emb: Sequence[int],
+        ln_bot: Sequence[int],
+        ln_top: Sequence[int],
+        *,
+        interaction: str = "dot",
+        itself: bool = False,
+        weighted: bool = False,
+        clamp: float = 0.0,
+        widths: Sequence[int] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        torch.manual_seed(seed)
+        widths = list(widths or [m_spa] * len(ln_emb))
+        self.emb_l = nn.ModuleList([nn.EmbeddingBag(n, w, mode="sum") for n, w in zip(ln_emb, widths, strict=True)])
+        self.v_W_l = nn.ParameterList([nn.Parameter(torch.rand(n) + 0.5) for n in ln_emb] if weighted else [])
+        num_vectors = len(ln_emb) + 1
+        self.interaction, self.itself, self.clamp = interaction, itself, clamp
+        offset = 1 if itself else 0
+        self.li = torch.tensor([i for i in range(num_vectors) for j in range(i + offset)])
+        self.lj = torch.tensor([j for i in range(num_vectors) for j in range(i + offset)])
+        top_in = ln_bot[-1] + (len(self.li) if interaction == "dot" else sum(widths))
+        self.bot_l = _mlp(ln_bot)
+        self.top_l = _mlp([top_in, *ln_top], sigmoid_layer=len(ln_top) - 1)
+        for layer in self.modules():
+            if isinstance(layer, nn.EmbeddingBag):
+                nn.init.uniform_(layer.weight, -0.5, 0.5)
+
+    def forward(self, dense_x: torch.Tensor, lS_o: torch.Tensor, lS_i: list[torch.Tensor]) -> torch.Tensor:  # noqa: N803
+        x = self.bot_l(dense_x)
+        ly = []
+        for k, bag in enumerate(self.emb_l):
+            weights = self.v_W_l[k].gather(0, lS_i[k]) if len(self.v_W_l) else None
+            ly.append(bag(lS_i[k], lS_o[k], per_sample_weights=weights))
+        if self.interaction == "dot":
+            batch_size, d = x.shape
+            t = torch.cat([x, *ly], dim=1).view((batch_size, -1, d))
+            z = torch.bmm(t, torch.transpose(t, 1, 2))
+            r = torch.cat([x, z[:, self.li, self.lj]], dim=1)
+        else:
+            r = torch.cat([x, *ly], dim=1)
+        p = self.top_l(r)
+        if self.clamp > 0:
+            p = torch.clamp(p, min=self.clamp, max=1.0 - self.clamp)
+        return p
+
+
+def dlrm_net_example(model: DlrmNetLike, batch: int = 3, seed: int = 0) -> tuple[Any, ...]:
+    """Positional inputs in DLRM_Net's form: dense_x [B, D], lS_o [T, B], lS_i [nnz] per table."""
+    rng = np.random.default_rng(seed)
+    lengths = [rng.integers(1, 4, batch) for _ in model.emb_l]
+    offsets = torch.stack([torch.from_numpy(np.concatenate([[0], np.cumsum(n)[:-1]])) for n in lengths])
+    indices = [
+        torch.from_numpy(rng.integers(0, bag.num_embeddings, int(n.sum())))
+        for n, bag in zip(lengths, model.emb_l, strict=True)
+    ]
+    return torch.randn(batch, model.bot_l[0].in_features), offsets, indices
+
+
+class CrossLayer(nn.Module):
+    """One DCN-v2 cross layer: x0 * (W x + b) + x."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.linear(x) + x
+
+
+class DcnV2(nn.Module):
+    """Bags of widths 16 / 8 / 4 (sum, mean, and 2-D ids with a padding_idx), a cross network, a logit."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.user = nn.EmbeddingBag(300, 16, mode="sum")
+        self.item = nn.EmbeddingBag(500, 8, mode="mean")
+        self.tags = nn.EmbeddingBag(40, 4, mode="sum", padding_idx=0)
+        width = 6 + 16 + 8 + 4
+        self.cross = nn.ModuleList([CrossLayer(width) for _ in range(2)])
+        self.deep = nn.Sequential(nn.Linear(width, 12), nn.ReLU(), nn.Linear(12, 1))
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        user_ids: torch.Tensor,
+        user_offsets: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_offsets: torch.Tensor,
+        tag_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        x0 = torch.cat(
+            [features, self.user(user_ids, user_offsets), self.item(item_ids, item_offsets), self.tags(tag_ids)], 1
+        )
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        return self.deep(x)
+
+
+def dcn_example(batch: int = 3) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.randn(batch, 6),
+        torch.tensor([1, 2, 3, 4, 5]),
+        torch.tensor([0, 2, 3]),
+        torch.tensor([7, 8, 9, 10]),
+        torch.tensor([0, 1, 3]),
+        torch.tensor([[1, 2, 0], [3, 0, 0], [4, 5, 6]]),
+    )
+
+
+class TwoTower(nn.Module):
+    """Two outputs (click and conversion), one table read by two id inputs (the viewed and the clicked items)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.items = nn.EmbeddingBag(200, 8, mode="sum")
+        self.dense = nn.Linear(3, 8)
+        self.click = nn.Linear(24, 1)
+        self.conversion = nn.Linear(24, 2)
+
+    def forward(
+        self,
+        context: torch.Tensor,
+        viewed: torch.Tensor,
+        viewed_at: torch.Tensor,
+        clicked: torch.Tensor,
+        clicked_at: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        both = torch.cat(
+            [torch.relu(self.dense(context)), self.items(viewed, viewed_at), self.items(clicked, clicked_at)], 1
+        )
+        return {"click": torch.sigmoid(self.click(both)), "conversion": torch.softmax(self.conversion(both), dim=1)}
+
+
+def two_tower_example(batch: int = 3) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.randn(batch, 3),
+        torch.tensor([1, 2, 3, 4]),
+        torch.tensor([0, 1, 3]),
+        torch.tensor([5, 6, 7]),
+        torch.tensor([0, 2, 2]),
+    )
+
+
+def torchrec_models() -> dict[str, tuple[nn.Module, tuple[Any, ...]]]:
+    """TorchRec's DLRM, DLRM_DCN and DLRM_Projection over one EBC, each with a (dense, KJT) example."""
+    from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    torch.manual_seed(0)
+    tables = [
+        EmbeddingBagConfig(name="products", embedding_dim=8, num_embeddings=60, feature_names=["viewed", "bought"]),
+        EmbeddingBagConfig(
+            name="places", embedding_dim=8, num_embeddings=25, feature_names=["city"], pooling=PoolingType.MEAN
+        ),
+    ]
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
+    common: dict[str, Any] = {
+        "embedding_bag_collection": ebc,
+        "dense_in_features": 5,
+        "dense_arch_layer_sizes": [16, 8],
+        "over_arch_layer_sizes": [8, 1],
+    }
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["viewed", "bought", "city"],
+        values=torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        lengths=torch.tensor([2, 1, 0, 1, 2, 1, 0, 1, 1]),
+    )
+    example = (torch.randn(3, 5), kjt)
+    return {
+        "dlrm": (DLRM(**common), example),
+        "dcn": (DLRM_DCN(**common, dcn_num_layers=2, dcn_low_rank_dim=4), example),
+        "projection": (
+            DLRM_Projection(**common, interaction_branch1_layer_sizes=[12, 8], interaction_branch2_layer_sizes=[12, 8]),
+            example,
+        ),
+    }

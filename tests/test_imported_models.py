@@ -1,0 +1,101 @@
+"""Imported models served by the real embedded server: outputs equal the original modules, bad requests fail alone."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from generator.check import client
+from generator.deploy import server as serve
+from generator.model.imported import ImportedModel, import_module
+from generator.planning.plan import uniform_plan
+from generator.repository.build import build
+from tests.conftest import SERVER_READY_TIMEOUT_S, requires_server
+from tests.model import zoo
+
+pytestmark = [pytest.mark.server, requires_server]
+
+
+def _models() -> dict[str, tuple[ImportedModel, str]]:
+    """name -> (imported model, shard backend)."""
+    dlrm_net = zoo.DlrmNetLike(8, [300, 7, 50], [4, 16, 8], [16, 1], itself=True, weighted=True).eval()
+    cat_net = zoo.DlrmNetLike(8, [300, 7, 50], [4, 8], [16, 1], interaction="cat", widths=[8, 4, 2]).eval()
+    models = {
+        "dlrmnet": (import_module(dlrm_net, zoo.dlrm_net_example(dlrm_net), max_ids={"*": 4}), "python"),
+        "catnet": (import_module(cat_net, zoo.dlrm_net_example(cat_net), max_ids={"*": 3}), "onnx"),
+        "dcn": (import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 5}), "python"),
+        "towers": (import_module(zoo.TwoTower().eval(), zoo.two_tower_example(), max_ids={"*": 6}), "onnx"),
+    }
+    try:
+        module, example = zoo.torchrec_models()["dcn"]
+    except ImportError:
+        return models
+    models["trec"] = (import_module(module.eval(), example, max_ids={"*": 3}), "onnx")
+    return models
+
+
+@pytest.fixture(scope="module")
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("imported")
+    models = _models()
+    repositories: list[Path] = []
+    for name, (model, backend) in models.items():
+        plan = uniform_plan(model, name=name, shards_per_table=3)
+        result = build(model, plan, root / f"{name}_models", root / f"{name}_ensembles", backend=backend)
+        repositories += result.repositories
+    log = root / "tritonserver.log"
+    failed_before = request.session.testsfailed
+    try:
+        with serve.running_server(repositories, timeout_s=SERVER_READY_TIMEOUT_S, log_path=log) as server:
+            yield models, server
+    finally:  # the server's log, when it did not start or a test of this module failed
+        if request.session.testsfailed > failed_before or not log.exists() or "server" not in locals():
+            sys.stderr.write(
+                f"\n===== {log} =====\n{log.read_text(errors='replace')[-20000:] if log.exists() else ''}\n"
+            )
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_outputs_equal_the_original_modules(served: Any, protocol: client.Protocol) -> None:
+    models, server = served
+    url = server.http_url if protocol == "http" else server.grpc_url
+    for name, (model, _) in models.items():
+        report = client.check(model, url, protocol=protocol, model_name=name, requests=3, batch_size=17, seed=4)
+        assert report.passed, f"{name}: {report}"
+        assert report.max_abs_diff < 1e-5
+
+
+def test_bad_requests_name_the_feature_and_the_next_request_succeeds(served: Any) -> None:
+    models, server = served
+    model, _ = models["dcn"]
+    request = model.random_request(4, seed=9)
+    cases: list[tuple[str, Callable[[dict[str, np.ndarray]], None], str]] = [
+        ("too many ids", lambda r: r.update(sparse_user_ids=np.zeros((4, 6), np.int64)), "sparse_user_ids"),
+        ("id out of range", lambda r: r["sparse_item_ids"].__setitem__((1, 0), 500), "sparse_item_ids"),
+        ("negative id", lambda r: r["sparse_tag_ids"].__setitem__((0, 0), -7), "sparse_tag_ids"),
+    ]
+    with client.RankingClient(server.http_url, "http", "dcn") as session:
+        for what, spoil, feature in cases:
+            bad = {name: array.copy() for name, array in request.items()}
+            spoil(bad)
+            with pytest.raises(InferenceServerException, match=feature):
+                session.send(bad, output_names=["output"])
+            good = session.send(request, output_names=["output"]).as_numpy("output")
+            np.testing.assert_allclose(good, model.reference_outputs(request)[0], atol=1e-5, err_msg=what)
+
+
+def test_two_outputs_keep_their_names_and_meaning(served: Any) -> None:
+    models, server = served
+    model, _ = models["towers"]
+    request = model.random_request(5, seed=3)
+    with client.RankingClient(server.grpc_url, "grpc", "towers") as session:
+        result = session.send(request, output_names=None)
+    conversion = result.as_numpy("conversion")
+    np.testing.assert_allclose(conversion.sum(axis=1), 1.0, atol=1e-5)  # still a softmax
+    np.testing.assert_allclose(result.as_numpy("click"), model.reference_outputs(request)[0], atol=1e-5)
