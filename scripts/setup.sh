@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs recgen with every dependency, pinned by constraints.txt.
+# Creates .venv (if missing) and installs recgen with every dependency and the TorchRec extra, pinned by
+# constraints.txt.
 # PYTHON picks the interpreter (default python3; the torch pin has a CPU wheel for 3.11 on these machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,3 +9,4 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+bash scripts/install_torchrec.sh

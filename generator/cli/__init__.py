@@ -19,6 +19,7 @@ def main() -> None:
 
 for command in (
     model.example,
+    model.import_dlrm,
     traffic.profile,
     check.calibrate,
     planning.plan,

@@ -1,4 +1,4 @@
-"""`recgen example`: the bundled example models."""
+"""`recgen example` (the bundled example models) and `recgen import-dlrm` (a facebookresearch/dlrm checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from generator.cli import options
-from generator.model import dlrm
+from generator.model import dlrm, dlrm_net
 
 
 @click.command()
@@ -26,3 +26,46 @@ def example(out_path: Path, seed: int, tiny: bool) -> None:
             f"  {table.name:<16} rows {table.num_rows:>8}  dim {table.dim}  ids/sample {table.max_ids_per_sample}"
             f"  {table.side}-side"
         )
+
+
+@click.command("import-dlrm")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--arch-sparse-feature-size", type=click.IntRange(1), required=True, help="Embedding width (all tables).")
+@click.option("--arch-embedding-size", required=True, help='Rows per table, e.g. "1460-583-10131227".')
+@click.option("--arch-mlp-bot", required=True, help='Bottom MLP widths with the input, e.g. "13-512-256-64".')
+@click.option("--arch-mlp-top", required=True, help='Top MLP widths without the interaction, e.g. "512-256-1".')
+@click.option("--arch-interaction-op", type=click.Choice(dlrm_net.INTERACTIONS), default="dot", show_default=True)
+@click.option("--arch-interaction-itself", is_flag=True, help="The dot interaction keeps the gram matrix's diagonal.")
+@click.option("--weighted-pooling", is_flag=True, help="The checkpoint has learned per-row weights (v_W_l).")
+@click.option("--loss-threshold", type=float, default=0.0, show_default=True, help="Output clamp, as in training.")
+@options.max_ids
+@options.out_file(help_text="Where to write the program (.pt2) that build, plan and check take.")
+@options.reports_errors
+def import_dlrm(
+    checkpoint: Path,
+    arch_sparse_feature_size: int,
+    arch_embedding_size: str,
+    arch_mlp_bot: str,
+    arch_mlp_top: str,
+    arch_interaction_op: str,
+    arch_interaction_itself: bool,
+    weighted_pooling: bool,
+    loss_threshold: float,
+    max_ids: dict[str, int],
+    out_path: Path,
+) -> None:
+    """Turn a facebookresearch/dlrm checkpoint into a program file, with dlrm_s_pytorch.py's architecture flags."""
+    arch = dlrm_net.DlrmNetArchitecture.from_flags(
+        arch_sparse_feature_size=arch_sparse_feature_size,
+        arch_embedding_size=arch_embedding_size,
+        arch_mlp_bot=arch_mlp_bot,
+        arch_mlp_top=arch_mlp_top,
+        arch_interaction_op=arch_interaction_op,
+        arch_interaction_itself=arch_interaction_itself,
+        weighted_pooling=weighted_pooling,
+        loss_threshold=loss_threshold,
+    )
+    imported = dlrm_net.import_dlrm_checkpoint(checkpoint, arch, max_ids=max_ids)
+    imported.save(out_path)
+    click.echo(str(imported))
+    click.echo(f"wrote {out_path}: build it with `recgen build --model {out_path}`")

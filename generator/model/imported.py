@@ -10,8 +10,12 @@ the dense inputs and outputs, the dense remainder, and the original program as t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +62,14 @@ class ImportedModel:
         """The model's outputs: (name, per-sample dims)."""
         return self.cut.outputs
 
+    def save(self, path: str | Path) -> Path:
+        """Write the program (`.pt2`, dynamic batch) that `recgen build --model` and `load_model` read."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with quiet_tracing():
+            torch.export.save(self.program, path)
+        return path
+
     def embedding_bytes(self) -> int:
         """Bytes of all served rows (fp32)."""
         return sum(table.num_rows * table.bytes_per_row for table in self.tables)
@@ -84,8 +96,8 @@ class ImportedModel:
 
     def reference_outputs(self, request: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """What the original program returns for a request, one array per output."""
-        args, kwargs = self.module_inputs(request)
-        with torch.no_grad():
+        with torch.no_grad(), quiet_tracing():
+            args, kwargs = self.module_inputs(request)
             result = self.reference(*args, **kwargs)
         return [np.asarray(t.detach().cpu().numpy(), dtype=np.float32) for t in pytree.tree_leaves(result)]
 
@@ -240,9 +252,26 @@ def _restructure(spec: pytree.TreeSpec, flat: list[Any]) -> Any:
     )
 
 
+@contextlib.contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Hide torch's and TorchRec's notes about tracing internals (not about the user's model)."""
+    loggers = [logging.getLogger(name) for name in ("torch.fx._symbolic_trace", "torch._export", "root")]
+    levels = [logger.level for logger in loggers]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _export(module: nn.Module, args: tuple[Any, ...], dynamic_shapes: Any = None) -> torch.export.ExportedProgram:
     try:
-        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+        with quiet_tracing():
+            return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
     except ModelImportError:
         raise
     except Exception as error:  # torch.export raises many types; all mean "this module does not trace"

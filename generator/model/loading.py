@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 from generator.errors import ModelFileError
 from generator.model.dlrm import DLRM, MODEL_FILE_FORMAT
-from generator.model.imported import ImportedModel, import_program
+from generator.model.imported import ImportedModel, import_program, quiet_tracing
 
 PROGRAM_SUFFIX = ".pt2"
 
@@ -31,7 +32,9 @@ PROGRAM_SUFFIX = ".pt2"
 def safe_globals() -> list[Any]:
     """Classes a model file may hold besides tensors and builtins: TorchRec's jagged tensors, when installed."""
     try:
-        from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
+        with warnings.catch_warnings():  # fbgemm warns about optional CUDA kernels a CPU build lacks
+            warnings.simplefilter("ignore")
+            from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
     except ImportError:
         return []
     return [KeyedJaggedTensor, JaggedTensor, KeyedTensor]
@@ -76,7 +79,7 @@ def load_program(path: Path) -> torch.export.ExportedProgram:
             "recgen does not unpickle it"
         ) from error
     try:
-        with _allowlisted():
+        with _allowlisted(), quiet_tracing():
             return torch.export.load(io.BytesIO(data))
     except Exception as error:  # torch raises many types for a program it cannot read
         raise ModelFileError(f"`{path}` cannot be read as a torch.export program: {error}") from error
