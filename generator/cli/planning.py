@@ -12,6 +12,7 @@ from generator.planning import capacity, planner
 
 @click.command()
 @options.model_file()
+@options.max_ids
 @click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--target-qps",
@@ -68,6 +69,7 @@ from generator.planning import capacity, planner
 @options.reports_errors
 def plan(
     model_path: Path,
+    max_ids: dict[str, int],
     profile_path: Path,
     target_qps: float,
     batch: int,
@@ -92,6 +94,6 @@ def plan(
     )
     figures = capacity.load_with_overrides(capacity_path, **overrides)
     written = planner.plan_to_files(
-        model_path, profile_path, targets, out_path, capacity=figures, figure_path=figure, name=name
+        model_path, profile_path, targets, out_path, capacity=figures, figure_path=figure, name=name, max_ids=max_ids
     )
     click.echo(str(written))

@@ -8,12 +8,13 @@ import click
 
 from generator.cli import options
 from generator.errors import UserInputError
-from generator.model.dlrm import DLRM
+from generator.model.loading import load_model
 from generator.traffic import profile as profiles
 
 
 @click.command()
 @options.model_file(required=False, help_text="Take table names and sizes from this model.")
+@options.max_ids
 @click.option("--table", "table_options", multiple=True, help="NAME:ROWS[:IDS_PER_SAMPLE] (instead of --model).")
 @click.option("--zipf", "zipf_options", multiple=True, help="Synthetic Zipf traffic: ALPHA, or TABLE=ALPHA.")
 @click.option(
@@ -34,6 +35,7 @@ from generator.traffic import profile as profiles
 @options.reports_errors
 def profile(
     model_path: Path | None,
+    max_ids: dict[str, int],
     table_options: tuple[str, ...],
     zipf_options: tuple[str, ...],
     trace: Path | None,
@@ -46,7 +48,7 @@ def profile(
     if (model_path is None) == (not table_options):
         raise UserInputError("give exactly one of --model or --table")
     if model_path is not None:
-        shapes = profiles.table_shapes(DLRM.load(model_path).tables)
+        shapes = profiles.table_shapes(load_model(model_path, max_ids=max_ids).tables)
     else:
         shapes = [profiles.parse_table_shape(option) for option in table_options]
     result = profiles.make_profile(

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from generator.model.dlrm import DLRM, TableSpec
+from generator.model.features import FeatureSpec
+from generator.model.imported import ImportedModel
 
 #: Bytes of one entry of the router's id -> hotness-rank map (int32; a table holds < 2**31 rows).
 RANK_BYTES = 4
@@ -42,15 +44,24 @@ class ModelShape:
     num_dense_features: int
     bottom_mlp: tuple[int, ...]
     top_mlp: tuple[int, ...]
+    #: An imported model's features (() for recgen's DLRM: one per table) and its dense graph's constant bytes.
+    features: tuple[FeatureSpec, ...] = ()
+    dense_graph_bytes: int | None = None
 
     @classmethod
-    def of(cls, model: DLRM) -> ModelShape:
-        """The shape of a DLRM."""
+    def of(cls, model: DLRM | ImportedModel) -> ModelShape:
+        """The shape of a DLRM, or of an imported model (its dense graph's bytes instead of MLP widths)."""
+        if isinstance(model, ImportedModel):
+            constants = sum(t.numel() * t.element_size() for t in model.cut.remainder.buffers())
+            width = sum(w for _, w in model.dense_inputs)
+            return cls(tuple(model.tables), width, (), (), tuple(model.features), constants)
         return cls(tuple(model.tables), model.num_dense_features, tuple(model.bottom_mlp), tuple(model.top_mlp))
 
     @property
     def dense_bytes(self) -> int:
-        """Bytes of the dense tower."""
+        """Bytes of the dense tower (or of an imported model's dense graph)."""
+        if self.dense_graph_bytes is not None:
+            return self.dense_graph_bytes
         return dense_bytes(self.num_dense_features, len(self.tables), self.bottom_mlp, self.top_mlp)
 
     @property

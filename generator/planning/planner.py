@@ -9,11 +9,12 @@ cache, `report` prices the plan against the model-wise baseline. `plan_model` co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from generator.errors import UserInputError
-from generator.model.dlrm import DLRM
+from generator.model.loading import load_model
 from generator.planning import figure, memory
 from generator.planning.capacity import Capacity
 from generator.planning.cuts import cut_table
@@ -170,6 +171,7 @@ def plan_from_report(
         router=Placement(report.router_replicas, "cpu"),
         dense=Placement(report.dense_replicas, "gpu" if report.dense_on_gpu else "cpu"),
         max_batch_size=max_batch_size,
+        features=shape.features,
     )
 
 
@@ -200,9 +202,10 @@ def plan_to_files(
     capacity: Capacity | None = None,
     figure_path: Path | None = None,
     name: str = "dlrm",
+    max_ids: Mapping[str, int] | None = None,
 ) -> PlanFiles:
     """`recgen plan`: model and profile files in; plan.json, its row orders and a PNG of the cuts out."""
-    model = DLRM.load(model_path)
+    model = load_model(model_path, max_ids=max_ids)
     profile = AccessProfile.load(profile_path)
     shape = ModelShape.of(model)
     report = plan_model(
