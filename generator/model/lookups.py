@@ -177,6 +177,19 @@ def find_lookups(program: ProgramIndex, bags: list[fx.Node]) -> list[Lookup]:
                 width=int(width),
             )
         )
+    offsets_of: dict[tuple[int, int | None], Lookup] = {}
+    for lookup in lookups:
+        key = (lookup.source.offsets_leaf, lookup.source.offsets_select)
+        if lookup.source.offsets_leaf is None:
+            continue
+        if key in offsets_of:
+            raise ModelImportError(
+                f"the lookups of {offsets_of[key].module!r} and {lookup.module!r} read the same offsets input "
+                f"{program.leaves[lookup.source.offsets_leaf].name!r}; recgen sends every feature's ids on their own, "
+                "so each lookup needs its own offsets (export with a distinct tensor for each: the same tensor "
+                "passed twice becomes one input)"
+            )
+        offsets_of[key] = lookup  # type: ignore[index]
     seen: dict[str, Lookup] = {}
     for lookup in lookups:
         if lookup.feature in seen:

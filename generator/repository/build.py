@@ -162,9 +162,7 @@ class ModelWriter:
         validation.write_config(config, version_dir.parent)
         self.configs[config.name] = config
         group = config.instance_group[0]
-        onnx = (role in ("shards", "dense") and self.leaves.backend == "onnx") or (
-            config.name == naming.dense_model(self.plan.model_name) and isinstance(self.model, ImportedModel)
-        )
+        onnx = (version_dir / naming.ONNX_MODEL_FILE).exists()  # an ONNX graph, whichever backend runs it
         self.built.append(
             BuiltModel(
                 name=config.name,

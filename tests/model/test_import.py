@@ -158,6 +158,15 @@ class _Branches(nn.Module):
         return x + pooled if int(ids.max()) > 4 else x - pooled
 
 
+class _SharedOffsets(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.EmbeddingBag(10, 4), nn.EmbeddingBag(10, 4)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, more: torch.Tensor) -> torch.Tensor:
+        return x + self.first(ids, offsets) + self.second(more, offsets)
+
+
 class _NoBags(nn.Module):
     def forward(self, x: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return x * 2
@@ -180,6 +189,12 @@ def test_what_cannot_be_pooled_from_partial_sums_is_refused(case: str) -> None:
     example = (torch.randn(3, 4), torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 3]))
     with pytest.raises(ModelImportError, match=message):
         import_module(module_class().eval(), example)
+
+
+def test_lookups_that_share_one_offsets_input_are_refused() -> None:
+    example = (torch.randn(3, 4), torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 3]), torch.tensor([5, 6, 7, 8]))
+    with pytest.raises(ModelImportError, match="'first' and 'second' read the same offsets input 'offsets'"):
+        import_module(_SharedOffsets().eval(), example)
 
 
 def test_an_unknown_max_ids_feature_is_named() -> None:
