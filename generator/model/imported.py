@@ -350,7 +350,8 @@ def _assemble(
     tables: dict[str, TableSpec] = {}
     for lookup, feature in zip(cut.lookups, features, strict=True):
         rows = _served_rows(program, lookup)
-        if lookup.table in embeddings and not torch.equal(embeddings[lookup.table], rows):
+        known = embeddings.get(lookup.table)
+        if known is not None and known.data_ptr() != rows.data_ptr() and not torch.equal(known, rows):
             raise ModelImportError(f"table {lookup.table!r} is read with different per-row weights by two lookups")
         embeddings[lookup.table] = rows
         ids = tables[lookup.table].max_ids_per_sample if lookup.table in tables else 0
@@ -362,8 +363,12 @@ def _assemble(
 
 
 def _served_rows(program: torch.export.ExportedProgram, lookup: Lookup) -> torch.Tensor:
+    """The rows the shards serve: the program's own tensor, copied only to fold weights or zero a padding row."""
     state = {**program.state_dict, **program.constants}
-    rows = state[lookup.weight].detach().to(torch.float32).clone()
+    rows = state[lookup.weight].detach()
+    if lookup.row_weights is None and lookup.padding_idx is None and rows.dtype == torch.float32:
+        return rows
+    rows = rows.to(torch.float32).clone()
     if lookup.row_weights is not None:
         rows *= state[lookup.row_weights].detach().to(torch.float32).reshape(-1, 1)
     if lookup.padding_idx is not None:

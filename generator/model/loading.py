@@ -62,10 +62,13 @@ def _pickled_members(archive: zipfile.ZipFile) -> Iterator[str]:
 
 
 def load_program(path: Path) -> torch.export.ExportedProgram:
-    """A `.pt2` program, after checking that nothing in it unpickles beyond tensors and the allowlist."""
-    data = path.read_bytes()
+    """A `.pt2` program, after checking that nothing in it unpickles beyond tensors and the allowlist.
+
+    The pickled members (small: example inputs, odd weights) are checked from the archive; the program is then
+    loaded from the path, so the weights are read once.
+    """
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(path) as archive:
             for member in _pickled_members(archive):
                 with _allowlisted():
                     torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
@@ -80,7 +83,7 @@ def load_program(path: Path) -> torch.export.ExportedProgram:
         ) from error
     try:
         with _allowlisted(), quiet_tracing():
-            return torch.export.load(io.BytesIO(data))
+            return torch.export.load(path)
     except Exception as error:  # torch raises many types for a program it cannot read
         raise ModelFileError(f"`{path}` cannot be read as a torch.export program: {error}") from error
 
