@@ -86,8 +86,10 @@ def export_router(model: Model, plan: Plan, version_dir: Path) -> None:
 
 def shard_rows(model: Model, table: TablePlan, shard: ShardPlan) -> np.ndarray:
     """The rows one shard holds, in hotness-rank order."""
-    original = table.original_rows()[shard.row_start : shard.row_end]
     weight = model.embeddings[table.spec.name].detach().cpu().numpy()
+    if table.row_order is None:  # identity order: a view, so writing a shard copies nothing
+        return np.ascontiguousarray(weight[shard.row_start : shard.row_end], dtype=np.float32)
+    original = table.original_rows()[shard.row_start : shard.row_end]
     return np.ascontiguousarray(weight[original], dtype=np.float32)
 
 
