@@ -114,6 +114,7 @@ class DLRM(nn.Module):
         seed: seed of the weight initialisation.
         dense_sides: per dense feature, "user" or "item" (default: all item-side). With `TableSpec.side`, this is
             what the `<model>_ranking` ensemble computes once per request instead of once per candidate.
+        initialize_tables: False leaves the tables on the meta device, for `load` to assign the file's tensors.
 
     Example:
         >>> model = DLRM(num_dense_features=4, tables=[TableSpec("user", 10, 8, 2)], bottom_mlp=[16, 8],
@@ -132,6 +133,7 @@ class DLRM(nn.Module):
         top_mlp: Sequence[int],
         seed: int = 0,
         dense_sides: Sequence[Side] | None = None,
+        initialize_tables: bool = True,
     ):
         super().__init__()
         _validate_architecture(num_dense_features, tables, bottom_mlp, top_mlp)
@@ -149,6 +151,9 @@ class DLRM(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         self.embeddings = nn.ParameterDict()
         for table in self.tables:
+            if not initialize_tables:  # `load` replaces them: no memory, no random fill
+                self.embeddings[table.name] = nn.Parameter(torch.empty(table.num_rows, table.dim, device="meta"))
+                continue
             # Rows of norm ~1, so every pooled vector moves the score visibly (a routing bug cannot hide under 1e-5).
             bound = math.sqrt(3.0 / table.dim)
             weight = (torch.rand(table.num_rows, table.dim, generator=generator) * 2 - 1) * bound
@@ -229,7 +234,7 @@ class DLRM(nn.Module):
         if not path.is_file():
             raise ModelFileError(f"model file `{path}` does not exist")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as error:  # torch raises many unrelated types for a bad file
             raise ModelFileError(f"model file `{path}` cannot be read as a recgen DLRM: {error}") from error
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
@@ -242,8 +247,8 @@ class DLRM(nn.Module):
         architecture = dict(payload["architecture"])
         try:
             architecture["tables"] = [TableSpec(**table) for table in architecture["tables"]]
-            model = cls(**architecture)
-            model.load_state_dict(payload["state_dict"])
+            model = cls(**architecture, initialize_tables=False)
+            model.load_state_dict(payload["state_dict"], assign=True)  # the file's (memory-mapped) tensors
         except (TypeError, KeyError, RuntimeError, UserInputError) as error:
             raise ModelFileError(f"model file `{path}` does not follow the DLRM protocol: {error}") from error
         return model.eval()
