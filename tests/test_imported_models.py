@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from generator.check import client
+from generator.check import client, loadtest
 from generator.deploy import server as serve
 from generator.model.imported import ImportedModel, import_module
 from generator.planning.plan import uniform_plan
@@ -99,3 +99,25 @@ def test_two_outputs_keep_their_names_and_meaning(served: Any) -> None:
     conversion = result.as_numpy("conversion")
     np.testing.assert_allclose(conversion.sum(axis=1), 1.0, atol=1e-5)  # still a softmax
     np.testing.assert_allclose(result.as_numpy("click"), model.reference_outputs(request)[0], atol=1e-5)
+
+
+def test_load_test_learns_the_imported_contract_and_spot_checks_it(served: Any, tmp_path: Path) -> None:
+    models, server = served
+    model, _ = models["dcn"]
+    program_path = model.save(tmp_path / "dcn.pt2")
+    summary = loadtest.run_loadtest(
+        server.grpc_url,
+        tmp_path / "load",
+        protocol="grpc",
+        ensemble="dcn",
+        users=2,
+        spawn_rate=2,
+        run_time="4s",
+        batch_size=8,
+        model_path=program_path,
+        max_ids={"*": 5},
+        spot_check_every=2,
+        timeout_s=120,
+    )
+    assert summary.failures == 0, (tmp_path / "load" / "locust.log").read_text()[-3000:]
+    assert summary.requests > 4

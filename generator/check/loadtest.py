@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -106,6 +107,7 @@ def run_loadtest(
     spot_check_every: int = 0,
     timeout_s: float | None = None,
     structured: bool = False,
+    max_ids: Mapping[str, int] | None = None,
 ) -> LoadTestSummary:
     """Run headless locust against `url` (host:port of the protocol) and summarise its CSV output into `out_dir`.
 
@@ -128,6 +130,11 @@ def run_loadtest(
         command += ["--profile", str(profile_path)]
     if model_path is not None:
         command += ["--model", str(model_path), "--spot-check-every", str(spot_check_every or 50)]
+        if max_ids:
+            command += [
+                "--max-ids",
+                ",".join(f"{name}={count}" if name != "*" else str(count) for name, count in max_ids.items()),
+            ]
     if structured:
         command += ["--structured"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from typing import Any, ClassVar
 
+import gevent
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from locust import User, constant, events, task
@@ -24,6 +25,8 @@ from generator.check.client import SCORE_TOLERANCE, RankingClient
 from generator.check.loadtest import HISTORY_COLUMNS, sampler_from_server
 from generator.errors import CheckFailedError
 from generator.model.dlrm import DLRM
+from generator.model.imported import ImportedModel
+from generator.model.loading import load_model
 from generator.traffic.profile import AccessProfile
 from generator.traffic.requests import reference_scores
 from generator.traffic.sampler import RequestSampler
@@ -38,6 +41,7 @@ def _add_options(parser: Any) -> None:
     parser.add_argument("--batch", type=int, default=64, help="candidates per request")
     parser.add_argument("--profile", default="", help="access profile .npz: ids follow its counts")
     parser.add_argument("--model", default="", help="model file for spot checks against PyTorch")
+    parser.add_argument("--max-ids", default="", help="imported models: [FEATURE=]L,... as given to recgen build")
     parser.add_argument("--spot-check-every", type=int, default=0, help="check every Nth response (0 = never)")
     parser.add_argument("--history-csv", default="", help="write per-second throughput and latency percentiles here")
     parser.add_argument(
@@ -100,22 +104,49 @@ def _strip_scheme(host: str) -> str:
     return host.split("://", 1)[-1].rstrip("/")
 
 
+def _max_ids(text: str) -> dict[str, int]:
+    """`--max-ids` as `recgen build` takes it, comma-separated: FEATURE=L or a bare default L."""
+    limits = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        feature, _, count = item.rpartition("=")
+        limits[feature or "*"] = int(count)
+    return limits
+
+
 class _Shared:
     """What all users of one locust process share: the request sampler and the reference model."""
 
     sampler: RequestSampler | None = None
-    model: DLRM | None = None
+    model: DLRM | ImportedModel | None = None
+    model_loaded: bool = False
 
     @classmethod
-    def load(cls, environment: Environment, client: RankingClient) -> tuple[RequestSampler, DLRM | None]:
+    def load_model(cls, environment: Environment) -> None:
+        """Load the reference model once, before the run's clock starts (an imported program takes seconds)."""
+        if not cls.model_loaded:
+            options = environment.parsed_options
+            if options is not None and options.model:
+                cls.model = load_model(options.model, max_ids=_max_ids(options.max_ids))
+            cls.model_loaded = True
+
+    @classmethod
+    def load(
+        cls, environment: Environment, client: RankingClient
+    ) -> tuple[RequestSampler, DLRM | ImportedModel | None]:
         """Learn the request shape from the server once; load the profile and model once."""
         if cls.sampler is None:
             options = environment.parsed_options
             assert options is not None, "locust parses its options before users start"
             profile = AccessProfile.load(options.profile) if options.profile else None
             cls.sampler = sampler_from_server(client, profile)
-            cls.model = DLRM.load(options.model) if options.model else None
+            cls.load_model(environment)
         return cls.sampler, cls.model
+
+
+@events.init.add_listener
+def _load_reference_model(environment: Environment, **_: Any) -> None:
+    _Shared.load_model(environment)
+    gevent.get_hub().loop.update_now()  # the loop's clock froze while loading: --run-time would count the load
 
 
 class TritonUser(User):
@@ -145,12 +176,22 @@ class TritonUser(User):
         """Close the connection."""
         self.client.close()
 
+    def _reference(self, tensors: dict[str, np.ndarray], request: Any, ranking: Any) -> np.ndarray:
+        """What the model returns for the request just sent (its first output, for an imported model)."""
+        if isinstance(self.model, ImportedModel):
+            return self.model.reference_outputs(tensors)[0]
+        assert self.model is not None
+        return reference_scores(self.model, ranking.flattened(self.model) if self.structured else request)
+
     @task
     def rank(self) -> None:
         """One ranking request, timed; server errors are failures carrying the server's text."""
+        request, ranking = None, None
         if self.structured:
             ranking = self.sampler.sample_structured(self.batch, self.rng)
             tensors = ranking.tensors()
+        elif self.sampler.dense_inputs:  # an imported model's own contract
+            tensors = self.sampler.sample_tensors(self.batch, self.rng)
         else:
             request = self.sampler.sample(self.batch, self.rng)
             tensors = request.tensors()
@@ -158,12 +199,10 @@ class TritonUser(User):
         started = time.perf_counter()
         exception: BaseException | None = None
         try:
-            scores = self.client.infer(tensors)
+            scores = self.client.send(tensors, output_names=[self.sampler.output]).as_numpy(self.sampler.output)
             self.sent += 1
             if self.model is not None and self.spot_check_every and self.sent % self.spot_check_every == 0:
-                if self.structured:
-                    request = ranking.flattened(self.model)
-                difference = float(np.abs(scores - reference_scores(self.model, request)).max())
+                difference = float(np.abs(scores - self._reference(tensors, request, ranking)).max())
                 if difference > SCORE_TOLERANCE:
                     raise CheckFailedError(f"spot check: max |served - PyTorch| = {difference:.3g}")
         except Exception as error:  # every failure is reported to locust with its text

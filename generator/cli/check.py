@@ -110,6 +110,7 @@ def calibrate(model_path: Path | None, batch: int, num_requests: int, out_path: 
     help="Access profile: ids and pooling lengths follow it (default: uniform ids).",
 )
 @options.model_file(required=False, help_text="Spot-check responses against this PyTorch model.")
+@options.max_ids
 @click.option(
     "--spot-check-every",
     type=click.IntRange(0),
@@ -134,6 +135,7 @@ def loadtest(
     batch: int,
     profile_path: Path | None,
     model_path: Path | None,
+    max_ids: dict[str, int],
     spot_check_every: int,
     structured: bool,
     out_dir: Path,
@@ -150,6 +152,7 @@ def loadtest(
         batch_size=batch,
         profile_path=profile_path,
         model_path=model_path,
+        max_ids=max_ids,
         spot_check_every=spot_check_every,
         structured=structured,
     )

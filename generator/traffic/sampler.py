@@ -32,6 +32,8 @@ class TableTraffic:
     cumulative: np.ndarray | None = None
     mean_ids_per_sample: float | None = None
     side: str = "item"
+    #: The request tensor carrying these ids (an imported model's feature may be named apart from its table).
+    input: str = ""
 
     def sample_ids(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """[batch, width] ids, right-padded with -1; lengths around the profile's mean (else uniform 0..width)."""
@@ -59,6 +61,19 @@ class RequestSampler:
     #: Dense-feature widths of the `<ensemble>_ranking` request (0, 0 when the server has no ranking ensemble).
     user_dense_features: int = 0
     item_dense_features: int = 0
+    #: An imported model's dense inputs (name, width) and first output; () and `score` for recgen's DLRM.
+    dense_inputs: tuple[tuple[str, int], ...] = ()
+    output: str = naming.SCORE
+
+    def sample_tensors(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One flattened request as tensors by input name, for any served contract."""
+        if not self.dense_inputs:
+            return self.sample(batch_size, rng).tensors()
+        tensors = {
+            name: rng.standard_normal((batch_size, width)).astype(np.float32) for name, width in self.dense_inputs
+        }
+        tensors.update({t.input: t.sample_ids(batch_size, rng) for t in self.tables})
+        return tensors
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> RankingRequest:
         """One request of `batch_size` candidates."""
@@ -94,6 +109,7 @@ def sampler_from_metadata(
         raise RecgenError(f"{ensemble!r} has no recgen router ({error}); is it a recgen ensemble?") from error
     by_input = {route.input: route for route in routing.tables}
     num_dense = None
+    dense_inputs = []
     tables = []
     for tensor in metadata["inputs"]:
         width = int(tensor["shape"][-1])
@@ -101,14 +117,22 @@ def sampler_from_metadata(
             num_dense = width
         elif tensor["name"] in by_input:
             route = by_input[tensor["name"]]
-            tables.append(replace(_table_traffic(route.table, route.num_rows, width, profile), side=route.side))
-    if num_dense is None:
-        raise RecgenError(f"ensemble {ensemble!r} has no {naming.DENSE_FEATURES!r} input")
+            traffic = _table_traffic(route.table, route.num_rows, width, profile)
+            tables.append(replace(traffic, side=route.side, input=route.input))
+        elif tensor["datatype"] == "FP32":
+            dense_inputs.append((tensor["name"], width))
+    if num_dense is None and not dense_inputs:
+        raise RecgenError(f"ensemble {ensemble!r} has no dense input")
     widths = {naming.USER_DENSE_FEATURES: 0, naming.ITEM_DENSE_FEATURES: 0}
     if ranking_metadata is not None:  # the ranking ensemble exists only for models with user-side features
         widths.update({t["name"]: int(t["shape"][-1]) for t in ranking_metadata["inputs"] if t["name"] in widths})
     return RequestSampler(
-        num_dense, tuple(tables), widths[naming.USER_DENSE_FEATURES], widths[naming.ITEM_DENSE_FEATURES]
+        num_dense or 0,
+        tuple(tables),
+        widths[naming.USER_DENSE_FEATURES],
+        widths[naming.ITEM_DENSE_FEATURES],
+        () if num_dense is not None else tuple(dense_inputs),
+        str(metadata["outputs"][0]["name"]),
     )
 
 
