@@ -64,6 +64,16 @@ def side_sparse_input(table: str, side: str) -> str:
     return f"{side}_sparse_{table}"
 
 
+def weights_input(feature: str) -> str:
+    """Ensemble input carrying the per-id weights of a weighted feature, aligned with `sparse_<feature>`."""
+    return f"weights_{feature}"
+
+
+def group_id_weights(group: int) -> str:
+    """Ensemble tensor from the router to shard group `group`: the weight of every id in its local ids (1 if none)."""
+    return f"id_weights__g{group}"
+
+
 def group_local_ids(group: int) -> str:
     """Ensemble tensor from the router to shard group `group`: the local ids of all its shards, side by side."""
     return f"local_ids__g{group}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from tests.model import zoo
 
 pytestmark = [pytest.mark.server, requires_server]
 
+#: Models whose router keeps this many of every table's hottest rows (a front cache; shared and weighted tables).
+FRONT_CACHED_ROWS = {"towers": 20, "weighted": 30}
+
 
 def _models() -> dict[str, tuple[ImportedModel, str]]:
     """name -> (imported model, shard backend)."""
@@ -31,6 +35,12 @@ def _models() -> dict[str, tuple[ImportedModel, str]]:
         "catnet": (import_module(cat_net, zoo.dlrm_net_example(cat_net), max_ids={"*": 3}), "onnx"),
         "dcn": (import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 5}), "python"),
         "towers": (import_module(zoo.TwoTower().eval(), zoo.two_tower_example(), max_ids={"*": 6}), "onnx"),
+        "weighted": (
+            import_module(
+                zoo.TwoTower(weighted=True).eval(), zoo.two_tower_example(weighted=True), max_ids={"*": 4}
+            ),
+            "onnx",
+        ),
     }
     try:
         module, example = zoo.torchrec_models()["dcn"]
@@ -47,6 +57,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     repositories: list[Path] = []
     for name, (model, backend) in models.items():
         plan = uniform_plan(model, name=name, shards_per_table=3)
+        if name in FRONT_CACHED_ROWS:
+            plan = replace(plan, tables=tuple(replace(t, cached_rows=FRONT_CACHED_ROWS[name]) for t in plan.tables))
         result = build(model, plan, root / f"{name}_models", root / f"{name}_ensembles", backend=backend)
         repositories += result.repositories
     log = root / "tritonserver.log"
@@ -79,6 +91,8 @@ def test_bad_requests_name_the_feature_and_the_next_request_succeeds(served: Any
         ("too many ids", lambda r: r.update(sparse_user_ids=np.zeros((4, 6), np.int64)), "sparse_user_ids"),
         ("id out of range", lambda r: r["sparse_item_ids"].__setitem__((1, 0), 500), "sparse_item_ids"),
         ("negative id", lambda r: r["sparse_tag_ids"].__setitem__((0, 0), -7), "sparse_tag_ids"),
+        ("weights too wide", lambda r: r.update(weights_user_ids=np.ones((4, 6), np.float32)), "weights_user_ids"),
+        ("weights for fewer samples", lambda r: r.update(weights_user_ids=np.ones((3, 5), np.float32)), "weights"),
     ]
     with client.RankingClient(server.http_url, "http", "dcn") as session:
         for what, spoil, feature in cases:

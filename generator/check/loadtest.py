@@ -130,11 +130,7 @@ def run_loadtest(
         command += ["--profile", str(profile_path)]
     if model_path is not None:
         command += ["--model", str(model_path), "--spot-check-every", str(spot_check_every or 50)]
-        if max_ids:
-            command += [
-                "--max-ids",
-                ",".join(f"{name}={count}" if name != "*" else str(count) for name, count in max_ids.items()),
-            ]
+        command += ["--max-ids", _max_ids_option(max_ids)] if max_ids else []
     if structured:
         command += ["--structured"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -153,6 +149,11 @@ def run_loadtest(
     (out_dir / "summary.md").write_text(summary.to_markdown())
     plot_history(out_dir / HISTORY_FILE, out_dir / "throughput_latency.png", batch_size)
     return summary
+
+
+def _max_ids_option(max_ids: Mapping[str, int]) -> str:
+    """`--max-ids` for the locust users: FEATURE=L items and a bare default L, comma-separated."""
+    return ",".join(f"{name}={count}" if name != "*" else str(count) for name, count in max_ids.items())
 
 
 def _aggregated_row(stats_path: Path) -> dict[str, str]:

@@ -96,11 +96,12 @@ class DenseTower(nn.Module):
         return torch.sigmoid(self.top(torch.cat([bottom_out, interactions], dim=1)))
 
 
-def pool_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Sum-pool the rows `ids` [B, L] of `weight`, skipping padding (-1): [B, dim]."""
+def pool_rows(weight: torch.Tensor, ids: torch.Tensor, id_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum-pool the rows `ids` [B, L] of `weight` (each times its `id_weights` [B, L], if given), skipping -1."""
     present = ids >= 0
     rows = nn.functional.embedding(torch.where(present, ids, torch.zeros_like(ids)), weight)
-    return (rows * present.unsqueeze(-1).to(rows.dtype)).sum(dim=1)
+    scale = present.to(rows.dtype) if id_weights is None else torch.where(present, id_weights, 0.0)
+    return (rows * scale.unsqueeze(-1)).sum(dim=1)
 
 
 class DLRM(nn.Module):

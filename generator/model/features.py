@@ -26,6 +26,10 @@ class FeatureSpec:
     max_ids_per_sample: int
     pooling: Pooling = "sum"
     side: str = "item"
+    #: Every id comes with a weight, `weights_<name>` [B, max_ids_per_sample] FP32 (sum pooling of weighted rows).
+    weighted: bool = False
+    #: An id the model pools as nothing (an embedding bag's padding_idx); the router drops it like -1. -1 = none.
+    padding_id: int = -1
 
     def __post_init__(self) -> None:
         if not naming.is_valid_identifier(self.name):
@@ -37,6 +41,8 @@ class FeatureSpec:
             raise UserInputError(
                 f"feature {self.name!r}: `pooling` must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"
             )
+        if self.weighted and self.pooling != "sum":
+            raise UserInputError(f"feature {self.name!r}: per-id weights need `pooling` sum, got {self.pooling!r}")
         value = self.max_ids_per_sample
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1 << 16:
             raise UserInputError(

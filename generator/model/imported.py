@@ -28,11 +28,11 @@ from generator.errors import ModelImportError, UserInputError
 from generator.model.cut import cut_program
 from generator.model.dlrm import PADDING_ID, TableSpec
 from generator.model.features import FeatureSpec
-from generator.model.program import Cut, LeafPath, Lookup, spec_children
+from generator.model.input_form import dynamic_leaf, module_inputs, restructure
+from generator.model.program import Cut, Lookup, spec_children
 
 #: Ids per sample of a feature unless `max_ids` says otherwise.
 DEFAULT_MAX_IDS = 32
-_BATCH = torch.export.Dim("batch", min=1, max=1 << 20)
 _EXPORT_BATCH = 4
 
 
@@ -80,9 +80,12 @@ class ImportedModel:
             readers = [f.name for f in self.features if f.table == table.name]
             lines.append(f"  table {table.name}: {table.num_rows:,} rows x {table.dim}, features {', '.join(readers)}")
         for feature, lookup in zip(self.features, self.lookups, strict=True):
+            notes: list[str] = [feature.pooling]
+            notes += ["per-row weights folded"] if lookup.row_weights else []
+            notes += [f"weighted by {naming.weights_input(feature.name)}"] if feature.weighted else []
             lines.append(
                 f"  feature {naming.sparse_input(feature.name)} [B, {feature.max_ids_per_sample}] -> {feature.table} "
-                f"({feature.pooling}{', per-row weights folded' if lookup.row_weights else ''}; {lookup.module})"
+                f"({', '.join(notes)}; {lookup.module})"
             )
         lines.append("  dense inputs: " + ", ".join(f"{name} [B, {width}]" for name, width in self.dense_inputs))
         lines.append(
@@ -106,9 +109,12 @@ class ImportedModel:
         pools = []
         for feature in self.features:
             ids = torch.from_numpy(np.asarray(request[naming.sparse_input(feature.name)], dtype=np.int64))
-            present = ids >= 0
+            present = (ids >= 0) & (ids != feature.padding_id)  # the router drops the padding id like -1
             rows = nn.functional.embedding(torch.where(present, ids, 0), self.embeddings[feature.table])
-            total = (rows * present.unsqueeze(-1)).sum(dim=1)
+            scale = present.to(torch.float32)
+            if feature.weighted:
+                scale = scale * torch.from_numpy(np.asarray(request[naming.weights_input(feature.name)], np.float32))
+            total = (rows * scale.unsqueeze(-1)).sum(dim=1)
             if feature.pooling == "mean":
                 total = total / present.sum(dim=1, keepdim=True).clamp(min=1)
             pools.append(total)
@@ -131,125 +137,18 @@ class ImportedModel:
         for feature, lookup in zip(self.features, self.lookups, strict=True):
             width = feature.max_ids_per_sample
             ids = generator.integers(0, rows[feature.table], (batch, width))
-            if lookup.padding_idx is not None:  # the module's padding row is recgen's -1, never sent as an id
-                ids[ids == lookup.padding_idx] = (lookup.padding_idx + 1) % rows[feature.table]
+            if lookup.padding_idx is not None:  # the module's padding id, sent now and then: it pools nothing
+                ids[:, 0] = np.where(generator.random(batch) < 0.3, lookup.padding_idx, ids[:, 0])
             lengths = generator.integers(0 if lookup.source.form != "ids_2d" else width, width + 1, batch)
             if lookup.source.form == "ids_2d" and lookup.padding_idx is not None:
                 lengths = generator.integers(0, width + 1, batch)
             ids[np.arange(width)[None, :] >= lengths[:, None]] = PADDING_ID
             request[naming.sparse_input(feature.name)] = ids.astype(np.int64)
-        return request
-
-
-# -- the module's own input form -------------------------------------------------------------------------------------
-
-
-def _place(
-    leaves: list[Any], stacked: dict[int, dict[int, np.ndarray]], leaf: int, row: int | None, value: np.ndarray
-) -> None:
-    if row is None:
-        leaves[leaf] = value
-    else:
-        stacked.setdefault(leaf, {})[row] = value
-
-
-def _offsets(counts: np.ndarray, include_last: bool) -> np.ndarray:
-    ends = np.cumsum(counts)
-    return np.concatenate([[0], ends]) if include_last else np.concatenate([[0], ends[:-1]])
-
-
-def _kjt_leaves(cut: Cut, leaves: list[Any], values_leaf: int, per_key: dict[int, np.ndarray], batch: int) -> None:
-    path = cut.leaves[values_leaf]
-    arrays = [per_key.get(index, np.full((batch, 1), PADDING_ID)) for index in range(len(path.keys))]
-    present = [ids >= 0 for ids in arrays]
-    values = np.concatenate([ids[mask] for ids, mask in zip(arrays, present, strict=True)])
-    lengths = np.concatenate([mask.sum(axis=1) for mask in present])
-    fields = {"_values": values, "_lengths": lengths, "_offsets": np.concatenate([[0], np.cumsum(lengths)])}
-    for leaf in range(values_leaf, min(values_leaf + 6, len(cut.leaves))):
-        other = cut.leaves[leaf]
-        if other.container == path.container and other.field in fields and other.dtype is not None:
-            leaves[leaf] = fields[other.field]
-
-
-def module_leaves(cut: Cut, request: Mapping[str, np.ndarray]) -> list[Any]:
-    """The module's flattened inputs (numpy arrays, None where the module takes None) for a request."""
-    leaves: list[Any] = [None] * len(cut.leaves)
-    stacked: dict[int, dict[int, np.ndarray]] = {}
-    kjt: dict[int, dict[int, np.ndarray]] = {}
-    batch = 0
-    for dense in cut.dense_inputs:
-        leaves[dense.leaf] = np.asarray(request[dense.name], dtype=np.float32)
-        batch = leaves[dense.leaf].shape[0]
-    for lookup in cut.lookups:
-        ids = np.asarray(request[naming.sparse_input(lookup.feature)], dtype=np.int64)
-        batch = ids.shape[0]
-        present = ids >= 0
-        source = lookup.source
-        if source.form == "kjt":
-            kjt.setdefault(source.ids_leaf, {})[source.ids_select] = ids  # type: ignore[index]
-        elif source.form == "ids_2d":
-            if lookup.padding_idx is None and not present.all():
-                raise UserInputError(
-                    f"feature {lookup.feature!r}: the module reads fixed [B, L] ids without a padding_idx, so every "
-                    "id must be present (no -1)"
+            if feature.weighted:
+                request[naming.weights_input(feature.name)] = generator.uniform(0.0, 2.0, (batch, width)).astype(
+                    np.float32
                 )
-            _place(leaves, stacked, source.ids_leaf, source.ids_select, np.where(present, ids, lookup.padding_idx or 0))
-        else:
-            _place(leaves, stacked, source.ids_leaf, source.ids_select, ids[present])
-            offsets = _offsets(present.sum(axis=1), source.include_last_offset)
-            assert source.offsets_leaf is not None
-            _place(leaves, stacked, source.offsets_leaf, source.offsets_select, offsets)
-    for leaf, rows in stacked.items():
-        if sorted(rows) != list(range(len(rows))):
-            raise ModelImportError(f"input {cut.leaves[leaf].name!r} stacks lookups {sorted(rows)}; expected 0..n-1")
-        leaves[leaf] = np.stack([rows[index] for index in range(len(rows))])
-    for leaf, per_key in kjt.items():
-        _kjt_leaves(cut, leaves, leaf, per_key, batch)
-    return [
-        None if value is None or path.dtype is None else torch.from_numpy(np.ascontiguousarray(value)).to(path.dtype)
-        for value, path in zip(leaves, cut.leaves, strict=True)
-    ]
-
-
-def module_inputs(cut: Cut, request: Mapping[str, np.ndarray]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The module's (args, kwargs) for a request in recgen's contract."""
-    args, kwargs = pytree.tree_unflatten(module_leaves(cut, request), cut.in_spec)
-    return tuple(args), dict(kwargs)
-
-
-def _dynamic_leaf(cut: Cut, leaf: int, path: LeafPath, keys: int) -> dict[int, Any] | None:
-    if path.dtype is None:
-        return None
-    if path.dtype.is_floating_point:
-        return {0: _BATCH}
-    roles = [
-        (lookup, role)
-        for lookup in cut.lookups
-        for role in ("ids", "offsets")
-        if getattr(lookup.source, f"{role}_leaf") == leaf
-    ]
-    if path.container == "KeyedJaggedTensor":
-        sizes = {"_values": torch.export.Dim(f"ids_{leaf}", min=2, max=1 << 30), "_lengths": keys * _BATCH}
-        return {0: sizes.get(path.field, keys * _BATCH + 1)}
-    if not roles:
-        return None
-    lookup, role = roles[0]
-    axis = 0 if getattr(lookup.source, f"{role}_select") is None else 1
-    if role == "ids":
-        return {axis: _BATCH if lookup.source.form == "ids_2d" else torch.export.Dim(f"ids_{leaf}", min=2, max=1 << 30)}
-    return {axis: _BATCH + 1 if lookup.source.include_last_offset else _BATCH}
-
-
-def _restructure(spec: pytree.TreeSpec, flat: list[Any]) -> Any:
-    """Per-leaf dynamic shapes in the nesting torch.export expects (a KJT's fields as a list)."""
-    if spec.is_leaf():
-        return flat.pop(0)
-    children = [_restructure(child, flat) for child in spec.children()]
-    if spec.type is dict:
-        return dict(zip(spec.context, children, strict=True))
-    return (
-        children if getattr(spec.type, "__name__", "") == "KeyedJaggedTensor" or spec.type is list else tuple(children)
-    )
+        return request
 
 
 @contextlib.contextmanager
@@ -299,9 +198,10 @@ def import_module(
             ids[0, 0] = PADDING_ID
     args, _ = module_inputs(first, request)
     keys = {leaf: len(path.keys) for leaf, path in enumerate(first.leaves)}
-    flat = [_dynamic_leaf(first, leaf, path, keys[leaf]) for leaf, path in enumerate(first.leaves)]
+    id_dims: dict[int, Any] = {}
+    flat = [dynamic_leaf(first, leaf, path, keys[leaf], id_dims) for leaf, path in enumerate(first.leaves)]
     args_spec, _ = spec_children(first.in_spec)
-    dynamic_shapes = _restructure(args_spec, flat[: args_spec.num_leaves])
+    dynamic_shapes = restructure(args_spec, flat[: args_spec.num_leaves])
     program = _export(module, args, tuple(dynamic_shapes))
     return _assemble(cut_program(program), program, module, max_ids, check=True)
 
@@ -343,6 +243,8 @@ def _assemble(
             lookup.table,
             int(limits.get(lookup.feature, limits.get("*", DEFAULT_MAX_IDS))),
             lookup.pooling,
+            weighted=lookup.weighted,
+            padding_id=-1 if lookup.padding_idx is None else lookup.padding_idx,
         )
         for lookup in cut.lookups
     ]

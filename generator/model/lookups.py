@@ -3,8 +3,8 @@
 Every `aten.embedding_bag` node whose weight is a parameter (or buffer) is a lookup of that table. Its ids must
 come straight from one of the module's inputs (an id tensor with offsets, a 2-D id tensor, or a
 KeyedJaggedTensor's values): recgen routes request ids as sent. Max pooling, rows read outside a lookup and
-per-sample weights other than a per-row parameter gathered with the lookup's own ids are refused, naming the
-module and the node.
+per-sample weights that are neither a per-row parameter gathered with the lookup's own ids (folded into the rows)
+nor a module input laid out as the ids (a request tensor) are refused, naming the module and the node.
 """
 
 from __future__ import annotations
@@ -96,11 +96,17 @@ def _feature_name(program: ProgramIndex, source: IdSource) -> str:
     return path.name if source.ids_select is None else f"{path.name}_{source.ids_select}"
 
 
-def _row_weights(program: ProgramIndex, bag: fx.Node) -> str | None:
-    """The per-row weight parameter that per_sample_weights gathers with the lookup's own ids (or None)."""
+def _per_sample_weights(
+    program: ProgramIndex, bag: fx.Node, source: IdSource, lookup_of: str
+) -> tuple[str | None, int | None, int | None]:
+    """(folded per-row weight parameter, request weights leaf, its row or key) of a lookup's per_sample_weights.
+
+    Per-row weights gathered with the lookup's own ids fold into the rows. Weights that come straight from a module
+    input laid out as the ids (the same row of a stacked input, the same KJT key) become a request tensor.
+    """
     weights = bag.args[6] if len(bag.args) > 6 else None
     if weights is None:
-        return None
+        return None, None, None
     assert isinstance(weights, fx.Node)
     if weights.target in _GATHERS:
         table, ids = (
@@ -118,10 +124,24 @@ def _row_weights(program: ProgramIndex, bag: fx.Node) -> str | None:
             and table.name in program.constants_of
             and index is bag.args[1]
         ):
-            return program.constants_of[table.name]
+            return program.constants_of[table.name], None, None
+    traced = _trace_ids(weights)
+    leaf = None if traced is None else program.leaf(traced[0])
+    if traced is not None and leaf is not None:
+        path, steps = program.leaves[leaf], traced[1]
+        if source.form == "kjt":
+            if (
+                path.container == "KeyedJaggedTensor"
+                and path.field == "_weights"
+                and steps == [("split", source.ids_select)]
+            ):
+                return None, leaf, source.ids_select
+        elif steps == ([] if source.ids_select is None else [("select", source.ids_select)]):
+            return None, leaf, source.ids_select
     raise fail(
         bag,
-        "per-sample weights that are not a per-row parameter gathered with the lookup's ids are not supported yet",
+        f"the per-sample weights of {lookup_of} are neither a per-row parameter gathered with its ids nor a module "
+        "input laid out as its ids",
     )
 
 
@@ -161,6 +181,7 @@ def find_lookups(program: ProgramIndex, bags: list[fx.Node]) -> list[Lookup]:
             raise fail(bag, f"{what} uses max pooling, which cannot be computed from partial sums")
         padding = bag.args[8] if bag.target is aten.embedding_bag.padding_idx and len(bag.args) > 8 else None
         source = _source(program, bag, what)
+        row_weights, weights_leaf, weights_select = _per_sample_weights(program, bag, source, what)
         rows, width = program.tensor(weight).shape
         lookups.append(
             Lookup(
@@ -171,10 +192,12 @@ def find_lookups(program: ProgramIndex, bags: list[fx.Node]) -> list[Lookup]:
                 weight=weight,
                 pooling=pooling,
                 padding_idx=None if padding is None or int(padding) < 0 else int(padding),  # type: ignore[arg-type]
-                row_weights=_row_weights(program, bag),
+                row_weights=row_weights,
                 source=source,
                 num_rows=int(rows),
                 width=int(width),
+                weights_leaf=weights_leaf,
+                weights_select=weights_select,
             )
         )
     offsets_of: dict[tuple[int, int | None], Lookup] = {}

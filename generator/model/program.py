@@ -60,6 +60,14 @@ class Lookup:
     source: IdSource
     num_rows: int
     width: int
+    #: Request-time per-sample weights: the flattened input holding them (laid out as the ids) and its row or key.
+    weights_leaf: int | None = None
+    weights_select: int | None = None
+
+    @property
+    def weighted(self) -> bool:
+        """Whether every id comes with a weight in the request (`weights_<feature>`)."""
+        return self.weights_leaf is not None
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def router_config(plan: Plan) -> mc.ModelConfig:
         "python",
         plan.max_batch_size,
         plan.router,
-        (inputs, layout.router_outputs(plan)),
+        (layout.router_inputs(plan), layout.router_outputs(plan)),
         specs,
     )
 
@@ -219,7 +219,7 @@ def ensemble_config(plan: Plan, dense: layout.DenseSignature, outputs: layout.Ou
         plan.max_batch_size,
         (layout.ensemble_inputs(plan, dense), layout.ensemble_outputs(outputs)),
         naming.router_model(plan.model_name),
-        layout.sparse_inputs(plan),
+        layout.router_inputs(plan),
         (naming.dense_model(plan.model_name), layout.dense_inputs(plan, dense)),
     )
 
@@ -257,11 +257,12 @@ def _ensemble(
     for spec in [*layout.front_cache_partials(plan), *layout.pool_counts(plan)]:  # straight to the dense model
         router.output_map[spec.name] = spec.name
     for group in plan.shard_groups():
-        local, partial = naming.group_local_ids(group.index), naming.group_partial_sums(group.index)
-        router.output_map[local] = local
+        group_inputs, (partial,) = layout.group_signature(plan, group)
         step = steps.add(model_name=layout.shard_group_model_name(plan, group), model_version=-1)
-        step.input_map[local] = local
-        step.output_map[partial] = partial
+        for spec in group_inputs:  # the packed ids (and their weights) go straight from the router
+            router.output_map[spec.name] = spec.name
+            step.input_map[spec.name] = spec.name
+        step.output_map[partial.name] = partial.name
     dense_name, dense_inputs = dense_step
     dense = steps.add(model_name=dense_name, model_version=-1)
     for spec in dense_inputs:

@@ -103,10 +103,20 @@ class ShardGroupGraph(nn.Module):
         self.stacks = nn.ParameterList([nn.Parameter(torch.from_numpy(rows), requires_grad=False) for rows in stacks])
         self.slots = list(zip(slot_columns, slot_stacks, strict=True))
 
-    def forward(self, packed_ids: torch.Tensor) -> torch.Tensor:
-        """[B, width] int32 row ids into the stacked rows (-1 skipped) -> [B, sum of slot widths] partial sums."""
+    def forward(self, packed_ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, width] int32 row ids into the stacked rows (-1 skipped) -> [B, sum of slot widths] partial sums.
+
+        `weights` [B, width]: every id's weight, given when the group pools a weighted feature.
+        """
         ids = packed_ids.to(torch.int64)
-        return torch.cat([pool_rows(self.stacks[stack], ids[:, first:last]) for (first, last), stack in self.slots], 1)
+        if weights is None:
+            pools = [pool_rows(self.stacks[stack], ids[:, first:last]) for (first, last), stack in self.slots]
+        else:
+            pools = [
+                pool_rows(self.stacks[stack], ids[:, first:last], weights[:, first:last])
+                for (first, last), stack in self.slots
+            ]
+        return torch.cat(pools, 1)
 
 
 def group_stacks(plan: Plan, group: ShardGroup, rows: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
@@ -221,11 +231,13 @@ def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: Leaf
         ],
         dim=1,
     ).to(torch.int32)
+    inputs, (output,) = layout.group_signature(plan, group)
+    examples = (example,) if len(inputs) == 1 else (example, torch.rand(example.shape, generator=generator) * 2)
     _export_onnx(
         ShardGroupGraph(stacks, group_layout.columns, slot_stacks).eval(),
-        (example,),
-        [naming.group_local_ids(group.index)],
-        naming.group_partial_sums(group.index),
+        examples,
+        [spec.name for spec in inputs],
+        output.name,
         version_dir / naming.ONNX_MODEL_FILE,
     )
     if leaves.target == "embedded":

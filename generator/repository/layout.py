@@ -68,6 +68,16 @@ def sparse_inputs(plan: Plan) -> list[TensorSpec]:
     return [int64(naming.sparse_input(f.name), f.max_ids_per_sample) for f in plan.sparse_features]
 
 
+def weight_inputs(plan: Plan) -> list[TensorSpec]:
+    """One per-id weight tensor per weighted feature, laid out as its ids ([] for unweighted models)."""
+    return [fp32(naming.weights_input(f.name), f.max_ids_per_sample) for f in plan.sparse_features if f.weighted]
+
+
+def router_inputs(plan: Plan) -> list[TensorSpec]:
+    """What the router reads from a flattened request: every feature's ids, then the weighted features' weights."""
+    return [*sparse_inputs(plan), *weight_inputs(plan)]
+
+
 #: The dense side of a request: recgen's DLRM has one `dense_features` tensor of this width; an imported model has
 #: its own dense inputs, (name, width) each.
 DenseSignature = int | Sequence[tuple[str, int]]
@@ -90,8 +100,8 @@ def dense_tensors(dense: DenseSignature) -> list[TensorSpec]:
 
 
 def ensemble_inputs(plan: Plan, dense: DenseSignature) -> list[TensorSpec]:
-    """The flattened request contract: the dense tensors, then one multi-hot id tensor per feature."""
-    return [*dense_tensors(dense), *sparse_inputs(plan)]
+    """The flattened request contract: the dense tensors, one multi-hot id tensor per feature, then the weights."""
+    return [*dense_tensors(dense), *router_inputs(plan)]
 
 
 def ensemble_outputs(outputs: OutputSignature = None) -> list[TensorSpec]:
@@ -199,13 +209,23 @@ def group_layout(plan: Plan, group: ShardGroup) -> GroupLayout:
     )
 
 
+def group_weighted(plan: Plan, group: ShardGroup) -> bool:
+    """Whether a group pools a weighted feature: then the router also sends it every id's weight."""
+    weighted = {f.name for f in plan.sparse_features if f.weighted}
+    return any(feature in weighted for feature, _ in group_slots(plan, group))
+
+
 def group_signature(plan: Plan, group: ShardGroup) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """A shard group's input and output, the same for the group model and its remote step in a front server."""
+    """A shard group's inputs and output, the same for the group model and its remote step in a front server.
+
+    The inputs are the packed local ids and, when the group pools a weighted feature, each id's weight in the same
+    columns (1 for the ids of unweighted features).
+    """
     layout = group_layout(plan, group)
-    return (
-        [int32(naming.group_local_ids(group.index), layout.width)],
-        [fp32(naming.group_partial_sums(group.index), sum(layout.slot_widths))],
-    )
+    inputs = [int32(naming.group_local_ids(group.index), layout.width)]
+    if group_weighted(plan, group):
+        inputs.append(fp32(naming.group_id_weights(group.index), layout.width))
+    return inputs, [fp32(naming.group_partial_sums(group.index), sum(layout.slot_widths))]
 
 
 def cached_features(plan: Plan) -> list[tuple[str, str]]:
@@ -240,7 +260,7 @@ def pool_counts(plan: Plan) -> list[TensorSpec]:
 
 def router_outputs(plan: Plan) -> list[TensorSpec]:
     """The router's outputs: every group's packed ids, the front cache's partial sums and the mean counts (if any)."""
-    groups = [group_signature(plan, group)[0][0] for group in plan.shard_groups()]
+    groups = [spec for group in plan.shard_groups() for spec in group_signature(plan, group)[0]]
     return groups + front_cache_partials(plan) + pool_counts(plan)
 
 

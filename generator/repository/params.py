@@ -44,11 +44,17 @@ def routing(plan: Plan, input_names: Sequence[str]) -> params.RoutingParams:
             shards=tuple(target(f.name, f.table, s.index) for s in tables[f.table].shards),
             permuted=tables[f.table].row_order is not None,
             counted=f.pooling == "mean",
+            weights_input=naming.weights_input(f.name) if f.weighted else "",
+            padding_id=f.padding_id,
         )
         for f, input_name in zip(plan.sparse_features, input_names, strict=True)
     )
     outputs = tuple(
-        params.PackedOutput(name=naming.group_local_ids(group.index), width=group_layout.width)
+        params.PackedOutput(
+            name=naming.group_local_ids(group.index),
+            width=group_layout.width,
+            weights=naming.group_id_weights(group.index) if layout.group_weighted(plan, group) else "",
+        )
         for group, group_layout in zip(groups, layouts, strict=True)
     )
     counts = naming.POOL_COUNTS if layout.mean_features(plan) else ""
@@ -81,6 +87,7 @@ def shard_group(plan: Plan, group: ShardGroup) -> params.ShardGroupParams:
             params.GroupSlot(table=table, columns=span)
             for table, span in zip(group_layout.tables, group_layout.columns, strict=True)
         ),
+        weights_input=naming.group_id_weights(group.index) if layout.group_weighted(plan, group) else "",
     )
 
 
@@ -146,11 +153,10 @@ class RemoteCallPolicy:
 def remote_group(plan: Plan, group: ShardGroup, policy: RemoteCallPolicy) -> params.RemoteParams:
     """The front's step for a shard group served elsewhere; endpoints default to the group's Kubernetes Service."""
     name = layout.shard_group_model_name(plan, group)
-    (inputs,), (outputs,) = layout.group_signature(plan, group)
+    inputs, (outputs,) = layout.group_signature(plan, group)
     return params.RemoteParams(
         model=name,
-        input=inputs.name,
-        input_dtype=inputs.data_type,
+        inputs=tuple(params.RemoteTensor(name=spec.name, dtype=spec.data_type) for spec in inputs),
         output=outputs.name,
         endpoints=(f"{naming.service_name(name)}:{triton_runtime.GRPC_PORT}",),
         deadline_s=policy.deadline_s,

@@ -9,7 +9,7 @@ share one, so a committed example reads the same on every machine.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,19 +47,24 @@ def _shape(spec: TensorSpec, batch: str | None) -> str:
     return "[" + ", ".join(["N" if first == -1 else str(first), *map(str, rest)]) + "]"
 
 
-def _meaning(spec: TensorSpec, outputs: bool) -> str:
+def _meaning(spec: TensorSpec, outputs: bool, weighs: Mapping[str, str]) -> str:
     name = spec.name
     if name == naming.SCORE and outputs:
         return "click probability (sigmoid)"
     if outputs:
         return "the model's own output, with its own meaning"
+    if name in weighs:
+        return f"one weight per id of `{weighs[name]}` (ignored where an id is -1)"
     if spec.data_type == "FP32":
         return "continuous features" + (" of the user" if name.startswith("user") else "")
     return "multi-hot ids, right-padded with -1"
 
 
-def _rows(specs: Sequence[TensorSpec], batch: str | None, *, outputs: bool = False) -> list[TensorRow]:
-    return [TensorRow(s.name, s.data_type, _shape(s, batch), _meaning(s, outputs)) for s in specs]
+def _rows(
+    specs: Sequence[TensorSpec], batch: str | None, *, outputs: bool = False, weighs: Mapping[str, str] | None = None
+) -> list[TensorRow]:
+    """`weighs`: weights input -> the ids input it weighs."""
+    return [TensorRow(s.name, s.data_type, _shape(s, batch), _meaning(s, outputs, weighs or {})) for s in specs]
 
 
 def _environment() -> jinja2.Environment:
@@ -87,10 +92,11 @@ def _relative(paths: Sequence[Path]) -> tuple[list[str], str]:
 def _contracts(model: Model, result: BuildResult) -> list[dict[str, Any]]:
     plan = result.plan
     dense, outputs = layout.model_signature(model)
+    weighs = {naming.weights_input(f.name): naming.sparse_input(f.name) for f in plan.sparse_features if f.weighted}
     contracts = [
         {
             "name": naming.ensemble_model(plan.model_name),
-            "inputs": _rows(layout.ensemble_inputs(plan, dense), "B"),
+            "inputs": _rows(layout.ensemble_inputs(plan, dense), "B", weighs=weighs),
             "outputs": _rows(layout.ensemble_outputs(outputs), "B", outputs=True),
         }
     ]

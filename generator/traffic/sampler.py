@@ -34,6 +34,8 @@ class TableTraffic:
     side: str = "item"
     #: The request tensor carrying these ids (an imported model's feature may be named apart from its table).
     input: str = ""
+    #: The request tensor of these ids' weights ("" = unweighted).
+    weights: str = ""
 
     def sample_ids(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """[batch, width] ids, right-padded with -1; lengths around the profile's mean (else uniform 0..width)."""
@@ -72,7 +74,10 @@ class RequestSampler:
         tensors = {
             name: rng.standard_normal((batch_size, width)).astype(np.float32) for name, width in self.dense_inputs
         }
-        tensors.update({t.input: t.sample_ids(batch_size, rng) for t in self.tables})
+        for table in self.tables:
+            tensors[table.input] = table.sample_ids(batch_size, rng)
+            if table.weights:
+                tensors[table.weights] = rng.uniform(0.0, 2.0, tensors[table.input].shape).astype(np.float32)
         return tensors
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> RankingRequest:
@@ -108,6 +113,7 @@ def sampler_from_metadata(
     except ParameterError as error:
         raise RecgenError(f"{ensemble!r} has no recgen router ({error}); is it a recgen ensemble?") from error
     by_input = {route.input: route for route in routing.tables}
+    weights_inputs = {route.weights_input for route in routing.tables if route.weights_input}
     num_dense = None
     dense_inputs = []
     tables = []
@@ -118,8 +124,8 @@ def sampler_from_metadata(
         elif tensor["name"] in by_input:
             route = by_input[tensor["name"]]
             traffic = _table_traffic(route.table, route.num_rows, width, profile)
-            tables.append(replace(traffic, side=route.side, input=route.input))
-        elif tensor["datatype"] == "FP32":
+            tables.append(replace(traffic, side=route.side, input=route.input, weights=route.weights_input))
+        elif tensor["datatype"] == "FP32" and tensor["name"] not in weights_inputs:
             dense_inputs.append((tensor["name"], width))
     if num_dense is None and not dense_inputs:
         raise RecgenError(f"ensemble {ensemble!r} has no dense input")

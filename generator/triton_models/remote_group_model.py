@@ -62,8 +62,7 @@ class RemoteSettings:
     """Where the shard group lives and how hard to try."""
 
     model: str
-    input_name: str
-    input_dtype: str
+    inputs: tuple[tuple[str, str], ...]  # (name, Triton dtype) of every input forwarded: the ids, their weights
     output_name: str
     endpoints: tuple[str, ...]
     deadline_s: float
@@ -81,8 +80,7 @@ def load_settings(model_config: Mapping[str, Any], environ: Mapping[str, str]) -
         raise ValueError(f"shard group '{remote.model}' has no endpoints")
     return RemoteSettings(
         model=remote.model,
-        input_name=remote.input,
-        input_dtype=remote.input_dtype,
+        inputs=tuple((tensor.name, tensor.dtype) for tensor in remote.inputs),
         output_name=remote.output,
         endpoints=endpoints,
         deadline_s=remote.deadline_s,
@@ -158,8 +156,8 @@ class RemoteGroup:
             client = self._clients[endpoint] = self._client_factory(endpoint)
         return client
 
-    def infer(self, packed_ids: np.ndarray) -> np.ndarray:
-        """The group's partial sums for `packed_ids`, from the first replica that answers within the deadline."""
+    def infer(self, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The group's partial sums for its inputs, from the first replica that answers within the deadline."""
         settings = self.settings
         deadline = self._clock() + settings.deadline_s
         endpoints = self.endpoints()
@@ -172,7 +170,7 @@ class RemoteGroup:
                 failures.append(f"{endpoint}: not tried, the {settings.deadline_s:g} s deadline passed")
                 break
             try:
-                return self._client(endpoint).call(settings, packed_ids, remaining_s)
+                return self._client(endpoint).call(settings, tensors, remaining_s)
             except Exception as error:
                 status = _status_name(error)
                 failures.append(f"{endpoint}: {status or type(error).__name__}: {_first_line(error)}")
@@ -205,12 +203,15 @@ class _GrpcClient:
         self._grpc = grpcclient
         self._client = grpcclient.InferenceServerClient(endpoint, channel_args=CHANNEL_ARGS)
 
-    def call(self, settings: RemoteSettings, packed_ids: np.ndarray, timeout_s: float) -> np.ndarray:
-        tensor = self._grpc.InferInput(settings.input_name, list(packed_ids.shape), settings.input_dtype)
-        tensor.set_data_from_numpy(packed_ids)
+    def call(self, settings: RemoteSettings, tensors: Mapping[str, np.ndarray], timeout_s: float) -> np.ndarray:
+        inputs = []
+        for name, dtype in settings.inputs:
+            tensor = self._grpc.InferInput(name, list(tensors[name].shape), dtype)
+            tensor.set_data_from_numpy(tensors[name])
+            inputs.append(tensor)
         result = self._client.infer(
             settings.model,
-            [tensor],
+            inputs,
             outputs=[self._grpc.InferRequestedOutput(settings.output_name)],
             client_timeout=timeout_s,
         )
@@ -234,11 +235,14 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         """One remote call for all batched requests; if it fails, every request gets the error naming the group."""
         settings = self.remote.settings
-        packed_ids, split_points = kernels.stack_requests(
-            [pb_utils.get_input_tensor_by_name(request, settings.input_name).as_numpy() for request in requests]
-        )
+        tensors: dict[str, np.ndarray] = {}
+        split_points: list[int] = []
+        for name, _ in settings.inputs:
+            tensors[name], split_points = kernels.stack_requests(
+                [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for request in requests]
+            )
         try:
-            partial_sums = self.remote.infer(packed_ids)
+            partial_sums = self.remote.infer(tensors)
         except RemoteCallError as error:
             code = getattr(pb_utils.TritonError, "UNAVAILABLE", pb_utils.TritonError.INTERNAL)
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code)) for _ in requests]

@@ -89,14 +89,15 @@ class FakeClient:
     def __init__(self, endpoint: str, behaviour: dict[str, str], calls: list[str]):
         self.endpoint, self.behaviour, self.calls = endpoint, behaviour, calls
 
-    def call(self, settings, packed_ids, timeout_s):
+    def call(self, settings, tensors, timeout_s):
         self.calls.append(self.endpoint)
         status = self.behaviour.get(self.endpoint, "OK")
         if status != "OK":
             error = RuntimeError(f"{status.lower()} at {self.endpoint}")
             error.status = lambda: f"StatusCode.{status}"  # tritonclient's InferenceServerException shape
             raise error
-        return np.full((packed_ids.shape[0], 2), float(self.endpoint[-1]), dtype=np.float32)
+        assert [name for name, _ in settings.inputs] == list(tensors)
+        return np.full((tensors["in"].shape[0], 2), float(self.endpoint[-1]), dtype=np.float32)
 
     def close(self):
         pass
@@ -104,7 +105,7 @@ class FakeClient:
 
 def remote_group(behaviour: dict[str, str], endpoints=("10.0.0.1:1", "10.0.0.2:2"), attempts=3):
     calls: list[str] = []
-    settings = remote.RemoteSettings("dlrm_shards_1", "in", "INT32", "out", endpoints, 1.0, attempts, 0.01, 30.0)
+    settings = remote.RemoteSettings("dlrm_shards_1", (("in", "INT32"),), "out", endpoints, 1.0, attempts, 0.01, 30.0)
     clock = [0.0]
     sleeps: list[float] = []
 
@@ -119,9 +120,9 @@ def remote_group(behaviour: dict[str, str], endpoints=("10.0.0.1:1", "10.0.0.2:2
 def test_remote_calls_round_robin_and_fail_over_on_unavailable() -> None:
     group, calls, sleeps = remote_group({})
     ids = np.zeros((3, 4), np.int32)
-    assert [group.infer(ids)[0, 0] for _ in range(4)] == [1, 2, 1, 2]
+    assert [group.infer({"in": ids})[0, 0] for _ in range(4)] == [1, 2, 1, 2]
     group, calls, sleeps = remote_group({"10.0.0.1:1": "UNAVAILABLE"})
-    assert [group.infer(ids)[0, 0] for _ in range(2)] == [2, 2]
+    assert [group.infer({"in": ids})[0, 0] for _ in range(2)] == [2, 2]
     assert calls == ["10.0.0.1:1", "10.0.0.2:2", "10.0.0.2:2"]
     assert sleeps == [0.01]
 
@@ -129,18 +130,18 @@ def test_remote_calls_round_robin_and_fail_over_on_unavailable() -> None:
 def test_remote_errors_name_the_group_and_every_endpoint_tried() -> None:
     group, calls, sleeps = remote_group({"10.0.0.1:1": "UNAVAILABLE", "10.0.0.2:2": "UNAVAILABLE"})
     with pytest.raises(remote.RemoteCallError, match=r"shard group 'dlrm_shards_1'.*3 attempt") as error:
-        group.infer(np.zeros((1, 4), np.int32))
+        group.infer({"in": np.zeros((1, 4), np.int32)})
     assert "10.0.0.1:1: UNAVAILABLE" in str(error.value) and "10.0.0.2:2: UNAVAILABLE" in str(error.value)
     assert sleeps == [0.01, 0.02]  # exponential backoff, none after the last attempt
     group, calls, _ = remote_group({"10.0.0.1:1": "INVALID_ARGUMENT"})
     with pytest.raises(remote.RemoteCallError, match="INVALID_ARGUMENT"):
-        group.infer(np.zeros((1, 4), np.int32))
+        group.infer({"in": np.zeros((1, 4), np.int32)})
     assert calls == ["10.0.0.1:1"]  # not retried: another replica would say the same
 
 
 def test_endpoints_from_environment_and_dns() -> None:
     config = {"parameters": {"remote": {"string_value": json.dumps({
-        "model": "dlrm_shards_0", "input": "a", "input_dtype": "INT32", "output": "b",
+        "model": "dlrm_shards_0", "inputs": [{"name": "a", "dtype": "INT32"}], "output": "b",
         "endpoints": ["dlrm-shards-0:8001"], "deadline_s": 2, "max_attempts": 3, "backoff_s": 0.05,
         "resolve_interval_s": 30,
     })}}}  # fmt: skip

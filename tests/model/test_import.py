@@ -167,6 +167,15 @@ class _SharedOffsets(nn.Module):
         return x + self.first(ids, offsets) + self.second(more, offsets)
 
 
+class _ComputedWeights(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(10, 4, mode="sum")
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return x + self.bag(ids, offsets, per_sample_weights=torch.ones_like(ids, dtype=x.dtype) * x[0, 0])
+
+
 class _NoBags(nn.Module):
     def forward(self, x: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return x * 2
@@ -180,6 +189,7 @@ REFUSALS = {
     "plain_embedding": (_PlainEmbedding, "sparse input 'ids' is read outside the embedding-bag lookups"),
     "branches": (_Branches, "torch.export could not trace the module"),
     "no_bags": (_NoBags, "no embedding-bag lookup"),
+    "computed_weights": (_ComputedWeights, "per-sample weights of the lookup of table 'bag' are neither"),
 }
 
 
@@ -258,6 +268,41 @@ def test_a_file_of_another_kind_says_what_recgen_reads(tmp_path: Path) -> None:
 
 
 # -- TorchRec ---------------------------------------------------------------------------------------------------
+
+
+def test_request_time_weights_of_a_weighted_kjt_become_request_tensors() -> None:
+    pytest.importorskip("torchrec")
+    module, example = zoo.torchrec_models()["weighted"]
+    imported = import_module(module.eval(), example, max_ids={"*": 4})
+    assert [(f.name, f.table, f.weighted) for f in imported.features] == [
+        ("watched", "movies", True),
+        ("liked", "movies", True),
+        ("genre", "genres", True),
+    ]
+    request = imported.random_request(30, seed=3)
+    assert request["weights_liked"].shape == request["sparse_liked"].shape == (30, 4)
+    assert verify(imported, batch=30, seed=3) < 1e-5
+    (_, kjt), _ = imported.module_inputs(request)
+    features = kjt.keys()  # the KJT's own key order
+    present = np.concatenate([request[f"sparse_{key}"][request[f"sparse_{key}"] >= 0] for key in features])
+    weights = np.concatenate([request[f"weights_{key}"][request[f"sparse_{key}"] >= 0] for key in features])
+    np.testing.assert_array_equal(kjt.values().numpy(), present)
+    np.testing.assert_array_equal(kjt.weights().numpy(), weights)
+
+
+def test_request_time_weights_of_an_offsets_bag_scale_each_id() -> None:
+    imported = import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 3})
+    assert [f.weighted for f in imported.features] == [True, False, False]
+    request = imported.random_request(3, seed=1)
+    request["sparse_user_ids"] = np.array([[4, 9, -1], [-1, -1, -1], [4, 4, 4]])
+    request["weights_user_ids"] = np.array([[2.0, 0.5, 99.0], [1, 1, 1], [1.0, -1.0, 0.25]], np.float32)
+    pooled = imported.pooled(request)[0]
+    rows = imported.embeddings["user"]
+    torch.testing.assert_close(pooled[0], 2 * rows[4] + 0.5 * rows[9])  # a padded position's weight is ignored
+    torch.testing.assert_close(pooled[1], torch.zeros(16))
+    torch.testing.assert_close(pooled[2], 0.25 * rows[4])
+    for ours, theirs in zip(imported.served_outputs(request), imported.reference_outputs(request), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["dlrm", "dcn", "projection"])

@@ -105,7 +105,8 @@ class CrossLayer(nn.Module):
 
 
 class DcnV2(nn.Module):
-    """Bags of widths 16 / 8 / 4 (sum, mean, and 2-D ids with a padding_idx), a cross network, a logit."""
+    """Bags of widths 16 / 8 / 4 (sum with request-time per-id weights, mean, and 2-D ids with a padding_idx), a cross
+    network, a logit."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -122,12 +123,19 @@ class DcnV2(nn.Module):
         features: torch.Tensor,
         user_ids: torch.Tensor,
         user_offsets: torch.Tensor,
+        user_weights: torch.Tensor,
         item_ids: torch.Tensor,
         item_offsets: torch.Tensor,
         tag_ids: torch.Tensor,
     ) -> torch.Tensor:
         x0 = torch.cat(
-            [features, self.user(user_ids, user_offsets), self.item(item_ids, item_offsets), self.tags(tag_ids)], 1
+            [
+                features,
+                self.user(user_ids, user_offsets, per_sample_weights=user_weights),
+                self.item(item_ids, item_offsets),
+                self.tags(tag_ids),
+            ],
+            1,
         )
         x = x0
         for layer in self.cross:
@@ -140,6 +148,7 @@ def dcn_example(batch: int = 3) -> tuple[torch.Tensor, ...]:
         torch.randn(batch, 6),
         torch.tensor([1, 2, 3, 4, 5]),
         torch.tensor([0, 2, 3]),
+        torch.tensor([0.5, 1.0, 2.0, 0.25, 1.5]),
         torch.tensor([7, 8, 9, 10]),
         torch.tensor([0, 1, 3]),
         torch.tensor([[1, 2, 0], [3, 0, 0], [4, 5, 6]]),
@@ -147,11 +156,15 @@ def dcn_example(batch: int = 3) -> tuple[torch.Tensor, ...]:
 
 
 class TwoTower(nn.Module):
-    """Two outputs (click and conversion), one table read by two id inputs (the viewed and the clicked items)."""
+    """Two outputs (click and conversion), one table read by two id inputs (the viewed and the clicked items).
 
-    def __init__(self, seed: int = 0):
+    `weighted`: the viewed items come with a weight each (seconds viewed, say); the clicked ones do not.
+    """
+
+    def __init__(self, seed: int = 0, weighted: bool = False):
         super().__init__()
         torch.manual_seed(seed)
+        self.weighted = weighted
         self.items = nn.EmbeddingBag(200, 8, mode="sum")
         self.dense = nn.Linear(3, 8)
         self.click = nn.Linear(24, 1)
@@ -164,21 +177,22 @@ class TwoTower(nn.Module):
         viewed_at: torch.Tensor,
         clicked: torch.Tensor,
         clicked_at: torch.Tensor,
+        view_seconds: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        both = torch.cat(
-            [torch.relu(self.dense(context)), self.items(viewed, viewed_at), self.items(clicked, clicked_at)], 1
-        )
+        views = self.items(viewed, viewed_at, per_sample_weights=view_seconds if self.weighted else None)
+        both = torch.cat([torch.relu(self.dense(context)), views, self.items(clicked, clicked_at)], 1)
         return {"click": torch.sigmoid(self.click(both)), "conversion": torch.softmax(self.conversion(both), dim=1)}
 
 
-def two_tower_example(batch: int = 3) -> tuple[torch.Tensor, ...]:
-    return (
+def two_tower_example(batch: int = 3, weighted: bool = False) -> tuple[torch.Tensor, ...]:
+    example = (
         torch.randn(batch, 3),
         torch.tensor([1, 2, 3, 4]),
         torch.tensor([0, 1, 3]),
         torch.tensor([5, 6, 7]),
         torch.tensor([0, 2, 2]),
     )
+    return (*example, torch.tensor([3.0, 0.5, 1.0, 2.0])) if weighted else example
 
 
 def torchrec_models() -> dict[str, tuple[nn.Module, tuple[Any, ...]]]:
@@ -209,6 +223,7 @@ def torchrec_models() -> dict[str, tuple[nn.Module, tuple[Any, ...]]]:
     )
     example = (torch.randn(3, 5), kjt)
     return {
+        "weighted": (_WeightedKjtModel(), _weighted_kjt_example()),
         "dlrm": (DLRM(**common), example),
         "dcn": (DLRM_DCN(**common, dcn_num_layers=2, dcn_low_rank_dim=4), example),
         "projection": (
@@ -216,3 +231,35 @@ def torchrec_models() -> dict[str, tuple[nn.Module, tuple[Any, ...]]]:
             example,
         ),
     }
+
+
+def _weighted_kjt_example() -> tuple[Any, ...]:
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["watched", "liked", "genre"],
+        values=torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        lengths=torch.tensor([2, 1, 0, 1, 2, 1, 0, 1, 1]),
+        weights=torch.rand(9, generator=torch.Generator().manual_seed(0)),
+    )
+    return torch.randn(3, 3), kjt
+
+
+class _WeightedKjtModel(nn.Module):
+    """A weighted EmbeddingBagCollection (every id of the KJT carries a weight), one table read by two features."""
+
+    def __init__(self) -> None:
+        from torchrec.modules.embedding_configs import EmbeddingBagConfig
+        from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+        super().__init__()
+        torch.manual_seed(0)
+        tables = [
+            EmbeddingBagConfig(name="movies", embedding_dim=8, num_embeddings=50, feature_names=["watched", "liked"]),
+            EmbeddingBagConfig(name="genres", embedding_dim=4, num_embeddings=10, feature_names=["genre"]),
+        ]
+        self.ebc = EmbeddingBagCollection(tables=tables, is_weighted=True, device=torch.device("cpu"))
+        self.top = nn.Linear(3 + 8 + 8 + 4, 1)
+
+    def forward(self, dense: torch.Tensor, kjt: Any) -> torch.Tensor:
+        return self.top(torch.cat([dense, self.ebc(kjt).values()], 1))

@@ -113,7 +113,7 @@ def test_router_and_dense_parameters_carry_the_layout() -> None:
     small = next(t for t in routing["tables"] if t["table"] == "small")
     assert small["boundaries"] == [0, 2, 4, 7]
     assert small["shards"] == [{"output": i, "column": 0, "first_row": 0} for i in (1, 2, 3)]  # a group per shard
-    assert routing["outputs"][1] == {"name": naming.group_local_ids(1), "width": 3}
+    assert routing["outputs"][1] == {"name": naming.group_local_ids(1), "width": 3, "weights": ""}
     layout = json.loads(by_name["dlrm_dense"].parameters["dense"].string_value)
     assert layout["tables"][1]["parts"] == [{"input": naming.group_partial_sums(i), "slot": 0} for i in (1, 2, 3)]
 

@@ -105,10 +105,10 @@ def test_ranking_request_becomes_one_batch_with_the_user_in_row_zero(tmp_path: P
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 400), st.integers(0, 1000), st.booleans())
-def test_group_pooling_is_the_same_on_both_paths(batch: int, seed: int, mixed_widths: bool) -> None:
-    """Small executions pool in one pass, large ones slot by slot, mixed row widths stack by stack: all equal the
-    reference pooling of each slot's own table."""
+@given(st.integers(1, 400), st.integers(0, 1000), st.booleans(), st.booleans())
+def test_group_pooling_is_the_same_on_both_paths(batch: int, seed: int, mixed_widths: bool, weighted: bool) -> None:
+    """Small executions pool in one pass, large ones slot by slot, mixed row widths stack by stack, with or without
+    per-id weights: all equal the reference pooling of each slot's own table."""
     rng = np.random.default_rng(seed)
     tables = [rng.standard_normal((150, 4)).astype(np.float32), rng.standard_normal((90, 8)).astype(np.float32)]
     slot_tables = [0, 1, 0] if mixed_widths else [0, 0, 0]
@@ -121,11 +121,64 @@ def test_group_pooling_is_the_same_on_both_paths(batch: int, seed: int, mixed_wi
         ],
         axis=1,
     ).astype(np.int32)
+    weights = rng.uniform(-1.0, 2.0, packed.shape).astype(np.float32) if weighted else None
     expected = np.concatenate(
         [
-            pool_rows(torch.from_numpy(tables[table]), torch.from_numpy(packed[:, a:b].astype(np.int64))).numpy()
+            pool_rows(
+                torch.from_numpy(tables[table]),
+                torch.from_numpy(packed[:, a:b].astype(np.int64)),
+                None if weights is None else torch.from_numpy(weights[:, a:b]),
+            ).numpy()
             for (a, b), table in zip(rows.slot_columns, slot_tables, strict=True)
         ],
         axis=1,
     )
-    np.testing.assert_allclose(shard_model.pool_group(rows, packed), expected, atol=1e-5)
+    np.testing.assert_allclose(shard_model.pool_group(rows, packed, weights), expected, atol=1e-5)
+
+
+class _WeightedAndPadded(torch.nn.Module):
+    """A weighted sum bag and a mean bag with a padding_idx, sharing nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.clicks = torch.nn.EmbeddingBag(30, 4, mode="sum")
+        self.tags = torch.nn.EmbeddingBag(12, 4, mode="mean", padding_idx=0)
+
+    def forward(
+        self, x: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, seconds: torch.Tensor, tags: torch.Tensor
+    ) -> torch.Tensor:
+        return x + self.clicks(ids, offsets, per_sample_weights=seconds) + self.tags(tags)
+
+
+def test_router_packs_id_weights_beside_the_ids_and_drops_padding_ids(tmp_path: Path) -> None:
+    from generator.model.imported import import_module
+
+    example = (
+        torch.randn(2, 4),
+        torch.tensor([1, 2, 3]),
+        torch.tensor([0, 2]),
+        torch.tensor([0.5, 2.0, 1.5]),
+        torch.tensor([[1, 0], [3, 4]]),
+    )
+    imported = import_module(_WeightedAndPadded().eval(), example, max_ids={"*": 3})
+    assert [(f.name, f.weighted, f.padding_id) for f in imported.features] == [("ids", True, -1), ("tags", False, 0)]
+    plan = uniform_plan(imported, shards_per_table=2, group_by="shard")
+    routing = _routing(plan, tmp_path)
+    assert routing.input_names == ["sparse_ids", "sparse_tags", "weights_ids"]
+    inputs = {
+        "sparse_ids": np.array([[1, 20, -1], [-1, -1, -1]]),
+        "weights_ids": np.array([[0.5, 3.0, 9.0], [7.0, 7.0, 7.0]], np.float32),
+        "sparse_tags": np.array([[0, 5, 0], [7, 0, -1]]),
+    }
+    outputs = router_model.route_request(routing, inputs)
+    # groups: 0 clicks/0 (rows 0-14), 1 clicks/1 (15-29), 2 tags/0, 3 tags/1; only clicks' groups get weights
+    assert outputs["local_ids__g0"].tolist() == [[1, -1, -1], [-1, -1, -1]]
+    assert outputs["id_weights__g0"].tolist() == [[0.5, 0, 0], [0, 0, 0]]
+    assert outputs["local_ids__g1"].tolist() == [[-1, 5, -1], [-1, -1, -1]]
+    assert outputs["id_weights__g1"].tolist() == [[0, 3.0, 0], [0, 0, 0]]
+    assert "id_weights__g2" not in outputs and "id_weights__g3" not in outputs
+    assert outputs["local_ids__g2"].tolist() == [[-1, 5, -1], [-1, -1, -1]]  # the padding id 0 is dropped
+    assert outputs[naming.POOL_COUNTS].tolist() == [[1.0], [1.0]]  # and counts for no mean
+    with pytest.raises(ValueError, match=r"'weights_ids' is shaped \[2, 2\].*'sparse_ids' \[2, 3\]"):
+        router_model.route_request(routing, {**inputs, "weights_ids": np.ones((2, 2), np.float32)})

@@ -47,6 +47,8 @@ class TableRoute:
     side: str = "item"
     cached_rows: int = 0
     cache: np.ndarray | None = None  # the cached rows plus a zero padding row
+    weights_name: str = ""  # the request tensor of per-id weights ("" = unweighted)
+    padding_id: int = -1  # an id the model pools as nothing, dropped like -1 (-1 = none)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,17 @@ class Routing:
     output_offsets: tuple[int, ...] = ()  # first packed column of every output, then the total width
     counts_output: str = ""  # ids per sample of the mean-pooled features ("" = none)
     counted_columns: tuple[tuple[int, int], ...] = ()  # [first, last) input columns of every counted feature
+    weights_outputs: tuple[str, ...] = ()  # per packed output, the output of its ids' weights ("" = none)
+
+    @property
+    def weighted(self) -> bool:
+        """Whether some feature's ids come with weights (then groups that pool one get them packed too)."""
+        return any(self.weights_outputs)
+
+    @property
+    def input_names(self) -> list[str]:
+        """Every request tensor the router reads: the features' ids, then the weighted features' weights."""
+        return [t.input_name for t in self.tables] + [t.weights_name for t in self.tables if t.weights_name]
 
 
 @dataclass
@@ -90,6 +103,8 @@ def _table_route(entry: params.RoutedTable, ranks: dict[str, np.ndarray], caches
         entry.side,
         entry.cached_rows,
         kernels.with_padding_row(caches[entry.table]) if entry.cached_rows else None,
+        entry.weights_input,
+        entry.padding_id,
     )
 
 
@@ -138,6 +153,7 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
         tuple(output_offsets),
         routing.counts_output,
         counted,
+        tuple(output.weights for output in routing.outputs),
     )
 
 
@@ -187,10 +203,8 @@ def route_request(
             bad = kernels.first_bad_id(inputs[route.input_name], route.num_rows)
             if bad is not None:
                 raise ValueError(kernels.bad_id_message(route.input_name, bad, route.num_rows, route.table))
-    counts = None
-    if routing.counts_output:  # before the front cache takes its ids: the mean divides by every id of the sample
-        present = ids >= 0
-        counts = np.stack([present[:, first:last].sum(axis=1) for first, last in routing.counted_columns], axis=1)
+    weights = _id_weights(routing, inputs, ids.shape) if routing.weighted else None
+    counts = _drop_padding_and_count(routing, ids)
     cached_pools = []
     first = 0
     for route in routing.tables:
@@ -200,26 +214,75 @@ def route_request(
         if route.cache is not None:
             block = ids[:, first:last]
             hit = (block >= 0) & (block < route.cached_rows)
-            cached_pools.append(kernels.pool(route.cache, np.where(hit, block, kernels.PADDING_ID)))
+            cached_weights = None if weights is None else weights[:, first:last]
+            cached_pools.append(kernels.pool(route.cache, np.where(hit, block, kernels.PADDING_ID), cached_weights))
             if cache_counts is not None:
                 cache_counts.lookups += int((block >= 0).sum())
                 cache_counts.hits += int(hit.sum())
             block[hit] = kernels.PADDING_ID  # served here: no shard sees it
         first = last
-    packed = kernels.route_packed(ids, routing.layout)
+    packed_weights = None
+    if weights is None:
+        packed = kernels.route_packed(ids, routing.layout)
+    else:
+        packed, packed_weights = kernels.route_packed_weighted(ids, weights, routing.layout)
+    offsets = routing.output_offsets
     if len(routing.outputs) == 1:
         outputs = {routing.outputs[0][0]: packed}
     else:
-        offsets = routing.output_offsets
         outputs = {
             name: np.ascontiguousarray(packed[:, offsets[index] : offsets[index + 1]])
             for index, (name, _) in enumerate(routing.outputs)
         }
+    if packed_weights is not None:
+        for index, name in enumerate(routing.weights_outputs):
+            if name:
+                outputs[name] = np.ascontiguousarray(packed_weights[:, offsets[index] : offsets[index + 1]])
     if routing.cache_output:
         outputs[routing.cache_output] = np.concatenate(cached_pools, axis=1)
     if counts is not None:
         outputs[routing.counts_output] = counts.astype(np.float32)
     return outputs
+
+
+def _drop_padding_and_count(routing: Routing, ids: np.ndarray) -> np.ndarray | None:
+    """Make every feature's padding_idx -1 in place, then count the mean-pooled features' ids per sample.
+
+    A padding id pools nothing and counts for no mean. Counting comes before the front cache takes its ids (the mean
+    divides by every id of the sample); None without a mean-pooled feature.
+    """
+    first = 0
+    for route in routing.tables:
+        if route.padding_id >= 0:
+            block = ids[:, first : first + route.ids_per_sample]
+            block[block == route.padding_id] = kernels.PADDING_ID
+        first += route.ids_per_sample
+    if not routing.counts_output:
+        return None
+    present = ids >= 0
+    return np.stack([present[:, first:last].sum(axis=1) for first, last in routing.counted_columns], axis=1)
+
+
+def _id_weights(routing: Routing, inputs: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Every id's weight side by side like the ids ([B, C] FP32; 1 for unweighted features).
+
+    Raises ValueError naming the tensor when a weights tensor is not shaped as its feature's ids.
+    """
+    weights = np.ones(shape, dtype=np.float32)
+    first = 0
+    for route in routing.tables:
+        last = first + route.ids_per_sample
+        if route.weights_name:
+            given = inputs[route.weights_name]
+            expected = inputs[route.input_name].shape
+            if given.shape != expected:
+                raise ValueError(
+                    f"input '{route.weights_name}' is shaped {list(given.shape)}; it must match "
+                    f"'{route.input_name}' {list(expected)} (one weight per id)"
+                )
+            weights[:, first:last] = given
+        first = last
+    return weights
 
 
 class TritonPythonModel:
@@ -244,7 +307,7 @@ class TritonPythonModel:
 
     def _route_all(self, requests: list[Any]) -> list[Any]:
         """Route all batched requests in one pass; if any id is bad, route each request alone so only it fails."""
-        names = [route.input_name for route in self.routing.tables]
+        names = self.routing.input_names
         per_request = [
             {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in names}
             for request in requests

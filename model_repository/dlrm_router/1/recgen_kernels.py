@@ -99,19 +99,34 @@ def route_packed(ranks: np.ndarray, layout: RouteLayout) -> np.ndarray:
     An id at position j of its table's block, in shard s, lands at column shard_columns[s] + j, as its rank within
     the shard plus the shard's first row. Work is proportional to the number of real ids, not to tables or shards.
     """
-    batch = ranks.shape[0]
-    packed = np.full((batch, layout.width), PADDING_ID, dtype=np.int32)
+    packed = np.full((ranks.shape[0], layout.width), PADDING_ID, dtype=np.int32)
+    _, destination, rows = _destinations(ranks, layout)
+    packed.reshape(-1)[destination] = rows
+    return packed
+
+
+def route_packed_weighted(ranks: np.ndarray, weights: np.ndarray, layout: RouteLayout) -> tuple[np.ndarray, np.ndarray]:
+    """`route_packed`, and every id's weight ([B, C] FP32, as the ranks) moved to the same place (0 where no id)."""
+    packed = np.full((ranks.shape[0], layout.width), PADDING_ID, dtype=np.int32)
+    packed_weights = np.zeros((ranks.shape[0], layout.width), dtype=np.float32)
+    present, destination, rows = _destinations(ranks, layout)
+    packed.reshape(-1)[destination] = rows
+    packed_weights.reshape(-1)[destination] = weights.reshape(-1)[present]
+    return packed, packed_weights
+
+
+def _destinations(ranks: np.ndarray, layout: RouteLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat positions of the real ids in `ranks`, their flat positions in the packed array, their stacked rows)."""
     present = np.flatnonzero(ranks.reshape(-1) >= 0)
     if present.size == 0:
-        return packed
+        return present, present, present
     columns = ranks.shape[1]
     column = present % columns
     global_rank = ranks.reshape(-1)[present] + layout.column_base[column]
     # Empty shards share their start with the next shard; side="right" picks the last, non-empty one.
     shard = np.searchsorted(layout.shard_starts, global_rank, side="right") - 1
     destination = (present // columns) * layout.width + layout.shard_columns[shard] + layout.column_position[column]
-    packed.reshape(-1)[destination] = global_rank + layout.shard_shift[shard]
-    return packed
+    return present, destination, global_rank + layout.shard_shift[shard]
 
 
 def with_padding_row(rows: np.ndarray) -> np.ndarray:
@@ -121,8 +136,8 @@ def with_padding_row(rows: np.ndarray) -> np.ndarray:
     return padded
 
 
-def pool(padded_rows: np.ndarray, local_ids: np.ndarray) -> np.ndarray:
-    """Sum of rows[local_ids] over each sample [B, L] -> [B, dim], skipping -1 (see `with_padding_row`).
+def pool(padded_rows: np.ndarray, local_ids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Sum of rows[local_ids] (times `weights` [B, L], if given) over each sample [B, L] -> [B, dim], skipping -1.
 
     One contiguous gather per id column: far faster than gathering [B, L, dim] at once. When most samples have no
     id here (the user row of a ranking batch, a cold shard group), only the samples with ids are gathered.
@@ -133,16 +148,23 @@ def pool(padded_rows: np.ndarray, local_ids: np.ndarray) -> np.ndarray:
         if with_ids.size * 2 < batch:
             pooled = np.zeros((batch, padded_rows.shape[1]), dtype=padded_rows.dtype)
             if with_ids.size:
-                pooled[with_ids] = _pool_columns(padded_rows, local_ids[with_ids])
+                some = None if weights is None else weights[with_ids]
+                pooled[with_ids] = _pool_columns(padded_rows, local_ids[with_ids], some)
             return pooled
-    return _pool_columns(padded_rows, local_ids)
+    return _pool_columns(padded_rows, local_ids, weights)
 
 
-def _pool_columns(padded_rows: np.ndarray, local_ids: np.ndarray) -> np.ndarray:
+def _pool_columns(padded_rows: np.ndarray, local_ids: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     padding = padded_rows.shape[0] - 1
     columns = np.ascontiguousarray(np.where(local_ids < 0, padding, local_ids).T)
     if columns.shape[0] == 0:
         return np.zeros((local_ids.shape[0], padded_rows.shape[1]), dtype=padded_rows.dtype)
+    if weights is not None:  # the padding row is zero, so a padding id's weight does not matter
+        scales = np.ascontiguousarray(weights.T, dtype=padded_rows.dtype)[:, :, np.newaxis]
+        pooled = np.take(padded_rows, columns[0], axis=0) * scales[0]
+        for column, scale in zip(columns[1:], scales[1:], strict=True):
+            pooled += np.take(padded_rows, column, axis=0) * scale
+        return pooled
     pooled = np.take(padded_rows, columns[0], axis=0)
     for column in columns[1:]:
         pooled += np.take(padded_rows, column, axis=0)

@@ -147,14 +147,19 @@ class RoutedTable(Spec):
     permuted: bool
     #: Whether the router counts this feature's ids per sample (a mean-pooled feature) into `counts_output`.
     counted: bool
+    #: The request tensor of this feature's per-id weights ("" = unweighted: every id weighs 1).
+    weights_input: str
+    #: An id the model pools as nothing (its `padding_idx`): the router drops it like -1 (-1 = none).
+    padding_id: int
 
 
 @dataclasses.dataclass(frozen=True)
 class PackedOutput(Spec):
-    """One packed router output: name and width (columns)."""
+    """One packed router output: name and width (columns), and the output of its ids' weights ("" = none)."""
 
     name: str
     width: int
+    weights: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +227,8 @@ class ShardGroupParams(Spec):
     output: str
     shards: tuple[GroupMember, ...]
     slots: tuple[GroupSlot, ...]
+    #: Every packed id's weight, in the ids' columns ("" = the group pools unweighted features only).
+    weights_input: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,14 +304,21 @@ class MonolithicParams(Spec):
 
 
 @dataclasses.dataclass(frozen=True)
+class RemoteTensor(Spec):
+    """One input the remote step forwards: its name and Triton dtype."""
+
+    name: str
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
 class RemoteParams(Spec):
     """`remote`: the front's step for a shard group served elsewhere (see remote_group_model)."""
 
     PARAMETER: ClassVar[str] = "remote"
 
     model: str
-    input: str
-    input_dtype: str
+    inputs: tuple[RemoteTensor, ...]
     output: str
     endpoints: tuple[str, ...]
     deadline_s: float

@@ -1,7 +1,8 @@
 """Embedding shard group (numpy): one partial sum per feature slot it holds, pooled from its member shards' rows.
 
 Typed parameter `shards` (`recgen_params.ShardGroupParams`): the packed input (per slot a block of row ids
-into the members' rows stacked per row width in member order, -1 = none), the packed output (per slot as many
+into the members' rows stacked per row width in member order, -1 = none), the ids' weights in the same columns
+when the group pools a weighted feature, the packed output (per slot as many
 columns as its table's rows are wide), the
 members' rows files next to this file (rows in hotness-rank order) and each slot's columns. Shards that share a
 placement are served by one model so the ensemble has few steps and few tensors; each group is still scaled on its
@@ -86,27 +87,38 @@ def load_group_rows(layout: params.ShardGroupParams, version_dir: Path) -> Group
 ONE_PASS_MAX_IDS = 6144
 
 
-def pool_stack(padded_rows: np.ndarray, packed_ids: np.ndarray, slot_columns: list[tuple[int, int]]) -> np.ndarray:
-    """[B, width] row ids into one stack (-1 = none) -> [B, slots * dim]: per slot, the pool of its block."""
+def pool_stack(
+    padded_rows: np.ndarray,
+    packed_ids: np.ndarray,
+    slot_columns: list[tuple[int, int]],
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """[B, width] row ids into one stack (-1 = none) -> [B, slots * dim]: per slot, the pool of its block.
+
+    `weights` [B, width]: every id's weight (its row is scaled before the sum).
+    """
     if packed_ids.size <= ONE_PASS_MAX_IDS:
         padding = padded_rows.shape[0] - 1
         gathered = np.take(padded_rows, np.where(packed_ids < 0, padding, packed_ids).T, axis=0)  # [W, B, dim]
+        if weights is not None:
+            gathered *= weights.T[:, :, np.newaxis]
         pooled = np.add.reduceat(gathered, [first for first, _ in slot_columns], axis=0)  # [slots, B, dim]
         return np.ascontiguousarray(pooled.transpose(1, 0, 2)).reshape(packed_ids.shape[0], -1)
     dim = padded_rows.shape[1]
     pooled = np.empty((packed_ids.shape[0], len(slot_columns) * dim), dtype=np.float32)
     for slot, (first, last) in enumerate(slot_columns):
-        pooled[:, slot * dim : (slot + 1) * dim] = kernels.pool(padded_rows, packed_ids[:, first:last])
+        block_weights = None if weights is None else weights[:, first:last]
+        pooled[:, slot * dim : (slot + 1) * dim] = kernels.pool(padded_rows, packed_ids[:, first:last], block_weights)
     return pooled
 
 
-def pool_group(rows: GroupRows, packed_ids: np.ndarray) -> np.ndarray:
-    """[B, width] packed row ids (-1 = none) -> [B, sum of slot widths]: per slot, the pool of its block."""
+def pool_group(rows: GroupRows, packed_ids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """[B, width] packed row ids (-1 = none) -> [B, sum of slot widths]: per slot, the (weighted) pool of its block."""
     if len(rows.stacks) == 1:
-        return pool_stack(rows.stacks[0], packed_ids, rows.slot_columns)
+        return pool_stack(rows.stacks[0], packed_ids, rows.slot_columns, weights)
     pooled = np.empty((packed_ids.shape[0], rows.output_columns[-1][1]), dtype=np.float32)
     for stack, (columns, blocks, slots) in zip(rows.stacks, rows.per_stack, strict=True):
-        part = pool_stack(stack, packed_ids[:, columns], blocks)
+        part = pool_stack(stack, packed_ids[:, columns], blocks, None if weights is None else weights[:, columns])
         dim = stack.shape[1]
         for index, slot in enumerate(slots):  # one copy per slot of this width, not per id
             first, last = rows.output_columns[slot]
@@ -122,6 +134,7 @@ class TritonPythonModel:
         layout = params.ShardGroupParams.from_model_config(json.loads(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.input_name = layout.input
+        self.weights_name = layout.weights_input
         self.output_name = layout.output
         self.rows = load_group_rows(layout, version_dir)
 
@@ -130,7 +143,12 @@ class TritonPythonModel:
         packed_ids, split_points = kernels.stack_requests(
             [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
         )
-        pooled = pool_group(self.rows, packed_ids)
+        weights = None
+        if self.weights_name:
+            weights, _ = kernels.stack_requests(
+                [pb_utils.get_input_tensor_by_name(request, self.weights_name).as_numpy() for request in requests]
+            )
+        pooled = pool_group(self.rows, packed_ids, weights)
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
             for part in kernels.unstack_responses(pooled, split_points)
