@@ -61,7 +61,12 @@ def sparse_input(table: str) -> str:
 
 def side_sparse_input(table: str, side: str) -> str:
     """Ranking-ensemble input carrying the ids of `table`: `user_sparse_<table>` [1, L] or `item_sparse_<table>`."""
-    return f"{side}_sparse_{table}"
+    return side_input(sparse_input(table), side)
+
+
+def side_input(name: str, side: str) -> str:
+    """The ranking request's name of a flattened request tensor: `user_<name>` [1, ...] or `item_<name>` [N, ...]."""
+    return f"{side}_{name}"
 
 
 def weights_input(feature: str) -> str:

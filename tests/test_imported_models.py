@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,17 @@ def _models() -> dict[str, tuple[ImportedModel, str]]:
     models = {
         "dlrmnet": (import_module(dlrm_net, zoo.dlrm_net_example(dlrm_net), max_ids={"*": 4}), "python"),
         "catnet": (import_module(cat_net, zoo.dlrm_net_example(cat_net), max_ids={"*": 3}), "onnx"),
-        "dcn": (import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 5}), "python"),
+        "dcn": (
+            import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 5}).with_user_side(
+                ["user_ids", "features"]
+            ),
+            "python",
+        ),
         "towers": (import_module(zoo.TwoTower().eval(), zoo.two_tower_example(), max_ids={"*": 6}), "onnx"),
         "weighted": (
             import_module(
                 zoo.TwoTower(weighted=True).eval(), zoo.two_tower_example(weighted=True), max_ids={"*": 4}
-            ),
+            ).with_user_side(["viewed"]),
             "onnx",
         ),
     }
@@ -102,6 +107,40 @@ def test_bad_requests_name_the_feature_and_the_next_request_succeeds(served: Any
                 session.send(bad, output_names=["output"])
             good = session.send(request, output_names=["output"]).as_numpy("output")
             np.testing.assert_allclose(good, model.reference_outputs(request)[0], atol=1e-5, err_msg=what)
+
+
+#: Models built with user-side features, so with a `<name>_ranking` ensemble.
+RANKED = ("dcn", "weighted")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_ranking_requests_pool_the_user_once_and_equal_the_module(served: Any, protocol: client.Protocol) -> None:
+    models, server = served
+    url = server.http_url if protocol == "http" else server.grpc_url
+    for name in RANKED:
+        model, _ = models[name]
+        for candidates in (1, 23):
+            report = client.check(
+                model, url, protocol=protocol, model_name=f"{name}_ranking", requests=2, batch_size=candidates,
+                structured=True,
+            )  # fmt: skip
+            assert report.passed and report.max_abs_diff < 1e-5, f"{name}: {report}"
+    assert {f.name: f.side for f in models["weighted"][0].features} == {"viewed": "user", "clicked": "item"}
+
+
+def test_a_bad_ranking_request_names_the_tensor_and_the_next_one_succeeds(served: Any) -> None:
+    models, server = served
+    model, _ = models["dcn"]
+    request, flattened = model.random_ranking_request(6, seed=2)
+    assert request["user_sparse_user_ids"].shape == (1, 5) and request["item_sparse_item_ids"].shape == (6, 5)
+    assert request["user_features"].shape == (1, 6) and "user_weights_user_ids" in request
+    with client.RankingClient(server.grpc_url, "grpc", "dcn_ranking") as session:
+        for bad_name, rows in (("user_weights_user_ids", 2), ("user_sparse_user_ids", 3)):
+            bad = dict(request, **{bad_name: np.repeat(request[bad_name], rows, axis=0)})
+            with pytest.raises(InferenceServerException, match=bad_name):
+                session.send(bad, output_names=["output"])
+            good = session.send(request, output_names=["output"]).as_numpy("output")
+            np.testing.assert_allclose(good, model.reference_outputs(flattened)[0], atol=1e-5)
 
 
 def test_two_outputs_keep_their_names_and_meaning(served: Any) -> None:

@@ -20,7 +20,6 @@ from generator import naming
 from generator.check.client import RankingClient
 from generator.deploy import server as serve
 from generator.errors import ServerError
-from generator.model.dlrm import DLRM
 from generator.planning import plan
 from generator.planning.capacity import Capacity
 from generator.repository import build, layout
@@ -85,10 +84,25 @@ def stub_processes(server_pid: int) -> dict[str, int]:
 _MODEL = "calib"
 
 
+def _random_inputs(
+    specs: Sequence[layout.TensorSpec], batch: int, rows: dict[str, int], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Valid tensors for a step: ids below `rows[name]` (every position filled), weights and features random."""
+    tensors: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = (batch, *spec.dims)
+        if spec.data_type == "FP32":
+            tensors[spec.name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:
+            dtype = np.int32 if spec.data_type == "INT32" else np.int64
+            tensors[spec.name] = rng.integers(0, rows[spec.name], shape, dtype=dtype)
+    return tensors
+
+
 def _step_costs(
     client: RankingClient,
     the_plan: plan.Plan,
-    model: DLRM,
+    model: plan.Model,
     batches: list[int],
     requests: int,
     echo: Callable[[str], None],
@@ -98,19 +112,20 @@ def _step_costs(
     widest = max(model.tables, key=lambda t: t.max_ids_per_sample)
     widest_group = next(g for g in the_plan.shard_groups() if g.shards[0].table == widest.name)
     shard_name = layout.shard_group_model_name(the_plan, widest_group)
+    group_inputs, _ = layout.group_signature(the_plan, widest_group)
+    group_rows = {naming.group_local_ids(widest_group.index): widest.num_rows}
+    table_rows = {t.name: t.num_rows for t in model.tables}
+    router_inputs = layout.router_inputs(the_plan)
+    router_rows = {naming.sparse_input(f.name): table_rows[f.table] for f in the_plan.sparse_features}
+    ids_per_sample = sum(f.max_ids_per_sample for f in the_plan.sparse_features)
     shard_points, router_points = [], []
     for batch in batches:
-        local = rng.integers(0, widest.num_rows, size=(batch, widest.max_ids_per_sample), dtype=np.int32)
-        busy = _busy_seconds_per_request(
-            client, shard_name, {naming.group_local_ids(widest_group.index): local}, requests
-        )
+        tensors = _random_inputs(group_inputs, batch, group_rows, rng)
+        busy = _busy_seconds_per_request(client, shard_name, tensors, requests)
         shard_points.append((float(batch * widest.max_ids_per_sample), busy))
-        sparse = {
-            naming.sparse_input(t.name): rng.integers(0, t.num_rows, (batch, t.max_ids_per_sample), dtype=np.int64)
-            for t in model.tables
-        }
-        busy = _busy_seconds_per_request(client, naming.router_model(_MODEL), sparse, requests)
-        router_points.append((float(batch * sum(t.max_ids_per_sample for t in model.tables)), busy))
+        tensors = _random_inputs(router_inputs, batch, router_rows, rng)
+        busy = _busy_seconds_per_request(client, naming.router_model(_MODEL), tensors, requests)
+        router_points.append((float(batch * ids_per_sample), busy))
         echo(
             f"  batch {batch:>5}: shard {shard_points[-1][1] * 1e6:8.1f} us for {shard_points[-1][0]:.0f} rows, "
             f"router {router_points[-1][1] * 1e6:8.1f} us for {router_points[-1][0]:.0f} ids"
@@ -130,7 +145,7 @@ def _memory(server: serve.TritonServer, smallest_table: str) -> tuple[int, int]:
 
 
 def calibrate(
-    model: DLRM,
+    model: plan.Model,
     *,
     batch_size: int = 256,
     requests: int = 40,
@@ -146,10 +161,8 @@ def calibrate(
         result = build.build(model, the_plan, Path(workdir) / "repo", Path(workdir) / "ens")
         with serve.running_server(result.repositories) as server, RankingClient(server.http_url, "http") as client:
             shard_points, router_points = _step_costs(client, the_plan, model, batches, requests, echo)
-            dense_inputs = {
-                spec.name: rng.standard_normal((batch_size, *spec.dims), dtype=np.float32)
-                for spec in layout.dense_inputs(the_plan, model.num_dense_features)
-            }
+            dense, _ = layout.model_signature(model)
+            dense_inputs = _random_inputs(layout.dense_inputs(the_plan, dense), batch_size, {}, rng)
             dense_busy = _busy_seconds_per_request(client, naming.dense_model(_MODEL), dense_inputs, requests)
             echo(f"  dense: {dense_busy * 1e6:.1f} us per {batch_size} samples")
             server_bytes, replica_bytes = _memory(server, min(model.tables, key=lambda t: t.num_rows).name)

@@ -168,9 +168,11 @@ def check(
     if requests < 1:
         raise UserInputError(f"`requests` must be >= 1, got {requests}")
     if isinstance(model, ImportedModel):
-        if structured:
-            raise UserInputError("`--ranking` needs recgen's DLRM; an imported model serves the flattened contract")
-        return _check_imported(model, url, protocol, model_name, requests, batch_size, seed, tolerance)
+        if structured and not model.supports_ranking_requests:
+            raise UserInputError(
+                "`--ranking` needs user-side features: build and check with --user-features naming them"
+            )
+        return _check_imported(model, url, protocol, model_name, requests, batch_size, seed, tolerance, structured)
     rng = np.random.default_rng(seed)
     max_diff = 0.0
     first: tuple[float, ...] = ()
@@ -200,8 +202,9 @@ def _check_imported(
     batch_size: int,
     seed: int,
     tolerance: float,
+    structured: bool,
 ) -> CheckReport:
-    """Every output of every request against the original program's."""
+    """Every output of every request against the original program's (fed a ranking request flattened)."""
     from tritonclient.utils import InferenceServerException
 
     names = [name for name, _ in model.outputs]
@@ -210,9 +213,13 @@ def _check_imported(
     with RankingClient(url, protocol, model_name) as client:
         client.ensure_live()
         for index in range(requests):
-            request = model.random_request(batch_size, seed=seed * 100_003 + index)
+            request_seed = seed * 100_003 + index
+            if structured:
+                sent, request = model.random_ranking_request(batch_size, seed=request_seed)
+            else:
+                request = sent = model.random_request(batch_size, seed=request_seed)
             try:
-                result = client.send(request, output_names=names)
+                result = client.send(sent, output_names=names)
             except InferenceServerException as error:
                 raise CheckFailedError(f"{model_name!r} at {url} answered with an error: {error}") from error
             for name, expected in zip(names, model.reference_outputs(request), strict=True):

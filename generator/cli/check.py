@@ -13,7 +13,7 @@ from generator.check import client
 from generator.check import demo as demos
 from generator.check import loadtest as loadtests
 from generator.cli import options
-from generator.model.dlrm import DLRM, example_model
+from generator.model.dlrm import example_model
 from generator.model.loading import load_model
 from generator.repository.configs import Backend
 
@@ -21,6 +21,7 @@ from generator.repository.configs import Backend
 @click.command()
 @options.model_file()
 @options.max_ids
+@options.user_features
 @click.option("--url", default=None, help="host:port (default localhost:8000 for http, localhost:8001 for grpc).")
 @options.protocol
 @click.option("--name", default="dlrm", show_default=True, help="Ensemble to call.")
@@ -36,6 +37,7 @@ from generator.repository.configs import Backend
 def check(
     model_path: Path,
     max_ids: dict[str, int],
+    user_features: tuple[str, ...],
     url: str | None,
     protocol: client.Protocol,
     name: str,
@@ -46,7 +48,7 @@ def check(
 ) -> None:
     """Compare served outputs with the PyTorch model (or the imported program); exit 1 above 1e-5."""
     report = client.check(
-        load_model(model_path, max_ids=max_ids),
+        load_model(model_path, max_ids=max_ids, user_features=user_features),
         url or client.default_url(protocol),
         protocol=protocol,
         model_name=naming.ranking_ensemble(name) if ranking else name,
@@ -74,6 +76,7 @@ def demo(workdir: Path, backend: Backend, shards_per_table: int) -> None:
 
 @click.command()
 @options.model_file(required=False, help_text="Model to measure (default: the bundled example).")
+@options.max_ids
 @click.option("--batch", type=click.IntRange(1, 1 << 16), default=256, show_default=True)
 @click.option(
     "--requests",
@@ -85,9 +88,9 @@ def demo(workdir: Path, backend: Backend, shards_per_table: int) -> None:
 )
 @options.out_file(help_text="Where to write capacity.json.")
 @options.reports_errors
-def calibrate(model_path: Path | None, batch: int, num_requests: int, out_path: Path) -> None:
+def calibrate(model_path: Path | None, max_ids: dict[str, int], batch: int, num_requests: int, out_path: Path) -> None:
     """Measure the capacity model (per-request and per-row costs, memory per replica) on the embedded server."""
-    model = DLRM.load(model_path) if model_path else example_model()
+    model = load_model(model_path, max_ids=max_ids) if model_path else example_model()
     measured = calibration.calibrate(model, batch_size=batch, requests=num_requests, echo=click.echo)
     measured.save(out_path)
     click.echo(str(measured))

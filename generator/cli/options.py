@@ -73,6 +73,20 @@ def _parse_max_ids(context: click.Context, parameter: click.Parameter, values: t
     return limits
 
 
+def _parse_names(context: click.Context, parameter: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
+
+
+user_features = click.option(
+    "--user-features",
+    multiple=True,
+    callback=_parse_names,
+    metavar="NAME[,NAME...]",
+    help="Imported models: features and dense inputs that describe the user (sent once per `<name>_ranking` "
+    "request; the user's rows are pooled once for all N candidates).",
+)
+
+
 max_ids = click.option(
     "--max-ids",
     multiple=True,

@@ -13,6 +13,7 @@ from generator.planning import capacity, planner
 @click.command()
 @options.model_file()
 @options.max_ids
+@options.user_features
 @click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--target-qps",
@@ -70,6 +71,7 @@ from generator.planning import capacity, planner
 def plan(
     model_path: Path,
     max_ids: dict[str, int],
+    user_features: tuple[str, ...],
     profile_path: Path,
     target_qps: float,
     batch: int,
@@ -94,6 +96,14 @@ def plan(
     )
     figures = capacity.load_with_overrides(capacity_path, **overrides)
     written = planner.plan_to_files(
-        model_path, profile_path, targets, out_path, capacity=figures, figure_path=figure, name=name, max_ids=max_ids
+        model_path,
+        profile_path,
+        targets,
+        out_path,
+        capacity=figures,
+        figure_path=figure,
+        name=name,
+        max_ids=max_ids,
+        user_features=user_features,
     )
     click.echo(str(written))

@@ -19,6 +19,7 @@ from generator.repository.params import RemoteCallPolicy
 @click.command()
 @options.model_file()
 @options.max_ids
+@options.user_features
 @options.out_dir(default=Path("model_repository"), help_text="Repository for router, shards, dense.", dest="repository")
 @options.directory("ensembles", "ensembles", "Repository for the ensemble.")
 @options.ensemble_name
@@ -85,6 +86,7 @@ def build(
     context: click.Context,
     model_path: Path,
     max_ids: dict[str, int],
+    user_features: tuple[str, ...],
     repository: Path,
     ensembles: Path,
     name: str,
@@ -103,7 +105,7 @@ def build(
 ) -> None:
     """Generate the sharded repository and the ensemble for a model (or the distributed layout)."""
     distributed = layout == "distributed"
-    model = load_model(model_path, max_ids=max_ids)
+    model = load_model(model_path, max_ids=max_ids, user_features=user_features)
     uniform = builds.UniformOptions(name, shards_per_table, device, instances, max_batch_size, group_by or "placement")
     given = options.given(context, *builds.PLAN_DECIDES, "group_by")
     the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,56 @@ class ImportedModel:
     tables: list[TableSpec]
     embeddings: dict[str, torch.Tensor]  # served rows per table (per-row weights folded in, padding row zeroed)
     reference: nn.Module = field(repr=False)
+    #: Dense inputs that describe the user, not the candidate (sent once per ranking request).
+    user_inputs: frozenset[str] = frozenset()
+
+    def with_user_side(self, names: Iterable[str]) -> ImportedModel:
+        """The same model with these features and dense inputs on the user side (the ranking ensemble's contract).
+
+        Raises UserInputError naming what the model has when a name is neither a feature nor a dense input.
+        """
+        chosen = set(names)
+        features = {f.name for f in self.features}
+        dense = {name for name, _ in self.dense_inputs}
+        unknown = sorted(chosen - features - dense)
+        if unknown:
+            raise UserInputError(
+                f"`user_features` names {unknown}, which are neither features ({sorted(features)}) nor dense inputs "
+                f"({sorted(dense)}) of the model"
+            )
+        sided = [replace(f, side="user" if f.name in chosen else "item") for f in self.features]
+        return replace(self, features=sided, user_inputs=frozenset(chosen & dense))
+
+    def side_of(self, dense_input: str) -> str:
+        """The side ("user" or "item") of a dense input."""
+        return "user" if dense_input in self.user_inputs else "item"
+
+    @property
+    def supports_ranking_requests(self) -> bool:
+        """Whether something is user-side: only then does a ranking request compute anything once."""
+        return bool(self.user_inputs) or any(f.side == "user" for f in self.features)
+
+    def random_ranking_request(
+        self, candidates: int, seed: int = 0
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """A ranking request and the same request flattened (the user's rows repeated N times), to compare.
+
+        The ranking request names every tensor `<side>_<tensor>`: the user's [1, ...], the candidates' [N, ...].
+        """
+        flattened = self.random_request(candidates, seed)
+        user = {name for name, _ in self.dense_inputs if name in self.user_inputs}
+        for feature in self.features:
+            if feature.side == "user":
+                user.add(naming.sparse_input(feature.name))
+                user |= {naming.weights_input(feature.name)} if feature.weighted else set()
+        ranking = {}
+        for name, array in flattened.items():
+            if name in user:
+                flattened[name] = np.repeat(array[:1], candidates, axis=0)
+                ranking[naming.side_input(name, "user")] = array[:1].copy()
+            else:
+                ranking[naming.side_input(name, "item")] = array
+        return ranking, flattened
 
     @property
     def lookups(self) -> list[Lookup]:

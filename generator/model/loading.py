@@ -16,13 +16,13 @@ import io
 import json
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from generator.errors import ModelFileError
+from generator.errors import ModelFileError, UserInputError
 from generator.model.dlrm import DLRM, MODEL_FILE_FORMAT
 from generator.model.imported import ImportedModel, import_program, quiet_tracing
 
@@ -88,13 +88,23 @@ def load_program(path: Path) -> torch.export.ExportedProgram:
         raise ModelFileError(f"`{path}` cannot be read as a torch.export program: {error}") from error
 
 
-def load_model(path: str | Path, *, max_ids: Mapping[str, int] | None = None) -> DLRM | ImportedModel:
-    """Recgen's DLRM file, or a `.pt2` program (cut at its embedding bags, `max_ids` ids per sample per feature)."""
+def load_model(
+    path: str | Path, *, max_ids: Mapping[str, int] | None = None, user_features: Sequence[str] = ()
+) -> DLRM | ImportedModel:
+    """Recgen's DLRM file, or a `.pt2` program cut at its embedding bags.
+
+    `max_ids`: ids per sample per feature of a program; `user_features`: its user-side features and dense inputs.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file `{path}` does not exist")
     if path.suffix == PROGRAM_SUFFIX or (zipfile.is_zipfile(path) and _is_program(path)):
-        return import_program(load_program(path), max_ids=max_ids)
+        imported = import_program(load_program(path), max_ids=max_ids)
+        return imported.with_user_side(user_features) if user_features else imported
+    if user_features:
+        raise UserInputError(
+            "`user_features` is for imported programs; recgen's DLRM keeps each table's side in its model file"
+        )
     try:
         return DLRM.load(path)
     except ModelFileError as error:

@@ -9,7 +9,7 @@ cache, `report` prices the plan against the model-wise baseline. `plan_model` co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,9 +203,10 @@ def plan_to_files(
     figure_path: Path | None = None,
     name: str = "dlrm",
     max_ids: Mapping[str, int] | None = None,
+    user_features: Sequence[str] = (),
 ) -> PlanFiles:
     """`recgen plan`: model and profile files in; plan.json, its row orders and a PNG of the cuts out."""
-    model = load_model(model_path, max_ids=max_ids)
+    model = load_model(model_path, max_ids=max_ids, user_features=user_features)
     profile = AccessProfile.load(profile_path)
     shape = ModelShape.of(model)
     report = plan_model(

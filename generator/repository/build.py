@@ -31,7 +31,7 @@ from generator.planning.plan import (
     uniform_plan,
 )
 from generator.planning.plan_file import load_plan
-from generator.repository import configs, export, layout, readme, staging, validation
+from generator.repository import configs, export, imported_graphs, layout, readme, staging, validation
 from generator.repository.configs import BACKENDS, TARGETS, Backend, LeafOptions, Target
 from generator.repository.params import RemoteCallPolicy
 
@@ -204,7 +204,7 @@ class ModelWriter:
         config = configs.dense_config(self.plan, dense, self.leaves, outputs)
         version_dir = _new_model_dir(repository, config.name)
         if isinstance(model, ImportedModel):
-            export.export_imported_dense(model, self.plan, self.leaves, version_dir)
+            imported_graphs.export_imported_dense(model, self.plan, self.leaves, version_dir)
             nodes = sum(1 for node in model.cut.remainder.graph.nodes if node.op == "call_function")
             self._finish(config, version_dir, "dense", f"the model's dense graph ({nodes} ops, ONNX)")
             return
@@ -212,22 +212,22 @@ class ModelWriter:
         self._finish(config, version_dir, "dense", f"MLPs {model.bottom_mlp} / {model.top_mlp}")
 
     def ranking(self, leaf_repository: Path, ensemble_repository: Path) -> None:
-        """The `<model>_ranking` ensemble, its router and its dense model (shard groups shared with the flattened one).
-
-        Only for models with features on both sides; an all-item model has nothing to compute once per request.
-        """
+        """`<model>_ranking`, its router and dense model, for models with user-side features (groups are shared)."""
         model, plan = self.model, self.plan
-        if isinstance(model, ImportedModel) or not model.supports_ranking_requests:
+        if not model.supports_ranking_requests:
             return
         router = configs.ranking_router_config(plan)
         version_dir = _new_model_dir(leaf_repository, router.name)
         export.export_router(model, plan, version_dir)
         self._finish(router, version_dir, "router", "ranking: user row + candidate rows")
-        dense = configs.ranking_dense_config(plan, model.dense_sides)
+        dense = configs.ranking_dense_config(plan, model, self.leaves)
         version_dir = _new_model_dir(leaf_repository, dense.name)
-        export.export_dense_weights(model, export.RANKING_DENSE_MODULE, version_dir)
-        self._finish(dense, version_dir, "dense", "ranking: user-only terms once")
-        self._ensemble(configs.ranking_ensemble_config(plan, model.dense_sides), ensemble_repository)
+        if isinstance(model, ImportedModel):
+            imported_graphs.export_imported_ranking_dense(model, plan, self.leaves, version_dir)
+        else:
+            export.export_dense_weights(model, export.RANKING_DENSE_MODULE, version_dir)
+        self._finish(dense, version_dir, "dense", "ranking: user-side work once per request")
+        self._ensemble(configs.ranking_ensemble_config(plan, model), ensemble_repository)
 
     def ensemble(self, repository: Path) -> None:
         """The flattened ensemble, checked against the models written so far."""

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from tritonclient.grpc import model_config_pb2 as mc
 
 from generator import naming
-from generator.model.dlrm import Side
-from generator.planning.plan import Placement, Plan, ShardGroup
+from generator.model.imported import ImportedModel
+from generator.planning.plan import Model, Placement, Plan, ShardGroup
 from generator.repository import layout, params
 from generator.repository.layout import TensorSpec
 from generator.triton_models.recgen_params import Spec
@@ -121,14 +121,15 @@ def ranking_router_config(plan: Plan) -> mc.ModelConfig:
     user and item tensors of one request have different first dimensions.
     """
     inputs = layout.ranking_sparse_inputs(plan)
-    specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs]), params.ranking_router(plan)]
+    weights = [spec.name for spec in layout.ranking_weight_inputs(plan)]
+    specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs], weights), params.ranking_router(plan)]
     specs += [cache for cache in (params.front_cache(plan),) if cache is not None]
     return _serving_config(
         naming.ranking_router_model(plan.model_name),
         "python",
         0,
         plan.router,
-        (inputs, [spec.unbatched() for spec in layout.router_outputs(plan)]),
+        (layout.ranking_router_inputs(plan), [spec.unbatched() for spec in layout.router_outputs(plan)]),
         specs,
     )
 
@@ -186,16 +187,31 @@ def dense_config(
     )
 
 
-def ranking_dense_config(plan: Plan, dense_sides: list[Side]) -> mc.ModelConfig:
-    """The ranking ensemble's dense model: user-only terms once, broadcast onto the N candidates (numpy)."""
-    partials = [spec.unbatched() for spec in layout.partial_sum_inputs(plan)]  # [1 + N, slots * dim] each
+def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.ModelConfig:
+    """The ranking ensemble's dense model, fed [1 + N, ...] partial sums (row 0 the user's pools).
+
+    recgen's DLRM: user-only terms once, broadcast onto the N candidates (numpy). An imported model: its dense
+    graph behind a prologue that broadcasts the user's pools and dense inputs onto the N candidates (ONNX).
+    """
+    inputs = layout.ranking_dense_step_inputs(plan, model)
+    _, outputs = layout.ranking_signature(plan, model)
+    if isinstance(model, ImportedModel):
+        leaves = LeafOptions("onnx", leaves.target)
+        return _serving_config(
+            naming.ranking_dense_model(plan.model_name),
+            leaves.triton_backend,
+            0,
+            plan.dense,
+            (inputs, outputs),
+            leaves.parameters(params.dense(plan)),
+        )
     return _serving_config(
         naming.ranking_dense_model(plan.model_name),
         "python",
         0,
         plan.dense,
-        ([*layout.ranking_dense_inputs(dense_sides), *partials], layout.ranking_outputs()),
-        [params.ranking_dense(plan, dense_sides)],
+        (inputs, outputs),
+        [params.ranking_dense(plan, model.dense_sides)],
     )
 
 
@@ -224,17 +240,16 @@ def ensemble_config(plan: Plan, dense: layout.DenseSignature, outputs: layout.Ou
     )
 
 
-def ranking_ensemble_config(plan: Plan, dense_sides: list[Side]) -> mc.ModelConfig:
+def ranking_ensemble_config(plan: Plan, model: Model) -> mc.ModelConfig:
     """`<model>_ranking`: ranking router, the same shard groups as the flattened ensemble, ranking dense."""
-    dense_inputs = [*layout.ranking_dense_inputs(dense_sides), *layout.partial_sum_inputs(plan)]
     return _ensemble(
         naming.ranking_ensemble(plan.model_name),
         plan,
         0,
-        (layout.ranking_inputs(plan, dense_sides), layout.ranking_outputs()),
+        layout.ranking_signature(plan, model),
         naming.ranking_router_model(plan.model_name),
-        layout.ranking_sparse_inputs(plan),
-        (naming.ranking_dense_model(plan.model_name), dense_inputs),
+        layout.ranking_router_inputs(plan),
+        (naming.ranking_dense_model(plan.model_name), layout.ranking_dense_step_inputs(plan, model)),
     )
 
 

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,6 @@ from torch import nn
 from generator import naming
 from generator.errors import ExportError
 from generator.model.dlrm import DLRM, DenseTower, pool_rows
-from generator.model.imported import ImportedModel
 from generator.planning.plan import Model, Plan, ShardGroup, ShardPlan, TablePlan
 from generator.repository import layout
 from generator.repository.configs import LeafOptions
@@ -40,7 +40,7 @@ REMOTE_GROUP_MODULE = "remote_group_model.py"
 RANKING_DENSE_MODULE = "ranking_dense_model.py"
 #: Exported ONNX graphs must match PyTorch this closely on a random batch.
 ONNX_CHECK_ATOL = 1e-6
-_EXPORT_EXAMPLE_BATCH = 3
+EXPORT_EXAMPLE_BATCH = 3
 _BATCH_DIM = torch.export.Dim("batch", min=1, max=1 << 20)
 
 
@@ -162,7 +162,7 @@ def _quiet_exporter() -> Iterator[io.StringIO]:
         onnx_logger.setLevel(level)
 
 
-def _export_onnx(
+def export_onnx(
     module: nn.Module,
     example: tuple[torch.Tensor, ...],
     names: Sequence[str],
@@ -170,16 +170,20 @@ def _export_onnx(
     path: Path,
     *,
     varargs_after: int | None = None,
+    dynamic_shapes: Any = None,
 ) -> None:
     """Export with a dynamic batch axis on every input, then check ORT against PyTorch on the example.
 
     `varargs_after`: the forward takes `*args` from this position on (their dynamic shapes nest as one tuple).
+    `dynamic_shapes`: torch.export's own, instead of a batch axis on every input.
     """
-    batch = _BATCH_DIM
-    per_input: list[object] = [{0: batch} for _ in example]
-    dynamic_shapes = (
-        tuple(per_input) if varargs_after is None else (*per_input[:varargs_after], tuple(per_input[varargs_after:]))
-    )
+    if dynamic_shapes is None:
+        per_input: list[object] = [{0: _BATCH_DIM} for _ in example]
+        dynamic_shapes = (
+            tuple(per_input)
+            if varargs_after is None
+            else (*per_input[:varargs_after], tuple(per_input[varargs_after:]))
+        )
     # The exporter prints progress and warns about internals that are not the user's business.
     with _quiet_exporter() as progress:
         try:
@@ -226,14 +230,14 @@ def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: Leaf
     generator = torch.Generator().manual_seed(0)
     example = torch.cat(
         [
-            torch.randint(-1, len(stacks[stack]), (_EXPORT_EXAMPLE_BATCH, last - first), generator=generator)
+            torch.randint(-1, len(stacks[stack]), (EXPORT_EXAMPLE_BATCH, last - first), generator=generator)
             for (first, last), stack in zip(group_layout.columns, slot_stacks, strict=True)
         ],
         dim=1,
     ).to(torch.int32)
     inputs, (output,) = layout.group_signature(plan, group)
     examples = (example,) if len(inputs) == 1 else (example, torch.rand(example.shape, generator=generator) * 2)
-    _export_onnx(
+    export_onnx(
         ShardGroupGraph(stacks, group_layout.columns, slot_stacks).eval(),
         examples,
         [spec.name for spec in inputs],
@@ -254,62 +258,9 @@ def export_dense(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir: Path
     parts = [[(position[name], slot) for name, slot in table] for table in table_parts(plan)]
     graph = DenseGraph(model.dense, parts, plan.tables[0].spec.dim).eval()
     generator = torch.Generator().manual_seed(0)
-    example = tuple(torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
+    example = tuple(torch.randn(EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
     names = [spec.name for spec in inputs]
-    _export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)
-    if leaves.target == "embedded":
-        install_python_model(ONNX_RUNNER_MODULE, version_dir)
-
-
-class ImportedDenseGraph(nn.Module):
-    """The ONNX graph of an imported model's dense step: pool every feature from its parts, then the remainder.
-
-    A feature's pool is the sum of its column ranges in the packed partial sums; a mean-pooled one is divided by
-    its id count (at least 1, as `nn.EmbeddingBag` gives 0 for an empty bag).
-    """
-
-    def __init__(
-        self,
-        remainder: nn.Module,
-        num_dense: int,
-        parts: Sequence[Sequence[tuple[int, int, int]]],
-        counted: Sequence[int | None],
-    ):
-        super().__init__()
-        self.remainder = remainder
-        self.num_dense = num_dense
-        self.parts = [list(per_feature) for per_feature in parts]  # per feature: (packed input index, first, last)
-        self.counted = list(counted)  # per feature: its column in the counts input, or None (sum pooling)
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Dense inputs, each group's packed partial sums, then (if any feature is mean-pooled) the counts."""
-        dense, packed = inputs[: self.num_dense], inputs[self.num_dense :]
-        pooled = []
-        for per_feature, count in zip(self.parts, self.counted, strict=True):
-            total = packed[per_feature[0][0]][:, per_feature[0][1] : per_feature[0][2]]
-            for index, first, last in per_feature[1:]:
-                total = total + packed[index][:, first:last]
-            if count is not None:
-                total = total / packed[-1][:, count : count + 1].clamp(min=1.0)
-            pooled.append(total)
-        return tuple(self.remainder(*dense, *pooled))
-
-
-def export_imported_dense(model: ImportedModel, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
-    """An imported model's dense step as model.onnx (ORT inside a Python model on the embedded server)."""
-    inputs = dense_inputs(plan, model.dense_inputs)
-    position = {spec.name: index - len(model.dense_inputs) for index, spec in enumerate(inputs)}
-    parts = [[(position[name], first, last) for name, first, last in per] for per in layout.part_columns(plan)]
-    means = layout.mean_features(plan)
-    counted = [means.index(f.name) if f.name in means else None for f in plan.sparse_features]
-    graph = ImportedDenseGraph(model.cut.remainder, len(model.dense_inputs), parts, counted).eval()
-    generator = torch.Generator().manual_seed(0)
-    example = [torch.randn(_EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs]
-    if means:
-        example[-1] = torch.randint(0, 4, example[-1].shape, generator=generator).to(torch.float32)
-    names = [spec.name for spec in inputs]
-    outputs = [name for name, _ in model.outputs]
-    _export_onnx(graph, tuple(example), names, outputs, version_dir / naming.ONNX_MODEL_FILE, varargs_after=0)
+    export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)
     if leaves.target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
 
@@ -346,12 +297,12 @@ def export_monolithic(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir:
         return
     generator = torch.Generator().manual_seed(0)
     inputs = ensemble_inputs(plan, model.num_dense_features)
-    example = [torch.randn(_EXPORT_EXAMPLE_BATCH, model.num_dense_features, generator=generator)]
+    example = [torch.randn(EXPORT_EXAMPLE_BATCH, model.num_dense_features, generator=generator)]
     example += [
-        torch.randint(-1, t.spec.num_rows, (_EXPORT_EXAMPLE_BATCH, t.spec.max_ids_per_sample), generator=generator)
+        torch.randint(-1, t.spec.num_rows, (EXPORT_EXAMPLE_BATCH, t.spec.max_ids_per_sample), generator=generator)
         for t in plan.tables
     ]
-    _export_onnx(
+    export_onnx(
         MonolithicGraph(model).eval(),
         tuple(example),
         [spec.name for spec in inputs],

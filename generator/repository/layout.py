@@ -119,6 +119,44 @@ def ranking_sparse_inputs(plan: Plan) -> list[TensorSpec]:
     ]
 
 
+def ranking_weight_inputs(plan: Plan) -> list[TensorSpec]:
+    """The ranking request's per-id weights of the weighted features, shaped as their ids."""
+    return [
+        fp32(naming.side_input(naming.weights_input(f.name), f.side), _rows_of(f.side), f.max_ids_per_sample)
+        for f in plan.sparse_features
+        if f.weighted
+    ]
+
+
+def ranking_router_inputs(plan: Plan) -> list[TensorSpec]:
+    """What the ranking router reads: every feature's ids on its side, then the weighted features' weights."""
+    return [*ranking_sparse_inputs(plan), *ranking_weight_inputs(plan)]
+
+
+def imported_ranking_dense_inputs(model: ImportedModel) -> list[TensorSpec]:
+    """An imported model's dense inputs in a ranking request: `user_<name>` [1, width], `item_<name>` [N, width]."""
+    return [
+        fp32(naming.side_input(name, model.side_of(name)), _rows_of(model.side_of(name)), width)
+        for name, width in model.dense_inputs
+    ]
+
+
+def ranking_signature(plan: Plan, model: Model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The `<model>_ranking` request contract (full shapes): inputs, then outputs ([N, ...] each)."""
+    if isinstance(model, ImportedModel):
+        outputs = [fp32(name, -1, *dims) for name, dims in model.outputs]
+        return [*imported_ranking_dense_inputs(model), *ranking_router_inputs(plan)], outputs
+    return ranking_inputs(plan, model.dense_sides), ranking_outputs()
+
+
+def ranking_dense_step_inputs(plan: Plan, model: Model) -> list[TensorSpec]:
+    """The ranking dense step's inputs: the request's dense tensors, the [1 + N, ...] partial sums (and counts)."""
+    partials = [spec.unbatched() for spec in [*partial_sum_inputs(plan), *pool_counts(plan)]]
+    if isinstance(model, ImportedModel):
+        return [*imported_ranking_dense_inputs(model), *partials]
+    return [*ranking_dense_inputs(model.dense_sides), *partials]
+
+
 def ranking_dense_inputs(dense_sides: list[Side]) -> list[TensorSpec]:
     """The ranking request's dense features: [1, Du] of the user, [N, Di] of the candidates (absent when empty)."""
     specs = []

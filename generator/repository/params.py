@@ -16,8 +16,19 @@ from generator.repository import layout
 from generator.triton_models import recgen_params as params
 
 
-def routing(plan: Plan, input_names: Sequence[str]) -> params.RoutingParams:
-    """The router's routing table: per feature (read from `input_names`) where each shard's ids land."""
+def routing(plan: Plan, input_names: Sequence[str], weights_names: Sequence[str] | None = None) -> params.RoutingParams:
+    """The router's routing table: per feature (read from `input_names`) where each shard's ids land.
+
+    `weights_names`: the weighted features' weights tensors in order (default: the flattened request's names).
+    """
+    weighted = [f for f in plan.sparse_features if f.weighted]
+    weights_of = dict(
+        zip(
+            [f.name for f in weighted],
+            weights_names if weights_names is not None else [naming.weights_input(f.name) for f in weighted],
+            strict=True,
+        )
+    )
     groups = plan.shard_groups()
     layouts = [layout.group_layout(plan, group) for group in groups]
     member = {
@@ -44,7 +55,7 @@ def routing(plan: Plan, input_names: Sequence[str]) -> params.RoutingParams:
             shards=tuple(target(f.name, f.table, s.index) for s in tables[f.table].shards),
             permuted=tables[f.table].row_order is not None,
             counted=f.pooling == "mean",
-            weights_input=naming.weights_input(f.name) if f.weighted else "",
+            weights_input=weights_of.get(f.name, ""),
             padding_id=f.padding_id,
         )
         for f, input_name in zip(plan.sparse_features, input_names, strict=True)

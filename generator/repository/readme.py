@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from generator import naming, triton_runtime
-from generator.model.dlrm import DLRM
 from generator.planning.plan import Model
 from generator.repository import layout
 from generator.repository.layout import TensorSpec
@@ -101,12 +100,19 @@ def _contracts(model: Model, result: BuildResult) -> list[dict[str, Any]]:
         }
     ]
     ranking = naming.ranking_ensemble(plan.model_name)
-    if isinstance(model, DLRM) and any(built.name == ranking and built.role == "ensemble" for built in result.models):
+    if any(built.name == ranking and built.role == "ensemble" for built in result.models):
+        inputs, ranking_outputs = layout.ranking_signature(plan, model)
+        weighs = {
+            naming.side_input(weights, f.side): naming.side_input(ids, f.side)
+            for f in plan.sparse_features
+            for weights, ids in ((naming.weights_input(f.name), naming.sparse_input(f.name)),)
+            if f.weighted
+        }
         contracts.append(
             {
                 "name": ranking,
-                "inputs": _rows(layout.ranking_inputs(plan, model.dense_sides), None),
-                "outputs": _rows(layout.ranking_outputs(), None, outputs=True),
+                "inputs": _rows(inputs, None, weighs=weighs),
+                "outputs": _rows(ranking_outputs, None, outputs=True),
             }
         )
     return contracts

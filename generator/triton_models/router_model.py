@@ -179,13 +179,19 @@ def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> 
         )
     combined = {}
     for route in routing.tables:
-        ids = inputs[route.input_name]
-        both = np.full((1 + count, ids.shape[1]), kernels.PADDING_ID, dtype=ids.dtype)
-        if route.side == "user":
-            both[0] = ids[0]
-        else:
-            both[1:] = ids
-        combined[route.input_name] = both
+        names = [route.input_name, route.weights_name] if route.weights_name else [route.input_name]
+        for name in names:  # a feature's weights go where its ids go; _id_weights checks their shapes
+            given = inputs[name]
+            both = np.full((1 + count, *given.shape[1:]), kernels.PADDING_ID, dtype=given.dtype)
+            if given.shape[0] != (1 if route.side == "user" else count):
+                raise ValueError(
+                    f"input '{name}' holds {given.shape[0]} rows, its ids {inputs[route.input_name].shape[0]}"
+                )
+            if route.side == "user":
+                both[0] = given[0]
+            else:
+                both[1:] = given
+            combined[name] = both
     return combined
 
 

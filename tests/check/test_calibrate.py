@@ -3,14 +3,18 @@
 import pytest
 
 from generator.check.calibrate import calibrate
+from generator.model.imported import import_module
 from tests.conftest import requires_server, tiny_model
+from tests.model import zoo
 
 
 @requires_server
 @pytest.mark.server
-def test_calibrate_measures_every_figure() -> None:
+@pytest.mark.parametrize("kind", ["recgen", "imported"])
+def test_calibrate_measures_every_figure(kind: str) -> None:
     lines: list[str] = []
-    capacity = calibrate(tiny_model(), batch_size=64, requests=8, echo=lines.append)
+    model = tiny_model() if kind == "recgen" else import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 4})
+    capacity = calibrate(model, batch_size=64, requests=8, echo=lines.append)
     assert 1e-6 < capacity.shard_fixed_s < 0.1
     assert capacity.shard_per_row_s >= 0 and capacity.router_per_id_s >= 0
     assert 1e-6 < capacity.router_fixed_s + capacity.router_per_id_s * 64 < 0.1

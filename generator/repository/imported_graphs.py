@@ -1,0 +1,133 @@
+"""The ONNX graphs of an imported model's dense steps: the flattened one and the ranking ensemble's.
+
+Both run the model's own remainder (everything after its lookups) behind a prologue that adds each feature's
+partial sums from the shard groups (and divides the mean-pooled ones by their id counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from generator import naming
+from generator.model.imported import ImportedModel
+from generator.planning.plan import Plan
+from generator.repository import layout
+from generator.repository.configs import LeafOptions
+from generator.repository.export import EXPORT_EXAMPLE_BATCH, ONNX_RUNNER_MODULE, export_onnx, install_python_model
+from generator.repository.layout import dense_inputs
+
+
+class ImportedDenseGraph(nn.Module):
+    """The ONNX graph of an imported model's dense step: pool every feature from its parts, then the remainder.
+
+    A feature's pool is the sum of its column ranges in the packed partial sums; a mean-pooled one is divided by
+    its id count (at least 1, as `nn.EmbeddingBag` gives 0 for an empty bag).
+    """
+
+    def __init__(
+        self,
+        remainder: nn.Module,
+        num_dense: int,
+        parts: Sequence[Sequence[tuple[int, int, int]]],
+        counted: Sequence[int | None],
+    ):
+        super().__init__()
+        self.remainder = remainder
+        self.num_dense = num_dense
+        self.parts = [list(per_feature) for per_feature in parts]  # per feature: (packed input index, first, last)
+        self.counted = list(counted)  # per feature: its column in the counts input, or None (sum pooling)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Dense inputs, each group's packed partial sums, then (if any feature is mean-pooled) the counts."""
+        dense, packed = inputs[: self.num_dense], inputs[self.num_dense :]
+        pooled = []
+        for per_feature, count in zip(self.parts, self.counted, strict=True):
+            total = packed[per_feature[0][0]][:, per_feature[0][1] : per_feature[0][2]]
+            for index, first, last in per_feature[1:]:
+                total = total + packed[index][:, first:last]
+            if count is not None:
+                total = total / packed[-1][:, count : count + 1].clamp(min=1.0)
+            pooled.append(total)
+        return tuple(self.remainder(*dense, *pooled))
+
+
+def _imported_dense_graph(model: ImportedModel, plan: Plan) -> tuple[ImportedDenseGraph, list[layout.TensorSpec]]:
+    """The flattened dense step of an imported model and its inputs (dense tensors, partial sums, counts)."""
+    inputs = dense_inputs(plan, model.dense_inputs)
+    position = {spec.name: index - len(model.dense_inputs) for index, spec in enumerate(inputs)}
+    parts = [[(position[name], first, last) for name, first, last in per] for per in layout.part_columns(plan)]
+    means = layout.mean_features(plan)
+    counted = [means.index(f.name) if f.name in means else None for f in plan.sparse_features]
+    return ImportedDenseGraph(model.cut.remainder, len(model.dense_inputs), parts, counted).eval(), inputs
+
+
+def _examples(specs: Sequence[layout.TensorSpec], rows: Sequence[int], counted: bool) -> list[torch.Tensor]:
+    """Random example inputs with these leading sizes; the last one holds id counts when `counted`."""
+    generator = torch.Generator().manual_seed(0)
+    example = [torch.randn(count, *spec.dims, generator=generator) for spec, count in zip(specs, rows, strict=True)]
+    if counted:
+        example[-1] = torch.randint(0, 4, example[-1].shape, generator=generator).to(torch.float32)
+    return example
+
+
+def export_imported_dense(model: ImportedModel, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
+    """An imported model's dense step as model.onnx (ORT inside a Python model on the embedded server)."""
+    graph, inputs = _imported_dense_graph(model, plan)
+    example = _examples(inputs, [EXPORT_EXAMPLE_BATCH] * len(inputs), bool(layout.mean_features(plan)))
+    names = [spec.name for spec in inputs]
+    outputs = [name for name, _ in model.outputs]
+    export_onnx(graph, tuple(example), names, outputs, version_dir / naming.ONNX_MODEL_FILE, varargs_after=0)
+    if leaves.target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
+
+
+class RankingDenseGraph(nn.Module):
+    """An imported model's dense step for a ranking request: one user, N candidates.
+
+    The partial sums (and counts) arrive as [1 + N, ...]: row 0 holds the pools of the user-side features, rows
+    1..N those of the candidates', and each is zero where the other side's features sit. So row 0 added to every
+    candidate row is the flattened request's partial sums, with the user's rows pooled once. The user's dense
+    inputs ([1, width]) are broadcast onto the N candidates, then the flattened dense graph runs.
+    """
+
+    def __init__(self, flattened: ImportedDenseGraph, user_dense: Sequence[bool]):
+        super().__init__()
+        self.flattened = flattened
+        self.user_dense = list(user_dense)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The request's dense inputs (model order), then the [1 + N, ...] partial sums and counts."""
+        dense, rows = inputs[: len(self.user_dense)], inputs[len(self.user_dense) :]
+        candidates = rows[0].shape[0] - 1
+        broadcast = [x.expand(candidates, -1) if user else x for x, user in zip(dense, self.user_dense, strict=True)]
+        return self.flattened(*broadcast, *[part[1:] + part[:1] for part in rows])
+
+
+def export_imported_ranking_dense(model: ImportedModel, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
+    """The ranking ensemble's dense step of an imported model as model.onnx (see `RankingDenseGraph`)."""
+    flattened, _ = _imported_dense_graph(model, plan)
+    inputs = layout.ranking_dense_step_inputs(plan, model)
+    user_dense = [model.side_of(name) == "user" for name, _ in model.dense_inputs]
+    candidates = torch.export.Dim("candidates", min=1, max=1 << 20)
+    rows = torch.export.Dim("rows", min=2, max=(1 << 20) + 1) if not any(not user for user in user_dense) else None
+    dense_shapes = [None if user else {0: candidates} for user in user_dense]
+    row_shapes = [{0: candidates + 1 if rows is None else rows} for _ in inputs[len(user_dense) :]]
+    sizes = [1 if user else EXPORT_EXAMPLE_BATCH for user in user_dense]
+    sizes += [EXPORT_EXAMPLE_BATCH + 1] * (len(inputs) - len(user_dense))
+    per_row = [dataclasses.replace(spec, dims=spec.dims[1:]) for spec in inputs]  # without the leading 1 or N
+    example = _examples(per_row, sizes, bool(layout.mean_features(plan)))
+    export_onnx(
+        RankingDenseGraph(flattened, user_dense).eval(),
+        tuple(example),
+        [spec.name for spec in inputs],
+        [name for name, _ in model.outputs],
+        version_dir / naming.ONNX_MODEL_FILE,
+        dynamic_shapes=((*dense_shapes, *row_shapes),),
+    )
+    if leaves.target == "embedded":
+        install_python_model(ONNX_RUNNER_MODULE, version_dir)
