@@ -23,6 +23,7 @@ import numpy as np
 from generator import naming
 from generator.check.client import Protocol, RankingClient
 from generator.errors import RecgenError, UserInputError
+from generator.model.features import max_ids_items
 from generator.traffic.profile import AccessProfile
 from generator.traffic.sampler import RequestSampler, sampler_from_metadata
 
@@ -153,7 +154,7 @@ def run_loadtest(
 
 def _max_ids_option(max_ids: Mapping[str, int]) -> str:
     """`--max-ids` for the locust users: FEATURE=L items and a bare default L, comma-separated."""
-    return ",".join(f"{name}={count}" if name != "*" else str(count) for name, count in max_ids.items())
+    return ",".join(max_ids_items(max_ids))
 
 
 def _aggregated_row(stats_path: Path) -> dict[str, str]:

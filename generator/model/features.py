@@ -6,6 +6,7 @@ from its embedding-bag lookups: each keeps its pooling, and a table that several
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,3 +49,8 @@ class FeatureSpec:
             raise UserInputError(
                 f"feature {self.name!r}: `max_ids_per_sample` must be an integer in 1..{1 << 16}, got {value!r}"
             )
+
+
+def max_ids_items(max_ids: Mapping[str, int]) -> list[str]:
+    """`--max-ids` values as the CLI takes them: `FEATURE=L`, or a bare `L` for the default (key "*")."""
+    return [str(count) if name == "*" else f"{name}={count}" for name, count in max_ids.items()]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from generator.errors import UserInputError
+from generator.model.features import max_ids_items
 from generator.model.loading import load_model
 from generator.planning import figure, memory
 from generator.planning.capacity import Capacity
@@ -185,11 +186,20 @@ class PlanFiles:
     rows_path: Path
     figure_path: Path
     model_path: Path
+    #: The options that import the model as planned (`--max-ids`, `--user-features`), for the build command.
+    model_options: str = ""
 
     def __str__(self) -> str:
+        features = [
+            f"{f.name} ({f.table}, {f.max_ids_per_sample} ids, {f.pooling}{', weighted' if f.weighted else ''}, "
+            f"{f.side})"
+            for f in self.plan.features
+        ]
         return (
-            f"{self.report}\nwrote {self.plan_path}, {self.rows_path} and {self.figure_path}\n"
-            f"build it: recgen build --model {self.model_path} --plan {self.plan_path}"
+            f"{self.report}\n"
+            + (f"features: {'; '.join(features)}\n" if features else "")
+            + f"wrote {self.plan_path}, {self.rows_path} and {self.figure_path}\n"
+            f"build it: recgen build --model {self.model_path}{self.model_options} --plan {self.plan_path}"
         )
 
 
@@ -224,4 +234,6 @@ def plan_to_files(
     the_plan = plan_from_report(report, shape, profile, name=name, max_batch_size=targets.max_batch_size)
     save_plan(the_plan, out_path, report, profile_source=profile.source)
     written = figure.plot_plan(report, profile, figure_path or out_path.with_suffix(".png"))
-    return PlanFiles(the_plan, report, out_path, row_order_path(out_path), written, model_path)
+    options = "".join(f" --max-ids {item}" for item in max_ids_items(max_ids or {}))
+    options += f" --user-features {','.join(user_features)}" if user_features else ""
+    return PlanFiles(the_plan, report, out_path, row_order_path(out_path), written, model_path, options)

@@ -319,3 +319,15 @@ def test_torchrec_models_over_an_ebc(kind: str) -> None:
     assert verify(imported, batch=40, seed=2) < 1e-5
     request = imported.random_request(2)
     assert set(request) == {"dense_features", *(naming.sparse_input(f.name) for f in imported.features)}
+
+
+def test_saving_writes_torch_export_saves_own_archive_without_copying_weights(tmp_path: Path) -> None:
+    from torch.export.pt2_archive import _package
+
+    imported = import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 4})
+    before = _package._get_raw_tensor_bytes
+    ours = imported.save(tmp_path / "ours" / "model.pt2")
+    assert _package._get_raw_tensor_bytes is before  # torch's writer is restored
+    (tmp_path / "torch").mkdir()
+    torch.export.save(imported.program, tmp_path / "torch" / "model.pt2")
+    assert ours.read_bytes() == (tmp_path / "torch" / "model.pt2").read_bytes()
