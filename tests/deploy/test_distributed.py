@@ -11,17 +11,20 @@ import numpy as np
 import pytest
 
 from generator import naming
+from generator.check import client
 from generator.check.client import RankingClient
 from generator.deploy.distributed import build_distributed
 from generator.deploy.local import LocalTopology
 from generator.errors import OutputExistsError
-from generator.planning.plan import Placement, Plan, table_plan
+from generator.model.imported import import_module
+from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
 from generator.repository import export
 from generator.repository.params import RemoteCallPolicy
 from generator.repository.validation import parse_strict
 from generator.traffic.requests import RankingRequest, random_request, reference_scores
 from generator.triton_models import remote_group_model as remote
 from tests.conftest import SERVER_READY_TIMEOUT_S, requires_server, tiny_model
+from tests.model import zoo
 
 DEADLINE_S = 1.5
 
@@ -235,3 +238,31 @@ def test_local_topology_serves_pytorch_scores_and_survives_a_replica(topology) -
     finally:
         os.kill(hung.pid, signal.SIGCONT)
     _scores_match(local, "grpc", requests[0])
+
+
+@requires_server
+def test_an_imported_weighted_model_is_served_by_the_local_topology(tmp_path: Path) -> None:
+    """Remote steps forward every group input (the ids and their weights); the ranking ensemble works across."""
+    model = import_module(
+        zoo.TwoTower(weighted=True).eval(), zoo.two_tower_example(weighted=True), max_ids={"*": 4}
+    ).with_user_side(["viewed"])
+    plan = uniform_plan(model, name="towers", shards_per_table=2, group_by="shard")
+    result = build_distributed(model, plan, tmp_path / "dist", policy=RemoteCallPolicy(deadline_s=DEADLINE_S))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    local = LocalTopology(result.root, log_dir=logs)
+    try:
+        local.start(timeout_s=SERVER_READY_TIMEOUT_S)
+        for protocol, url in (("grpc", local.front.grpc_url), ("http", local.front.http_url)):
+            report = client.check(model, url, protocol=protocol, model_name="towers", requests=2, batch_size=33)
+            assert report.passed, report
+            report = client.check(
+                model, url, protocol=protocol, model_name="towers_ranking", requests=2, batch_size=9, structured=True
+            )
+            assert report.passed, report
+    except Exception:
+        for log in sorted(logs.iterdir()):
+            sys.stderr.write(f"\n===== {log} =====\n{log.read_text(errors='replace')[-8000:]}\n")
+        raise
+    finally:
+        local.close()
