@@ -154,7 +154,10 @@ def test_two_outputs_keep_their_names_and_meaning(served: Any) -> None:
     np.testing.assert_allclose(result.as_numpy("click"), model.reference_outputs(request)[0], atol=1e-5)
 
 
-def test_load_test_learns_the_imported_contract_and_spot_checks_it(served: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("structured", [False, True])
+def test_load_test_learns_the_imported_contract_and_spot_checks_it(
+    served: Any, tmp_path: Path, structured: bool
+) -> None:
     models, server = served
     model, _ = models["dcn"]
     program_path = model.save(tmp_path / "dcn.pt2")
@@ -165,12 +168,13 @@ def test_load_test_learns_the_imported_contract_and_spot_checks_it(served: Any, 
         ensemble="dcn",
         users=2,
         spawn_rate=2,
-        run_time="4s",
+        run_time="3s",
         batch_size=8,
         model_path=program_path,
         max_ids={"*": 5},
         spot_check_every=2,
         timeout_s=120,
+        structured=structured,
     )
     assert summary.failures == 0, (tmp_path / "load" / "locust.log").read_text()[-3000:]
-    assert summary.requests > 4
+    assert summary.requests > 4 and summary.ensemble == ("dcn_ranking" if structured else "dcn")

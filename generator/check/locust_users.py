@@ -176,10 +176,10 @@ class TritonUser(User):
         """Close the connection."""
         self.client.close()
 
-    def _reference(self, tensors: dict[str, np.ndarray], request: Any, ranking: Any) -> np.ndarray:
-        """What the model returns for the request just sent (its first output, for an imported model)."""
+    def _reference(self, flattened: dict[str, np.ndarray], request: Any, ranking: Any) -> np.ndarray:
+        """What the model returns for the request just sent (an imported model's first output, fed it flattened)."""
         if isinstance(self.model, ImportedModel):
-            return self.model.reference_outputs(tensors)[0]
+            return self.model.reference_outputs(flattened)[0]
         assert self.model is not None
         return reference_scores(self.model, ranking.flattened(self.model) if self.structured else request)
 
@@ -187,11 +187,15 @@ class TritonUser(User):
     def rank(self) -> None:
         """One ranking request, timed; server errors are failures carrying the server's text."""
         request, ranking = None, None
-        if self.structured:
+        flattened: dict[str, np.ndarray] = {}
+        if self.sampler.dense_inputs:  # an imported model's own contract
+            if self.structured:
+                tensors, flattened = self.sampler.sample_ranking_tensors(self.batch, self.rng)
+            else:
+                tensors = flattened = self.sampler.sample_tensors(self.batch, self.rng)
+        elif self.structured:
             ranking = self.sampler.sample_structured(self.batch, self.rng)
             tensors = ranking.tensors()
-        elif self.sampler.dense_inputs:  # an imported model's own contract
-            tensors = self.sampler.sample_tensors(self.batch, self.rng)
         else:
             request = self.sampler.sample(self.batch, self.rng)
             tensors = request.tensors()
@@ -202,7 +206,7 @@ class TritonUser(User):
             scores = self.client.send(tensors, output_names=[self.sampler.output]).as_numpy(self.sampler.output)
             self.sent += 1
             if self.model is not None and self.spot_check_every and self.sent % self.spot_check_every == 0:
-                difference = float(np.abs(scores - self._reference(tensors, request, ranking)).max())
+                difference = float(np.abs(scores - self._reference(flattened, request, ranking)).max())
                 if difference > SCORE_TOLERANCE:
                     raise CheckFailedError(f"spot check: max |served - PyTorch| = {difference:.3g}")
         except Exception as error:  # every failure is reported to locust with its text

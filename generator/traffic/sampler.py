@@ -66,6 +66,24 @@ class RequestSampler:
     #: An imported model's dense inputs (name, width) and first output; () and `score` for recgen's DLRM.
     dense_inputs: tuple[tuple[str, int], ...] = ()
     output: str = naming.SCORE
+    #: An imported model's `<ensemble>_ranking` inputs (`user_<tensor>` or `item_<tensor>`); () without one.
+    ranking_inputs: tuple[str, ...] = ()
+
+    def sample_ranking_tensors(
+        self, num_candidates: int, rng: np.random.Generator
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """An imported model's ranking request by input name, and the same request flattened (user rows repeated)."""
+        if not self.ranking_inputs:
+            raise RecgenError("the server has no ranking ensemble (the model was built without --user-features)")
+        flattened = self.sample_tensors(num_candidates, rng)
+        ranking = {}
+        for name in list(flattened):
+            if naming.side_input(name, "user") in self.ranking_inputs:
+                flattened[name] = np.repeat(flattened[name][:1], num_candidates, axis=0)
+                ranking[naming.side_input(name, "user")] = flattened[name][:1]
+            else:
+                ranking[naming.side_input(name, "item")] = flattened[name]
+        return ranking, flattened
 
     def sample_tensors(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One flattened request as tensors by input name, for any served contract."""
@@ -139,6 +157,9 @@ def sampler_from_metadata(
         widths[naming.ITEM_DENSE_FEATURES],
         () if num_dense is not None else tuple(dense_inputs),
         str(metadata["outputs"][0]["name"]),
+        ()
+        if num_dense is not None or ranking_metadata is None
+        else tuple(t["name"] for t in ranking_metadata["inputs"]),
     )
 
 
