@@ -11,6 +11,7 @@ outside [-1, rows) fails only its own request, with a message naming the tensor 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,12 +68,12 @@ class Routing:
     counted_columns: tuple[tuple[int, int], ...] = ()  # [first, last) input columns of every counted feature
     weights_outputs: tuple[str, ...] = ()  # per packed output, the output of its ids' weights ("" = none)
 
-    @property
+    @functools.cached_property
     def weighted(self) -> bool:
         """Whether some feature's ids come with weights (then groups that pool one get them packed too)."""
         return any(self.weights_outputs)
 
-    @property
+    @functools.cached_property
     def input_names(self) -> list[str]:
         """Every request tensor the router reads: the features' ids, then the weighted features' weights."""
         return [t.input_name for t in self.tables] + [t.weights_name for t in self.tables if t.weights_name]
