@@ -35,6 +35,11 @@ SERVING_ENV = {
 #: Python-backend shared memory per instance (bytes); it grows on demand by the growth size.
 SHM_DEFAULT_BYTES = 4 * 1024 * 1024
 SHM_GROWTH_BYTES = 1024 * 1024
+#: Header that unlocks the restricted APIs; its value is a key only recgen holds (per run, or from a Secret).
+ADMIN_HEADER = "recgen-admin-key"
+#: APIs no client needs at serving time: model control, shared-memory registration (a client could point the
+#: server at a stub's own region and crash it), log settings and tracing. Statistics, metadata and health stay open.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 #: `/dev/shm` of a container (`docker run --shm-size`); Docker's 64 MB default is too small for many instances.
 CONTAINER_SHM_SIZE = "1g"
 
@@ -57,12 +62,41 @@ def server_flags(*, gpu: bool) -> list[str]:
     return flags
 
 
+def restricted_api_flags(key: str) -> list[str]:
+    """Flags that put RESTRICTED_APIS behind `ADMIN_HEADER: key` over HTTP and gRPC alike."""
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={key}"
+    return [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+
+
+def supervised_flags(key: str) -> list[str]:
+    """Flags of a server that `recgen serve` supervises: every model loaded, reloads through the restricted API.
+
+    Explicit model control is what lets the supervisor unload and load again a model whose stub broke; only the
+    holder of `key` may use it. A model whose stub died never finishes unloading in 2.51, so the server would wait
+    its whole 30 s exit timeout on it at shutdown: 10 s is enough for in-flight requests here.
+    """
+    return [
+        "--model-control-mode=explicit",
+        "--load-model=*",
+        "--exit-timeout-secs=10",
+        *restricted_api_flags(key),
+    ]
+
+
 def docker_run_command(repositories: Sequence[tuple[str | PurePath, str]], *, gpu: bool, image: str = NGC_IMAGE) -> str:
     """`docker run` serving host directories (host path, container path) in the Triton image."""
     volumes = " ".join(f"-v {host}:{inside}" for host, inside in repositories)
     environment = " ".join(f"-e {name}={value}" for name, value in SERVING_ENV.items())
     ports = f"-p {HTTP_PORT}:{HTTP_PORT} -p {GRPC_PORT}:{GRPC_PORT} -p {METRICS_PORT}:{METRICS_PORT}"
-    arguments = " ".join([*(f"--model-repository={inside}" for _, inside in repositories), *server_flags(gpu=gpu)])
+    # The restricted APIs behind a key drawn at each start that nobody holds: closed (no model control here).
+    nobody_holds = "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')"
+    arguments = " ".join(
+        [
+            *(f"--model-repository={inside}" for _, inside in repositories),
+            *server_flags(gpu=gpu),
+            *(f'"{flag}"' for flag in restricted_api_flags(nobody_holds)),
+        ]
+    )
     gpus = "--gpus=all " if gpu else ""
     return (
         f"docker run --rm {gpus}--shm-size={CONTAINER_SHM_SIZE} {ports} {environment} {volumes} "

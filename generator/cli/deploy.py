@@ -8,7 +8,7 @@ import click
 
 from generator.cli import options
 from generator.deploy import k8s as manifests_module
-from generator.deploy import local
+from generator.deploy import local, supervisor
 from generator.deploy import server as servers
 from generator.errors import UserInputError
 from generator.planning.plan import GroupBy
@@ -60,7 +60,7 @@ def serve(
     """Run the embedded tritonserver until Ctrl-C / SIGTERM."""
     if distributed_dir is None:
         config = servers.ServerConfig((repository, ensembles), http_port, grpc_port, metrics_port, address)
-        servers.serve_until_stopped(config, timeout_s=timeout_s, log_path=log_file, echo=click.echo)
+        supervisor.serve_until_stopped(config, timeout_s=timeout_s, log_path=log_file, echo=click.echo)
         return
     fixed = options.given(context, "repository", "ensembles", "http_port", "grpc_port", "metrics_port", "log_file")
     if fixed:

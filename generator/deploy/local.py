@@ -3,6 +3,8 @@
 Every server binds loopback ports of its own; the front learns its groups' endpoints through the environment
 variables its remote steps read (`RECGEN_ENDPOINTS_<GROUP MODEL>`). This is what `recgen serve --distributed`
 runs and what the distributed tests and benchmarks drill (`stop_replica`, `start_replica` on the same ports).
+Under `recgen serve` every server is supervised (`watched`): a server that dies is started again on its own ports
+with a backoff while the others keep serving, and a model whose stub breaks is reloaded.
 """
 
 from __future__ import annotations
@@ -12,13 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from generator.deploy.server import (
-    DEFAULT_READY_TIMEOUT_S,
-    ServerConfig,
-    TritonServer,
-    free_ports,
-    supervise,
-)
+from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, TritonServer, free_ports
+from generator.deploy.supervisor import Supervisor, Watched
 from generator.deploy.topology import Topology
 
 #: Where `recgen serve --distributed DIR` keeps every server's log.
@@ -85,14 +82,37 @@ class LocalTopology:
 
     def start_replica(self, model: str, index: int, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
         """Start a stopped replica again on the same ports and wait until it is ready."""
-        old = self.replicas[model][index]
-        config = dataclasses.replace(
-            old.config, http_port=old.http_port, grpc_port=old.grpc_port, metrics_port=old.metrics_port
-        )
-        server = TritonServer(config, None if self.log_dir is None else old.log_path)
+        server = self._again(self.replicas[model][index])
         self.replicas[model][index] = server
         server.start()
         server.wait_until_ready(timeout_s=timeout_s)
+
+    def start_front(self, timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
+        """Start a stopped front again on the same ports and wait until its ensemble is ready."""
+        self.front = self._again(self.front)
+        self.front.start()
+        self.front.wait_until_ready((self.topology.ensemble,), timeout_s=timeout_s)
+
+    def _again(self, old: TritonServer) -> TritonServer:
+        """A new server object for `old`'s ports and log (the old process must be gone)."""
+        old.stop()
+        config = dataclasses.replace(
+            old.config, http_port=old.http_port, grpc_port=old.grpc_port, metrics_port=old.metrics_port
+        )
+        return TritonServer(config, None if self.log_dir is None else old.log_path)
+
+    def watched(self) -> list[Watched]:
+        """Every server for the supervisor, each restartable on its own ports."""
+        watched = [
+            Watched(
+                f"{model}[{index}]",
+                lambda model=model, index=index: self.replicas[model][index],  # type: ignore[misc]
+                lambda model=model, index=index: self.start_replica(model, index),  # type: ignore[misc]
+            )
+            for model, servers in self.replicas.items()
+            for index in range(len(servers))
+        ]
+        return [*watched, Watched("front", lambda: self.front, self.start_front)]
 
     def stop(self) -> None:
         """Stop the front first (no new remote calls), then every replica."""
@@ -138,6 +158,6 @@ def serve_distributed(
         echo(f"distributed topology of {topology.model_name!r} ready (logs: {log_dir})")
         echo(str(local))
         echo(f"  ensemble {topology.ensemble}: POST http://{local.front.http_url}/v2/models/{topology.ensemble}/infer")
-        echo("Ctrl-C to stop.")
-        supervise(local.servers())
+        echo("Supervised: a server that dies is restarted, a model whose stub breaks is reloaded. Ctrl-C to stop.")
+        Supervisor(local.watched(), echo).run()
     echo("all servers stopped.")

@@ -5,7 +5,9 @@ backend directory with the stub for the running interpreter is prepared once in 
 is started with the running interpreter's `bin/` first on PATH (the stub resolves its Python through PATH, so it
 then sees this environment's packages) and libpython's directory on LD_LIBRARY_PATH. It gets free loopback ports
 unless told otherwise, one readiness deadline shared by server and models, its whole log in a file, and a
-SIGINT-then-SIGKILL stop; with PR_SET_PDEATHSIG it dies with its parent.
+SIGINT-then-SIGKILL stop; with PR_SET_PDEATHSIG it dies with its parent. Model control is explicit and, with the
+shared-memory, logging and trace APIs, behind a key drawn for each server (`admin_key`): only recgen's supervisor
+(`supervisor`) may unload and load models.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import ctypes
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -25,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,8 @@ DEFAULT_READY_TIMEOUT_S = 180.0
 STOP_GRACE_S = 30.0
 _PR_SET_PDEATHSIG = 1
 _ERROR_LINE = re.compile(r"^E\d{4} |error: |failed to load|Internal - ")
+#: Error lines every GPU-less start prints; they say nothing about why a server failed.
+_NO_GPU_NOISE = re.compile(r"CUDA driver version is insufficient|CudaDriverHelper|NVML|DCGM|pinned memory")
 
 
 def pytriton_server_dir() -> Path:
@@ -132,6 +137,13 @@ class ServerConfig:
     environment: tuple[tuple[str, str], ...] = ()
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -158,6 +170,8 @@ class TritonServer:
         self.http_port = config.http_port or ports[0]
         self.grpc_port = config.grpc_port or ports[1]
         self.metrics_port = config.metrics_port or ports[2]
+        #: Unlocks the restricted APIs of this server only; never printed or written anywhere.
+        self.admin_key = secrets.token_urlsafe(24)
 
     @property
     def client_host(self) -> str:
@@ -192,6 +206,7 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             *triton_runtime.server_flags(gpu=False),
+            *triton_runtime.supervised_flags(self.admin_key),
             # No GPU here by default: skip the DCGM probes that only print noise.
             "--allow-gpu-metrics=false",
             f"--log-verbose={self.config.log_verbose}",
@@ -232,7 +247,9 @@ class TritonServer:
 
     def error_lines(self) -> list[str]:
         """The server's own error lines (Triton prefixes them with E<date>)."""
-        return [line for line in self.logs().splitlines() if _ERROR_LINE.search(line)]
+        return [
+            line for line in self.logs().splitlines() if _ERROR_LINE.search(line) and not _NO_GPU_NOISE.search(line)
+        ]
 
     def _get(self, path: str, timeout_s: float = 1.0) -> int:
         try:
@@ -243,6 +260,32 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return 0
 
+    def model_ready(self, model: str) -> bool:
+        """Whether the server says `model` is ready."""
+        return self._get(f"/v2/models/{model}/ready") == 200
+
+    def admin(self, action: str, model: str, timeout_s: float = 60.0) -> None:
+        """`load` or `unload` a model through the restricted model-repository API; ServerError if refused."""
+        request = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+            data=b"{}",
+            method="POST",
+            headers={triton_runtime.ADMIN_HEADER: self.admin_key},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                return
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError) as error:
+            detail = str(error)
+        raise ServerError(f"tritonserver at {self.http_url} refused to {action} {model!r}: {detail}")
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return None if self.exited or self.process is None else self.process.pid
+
     @property
     def exited(self) -> bool:
         """Whether the process is gone (never started, stopped, or died)."""
@@ -252,9 +295,12 @@ class TritonServer:
         """Why the server is gone: its exit code and its own error lines (its last words if a signal killed it)."""
         code = None if self.process is None else self.process.returncode
         lines = "\n".join(self.error_lines()[-20:])
-        if code is not None and code < 0:  # killed by a signal: its own last words matter more
-            lines = f"{lines}\n--- last lines of {self.log_path} ---\n{self.logs()[-3000:]}"
-        return f"tritonserver exited with code {code} {when} (log: {self.log_path}):\n{lines or self.logs()[-4000:]}"
+        how = f"with code {code}"
+        if code is not None and code < 0:  # killed by a signal: name it, and its own last words matter more
+            how = f"on signal {_signal_name(-code)}"
+            last = "\n".join(line for line in self.logs()[-3000:].splitlines() if not _NO_GPU_NOISE.search(line))
+            lines = f"{lines}\n--- last lines of {self.log_path} ---\n{last}"
+        return f"tritonserver exited {how} {when} (log: {self.log_path}):\n{lines or self.logs()[-4000:]}"
 
     def wait_until_ready(self, models: Sequence[str] = (), timeout_s: float = DEFAULT_READY_TIMEOUT_S) -> None:
         """Block until the server and every named model are ready, all within one deadline."""
@@ -319,52 +365,6 @@ def running_server(
         yield server
     finally:
         server.close()
-
-
-def supervise(servers: Sequence[TritonServer], *, poll_s: float = 0.2) -> None:
-    """Block until SIGTERM or Ctrl-C; a server that exits on its own raises ServerError with its exit report.
-
-    The one watch loop of `recgen serve`, for a single server and for a local distributed topology alike.
-    """
-    stop_requested: list[bool] = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
-    try:
-        while not stop_requested:
-            for server in servers:
-                if server.exited:
-                    raise ServerError(server.exit_report("while serving"))
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def serve_until_stopped(
-    config: ServerConfig,
-    *,
-    timeout_s: float = DEFAULT_READY_TIMEOUT_S,
-    log_path: Path | None = None,
-    echo: Callable[[str], None] = print,
-) -> int | None:
-    """`recgen serve`: start the server, wait until every model is ready, print the endpoints, supervise, stop.
-
-    Returns the server's exit code; a model that fails to load raises ModelLoadError with the server's lines.
-    """
-    server = TritonServer(config, log_path=log_path)
-    server.start()
-    try:
-        server.wait_until_ready(timeout_s=timeout_s)
-        echo(f"tritonserver ready (log: {server.log_path})")
-        echo(f"  HTTP     {server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}")
-        for ensemble in ensemble_names(config.repositories):
-            echo(f"  ensemble {ensemble}: POST http://{server.http_url}/v2/models/{ensemble}/infer")
-        echo("Ctrl-C to stop.")
-        supervise([server])
-    finally:
-        code = server.stop()
-    echo(f"tritonserver stopped (exit code {code}).")
-    return code
 
 
 def ensemble_names(repositories: Sequence[Path]) -> list[str]:

@@ -15,6 +15,7 @@ from generator.check import client
 from generator.check.client import RankingClient
 from generator.deploy.distributed import build_distributed
 from generator.deploy.local import LocalTopology
+from generator.deploy.supervisor import Supervisor
 from generator.errors import OutputExistsError
 from generator.model.imported import import_module
 from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
@@ -266,3 +267,25 @@ def test_an_imported_weighted_model_is_served_by_the_local_topology(tmp_path: Pa
         raise
     finally:
         local.close()
+
+
+@requires_server
+def test_the_supervisor_restarts_a_dead_replica_on_its_ports_and_keeps_the_rest_up(topology) -> None:
+    result, local = topology
+    request = random_request(tiny_model(), 32, np.random.default_rng(4))
+    events: list[str] = []
+    supervisor = Supervisor(local.watched(), events.append, poll_s=0.1)
+    single = next(g.model for g in result.groups if g.replica_servers == 1)
+    victim = local.replicas[single][0]
+    front_pid, ports = local.front.pid, (victim.http_port, victim.grpc_port)
+    os.kill(victim.process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not any("restarted" in event for event in events):
+        assert time.monotonic() < deadline, events
+        supervisor.check_once()
+        time.sleep(0.1)
+    assert any(f"{single}[0]: tritonserver exited on signal SIGKILL" in event for event in events), events
+    restarted = local.replicas[single][0]
+    assert restarted is not victim and (restarted.http_port, restarted.grpc_port) == ports
+    assert local.front.pid == front_pid and not local.front.exited
+    _wait_until_served(local, request)

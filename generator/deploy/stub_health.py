@@ -1,0 +1,143 @@
+"""Whether every Python-backend stub of a Triton server is alive: the check Triton 2.51 does not make itself.
+
+A Python-backend instance is a stub process. In Triton 2.51 a stub that dies or is paused breaks its model for
+good: every later request fails with "Stub process '<instance>' is not healthy", the backend never restarts it
+(the restart path of older releases is gone), and health and model readiness still answer 200. A stub paused and
+then continued can even abort the whole server on its next request. So a broken stub must be found from outside:
+this module reads `/proc` for the stubs of a server and compares them with the instances the server's model
+configs ask for.
+
+It uses the standard library only: `recgen serve` imports it to supervise its servers, and the Kubernetes
+manifests run this same file (from a ConfigMap) as the exec readiness and liveness probe inside the Triton image,
+`python3 stub_health.py --port 8000`, which exits 1 naming every broken model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+#: File name of the Python-backend stub executable.
+STUB_EXECUTABLE = "triton_python_backend_stub"
+#: /proc states of a stub that will never answer again: zombie, dead, stopped (SIGSTOP) or traced.
+BROKEN_STATES = {"Z": "dead", "X": "dead", "T": "paused", "t": "paused"}
+PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class StubProcess:
+    """One stub process: its pid, the model whose `model.py` it runs, and its /proc state letter."""
+
+    pid: int
+    model: str
+    state: str
+
+    @property
+    def broken(self) -> bool:
+        """Whether this stub can no longer serve (dead or paused)."""
+        return self.state in BROKEN_STATES
+
+
+def _stat_fields(stat: str) -> tuple[str, int]:
+    """State letter and parent pid from /proc/PID/stat (the command name in parentheses may hold spaces)."""
+    after_name = stat[stat.rindex(")") + 2 :].split()
+    return after_name[0], int(after_name[1])
+
+
+def stub_processes(parent_pid: int | None = None, proc: Path = Path("/proc")) -> list[StubProcess]:
+    """Every Python-backend stub on this machine (or only the children of `parent_pid`, one server's)."""
+    stubs = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state, ppid = _stat_fields((entry / "stat").read_text())
+        except (OSError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+        if not argv[0].endswith(STUB_EXECUTABLE.encode()) or len(argv) < 2:
+            continue
+        if parent_pid is not None and ppid != parent_pid:
+            continue
+        # argv[1] is <repository>/<model>/<version>/model.py
+        stubs.append(StubProcess(int(entry.name), Path(argv[1].decode(errors="replace")).parent.parent.name, state))
+    return stubs
+
+
+def broken_models(expected: Mapping[str, int], stubs: Sequence[StubProcess]) -> dict[str, str]:
+    """Models whose stubs are not all alive, each with the reason (dead, paused, or missing stubs)."""
+    broken: dict[str, str] = {}
+    for stub in stubs:
+        if stub.broken and stub.model in expected:
+            broken[stub.model] = f"stub pid {stub.pid} is {BROKEN_STATES[stub.state]}"
+    for model, count in expected.items():
+        alive = sum(1 for stub in stubs if stub.model == model and not stub.broken)
+        if model not in broken and alive < count:
+            broken[model] = f"{alive} of its {count} stub(s) alive"
+    return broken
+
+
+def _get_json(url: str, timeout_s: float) -> object:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def expected_stubs(http_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, int]:
+    """Stub processes each loaded Python-backend model should have, from the server's own configs.
+
+    `http_url` is host:port. Only ready models count (statistics list them); ensembles and models of other
+    backends have no stubs.
+    """
+    stats = _get_json(f"http://{http_url}/v2/models/stats", timeout_s)
+    entries = stats.get("model_stats", []) if isinstance(stats, dict) else []
+    names = sorted({str(entry["name"]) for entry in entries})
+    expected = {}
+    for name in names:
+        config = _get_json(f"http://{http_url}/v2/models/{name}/config", timeout_s)
+        if not isinstance(config, dict) or config.get("backend") != "python":
+            continue
+        expected[name] = sum(int(group.get("count", 1)) for group in config.get("instance_group", []))
+    return expected
+
+
+def server_ready(http_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the server answers 200 on its readiness endpoint."""
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=timeout_s) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def probe(http_url: str, parent_pid: int | None = None) -> list[str]:
+    """What is wrong with the server at `http_url` and its stubs; empty when it is ready and every stub is alive."""
+    if not server_ready(http_url):
+        return [f"the server at {http_url} is not ready"]
+    try:
+        expected = expected_stubs(http_url)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return [f"cannot read the models of {http_url}: {error}"]
+    broken = broken_models(expected, stub_processes(parent_pid))
+    return [f"model {model!r}: {reason}" for model, reason in sorted(broken.items())]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exec probe: exit 0 when the local server is ready and every stub is alive, else print why and exit 1."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=8000, help="the server's HTTP port")
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    problems = probe(f"{args.host}:{args.port}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

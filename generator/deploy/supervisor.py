@@ -1,0 +1,181 @@
+"""Keep what `recgen serve` started serving: restore a model whose stub broke, restart a server that died.
+
+Triton 2.51 does neither (see `stub_health`). Every `POLL_S` the supervisor compares each server's stub processes
+with the instances its models ask for. A model with a dead or paused stub is restored: its remaining stubs are
+killed (a paused stub that is continued later can abort the server), then the model is unloaded, which makes it
+and the ensembles that use it not ready, and loaded again through the restricted model-repository API, which
+loads the ensembles again too. A server that may be restarted (a replica of the local distributed topology) is
+started again on its own ports, with a backoff between failed attempts; the others keep serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import urllib.error
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from generator.deploy import stub_health
+from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, TritonServer, ensemble_names
+from generator.errors import RecgenError, ServerError
+
+#: Seconds between two looks at every server and stub.
+POLL_S = 0.25
+#: Seconds to wait before restart attempt 1, 2, ... (the last one repeats).
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: A server that stays up this long starts its backoff from the beginning again.
+STABLE_AFTER_S = 60.0
+#: Seconds a restored model and its ensembles get to be ready again.
+RESTORE_TIMEOUT_S = 60.0
+#: Seconds between two attempts to reload a model that failed to load again.
+RELOAD_RETRY_S = 2.0
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Watched:
+    """One server under supervision.
+
+    `server` returns the current process object (a restart replaces it); `restart` starts it again and waits
+    until it is ready, or is None when its exit ends serving.
+    """
+
+    label: str
+    server: Callable[[], TritonServer]
+    restart: Callable[[], None] | None = None
+    expected_stubs: dict[str, int] = field(default_factory=dict)
+    armed_for: int | None = None  # id() of the server object `expected_stubs` describes
+    #: Models whose reload failed: why they were broken, and when to try again.
+    unrestored: dict[str, tuple[str, float]] = field(default_factory=dict)
+    failed_restarts: int = 0
+    next_restart_s: float | None = None
+    up_since_s: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    """The one watch loop of `recgen serve`, for a single server and a local distributed topology alike."""
+
+    def __init__(self, watched: Sequence[Watched], echo: Echo = print, poll_s: float = POLL_S):
+        self.watched = list(watched)
+        self.echo = echo
+        self.poll_s = poll_s
+
+    def run(self) -> None:
+        """Block until SIGTERM or Ctrl-C; a server without `restart` that exits raises ServerError."""
+        stop_requested: list[bool] = []
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+        try:
+            while not stop_requested:
+                self.check_once()
+                time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def check_once(self) -> None:
+        """One look at every server: restart the dead ones that may be, restore models with broken stubs."""
+        for watched in self.watched:
+            server = watched.server()
+            if server.exited:
+                self._handle_exit(watched, server)
+                continue
+            if time.monotonic() - watched.up_since_s > STABLE_AFTER_S:
+                watched.failed_restarts = 0
+            self._check_stubs(watched, server)
+
+    def _handle_exit(self, watched: Watched, server: TritonServer) -> None:
+        if watched.restart is None:
+            raise ServerError(server.exit_report("while serving"))
+        now = time.monotonic()
+        if watched.next_restart_s is None:
+            delay = RESTART_BACKOFF_S[min(watched.failed_restarts, len(RESTART_BACKOFF_S) - 1)]
+            watched.next_restart_s = now + delay
+            first_line = server.exit_report("while serving").splitlines()[0]
+            self.echo(f"{watched.label}: {first_line}; restarting it in {delay:g} s")
+            return
+        if now < watched.next_restart_s:
+            return
+        watched.next_restart_s = None
+        try:
+            watched.restart()
+        except RecgenError as error:
+            watched.failed_restarts += 1
+            reason = str(error).splitlines()[0]
+            self.echo(f"{watched.label}: restart attempt {watched.failed_restarts} failed: {reason}")
+            return
+        watched.up_since_s = time.monotonic()
+        self.echo(f"{watched.label}: restarted, ready again {watched.up_since_s - now:.1f} s after the attempt began")
+
+    def _check_stubs(self, watched: Watched, server: TritonServer) -> None:
+        if watched.armed_for != id(server):
+            try:
+                watched.expected_stubs = stub_health.expected_stubs(server.http_url)
+            except (urllib.error.URLError, OSError, ValueError):
+                return  # not answering yet; look again next time
+            watched.armed_for = id(server)
+        pid = server.pid
+        if pid is None:
+            return
+        stubs = stub_health.stub_processes(pid)
+        now = time.monotonic()
+        broken = {model: reason for model, (reason, retry_s) in watched.unrestored.items() if now >= retry_s}
+        broken.update(stub_health.broken_models(watched.expected_stubs, stubs))
+        for model, reason in broken.items():
+            self._restore(watched, server, model, reason, [stub for stub in stubs if stub.model == model])
+
+    def _restore(
+        self, watched: Watched, server: TritonServer, model: str, reason: str, stubs: list[stub_health.StubProcess]
+    ) -> None:
+        started = time.monotonic()
+        self.echo(f"{watched.label}: model {model!r} is broken ({reason}); reloading it")
+        for stub in stubs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(stub.pid, signal.SIGKILL)
+        try:
+            server.admin("unload", model)
+            server.admin("load", model)
+            server.wait_until_ready(timeout_s=RESTORE_TIMEOUT_S)
+        except RecgenError as error:
+            watched.unrestored[model] = (reason, time.monotonic() + RELOAD_RETRY_S)
+            self.echo(
+                f"{watched.label}: reloading {model!r} failed, trying again in {RELOAD_RETRY_S:g} s: "
+                f"{str(error).splitlines()[0]}"
+            )
+            return
+        finally:
+            watched.armed_for = None  # the instances changed: read what the server expects again
+        watched.unrestored.pop(model, None)
+        self.echo(f"{watched.label}: model {model!r} restored in {time.monotonic() - started:.1f} s")
+
+
+def serve_until_stopped(
+    config: ServerConfig,
+    *,
+    timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    log_path: Path | None = None,
+    echo: Echo = print,
+) -> int | None:
+    """`recgen serve`: start the server, wait until every model is ready, print the endpoints, supervise, stop.
+
+    Returns the server's exit code; a model that fails to load raises ModelLoadError with the server's lines.
+    """
+    server = TritonServer(config, log_path=log_path)
+    server.start()
+    try:
+        server.wait_until_ready(timeout_s=timeout_s)
+        echo(f"tritonserver ready (log: {server.log_path})")
+        echo(f"  HTTP     {server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}")
+        for ensemble in ensemble_names(config.repositories):
+            echo(f"  ensemble {ensemble}: POST http://{server.http_url}/v2/models/{ensemble}/infer")
+        echo("Supervised: a model whose stub dies or pauses is reloaded. Ctrl-C to stop.")
+        Supervisor([Watched("tritonserver", lambda: server)], echo).run()
+    finally:
+        code = server.stop()
+    echo(f"tritonserver stopped (exit code {code}).")
+    return code

@@ -1,0 +1,140 @@
+"""Faults on the embedded server: a dead or paused stub is found and its model restored; the admin APIs are closed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from generator import triton_runtime
+from generator.check import client
+from generator.deploy import server as serve
+from generator.deploy import stub_health
+from generator.deploy.supervisor import Supervisor, Watched
+from generator.planning.plan import uniform_plan
+from generator.repository import build
+from generator.traffic.requests import random_request, reference_scores
+from tests.conftest import requires_server, tiny_model
+
+#: Seconds the supervisor gets to find and restore a broken model (the goal is 10 s).
+RECOVERY_DEADLINE_S = 15.0
+SHARD_MODEL = "dlrm_shards_0"
+RESTRICTED = f"This API is restricted, expecting header '{triton_runtime.ADMIN_HEADER}'"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> build.BuildResult:
+    tmp_path = tmp_path_factory.mktemp("supervised")
+    model = tiny_model()
+    return build.build(model, uniform_plan(model, shards_per_table=1), tmp_path / "repo", tmp_path / "ens")
+
+
+@pytest.fixture
+def supervised(
+    served: build.BuildResult, server_factory: Callable[[build.BuildResult], serve.TritonServer]
+) -> Iterator[tuple[serve.TritonServer, list[str]]]:
+    """A server whose supervisor looks every 0.1 s in a thread (the CLI runs the same loop in its main thread)."""
+    server = server_factory(served)
+    events: list[str] = []
+    supervisor = Supervisor([Watched("tritonserver", lambda: server)], events.append, poll_s=0.1)
+    stopped = threading.Event()
+
+    def watch() -> None:
+        while not stopped.is_set():
+            supervisor.check_once()
+            stopped.wait(0.1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    yield server, events
+    stopped.set()
+    thread.join(timeout=10)
+
+
+def _shard_stub(server: serve.TritonServer) -> int:
+    (stub,) = [stub for stub in stub_health.stub_processes(server.pid) if stub.model == SHARD_MODEL]
+    return stub.pid
+
+
+def _assert_serves_pytorch_scores(server: serve.TritonServer) -> None:
+    model = tiny_model()
+    request = random_request(model, 16, np.random.default_rng(3))
+    deadline = time.monotonic() + RECOVERY_DEADLINE_S
+    with client.RankingClient(server.grpc_url, "grpc", timeout_s=5) as ranking:
+        while True:
+            try:
+                served_scores = ranking.score(request)
+                break
+            except InferenceServerException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    np.testing.assert_allclose(served_scores, reference_scores(model, request), atol=client.SCORE_TOLERANCE)
+
+
+def _wait_for(events: list[str], text: str) -> None:
+    deadline = time.monotonic() + RECOVERY_DEADLINE_S
+    while not any(text in event for event in events):
+        assert time.monotonic() < deadline, f"no {text!r} in the supervisor's events {events}"
+        time.sleep(0.05)
+
+
+@requires_server
+@pytest.mark.server
+def test_the_probe_names_a_model_whose_stub_died_though_triton_says_ready(
+    served: build.BuildResult, server_factory: Callable[[build.BuildResult], serve.TritonServer]
+) -> None:
+    server = server_factory(served)  # no supervisor: what the Kubernetes exec probe sees
+    assert stub_health.probe(server.http_url, server.pid) == []
+    os.kill(_shard_stub(server), signal.SIGKILL)
+    time.sleep(0.3)
+    assert server.model_ready(SHARD_MODEL)  # Triton 2.51 itself does not notice
+    (problem,) = stub_health.probe(server.http_url, server.pid)
+    assert problem.startswith(f"model {SHARD_MODEL!r}: ") and ("is dead" in problem or "0 of its 1" in problem)
+    assert stub_health.main(["--port", str(server.http_port)]) == 1
+
+
+@requires_server
+@pytest.mark.server
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_a_dead_or_paused_stub_is_restored_and_scores_match_pytorch(
+    supervised: tuple[serve.TritonServer, list[str]], fault: str
+) -> None:
+    server, events = supervised
+    _assert_serves_pytorch_scores(server)
+    stub = _shard_stub(server)
+    os.kill(stub, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+    _wait_for(events, f"model {SHARD_MODEL!r} restored")
+    reasons = ("is paused",) if fault == "pause" else ("is dead", "0 of its 1 stub(s) alive")
+    assert any(reason in event for event in events for reason in reasons), events
+    assert not os.path.exists(f"/proc/{stub}/cmdline") or "Z" in Path(f"/proc/{stub}/stat").read_text()
+    assert _shard_stub(server) != stub
+    _assert_serves_pytorch_scores(server)
+    assert stub_health.probe(server.http_url, server.pid) == []
+
+
+@requires_server
+@pytest.mark.server
+def test_admin_apis_need_the_servers_key(
+    served: build.BuildResult, server_factory: Callable[[build.BuildResult], serve.TritonServer]
+) -> None:
+    server = server_factory(served)
+    plain = httpclient.InferenceServerClient(server.http_url)
+    with pytest.raises(InferenceServerException, match=RESTRICTED):
+        plain.register_system_shared_memory("stub_region", "/triton_python_backend_shm_region_x", 1 << 20)
+    with pytest.raises(InferenceServerException, match=RESTRICTED):
+        plain.update_log_settings({"log_verbose_level": 1})
+    with pytest.raises(InferenceServerException, match=RESTRICTED):
+        plain.unload_model(SHARD_MODEL)
+    assert server.model_ready(SHARD_MODEL)
+    keyed = {triton_runtime.ADMIN_HEADER: server.admin_key}
+    assert plain.get_log_settings(headers=keyed)["log_verbose_level"] == 0
+    plain.close()
