@@ -153,7 +153,8 @@ def k8s(
         front_replicas=front_replicas,
     )
     rendered = manifests_module.render_manifests(topology, cluster)
-    out = rendered.write(out_path, force=force)
+    inputs = [path for path in (plan_path, layout_dir) if path is not None]
+    out = rendered.write(out_path, force=force, inputs=inputs)
     click.echo(str(rendered))
     click.echo(f"wrote {out}: `kubectl apply -k {out}`")
     click.echo(f"build the images first: {out}/{manifests_module.IMAGES_DIR}/build.sh <distributed build dir>")

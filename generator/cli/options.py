@@ -19,8 +19,16 @@ from generator.repository.configs import BACKENDS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Exit status of a command stopped with Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT_CODE = 130
+
+
 def reports_errors(function: F) -> F:
-    """Print `ErrorType: message` and exit 1 instead of a traceback for errors recgen raises on purpose."""
+    """Print `ErrorType: message` and exit 1 instead of a traceback for errors recgen raises on purpose.
+
+    Ctrl-C prints one line and exits 130: every output is staged and published all or nothing, so an interrupted
+    command has changed none.
+    """
 
     @wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -29,6 +37,9 @@ def reports_errors(function: F) -> F:
         except RecgenError as error:
             click.echo(f"{type(error).__name__}: {error}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: no output was changed (outputs are replaced all or nothing)", err=True)
+            sys.exit(INTERRUPTED_EXIT_CODE)
 
     return wrapper  # type: ignore[return-value]
 

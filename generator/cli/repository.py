@@ -110,16 +110,26 @@ def build(
     given = options.given(context, *builds.PLAN_DECIDES, "group_by")
     the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed)
     click.echo(str(the_plan))
+    inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:
-        click.echo(
-            str(builds.build(model, the_plan, repository, ensembles, backend=backend, target=target, force=force))
+        built = builds.build(
+            model, the_plan, repository, ensembles, backend=backend, target=target, force=force, inputs=inputs
         )
+        click.echo(str(built))
         return
     if options.given(context, "ensembles"):
         raise UserInputError("--ensembles is for --layout single; the distributed front holds its ensemble")
     policy = RemoteCallPolicy(deadline_s=remote_deadline_s, max_attempts=remote_attempts)
     out = repository if options.given(context, "repository") else Path("distributed")
     result = build_distributed(
-        model, the_plan, out, backend=backend, target=target, policy=policy, group_by=group_by, force=force
+        model,
+        the_plan,
+        out,
+        backend=backend,
+        target=target,
+        policy=policy,
+        group_by=group_by,
+        force=force,
+        inputs=inputs,
     )
     click.echo(str(result))

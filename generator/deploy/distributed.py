@@ -9,6 +9,7 @@ single-server build: a failed build leaves the old output untouched.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from generator.deploy.topology import INSTANCES_PER_GROUP_SERVER, GroupDeploymen
 from generator.planning.plan import GroupBy, Model, Placement, Plan
 from generator.planning.plan_file import save_plan
 from generator.repository import readme, staging
-from generator.repository.build import BuildResult, BuiltModel, ModelWriter, check_options, check_output, write_manifest
+from generator.repository.build import BuildResult, BuiltModel, ModelWriter, check_options, write_manifest
 from generator.repository.configs import Backend, Target
 from generator.repository.params import RemoteCallPolicy
 
@@ -79,6 +80,7 @@ def build_distributed(
     policy: RemoteCallPolicy | None = None,
     group_by: GroupBy | None = None,
     force: bool = False,
+    inputs: Sequence[Path] = (),
 ) -> DistributedBuild:
     """The plan as separately served shard groups behind a front server.
 
@@ -86,13 +88,14 @@ def build_distributed(
     repository whose ensemble keeps the request contract, its shard-group steps calling the groups over gRPC.
     By default (`group_by` None) every shard is its own group, so each is scaled on its own (ElasticRec);
     `group_by="placement"` serves shards with the same placement together (fewer services and hops).
+    `inputs`: the files the build was made from (model, plan), never allowed inside the output.
     """
     leaves = check_options(backend, target)
     plan.check_matches(model)
     plan = dataclasses.replace(plan, group_by=group_by or "shard")
     topology = Topology.from_plan(plan, group_by=plan.group_by, policy=policy)
     out = Path(out)
-    check_output(out, "--out", force)
+    staging.check_output(out, "--out", force, inputs)
     with staging.staged([out]) as (staged,):
         writer = ModelWriter(model, plan, leaves)
         front = staged / topology.front.repository

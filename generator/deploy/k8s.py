@@ -17,6 +17,7 @@ built image: its remote steps need `tritonclient[grpc]`, which the Triton image 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,6 @@ from generator.errors import UserInputError
 from generator.planning.plan import GroupBy
 from generator.planning.plan_file import load_plan
 from generator.repository import staging
-from generator.repository.build import check_output
 
 __all__ = [
     "ADAPTER_VALUES_FILE",
@@ -84,10 +84,13 @@ class Manifests:
         lines.append(f"  (target {self.options.queue_target_us} us; install the rule in {ADAPTER_VALUES_FILE})")
         return "\n".join(lines)
 
-    def write(self, out: Path, *, force: bool = False) -> Path:
-        """Write every file into `out` through a staged directory (all or nothing), plus a fresh admin key."""
+    def write(self, out: Path, *, force: bool = False, inputs: Sequence[Path] = ()) -> Path:
+        """Write every file into `out` through a staged directory (all or nothing), plus a fresh admin key.
+
+        `inputs` (the plan or layout directory they were made from) may not lie inside `out`.
+        """
         out = Path(out)
-        check_output(out, "--out", force)
+        staging.check_output(out, "--out", force, inputs)
         with staging.staged([out]) as (staged,):
             for name, text in self.files.items():
                 path = staged / name

@@ -9,7 +9,7 @@ in it and how to serve and call it.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,7 +17,7 @@ from typing import Literal
 from tritonclient.grpc import model_config_pb2 as mc
 
 from generator import __version__, naming, triton_runtime
-from generator.errors import OutputExistsError, UserInputError
+from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
 from generator.planning.plan import (
@@ -126,22 +126,14 @@ def check_options(backend: str, target: str) -> LeafOptions:
     return LeafOptions(backend, target)
 
 
-def check_output(path: Path, flag: str, force: bool) -> None:
-    """An output may be replaced only with `force`, and only if it is a directory."""
-    if path.exists() and not force:
-        raise OutputExistsError(f"`{flag}` {path} already exists; pass --force to replace it")
-    if path.exists() and not path.is_dir():
-        raise UserInputError(f"`{flag}` {path} exists and is not a directory")
-
-
-def _check_outputs(repository: Path, ensembles: Path, force: bool) -> None:
+def _check_outputs(repository: Path, ensembles: Path, force: bool, inputs: Sequence[Path]) -> None:
     repository, ensembles = repository.resolve(), ensembles.resolve()
     if repository == ensembles or repository in ensembles.parents or ensembles in repository.parents:
         raise UserInputError(
             f"`--out` ({repository}) and `--ensembles` ({ensembles}) must be separate, non-nested directories"
         )
-    check_output(repository, "--out", force)
-    check_output(ensembles, "--ensembles", force)
+    staging.check_output(repository, "--out", force, inputs)
+    staging.check_output(ensembles, "--ensembles", force, inputs)
 
 
 def _new_model_dir(root: Path, name: str) -> Path:
@@ -262,12 +254,16 @@ def build(
     backend: Backend = "python",
     target: Target = "embedded",
     force: bool = False,
+    inputs: Sequence[Path] = (),
 ) -> BuildResult:
-    """Write the router, shard, dense and ensemble models for `plan`; see the module docstring."""
+    """Write the router, shard, dense and ensemble models for `plan`; see the module docstring.
+
+    `inputs`: the files the build was made from (model, plan), never allowed inside an output.
+    """
     leaves = check_options(backend, target)
     plan.check_matches(model)
     repository, ensembles = Path(repository), Path(ensembles)
-    _check_outputs(repository, ensembles, force)
+    _check_outputs(repository, ensembles, force, inputs)
     with staging.staged([repository, ensembles]) as (staged_repository, staged_ensembles):
         writer = ModelWriter(model, plan, leaves)
         writer.router(staged_repository)
@@ -299,7 +295,7 @@ def build_monolithic(
     leaves = check_options(backend, target)
     plan.check_matches(model)
     repository = Path(repository)
-    check_output(repository, "--out", force)
+    staging.check_output(repository, "--out", force)
     with staging.staged([repository]) as (staged_repository,):
         config = configs.monolithic_config(plan, model.num_dense_features, leaves)
         version_dir = _new_model_dir(staged_repository, config.name)

@@ -287,3 +287,37 @@ def test_distributed_build_serve_check_and_k8s(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_ctrl_c_during_a_build_prints_one_line_and_keeps_the_old_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = _example_repository(tmp_path)
+    before = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "r").rglob("*"))
+    from generator.repository import build as builds
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builds.export, "export_dense", interrupted)
+    result = CliRunner().invoke(
+        main, ["build", "--model", str(model), "--out", str(tmp_path / "r"), "--ensembles", str(tmp_path / "e"),
+               "--force"],
+    )  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert (
+        result.output.strip().splitlines()[-1]
+        == "interrupted: no output was changed (outputs are replaced all or nothing)"
+    )
+    assert "Traceback" not in result.output and "KeyboardInterrupt" not in result.output
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "r").rglob("*")) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.")]
+
+
+def test_force_refuses_an_output_that_holds_the_model(tmp_path: Path) -> None:
+    model, _ = _example_repository(tmp_path)
+    inside = tmp_path / "r" / "m.pt"
+    inside.write_bytes(model.read_bytes())
+    code, out = _run("build", "--model", str(inside), "--out", str(tmp_path / "r"), "--ensembles",
+                     str(tmp_path / "e"), "--force")  # fmt: skip
+    assert code == 1 and "holds the input" in out and inside.is_file()

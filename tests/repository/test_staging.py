@@ -58,3 +58,41 @@ def test_keep_existing_keeps_what_another_process_published_first(tmp_path: Path
         (tmp_path / "cache").mkdir()  # another process wins the race
         (tmp_path / "cache" / "theirs.txt").write_text("theirs")
     assert _tree(tmp_path) == {"cache/theirs.txt": "theirs"}
+
+
+def test_outputs_carry_the_marker_that_lets_force_replace_them(tmp_path: Path) -> None:
+    with staging.staged([tmp_path / "out"]) as (out,):
+        (out / "x.txt").write_text("x")
+    assert staging.written_by_recgen(tmp_path / "out")
+    staging.check_output(tmp_path / "out", "--out", force=True)
+    (tmp_path / "empty").mkdir()
+    staging.check_output(tmp_path / "empty", "--out", force=True)  # nothing to lose
+
+
+def test_force_never_replaces_what_recgen_did_not_write(tmp_path: Path) -> None:
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "cat.jpg").write_text("meow")
+    with pytest.raises(staging.OutputExistsError, match="--force"):
+        staging.check_output(precious, "--out", force=False)
+    with pytest.raises(staging.UserInputError, match=r"`--out` .*photos was not written by recgen .*\.recgen-output"):
+        staging.check_output(precious, "--out", force=True)
+    assert _tree(precious) == {"cat.jpg": "meow"}
+    (tmp_path / "file").write_text("f")
+    with pytest.raises(staging.UserInputError, match="not a directory"):
+        staging.check_output(tmp_path / "file", "--out", force=True)
+
+
+def test_an_output_may_not_hold_an_input_nor_be_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with staging.staged([tmp_path / "out"]) as (out,):
+        (out / "model.pt").write_text("weights")
+    model = tmp_path / "out" / "model.pt"
+    with pytest.raises(staging.UserInputError, match=r"`--out` .*out holds the input .*model\.pt"):
+        staging.check_output(tmp_path / "out", "--out", force=True, inputs=[tmp_path / "plan.json", model])
+    monkeypatch.chdir(tmp_path / "out")
+    for path in (Path("."), Path(".."), tmp_path, Path("/")):
+        with pytest.raises(staging.UserInputError, match="working directory or one of its parents"):
+            staging.check_output(path, "--out", force=True)
+    assert model.read_text() == "weights"
