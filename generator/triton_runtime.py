@@ -40,6 +40,9 @@ ADMIN_HEADER = "recgen-admin-key"
 #: APIs no client needs at serving time: model control, shared-memory registration (a client could point the
 #: server at a stub's own region and crash it), log settings and tracing. Statistics, metadata and health stay open.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+#: What Triton answers (UNAVAILABLE) when a step's queue policy rejects a request: it waited past the timeout,
+#: or found the queue full. A client may retry these later; they are load shed on purpose, not failures.
+REJECTION_MESSAGES = ("Request timeout expired", "Exceeds maximum queue size")
 #: `/dev/shm` of a container (`docker run --shm-size`); Docker's 64 MB default is too small for many instances.
 CONTAINER_SHM_SIZE = "1g"
 

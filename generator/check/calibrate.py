@@ -20,7 +20,7 @@ from generator import naming
 from generator.check.client import RankingClient
 from generator.deploy import server as serve
 from generator.errors import ServerError
-from generator.planning import plan
+from generator.planning import plan, queueing
 from generator.planning.capacity import Capacity
 from generator.repository import build, layout
 
@@ -153,7 +153,12 @@ def calibrate(
 ) -> Capacity:
     """Measure every figure of the capacity model on the embedded server (python backend, one shard per table)."""
     the_plan = plan.uniform_plan(
-        model, name=_MODEL, shards_per_table=1, max_batch_size=max(batch_size, 8), group_by="shard"
+        model,
+        name=_MODEL,
+        shards_per_table=1,
+        max_batch_size=max(batch_size, 8),
+        group_by="shard",
+        latency_slo_ms=queueing.LATENCY_SLO_RANGE_MS[1],  # busy time is measured here: reject nothing
     )
     batches = sorted({max(1, batch_size // 16), max(1, batch_size // 4), batch_size})
     rng = np.random.default_rng(1)

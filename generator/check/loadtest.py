@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generator import naming
+from generator import naming, triton_runtime
 from generator.check.client import Protocol, RankingClient
 from generator.errors import RecgenError, UserInputError
 from generator.model.features import max_ids_items
@@ -69,20 +69,28 @@ class LoadTestSummary:
     p95_ms: float
     p99_ms: float
     mean_ms: float
+    #: Failures that were the server's queue policy shedding load (counted in `failures` too).
+    rejections: int = 0
+
+    @property
+    def errors(self) -> int:
+        """Failures that were not rejections: wrong scores, request errors, broken connections."""
+        return self.failures - self.rejections
 
     def to_markdown(self) -> str:
         """A one-row markdown table."""
         return (
-            "| url | protocol | users | batch | requests | failures | requests/s | samples/s | p50 ms | p95 ms | "
-            "p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-            f"| {self.url} | {self.protocol} | {self.users} | {self.batch_size} | {self.requests} | {self.failures} "
-            f"| {self.requests_per_s:.1f} | {self.samples_per_s:,.0f} | {self.p50_ms:.1f} | {self.p95_ms:.1f} | "
-            f"{self.p99_ms:.1f} |\n"
+            "| url | protocol | users | batch | requests | rejected | errors | requests/s | samples/s | p50 ms | "
+            "p95 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+            f"| {self.url} | {self.protocol} | {self.users} | {self.batch_size} | {self.requests} | "
+            f"{self.rejections} | {self.errors} | {self.requests_per_s:.1f} | {self.samples_per_s:,.0f} | "
+            f"{self.p50_ms:.1f} | {self.p95_ms:.1f} | {self.p99_ms:.1f} |\n"
         )
 
     def __str__(self) -> str:
         return (
-            f"{self.requests} requests ({self.failures} failed) in {self.duration_s:.0f} s to {self.ensemble!r} over "
+            f"{self.requests} requests ({self.rejections} rejected by the queue policy, {self.errors} errors) in "
+            f"{self.duration_s:.0f} s to {self.ensemble!r} over "
             f"{self.protocol}: {self.requests_per_s:.1f} requests/s, {self.samples_per_s:,.0f} samples/s, "
             f"p50 {self.p50_ms:.1f} ms, p95 {self.p95_ms:.1f} ms, p99 {self.p99_ms:.1f} ms"
         )
@@ -166,6 +174,18 @@ def _aggregated_row(stats_path: Path) -> dict[str, str]:
     raise RecgenError(f"{stats_path} has no Aggregated row")
 
 
+def count_rejections(failures_path: Path) -> int:
+    """Occurrences in locust's `<prefix>_failures.csv` whose error is a queue-policy rejection."""
+    if not failures_path.exists():
+        return 0
+    with failures_path.open() as file:
+        return sum(
+            int(row["Occurrences"])
+            for row in csv.DictReader(file)
+            if any(message in row["Error"] for message in triton_runtime.REJECTION_MESSAGES)
+        )
+
+
 def _number(text: str) -> float:
     return float("nan") if text in ("", "N/A") else float(text)
 
@@ -191,6 +211,7 @@ def summarise(out_dir: Path, *, url: str, protocol: str, ensemble: str, users: i
         p95_ms=_number(row["95%"]),
         p99_ms=_number(row["99%"]),
         mean_ms=_number(row["Average Response Time"]),
+        rejections=count_rejections(out_dir / f"{CSV_PREFIX}_failures.csv"),
     )
 
 

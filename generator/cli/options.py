@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from generator.check.client import PROTOCOLS
 from generator.errors import RecgenError
+from generator.planning import queueing
 from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, GROUP_BY
 from generator.repository.configs import BACKENDS
 
@@ -174,6 +175,16 @@ max_batch_size = click.option(
     default=DEFAULT_MAX_BATCH_SIZE,
     show_default=True,
     help="Largest number of candidates per request.",
+)
+
+
+latency_slo_ms = click.option(
+    "--latency-slo-ms",
+    type=click.FloatRange(*queueing.LATENCY_SLO_RANGE_MS),
+    default=queueing.DEFAULT_LATENCY_SLO_MS,
+    show_default=True,
+    help="Latency target of a request: every step's queue is bounded and rejects requests that wait past their "
+    "share of it (fast, named rejections under overload instead of unbounded latency).",
 )
 
 

@@ -67,6 +67,7 @@ from generator.planning import capacity, planner
     help="Keep this many MB of the hottest rows (by the profile, across tables) in the router, which pools them "
     "itself; their lookups reach no shard (FlexEMR).",
 )
+@options.latency_slo_ms
 @options.reports_errors
 def plan(
     model_path: Path,
@@ -83,6 +84,7 @@ def plan(
     out_path: Path,
     figure: Path | None,
     front_cache_mb: float,
+    latency_slo_ms: float,
     **overrides: float | None,
 ) -> None:
     """Size every shard from its access share (ElasticRec) and write plan.json, its row orders and a PNG."""
@@ -93,6 +95,7 @@ def plan(
         gpu_memory_bytes=None if gpu_memory_gb is None else int(gpu_memory_gb * 1e9),
         window_s=window_s,
         front_cache_bytes=int(front_cache_mb * 2**20),
+        latency_slo_ms=latency_slo_ms,
     )
     figures = capacity.load_with_overrides(capacity_path, **overrides)
     written = planner.plan_to_files(

@@ -48,6 +48,7 @@ from generator.repository.params import RemoteCallPolicy
 )
 @click.option("--instances", type=click.IntRange(1, 256), default=1, show_default=True, help="Instances per model.")
 @options.max_batch_size
+@options.latency_slo_ms
 @options.group_by
 @options.force
 @click.option(
@@ -96,6 +97,7 @@ def build(
     device: Device,
     instances: int,
     max_batch_size: int,
+    latency_slo_ms: float,
     group_by: GroupBy | None,
     force: bool,
     layout: builds.Layout,
@@ -106,7 +108,9 @@ def build(
     """Generate the sharded repository and the ensemble for a model (or the distributed layout)."""
     distributed = layout == "distributed"
     model = load_model(model_path, max_ids=max_ids, user_features=user_features)
-    uniform = builds.UniformOptions(name, shards_per_table, device, instances, max_batch_size, group_by or "placement")
+    uniform = builds.UniformOptions(
+        name, shards_per_table, device, instances, max_batch_size, group_by or "placement", latency_slo_ms
+    )
     given = options.given(context, *builds.PLAN_DECIDES, "group_by")
     the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed)
     click.echo(str(the_plan))

@@ -19,6 +19,7 @@ from generator.errors import PlanError, UserInputError
 from generator.model.dlrm import DLRM, TableSpec
 from generator.model.features import FeatureSpec
 from generator.model.imported import ImportedModel
+from generator.planning import queueing
 
 #: A model recgen builds: its own DLRM (numpy fast path) or an imported one (a program cut at its lookups).
 Model = DLRM | ImportedModel
@@ -160,8 +161,11 @@ class Plan:
     group_by: GroupBy = "placement"
     #: The request's sparse features, each pooled from one table; () means one sum-pooled feature per table.
     features: tuple[FeatureSpec, ...] = ()
+    #: Latency target of one request through the ensemble; every step's queue policy follows from it.
+    latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
 
     def __post_init__(self) -> None:
+        queueing.check_latency_slo_ms(self.latency_slo_ms)
         if self.features:
             tables = {table.spec.name for table in self.tables}
             stray = [f.name for f in self.features if f.table not in tables]
@@ -247,6 +251,11 @@ class Plan:
             f"  router: {self.router.instance_count} x {self.router.device}; "
             f"dense: {self.dense.instance_count} x {self.dense.device}"
         )
+        policy = queueing.queue_policy(self.latency_slo_ms, 1)
+        lines.append(
+            f"  latency target {self.latency_slo_ms:g} ms: every step rejects a request queued over "
+            f"{policy.timeout_us / 1000:g} ms (queue {policy.max_queue_size} per instance)"
+        )
         return "\n".join(lines)
 
 
@@ -286,6 +295,7 @@ def uniform_plan(
     instance_count: int = 1,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     group_by: GroupBy = "placement",
+    latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS,
 ) -> Plan:
     """Cut every table into up to `shards_per_table` equal row ranges, one instance each, identity row order.
 
@@ -305,4 +315,5 @@ def uniform_plan(
         max_batch_size=max_batch_size,
         group_by=group_by,
         features=tuple(model.features) if isinstance(model, ImportedModel) else (),
+        latency_slo_ms=latency_slo_ms,
     )

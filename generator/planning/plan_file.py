@@ -18,6 +18,7 @@ import numpy as np
 from generator.errors import PlanError
 from generator.model.dlrm import TableSpec
 from generator.model.features import FeatureSpec
+from generator.planning import queueing
 from generator.planning.plan import Placement, Plan, TablePlan, table_plan
 from generator.planning.report import PlanReport
 
@@ -93,6 +94,7 @@ def save_plan(plan: Plan, path: str | Path, report: PlanReport | None = None, *,
         "model_name": plan.model_name,
         "max_batch_size": plan.max_batch_size,
         "group_by": plan.group_by,
+        "latency_slo_ms": plan.latency_slo_ms,
         "inputs": sections["inputs"],
         "row_order_file": rows_path.name if orders else None,
         "row_order_sha256": _sha256(rows_path) if orders else None,
@@ -154,6 +156,7 @@ def load_plan(path: str | Path) -> Plan:
             dense=Placement(document["dense"]["instance_count"], document["dense"]["device"]),
             max_batch_size=document["max_batch_size"],
             group_by=document.get("group_by", "placement"),
+            latency_slo_ms=document.get("latency_slo_ms", queueing.DEFAULT_LATENCY_SLO_MS),
             features=tuple(FeatureSpec(**entry) for entry in document.get("features", [])),
         )
     except (KeyError, IndexError, TypeError) as error:

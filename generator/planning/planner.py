@@ -16,7 +16,7 @@ from pathlib import Path
 from generator.errors import UserInputError
 from generator.model.features import max_ids_items
 from generator.model.loading import load_model
-from generator.planning import figure, memory
+from generator.planning import figure, memory, queueing
 from generator.planning.capacity import Capacity
 from generator.planning.cuts import cut_table
 from generator.planning.memory import ModelShape
@@ -38,8 +38,10 @@ class PlanTargets:
     window_s: float = 1.0
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     front_cache_bytes: int = 0
+    latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
 
     def __post_init__(self) -> None:
+        queueing.check_latency_slo_ms(self.latency_slo_ms)
         if not self.target_qps > 0:
             raise UserInputError(f"`target_qps` must be > 0, got {self.target_qps}")
         if not 1 <= self.batch_size <= self.max_batch_size:
@@ -156,6 +158,7 @@ def plan_from_report(
     *,
     name: str = "dlrm",
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS,
 ) -> Plan:
     """The buildable plan: hotness row orders from the profile, the report's cuts, replicas and devices."""
     tables = []
@@ -173,6 +176,7 @@ def plan_from_report(
         dense=Placement(report.dense_replicas, "gpu" if report.dense_on_gpu else "cpu"),
         max_batch_size=max_batch_size,
         features=shape.features,
+        latency_slo_ms=latency_slo_ms,
     )
 
 
@@ -231,7 +235,14 @@ def plan_to_files(
         max_batch_size=targets.max_batch_size,
         front_cache_bytes=targets.front_cache_bytes,
     )
-    the_plan = plan_from_report(report, shape, profile, name=name, max_batch_size=targets.max_batch_size)
+    the_plan = plan_from_report(
+        report,
+        shape,
+        profile,
+        name=name,
+        max_batch_size=targets.max_batch_size,
+        latency_slo_ms=targets.latency_slo_ms,
+    )
     save_plan(the_plan, out_path, report, profile_source=profile.source)
     written = figure.plot_plan(report, profile, figure_path or out_path.with_suffix(".png"))
     options = "".join(f" --max-ids {item}" for item in max_ids_items(max_ids or {}))

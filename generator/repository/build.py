@@ -20,6 +20,7 @@ from generator import __version__, naming, triton_runtime
 from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
+from generator.planning import queueing
 from generator.planning.plan import (
     DEFAULT_MAX_BATCH_SIZE,
     Device,
@@ -364,10 +365,11 @@ class UniformOptions:
     instances: int = 1
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     group_by: GroupBy = "placement"
+    latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
 
 
 #: The options a plan file decides (besides group_by, which a distributed build may still choose).
-PLAN_DECIDES = ("shards_per_table", "device", "instances", "name", "max_batch_size")
+PLAN_DECIDES = ("shards_per_table", "device", "instances", "name", "max_batch_size", "latency_slo_ms")
 
 
 def resolve_plan(
@@ -387,6 +389,7 @@ def resolve_plan(
             instance_count=uniform.instances,
             max_batch_size=uniform.max_batch_size,
             group_by=uniform.group_by,
+            latency_slo_ms=uniform.latency_slo_ms,
         )
     decided = [*PLAN_DECIDES, *([] if distributed else ["group_by"])]
     clashes = [name for name in decided if name in given]

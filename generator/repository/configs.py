@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from generator import naming
 from generator.model.imported import ImportedModel
+from generator.planning import queueing
 from generator.planning.plan import Model, Placement, Plan, ShardGroup
 from generator.repository import layout, params
 from generator.repository.layout import TensorSpec
@@ -85,13 +86,24 @@ def _serving_config(
     placement: Placement,
     signature: tuple[Sequence[TensorSpec], Sequence[TensorSpec]],
     parameters: Sequence[Spec] | dict[str, str] = (),
+    *,
+    latency_slo_ms: float,
 ) -> mc.ModelConfig:
-    """A leaf model: backend, one instance group, dynamic batching across concurrent requests, its parameters."""
+    """A leaf model: backend, one instance group, dynamic batching across concurrent requests, its parameters.
+
+    Its queue is bounded and times out (REJECT) as `queueing` derives from the latency target.
+    """
     config = _base_config(name, max_batch_size, *signature)
     config.backend = backend
     config.instance_group.add(kind=_KIND[placement.device], count=placement.instance_count)
-    if max_batch_size > 0:  # concurrent requests that queue up share one execute(); see QUEUE_DELAY_US
-        config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    # Concurrent requests that queue up share one execute() (see QUEUE_DELAY_US). A model that does not batch
+    # (max_batch_size 0) gets the scheduler too, for its queue policy: Triton 2.51 accepts it and batches nothing.
+    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
+    policy = queueing.queue_policy(latency_slo_ms, placement.instance_count)
+    queue = config.dynamic_batching.default_queue_policy
+    queue.timeout_action = mc.ModelQueuePolicy.REJECT
+    queue.default_timeout_microseconds = policy.timeout_us
+    queue.max_queue_size = policy.max_queue_size
     values = parameters if isinstance(parameters, dict) else {spec.PARAMETER: spec.to_json() for spec in parameters}
     for key, value in values.items():
         config.parameters[key].string_value = value
@@ -110,6 +122,7 @@ def router_config(plan: Plan) -> mc.ModelConfig:
         plan.router,
         (layout.router_inputs(plan), layout.router_outputs(plan)),
         specs,
+        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -131,6 +144,7 @@ def ranking_router_config(plan: Plan) -> mc.ModelConfig:
         plan.router,
         (layout.ranking_router_inputs(plan), [spec.unbatched() for spec in layout.router_outputs(plan)]),
         specs,
+        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -148,6 +162,7 @@ def shard_group_config(
         placement or group.placement,
         layout.group_signature(plan, group),
         leaves.parameters(params.shard_group(plan, group)),
+        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -164,6 +179,7 @@ def remote_group_config(plan: Plan, group: ShardGroup, policy: params.RemoteCall
         Placement(device="cpu", instance_count=group.placement.instance_count),
         layout.group_signature(plan, group),
         [params.remote_group(plan, group, policy)],
+        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -184,6 +200,7 @@ def dense_config(
         plan.dense,
         (layout.dense_inputs(plan, dense), layout.ensemble_outputs(outputs)),
         leaves.parameters(params.dense(plan)),
+        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -204,6 +221,7 @@ def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.Mo
             plan.dense,
             (inputs, outputs),
             leaves.parameters(params.dense(plan)),
+            latency_slo_ms=plan.latency_slo_ms,
         )
     return _serving_config(
         naming.ranking_dense_model(plan.model_name),
@@ -212,6 +230,7 @@ def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.Mo
         plan.dense,
         (inputs, outputs),
         [params.ranking_dense(plan, model.dense_sides)],
+        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -224,6 +243,7 @@ def monolithic_config(plan: Plan, num_dense_features: int, leaves: LeafOptions) 
         plan.dense,
         (layout.ensemble_inputs(plan, num_dense_features), layout.ensemble_outputs()),
         leaves.parameters(params.monolithic(plan)),
+        latency_slo_ms=plan.latency_slo_ms,
     )
 
 

@@ -9,7 +9,9 @@ from generator.repository import staging
 
 
 def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under root but the marker staging adds (its own test checks it)."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != staging.OUTPUT_MARKER)
+    return {str(p.relative_to(root)): p.read_text() for p in files}
 
 
 def test_new_outputs_replace_old_ones_together(tmp_path: Path) -> None:

@@ -1,0 +1,55 @@
+"""How long a request may queue at each step, and how many may queue, from the user's latency target.
+
+Without a queue policy Triton queues without bound: overload shows only as latency (32 clients on the example:
+p99 366 ms against 27 ms at 4). Every batching step therefore gets a bounded queue whose requests are rejected
+when they wait past their timeout or find it full, so that clients get fast, named rejections and the accepted
+requests keep to the target. A request passes `SEQUENTIAL_STEPS` queues (router, the shard groups in parallel,
+dense), and queueing may take `QUEUE_SHARE` of the target, the rest being compute and transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from generator.errors import UserInputError
+
+#: Latency target of a request through the ensemble when the user gives none (milliseconds). Generous on purpose:
+#: a queue timeout of a few ms also rejects lone requests on a busy shared machine (a step's instance can take
+#: that long to be handed its next request when a few cores run many stub processes).
+DEFAULT_LATENCY_SLO_MS = 500.0
+#: Range of targets accepted (milliseconds): below 1 ms nothing fits in Python-backend steps.
+LATENCY_SLO_RANGE_MS = (1.0, 60_000.0)
+#: Queues a request passes in the ensemble: router, the shard groups (in parallel), dense.
+SEQUENTIAL_STEPS = 3
+#: Share of the target that queueing may take.
+QUEUE_SHARE = 0.5
+#: Server CPU one Python-backend step spends per request at the least (measured floor, bench notes in
+#: DESIGN.md): a queue longer than what its instances drain at this pace within the timeout only waits to expire.
+STEP_FLOOR_S = 750e-6
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """A step's `dynamic_batching.default_queue_policy`: REJECT after `timeout_us` or beyond `max_queue_size`."""
+
+    timeout_us: int
+    max_queue_size: int
+
+    def __str__(self) -> str:
+        return f"queue <= {self.max_queue_size} requests, rejected after {self.timeout_us / 1000:g} ms"
+
+
+def check_latency_slo_ms(latency_slo_ms: float) -> float:
+    """The target itself, or a UserInputError naming the allowed range."""
+    low, high = LATENCY_SLO_RANGE_MS
+    if not (isinstance(latency_slo_ms, (int, float)) and low <= latency_slo_ms <= high):
+        raise UserInputError(f"`latency_slo_ms` must be in [{low:g}, {high:g}] ms, got {latency_slo_ms!r}")
+    return float(latency_slo_ms)
+
+
+def queue_policy(latency_slo_ms: float, instances: int) -> QueuePolicy:
+    """The policy of a step with `instances` instances under a latency target of `latency_slo_ms`."""
+    timeout_s = check_latency_slo_ms(latency_slo_ms) / 1000 * QUEUE_SHARE / SEQUENTIAL_STEPS
+    drained = math.ceil(instances * timeout_s / STEP_FLOOR_S)
+    return QueuePolicy(timeout_us=max(1, round(timeout_s * 1e6)), max_queue_size=max(instances, drained))
