@@ -69,7 +69,7 @@ def test_router_pools_cached_ids_itself_and_hides_them_from_the_shards(tmp_path:
     model = sided_model()
     plan = cached_plan(model)
     export.export_router(model, plan, tmp_path)
-    config = json.loads(json_format.MessageToJson(configs.router_config(plan), preserving_proto_field_name=True))
+    config = json.loads(json_format.MessageToJson(configs.router_config(plan, ()), preserving_proto_field_name=True))
     routing = router_model.load_routing(config, tmp_path)
     medium = plan.tables[2]
     hot_id, cold_id = int(medium.original_rows()[5]), int(medium.original_rows()[500])

@@ -115,7 +115,8 @@ def _step_costs(
     group_inputs, _ = layout.group_signature(the_plan, widest_group)
     group_rows = {naming.group_local_ids(widest_group.index): widest.num_rows}
     table_rows = {t.name: t.num_rows for t in model.tables}
-    router_inputs = layout.router_inputs(the_plan)
+    dense, _ = layout.model_signature(model)  # the router also reads (and checks) the dense features
+    router_inputs = layout.with_checked(layout.router_inputs(the_plan), layout.finite_inputs(the_plan, dense))
     router_rows = {naming.sparse_input(f.name): table_rows[f.table] for f in the_plan.sparse_features}
     ids_per_sample = sum(f.max_ids_per_sample for f in the_plan.sparse_features)
     shard_points, router_points = [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
@@ -81,6 +82,12 @@ from generator.repository.params import RemoteCallPolicy
     help="plan.json from `recgen plan`: hotness order, cuts, replicas and devices (replaces "
     "--shards-per-table, --device, --instances, --name, --max-batch-size).",
 )
+@click.option(
+    "--allow-non-finite",
+    is_flag=True,
+    help="Pass NaN and infinite dense features and weights on to the model, as PyTorch would (by default the "
+    "router rejects such a request with an error naming the tensor).",
+)
 @click.pass_context
 @options.reports_errors
 def build(
@@ -104,6 +111,7 @@ def build(
     remote_deadline_s: float,
     remote_attempts: int,
     plan_path: Path | None,
+    allow_non_finite: bool,
 ) -> None:
     """Generate the sharded repository and the ensemble for a model (or the distributed layout)."""
     distributed = layout == "distributed"
@@ -113,6 +121,8 @@ def build(
     )
     given = options.given(context, *builds.PLAN_DECIDES, "group_by")
     the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed)
+    if allow_non_finite:
+        the_plan = dataclasses.replace(the_plan, check_finite=False)
     click.echo(str(the_plan))
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:

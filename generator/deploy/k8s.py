@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from generator.deploy import k8s_objects
+from generator.deploy import k8s_objects, k8s_security
 from generator.deploy.k8s_objects import (
     ADAPTER_VALUES_FILE,
     ADMIN_KEY_FILE,
@@ -43,6 +43,9 @@ from generator.errors import UserInputError
 from generator.planning.plan import GroupBy
 from generator.planning.plan_file import load_plan
 from generator.repository import staging
+
+#: The stub probe's ConfigMap, shared by every component.
+PROBE_MANIFEST = "stub-probe.yaml"
 
 __all__ = [
     "ADAPTER_VALUES_FILE",
@@ -156,12 +159,15 @@ def render_manifests(topology: Topology, options: K8sOptions | None = None) -> M
         )
     groups = [c for c in parts if c.role == "shard-group"]
     files: dict[str, str] = {}
-    objects: list[dict[str, Any]] = []
+    objects: list[dict[str, Any]] = [k8s_security.probe_configmap()]
+    files[PROBE_MANIFEST] = _yaml(objects)
     for component in parts:
         documents = [
             k8s_objects.deployment(topology, options, component, groups),
             k8s_objects.service(topology, component),
             k8s_objects.autoscaler(topology, options, component),
+            k8s_objects.network_policy(topology, component, parts[0]),
+            k8s_objects.disruption_budget(topology, component),
         ]
         files[f"{component.name}.yaml"] = _yaml(documents)
         objects += documents
@@ -173,7 +179,7 @@ def render_manifests(topology: Topology, options: K8sOptions | None = None) -> M
     kustomization: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [f"{c.name}.yaml" for c in parts],
+        "resources": [PROBE_MANIFEST, *(f"{c.name}.yaml" for c in parts)],
         "secretGenerator": [{"name": ADMIN_SECRET, "files": [ADMIN_KEY_FILE]}],
     }
     if options.namespace:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from generator import naming, triton_runtime
+from generator.deploy import k8s_security
 from generator.deploy.topology import Topology
 from generator.errors import UserInputError
 from generator.planning.capacity import Capacity
@@ -24,12 +25,9 @@ DEFAULT_IMAGE = triton_runtime.NGC_IMAGE
 IMAGE_REPOSITORY_PATH = "/models"
 PVC_MOUNT_PATH = "/repositories"
 #: Header that unlocks the restricted admin APIs; its value comes from the generated Secret.
-ADMIN_HEADER = "recgen-admin-key"
-ADMIN_KEY_ENV = "RECGEN_ADMIN_KEY"
+ADMIN_HEADER = triton_runtime.ADMIN_HEADER
 ADMIN_SECRET = "recgen-triton-admin"
 ADMIN_KEY_FILE = "admin.key"
-#: Admin APIs nobody needs at serving time (model control is off anyway).
-RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
 #: The custom metric the prometheus-adapter rule exposes and the HPAs read.
 QUEUE_METRIC = "avg_time_queue_us"
 TRITON_USER_ID = 1000  # `triton-server` in the NGC image
@@ -134,23 +132,18 @@ def _repository_arg(options: K8sOptions, component: Component) -> str:
     return f"{prefix}/{component.repository}"
 
 
-def _args(options: K8sOptions, component: Component) -> list[str]:
-    """Triton's flags: the runtime's own, plus no model control and the admin APIs behind the generated key."""
-    restricted = f"{RESTRICTED_APIS}:{ADMIN_HEADER}=$({ADMIN_KEY_ENV})"
+def _flags(options: K8sOptions, component: Component) -> list[str]:
+    """Triton's flags: the runtime's own and no model control (the restricted APIs come from `k8s_security`)."""
     return [
-        "tritonserver",
         f"--model-repository={_repository_arg(options, component)}",
         "--model-control-mode=none",
         *triton_runtime.server_flags(gpu=component.device == "gpu"),
-        f"--http-restricted-api={restricted}",
-        f"--grpc-restricted-protocol={restricted}",
     ]
 
 
 def _env(component: Component, groups: list[Component]) -> list[dict[str, Any]]:
-    """The runtime's stub environment, the admin key, and for the front every group's headless Service."""
+    """The runtime's stub environment, and for the front every group's headless Service."""
     env: list[dict[str, Any]] = [{"name": name, "value": value} for name, value in triton_runtime.SERVING_ENV.items()]
-    env.append({"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ADMIN_SECRET, "key": ADMIN_KEY_FILE}}})
     if component.role == "front":
         for group in groups:
             env.append(
@@ -179,7 +172,7 @@ def _container(options: K8sOptions, component: Component, groups: list[Component
     container: dict[str, Any] = {
         "name": "tritonserver",
         "image": image_name(options, component),
-        "args": _args(options, component),
+        **k8s_security.start_command(_flags(options, component), ADMIN_KEY_FILE),
         "env": _env(component, groups),
         "ports": [
             {"name": "http", "containerPort": triton_runtime.HTTP_PORT},
@@ -187,12 +180,13 @@ def _container(options: K8sOptions, component: Component, groups: list[Component
             {"name": "metrics", "containerPort": triton_runtime.METRICS_PORT},
         ],
         "resources": _resources(options, component),
-        # Big shards take a while to load: up to 10 minutes before liveness starts counting.
+        # Big shards take a while to load: up to 10 minutes before liveness starts counting. Readiness and
+        # liveness also catch a dead stub, which Triton's own health endpoints do not.
         "startupProbe": _probe("/v2/health/ready", period_s=10, failures=60),
-        "readinessProbe": _probe("/v2/health/ready", period_s=5, failures=3),
-        "livenessProbe": _probe("/v2/health/live", period_s=10, failures=3),
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "readinessProbe": k8s_security.probe(period_s=5, failures=2),
+        "livenessProbe": k8s_security.probe(period_s=10, failures=3),
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *k8s_security.volume_mounts()],
+        "securityContext": k8s_security.container_security_context(),
     }
     if options.source == "url":
         container["envFrom"] = [{"secretRef": {"name": "recgen-repository-credentials", "optional": True}}]
@@ -210,7 +204,8 @@ def deployment(
 ) -> dict[str, Any]:
     """The component's Deployment: non-root Triton with probes, /dev/shm in memory, Prometheus annotations."""
     volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{options.shm_mb}Mi"}}
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{options.shm_mb}Mi"}},
+        *k8s_security.volumes(ADMIN_SECRET, downloads_repository=options.source == "url"),
     ]
     if options.source == "pvc":
         volumes.append({"name": "repositories", "persistentVolumeClaim": {"claimName": options.pvc, "readOnly": True}})
@@ -232,12 +227,8 @@ def deployment(
                     },
                 },
                 "spec": {
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": TRITON_USER_ID,
-                        "runAsGroup": TRITON_USER_ID,
-                        "fsGroup": TRITON_USER_ID,
-                    },
+                    "securityContext": k8s_security.pod_security_context(TRITON_USER_ID),
+                    "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": 30,
                     "containers": [_container(options, component, groups)],
                     "volumes": volumes,
@@ -245,6 +236,19 @@ def deployment(
             },
         },
     }
+
+
+def network_policy(topology: Topology, component: Component, front: Component) -> dict[str, Any]:
+    """The component's NetworkPolicy: a shard group's inference ports are open to the front's pods only."""
+    front_selector = None if component.role == "front" else _selector(topology, front.name)
+    labels = _labels(topology, component.name, component.role)
+    return k8s_security.network_policy(component.name, labels, _selector(topology, component.name), front_selector)
+
+
+def disruption_budget(topology: Topology, component: Component) -> dict[str, Any]:
+    """The component's PodDisruptionBudget."""
+    labels = _labels(topology, component.name, component.role)
+    return k8s_security.disruption_budget(component.name, labels, _selector(topology, component.name))
 
 
 def service(topology: Topology, component: Component) -> dict[str, Any]:

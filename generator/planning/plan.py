@@ -163,6 +163,9 @@ class Plan:
     features: tuple[FeatureSpec, ...] = ()
     #: Latency target of one request through the ensemble; every step's queue policy follows from it.
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
+    #: The router rejects a request whose dense features or weights hold a NaN or an infinity (False: pass them on,
+    #: as PyTorch would).
+    check_finite: bool = True
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)

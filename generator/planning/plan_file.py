@@ -95,6 +95,7 @@ def save_plan(plan: Plan, path: str | Path, report: PlanReport | None = None, *,
         "max_batch_size": plan.max_batch_size,
         "group_by": plan.group_by,
         "latency_slo_ms": plan.latency_slo_ms,
+        "check_finite": plan.check_finite,
         "inputs": sections["inputs"],
         "row_order_file": rows_path.name if orders else None,
         "row_order_sha256": _sha256(rows_path) if orders else None,
@@ -157,6 +158,7 @@ def load_plan(path: str | Path) -> Plan:
             max_batch_size=document["max_batch_size"],
             group_by=document.get("group_by", "placement"),
             latency_slo_ms=document.get("latency_slo_ms", queueing.DEFAULT_LATENCY_SLO_MS),
+            check_finite=bool(document.get("check_finite", True)),
             features=tuple(FeatureSpec(**entry) for entry in document.get("features", [])),
         )
     except (KeyError, IndexError, TypeError) as error:

@@ -170,7 +170,7 @@ class ModelWriter:
 
     def router(self, repository: Path) -> None:
         """The router, with the rank maps and front cache it needs."""
-        config = configs.router_config(self.plan)
+        config = configs.router_config(self.plan, layout.model_signature(self.model)[0])
         version_dir = _new_model_dir(repository, config.name)
         export.export_router(self.model, self.plan, version_dir)
         self._finish(config, version_dir, "router", f"{len(self.plan.tables)} tables -> {len(self.plan.shards)} shards")
@@ -209,7 +209,7 @@ class ModelWriter:
         model, plan = self.model, self.plan
         if not model.supports_ranking_requests:
             return
-        router = configs.ranking_router_config(plan)
+        router = configs.ranking_router_config(plan, model)
         version_dir = _new_model_dir(leaf_repository, router.name)
         export.export_router(model, plan, version_dir)
         self._finish(router, version_dir, "router", "ranking: user row + candidate rows")

@@ -110,39 +110,45 @@ def _serving_config(
     return config
 
 
-def router_config(plan: Plan) -> mc.ModelConfig:
-    """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter."""
+def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
+    """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter.
+
+    It also reads the dense tensors of `dense` (unless the plan allows non-finite inputs), only to check them.
+    """
     inputs = layout.sparse_inputs(plan)
-    specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs])]
+    checked = layout.finite_inputs(plan, dense)
+    specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs]), *params.request_checks(checked)]
     specs += [cache for cache in (params.front_cache(plan),) if cache is not None]
     return _serving_config(
         naming.router_model(plan.model_name),
         "python",
         plan.max_batch_size,
         plan.router,
-        (layout.router_inputs(plan), layout.router_outputs(plan)),
+        (layout.with_checked(layout.router_inputs(plan), checked), layout.router_outputs(plan)),
         specs,
         latency_slo_ms=plan.latency_slo_ms,
     )
 
 
-def ranking_router_config(plan: Plan) -> mc.ModelConfig:
+def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
     """The ranking ensemble's router: the user's ids and the N candidates' ids in, per group [1 + N, width] out.
 
     Row 0 of every output carries the user-side tables' ids, rows 1..N the item-side ones, so the shard groups pool
     the user's rows once, in the same step (and batch) as the candidates'. Not batching (max_batch_size 0): the
-    user and item tensors of one request have different first dimensions.
+    user and item tensors of one request have different first dimensions. Checks the dense tensors like the router.
     """
     inputs = layout.ranking_sparse_inputs(plan)
     weights = [spec.name for spec in layout.ranking_weight_inputs(plan)]
+    checked = layout.ranking_finite_inputs(plan, model)
     specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs], weights), params.ranking_router(plan)]
-    specs += [cache for cache in (params.front_cache(plan),) if cache is not None]
+    specs += [*params.request_checks(checked), *(cache for cache in (params.front_cache(plan),) if cache is not None)]
+    reads = layout.with_checked(layout.ranking_router_inputs(plan), checked)
     return _serving_config(
         naming.ranking_router_model(plan.model_name),
         "python",
         0,
         plan.router,
-        (layout.ranking_router_inputs(plan), [spec.unbatched() for spec in layout.router_outputs(plan)]),
+        (reads, [spec.unbatched() for spec in layout.router_outputs(plan)]),
         specs,
         latency_slo_ms=plan.latency_slo_ms,
     )
@@ -255,7 +261,7 @@ def ensemble_config(plan: Plan, dense: layout.DenseSignature, outputs: layout.Ou
         plan.max_batch_size,
         (layout.ensemble_inputs(plan, dense), layout.ensemble_outputs(outputs)),
         naming.router_model(plan.model_name),
-        layout.router_inputs(plan),
+        layout.with_checked(layout.router_inputs(plan), layout.finite_inputs(plan, dense)),
         (naming.dense_model(plan.model_name), layout.dense_inputs(plan, dense)),
     )
 
@@ -268,7 +274,7 @@ def ranking_ensemble_config(plan: Plan, model: Model) -> mc.ModelConfig:
         0,
         layout.ranking_signature(plan, model),
         naming.ranking_router_model(plan.model_name),
-        layout.ranking_router_inputs(plan),
+        layout.with_checked(layout.ranking_router_inputs(plan), layout.ranking_finite_inputs(plan, model)),
         (naming.ranking_dense_model(plan.model_name), layout.ranking_dense_step_inputs(plan, model)),
     )
 

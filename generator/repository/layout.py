@@ -157,6 +157,26 @@ def ranking_dense_step_inputs(plan: Plan, model: Model) -> list[TensorSpec]:
     return [*ranking_dense_inputs(model.dense_sides), *partials]
 
 
+def finite_inputs(plan: Plan, dense: DenseSignature) -> list[TensorSpec]:
+    """The flattened request's FP32 tensors the router checks for finite values (none if the plan allows them)."""
+    return [*dense_tensors(dense), *weight_inputs(plan)] if plan.check_finite else []
+
+
+def ranking_finite_inputs(plan: Plan, model: Model) -> list[TensorSpec]:
+    """The ranking request's FP32 tensors the ranking router checks for finite values."""
+    if not plan.check_finite:
+        return []
+    if isinstance(model, ImportedModel):
+        return [*imported_ranking_dense_inputs(model), *ranking_weight_inputs(plan)]
+    return [*ranking_dense_inputs(model.dense_sides), *ranking_weight_inputs(plan)]
+
+
+def with_checked(reads: Sequence[TensorSpec], checked: Sequence[TensorSpec]) -> list[TensorSpec]:
+    """A router's inputs: what it routes, then the tensors it only checks (each tensor once)."""
+    names = {spec.name for spec in reads}
+    return [*reads, *(spec for spec in checked if spec.name not in names)]
+
+
 def ranking_dense_inputs(dense_sides: list[Side]) -> list[TensorSpec]:
     """The ranking request's dense features: [1, Du] of the user, [N, Di] of the candidates (absent when empty)."""
     specs = []

@@ -13,6 +13,7 @@ from generator import naming, triton_runtime
 from generator.model.dlrm import Side
 from generator.planning.plan import Plan, ShardGroup
 from generator.repository import layout
+from generator.repository.layout import TensorSpec
 from generator.triton_models import recgen_params as params
 
 
@@ -70,6 +71,11 @@ def routing(plan: Plan, input_names: Sequence[str], weights_names: Sequence[str]
     )
     counts = naming.POOL_COUNTS if layout.mean_features(plan) else ""
     return params.RoutingParams(tables=routed, outputs=outputs, counts_output=counts)
+
+
+def request_checks(checked: Sequence[TensorSpec]) -> list[params.RequestChecksParams]:
+    """The router's finite-value checks of `checked` (no parameter when there is nothing to check)."""
+    return [params.RequestChecksParams(tuple(spec.name for spec in checked))] if checked else []
 
 
 def front_cache(plan: Plan) -> params.FrontCacheParams | None:

@@ -67,6 +67,7 @@ class Routing:
     counts_output: str = ""  # ids per sample of the mean-pooled features ("" = none)
     counted_columns: tuple[tuple[int, int], ...] = ()  # [first, last) input columns of every counted feature
     weights_outputs: tuple[str, ...] = ()  # per packed output, the output of its ids' weights ("" = none)
+    finite_inputs: tuple[str, ...] = ()  # FP32 inputs that must hold finite values (dense features, weights)
 
     @functools.cached_property
     def weighted(self) -> bool:
@@ -75,8 +76,9 @@ class Routing:
 
     @functools.cached_property
     def input_names(self) -> list[str]:
-        """Every request tensor the router reads: the features' ids, then the weighted features' weights."""
-        return [t.input_name for t in self.tables] + [t.weights_name for t in self.tables if t.weights_name]
+        """Every request tensor the router reads: ids, weights, then the tensors it only checks."""
+        names = [t.input_name for t in self.tables] + [t.weights_name for t in self.tables if t.weights_name]
+        return names + [name for name in self.finite_inputs if name not in names]
 
 
 @dataclass
@@ -121,6 +123,7 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
     routing = params.RoutingParams.from_model_config(model_config)
     cache = params.FrontCacheParams.optional_from_model_config(model_config)
     ranking = params.RankingRouterParams.optional_from_model_config(model_config)
+    checks = params.RequestChecksParams.optional_from_model_config(model_config)
     ranks = _arrays(version_dir / ROW_RANKS_FILE)
     caches = _arrays(version_dir / FRONT_CACHE_FILE)
     output_offsets = np.cumsum([0] + [output.width for output in routing.outputs]).tolist()
@@ -155,6 +158,7 @@ def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
         routing.counts_output,
         counted,
         tuple(output.weights for output in routing.outputs),
+        () if checks is None else tuple(checks.finite_inputs),
     )
 
 
@@ -327,7 +331,7 @@ class TritonPythonModel:
             for name in names:
                 stacked[name], split_points = kernels.stack_requests([inputs[name] for inputs in per_request])
             try:
-                routed = route_request(self.routing, stacked, self.counts)
+                routed = self._flattened(stacked)
             except ValueError:
                 pass  # some request holds a bad id: fall through to one request at a time
             else:
@@ -338,12 +342,14 @@ class TritonPythonModel:
                     )
                     for index in range(len(requests))
                 ]
-        return [
-            self._respond(lambda inputs: route_request(self.routing, inputs, self.counts), inputs)
-            for inputs in per_request
-        ]
+        return [self._respond(self._flattened, inputs) for inputs in per_request]
+
+    def _flattened(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        kernels.check_finite(self.routing.finite_inputs, inputs)
+        return route_request(self.routing, inputs, self.counts)
 
     def _ranking(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        kernels.check_finite(self.routing.finite_inputs, inputs)
         return route_request(self.routing, combine_ranking_request(self.routing, inputs), self.counts)
 
     @staticmethod

@@ -83,7 +83,13 @@ def _bad_requests(model: DLRM) -> dict[str, tuple[dict[str, np.ndarray], str]]:
     wrong_width[f"sparse_{last.name}"] = np.zeros((3, last.max_ids_per_sample + 1), np.int64)
     missing = _valid(model)
     del missing[f"sparse_{last.name}"]
+    not_a_number = _valid(model)
+    not_a_number["dense_features"][2, 1] = np.nan
+    infinite = _valid(model)
+    infinite["dense_features"][0, 0] = -np.inf
     return {
+        "nan dense": (not_a_number, "input 'dense_features' holds a non-finite value (nan) at [2, 1]"),
+        "inf dense": (infinite, "input 'dense_features' holds a non-finite value (-inf) at [0, 0]"),
         "id >= rows": (too_big, f"'sparse_{first.name}' holds id {first.num_rows}"),
         "id < -1": (too_small, f"'sparse_{last.name}' holds id -7"),
         "wrong dtype": (wrong_dtype, f"'sparse_{first.name}' data-type is 'INT32'"),
@@ -97,7 +103,9 @@ ONE_SERVER = pytest.mark.parametrize("served", [("tiny", "python")], indirect=Tr
 
 
 @ONE_SERVER
-@pytest.mark.parametrize("case", ["id >= rows", "id < -1", "wrong dtype", "wrong width", "missing input"])
+@pytest.mark.parametrize(
+    "case", ["id >= rows", "id < -1", "wrong dtype", "wrong width", "missing input", "nan dense", "inf dense"]
+)
 @pytest.mark.parametrize("protocol", client.PROTOCOLS)
 def test_bad_request_is_a_clear_error_and_server_keeps_serving(served, protocol: str, case: str) -> None:
     model, result, server = served

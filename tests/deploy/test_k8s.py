@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from generator import naming, triton_runtime
-from generator.deploy import k8s
+from generator.deploy import k8s, k8s_security, stub_health
 from generator.deploy.distributed import build_distributed
 from generator.deploy.topology import Topology
 from generator.errors import OutputExistsError, UserInputError
@@ -35,7 +35,8 @@ def by_kind(manifests: k8s.Manifests, kind: str) -> dict[str, dict]:
 def test_every_manifest_validates_against_the_kubernetes_schema(source: str) -> None:
     options = k8s.K8sOptions(source=source, pvc="recgen-builds", repository_url="s3://bucket/dlrm")
     manifests = k8s.render_manifests(Topology.from_plan(gpu_plan()), options)
-    assert len(manifests.objects) == 3 * len(manifests.components)
+    # the stub probe's ConfigMap, then per component a Deployment, Service, HPA, NetworkPolicy and PDB
+    assert len(manifests.objects) == 1 + 5 * len(manifests.components)
     for document in manifests.objects:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
     for name, text in manifests.files.items():  # what is written is what was validated
@@ -64,10 +65,34 @@ def test_cross_references_hold() -> None:
         ports = {port["name"] for port in container["ports"]}
         assert {port["targetPort"] for port in services[name]["spec"]["ports"]} <= ports
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
-        assert any(arg.startswith("--http-restricted-api=model-repository") for arg in container["args"])
-        assert "--model-control-mode=none" in container["args"]
+        (start,) = container["args"]
+        assert container["command"] == ["/bin/sh", "-c"] and start.startswith("exec tritonserver ")
+        assert "--model-control-mode=none" in start
+        key_file = f"{k8s_security.ADMIN_KEY_DIR}/{k8s.ADMIN_KEY_FILE}"
+        for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+            assert f'"{flag}=model-repository,shared-memory,logging,trace:recgen-admin-key=$(cat {key_file})"' in start
         assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
-        assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["exec"]["command"][:2] == ["python3", "/opt/recgen/stub_health.py"]
+        mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+        assert mounts["admin-key"] == k8s_security.ADMIN_KEY_DIR and mounts["stub-probe"] == "/opt/recgen"
+        assert not any("KEY" in str(entry) for entry in container["env"])
+        budget = by_kind(manifests, "PodDisruptionBudget")[name]["spec"]
+        assert budget["selector"]["matchLabels"].items() <= pod_labels.items() and budget["maxUnavailable"] == 1
+        policy = by_kind(manifests, "NetworkPolicy")[name]["spec"]
+        assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        inference, metrics = policy["ingress"]
+        assert {port["port"] for port in inference["ports"]} == {"http", "grpc"} <= ports
+        assert metrics == {"ports": [{"port": "metrics", "protocol": "TCP"}]}
+        if name == naming.front_service_name("dlrm"):
+            assert "from" not in inference  # clients reach the front from anywhere
+        else:  # only the front's pods reach a shard group
+            front_pods = deployments[naming.front_service_name("dlrm")]["spec"]["template"]["metadata"]["labels"]
+            (source,) = inference["from"]
+            assert source["podSelector"]["matchLabels"].items() <= front_pods.items()
+            assert not source["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (probe_map,) = by_kind(manifests, "ConfigMap").values()
+    assert probe_map["data"]["stub_health.py"] == Path(stub_health.__file__).read_text()
 
     # The front calls every shard group through its headless Service, on the gRPC port, by the env var its
     # remote steps read; and the per-shard default layout gives every shard its own service.
@@ -145,3 +170,65 @@ def test_models_whose_kubernetes_names_clash_are_rejected() -> None:
     plan = Plan("dlrm", tuple(table_plan(spec, [0, spec.num_rows], [Placement()]) for spec in specs))
     with pytest.raises(UserInputError, match="would serve more than one model"):
         k8s.render_manifests(Topology.from_plan(plan))
+
+
+#: Volume types the Pod Security Standard "restricted" allows.
+RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
+
+
+def _restricted_violations(pod: dict) -> list[str]:
+    """What breaks the Pod Security Standard "restricted" profile (Kubernetes 1.30), plus our own hardening."""
+    problems = []
+    pod_context = pod.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(flag)
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']} of type {kinds}")
+    if pod.get("automountServiceAccountToken") is not False:
+        problems.append("service-account token mounted")
+    for container in pod["containers"] + pod.get("initContainers", []):
+        context = container.get("securityContext", {})
+
+        def setting(key: str, context: dict = context) -> object:
+            return context.get(key, pod_context.get(key))
+
+        if context.get("privileged"):
+            problems.append("privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append("allowPrivilegeEscalation not false")
+        if setting("runAsNonRoot") is not True or setting("runAsUser") == 0:
+            problems.append("may run as root")
+        if (setting("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append("no seccomp profile")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []) or set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append("capabilities not dropped")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            problems.append("host port")
+        if context.get("readOnlyRootFilesystem") is not True:
+            problems.append("writable root filesystem")
+    return problems
+
+
+@pytest.mark.parametrize("source", ["image", "pvc", "url"])
+def test_every_container_meets_pod_security_restricted(source: str, tmp_path: Path) -> None:
+    options = k8s.K8sOptions(source=source, pvc="recgen-builds", repository_url="s3://bucket/dlrm")
+    manifests = k8s.render_manifests(Topology.from_plan(gpu_plan()), options)
+    deployments = by_kind(manifests, "Deployment")
+    assert deployments
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert _restricted_violations(pod) == [], name
+        writable = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"] if not m.get("readOnly")}
+        assert writable == {"/dev/shm", "/tmp"}
+    insecure = {"containers": [{"name": "c", "securityContext": {"privileged": True}}], "volumes": [
+        {"name": "h", "hostPath": {"path": "/"}}]}  # fmt: skip
+    assert len(_restricted_violations(insecure)) == 8  # the checker itself sees every kind of breach
+    out = manifests.write(tmp_path / "deploy")
+    key = (out / k8s.ADMIN_KEY_FILE).read_text().strip()
+    assert all(key not in path.read_text() for path in out.rglob("*.yaml"))

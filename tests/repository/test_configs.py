@@ -22,7 +22,8 @@ def _all_configs(
     model = tiny_model()
     plan = uniform_plan(model, shards_per_table=3, device=device, instance_count=2, group_by=group_by)
     leaves = configs.LeafOptions(backend, target)
-    rendered = [configs.router_config(plan), configs.dense_config(plan, model.num_dense_features, leaves)]
+    dense = model.num_dense_features
+    rendered = [configs.router_config(plan, dense), configs.dense_config(plan, dense, leaves)]
     rendered += [configs.shard_group_config(plan, group, leaves) for group in plan.shard_groups()]
     rendered.append(configs.ensemble_config(plan, model.num_dense_features))
     return {config.name: config for config in rendered}

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,15 +12,17 @@ from hypothesis import strategies as st
 from generator import naming
 from generator.model.dlrm import pool_rows
 from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
-from generator.repository import configs, params
+from generator.repository import configs, layout, params
 from generator.repository.layout import group_layout
 from generator.triton_models import recgen_kernels as kernels
 from generator.triton_models import router_model, shard_model
 from tests.conftest import tiny_model
 
 
-def _routing(plan: Plan, tmp_path: Path) -> router_model.Routing:
-    config = json.loads(json_format.MessageToJson(configs.router_config(plan), preserving_proto_field_name=True))
+def _routing(plan: Plan, tmp_path: Path, dense: layout.DenseSignature = ()) -> router_model.Routing:
+    """The router of `plan`; it checks the dense tensors of `dense` (none by default)."""
+    router = configs.router_config(plan, dense)
+    config = json.loads(json_format.MessageToJson(router, preserving_proto_field_name=True))
     return router_model.load_routing(config, tmp_path)
 
 
@@ -87,7 +90,7 @@ def test_ranking_request_becomes_one_batch_with_the_user_in_row_zero(tmp_path: P
 
     plan = sided_plan(sided_model())
     config = json.loads(
-        json_format.MessageToJson(configs.ranking_router_config(plan), preserving_proto_field_name=True)
+        json_format.MessageToJson(configs.ranking_router_config(plan, sided_model()), preserving_proto_field_name=True)
     )
     ranks = {t.spec.name: t.rank_of_row() for t in plan.tables if t.row_order is not None}
     np.savez(tmp_path / router_model.ROW_RANKS_FILE, **ranks)
@@ -182,3 +185,31 @@ def test_router_packs_id_weights_beside_the_ids_and_drops_padding_ids(tmp_path: 
     assert outputs[naming.POOL_COUNTS].tolist() == [[1.0], [1.0]]  # and counts for no mean
     with pytest.raises(ValueError, match=r"'weights_ids' is shaped \[2, 2\].*'sparse_ids' \[2, 3\]"):
         router_model.route_request(routing, {**inputs, "weights_ids": np.ones((2, 2), np.float32)})
+
+
+def test_the_router_checks_dense_features_for_finite_values_unless_the_plan_allows_them(tmp_path: Path) -> None:
+    model = tiny_model()
+    checked = uniform_plan(model, shards_per_table=1)
+    config = json.loads(
+        json_format.MessageToJson(
+            configs.router_config(checked, model.num_dense_features), preserving_proto_field_name=True
+        )
+    )
+    routing = router_model.load_routing(config, tmp_path)
+    assert routing.finite_inputs == (naming.DENSE_FEATURES,)
+    assert routing.input_names[-1] == naming.DENSE_FEATURES
+    assert [i["name"] for i in config["input"]][-1] == naming.DENSE_FEATURES
+    dense = np.zeros((2, model.num_dense_features), np.float32)
+    kernels.check_finite(routing.finite_inputs, {**INPUTS, naming.DENSE_FEATURES: dense})
+    for value, shown in ((np.nan, "nan"), (np.inf, "inf"), (-np.inf, "-inf")):
+        dense[1, 3] = value
+        with pytest.raises(ValueError, match=rf"'dense_features' holds a non-finite value \({shown}\) at \[1, 3\]"):
+            kernels.check_finite(routing.finite_inputs, {**INPUTS, naming.DENSE_FEATURES: dense})
+    allowed = dataclasses.replace(checked, check_finite=False)
+    config = json.loads(
+        json_format.MessageToJson(
+            configs.router_config(allowed, model.num_dense_features), preserving_proto_field_name=True
+        )
+    )
+    assert router_model.load_routing(config, tmp_path).finite_inputs == ()
+    assert naming.DENSE_FEATURES not in [i["name"] for i in config["input"]]

@@ -175,6 +175,19 @@ class RoutingParams(Spec):
 
 
 @dataclasses.dataclass(frozen=True)
+class RequestChecksParams(Spec):
+    """`request_checks` (on a router, unless the build allows non-finite inputs): FP32 inputs that must be finite.
+
+    The router is the first step of every ensemble, so it also reads the dense features only to check them: a NaN
+    or an infinity is a request error naming the tensor, not a NaN score.
+    """
+
+    PARAMETER: ClassVar[str] = "request_checks"
+
+    finite_inputs: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class FrontCacheParams(Spec):
     """`front_cache` (only when the router holds one): the cache's partial-sums output and each slot's table."""
 
@@ -330,6 +343,7 @@ class RemoteParams(Spec):
 #: Every spec a generated model reads, for tools and tests.
 ALL_SPECS: tuple[type[Spec], ...] = (
     RoutingParams,
+    RequestChecksParams,
     FrontCacheParams,
     RankingRouterParams,
     ShardGroupParams,
