@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import json_format
 
 from generator.planning.plan import uniform_plan
-from generator.repository import build, params, validation
+from generator.repository import build, layout, params, validation
 from generator.triton_models import recgen_params as specs
 from tests.conftest import tiny_model
 from tests.test_front_cache import cached_plan
@@ -23,6 +23,7 @@ def every_spec_of_a_plan() -> list[specs.Spec]:
     built = [
         params.routing(plan, ["a", "b", "c"]),
         params.front_cache(cached),
+        *params.request_checks(layout.finite_inputs(plan, model.num_dense_features)),
         params.ranking_router(plan),
         params.shard_group(plan, group),
         params.dense(cached),
@@ -86,4 +87,4 @@ def test_every_python_model_of_a_build_reads_its_parameters(tmp_path: Path) -> N
         for key in config.get("parameters", {}):
             by_parameter[key].from_model_config(config)
             read.add(key)
-    assert read == {"routing", "ranking_router", "shards", "dense", "ranking"}
+    assert read == {"routing", "request_checks", "ranking_router", "shards", "dense", "ranking"}

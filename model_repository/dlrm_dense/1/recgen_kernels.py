@@ -361,3 +361,15 @@ def ranking_scores(
     if tower.top_rest:
         logits = mlp(np.maximum(logits, 0), tower.top_rest, relu_last=False)
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
+
+
+def check_finite(names: tuple[str, ...], inputs: Mapping[str, np.ndarray]) -> None:
+    """Raise ValueError naming the first of `names` that holds a NaN or an infinity, and where."""
+    for name in names:
+        bad = ~np.isfinite(inputs[name])
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"input '{name}' holds a non-finite value ({inputs[name][where]}) at {list(where)}; dense features "
+                "and weights must be finite (a model built with --allow-non-finite passes them on)"
+            )

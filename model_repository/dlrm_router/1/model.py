@@ -200,18 +200,6 @@ def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> 
     return combined
 
 
-def check_finite(names: tuple[str, ...], inputs: dict[str, np.ndarray]) -> None:
-    """Raise ValueError naming the first of `names` that holds a NaN or an infinity, and where."""
-    for name in names:
-        bad = ~np.isfinite(inputs[name])
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"input '{name}' holds a non-finite value ({inputs[name][where]}) at {list(where)}; dense features "
-                "and weights must be finite (a model built with --allow-non-finite passes them on)"
-            )
-
-
 def route_request(
     routing: Routing, inputs: dict[str, np.ndarray], cache_counts: CacheCounts | None = None
 ) -> dict[str, np.ndarray]:
@@ -357,11 +345,11 @@ class TritonPythonModel:
         return [self._respond(self._flattened, inputs) for inputs in per_request]
 
     def _flattened(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_finite(self.routing.finite_inputs, inputs)
+        kernels.check_finite(self.routing.finite_inputs, inputs)
         return route_request(self.routing, inputs, self.counts)
 
     def _ranking(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_finite(self.routing.finite_inputs, inputs)
+        kernels.check_finite(self.routing.finite_inputs, inputs)
         return route_request(self.routing, combine_ranking_request(self.routing, inputs), self.counts)
 
     @staticmethod
