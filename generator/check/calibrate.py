@@ -19,6 +19,7 @@ import numpy as np
 from generator import naming
 from generator.check.client import RankingClient
 from generator.deploy import server as serve
+from generator.deploy import stub_health
 from generator.errors import ServerError
 from generator.planning import plan, queueing
 from generator.planning.capacity import Capacity
@@ -65,20 +66,8 @@ def proportional_set_size_bytes(pid: int) -> int:
 
 
 def stub_processes(server_pid: int) -> dict[str, int]:
-    """Python-backend stub PIDs of a server, by model directory name."""
-    stubs: dict[str, int] = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-            if int(fields.get("PPid", "0").strip()) != server_pid:
-                continue
-            arguments = (status.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if arguments and arguments[0].endswith(b"triton_python_backend_stub") and len(arguments) > 1:
-            model_file = Path(arguments[1].decode())
-            stubs[model_file.parent.parent.name] = int(status.parent.name)
-    return stubs
+    """Python-backend stub PIDs of a server, by model directory name (one per model: the last one found)."""
+    return {stub.model: stub.pid for stub in stub_health.stub_processes(server_pid)}
 
 
 _MODEL = "calib"

@@ -3,8 +3,9 @@
 Without a queue policy Triton queues without bound: overload shows only as latency (32 clients on the example:
 p99 366 ms against 27 ms at 4). Every batching step therefore gets a bounded queue whose requests are rejected
 when they wait past their timeout or find it full, so that clients get fast, named rejections and the accepted
-requests keep to the target. A request passes `SEQUENTIAL_STEPS` queues (router, the shard groups in parallel,
-dense), and queueing may take `QUEUE_SHARE` of the target, the rest being compute and transfer.
+requests keep to the target. A request passes several queues (router, the shard groups in parallel, dense), but
+under overload it is the slowest step's queue that fills while the others stay short: each step's queue may take
+`QUEUE_SHARE` of the target, the rest is for compute, transfer and the other steps' queues.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from dataclasses import dataclass
 from generator.errors import UserInputError
 
 #: Latency target of a request through the ensemble when the user gives none (milliseconds). Generous on purpose:
-#: a queue timeout of a few ms also rejects lone requests on a busy shared machine (a step's instance can take
-#: that long to be handed its next request when a few cores run many stub processes).
+#: a short queue timeout also sheds modest bursts on a busy shared machine (a step that serves one request per
+#: execution, like the ranking router, queues a burst of 8 requests for tens of ms).
 DEFAULT_LATENCY_SLO_MS = 500.0
 #: Range of targets accepted (milliseconds): below 1 ms nothing fits in Python-backend steps.
 LATENCY_SLO_RANGE_MS = (1.0, 60_000.0)
-#: Queues a request passes in the ensemble: router, the shard groups (in parallel), dense.
-SEQUENTIAL_STEPS = 3
-#: Share of the target that queueing may take.
+#: Share of the target that one step's queue may take.
 QUEUE_SHARE = 0.5
 #: Server CPU one Python-backend step spends per request at the least (measured floor, bench notes in
 #: DESIGN.md): a queue longer than what its instances drain at this pace within the timeout only waits to expire.
@@ -50,6 +49,6 @@ def check_latency_slo_ms(latency_slo_ms: float) -> float:
 
 def queue_policy(latency_slo_ms: float, instances: int) -> QueuePolicy:
     """The policy of a step with `instances` instances under a latency target of `latency_slo_ms`."""
-    timeout_s = check_latency_slo_ms(latency_slo_ms) / 1000 * QUEUE_SHARE / SEQUENTIAL_STEPS
+    timeout_s = check_latency_slo_ms(latency_slo_ms) / 1000 * QUEUE_SHARE
     drained = math.ceil(instances * timeout_s / STEP_FLOOR_S)
     return QueuePolicy(timeout_us=max(1, round(timeout_s * 1e6)), max_queue_size=max(instances, drained))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -81,8 +82,8 @@ def test_every_server_gets_the_same_runtime_flags() -> None:
     shared = triton_runtime.server_flags(gpu=False)
     for document in manifests.objects:
         if document["kind"] == "Deployment":
-            args = document["spec"]["template"]["spec"]["containers"][0]["args"]
-            assert set(shared) <= set(args)
+            (start,) = document["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert set(shared) <= set(shlex.split(start))  # `sh -c "exec tritonserver ..."`
     embedded = TritonServer(ServerConfig((Path("r"),))).command()
     assert set(shared) <= set(embedded)
     docker = triton_runtime.docker_run_command([("r", "/models")], gpu=False)

@@ -1,0 +1,193 @@
+"""Benchmark: goodput, rejections and latency of accepted requests from half to four times capacity; and a soak.
+
+The example model, built with a latency target (`--latency-slo-ms`), served by the embedded server. Capacity is
+measured first with closed-loop clients (requests/s); then open-loop Poisson arrivals at each `--loads` multiple
+of it, every load once per round, `--rounds` rounds interleaved. Per load it reports goodput (answered requests/s),
+rejections (the queue policy's fast, named errors), other errors and the p50/p99 of accepted requests, against
+the goals: p99 within the target at every load, goodput at 4x at least 90% of goodput at 1x. With
+`--soak-minutes M` it then holds `--soak-load` of capacity for M minutes, sampling the PSS of every process.
+
+    python -m bench.overload [--latency-slo-ms 100] [--loads 0.5 1 2 4] [--seconds 10] [--rounds 3]
+                             [--batch 64] [--soak-minutes 0] [--out runs/bench/overload]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.loadgen import RequestLog, closed_loop, open_loop, pss_bytes, server_processes
+from generator.deploy.server import running_server
+from generator.model import dlrm as models
+from generator.planning import plan, queueing
+from generator.repository import build
+from generator.traffic.requests import random_request
+
+GOODPUT_GOAL = 0.9  # goodput at 4x over goodput at 1x
+PSS_BAND = 0.05  # soak: every process within +-5% of its minute-2 PSS
+
+
+def capacity(url: str, requests: list, clients: int, seconds: float) -> float:
+    """Requests/s the server answers to `clients` closed-loop clients."""
+    log = RequestLog()
+    closed_loop(url, "dlrm", requests, clients, seconds, log)
+    answered = [o for o in log.outcomes if o.ok]
+    return len(answered) / seconds
+
+
+def measure(url: str, requests: list, rate: float, seconds: float) -> dict:
+    """One open-loop run at `rate` requests/s."""
+    log = RequestLog()
+    open_loop(url, "dlrm", requests, rate, seconds, log, senders=max(8, int(rate * 0.5)))
+    accepted = np.array([o.latency_s for o in log.outcomes if o.ok]) * 1000
+    rejected = sum(1 for o in log.outcomes if o.rejected)
+    errors = sorted({o.error for o in log.outcomes if not o.ok and not o.rejected})
+    return {
+        "offered_per_s": rate,
+        "sent": len(log.outcomes),
+        "goodput_per_s": accepted.size / seconds,
+        "rejected_per_s": rejected / seconds,
+        "errors": sum(1 for o in log.outcomes if not o.ok and not o.rejected),
+        "error_kinds": errors[:3],
+        "p50_ms": float(np.percentile(accepted, 50)) if accepted.size else float("nan"),
+        "p99_ms": float(np.percentile(accepted, 99)) if accepted.size else float("nan"),
+    }
+
+
+def soak(url: str, pid: int, requests: list, rate: float, minutes: float) -> dict:
+    """`rate` requests/s for `minutes`, PSS of every process every 10 s."""
+    log = RequestLog()
+    load = threading.Thread(target=open_loop, args=(url, "dlrm", requests, rate, minutes * 60, log), daemon=True)
+    started = time.monotonic()
+    load.start()
+    samples: list[tuple[float, dict[str, int]]] = []
+    while load.is_alive() and time.monotonic() - started < minutes * 60 + 30:
+        samples.append((round(time.monotonic() - started, 1), pss_bytes(server_processes(pid))))
+        load.join(timeout=10)
+    steady = [sizes for at_s, sizes in samples if at_s >= 120]
+    drift = {}
+    if steady:
+        for name, first in steady[0].items():
+            values = [sizes[name] for sizes in steady if name in sizes]
+            drift[name] = (min(values) / first - 1, max(values) / first - 1)
+    return {
+        "requests": len(log.outcomes),
+        "errors": sum(1 for o in log.outcomes if not o.ok and not o.rejected),
+        "rejected": sum(1 for o in log.outcomes if o.rejected),
+        "pss_drift_from_minute_2": drift,
+        "samples": [{"t_s": at_s, "pss": sizes} for at_s, sizes in samples],
+    }
+
+
+def markdown(slo_ms: float, capacity_per_s: float, cells: list[dict], soaked: dict | None) -> str:
+    lines = [
+        f"latency target {slo_ms:g} ms; capacity {capacity_per_s:,.1f} requests/s (closed loop)",
+        "",
+        "| load | offered/s | goodput/s | rejected/s | errors | p50 ms accepted | p99 ms accepted | p99 <= target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        within = "yes" if c["p99_ms"] <= slo_ms else "NO"
+        lines.append(
+            f"| {c['load']:g}x | {c['offered_per_s']:,.1f} | {c['goodput_per_s']:,.1f} | {c['rejected_per_s']:,.1f} "
+            f"| {c['errors']} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {within} |"
+        )
+    by_load = {c["load"]: c for c in cells}
+    if 1.0 in by_load and 4.0 in by_load:
+        ratio = by_load[4.0]["goodput_per_s"] / by_load[1.0]["goodput_per_s"]
+        lines.append(f"\ngoodput 4x / 1x = {ratio:.2f} (goal >= {GOODPUT_GOAL:g})")
+    if soaked is not None:
+        lines.append(
+            f"\nsoak: {soaked['requests']} requests, {soaked['errors']} errors, {soaked['rejected']} rejected; "
+            "PSS change from minute 2 (min / max):"
+        )
+        for name, (low, high) in soaked["pss_drift_from_minute_2"].items():
+            lines.append(f"- {name}: {low:+.1%} / {high:+.1%}")
+    return "\n".join(lines)
+
+
+def _median_cells(rounds: list[list[dict]], loads: list[float]) -> list[dict]:
+    cells = []
+    for index, load in enumerate(loads):
+        runs = sorted((r[index] for r in rounds), key=lambda c: c["goodput_per_s"])
+        middle = runs[len(runs) // 2] if len(runs) % 2 else runs[len(runs) // 2 - 1]
+        cells.append({**middle, "load": load, "rounds_goodput_per_s": [r["goodput_per_s"] for r in runs]})
+    return cells
+
+
+def plot(cells: list[dict], slo_ms: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    loads = [c["load"] for c in cells]
+    left.plot(loads, [c["goodput_per_s"] for c in cells], marker="o", label="goodput")
+    left.plot(loads, [c["rejected_per_s"] for c in cells], marker="x", label="rejected")
+    left.set_xlabel("offered load (x capacity)")
+    left.set_ylabel("requests/s")
+    left.legend()
+    right.plot(loads, [c["p50_ms"] for c in cells], marker="o", label="p50 accepted")
+    right.plot(loads, [c["p99_ms"] for c in cells], marker="o", label="p99 accepted")
+    right.axhline(slo_ms, color="gray", linestyle="--", label="target")
+    right.set_xlabel("offered load (x capacity)")
+    right.set_ylabel("ms")
+    right.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-slo-ms", type=float, default=100.0)
+    parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--capacity-clients", type=int, default=4)
+    parser.add_argument("--soak-minutes", type=float, default=0.0)
+    parser.add_argument("--soak-load", type=float, default=0.7)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/overload"))
+    args = parser.parse_args()
+    queueing.check_latency_slo_ms(args.latency_slo_ms)
+    model = models.example_model()
+    requests = [random_request(model, args.batch, np.random.default_rng(i)).tensors() for i in range(32)]
+    the_plan = plan.uniform_plan(model, latency_slo_ms=args.latency_slo_ms)
+    with tempfile.TemporaryDirectory(prefix="recgen-overload-") as workdir:
+        result = build.build(model, the_plan, Path(workdir) / "r", Path(workdir) / "e")
+        with running_server(result.repositories, timeout_s=300) as server:
+            capacity(server.grpc_url, requests, args.capacity_clients, 3.0)  # warm up
+            capacity_per_s = capacity(server.grpc_url, requests, args.capacity_clients, args.seconds)
+            print(f"capacity {capacity_per_s:.1f} requests/s", flush=True)
+            rounds = []
+            for round_index in range(args.rounds):
+                row = []
+                for load in args.loads:
+                    cell = measure(server.grpc_url, requests, load * capacity_per_s, args.seconds)
+                    print(f"round {round_index} load {load:g}x: {cell}", flush=True)
+                    row.append(cell)
+                rounds.append(row)
+            soaked = None
+            if args.soak_minutes > 0:
+                pid = server.pid or 0
+                soaked = soak(server.grpc_url, pid, requests, args.soak_load * capacity_per_s, args.soak_minutes)
+    cells = _median_cells(rounds, args.loads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(args.latency_slo_ms, capacity_per_s, cells, soaked)
+    print(table)
+    (args.out / "overload.md").write_text(table + "\n")
+    document = {"latency_slo_ms": args.latency_slo_ms, "capacity_per_s": capacity_per_s, "cells": cells}
+    (args.out / "overload.json").write_text(json.dumps({**document, "soak": soaked}, indent=2) + "\n")
+    plot(cells, args.latency_slo_ms, args.out / "overload.png")
+    print(f"wrote {args.out}/overload.md, overload.json and overload.png")
+
+
+if __name__ == "__main__":
+    main()
