@@ -54,6 +54,7 @@ class Fault:
     requests: int
     failed: int
     recovery_s: float
+    errors: tuple[str, ...] = ()  # the distinct errors of the failed requests (with their latency)
 
 
 @dataclass
@@ -107,14 +108,30 @@ def _inject(target: Target, kind: str, pause_s: float) -> None:
     threading.Timer(pause_s, resume).start()
 
 
+#: A fault's window ends once requests have succeeded without a failure for this long.
+QUIET_S = 2.0
+
+
 def _recovery(outcomes: list[Outcome], fault_s: float) -> tuple[int, float]:
-    """Failed requests after a fault and seconds from it to the first success after the last failure."""
-    failed = [o for o in outcomes if not o.ok]
-    if not failed:
+    """Failed requests of a fault's window and seconds from the fault until service was whole again.
+
+    The window holds the failed requests sent within `QUIET_S` of the fault or of the previous one; recovery is
+    when the last of them was answered, or the first success after it if that came later.
+    """
+    failures = sorted((o for o in outcomes if not o.ok), key=lambda o: o.sent_s)
+    window: list[Outcome] = []
+    previous_s = fault_s  # requests in flight at the fault (sent before it) belong to it too
+    for outcome in failures:
+        if outcome.sent_s - previous_s > QUIET_S:
+            break
+        window.append(outcome)
+        previous_s = outcome.sent_s
+    if not window:
         return 0, 0.0
-    last_failure = max(o.answered_s for o in failed)
-    later = [o.answered_s for o in outcomes if o.ok and o.sent_s >= last_failure]
-    return len(failed), (min(later) if later else last_failure) - fault_s
+    last_answer = max(o.answered_s for o in window)
+    last_sent = window[-1].sent_s
+    later = [o.answered_s for o in outcomes if o.ok and o.sent_s > last_sent]
+    return len(window), max(last_answer, min(later, default=last_answer)) - fault_s
 
 
 def run_layout(
@@ -149,10 +166,14 @@ def run_layout(
     windows = []
     ends = [t for t, _, _ in fault_times[1:]] + [started + args.seconds]
     for (at, kind, label), end in zip(fault_times, ends, strict=True):
-        outcomes = log.between(at, end)
+        # requests in flight at the fault count too; those still in flight at the next one are the next one's
+        outcomes = [o for o in log.outcomes if o.answered_s >= at and o.sent_s < end]
         failed, recovery = _recovery(outcomes, at)
         windows.append((at, at + recovery + 0.5))
-        faults.append(Fault(layout, round(at - started, 1), kind, label, len(outcomes), failed, round(recovery, 2)))
+        errors = tuple(sorted({f"{o.error} ({o.latency_s:.1f} s)" for o in outcomes if not o.ok}))[:6]
+        faults.append(
+            Fault(layout, round(at - started, 1), kind, label, len(outcomes), failed, round(recovery, 2), errors)
+        )
     outside = [o for o in log.outcomes if not o.ok and not any(start <= o.answered_s <= end for start, end in windows)]
     totals = {
         "layout": layout,
@@ -181,7 +202,10 @@ def _embedded(model: models.DLRM, workdir: Path, args: argparse.Namespace) -> tu
 
 
 def _distributed(model: models.DLRM, workdir: Path, args: argparse.Namespace) -> tuple[list[Fault], dict]:
-    built = build_distributed(model, plan.uniform_plan(model), workdir / "dist")
+    # One shard group on two replica servers: a killed or paused replica is failed over, then restarted. (Every
+    # shard its own group would be 17 servers on this machine's 2 cores: overloaded before any fault.)
+    the_plan = plan.uniform_plan(model, shards_per_table=2, instance_count=2)
+    built = build_distributed(model, the_plan, workdir / "dist", group_by="placement")
     with LocalTopology(built.root, log_dir=workdir / "logs") as local:
         local.start(timeout_s=300)
         with _supervised(local.watched()) as events:

@@ -96,7 +96,7 @@ class Supervisor:
         if watched.next_restart_s is None:
             delay = RESTART_BACKOFF_S[min(watched.failed_restarts, len(RESTART_BACKOFF_S) - 1)]
             watched.next_restart_s = now + delay
-            first_line = server.exit_report("while serving").splitlines()[0]
+            first_line = server.exit_report("while serving").splitlines()[0].rstrip(":")
             self.echo(f"{watched.label}: {first_line}; restarting it in {delay:g} s")
             return
         if now < watched.next_restart_s:
