@@ -14,6 +14,7 @@ the goals: p99 within the target at every load, goodput at 4x at least 90% of go
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import threading
@@ -83,6 +84,28 @@ def soak(url: str, pid: int, requests: list, rate: float, minutes: float) -> dic
         "pss_drift_from_minute_2": drift,
         "samples": [{"t_s": at_s, "pss": sizes} for at_s, sizes in samples],
     }
+
+
+def hostile(url_grpc: str, url_http: str, pid: int, requests: int = 10, rows: int = 2_000_000) -> dict[str, list[int]]:
+    """tritonserver's PSS (MB) before and after each of `requests` oversized requests (rows x 13 FP32, ~100 MB)
+    that the server rejects (an input the ensemble does not have), over gRPC and HTTP."""
+    import tritonclient.grpc as grpc_client
+    import tritonclient.http as http_client
+
+    array = np.zeros((rows, 13), np.float32)
+    series = {}
+    for module, url in ((grpc_client, url_grpc), (http_client, url_http)):
+        connection = module.InferenceServerClient(url)
+        sizes = [pss_bytes({"server": pid})["server"] >> 20]
+        for _ in range(requests):
+            tensor = module.InferInput("oversized", list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array)
+            with contextlib.suppress(Exception):  # refused, as it must be
+                connection.infer("dlrm", [tensor])
+            sizes.append(pss_bytes({"server": pid})["server"] >> 20)
+        connection.close()
+        series[module.__name__.split(".")[-1]] = sizes
+    return series
 
 
 def markdown(slo_ms: float, capacity_per_s: float, cells: list[dict], soaked: dict | None) -> str:
@@ -174,6 +197,8 @@ def main() -> None:
                     print(f"round {round_index} load {load:g}x: {cell}", flush=True)
                     row.append(cell)
                 rounds.append(row)
+            oversized = hostile(server.grpc_url, server.http_url, server.pid or 0)
+            print(f"tritonserver PSS (MB) over 10 rejected ~100 MB requests: {oversized}", flush=True)
             soaked = None
             if args.soak_minutes > 0:
                 pid = server.pid or 0
@@ -181,9 +206,16 @@ def main() -> None:
     cells = _median_cells(rounds, args.loads)
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(args.latency_slo_ms, capacity_per_s, cells, soaked)
+    table += "\n\ntritonserver PSS (MB) before and after each of 10 rejected ~100 MB requests:\n"
+    table += "\n".join(f"- {protocol}: {' '.join(map(str, sizes))}" for protocol, sizes in oversized.items())
     print(table)
     (args.out / "overload.md").write_text(table + "\n")
-    document = {"latency_slo_ms": args.latency_slo_ms, "capacity_per_s": capacity_per_s, "cells": cells}
+    document = {
+        "latency_slo_ms": args.latency_slo_ms,
+        "capacity_per_s": capacity_per_s,
+        "cells": cells,
+        "oversized_requests_server_pss_mb": oversized,
+    }
     (args.out / "overload.json").write_text(json.dumps({**document, "soak": soaked}, indent=2) + "\n")
     plot(cells, args.latency_slo_ms, args.out / "overload.png")
     print(f"wrote {args.out}/overload.md, overload.json and overload.png")
