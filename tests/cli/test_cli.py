@@ -321,3 +321,49 @@ def test_force_refuses_an_output_that_holds_the_model(tmp_path: Path) -> None:
     code, out = _run("build", "--model", str(inside), "--out", str(tmp_path / "r"), "--ensembles",
                      str(tmp_path / "e"), "--force")  # fmt: skip
     assert code == 1 and "holds the input" in out and inside.is_file()
+
+
+@requires_server
+@pytest.mark.server
+def test_serve_restores_a_model_whose_stub_was_killed(tmp_path: Path) -> None:
+    from generator.deploy import stub_health
+
+    model, _ = _example_repository(tmp_path)
+    http, grpc, metrics = serve.free_ports(3)
+    process = subprocess.Popen(
+        _serve_command(tmp_path, http, grpc, metrics),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        lines: list[str] = []
+
+        def read_until(text: str) -> None:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and text not in "".join(lines):
+                line = process.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+            assert text in "".join(lines), "".join(lines)
+
+        read_until("Ctrl-C to stop")
+        shard_dir = str(tmp_path / "r" / "dlrm_shards_0")
+        (stub,) = [
+            s for s in stub_health.stub_processes() if Path(f"/proc/{s.pid}/cmdline").read_bytes().find(
+                shard_dir.encode()) >= 0
+        ]  # fmt: skip
+        os.kill(stub.pid, signal.SIGKILL)
+        read_until("model 'dlrm_shards_0' restored in")
+        assert "model 'dlrm_shards_0' is broken (" in "".join(lines)
+        code, out = _run("check", "--model", str(model), "--url", f"127.0.0.1:{grpc}", "--protocol", "grpc",
+                         "--requests", "2", "--batch", "16")  # fmt: skip
+        assert code == 0 and out.startswith("OK"), out
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        assert "tritonserver stopped" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -88,3 +88,18 @@ def test_backend_dir_has_the_stub_for_this_python() -> None:
     assert (backends / "python" / "triton_python_backend_stub").is_file()
     assert (backends / "python" / "libtriton_python.so").is_file()
     assert serve.prepare_backend_dir() == backends
+
+
+def test_a_server_killed_by_a_signal_is_reported_with_the_signal_and_no_gpu_noise(tmp_path: Path) -> None:
+    result = _build(tmp_path)
+    server = serve.TritonServer(serve.ServerConfig(result.repositories), tmp_path / "log")
+    server.start()
+    try:
+        server.wait_until_ready(timeout_s=120)
+        server.process.kill()
+        server.process.wait(timeout=30)
+        report = server.exit_report("while serving")
+    finally:
+        server.stop()
+    assert report.startswith("tritonserver exited on signal SIGKILL while serving")
+    assert "CUDA driver version is insufficient" not in report and "CudaDriverHelper" not in report
