@@ -175,8 +175,14 @@ def run_layout(
             Fault(layout, round(at - started, 1), kind, label, len(outcomes), failed, round(recovery, 2), errors)
         )
     outside = [o for o in log.outcomes if not o.ok and not any(start <= o.answered_s <= end for start, end in windows)]
+    fault_starts = [at for at, _, _ in fault_times]
+    since_fault = sorted(
+        round(o.answered_s - max((at for at in fault_starts if at <= o.answered_s), default=started), 1)
+        for o in outside
+    )
     totals = {
         "layout": layout,
+        "outside_seconds_after_last_fault": since_fault,
         "requests": len(log.outcomes),
         "failed": sum(1 for o in log.outcomes if not o.ok),
         "failed_outside_fault_windows": len(outside),

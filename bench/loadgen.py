@@ -11,8 +11,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tritonclient.utils import np_to_triton_dtype
 
 from generator import triton_runtime
 from generator.check.calibrate import proportional_set_size_bytes
@@ -103,43 +105,61 @@ def open_loop(
     rate_per_s: float,
     seconds: float,
     log: RequestLog,
-    senders: int = 32,
+    max_in_flight: int = 4096,
 ) -> None:
-    """Poisson arrivals at `rate_per_s` for `seconds`, whatever the server answers (up to `senders` in flight).
+    """Poisson arrivals at `rate_per_s` for `seconds`, whatever the server answers (asynchronous gRPC calls).
 
-    A request whose arrival finds every sender busy waits for one; that wait counts in its latency, as a real
-    client's would.
+    One thread sends each request at its arrival time and the answers come back on gRPC's callbacks, so the client
+    does not throttle the load the way a pool of blocking senders would. An arrival that finds `max_in_flight`
+    requests unanswered is logged as a client-side drop.
     """
+    import tritonclient.grpc as grpc_client
+
     rng = np.random.default_rng(int(rate_per_s * 1000) % 2**32)
     arrivals = np.cumsum(rng.exponential(1.0 / rate_per_s, size=int(rate_per_s * seconds * 1.2) + 10))
     arrivals = arrivals[arrivals < seconds]
+    prepared = []
+    for tensors in requests:
+        inputs = []
+        for name, array in tensors.items():
+            infer_input = grpc_client.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            infer_input.set_data_from_numpy(array)
+            inputs.append(infer_input)
+        prepared.append(inputs)
+    connection = grpc_client.InferenceServerClient(url)
+    in_flight = threading.Semaphore(max_in_flight)
+    done = threading.Event()
+    pending = [len(arrivals)]
+    lock = threading.Lock()
+
+    def answered(sent: float) -> Any:
+        def callback(result: Any, error: Any) -> None:
+            log.add(Outcome(sent, time.monotonic(), "" if error is None else str(error).splitlines()[0][:300]))
+            in_flight.release()
+            with lock:
+                pending[0] -= 1
+                if pending[0] == 0:
+                    done.set()
+
+        return callback
+
     start = time.monotonic()
-    cursor = iter(range(len(arrivals)))
-    cursor_lock = threading.Lock()
-
-    def worker() -> None:
-        with RankingClient(url, "grpc", model, timeout_s=REQUEST_TIMEOUT_S) as ranking:
-            while True:
-                with cursor_lock:
-                    index = next(cursor, None)
-                if index is None:
-                    return
-                delay = start + arrivals[index] - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                sent = start + float(arrivals[index])  # the arrival, even if no sender was free then
-                try:
-                    ranking.send(requests[index % len(requests)], output_names=None)
-                except Exception as error:  # every failure is data here
-                    log.add(Outcome(sent, time.monotonic(), str(error).splitlines()[0][:300]))
-                else:
-                    log.add(Outcome(sent, time.monotonic()))
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(senders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=seconds + 2 * REQUEST_TIMEOUT_S)
+    for index, arrival in enumerate(arrivals):
+        delay = start + arrival - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sent = start + float(arrival)
+        if not in_flight.acquire(blocking=False):
+            log.add(Outcome(sent, sent, "client-side drop: too many requests in flight"))
+            with lock:
+                pending[0] -= 1
+            continue
+        connection.async_infer(model, prepared[index % len(prepared)], answered(sent), client_timeout=REQUEST_TIMEOUT_S)
+    with lock:
+        if pending[0] == 0:
+            done.set()
+    done.wait(timeout=2 * REQUEST_TIMEOUT_S)
+    connection.close()
 
 
 def server_processes(server_pid: int) -> dict[str, int]:

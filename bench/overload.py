@@ -45,7 +45,7 @@ def capacity(url: str, requests: list, clients: int, seconds: float) -> float:
 def measure(url: str, requests: list, rate: float, seconds: float) -> dict:
     """One open-loop run at `rate` requests/s."""
     log = RequestLog()
-    open_loop(url, "dlrm", requests, rate, seconds, log, senders=max(8, int(rate * 0.5)))
+    open_loop(url, "dlrm", requests, rate, seconds, log)
     accepted = np.array([o.latency_s for o in log.outcomes if o.ok]) * 1000
     rejected = sum(1 for o in log.outcomes if o.rejected)
     errors = sorted({o.error for o in log.outcomes if not o.ok and not o.rejected})
