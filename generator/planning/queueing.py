@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from generator.errors import UserInputError
 
-#: Latency target of a request through the ensemble when the user gives none (milliseconds). Generous on purpose:
-#: a short queue timeout also sheds modest bursts on a busy shared machine (a step that serves one request per
-#: execution, like the ranking router, queues a burst of 8 requests for tens of ms).
-DEFAULT_LATENCY_SLO_MS = 500.0
+#: Latency target of a request through the ensemble when the user gives none (milliseconds). Generous on purpose,
+#: so that only real overload is shed: on a small shared machine a step stalls now and then for a few hundred ms
+#: (measured: a 250 ms queue timeout rejected 2 of 2,900 requests from 2 load-test users, and a step that serves
+#: one request per execution, like the ranking router, queues a burst of 8 requests for tens of ms).
+DEFAULT_LATENCY_SLO_MS = 2000.0
 #: Range of targets accepted (milliseconds): below 1 ms nothing fits in Python-backend steps.
 LATENCY_SLO_RANGE_MS = (1.0, 60_000.0)
 #: Share of the target that one step's queue may take.

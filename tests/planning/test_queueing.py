@@ -23,13 +23,13 @@ from tests.conftest import requires_server, tiny_model
 
 
 def test_the_target_splits_over_the_steps_and_the_queue_holds_what_the_instances_drain() -> None:
-    policy = queueing.queue_policy(500.0, instances=1)
-    assert policy.timeout_us == round(500e3 * queueing.QUEUE_SHARE)
+    policy = queueing.queue_policy(2000.0, instances=1)
+    assert policy.timeout_us == round(2000e3 * queueing.QUEUE_SHARE)
     assert policy.max_queue_size == int(np.ceil(policy.timeout_us * 1e-6 / queueing.STEP_FLOOR_S))
     drained_by_four = np.ceil(4 * policy.timeout_us * 1e-6 / queueing.STEP_FLOOR_S)
-    assert queueing.queue_policy(500.0, instances=4).max_queue_size == int(drained_by_four)
+    assert queueing.queue_policy(2000.0, instances=4).max_queue_size == int(drained_by_four)
     assert queueing.queue_policy(1.0, instances=3).max_queue_size == 3  # never fewer than the instances
-    assert "queue <= 334 requests, rejected after 250 ms" in str(policy)
+    assert "queue <= 1334 requests, rejected after 1000 ms" in str(policy)
     for bad in (0.5, 0.0, -1.0, 1e9, float("nan")):
         with pytest.raises(UserInputError, match=r"`latency_slo_ms` must be in \[1, 60000\] ms"):
             queueing.queue_policy(bad, 1)
