@@ -210,7 +210,8 @@ class TritonUser(User):
                 if difference > SCORE_TOLERANCE:
                     raise CheckFailedError(f"spot check: max |served - PyTorch| = {difference:.3g}")
         except Exception as error:  # every failure is reported to locust with its text
-            exception = error
+            # tritonclient's exceptions keep their text out of repr(), which locust's failure report shows
+            exception = error if str(error) in repr(error) else RuntimeError(f"{type(error).__name__}: {error}")
         self.environment.events.request.fire(
             request_type=self.protocol,
             name=self.client.model_name,
