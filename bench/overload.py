@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadgen import RequestLog, closed_loop, open_loop, pss_bytes, server_processes
+from bench.loadgen import RequestLog, closed_loop, cpu_seconds, open_loop, pss_bytes, server_processes
 from generator.deploy.server import running_server
 from generator.model import dlrm as models
 from generator.planning import plan, queueing
@@ -42,15 +42,19 @@ def capacity(url: str, requests: list, clients: int, seconds: float) -> float:
     return len(answered) / seconds
 
 
-def measure(url: str, requests: list, rate: float, seconds: float) -> dict:
-    """One open-loop run at `rate` requests/s."""
+def measure(url: str, requests: list, rate: float, seconds: float, pid: int) -> dict:
+    """One open-loop run at `rate` requests/s; with the server's CPU (tritonserver and every stub, from /proc)."""
     log = RequestLog()
+    pids = list(server_processes(pid).values())
+    cpu_before, wall_before = cpu_seconds(pids), time.monotonic()
     open_loop(url, "dlrm", requests, rate, seconds, log)
+    server_cores = (cpu_seconds(pids) - cpu_before) / (time.monotonic() - wall_before)
     accepted = np.array([o.latency_s for o in log.outcomes if o.ok]) * 1000
     rejected = sum(1 for o in log.outcomes if o.rejected)
     errors = sorted({o.error for o in log.outcomes if not o.ok and not o.rejected})
     return {
         "offered_per_s": rate,
+        "server_cores": server_cores,
         "sent": len(log.outcomes),
         "goodput_per_s": accepted.size / seconds,
         "rejected_per_s": rejected / seconds,
@@ -112,14 +116,15 @@ def markdown(slo_ms: float, capacity_per_s: float, cells: list[dict], soaked: di
     lines = [
         f"latency target {slo_ms:g} ms; capacity {capacity_per_s:,.1f} requests/s (closed loop)",
         "",
-        "| load | offered/s | goodput/s | rejected/s | errors | p50 ms accepted | p99 ms accepted | p99 <= target |",
-        "|---|---|---|---|---|---|---|---|",
+        "| load | offered/s | goodput/s | rejected/s | errors | p50 ms accepted | p99 ms accepted | p99 <= target "
+        "| server cores |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         within = "yes" if c["p99_ms"] <= slo_ms else "NO"
         lines.append(
             f"| {c['load']:g}x | {c['offered_per_s']:,.1f} | {c['goodput_per_s']:,.1f} | {c['rejected_per_s']:,.1f} "
-            f"| {c['errors']} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {within} |"
+            f"| {c['errors']} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {within} | {c['server_cores']:.2f} |"
         )
     by_load = {c["load"]: c for c in cells}
     if 1.0 in by_load and 4.0 in by_load:
@@ -193,7 +198,7 @@ def main() -> None:
             for round_index in range(args.rounds):
                 row = []
                 for load in args.loads:
-                    cell = measure(server.grpc_url, requests, load * capacity_per_s, args.seconds)
+                    cell = measure(server.grpc_url, requests, load * capacity_per_s, args.seconds, server.pid or 0)
                     print(f"round {round_index} load {load:g}x: {cell}", flush=True)
                     row.append(cell)
                 rounds.append(row)
