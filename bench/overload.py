@@ -8,7 +8,7 @@ the goals: p99 within the target at every load, goodput at 4x at least 90% of go
 `--soak-minutes M` it then holds `--soak-load` of capacity for M minutes, sampling the PSS of every process.
 
     python -m bench.overload [--latency-slo-ms 100] [--loads 0.5 1 2 4] [--seconds 10] [--rounds 3]
-                             [--batch 64] [--soak-minutes 0] [--out runs/bench/overload]
+                             [--batch 64] [--soak-minutes 0] [--pin] [--out runs/bench/overload]
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import subprocess
 import tempfile
 import threading
 import time
@@ -32,6 +34,14 @@ from generator.traffic.requests import random_request
 
 GOODPUT_GOAL = 0.9  # goodput at 4x over goodput at 1x
 PSS_BAND = 0.05  # soak: every process within +-5% of its minute-2 PSS
+
+
+def pin_apart(server_pid: int) -> None:
+    """Every thread of the server and its stubs on the last core, this process on the others."""
+    cores = sorted(os.sched_getaffinity(0))
+    for pid in server_processes(server_pid).values():
+        subprocess.run(["taskset", "-a", "-p", "-c", str(cores[-1]), str(pid)], capture_output=True, check=True)
+    os.sched_setaffinity(0, set(cores[:-1]) or set(cores))
 
 
 def capacity(url: str, requests: list, clients: int, seconds: float) -> float:
@@ -182,6 +192,9 @@ def main() -> None:
     parser.add_argument("--capacity-clients", type=int, default=4)
     parser.add_argument("--soak-minutes", type=float, default=0.0)
     parser.add_argument("--soak-load", type=float, default=0.7)
+    parser.add_argument(
+        "--pin", action="store_true", help="server (every thread) on the last core, this client on the others"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/overload"))
     args = parser.parse_args()
     queueing.check_latency_slo_ms(args.latency_slo_ms)
@@ -191,6 +204,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="recgen-overload-") as workdir:
         result = build.build(model, the_plan, Path(workdir) / "r", Path(workdir) / "e")
         with running_server(result.repositories, timeout_s=300) as server:
+            if args.pin:
+                pin_apart(server.pid or 0)
             capacity(server.grpc_url, requests, args.capacity_clients, 3.0)  # warm up
             capacity_per_s = capacity(server.grpc_url, requests, args.capacity_clients, args.seconds)
             print(f"capacity {capacity_per_s:.1f} requests/s", flush=True)
