@@ -25,8 +25,13 @@ LATENCY_SLO_RANGE_MS = (1.0, 60_000.0)
 #: Share of the target that one step's queue may take.
 QUEUE_SHARE = 0.5
 #: Server CPU one Python-backend step spends per request at the least (measured floor, bench notes in
-#: DESIGN.md): a queue longer than what its instances drain at this pace within the timeout only waits to expire.
+#: DESIGN.md).
 STEP_FLOOR_S = 750e-6
+#: The timeout sheds load; the queue bound only caps memory, at this many times what the instances drain within
+#: the timeout at STEP_FLOOR_S. Measured (bench/overload.py --pin, 4x load): with the queue bounded at 1x,
+#: "queue full" rejections left the server idle half the time and goodput fell to 94 requests/s; at 8x the
+#: timeouts did the shedding and goodput held at 777 requests/s.
+QUEUE_BOUND_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -51,5 +56,5 @@ def check_latency_slo_ms(latency_slo_ms: float) -> float:
 def queue_policy(latency_slo_ms: float, instances: int) -> QueuePolicy:
     """The policy of a step with `instances` instances under a latency target of `latency_slo_ms`."""
     timeout_s = check_latency_slo_ms(latency_slo_ms) / 1000 * QUEUE_SHARE
-    drained = math.ceil(instances * timeout_s / STEP_FLOOR_S)
+    drained = math.ceil(QUEUE_BOUND_FACTOR * instances * timeout_s / STEP_FLOOR_S)
     return QueuePolicy(timeout_us=max(1, round(timeout_s * 1e6)), max_queue_size=max(instances, drained))

@@ -25,11 +25,13 @@ from tests.conftest import requires_server, tiny_model
 def test_the_target_splits_over_the_steps_and_the_queue_holds_what_the_instances_drain() -> None:
     policy = queueing.queue_policy(2000.0, instances=1)
     assert policy.timeout_us == round(2000e3 * queueing.QUEUE_SHARE)
-    assert policy.max_queue_size == int(np.ceil(policy.timeout_us * 1e-6 / queueing.STEP_FLOOR_S))
-    drained_by_four = np.ceil(4 * policy.timeout_us * 1e-6 / queueing.STEP_FLOOR_S)
+    assert policy.max_queue_size == int(
+        np.ceil(queueing.QUEUE_BOUND_FACTOR * policy.timeout_us * 1e-6 / queueing.STEP_FLOOR_S)
+    )
+    drained_by_four = np.ceil(queueing.QUEUE_BOUND_FACTOR * 4 * policy.timeout_us * 1e-6 / queueing.STEP_FLOOR_S)
     assert queueing.queue_policy(2000.0, instances=4).max_queue_size == int(drained_by_four)
-    assert queueing.queue_policy(1.0, instances=3).max_queue_size == 3  # never fewer than the instances
-    assert "queue <= 1334 requests, rejected after 1000 ms" in str(policy)
+    assert queueing.queue_policy(1.0, instances=3).max_queue_size == 16  # ceil(8 x 3 x 0.5 ms / 0.75 ms)
+    assert "queue <= 10667 requests, rejected after 1000 ms" in str(policy)
     for bad in (0.5, 0.0, -1.0, 1e9, float("nan")):
         with pytest.raises(UserInputError, match=r"`latency_slo_ms` must be in \[1, 60000\] ms"):
             queueing.queue_policy(bad, 1)
@@ -70,7 +72,7 @@ def test_rejections_are_counted_apart_from_errors(tmp_path: Path) -> None:
 @pytest.mark.server
 def test_overload_gets_fast_named_rejections_and_the_server_keeps_serving(tmp_path: Path, server_factory) -> None:
     model = tiny_model()
-    plan = uniform_plan(model, shards_per_table=1, latency_slo_ms=1.0)  # 500 us per queue, 1 request deep
+    plan = uniform_plan(model, shards_per_table=1, latency_slo_ms=1.0)  # 500 us per queue, 6 requests deep
     server = server_factory(build.build(model, plan, tmp_path / "repo", tmp_path / "ens"))
     request = random_request(model, 256, np.random.default_rng(0))
     outcomes: Counter[str] = Counter()
