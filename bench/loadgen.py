@@ -191,7 +191,7 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     ticks = 0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = stub_health.stat_fields(Path(f"/proc/{pid}/stat").read_text())
         except OSError:
             continue
         ticks += int(fields[11]) + int(fields[12])

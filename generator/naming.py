@@ -28,6 +28,8 @@ ROUTER_ROW_RANKS_FILE = router_module.ROW_RANKS_FILE
 ROUTER_FRONT_CACHE_FILE = router_module.FRONT_CACHE_FILE
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"
+#: The README.md recgen writes into every generated repository.
+README_FILE = "README.md"
 #: The one file in an ensemble's (otherwise empty) version directory.
 ENSEMBLE_VERSION_NOTE = "README.md"
 

@@ -57,9 +57,8 @@ def container_security_context() -> dict[str, Any]:
 
 def start_command(flags: list[str], key_file: str) -> dict[str, list[str]]:
     """`command`/`args` that start tritonserver with the restricted APIs behind the key read from `key_file`."""
-    restricted = triton_runtime.restricted_api_flags("KEY")
     key = f"$(cat {shlex.quote(f'{ADMIN_KEY_DIR}/{key_file}')})"
-    quoted = [f'"{flag.replace("KEY", key)}"' for flag in restricted]
+    quoted = [f'"{flag}"' for flag in triton_runtime.restricted_api_flags(key)]
     return {"command": ["/bin/sh", "-c"], "args": [" ".join(["exec tritonserver", *map(shlex.quote, flags), *quoted])]}
 
 

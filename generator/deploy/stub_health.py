@@ -44,10 +44,12 @@ class StubProcess:
         return self.state in BROKEN_STATES
 
 
-def _stat_fields(stat: str) -> tuple[str, int]:
-    """State letter and parent pid from /proc/PID/stat (the command name in parentheses may hold spaces)."""
-    after_name = stat[stat.rindex(")") + 2 :].split()
-    return after_name[0], int(after_name[1])
+def stat_fields(stat: str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name, which sits in parentheses and may hold spaces.
+
+    [0] is the state letter, [1] the parent pid, [11] and [12] user and system CPU in clock ticks.
+    """
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def stub_processes(parent_pid: int | None = None, proc: Path = Path("/proc")) -> list[StubProcess]:
@@ -58,7 +60,8 @@ def stub_processes(parent_pid: int | None = None, proc: Path = Path("/proc")) ->
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state, ppid = _stat_fields((entry / "stat").read_text())
+            fields = stat_fields((entry / "stat").read_text())
+            state, ppid = fields[0], int(fields[1])
         except (OSError, ValueError):  # gone meanwhile, or not ours to read
             continue
         if not argv[0].endswith(STUB_EXECUTABLE.encode()) or len(argv) < 2:

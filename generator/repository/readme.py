@@ -24,7 +24,7 @@ from generator.repository.layout import TensorSpec
 if TYPE_CHECKING:  # build imports this module
     from generator.repository.build import BuildResult, BuiltModel
 
-README_FILE = "README.md"
+README_FILE = naming.README_FILE
 _TEMPLATE = "repository_readme.md.j2"
 
 
