@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadgen import RequestLog, closed_loop, cpu_seconds, open_loop, pss_bytes, server_processes
+from bench.loadgen import RequestLog, closed_loop_processes, cpu_seconds, open_loop, pss_bytes, server_processes
 from generator.deploy.server import running_server
 from generator.model import dlrm as models
 from generator.planning import plan, queueing
@@ -47,7 +47,7 @@ def pin_apart(server_pid: int) -> None:
 def capacity(url: str, requests: list, clients: int, seconds: float) -> float:
     """Requests/s the server answers to `clients` closed-loop clients."""
     log = RequestLog()
-    closed_loop(url, "dlrm", requests, clients, seconds, log)
+    closed_loop_processes(url, "dlrm", requests, clients, seconds, log)
     answered = [o for o in log.outcomes if o.ok]
     return len(answered) / seconds
 
@@ -56,8 +56,17 @@ def measure(url: str, requests: list, rate: float, seconds: float, pid: int) -> 
     """One open-loop run at `rate` requests/s; with the server's CPU (tritonserver and every stub, from /proc)."""
     log = RequestLog()
     pids = list(server_processes(pid).values())
-    cpu_before, wall_before = cpu_seconds(pids), time.monotonic()
-    open_loop(url, "dlrm", requests, rate, seconds, log)
+    started: list[tuple[float, float]] = []
+    client_cpu_s = open_loop(
+        url,
+        "dlrm",
+        requests,
+        rate,
+        seconds,
+        log,
+        on_start=lambda: started.append((cpu_seconds(pids), time.monotonic())),
+    )
+    cpu_before, wall_before = started[0]
     server_cores = (cpu_seconds(pids) - cpu_before) / (time.monotonic() - wall_before)
     accepted = np.array([o.latency_s for o in log.outcomes if o.ok]) * 1000
     rejected = sum(1 for o in log.outcomes if o.rejected)
@@ -65,6 +74,8 @@ def measure(url: str, requests: list, rate: float, seconds: float, pid: int) -> 
     return {
         "offered_per_s": rate,
         "server_cores": server_cores,
+        "client_cores": client_cpu_s / seconds,
+        "send_lag_p99_ms": float(np.percentile(log.send_lags_s, 99)) * 1000 if log.send_lags_s else float("nan"),
         "sent": len(log.outcomes),
         "goodput_per_s": accepted.size / seconds,
         "rejected_per_s": rejected / seconds,
@@ -127,14 +138,15 @@ def markdown(slo_ms: float, capacity_per_s: float, cells: list[dict], soaked: di
         f"latency target {slo_ms:g} ms; capacity {capacity_per_s:,.1f} requests/s (closed loop)",
         "",
         "| load | offered/s | goodput/s | rejected/s | errors | p50 ms accepted | p99 ms accepted | p99 <= target "
-        "| server cores |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server cores | client cores | client send lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         within = "yes" if c["p99_ms"] <= slo_ms else "NO"
         lines.append(
             f"| {c['load']:g}x | {c['offered_per_s']:,.1f} | {c['goodput_per_s']:,.1f} | {c['rejected_per_s']:,.1f} "
-            f"| {c['errors']} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {within} | {c['server_cores']:.2f} |"
+            f"| {c['errors']} | {c['p50_ms']:.1f} | {c['p99_ms']:.1f} | {within} | {c['server_cores']:.2f} "
+            f"| {c.get('client_cores', float('nan')):.2f} | {c.get('send_lag_p99_ms', float('nan')):.1f} |"
         )
     by_load = {c["load"]: c for c in cells}
     if 1.0 in by_load and 4.0 in by_load:
