@@ -33,6 +33,8 @@ class Outcome:
     sent_s: float
     answered_s: float
     error: str = ""
+    #: Open loop: seconds the request went out after `sent_s`, its scheduled arrival (the client's own delay).
+    late_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -137,13 +139,13 @@ def _load_worker(
     outcomes: list[Outcome] = []
     send_lags_s: list[float] = []
 
-    async def one(infer: Any, payload: bytes, sent: float) -> None:
+    async def one(infer: Any, payload: bytes, sent: float, late_s: float = 0.0) -> None:
         try:
             await infer(payload, timeout=REQUEST_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
-            outcomes.append(Outcome(sent, time.monotonic(), (error.details() or str(error.code()))[:300]))
+            outcomes.append(Outcome(sent, time.monotonic(), (error.details() or str(error.code()))[:300], late_s))
         else:
-            outcomes.append(Outcome(sent, time.monotonic()))
+            outcomes.append(Outcome(sent, time.monotonic(), late_s=late_s))
 
     async def closed(infer: Any, index: int, end_s: float) -> None:
         sent = 0
@@ -167,8 +169,9 @@ def _load_worker(
                 sent = start_s + float(arrival)
                 if sent > time.monotonic():
                     await asyncio.sleep(sent - time.monotonic())
-                send_lags_s.append(time.monotonic() - sent)
-                tasks.append(asyncio.ensure_future(one(infer, payloads[index % len(payloads)], sent)))
+                late_s = time.monotonic() - sent
+                send_lags_s.append(late_s)
+                tasks.append(asyncio.ensure_future(one(infer, payloads[index % len(payloads)], sent, late_s)))
             await asyncio.gather(*tasks)
 
     cpu_before = time.process_time()
