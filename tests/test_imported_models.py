@@ -14,6 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from generator.check import client, loadtest
 from generator.deploy import server as serve
+from generator.errors import UserInputError
 from generator.model.imported import ImportedModel, import_module
 from generator.planning.plan import uniform_plan
 from generator.repository.build import build
@@ -86,6 +87,18 @@ def test_served_outputs_equal_the_original_modules(served: Any, protocol: client
         report = client.check(model, url, protocol=protocol, model_name=name, requests=3, batch_size=17, seed=4)
         assert report.passed, f"{name}: {report}"
         assert report.max_abs_diff < 1e-5
+
+
+def test_check_with_other_max_ids_than_the_build_names_the_flag(served: Any) -> None:
+    models, server = served
+    model, _ = models["dcn"]
+    first = model.features[0]
+    widened = replace(first, max_ids_per_sample=first.max_ids_per_sample + 3)
+    wider = replace(model, features=[widened, *model.features[1:]])
+    flag = f"--max-ids {first.name}={first.max_ids_per_sample}"
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        with pytest.raises(UserInputError, match=flag):
+            client.check(wider, url, protocol=protocol, model_name="dcn", requests=1, batch_size=2)
 
 
 def test_bad_requests_name_the_feature_and_the_next_request_succeeds(served: Any) -> None:

@@ -88,6 +88,20 @@ class RankingClient:
         """Scores [B, 1] of a ranking request."""
         return self.infer(request.tensors())
 
+    def metadata(self, model_name: str | None = None) -> dict[str, Any]:
+        """The model's metadata as JSON (name, inputs and outputs with datatypes and shapes), either protocol.
+
+        Server errors raise tritonclient's own exception of the protocol.
+        """
+        as_json = {"as_json": True} if self.protocol == "grpc" else {}  # the HTTP client always returns JSON
+        return dict(self.client.get_model_metadata(model_name or self.model_name, **as_json))
+
+    def model_config(self, model_name: str) -> dict[str, Any]:
+        """A model's configuration as JSON, either protocol (gRPC wraps it in `config`)."""
+        as_json = {"as_json": True} if self.protocol == "grpc" else {}
+        config = self.client.get_model_config(model_name, **as_json)
+        return dict(config.get("config", config))
+
     def ensure_live(self) -> None:
         """Raise ServerUnreachableError unless a Triton server answers at the URL (connection errors wrapped)."""
         from tritonclient.utils import InferenceServerException
@@ -212,6 +226,7 @@ def _check_imported(
     first: tuple[float, ...] = ()
     with RankingClient(url, protocol, model_name) as client:
         client.ensure_live()
+        _check_widths(client, model)
         for index in range(requests):
             request_seed = seed * 100_003 + index
             if structured:
@@ -230,6 +245,30 @@ def _check_imported(
                 max_diff = max(max_diff, float(np.abs(served - expected).max(initial=0.0)))
                 first = first or tuple(float(x) for x in served.reshape(-1)[:5])
     return CheckReport(url, protocol, model_name, requests, requests * batch_size, max_diff, first, tolerance)
+
+
+def _check_widths(client: RankingClient, model: ImportedModel) -> None:
+    """Refuse, naming the flag, when the served ensemble takes other ids per sample than `model` sends.
+
+    That happens when the build's --max-ids differ from the check's; Triton's own shape error does not say so.
+    """
+    try:
+        served = {spec["name"]: spec["shape"] for spec in client.metadata()["inputs"]}
+    except Exception:  # no metadata (tritonclient raises per protocol): the requests will say what is wrong
+        return
+    wrong = []
+    for feature in model.features:
+        shape = served.get(naming.sparse_input(feature.name))
+        if shape is not None and int(shape[-1]) != feature.max_ids_per_sample:
+            wrong.append((feature.name, int(shape[-1]), feature.max_ids_per_sample))
+    if wrong:
+        served_text = ", ".join(f"{name}: {width}" for name, width, _ in wrong)
+        sent_text = ", ".join(f"{name}: {width}" for name, _, width in wrong)
+        flags = " ".join(f"--max-ids {name}={width}" for name, width, _ in wrong)
+        raise UserInputError(
+            f"{client.model_name!r} at {client.url} takes other ids per sample than `--max-ids` gives "
+            f"(served {served_text}; given {sent_text}): check with the --max-ids the build used ({flags})"
+        )
 
 
 def _served_scores(client: RankingClient, tensors: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,17 +38,15 @@ HISTORY_COLUMNS = ("second", "requests", "failures", "p50_ms", "p95_ms", "p99_ms
 
 def sampler_from_server(client: RankingClient, profile: AccessProfile | None = None) -> RequestSampler:
     """Learn the request shape from the served ensemble (either protocol) and optionally a profile."""
-    as_json = {"as_json": True} if client.protocol == "grpc" else {}  # the HTTP client always returns JSON
     try:
-        metadata = client.client.get_model_metadata(client.model_name, **as_json)
-        router_config = client.client.get_model_config(naming.router_model(client.model_name), **as_json)
+        metadata = client.metadata()
+        router_config = client.model_config(naming.router_model(client.model_name))
     except Exception as error:  # tritonclient raises its own exception types per protocol
         raise RecgenError(f"cannot read the metadata of {client.model_name!r}: {error}") from error
     try:  # the ranking ensemble exists only for models with user-side features
-        ranking = client.client.get_model_metadata(naming.ranking_ensemble(client.model_name), **as_json)
+        ranking: dict[str, Any] | None = client.metadata(naming.ranking_ensemble(client.model_name))
     except Exception:  # tritonclient raises its own "not found" per protocol
         ranking = None
-    router_config = router_config.get("config", router_config)  # gRPC wraps the config
     return sampler_from_metadata(client.model_name, metadata, router_config, ranking, profile)
 
 
