@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.loadgen import RequestLog, closed_loop_processes, cpu_seconds, open_loop, pss_bytes, server_processes
+from bench.rounds import median_round, odd_rounds
 from generator.deploy.server import running_server
 from generator.model import dlrm as models
 from generator.planning import plan, queueing
@@ -170,7 +171,7 @@ def _median_cells(rounds: list[list[dict]], loads: list[float]) -> list[dict]:
     cells = []
     for index, load in enumerate(loads):
         runs = sorted((r[index] for r in rounds), key=lambda c: c["goodput_per_s"])
-        middle = runs[len(runs) // 2] if len(runs) % 2 else runs[len(runs) // 2 - 1]
+        middle = median_round(runs, key=lambda c: c["goodput_per_s"])
         cells.append({**middle, "load": load, "rounds_goodput_per_s": [r["goodput_per_s"] for r in runs]})
     return cells
 
@@ -203,7 +204,7 @@ def main() -> None:
     parser.add_argument("--latency-slo-ms", type=float, default=100.0)
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=odd_rounds, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--capacity-clients", type=int, default=16)
     parser.add_argument("--soak-minutes", type=float, default=0.0)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.overload import capacity, measure, pin_apart
+from bench.rounds import median_round, odd_rounds
 from generator import naming
 from generator.deploy.server import running_server
 from generator.model import dlrm as models
@@ -72,8 +73,7 @@ def markdown(slo_ms: float, capacity_per_s: float, cells: dict[str, list[dict]],
     ]
     for variant, runs in cells.items():
         for load in loads:
-            here = sorted((c for c in runs if c["load"] == load), key=lambda c: c["goodput_per_s"])
-            c = here[(len(here) - 1) // 2]
+            c = median_round([c for c in runs if c["load"] == load], key=lambda c: c["goodput_per_s"])
             lines.append(
                 f"| {variant} | {load:g}x | {c['goodput_per_s']:,.0f} | {c['rejected_per_s']:,.0f} | {c['p50_ms']:.1f} "
                 f"| {c['p99_ms']:.1f} | {c['p99_from_send_ms']:.1f} | {c['server_cores']:.2f} |"
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--latency-slo-ms", type=float, default=100.0)
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=odd_rounds, default=3)
     parser.add_argument("--pin", action="store_true", help="every server on the last core, this client on the others")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/queue_budget"))
     args = parser.parse_args()

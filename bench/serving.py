@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.rounds import median_round, odd_rounds
 from generator import naming
 from generator.check import client
 from generator.deploy import server as serve
@@ -140,7 +141,7 @@ def run(systems: list[str], batches: list[int], concurrencies: list[int], second
                         print(_row(cell), flush=True)
     cells = []
     for (_, batch, _), runs in measured.items():
-        median = sorted(runs, key=lambda c: c["requests_per_s"])[len(runs) // 2]
+        median = median_round(runs, key=lambda c: c["requests_per_s"])
         cells.append(
             {
                 **median,
@@ -254,7 +255,7 @@ def run_structured(
                                 )
                             )
                     for mode, measured in runs.items():
-                        median = sorted(measured, key=lambda c: c["requests_per_s"])[len(measured) // 2]
+                        median = median_round(measured, key=lambda c: c["requests_per_s"])
                         cell = {
                             **median,
                             "mode": mode,
@@ -296,7 +297,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
-    parser.add_argument("--rounds", type=int, default=3, help="measure every cell this often, keep the median")
+    parser.add_argument(
+        "--rounds", type=odd_rounds, default=3, help="measure every cell this (odd) number of times, keep the median"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/serving"))
     parser.add_argument("--ensemble-instances", type=int, default=ENSEMBLE_INSTANCES)
     parser.add_argument(

@@ -19,6 +19,8 @@ CONFIG_FILE = "config.pbtxt"
 PYTHON_MODEL_FILE = "model.py"
 #: Pure-numpy helpers shared by the Python-backend models, copied next to each model.py.
 KERNELS_FILE = "recgen_kernels.py"
+#: Their compiled (numba) versions, with the numpy helpers as fallback, copied next to each model.py too.
+COMPILED_FILE = "recgen_compiled.py"
 #: The typed parameter specs the Python-backend models read from their configs, copied next to each model.py.
 PARAMS_FILE = "recgen_params.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC

@@ -16,6 +16,11 @@ NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 #: What a front server's image adds to the Triton image: its remote steps are gRPC clients.
 TRITONCLIENT_REQUIREMENT = "tritonclient[grpc]==2.51.0"
 NUMPY_REQUIREMENT = "numpy<2"
+#: What the compiled per-request kernels (recgen_compiled.py) need in an image; without it they run on numpy.
+NUMBA_REQUIREMENT = "numba==0.68.1"
+#: Where numba keeps the compiled kernels between starts (`/tmp` is an emptyDir on Kubernetes; the repository
+#: itself may be read-only). The embedded server uses a directory of the user's own instead.
+NUMBA_CACHE_DIR = "/tmp/recgen-numba"
 #: Ports every server listens on inside a container or pod (Triton's defaults).
 HTTP_PORT = 8000
 GRPC_PORT = 8001
@@ -35,6 +40,7 @@ SERVING_ENV = {
     # was rejected still left its buffers behind in some arena. Two arenas bound that (measured: +160 MB after 12
     # rejected 104 MB gRPC requests, flat from the 3rd, against +570 MB and growing).
     "MALLOC_ARENA_MAX": "2",
+    "NUMBA_CACHE_DIR": NUMBA_CACHE_DIR,
 }
 #: Python-backend shared memory per instance (bytes); it grows on demand by the growth size.
 SHM_DEFAULT_BYTES = 4 * 1024 * 1024

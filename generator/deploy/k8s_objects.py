@@ -321,14 +321,13 @@ def adapter_values() -> dict[str, Any]:
 
 
 def dockerfile(options: K8sOptions, component: Component) -> str:
-    """The Dockerfile of a built image: FROM the Triton image, the front's client, the baked-in repository."""
+    """The Dockerfile of a built image: FROM the Triton image, numba, the front's client, the baked-in repository."""
     lines = [f"# {component.name}: built from the distributed build directory (docker build -f THIS BUILD_DIR)"]
     lines.append(f"FROM {options.image}")
+    packages = [triton_runtime.NUMPY_REQUIREMENT, triton_runtime.NUMBA_REQUIREMENT]
     if component.role == "front":
-        lines.append(
-            "RUN pip install --no-cache-dir "
-            f'"{triton_runtime.TRITONCLIENT_REQUIREMENT}" "{triton_runtime.NUMPY_REQUIREMENT}"'
-        )
+        packages.insert(0, triton_runtime.TRITONCLIENT_REQUIREMENT)
+    lines.append("RUN pip install --no-cache-dir " + " ".join(f'"{package}"' for package in packages))
     if options.source == "image":
         lines.append(f"COPY --chown={TRITON_USER_ID}:{TRITON_USER_ID} {component.repository} {IMAGE_REPOSITORY_PATH}")
     return "\n".join(lines) + "\n"

@@ -25,9 +25,11 @@ except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
 try:  # a generated repository has its helpers next to this file
+    import recgen_compiled as compiled
     import recgen_kernels as kernels
     import recgen_params as params
 except ModuleNotFoundError:
+    from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
 
@@ -209,7 +211,7 @@ def route_request(
     of those rows, into the cache's partial sums, and reach no shard.
     """
     ids = np.concatenate([inputs[route.input_name] for route in routing.tables], axis=1).astype(np.int64, copy=False)
-    if ((ids < kernels.PADDING_ID) | (ids >= routing.column_rows)).any():
+    if compiled.any_out_of_range(ids, routing.column_rows):
         for route in routing.tables:  # name the first table holding a bad id
             bad = kernels.first_bad_id(inputs[route.input_name], route.num_rows)
             if bad is not None:
@@ -226,7 +228,7 @@ def route_request(
             block = ids[:, first:last]
             hit = (block >= 0) & (block < route.cached_rows)
             cached_weights = None if weights is None else weights[:, first:last]
-            cached_pools.append(kernels.pool(route.cache, np.where(hit, block, kernels.PADDING_ID), cached_weights))
+            cached_pools.append(compiled.pool(route.cache, np.where(hit, block, kernels.PADDING_ID), cached_weights))
             if cache_counts is not None:
                 cache_counts.lookups += int((block >= 0).sum())
                 cache_counts.hits += int(hit.sum())
@@ -234,9 +236,9 @@ def route_request(
         first = last
     packed_weights = None
     if weights is None:
-        packed = kernels.route_packed(ids, routing.layout)
+        packed = compiled.route_packed(ids, routing.layout)
     else:
-        packed, packed_weights = kernels.route_packed_weighted(ids, weights, routing.layout)
+        packed, packed_weights = compiled.route_packed_weighted(ids, weights, routing.layout)
     offsets = routing.output_offsets
     if len(routing.outputs) == 1:
         outputs = {routing.outputs[0][0]: packed}
@@ -300,7 +302,8 @@ class TritonPythonModel:
     """Triton entry point."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Load the routing table once per instance; with a front cache, register its hit counters."""
+        """Load the routing table once per instance, compile the kernels; with a front cache, register its counters."""
+        compiled.compile_for(args["model_name"])
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.routing = load_routing(json.loads(args["model_config"]), version_dir)
         self.counts = CacheCounts()

@@ -26,9 +26,11 @@ except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
 try:  # a generated repository has its helpers next to this file
+    import recgen_compiled as compiled
     import recgen_kernels as kernels
     import recgen_params as params
 except ModuleNotFoundError:
+    from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
 
@@ -52,15 +54,29 @@ class GroupRows:
         return list(itertools.pairwise(edges))
 
     @functools.cached_property
-    def per_stack(self) -> list[tuple[np.ndarray, list[tuple[int, int]], list[int]]]:
-        """Per stack: its slots' input columns (concatenated), their blocks relative to those, and the slots."""
+    def slot_starts(self) -> np.ndarray:
+        """First input column of every slot, then the end of the last one (the compiled kernel's slot bounds)."""
+        return block_starts(self.slot_columns)
+
+    @functools.cached_property
+    def per_stack(self) -> list[tuple[np.ndarray, list[tuple[int, int]], list[int], np.ndarray]]:
+        """Per stack: its slots' input columns (concatenated), their blocks relative to those, the slots, starts.
+
+        The starts are the blocks' `block_starts`, for the compiled kernel.
+        """
         plans = []
         for stack in range(len(self.stacks)):
             slots = [slot for slot, owner in enumerate(self.slot_stacks) if owner == stack]
             columns = np.concatenate([np.arange(*self.slot_columns[slot]) for slot in slots])
             edges = np.cumsum([0, *(self.slot_columns[s][1] - self.slot_columns[s][0] for s in slots)]).tolist()
-            plans.append((columns, list(itertools.pairwise(edges)), slots))
+            blocks = list(itertools.pairwise(edges))
+            plans.append((columns, blocks, slots, block_starts(blocks)))
         return plans
+
+
+def block_starts(blocks: list[tuple[int, int]]) -> np.ndarray:
+    """[first, last) column blocks that follow each other -> their firsts and the last end, int64."""
+    return np.array([first for first, _ in blocks] + [blocks[-1][1] if blocks else 0], dtype=np.int64)
 
 
 def load_group_rows(layout: params.ShardGroupParams, version_dir: Path) -> GroupRows:
@@ -92,11 +108,16 @@ def pool_stack(
     packed_ids: np.ndarray,
     slot_columns: list[tuple[int, int]],
     weights: np.ndarray | None = None,
+    starts: np.ndarray | None = None,
 ) -> np.ndarray:
     """[B, width] row ids into one stack (-1 = none) -> [B, slots * dim]: per slot, the pool of its block.
 
-    `weights` [B, width]: every id's weight (its row is scaled before the sum).
+    `weights` [B, width]: every id's weight (its row is scaled before the sum). Compiled when numba serves, with
+    `starts` the slots' `block_starts` (computed once per instance by the caller).
     """
+    if compiled.ENGINE == "numba":
+        bounds = block_starts(slot_columns) if starts is None else starts
+        return compiled.pool_slots(padded_rows, packed_ids, bounds, weights)
     if packed_ids.size <= ONE_PASS_MAX_IDS:
         padding = padded_rows.shape[0] - 1
         gathered = np.take(padded_rows, np.where(packed_ids < 0, padding, packed_ids).T, axis=0)  # [W, B, dim]
@@ -115,10 +136,11 @@ def pool_stack(
 def pool_group(rows: GroupRows, packed_ids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """[B, width] packed row ids (-1 = none) -> [B, sum of slot widths]: per slot, the (weighted) pool of its block."""
     if len(rows.stacks) == 1:
-        return pool_stack(rows.stacks[0], packed_ids, rows.slot_columns, weights)
+        return pool_stack(rows.stacks[0], packed_ids, rows.slot_columns, weights, rows.slot_starts)
     pooled = np.empty((packed_ids.shape[0], rows.output_columns[-1][1]), dtype=np.float32)
-    for stack, (columns, blocks, slots) in zip(rows.stacks, rows.per_stack, strict=True):
-        part = pool_stack(stack, packed_ids[:, columns], blocks, None if weights is None else weights[:, columns])
+    for stack, (columns, blocks, slots, starts) in zip(rows.stacks, rows.per_stack, strict=True):
+        stack_weights = None if weights is None else weights[:, columns]
+        part = pool_stack(stack, packed_ids[:, columns], blocks, stack_weights, starts)
         dim = stack.shape[1]
         for index, slot in enumerate(slots):  # one copy per slot of this width, not per id
             first, last = rows.output_columns[slot]
@@ -130,13 +152,15 @@ class TritonPythonModel:
     """Triton entry point."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Load every member shard's rows into this instance's memory (each instance is its own process)."""
+        """Load the member shards' rows into this instance's memory (each instance is a process); compile the kernel."""
+        compiled.compile_for(args["model_name"])
         layout = params.ShardGroupParams.from_model_config(json.loads(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.input_name = layout.input
         self.weights_name = layout.weights_input
         self.output_name = layout.output
         self.rows = load_group_rows(layout, version_dir)
+        _ = self.rows.slot_starts, self.rows.per_stack  # computed here, not on the first request
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Pool all batched requests at once, then split the result back per request."""

@@ -1,0 +1,196 @@
+"""Compiled (numba) versions of the per-request kernels; `recgen_kernels`' numpy versions are the reference.
+
+Copied next to every generated model.py like `recgen_kernels`. Inside a stub, numpy's many small array passes
+over a batch of a few hundred samples run cache-cold and cost 2 to 4 times their warm time; one compiled pass per
+kernel does the same work once. `compile_kernels()` compiles every kernel for the dtypes the models use, so that
+happens in `initialize()` (from numba's disk cache, `NUMBA_CACHE_DIR`, after the first start), never on a request.
+Where numba is missing (the plain NGC image) or fails to compile, every function here runs the numpy reference,
+and `ENGINE` says which one serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+try:  # a generated repository has its helpers next to this file
+    import recgen_kernels as kernels
+except ModuleNotFoundError:
+    from generator.triton_models import recgen_kernels as kernels
+
+try:
+    import numba
+except ImportError:  # numpy serves
+    numba = None  # type: ignore[assignment]
+
+#: "numba" once `compile_kernels()` has compiled every kernel, else "numpy".
+ENGINE = "numpy"
+#: Why the numpy reference serves ("" when numba does).
+FALLBACK_REASON = "compile_kernels() has not run" if numba is not None else "numba is not installed"
+_NO_WEIGHTS = np.zeros((0, 0), dtype=np.float32)
+
+
+def _route_loop(
+    ranks: np.ndarray,
+    column_base: np.ndarray,
+    column_position: np.ndarray,
+    shard_starts: np.ndarray,
+    shard_columns: np.ndarray,
+    shard_shift: np.ndarray,
+    weights: np.ndarray,
+    packed: np.ndarray,
+    packed_weights: np.ndarray,
+) -> None:  # pragma: no cover - compiled; tests run it through numba and compare with the reference
+    weighted = weights.shape[0] > 0
+    for sample in range(ranks.shape[0]):
+        for column in range(ranks.shape[1]):
+            rank = ranks[sample, column]
+            if rank < 0:
+                continue
+            global_rank = rank + column_base[column]
+            shard = np.searchsorted(shard_starts, global_rank, side="right") - 1
+            destination = shard_columns[shard] + column_position[column]
+            packed[sample, destination] = global_rank + shard_shift[shard]
+            if weighted:
+                packed_weights[sample, destination] = weights[sample, column]
+
+
+def _pool_loop(
+    rows: np.ndarray, ids: np.ndarray, slot_starts: np.ndarray, weights: np.ndarray, pooled: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    weighted = weights.shape[0] > 0
+    dim = rows.shape[1]
+    for sample in range(ids.shape[0]):
+        for slot in range(slot_starts.shape[0] - 1):
+            base = slot * dim
+            for column in range(slot_starts[slot], slot_starts[slot + 1]):
+                row = ids[sample, column]
+                if row < 0:
+                    continue
+                if weighted:
+                    weight = weights[sample, column]
+                    for k in range(dim):
+                        pooled[sample, base + k] += rows[row, k] * weight
+                else:
+                    for k in range(dim):
+                        pooled[sample, base + k] += rows[row, k]
+
+
+def _out_of_range_loop(ids: np.ndarray, column_rows: np.ndarray) -> bool:  # pragma: no cover - compiled
+    for sample in range(ids.shape[0]):
+        for column in range(ids.shape[1]):
+            value = ids[sample, column]
+            if value < -1 or value >= column_rows[column]:
+                return True
+    return False
+
+
+_compiled: dict[str, Callable[..., Any]] = {}
+
+
+def compile_kernels() -> str:
+    """Compile every kernel for int32/int64 ids and FP32 rows (from the disk cache when it has them); the engine.
+
+    On any failure the numpy reference keeps serving and `FALLBACK_REASON` says why.
+    """
+    global ENGINE, FALLBACK_REASON
+    if numba is None:
+        return ENGINE
+    try:
+        jit: Callable[[Callable[..., Any]], Callable[..., Any]] = numba.njit(cache=True, nogil=True)
+        loops: dict[str, Callable[..., Any]] = {
+            "route": _route_loop,
+            "pool": _pool_loop,
+            "out_of_range": _out_of_range_loop,
+        }
+        compiled = {name: jit(loop) for name, loop in loops.items()}
+        rows = np.zeros((3, 2), dtype=np.float32)
+        for ids_dtype in (np.int32, np.int64):
+            ids = np.array([[0, -1]], dtype=ids_dtype)
+            compiled["pool"](rows, ids, np.array([0, 2], np.int64), _NO_WEIGHTS, np.zeros((1, 2), np.float32))
+            compiled["pool"](
+                rows, ids, np.array([0, 2], np.int64), np.ones((1, 2), np.float32), np.zeros((1, 2), np.float32)
+            )
+            compiled["out_of_range"](ids, np.array([3, 3], np.int64))
+        index = np.zeros(1, np.int64)
+        packed = np.full((1, 1), -1, np.int32)
+        compiled["route"](
+            np.zeros((1, 1), np.int64), index, index, index, index, index, _NO_WEIGHTS, packed, _NO_WEIGHTS
+        )
+    except Exception as error:  # numba's errors have no common base; the numpy reference serves
+        FALLBACK_REASON = f"numba could not compile the kernels ({type(error).__name__}: {error})"
+        return ENGINE
+    _compiled.update(compiled)
+    ENGINE, FALLBACK_REASON = "numba", ""
+    return ENGINE
+
+
+def route_packed(ranks: np.ndarray, layout: kernels.RouteLayout) -> np.ndarray:
+    """`recgen_kernels.route_packed`, compiled."""
+    if "route" not in _compiled:
+        return kernels.route_packed(ranks, layout)
+    packed = np.full((ranks.shape[0], layout.width), kernels.PADDING_ID, dtype=np.int32)
+    _compiled["route"](ranks, *_layout_arrays(layout), _NO_WEIGHTS, packed, _NO_WEIGHTS)
+    return packed
+
+
+def route_packed_weighted(
+    ranks: np.ndarray, weights: np.ndarray, layout: kernels.RouteLayout
+) -> tuple[np.ndarray, np.ndarray]:
+    """`recgen_kernels.route_packed_weighted`, compiled."""
+    if "route" not in _compiled:
+        return kernels.route_packed_weighted(ranks, weights, layout)
+    packed = np.full((ranks.shape[0], layout.width), kernels.PADDING_ID, dtype=np.int32)
+    packed_weights = np.zeros((ranks.shape[0], layout.width), dtype=np.float32)
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    _compiled["route"](ranks, *_layout_arrays(layout), weights, packed, packed_weights)
+    return packed, packed_weights
+
+
+def _layout_arrays(layout: kernels.RouteLayout) -> tuple[np.ndarray, ...]:
+    return layout.column_base, layout.column_position, layout.shard_starts, layout.shard_columns, layout.shard_shift
+
+
+def pool_slots(
+    padded_rows: np.ndarray, ids: np.ndarray, slot_starts: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """[B, W] row ids (-1 = none) -> [B, slots * dim]: per slot, the (weighted) sum of its rows.
+
+    Slot s holds columns slot_starts[s] to slot_starts[s + 1]; `padded_rows` ends in the zero padding row, which is
+    never read here. Only called once `compile_kernels()` succeeded (`ENGINE == "numba"`); the numpy paths stay
+    with the callers.
+    """
+    pooled = np.zeros((ids.shape[0], (slot_starts.shape[0] - 1) * padded_rows.shape[1]), dtype=np.float32)
+    scales = _NO_WEIGHTS if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    _compiled["pool"](padded_rows, ids, slot_starts, scales, pooled)
+    return pooled
+
+
+def pool(padded_rows: np.ndarray, local_ids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """`recgen_kernels.pool`, compiled (one slot over every column)."""
+    if "pool" not in _compiled:
+        return kernels.pool(padded_rows, local_ids, weights)
+    return pool_slots(padded_rows, local_ids, np.array([0, local_ids.shape[1]], dtype=np.int64), weights)
+
+
+def any_out_of_range(ids: np.ndarray, column_rows: np.ndarray) -> bool:
+    """Whether any id lies outside [-1, column_rows[column]) (the numpy check words the error)."""
+    if "out_of_range" not in _compiled:
+        return bool(((ids < kernels.PADDING_ID) | (ids >= column_rows)).any())
+    return bool(_compiled["out_of_range"](ids, column_rows))
+
+
+def compile_for(model_name: str) -> str:
+    """`compile_kernels()` from a model's `initialize()`, saying in the server log which engine serves it."""
+    engine = compile_kernels()
+    try:
+        import triton_python_backend_utils as pb_utils
+    except ModuleNotFoundError:  # tests and tooling
+        return engine
+    if engine == "numba":
+        pb_utils.Logger.log_info(f"{model_name}: per-request kernels compiled with numba")
+    else:
+        pb_utils.Logger.log_warn(f"{model_name}: per-request kernels run on numpy: {FALLBACK_REASON}")
+    return engine

@@ -1,0 +1,96 @@
+"""The compiled kernels against their numpy references (recgen_kernels), on random layouts, ids and weights."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from generator.triton_models import recgen_compiled as compiled
+from generator.triton_models import recgen_kernels as kernels
+from generator.triton_models import shard_model
+from tests.triton_models.test_recgen_kernels import routing_cases
+
+
+@pytest.fixture(scope="module", autouse=True)
+def numba_serves() -> None:
+    assert compiled.compile_kernels() == "numba", compiled.FALLBACK_REASON
+
+
+@st.composite
+def packed_cases(draw):
+    """Several tables side by side, each sharded, every shard's block at its own columns and first row."""
+    cases = draw(st.lists(routing_cases(), min_size=1, max_size=4))
+    batch = min(case[0].shape[0] for case in cases)
+    tables, width, ranks = [], 0, []
+    for ids, boundaries, rank_of_row in cases:
+        shards = len(boundaries) - 1
+        columns = [width + s * ids.shape[1] for s in range(shards)]
+        first_rows = draw(st.lists(st.integers(0, 500), min_size=shards, max_size=shards))
+        tables.append((ids.shape[1], boundaries, columns, first_rows))
+        width += shards * ids.shape[1]
+        ranks.append(kernels.ranks_of(ids[:batch], rank_of_row))
+    weights = draw(hnp.arrays(np.float32, (batch, sum(r.shape[1] for r in ranks)), elements=st.floats(-2, 2, width=32)))
+    return np.concatenate(ranks, axis=1), weights, kernels.RouteLayout.build(tables, width)
+
+
+@settings(max_examples=200, deadline=None)
+@given(packed_cases())
+def test_compiled_routing_equals_the_numpy_reference(case) -> None:
+    ranks, weights, layout = case
+    np.testing.assert_array_equal(compiled.route_packed(ranks, layout), kernels.route_packed(ranks, layout))
+    packed, packed_weights = compiled.route_packed_weighted(ranks, weights, layout)
+    expected, expected_weights = kernels.route_packed_weighted(ranks, weights, layout)
+    np.testing.assert_array_equal(packed, expected)
+    np.testing.assert_array_equal(packed_weights, expected_weights)
+
+
+@st.composite
+def pooling_cases(draw):
+    rows = draw(st.integers(1, 40))
+    dim = draw(st.integers(1, 6))
+    batch = draw(st.integers(0, 20))
+    slot_widths = draw(st.lists(st.integers(1, 4), min_size=1, max_size=5))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    padded = kernels.with_padding_row(rng.standard_normal((rows, dim)).astype(np.float32))
+    ids = rng.integers(-1, rows, (batch, sum(slot_widths))).astype(draw(st.sampled_from([np.int32, np.int64])))
+    weights = rng.uniform(-2, 2, ids.shape).astype(np.float32) if draw(st.booleans()) else None
+    return padded, ids, np.cumsum([0, *slot_widths]), weights
+
+
+@settings(max_examples=300, deadline=None)
+@given(pooling_cases())
+def test_compiled_pooling_equals_pooling_each_slot_with_numpy(case) -> None:
+    padded, ids, starts, weights = case
+    expected = [
+        kernels.pool(padded, ids[:, first:last], None if weights is None else weights[:, first:last])
+        for first, last in itertools.pairwise(starts.tolist())
+    ]
+    reference = np.concatenate(expected, axis=1) if ids.shape[0] else np.zeros((0, padded.shape[1] * len(expected)))
+    np.testing.assert_allclose(compiled.pool_slots(padded, ids, starts, weights), reference, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(compiled.pool(padded, ids, weights), kernels.pool(padded, ids, weights), atol=1e-5)
+
+
+def test_the_shard_step_pools_with_the_compiled_kernel_as_with_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    padded = kernels.with_padding_row(rng.standard_normal((500, 8)).astype(np.float32))
+    slots = [(0, 3), (3, 4), (4, 9)]
+    ids = rng.integers(-1, 500, (300, 9)).astype(np.int32)  # above ONE_PASS_MAX_IDS: numpy's per-slot path
+    weights = rng.uniform(0, 1, ids.shape).astype(np.float32)
+    fast = shard_model.pool_stack(padded, ids, slots, weights)
+    monkeypatch.setattr(compiled, "ENGINE", "numpy")
+    np.testing.assert_allclose(fast, shard_model.pool_stack(padded, ids, slots, weights), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fast[:2], shard_model.pool_stack(padded, ids[:2], slots, weights[:2]), atol=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(np.int64, st.tuples(st.integers(0, 8), st.integers(1, 6)), elements=st.integers(-3, 12)),
+    st.integers(1, 10),
+)
+def test_compiled_range_check_equals_numpy(ids, rows) -> None:
+    column_rows = np.full(ids.shape[1], rows, dtype=np.int64)
+    assert compiled.any_out_of_range(ids, column_rows) == bool(((ids < -1) | (ids >= column_rows)).any())
