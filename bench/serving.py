@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.loadgen import cpu_seconds, server_processes
 from bench.rounds import median_round, odd_rounds
 from generator import naming
 from generator.check import client
@@ -42,11 +43,29 @@ from generator.traffic.requests import random_request, random_structured_request
 
 #: Instances of each ensemble step (router, shard group, dense); overridable with --ensemble-instances.
 ENSEMBLE_INSTANCES = 1
-SYSTEMS = ("pytorch", "monolithic-python", "monolithic-onnx", "ensemble-python", "ensemble-onnx")
+SYSTEMS = (
+    "pytorch",
+    "monolithic-python",
+    "monolithic-onnx",
+    "ensemble-python",
+    "ensemble-onnx",
+    "ensemble-python-numpy",
+)
+#: Systems served with the numpy reference kernels instead of the compiled ones (recgen_compiled).
+NUMPY_KERNELS = {"ensemble-python-numpy": {"RECGEN_KERNELS": "numpy"}}
 
 
-def closed_loop(send: Callable[[int], None], concurrency: int, seconds: float, warmup_s: float) -> dict[str, float]:
-    """Run `concurrency` threads calling send(thread) back to back; latency percentiles and request rate."""
+def closed_loop(
+    send: Callable[[int], None],
+    concurrency: int,
+    seconds: float,
+    warmup_s: float,
+    cpu_s: Callable[[], float] | None = None,
+) -> dict[str, float]:
+    """Run `concurrency` threads calling send(thread) back to back; latency percentiles and request rate.
+
+    `cpu_s` (CPU seconds used so far by whatever serves) is read at the start and end of the measured window, for
+    the CPU milliseconds per request."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors: list[BaseException] = []
     start_at = time.perf_counter() + 0.2
@@ -67,14 +86,21 @@ def closed_loop(send: Callable[[int], None], concurrency: int, seconds: float, w
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
     for thread in threads:
         thread.start()
+    cpu_window = []
+    if cpu_s is not None:
+        for moment in (measure_from, stop_at):
+            time.sleep(max(0.0, moment - time.perf_counter()))
+            cpu_window.append(cpu_s())
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
     merged = np.array([value for per_thread in latencies for value in per_thread])
+    cpu_ms = (cpu_window[1] - cpu_window[0]) * 1000 / max(merged.size, 1) if cpu_window else float("nan")
     return {
         "requests": int(merged.size),
         "requests_per_s": merged.size / seconds,
+        "cpu_ms_per_request": cpu_ms,
         "p50_ms": float(np.percentile(merged, 50) * 1000),
         "p99_ms": float(np.percentile(merged, 99) * 1000),
     }
@@ -89,21 +115,31 @@ def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: flo
         with torch.no_grad():
             model(dense, sparse)
 
-    return closed_loop(send, concurrency, seconds, warmup_s=0.5)
+    return closed_loop(send, concurrency, seconds, warmup_s=0.5, cpu_s=time.process_time)
 
 
-def bench_triton(url: str, model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict[str, float]:
+def bench_triton(
+    url: str, model: models.DLRM, batch: int, concurrency: int, seconds: float, server_pid: int | None = None
+) -> dict[str, float]:
+    """Closed-loop gRPC clients; with `server_pid`, the CPU of tritonserver and every stub per request."""
     clients = [client.RankingClient(url, "grpc") for _ in range(concurrency)]
     requests = [random_request(model, batch, np.random.default_rng(i)).tensors() for i in range(concurrency)]
+    pids = list(server_processes(server_pid).values()) if server_pid else []
     try:
-        return closed_loop(lambda i: clients[i].infer(requests[i]), concurrency, seconds, warmup_s=1.0)
+        return closed_loop(
+            lambda i: clients[i].infer(requests[i]),
+            concurrency,
+            seconds,
+            warmup_s=1.0,
+            cpu_s=(lambda: cpu_seconds(pids)) if pids else None,
+        )
     finally:
         for each in clients:
             each.close()
 
 
 def build_system(system: str, model: models.DLRM, workdir: Path) -> build.BuildResult:
-    kind, backend = system.split("-")
+    kind, backend = system.split("-")[:2]
     if kind == "monolithic":
         the_plan = plan.uniform_plan(model, shards_per_table=1, instance_count=2)
         return build.build_monolithic(model, the_plan, workdir / system, backend=backend)  # type: ignore[arg-type]
@@ -121,12 +157,15 @@ def run(systems: list[str], batches: list[int], concurrencies: list[int], second
     torch.set_num_threads(2)
     measured: dict[tuple[str, int, int], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir, contextlib.ExitStack() as stack:
-        urls: dict[str, str] = {}
+        urls: dict[str, tuple[str, int | None]] = {}
         for system in systems:
             if system != "pytorch":
                 result = build_system(system, model, Path(workdir))
-                server = stack.enter_context(serve.running_server(result.repositories, timeout_s=300))
-                urls[system] = server.grpc_url
+                environment = NUMPY_KERNELS.get(system, {})
+                server = stack.enter_context(
+                    serve.running_server(result.repositories, timeout_s=300, environment=environment)
+                )
+                urls[system] = (server.grpc_url, server.pid)
                 bench_triton(server.grpc_url, model, 64, 2, 1.0)  # warm every instance up
         for round_index in range(rounds):
             for batch in batches:
@@ -135,7 +174,8 @@ def run(systems: list[str], batches: list[int], concurrencies: list[int], second
                         if system == "pytorch":
                             cell = bench_pytorch(model, batch, concurrency, seconds)
                         else:
-                            cell = bench_triton(urls[system], model, batch, concurrency, seconds)
+                            url, pid = urls[system]
+                            cell = bench_triton(url, model, batch, concurrency, seconds, pid)
                         cell.update(system=system, batch=batch, concurrency=concurrency, round=round_index)
                         measured.setdefault((system, batch, concurrency), []).append(cell)
                         print(_row(cell), flush=True)
@@ -157,19 +197,20 @@ def _row(cell: dict) -> str:
     return (
         f"{cell['system']:<18} batch {cell['batch']:>4} x{cell['concurrency']}: "
         f"{cell['requests_per_s'] * cell['batch']:>10,.0f} samples/s, p50 {cell['p50_ms']:.2f} ms, "
-        f"p99 {cell['p99_ms']:.2f} ms"
+        f"p99 {cell['p99_ms']:.2f} ms, {cell.get('cpu_ms_per_request', float('nan')):.2f} CPU ms/request"
     )
 
 
 def markdown(cells: list[dict]) -> str:
     by_key = {(c["system"], c["batch"], c["concurrency"]): c for c in cells}
     lines = [
-        "| system | batch | concurrency | samples/s | requests/s | p50 ms | p99 ms | ÷ PyTorch | ÷ monolithic |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| system | batch | concurrency | samples/s | requests/s | p50 ms | p99 ms | CPU ms/request | ÷ PyTorch "
+        "| ÷ monolithic |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         reference = by_key.get(("pytorch", c["batch"], c["concurrency"]))
-        backend = c["system"].split("-")[-1]
+        backend = [*c["system"].split("-"), ""][1]  # ensemble-python-numpy -> python
         monolithic = by_key.get((f"monolithic-{backend}", c["batch"], c["concurrency"]))
         vs_torch = f"{c['samples_per_s'] / reference['samples_per_s']:.2f}" if reference else "-"
         vs_mono = (
@@ -179,7 +220,8 @@ def markdown(cells: list[dict]) -> str:
         )
         lines.append(
             f"| {c['system']} | {c['batch']} | {c['concurrency']} | {c['samples_per_s']:,.0f} | "
-            f"{c['requests_per_s']:,.1f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {vs_torch} | {vs_mono} |"
+            f"{c['requests_per_s']:,.1f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} "
+            f"| {c.get('cpu_ms_per_request', float('nan')):.2f} | {vs_torch} | {vs_mono} |"
         )
     return "\n".join(lines)
 

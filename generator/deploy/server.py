@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -349,13 +349,15 @@ def running_server(
     models: Sequence[str] = (),
     timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     log_path: Path | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> Iterator[TritonServer]:
     """Start a server on free loopback ports, wait until `models` are ready, always stop it.
 
     Without `log_path` the log goes to a temporary file, removed after a clean run and kept when the server failed
-    to come up (the raised error quotes it).
+    to come up (the raised error quotes it). `environment` adds variables for the server and its stubs.
     """
-    server = TritonServer(ServerConfig(tuple(Path(path) for path in repositories)), log_path=log_path)
+    config = ServerConfig(tuple(Path(path) for path in repositories), environment=tuple((environment or {}).items()))
+    server = TritonServer(config, log_path=log_path)
     server.start()
     try:
         server.wait_until_ready(models, timeout_s)

@@ -19,9 +19,11 @@ except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
 try:  # a generated repository has its helpers next to this file
+    import recgen_compiled as compiled
     import recgen_kernels as kernels
     import recgen_params as params
 except ModuleNotFoundError:
+    from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
 
@@ -30,7 +32,8 @@ class TritonPythonModel:
     """Triton entry point."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Load every table and the dense weights once per instance."""
+        """Load every table and the dense weights once per instance; compile the pooling kernel."""
+        compiled.compile_for(args["model_name"])
         layout = params.MonolithicParams.from_model_config(json.loads(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.dense_input = layout.dense_input
@@ -65,7 +68,7 @@ class TritonPythonModel:
                 )
 
             dense_features, split_points = stacked(self.dense_input)
-            pooled = [kernels.pool(rows, stacked(input_name)[0]) for input_name, _, _, rows in self.tables]
+            pooled = [compiled.pool(rows, stacked(input_name)[0]) for input_name, _, _, rows in self.tables]
             scores = kernels.dense_tower(dense_features, pooled, self.bottom, self.top)
             for index, part in zip(valid, kernels.unstack_responses(scores, split_points), strict=True):
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])

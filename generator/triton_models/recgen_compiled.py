@@ -5,11 +5,12 @@ over a batch of a few hundred samples run cache-cold and cost 2 to 4 times their
 kernel does the same work once. `compile_kernels()` compiles every kernel for the dtypes the models use, so that
 happens in `initialize()` (from numba's disk cache, `NUMBA_CACHE_DIR`, after the first start), never on a request.
 Where numba is missing (the plain NGC image) or fails to compile, every function here runs the numpy reference,
-and `ENGINE` says which one serves.
+and `ENGINE` says which one serves. `RECGEN_KERNELS=numpy` in the server's environment chooses numpy.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ ENGINE = "numpy"
 #: Why the numpy reference serves ("" when numba does).
 FALLBACK_REASON = "compile_kernels() has not run" if numba is not None else "numba is not installed"
 _NO_WEIGHTS = np.zeros((0, 0), dtype=np.float32)
+#: Environment variable that makes the numpy reference serve (`numpy`), e.g. to compare the two.
+ENGINE_VARIABLE = "RECGEN_KERNELS"
 
 
 def _route_loop(
@@ -97,6 +100,9 @@ def compile_kernels() -> str:
     """
     global ENGINE, FALLBACK_REASON
     if numba is None:
+        return ENGINE
+    if os.environ.get(ENGINE_VARIABLE) == "numpy":
+        FALLBACK_REASON = f"{ENGINE_VARIABLE}=numpy"
         return ENGINE
     try:
         jit: Callable[[Callable[..., Any]], Callable[..., Any]] = numba.njit(cache=True, nogil=True)
