@@ -69,7 +69,7 @@ class TritonPythonModel:
 
             dense_features, split_points = stacked(self.dense_input)
             pooled = [compiled.pool(rows, stacked(input_name)[0]) for input_name, _, _, rows in self.tables]
-            scores = kernels.dense_tower(dense_features, pooled, self.bottom, self.top)
+            scores = compiled.dense_tower(dense_features, pooled, self.bottom, self.top)
             for index, part in zip(valid, kernels.unstack_responses(scores, split_points), strict=True):
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
         return responses

@@ -90,6 +90,19 @@ def _out_of_range_loop(ids: np.ndarray, column_rows: np.ndarray) -> bool:  # pra
     return False
 
 
+def _upper_dots_loop(vectors: np.ndarray, out: np.ndarray, first_column: int) -> None:  # pragma: no cover - compiled
+    count, dim = vectors.shape[1], vectors.shape[2]
+    for sample in range(vectors.shape[0]):
+        column = first_column
+        for a in range(count):
+            for b in range(a + 1, count):
+                total = 0.0
+                for k in range(dim):
+                    total += vectors[sample, a, k] * vectors[sample, b, k]
+                out[sample, column] = total
+                column += 1
+
+
 _compiled: dict[str, Callable[..., Any]] = {}
 
 
@@ -110,6 +123,7 @@ def compile_kernels() -> str:
             "route": _route_loop,
             "pool": _pool_loop,
             "out_of_range": _out_of_range_loop,
+            "upper_dots": _upper_dots_loop,
         }
         compiled = {name: jit(loop) for name, loop in loops.items()}
         rows = np.zeros((3, 2), dtype=np.float32)
@@ -186,6 +200,33 @@ def any_out_of_range(ids: np.ndarray, column_rows: np.ndarray) -> bool:
     if "out_of_range" not in _compiled:
         return bool(((ids < kernels.PADDING_ID) | (ids >= column_rows)).any())
     return bool(_compiled["out_of_range"](ids, column_rows))
+
+
+def dense_tower(
+    dense_features: np.ndarray,
+    pooled: list[np.ndarray],
+    bottom: list[tuple[np.ndarray, np.ndarray]],
+    top: list[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """`recgen_kernels.dense_tower` with the dot interaction compiled.
+
+    The strict upper triangle's dot products are written straight beside the bottom output, without the full Gram
+    matrix or a concatenation.
+    """
+    if "upper_dots" not in _compiled:
+        return kernels.dense_tower(dense_features, pooled, bottom, top)
+    bottom_out = kernels.mlp(dense_features, bottom, relu_last=True)
+    batch, dim = bottom_out.shape
+    vectors = np.empty((batch, 1 + len(pooled), dim), dtype=np.float32)
+    vectors[:, 0] = bottom_out
+    for index, table in enumerate(pooled):  # one copy per table, not per sample
+        vectors[:, 1 + index] = table
+    count = vectors.shape[1]
+    interaction = np.empty((batch, dim + count * (count - 1) // 2), dtype=np.float32)
+    interaction[:, :dim] = bottom_out
+    _compiled["upper_dots"](vectors, interaction, dim)
+    logits = kernels.mlp(interaction, top, relu_last=False)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
 
 
 def compile_for(model_name: str) -> str:

@@ -94,3 +94,22 @@ def test_the_shard_step_pools_with_the_compiled_kernel_as_with_numpy(monkeypatch
 def test_compiled_range_check_equals_numpy(ids, rows) -> None:
     column_rows = np.full(ids.shape[1], rows, dtype=np.int64)
     assert compiled.any_out_of_range(ids, column_rows) == bool(((ids < -1) | (ids >= column_rows)).any())
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 40), st.integers(0, 6), st.integers(1, 8), st.integers(0, 2**16))
+def test_compiled_dense_tower_equals_the_numpy_tower(batch, tables, dim, seed) -> None:
+    rng = np.random.default_rng(seed)
+    pairs = (tables + 1) * tables // 2
+
+    def layers(sizes: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [
+            ((0.3 * rng.standard_normal((out, into))).astype(np.float32), rng.standard_normal(out).astype(np.float32))
+            for into, out in itertools.pairwise(sizes)
+        ]
+
+    bottom, top = layers([5, 7, dim]), layers([dim + pairs, 6, 1])
+    dense = rng.standard_normal((batch, 5)).astype(np.float32)
+    pooled = [rng.standard_normal((batch, dim)).astype(np.float32) for _ in range(tables)]
+    expected = kernels.dense_tower(dense, pooled, bottom, top)
+    np.testing.assert_allclose(compiled.dense_tower(dense, pooled, bottom, top), expected, rtol=1e-5, atol=1e-6)

@@ -19,9 +19,11 @@ except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
 try:  # a generated repository has its helpers next to this file
+    import recgen_compiled as compiled
     import recgen_kernels as kernels
     import recgen_params as params
 except ModuleNotFoundError:
+    from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
 
@@ -30,7 +32,8 @@ class TritonPythonModel:
     """Triton entry point."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Load the MLP weights and the input layout once per instance."""
+        """Load the MLP weights and the input layout once per instance; compile the interaction kernel."""
+        compiled.compile_for(args["model_name"])
         layout = params.DenseParams.from_model_config(json.loads(args["model_config"]))
         self.dense_input = layout.dense_input
         self.output_name = layout.output
@@ -59,7 +62,7 @@ class TritonPythonModel:
             for name, slot in rest:
                 total += packed[name][:, slot * dim : (slot + 1) * dim]
             pooled.append(total)
-        scores = kernels.dense_tower(dense_features, pooled, self.bottom, self.top)
+        scores = compiled.dense_tower(dense_features, pooled, self.bottom, self.top)
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
             for part in kernels.unstack_responses(scores, split_points)

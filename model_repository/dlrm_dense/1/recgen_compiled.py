@@ -5,11 +5,12 @@ over a batch of a few hundred samples run cache-cold and cost 2 to 4 times their
 kernel does the same work once. `compile_kernels()` compiles every kernel for the dtypes the models use, so that
 happens in `initialize()` (from numba's disk cache, `NUMBA_CACHE_DIR`, after the first start), never on a request.
 Where numba is missing (the plain NGC image) or fails to compile, every function here runs the numpy reference,
-and `ENGINE` says which one serves.
+and `ENGINE` says which one serves. `RECGEN_KERNELS=numpy` in the server's environment chooses numpy.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ ENGINE = "numpy"
 #: Why the numpy reference serves ("" when numba does).
 FALLBACK_REASON = "compile_kernels() has not run" if numba is not None else "numba is not installed"
 _NO_WEIGHTS = np.zeros((0, 0), dtype=np.float32)
+#: Environment variable that makes the numpy reference serve (`numpy`), e.g. to compare the two.
+ENGINE_VARIABLE = "RECGEN_KERNELS"
 
 
 def _route_loop(
@@ -87,6 +90,19 @@ def _out_of_range_loop(ids: np.ndarray, column_rows: np.ndarray) -> bool:  # pra
     return False
 
 
+def _upper_dots_loop(vectors: np.ndarray, out: np.ndarray, first_column: int) -> None:  # pragma: no cover - compiled
+    count, dim = vectors.shape[1], vectors.shape[2]
+    for sample in range(vectors.shape[0]):
+        column = first_column
+        for a in range(count):
+            for b in range(a + 1, count):
+                total = 0.0
+                for k in range(dim):
+                    total += vectors[sample, a, k] * vectors[sample, b, k]
+                out[sample, column] = total
+                column += 1
+
+
 _compiled: dict[str, Callable[..., Any]] = {}
 
 
@@ -98,12 +114,16 @@ def compile_kernels() -> str:
     global ENGINE, FALLBACK_REASON
     if numba is None:
         return ENGINE
+    if os.environ.get(ENGINE_VARIABLE) == "numpy":
+        FALLBACK_REASON = f"{ENGINE_VARIABLE}=numpy"
+        return ENGINE
     try:
         jit: Callable[[Callable[..., Any]], Callable[..., Any]] = numba.njit(cache=True, nogil=True)
         loops: dict[str, Callable[..., Any]] = {
             "route": _route_loop,
             "pool": _pool_loop,
             "out_of_range": _out_of_range_loop,
+            "upper_dots": _upper_dots_loop,
         }
         compiled = {name: jit(loop) for name, loop in loops.items()}
         rows = np.zeros((3, 2), dtype=np.float32)
@@ -180,6 +200,33 @@ def any_out_of_range(ids: np.ndarray, column_rows: np.ndarray) -> bool:
     if "out_of_range" not in _compiled:
         return bool(((ids < kernels.PADDING_ID) | (ids >= column_rows)).any())
     return bool(_compiled["out_of_range"](ids, column_rows))
+
+
+def dense_tower(
+    dense_features: np.ndarray,
+    pooled: list[np.ndarray],
+    bottom: list[tuple[np.ndarray, np.ndarray]],
+    top: list[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """`recgen_kernels.dense_tower` with the dot interaction compiled.
+
+    The strict upper triangle's dot products are written straight beside the bottom output, without the full Gram
+    matrix or a concatenation.
+    """
+    if "upper_dots" not in _compiled:
+        return kernels.dense_tower(dense_features, pooled, bottom, top)
+    bottom_out = kernels.mlp(dense_features, bottom, relu_last=True)
+    batch, dim = bottom_out.shape
+    vectors = np.empty((batch, 1 + len(pooled), dim), dtype=np.float32)
+    vectors[:, 0] = bottom_out
+    for index, table in enumerate(pooled):  # one copy per table, not per sample
+        vectors[:, 1 + index] = table
+    count = vectors.shape[1]
+    interaction = np.empty((batch, dim + count * (count - 1) // 2), dtype=np.float32)
+    interaction[:, :dim] = bottom_out
+    _compiled["upper_dots"](vectors, interaction, dim)
+    logits = kernels.mlp(interaction, top, relu_last=False)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
 
 
 def compile_for(model_name: str) -> str:
