@@ -128,6 +128,10 @@ def test_files_kustomization_and_images(tmp_path: Path) -> None:
         name = deployment["metadata"]["name"]
         dockerfile = (out / k8s.IMAGES_DIR / f"{name}.Dockerfile").read_text()
         assert dockerfile.startswith(f"# {name}") and f"FROM {k8s.DEFAULT_IMAGE}" in dockerfile
+        assert triton_runtime.NUMBA_REQUIREMENT in dockerfile  # the compiled kernels
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        environment = {variable["name"]: variable.get("value") for variable in container["env"]}
+        assert environment["NUMBA_CACHE_DIR"].startswith("/tmp/")  # the writable emptyDir
         assert image in (out / k8s.IMAGES_DIR / "build.sh").read_text()
     front = (out / k8s.IMAGES_DIR / f"{naming.front_service_name('dlrm')}.Dockerfile").read_text()
     assert "tritonclient[grpc]==2.51.0" in front and "COPY --chown=1000:1000 front /models" in front
