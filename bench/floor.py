@@ -94,8 +94,18 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> list[Path]:
     return repositories
 
 
+def _counts(session: client.RankingClient) -> dict[str, tuple[int, int]]:
+    """(inference_count, execution_count) of every model with executions, from Triton's statistics."""
+    stats = session.client.get_inference_statistics(as_json=True)
+    return {
+        str(entry["name"]): (int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0)))
+        for entry in stats.get("model_stats", [])
+    }
+
+
 def measure(url: str, pid: int, model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict:
-    """Closed loop; samples/s and the CPU ms per request of every server process over the measured window."""
+    """Closed loop; samples/s, the CPU ms per request of every server process over the measured window, and the
+    requests each execute() got (Triton's inference count over its execution count, per model)."""
     processes = server_processes(pid)
     snapshots: list[dict[str, float]] = []
 
@@ -105,20 +115,33 @@ def measure(url: str, pid: int, model: models.DLRM, batch: int, concurrency: int
 
     clients = [client.RankingClient(url, "grpc") for _ in range(concurrency)]
     requests = [random_request(model, batch, np.random.default_rng(i)).tensors() for i in range(concurrency)]
+    counts_before = _counts(clients[0])
     try:
         cell = closed_loop(lambda i: clients[i].infer(requests[i]), concurrency, seconds, 1.0, cpu_s=sample)
+        counts_after = _counts(clients[0])
     finally:
         for each in clients:
             each.close()
+    per_execution = {}
+    for name, (inferences, executions) in counts_after.items():
+        done = executions - counts_before.get(name, (0, 0))[1]
+        if done > 0:
+            per_execution[name] = (inferences - counts_before.get(name, (0, 0))[0]) / done
     before, after = snapshots
     per_process = {name: (after[name] - before[name]) * 1000 / max(cell["requests"], 1) for name in processes}
-    return {**cell, "samples_per_s": cell["requests_per_s"] * batch, "cpu_ms_per_request_by_process": per_process}
+    return {
+        **cell,
+        "samples_per_s": cell["requests_per_s"] * batch,
+        "cpu_ms_per_request_by_process": per_process,
+        "requests_per_execution": per_execution,
+    }
 
 
 def markdown(cells: list[dict]) -> str:
     lines = [
-        "| system | concurrency | samples/s | server CPU ms/request | tritonserver | stubs (each) |",
-        "|---|---|---|---|---|---|",
+        "| system | concurrency | samples/s | server CPU ms/request | tritonserver | stubs (each) "
+        "| requests per execute() |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         stubs = ", ".join(
@@ -126,9 +149,13 @@ def markdown(cells: list[dict]) -> str:
             for name, ms in c["cpu_ms_per_request_by_process"].items()
             if name != "tritonserver" and ms >= 0.005
         )
+        batching = ", ".join(
+            f"{name.removeprefix('dlrm_') or name} {count:.2f}"
+            for name, count in c.get("requests_per_execution", {}).items()
+        )
         lines.append(
             f"| {c['system']} | {c['concurrency']} | {c['samples_per_s']:,.0f} | {c['cpu_ms_per_request']:.2f} "
-            f"| {c['cpu_ms_per_request_by_process']['tritonserver']:.2f} | {stubs} |"
+            f"| {c['cpu_ms_per_request_by_process']['tritonserver']:.2f} | {stubs} | {batching} |"
         )
     return "\n".join(lines)
 
