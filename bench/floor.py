@@ -95,7 +95,7 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> list[Path]:
 
 
 def _counts(session: client.RankingClient) -> dict[str, tuple[int, int]]:
-    """(inference_count, execution_count) of every model with executions, from Triton's statistics."""
+    """(inference_count, execution_count) of every model, from Triton's statistics (inferences count samples)."""
     stats = session.client.get_inference_statistics(as_json=True)
     return {
         str(entry["name"]): (int(entry.get("inference_count", 0)), int(entry.get("execution_count", 0)))
@@ -126,7 +126,7 @@ def measure(url: str, pid: int, model: models.DLRM, batch: int, concurrency: int
     for name, (inferences, executions) in counts_after.items():
         done = executions - counts_before.get(name, (0, 0))[1]
         if done > 0:
-            per_execution[name] = (inferences - counts_before.get(name, (0, 0))[0]) / done
+            per_execution[name] = (inferences - counts_before.get(name, (0, 0))[0]) / done / batch
     before, after = snapshots
     per_process = {name: (after[name] - before[name]) * 1000 / max(cell["requests"], 1) for name in processes}
     return {
