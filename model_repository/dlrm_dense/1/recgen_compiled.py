@@ -21,15 +21,10 @@ try:  # a generated repository has its helpers next to this file
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
 
-try:
-    import numba
-except ImportError:  # numpy serves
-    numba = None  # type: ignore[assignment]
-
 #: "numba" once `compile_kernels()` has compiled every kernel, else "numpy".
 ENGINE = "numpy"
 #: Why the numpy reference serves ("" when numba does).
-FALLBACK_REASON = "compile_kernels() has not run" if numba is not None else "numba is not installed"
+FALLBACK_REASON = "compile_kernels() has not run"
 _NO_WEIGHTS = np.zeros((0, 0), dtype=np.float32)
 #: Environment variable that makes the numpy reference serve (`numpy`), e.g. to compare the two.
 ENGINE_VARIABLE = "RECGEN_KERNELS"
@@ -109,13 +104,17 @@ _compiled: dict[str, Callable[..., Any]] = {}
 def compile_kernels() -> str:
     """Compile every kernel for int32/int64 ids and FP32 rows (from the disk cache when it has them); the engine.
 
-    On any failure the numpy reference keeps serving and `FALLBACK_REASON` says why.
+    On any failure the numpy reference keeps serving and `FALLBACK_REASON` says why. numba is imported only here,
+    so a stub served by numpy does not carry it (importing numba and compiling cost a stub about 60 MB).
     """
     global ENGINE, FALLBACK_REASON
-    if numba is None:
-        return ENGINE
     if os.environ.get(ENGINE_VARIABLE) == "numpy":
         FALLBACK_REASON = f"{ENGINE_VARIABLE}=numpy"
+        return ENGINE
+    try:
+        import numba
+    except ImportError:
+        FALLBACK_REASON = "numba is not installed"
         return ENGINE
     try:
         jit: Callable[[Callable[..., Any]], Callable[..., Any]] = numba.njit(cache=True, nogil=True)
