@@ -10,6 +10,7 @@ and `ENGINE` says which one serves. `RECGEN_KERNELS=numpy` in the server's envir
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,8 @@ def compile_kernels() -> str:
     so a stub served by numpy does not carry it (importing numba and compiling cost a stub about 60 MB).
     """
     global ENGINE, FALLBACK_REASON
+    if _compiled:  # already compiled in this process
+        return ENGINE
     if os.environ.get(ENGINE_VARIABLE) == "numpy":
         FALLBACK_REASON = f"{ENGINE_VARIABLE}=numpy"
         return ENGINE
@@ -191,7 +194,13 @@ def pool(padded_rows: np.ndarray, local_ids: np.ndarray, weights: np.ndarray | N
     """`recgen_kernels.pool`, compiled (one slot over every column)."""
     if "pool" not in _compiled:
         return kernels.pool(padded_rows, local_ids, weights)
-    return pool_slots(padded_rows, local_ids, np.array([0, local_ids.shape[1]], dtype=np.int64), weights)
+    return pool_slots(padded_rows, local_ids, _one_slot(local_ids.shape[1]), weights)
+
+
+@functools.lru_cache(maxsize=64)
+def _one_slot(width: int) -> np.ndarray:
+    """Slot bounds of one slot over `width` columns (built once per width, not per request)."""
+    return np.array([0, width], dtype=np.int64)
 
 
 def any_out_of_range(ids: np.ndarray, column_rows: np.ndarray) -> bool:
@@ -201,20 +210,12 @@ def any_out_of_range(ids: np.ndarray, column_rows: np.ndarray) -> bool:
     return bool(_compiled["out_of_range"](ids, column_rows))
 
 
-def dense_tower(
-    dense_features: np.ndarray,
-    pooled: list[np.ndarray],
-    bottom: list[tuple[np.ndarray, np.ndarray]],
-    top: list[tuple[np.ndarray, np.ndarray]],
-) -> np.ndarray:
-    """`recgen_kernels.dense_tower` with the dot interaction compiled.
+def dot_interaction(bottom_out: np.ndarray, pooled: list[np.ndarray]) -> np.ndarray:
+    """`recgen_kernels.dot_interaction`, compiled.
 
     The strict upper triangle's dot products are written straight beside the bottom output, without the full Gram
     matrix or a concatenation.
     """
-    if "upper_dots" not in _compiled:
-        return kernels.dense_tower(dense_features, pooled, bottom, top)
-    bottom_out = kernels.mlp(dense_features, bottom, relu_last=True)
     batch, dim = bottom_out.shape
     vectors = np.empty((batch, 1 + len(pooled), dim), dtype=np.float32)
     vectors[:, 0] = bottom_out
@@ -224,8 +225,18 @@ def dense_tower(
     interaction = np.empty((batch, dim + count * (count - 1) // 2), dtype=np.float32)
     interaction[:, :dim] = bottom_out
     _compiled["upper_dots"](vectors, interaction, dim)
-    logits = kernels.mlp(interaction, top, relu_last=False)
-    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
+    return interaction
+
+
+def dense_tower(
+    dense_features: np.ndarray,
+    pooled: list[np.ndarray],
+    bottom: list[tuple[np.ndarray, np.ndarray]],
+    top: list[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """`recgen_kernels.dense_tower` with the compiled interaction when numba serves."""
+    interaction = dot_interaction if "upper_dots" in _compiled else kernels.dot_interaction
+    return kernels.dense_tower(dense_features, pooled, bottom, top, interaction)
 
 
 def compile_for(model_name: str) -> str:

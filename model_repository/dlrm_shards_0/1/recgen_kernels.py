@@ -7,7 +7,7 @@ has no recgen installed) and run on Python 3.10.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,18 +203,27 @@ def _upper_pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(count, k=1)
 
 
+def dot_interaction(bottom_out: np.ndarray, pooled: Sequence[np.ndarray]) -> np.ndarray:
+    """[bottom output, the strict upper triangle of the pairwise dot products of it and the pools] per sample."""
+    vectors = np.stack([bottom_out, *pooled], axis=1)
+    gram = vectors @ vectors.transpose(0, 2, 1)
+    rows, cols = _upper_pairs(vectors.shape[1])
+    return np.concatenate([bottom_out, gram[:, rows, cols]], axis=1)
+
+
+Interaction = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
+
+
 def dense_tower(
     dense_features: np.ndarray,
     pooled: Sequence[np.ndarray],
     bottom: Sequence[tuple[np.ndarray, np.ndarray]],
     top: Sequence[tuple[np.ndarray, np.ndarray]],
+    interaction: Interaction = dot_interaction,
 ) -> np.ndarray:
     """Bottom MLP, pairwise dot interaction (strict upper triangle), top MLP, sigmoid: [B, 1]."""
     bottom_out = mlp(dense_features, bottom, relu_last=True)
-    vectors = np.stack([bottom_out, *pooled], axis=1)
-    gram = vectors @ vectors.transpose(0, 2, 1)
-    rows, cols = _upper_pairs(vectors.shape[1])
-    logits = mlp(np.concatenate([bottom_out, gram[:, rows, cols]], axis=1), top, relu_last=False)
+    logits = mlp(interaction(bottom_out, pooled), top, relu_last=False)
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
 
 
