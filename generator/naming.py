@@ -21,6 +21,8 @@ PYTHON_MODEL_FILE = "model.py"
 KERNELS_FILE = "recgen_kernels.py"
 #: Their compiled (numba) versions, with the numpy helpers as fallback, copied next to each model.py too.
 COMPILED_FILE = "recgen_compiled.py"
+#: Pooling a shard group's rows (the shard groups and the router's fused lookup step), copied next to each model.py.
+POOLING_FILE = "recgen_pooling.py"
 #: The typed parameter specs the Python-backend models read from their configs, copied next to each model.py.
 PARAMS_FILE = "recgen_params.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
@@ -124,6 +126,11 @@ def shard_group_model(model: str, group: int, members: Sequence[tuple[str, int]]
 def shard_rows_file(table: str, shard: int) -> str:
     """File of one shard's rows inside its (group) model's version directory."""
     return f"rows__{table}__{shard}.npy"
+
+
+def router_rows_file(group: int, stack: int) -> str:
+    """File of one row-width stack of a shard group the router pools itself (its padding row included)."""
+    return f"group_rows__{group}__{stack}.npy"
 
 
 def dense_model(model: str) -> str:

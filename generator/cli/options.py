@@ -14,7 +14,7 @@ from click.core import ParameterSource
 from generator.check.client import PROTOCOLS
 from generator.errors import RecgenError
 from generator.planning import queueing
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, GROUP_BY
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, GROUP_BY, LOOKUP_STEPS
 from generator.repository.configs import BACKENDS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -168,6 +168,14 @@ group_by = click.option(
     default=None,
     help="Serve shards with the same placement as one model (fewer steps), or one model per shard "
     "[default: placement for one server, shard for the distributed layout].",
+)
+lookup_step = click.option(
+    "--lookup-step",
+    type=click.Choice(LOOKUP_STEPS),
+    default=None,
+    help="fused: the router pools the shard groups on its device in its own step (a two-step ensemble); "
+    "separate: every shard group is its own step [default: the plan's, else separate]. The distributed layout "
+    "always keeps the groups apart.",
 )
 max_batch_size = click.option(
     "--max-batch-size",

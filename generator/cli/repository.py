@@ -11,7 +11,7 @@ from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import DEVICES, Device, GroupBy
+from generator.planning.plan import DEVICES, Device, GroupBy, LookupStep
 from generator.repository import build as builds
 from generator.repository.configs import TARGETS, Backend, Target
 from generator.repository.params import RemoteCallPolicy
@@ -51,6 +51,7 @@ from generator.repository.params import RemoteCallPolicy
 @options.max_batch_size
 @options.latency_slo_ms
 @options.group_by
+@options.lookup_step
 @options.force
 @click.option(
     "--layout",
@@ -106,6 +107,7 @@ def build(
     max_batch_size: int,
     latency_slo_ms: float,
     group_by: GroupBy | None,
+    lookup_step: LookupStep | None,
     force: bool,
     layout: builds.Layout,
     remote_deadline_s: float,
@@ -123,6 +125,8 @@ def build(
     the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed)
     if allow_non_finite:
         the_plan = dataclasses.replace(the_plan, check_finite=False)
+    if lookup_step is not None:
+        the_plan = dataclasses.replace(the_plan, lookup_step=lookup_step)
     click.echo(str(the_plan))
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:

@@ -92,7 +92,7 @@ def build_distributed(
     """
     leaves = check_options(backend, target)
     plan.check_matches(model)
-    plan = dataclasses.replace(plan, group_by=group_by or "shard")
+    plan = dataclasses.replace(plan, group_by=group_by or "shard", lookup_step="separate")  # groups scale apart
     topology = Topology.from_plan(plan, group_by=plan.group_by, policy=policy)
     out = Path(out)
     staging.check_output(out, "--out", force, inputs)

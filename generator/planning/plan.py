@@ -30,6 +30,11 @@ DEVICES: tuple[Device, ...] = ("cpu", "gpu")
 #: group still scaled on its own), or one model per shard.
 GroupBy = Literal["placement", "shard"]
 GROUP_BY: tuple[GroupBy, ...] = ("placement", "shard")
+#: Where the lookups of the shard groups placed like the router run: in the router's own step ("fused": routing and
+#: pooling in one step, a two-step ensemble, one process per request fewer) or each group in its own step
+#: ("separate": every group scaled on its own; what the distributed layout and GPU placements need).
+LookupStep = Literal["fused", "separate"]
+LOOKUP_STEPS: tuple[LookupStep, ...] = ("fused", "separate")
 #: Largest batch (candidates per request) a generated model accepts unless told otherwise.
 DEFAULT_MAX_BATCH_SIZE = 1024
 
@@ -166,6 +171,7 @@ class Plan:
     #: The router rejects a request whose dense features or weights hold a NaN or an infinity (False: pass them on,
     #: as PyTorch would).
     check_finite: bool = True
+    lookup_step: LookupStep = "separate"
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)
@@ -183,6 +189,8 @@ class Plan:
             raise UserInputError(f"`max_batch_size` must be in 1..{1 << 20}, got {self.max_batch_size}")
         if self.group_by not in GROUP_BY:
             raise UserInputError(f"`group_by` must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
+        if self.lookup_step not in LOOKUP_STEPS:
+            raise UserInputError(f"`lookup_step` must be one of {', '.join(LOOKUP_STEPS)}, got {self.lookup_step!r}")
 
     @property
     def shards(self) -> list[ShardPlan]:
@@ -211,6 +219,17 @@ class Plan:
         for shard in self.shards:
             members.setdefault(shard.placement, []).append(shard)
         return [ShardGroup(i, placement, tuple(group)) for i, (placement, group) in enumerate(members.items())]
+
+    def router_pooled_groups(self) -> list[ShardGroup]:
+        """The shard groups the router pools in its own step: with a fused lookup step, those on its device."""
+        if self.lookup_step != "fused":
+            return []
+        return [group for group in self.shard_groups() if group.placement.device == self.router.device]
+
+    def step_groups(self) -> list[ShardGroup]:
+        """The shard groups served as their own model and ensemble step."""
+        pooled = {group.index for group in self.router_pooled_groups()}
+        return [group for group in self.shard_groups() if group.index not in pooled]
 
     def check_matches(self, model: Model) -> None:
         """Raise PlanError unless the plan's tables are exactly the model's tables, in order; name what differs."""
@@ -249,7 +268,11 @@ class Plan:
                     f"  {table.spec.name:<16} {shard.index:>5} {rows:>21} {shard.placement.instance_count:>9} "
                     f"{shard.placement.device:>6} {megabytes:>9.3f}"
                 )
-        lines.append(f"  {len(self.shard_groups())} shard models (grouped by {self.group_by})")
+        pooled = len(self.router_pooled_groups())
+        lines.append(
+            f"  {len(self.step_groups())} shard models (grouped by {self.group_by})"
+            + (f"; the router pools {pooled} group(s) itself (fused lookup step)" if pooled else "")
+        )
         lines.append(
             f"  router: {self.router.instance_count} x {self.router.device}; "
             f"dense: {self.dense.instance_count} x {self.dense.device}"
@@ -299,6 +322,7 @@ def uniform_plan(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     group_by: GroupBy = "placement",
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS,
+    lookup_step: LookupStep = "separate",
 ) -> Plan:
     """Cut every table into up to `shards_per_table` equal row ranges, one instance each, identity row order.
 
@@ -319,4 +343,5 @@ def uniform_plan(
         group_by=group_by,
         features=tuple(model.features) if isinstance(model, ImportedModel) else (),
         latency_slo_ms=latency_slo_ms,
+        lookup_step=lookup_step,
     )

@@ -173,7 +173,11 @@ class ModelWriter:
         config = configs.router_config(self.plan, layout.model_signature(self.model)[0])
         version_dir = _new_model_dir(repository, config.name)
         export.export_router(self.model, self.plan, version_dir)
-        self._finish(config, version_dir, "router", f"{len(self.plan.tables)} tables -> {len(self.plan.shards)} shards")
+        pooled = self.plan.router_pooled_groups()
+        detail = f"{len(self.plan.tables)} tables -> {len(self.plan.shards)} shards"
+        if pooled:
+            detail += f", pools {sum(len(group.shards) for group in pooled)} of them (fused lookup step)"
+        self._finish(config, version_dir, "router", detail)
 
     def shard_group(self, repository: Path, group: ShardGroup, placement: Placement | None = None) -> None:
         """A shard group model with its members' rows (`placement` replaces the group's own)."""
@@ -211,7 +215,7 @@ class ModelWriter:
             return
         router = configs.ranking_router_config(plan, model)
         version_dir = _new_model_dir(leaf_repository, router.name)
-        export.export_router(model, plan, version_dir)
+        export.export_router(model, plan, version_dir, pooled_rows=False)
         self._finish(router, version_dir, "router", "ranking: user row + candidate rows")
         dense = configs.ranking_dense_config(plan, model, self.leaves)
         version_dir = _new_model_dir(leaf_repository, dense.name)
@@ -268,7 +272,7 @@ def build(
     with staging.staged([repository, ensembles]) as (staged_repository, staged_ensembles):
         writer = ModelWriter(model, plan, leaves)
         writer.router(staged_repository)
-        for group in plan.shard_groups():
+        for group in plan.step_groups():
             writer.shard_group(staged_repository, group)
         writer.dense(staged_repository)
         writer.ensemble(staged_ensembles)
@@ -318,8 +322,11 @@ def build_monolithic(
 
 def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
     """A versioned record of what was built (Triton ignores plain files at the repository root)."""
+    pooled = {group.index for group in plan.router_pooled_groups()}
     group_of = {
-        (shard.table, shard.index): layout.shard_group_model_name(plan, group)
+        (shard.table, shard.index): naming.router_model(plan.model_name)
+        if group.index in pooled
+        else layout.shard_group_model_name(plan, group)
         for group in plan.shard_groups()
         for shard in group.shards
     }
@@ -331,6 +338,7 @@ def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
         "target": leaves.target,
         "max_batch_size": plan.max_batch_size,
         "group_by": plan.group_by,
+        "lookup_step": plan.lookup_step,
         "tables": [
             {
                 "table": table.spec.name,

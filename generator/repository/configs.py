@@ -118,7 +118,7 @@ def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
     inputs = layout.sparse_inputs(plan)
     checked = layout.finite_inputs(plan, dense)
     specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs]), *params.request_checks(checked)]
-    specs += [cache for cache in (params.front_cache(plan),) if cache is not None]
+    specs += [spec for spec in (params.front_cache(plan), params.router_pooling(plan)) if spec is not None]
     return _serving_config(
         naming.router_model(plan.model_name),
         "python",
@@ -141,7 +141,8 @@ def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
     weights = [spec.name for spec in layout.ranking_weight_inputs(plan)]
     checked = layout.ranking_finite_inputs(plan, model)
     specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs], weights), params.ranking_router(plan)]
-    specs += [*params.request_checks(checked), *(cache for cache in (params.front_cache(plan),) if cache is not None)]
+    specs += params.request_checks(checked)
+    specs += [spec for spec in (params.front_cache(plan), params.router_pooling(plan)) if spec is not None]
     reads = layout.with_checked(layout.ranking_router_inputs(plan), checked)
     return _serving_config(
         naming.ranking_router_model(plan.model_name),
@@ -288,7 +289,7 @@ def _ensemble(
     router_inputs: Sequence[TensorSpec],
     dense_step: tuple[str, Sequence[TensorSpec]],
 ) -> mc.ModelConfig:
-    """Router step, every shard group as a step fed by the router's packed ids, then the dense step."""
+    """Router step, every shard group it does not pool itself as a step fed by its packed ids, then the dense step."""
     config = _base_config(name, max_batch_size, *signature)
     config.platform = "ensemble"
     steps = config.ensemble_scheduling.step
@@ -297,7 +298,10 @@ def _ensemble(
         router.input_map[spec.name] = spec.name
     for spec in [*layout.front_cache_partials(plan), *layout.pool_counts(plan)]:  # straight to the dense model
         router.output_map[spec.name] = spec.name
-    for group in plan.shard_groups():
+    for group in plan.router_pooled_groups():  # fused lookup step: the router's partial sums go to the dense model
+        partial = layout.group_signature(plan, group)[1][0]
+        router.output_map[partial.name] = partial.name
+    for group in plan.step_groups():
         group_inputs, (partial,) = layout.group_signature(plan, group)
         step = steps.add(model_name=layout.shard_group_model_name(plan, group), model_version=-1)
         for spec in group_inputs:  # the packed ids (and their weights) go straight from the router

@@ -48,7 +48,7 @@ def install_python_model(module: str, version_dir: Path) -> None:
     """Copy a model module from the package as model.py, with the kernels and parameter specs it imports."""
     package = resources.files("generator.triton_models")
     (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module).read_text())
-    for helper in (naming.KERNELS_FILE, naming.COMPILED_FILE, naming.PARAMS_FILE):
+    for helper in (naming.KERNELS_FILE, naming.COMPILED_FILE, naming.PARAMS_FILE, naming.POOLING_FILE):
         (version_dir / helper).write_text(package.joinpath(helper).read_text())
 
 
@@ -69,8 +69,12 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(file, np.asanyarray(array), allow_pickle=False)
 
 
-def export_router(model: Model, plan: Plan, version_dir: Path) -> None:
-    """Router code, plus the hotness ranks of permuted tables and the front cache's rows (hottest ranks first)."""
+def export_router(model: Model, plan: Plan, version_dir: Path, *, pooled_rows: bool = True) -> None:
+    """Router code, plus the hotness ranks of permuted tables and the front cache's rows (hottest ranks first).
+
+    With a fused lookup step, also the stacked rows of the groups the router pools (`pooled_rows`: the flattened
+    router holds them; the ranking router maps the same files).
+    """
     install_python_model(ROUTER_MODULE, version_dir)
     ranks = {table.spec.name: rank for table in plan.tables if (rank := table.rank_of_row()) is not None}
     if ranks:
@@ -82,6 +86,12 @@ def export_router(model: Model, plan: Plan, version_dir: Path) -> None:
     }
     if cache:
         save_npz(version_dir / naming.ROUTER_FRONT_CACHE_FILE, cache)
+    tables = {table.spec.name: table for table in plan.tables}
+    for group in plan.router_pooled_groups() if pooled_rows else []:  # stacked, with the padding row, to be mapped
+        rows = [shard_rows(model, tables[s.table], s) for s in group.shards]
+        for index, stack in enumerate(group_stacks(plan, group, rows)[0]):
+            padded = np.concatenate([stack, np.zeros((1, stack.shape[1]), dtype=np.float32)])
+            np.save(version_dir / naming.router_rows_file(group.index, index), padded)
 
 
 def shard_rows(model: Model, table: TablePlan, shard: ShardPlan) -> np.ndarray:

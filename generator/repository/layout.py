@@ -317,8 +317,16 @@ def pool_counts(plan: Plan) -> list[TensorSpec]:
 
 
 def router_outputs(plan: Plan) -> list[TensorSpec]:
-    """The router's outputs: every group's packed ids, the front cache's partial sums and the mean counts (if any)."""
-    groups = [spec for group in plan.shard_groups() for spec in group_signature(plan, group)[0]]
+    """The router's outputs: every group's packed ids, the front cache's partial sums and the mean counts (if any).
+
+    With a fused lookup step, the groups the router pools itself give their partial sums instead of their ids.
+    """
+    pooled = {group.index for group in plan.router_pooled_groups()}
+    groups = [
+        spec
+        for group in plan.shard_groups()
+        for spec in group_signature(plan, group)[1 if group.index in pooled else 0]
+    ]
     return groups + front_cache_partials(plan) + pool_counts(plan)
 
 

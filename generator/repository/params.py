@@ -73,6 +73,32 @@ def routing(plan: Plan, input_names: Sequence[str], weights_names: Sequence[str]
     return params.RoutingParams(tables=routed, outputs=outputs, counts_output=counts)
 
 
+def router_pooling(plan: Plan) -> params.RouterPoolingParams | None:
+    """The groups the router pools itself (fused lookup step) and where their stacked rows live; None if none."""
+    pooled = plan.router_pooled_groups()
+    if not pooled:
+        return None
+    dims = layout.table_dims(plan)
+    entries = []
+    for group in pooled:
+        group_layout = layout.group_layout(plan, group)
+        widths = list(dict.fromkeys(dims[shard.table] for shard in group.shards))  # as export.group_stacks
+        entries.append(
+            params.PooledGroup(
+                ids=naming.group_local_ids(group.index),
+                weights=naming.group_id_weights(group.index) if layout.group_weighted(plan, group) else "",
+                output=naming.group_partial_sums(group.index),
+                stack_files=tuple(naming.router_rows_file(group.index, stack) for stack in range(len(widths))),
+                slots=tuple(
+                    params.GroupSlot(table=table, columns=span)
+                    for table, span in zip(group_layout.tables, group_layout.columns, strict=True)
+                ),
+                slot_stacks=tuple(widths.index(dims[table]) for table in group_layout.tables),
+            )
+        )
+    return params.RouterPoolingParams(rows_model=naming.router_model(plan.model_name), groups=tuple(entries))
+
+
 def request_checks(checked: Sequence[TensorSpec]) -> list[params.RequestChecksParams]:
     """The router's finite-value checks of `checked` (no parameter when there is nothing to check)."""
     return [params.RequestChecksParams(tuple(spec.name for spec in checked))] if checked else []

@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from generator.triton_models import recgen_compiled as compiled
 from generator.triton_models import recgen_kernels as kernels
-from generator.triton_models import shard_model
+from generator.triton_models import recgen_pooling
 from tests.triton_models.test_recgen_kernels import routing_cases
 
 
@@ -80,10 +80,10 @@ def test_the_shard_step_pools_with_the_compiled_kernel_as_with_numpy(monkeypatch
     slots = [(0, 3), (3, 4), (4, 9)]
     ids = rng.integers(-1, 500, (300, 9)).astype(np.int32)  # above ONE_PASS_MAX_IDS: numpy's per-slot path
     weights = rng.uniform(0, 1, ids.shape).astype(np.float32)
-    fast = shard_model.pool_stack(padded, ids, slots, weights)
+    fast = recgen_pooling.pool_stack(padded, ids, slots, weights)
     monkeypatch.setattr(compiled, "ENGINE", "numpy")
-    np.testing.assert_allclose(fast, shard_model.pool_stack(padded, ids, slots, weights), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(fast[:2], shard_model.pool_stack(padded, ids[:2], slots, weights[:2]), atol=1e-6)
+    np.testing.assert_allclose(fast, recgen_pooling.pool_stack(padded, ids, slots, weights), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fast[:2], recgen_pooling.pool_stack(padded, ids[:2], slots, weights[:2]), atol=1e-6)
 
 
 @settings(max_examples=200, deadline=None)

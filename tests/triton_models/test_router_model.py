@@ -15,7 +15,7 @@ from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
 from generator.repository import configs, layout, params
 from generator.repository.layout import group_layout
 from generator.triton_models import recgen_kernels as kernels
-from generator.triton_models import router_model, shard_model
+from generator.triton_models import recgen_pooling, router_model
 from tests.conftest import tiny_model
 
 
@@ -53,7 +53,7 @@ def test_grouped_routing_then_pooling_equals_whole_tables(tmp_path: Path) -> Non
     description = params.shard_group(plan, group)
     for s, member in zip(group.shards, description.shards, strict=True):
         np.save(tmp_path / member.rows_file, model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end])
-    pooled = shard_model.pool_group(shard_model.load_group_rows(description, tmp_path), packed)
+    pooled = recgen_pooling.pool_group(recgen_pooling.load_group_rows(description, tmp_path), packed)
     for table in model.tables:
         slot = slots.index(table.name)
         total = pooled[:, slot * 8 : (slot + 1) * 8]
@@ -116,7 +116,7 @@ def test_group_pooling_is_the_same_on_both_paths(batch: int, seed: int, mixed_wi
     tables = [rng.standard_normal((150, 4)).astype(np.float32), rng.standard_normal((90, 8)).astype(np.float32)]
     slot_tables = [0, 1, 0] if mixed_widths else [0, 0, 0]
     stacks = [kernels.with_padding_row(table) for table in (tables if mixed_widths else tables[:1])]
-    rows = shard_model.GroupRows(stacks, [(0, 1), (1, 4), (4, 24)], slot_tables)
+    rows = recgen_pooling.GroupRows(stacks, [(0, 1), (1, 4), (4, 24)], slot_tables)
     packed = np.concatenate(
         [
             rng.integers(-1, len(tables[table]), size=(batch, last - first))
@@ -136,7 +136,7 @@ def test_group_pooling_is_the_same_on_both_paths(batch: int, seed: int, mixed_wi
         ],
         axis=1,
     )
-    np.testing.assert_allclose(shard_model.pool_group(rows, packed, weights), expected, atol=1e-5)
+    np.testing.assert_allclose(recgen_pooling.pool_group(rows, packed, weights), expected, atol=1e-5)
 
 
 class _WeightedAndPadded(torch.nn.Module):
