@@ -148,6 +148,7 @@ def calibrate(
         shards_per_table=1,
         max_batch_size=max(batch_size, 8),
         group_by="shard",
+        lookup_step="separate",  # every shard its own step, so its cost is measured apart from the router's
         latency_slo_ms=queueing.LATENCY_SLO_RANGE_MS[1],  # busy time is measured here: reject nothing
     )
     batches = sorted({max(1, batch_size // 16), max(1, batch_size // 4), batch_size})

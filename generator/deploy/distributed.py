@@ -18,8 +18,9 @@ from generator.deploy.topology import INSTANCES_PER_GROUP_SERVER, GroupDeploymen
 from generator.planning.plan import GroupBy, Model, Placement, Plan
 from generator.planning.plan_file import save_plan
 from generator.repository import readme, staging
-from generator.repository.build import BuildResult, BuiltModel, ModelWriter, check_options, write_manifest
+from generator.repository.build import BuildResult, BuiltModel, ModelWriter, check_options
 from generator.repository.configs import Backend, Target
+from generator.repository.manifest import write_manifest
 from generator.repository.params import RemoteCallPolicy
 
 

@@ -322,11 +322,12 @@ def uniform_plan(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     group_by: GroupBy = "placement",
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS,
-    lookup_step: LookupStep = "separate",
+    lookup_step: LookupStep = "fused",
 ) -> Plan:
     """Cut every table into up to `shards_per_table` equal row ranges, one instance each, identity row order.
 
-    The router always runs on CPU (it is numpy bookkeeping); shards and the dense model go to `device`.
+    The router always runs on CPU (it is numpy bookkeeping); shards and the dense model go to `device`. With the
+    fused lookup step (the default) the router also pools the shards that share its device.
     """
     _check_placement(instance_count, device, "shard")
     placement = Placement(instance_count, device)

@@ -8,7 +8,6 @@ in it and how to serve and call it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Literal
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from generator import __version__, naming, triton_runtime
+from generator import naming, triton_runtime
 from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
@@ -32,11 +31,10 @@ from generator.planning.plan import (
     uniform_plan,
 )
 from generator.planning.plan_file import load_plan
-from generator.repository import configs, export, imported_graphs, layout, readme, staging, validation
+from generator.repository import configs, export, imported_graphs, layout, manifest, readme, staging, validation
 from generator.repository.configs import BACKENDS, TARGETS, Backend, LeafOptions, Target
 from generator.repository.params import RemoteCallPolicy
 
-MANIFEST_FORMAT_VERSION = 1
 #: What a generated model does in its ensemble.
 Role = Literal["router", "shards", "remote", "dense", "ensemble", "whole"]
 #: One server for everything, or every shard group served on its own behind a front (`deploy.distributed`).
@@ -278,7 +276,7 @@ def build(
         writer.ensemble(staged_ensembles)
         writer.ranking(staged_repository, staged_ensembles)
         result = BuildResult(plan, backend, target, repository, ensembles, tuple(writer.built))
-        write_manifest(plan, leaves, staged_repository)
+        manifest.write_manifest(plan, leaves, staged_repository)
         for staged_path in (staged_repository, staged_ensembles):
             readme.write_single(staged_path, result, model)
     return result
@@ -318,49 +316,6 @@ def build_monolithic(
         result = BuildResult(plan, backend, target, repository, None, (built,))
         readme.write_single(staged_repository, result, model)
     return result
-
-
-def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
-    """A versioned record of what was built (Triton ignores plain files at the repository root)."""
-    pooled = {group.index for group in plan.router_pooled_groups()}
-    group_of = {
-        (shard.table, shard.index): naming.router_model(plan.model_name)
-        if group.index in pooled
-        else layout.shard_group_model_name(plan, group)
-        for group in plan.shard_groups()
-        for shard in group.shards
-    }
-    manifest = {
-        "format_version": MANIFEST_FORMAT_VERSION,
-        "recgen_version": __version__,
-        "model_name": plan.model_name,
-        "backend": leaves.backend,
-        "target": leaves.target,
-        "max_batch_size": plan.max_batch_size,
-        "group_by": plan.group_by,
-        "lookup_step": plan.lookup_step,
-        "tables": [
-            {
-                "table": table.spec.name,
-                "num_rows": table.spec.num_rows,
-                "dim": table.spec.dim,
-                "max_ids_per_sample": table.spec.max_ids_per_sample,
-                "permuted": table.row_order is not None,
-                "shards": [
-                    {
-                        "model": group_of[(table.spec.name, shard.index)],
-                        "row_start": shard.row_start,
-                        "row_end": shard.row_end,
-                        "instance_count": shard.placement.instance_count,
-                        "device": shard.placement.device,
-                    }
-                    for shard in table.shards
-                ],
-            }
-            for table in plan.tables
-        ],
-    }
-    (repository / naming.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

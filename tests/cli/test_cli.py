@@ -42,8 +42,8 @@ def _serve_command(tmp_path: Path, *ports: int) -> list[str]:
 
 def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
     _, out = _example_repository(tmp_path, "--target", "container")
-    # router, shard group, dense, ensemble + the ranking ensemble's router, dense and ensemble
-    assert "wrote 7 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
+    # router (pooling the shards itself: fused lookup step), dense, ensemble + the ranking router, dense, ensemble
+    assert "wrote 6 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
     assert "dlrm_ranking" in out
 
 
@@ -235,7 +235,7 @@ def test_profile_and_plan_errors(tmp_path: Path) -> None:
 
 
 def test_group_by_shard_writes_one_model_per_shard(tmp_path: Path) -> None:
-    _, out = _example_repository(tmp_path, "--group-by", "shard", "--force")
+    _, out = _example_repository(tmp_path, "--group-by", "shard", "--lookup-step", "separate", "--force")
     assert "wrote 14 models" in out and "dlrm_shard_user_id_0" in out
 
 
@@ -328,7 +328,7 @@ def test_force_refuses_an_output_that_holds_the_model(tmp_path: Path) -> None:
 def test_serve_restores_a_model_whose_stub_was_killed(tmp_path: Path) -> None:
     from generator.deploy import stub_health
 
-    model, _ = _example_repository(tmp_path)
+    model, _ = _example_repository(tmp_path, "--lookup-step", "separate")
     http, grpc, metrics = serve.free_ports(3)
     process = subprocess.Popen(
         _serve_command(tmp_path, http, grpc, metrics),

@@ -27,7 +27,7 @@ def _gpu_present() -> bool:
 
 def _build(tmp_path: Path, **plan_args) -> build.BuildResult:
     model = tiny_model()
-    plan = uniform_plan(model, shards_per_table=2, **plan_args)
+    plan = uniform_plan(model, shards_per_table=2, lookup_step="separate", **plan_args)
     return build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend="onnx" if plan_args else "python")
 
 

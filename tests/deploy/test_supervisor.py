@@ -34,7 +34,9 @@ RESTRICTED = f"This API is restricted, expecting header '{triton_runtime.ADMIN_H
 def served(tmp_path_factory: pytest.TempPathFactory) -> build.BuildResult:
     tmp_path = tmp_path_factory.mktemp("supervised")
     model = tiny_model()
-    return build.build(model, uniform_plan(model, shards_per_table=1), tmp_path / "repo", tmp_path / "ens")
+    return build.build(
+        model, uniform_plan(model, shards_per_table=1, lookup_step="separate"), tmp_path / "repo", tmp_path / "ens"
+    )
 
 
 @pytest.fixture

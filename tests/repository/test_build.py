@@ -14,7 +14,7 @@ from tests.conftest import requires_server, tiny_model, wide_model
 
 def _build(tmp_path: Path, backend="python", target="embedded", force=False, **plan_args):
     model = tiny_model()
-    plan = uniform_plan(model, shards_per_table=3, **plan_args)
+    plan = uniform_plan(model, shards_per_table=3, **{"lookup_step": "separate", **plan_args})
     return build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend, target=target, force=force)
 
 
@@ -114,7 +114,7 @@ def test_onnx_graphs_match_pytorch(tmp_path: Path) -> None:
     from generator.repository.layout import group_layout
 
     model = tiny_model()
-    plan = uniform_plan(model, shards_per_table=3)
+    plan = uniform_plan(model, shards_per_table=3, lookup_step="separate")
     build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend="onnx")
     (group,) = plan.shard_groups()
     layout = group_layout(plan, group)

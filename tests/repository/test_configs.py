@@ -20,7 +20,9 @@ def _all_configs(
     backend: configs.Backend, target: configs.Target, device="cpu", group_by="shard"
 ) -> dict[str, mc.ModelConfig]:
     model = tiny_model()
-    plan = uniform_plan(model, shards_per_table=3, device=device, instance_count=2, group_by=group_by)
+    plan = uniform_plan(
+        model, shards_per_table=3, device=device, instance_count=2, group_by=group_by, lookup_step="separate"
+    )
     leaves = configs.LeafOptions(backend, target)
     dense = model.num_dense_features
     rendered = [configs.router_config(plan, dense), configs.dense_config(plan, dense, leaves)]

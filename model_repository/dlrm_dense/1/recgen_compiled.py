@@ -11,6 +11,7 @@ and `ENGINE` says which one serves. `RECGEN_KERNELS=numpy` in the server's envir
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -128,8 +129,10 @@ def compile_kernels() -> str:
             "upper_dots": _upper_dots_loop,
         }
         compiled = {name: jit(loop) for name, loop in loops.items()}
-        rows = np.zeros((3, 2), dtype=np.float32)
-        for ids_dtype in (np.int32, np.int64):
+        writable = np.zeros((3, 2), dtype=np.float32)
+        mapped = writable.copy()  # rows mapped read-only from a file (the router's fused lookup step)
+        mapped.setflags(write=False)
+        for ids_dtype, rows in itertools.product((np.int32, np.int64), (writable, mapped)):
             ids = np.array([[0, -1]], dtype=ids_dtype)
             compiled["pool"](rows, ids, np.array([0, 2], np.int64), _NO_WEIGHTS, np.zeros((1, 2), np.float32))
             compiled["pool"](

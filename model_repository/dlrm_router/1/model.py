@@ -4,7 +4,8 @@ Its typed parameters (`recgen_params`): `routing` lists, per table, the input te
 sample, the shard boundaries in hotness-rank space and, per shard, the shard group output it goes to, the first
 column of its table's block there and the shard's first row in the group's stacked rows; and the outputs with
 their widths. `front_cache` (optional) names the cache's output and tables; `ranking_router` (only on the ranking
-ensemble's router) says a request is one user and N candidates. All tables are routed in one vectorised pass (see
+ensemble's router) says a request is one user and N candidates; `router_pooling` (a fused lookup step) the groups it
+pools itself, whose partial sums it returns instead of their ids. All tables are routed in one vectorised pass (see
 `recgen_kernels.route_packed`). `row_ranks.npz` maps original row ids to hotness ranks for permuted tables. An id
 outside [-1, rows) fails only its own request, with a message naming the tensor and value.
 """
@@ -28,10 +29,12 @@ try:  # a generated repository has its helpers next to this file
     import recgen_compiled as compiled
     import recgen_kernels as kernels
     import recgen_params as params
+    import recgen_pooling as pooling
 except ModuleNotFoundError:
     from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
+    from generator.triton_models import recgen_pooling as pooling
 
 ROW_RANKS_FILE = "row_ranks.npz"
 #: The front cache's rows: per cached table, its hottest ranks' rows in rank order.
@@ -302,10 +305,12 @@ class TritonPythonModel:
     """Triton entry point."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Load the routing table once per instance, compile the kernels; with a front cache, register its counters."""
+        """Load the routing table, compile the kernels, map the rows of the groups it pools; register cache counters."""
         compiled.compile_for(args["model_name"])
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.routing = load_routing(json.loads(args["model_config"]), version_dir)
+        model_dir, config = Path(args["model_repository"]), json.loads(args["model_config"])
+        self.routing = load_routing(config, model_dir / args["model_version"])
+        pooled = params.RouterPoolingParams.optional_from_model_config(config)
+        self.pooled = [] if pooled is None else pooling.map_router_groups(pooled, model_dir, args["model_version"])
         self.counts = CacheCounts()
         self.metrics = _cache_metrics(args["model_name"]) if self.routing.cache_output else None
 
@@ -349,11 +354,12 @@ class TritonPythonModel:
 
     def _flattened(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kernels.check_finite(self.routing.finite_inputs, inputs)
-        return route_request(self.routing, inputs, self.counts)
+        return pooling.pool_routed(self.pooled, route_request(self.routing, inputs, self.counts))
 
     def _ranking(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kernels.check_finite(self.routing.finite_inputs, inputs)
-        return route_request(self.routing, combine_ranking_request(self.routing, inputs), self.counts)
+        routed = route_request(self.routing, combine_ranking_request(self.routing, inputs), self.counts)
+        return pooling.pool_routed(self.pooled, routed)
 
     @staticmethod
     def _respond(route: Any, inputs: dict[str, np.ndarray]) -> Any:

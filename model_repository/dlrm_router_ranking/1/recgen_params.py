@@ -245,6 +245,36 @@ class ShardGroupParams(Spec):
 
 
 @dataclasses.dataclass(frozen=True)
+class PooledGroup(Spec):
+    """A shard group the router pools itself: the routed ids (and weights) it consumes, its partial sums, its rows.
+
+    `stack_files` hold the group's rows stacked per row width, each ending in the zero padding row; `slot_stacks`
+    says which stack each slot pools from.
+    """
+
+    ids: str
+    weights: str
+    output: str
+    stack_files: tuple[str, ...]
+    slots: tuple[GroupSlot, ...]
+    slot_stacks: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterPoolingParams(Spec):
+    """`router_pooling`: the fused lookup step; the groups the router pools, and the model holding their rows.
+
+    The rows live in one version directory (the flattened router's), which the ranking router maps too, so every
+    router instance shares one copy in the page cache.
+    """
+
+    PARAMETER: ClassVar[str] = "router_pooling"
+
+    rows_model: str
+    groups: tuple[PooledGroup, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class PartialSlot(Spec):
     """One part of a table's pool: a packed partial-sums input and the table's slot in it."""
 

@@ -1,29 +1,19 @@
-"""Embedding shard group (numpy): one partial sum per feature slot it holds, pooled from its member shards' rows.
+"""Pooling a shard group's rows: the shard-group models, and the router when it pools groups itself (fused step).
 
-Typed parameter `shards` (`recgen_params.ShardGroupParams`): the packed input (per slot a block of row ids
-into the members' rows stacked per row width in member order, -1 = none), the ids' weights in the same columns
-when the group pools a weighted feature, the packed output (per slot as many
-columns as its table's rows are wide), the
-members' rows files next to this file (rows in hotness-rank order) and each slot's columns. Shards that share a
-placement are served by one model so the ensemble has few steps and few tensors; each group is still scaled on its
-own.
+A group's member shards' rows are stacked per row width, each stack ending in a zero padding row that -1 ids
+gather; every slot (a feature of a table the group holds) pools its block of packed-id columns into its own
+output columns. Compiled when numba serves (`recgen_compiled`), numpy otherwise. Copied next to every model.py.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-try:  # inside Triton
-    import triton_python_backend_utils as pb_utils
-except ModuleNotFoundError:  # imported by tests or tooling
-    pb_utils = None
 
 try:  # a generated repository has its helpers next to this file
     import recgen_compiled as compiled
@@ -148,32 +138,39 @@ def pool_group(rows: GroupRows, packed_ids: np.ndarray, weights: np.ndarray | No
     return pooled
 
 
-class TritonPythonModel:
-    """Triton entry point."""
+@dataclass(frozen=True)
+class RouterPooledGroup:
+    """A group the router pools itself: the routed tensors it consumes, its partial-sums output, its rows."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        """Load the member shards' rows into this instance's memory (each instance is a process); compile the kernel."""
-        compiled.compile_for(args["model_name"])
-        layout = params.ShardGroupParams.from_model_config(json.loads(args["model_config"]))
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.input_name = layout.input
-        self.weights_name = layout.weights_input
-        self.output_name = layout.output
-        self.rows = load_group_rows(layout, version_dir)
-        _ = self.rows.slot_starts, self.rows.per_stack  # computed here, not on the first request
+    ids: str
+    weights: str  # "" = the group pools unweighted features only
+    output: str
+    rows: GroupRows
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        """Pool all batched requests at once, then split the result back per request."""
-        packed_ids, split_points = kernels.stack_requests(
-            [pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy() for request in requests]
-        )
-        weights = None
-        if self.weights_name:
-            weights, _ = kernels.stack_requests(
-                [pb_utils.get_input_tensor_by_name(request, self.weights_name).as_numpy() for request in requests]
-            )
-        pooled = pool_group(self.rows, packed_ids, weights)
-        return [
-            pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
-            for part in kernels.unstack_responses(pooled, split_points)
-        ]
+
+def map_router_groups(spec: params.RouterPoolingParams, model_dir: Path, version: str) -> list[RouterPooledGroup]:
+    """Map every pooled group's stacked rows read-only from `spec.rows_model`'s version directory.
+
+    `model_dir` is this model's directory; the rows model is a sibling in the same repository. Mapped, not
+    loaded: the router's instances (and the ranking router's) share one copy of the rows in the page cache, and
+    rows no request reads stay on disk. Every page is touched here once, so no request pays the first read.
+    """
+    rows_dir = model_dir.parent / spec.rows_model / version
+    groups = []
+    for group in spec.groups:
+        stacks = [np.asarray(np.load(rows_dir / name, mmap_mode="r")) for name in group.stack_files]
+        for stack in stacks:
+            _ = float(stack.sum())  # fault the pages in now, not on a request
+        rows = GroupRows(stacks, [slot.columns for slot in group.slots], list(group.slot_stacks))
+        _ = rows.slot_starts, rows.per_stack
+        groups.append(RouterPooledGroup(group.ids, group.weights, group.output, rows))
+    return groups
+
+
+def pool_routed(groups: list[RouterPooledGroup], routed: dict[str, Any]) -> dict[str, Any]:
+    """Replace the routed ids (and weights) of every pooled group by that group's partial sums, in place."""
+    for group in groups:
+        ids = routed.pop(group.ids)
+        weights = routed.pop(group.weights) if group.weights else None
+        routed[group.output] = pool_group(group.rows, ids, weights)
+    return routed
