@@ -8,6 +8,7 @@ import click
 
 from generator.cli import options
 from generator.planning import capacity, planner
+from generator.planning.plan import LookupStep
 
 
 @click.command()
@@ -68,6 +69,7 @@ from generator.planning import capacity, planner
     "itself; their lookups reach no shard (FlexEMR).",
 )
 @options.latency_slo_ms
+@options.lookup_step
 @options.reports_errors
 def plan(
     model_path: Path,
@@ -85,6 +87,7 @@ def plan(
     figure: Path | None,
     front_cache_mb: float,
     latency_slo_ms: float,
+    lookup_step: LookupStep | None,
     **overrides: float | None,
 ) -> None:
     """Size every shard from its access share (ElasticRec) and write plan.json, its row orders and a PNG."""
@@ -96,6 +99,7 @@ def plan(
         window_s=window_s,
         front_cache_bytes=int(front_cache_mb * 2**20),
         latency_slo_ms=latency_slo_ms,
+        lookup_step=lookup_step or "fused",
     )
     figures = capacity.load_with_overrides(capacity_path, **overrides)
     written = planner.plan_to_files(

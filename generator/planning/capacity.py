@@ -2,9 +2,10 @@
 
 Every shard step runs once per request (the ensemble calls every shard), so a shard replica spends
 `shard_fixed_s + shard_per_row_s * rows looked up` per request; the router spends `router_fixed_s +
-router_per_id_s * ids`; the dense model scores `dense_samples_per_s`. A replica is kept at most
-`target_utilization` busy. Each replica costs its data plus `replica_overhead_bytes` (a Python-backend stub
-process); each server `server_overhead_bytes`. `recgen calibrate` measures these on the embedded server.
+router_per_id_s * ids`, plus `shard_per_row_s` per row it pools itself (the fused lookup step); the dense model
+scores `dense_samples_per_s`. A replica is kept at most `target_utilization` busy. Each replica costs its data plus
+`replica_overhead_bytes` (a Python-backend stub process); each server `server_overhead_bytes`. `recgen calibrate`
+measures these on the embedded server.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ class Capacity:
     def router_seconds(self, ids_per_query: float) -> float:
         """Busy time of one router replica per query carrying `ids_per_query` ids."""
         return self.router_fixed_s + self.router_per_id_s * ids_per_query
+
+    def fused_seconds(self, ids_per_query: float, pooled_rows_per_query: float) -> float:
+        """Busy time of a router replica that also pools `pooled_rows_per_query` rows itself (fused lookup step).
+
+        The routing plus every pooled row; the pooled shards' fixed per-step cost (a hop, a stub's IPC) is gone.
+        """
+        return self.router_seconds(ids_per_query) + self.shard_per_row_s * pooled_rows_per_query
 
     def dense_seconds(self, samples_per_query: int) -> float:
         """Busy time of one dense replica per query of `samples_per_query` candidates."""

@@ -18,10 +18,10 @@ from generator.model.features import max_ids_items
 from generator.model.loading import load_model
 from generator.planning import figure, memory, queueing
 from generator.planning.capacity import Capacity
-from generator.planning.cuts import cut_table
+from generator.planning.cuts import ShardStats, cut_table
 from generator.planning.memory import ModelShape
 from generator.planning.placement import allocate_front_cache, place_on_gpu
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, Placement, Plan, table_plan
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, LookupStep, Placement, Plan, table_plan
 from generator.planning.plan_file import row_order_path, save_plan
 from generator.planning.report import PlanReport, model_wise_totals, planned_totals
 from generator.traffic.profile import AccessProfile
@@ -39,6 +39,7 @@ class PlanTargets:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     front_cache_bytes: int = 0
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
+    lookup_step: LookupStep = "fused"
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)
@@ -60,6 +61,16 @@ def _lookups_per_query(shape: ModelShape, profile: AccessProfile, batch_size: in
     return [batch_size * profile.table(spec.name).mean_ids_per_sample for spec in shape.tables]
 
 
+def _router_seconds(
+    capacity: Capacity, lookups: Mapping[str, float], shards: Sequence[ShardStats], lookup_step: LookupStep
+) -> float:
+    """Busy time of a router replica per query; with the fused lookup step it also pools the CPU shards' rows."""
+    ids = sum(lookups.values())
+    if lookup_step != "fused":
+        return capacity.router_seconds(ids)
+    return capacity.fused_seconds(ids, sum(lookups[s.table] * s.access_share for s in shards if s.device == "cpu"))
+
+
 def plan_model(
     shape: ModelShape,
     profile: AccessProfile,
@@ -72,16 +83,19 @@ def plan_model(
     window_s: float = 1.0,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     front_cache_bytes: int = 0,
+    lookup_step: LookupStep = "fused",
 ) -> PlanReport:
     """Cut every table, size every model for `target_qps` queries of `batch_size` candidates, place on GPU.
 
     `front_cache_bytes`: the router keeps that many bytes of the hottest rows (see `allocate_front_cache`); their
     lookups reach no shard, so hot shards need fewer replicas. Needs no weights; `plan_from_report` turns the
-    result into a buildable Plan.
+    result into a buildable Plan. `lookup_step`: "fused" sizes the router to pool the CPU shards itself, whose rows
+    every router instance then maps (one copy); "separate" gives every shard group its own replicas.
     """
     targets = PlanTargets(
-        target_qps, batch_size, max_shards_per_table, gpu_memory_bytes, window_s, max_batch_size, front_cache_bytes
-    )
+        target_qps, batch_size, max_shards_per_table, gpu_memory_bytes, window_s, max_batch_size, front_cache_bytes,
+        lookup_step=lookup_step,
+    )  # fmt: skip
     capacity = capacity or Capacity()
     accesses = [profile.table(spec.name) for spec in shape.tables]
     cached = allocate_front_cache(shape, profile, targets.front_cache_bytes)
@@ -96,10 +110,11 @@ def plan_model(
     model_wise_replicas = capacity.replicas(
         target_qps, capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
     )
-    router_replicas = capacity.replicas(target_qps, capacity.router_seconds(sum(lookups_per_query)))
     dense_replicas = capacity.replicas(target_qps, capacity.dense_seconds(batch_size))
     router_bytes = memory.router_bytes(shape.tables, cached, permuted=[True] * len(shape.tables))
     stats, dense_device = place_on_gpu(stats, dense_replicas * shape.dense_bytes, gpu_memory_bytes)
+    lookups = dict(zip([spec.name for spec in shape.tables], lookups_per_query, strict=True))
+    router_replicas = capacity.replicas(target_qps, _router_seconds(capacity, lookups, stats, lookup_step))
     hits = sum(float(access.ranked_counts()[:rows].sum()) for access, rows in zip(accesses, cached, strict=True))
     total_lookups = sum(access.lookups for access in accesses)
     return PlanReport(
@@ -111,13 +126,22 @@ def plan_model(
         router_replicas,
         dense_replicas,
         planned_totals(
-            shape, accesses, capacity, stats, (router_replicas, dense_replicas), router_bytes, window_lookups, cached
+            shape,
+            accesses,
+            capacity,
+            stats,
+            (router_replicas, dense_replicas),
+            router_bytes,
+            window_lookups,
+            cached,
+            pooled_by_router=lookup_step == "fused",
         ),
         model_wise_totals(shape, accesses, capacity, model_wise_replicas, window_lookups),
         dense_device == "gpu",
         tuple(cached),
         sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True)),
         hits / total_lookups if total_lookups else 0.0,
+        lookup_step,
     )
 
 
@@ -145,7 +169,7 @@ def scale_to_load(report: PlanReport, shape: ModelShape, profile: AccessProfile,
     return ScaledReplicas(
         qps,
         tuple(capacity.replicas(qps, capacity.shard_seconds(lookups[s.table] * s.access_share)) for s in report.shards),
-        capacity.replicas(qps, capacity.router_seconds(sum(lookups.values()))),
+        capacity.replicas(qps, _router_seconds(capacity, lookups, report.shards, report.lookup_step)),
         capacity.replicas(qps, capacity.dense_seconds(batch)),
         capacity.replicas(qps, capacity.whole_model_seconds(sum(lookups.values()), batch)),
     )
@@ -177,6 +201,7 @@ def plan_from_report(
         max_batch_size=max_batch_size,
         features=shape.features,
         latency_slo_ms=latency_slo_ms,
+        lookup_step=report.lookup_step,
     )
 
 
@@ -234,6 +259,7 @@ def plan_to_files(
         window_s=targets.window_s,
         max_batch_size=targets.max_batch_size,
         front_cache_bytes=targets.front_cache_bytes,
+        lookup_step=targets.lookup_step,
     )
     the_plan = plan_from_report(
         report,

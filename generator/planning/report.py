@@ -8,6 +8,7 @@ over replicas, divided by the bytes allocated for embeddings.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from generator.model.dlrm import TableSpec
 from generator.planning.capacity import Capacity
 from generator.planning.cuts import ShardStats
 from generator.planning.memory import ModelShape
+from generator.planning.plan import LookupStep
 from generator.traffic.profile import TableAccess
 
 
@@ -71,6 +73,8 @@ class PlanReport:
     cached_rows: tuple[int, ...] = ()
     front_cache_bytes: int = 0
     expected_hit_rate: float = 0.0
+    #: "fused": the router replicas also pool the CPU shards (their rows mapped once); "separate": shard replicas.
+    lookup_step: LookupStep = "separate"
 
     @property
     def memory_ratio(self) -> float:
@@ -93,6 +97,7 @@ class PlanReport:
             "model_wise": self.model_wise.to_dict(),
             "memory_ratio": self.memory_ratio,
             "utility_ratio": self.utility_ratio,
+            "lookup_step": self.lookup_step,
             "front_cache": {
                 "bytes": self.front_cache_bytes,
                 "cached_rows": list(self.cached_rows),
@@ -111,8 +116,10 @@ class PlanReport:
                 f"  {shard.table:<18} {shard.index:>5} {rows:>25} {shard.access_share:>8.2%} {shard.replicas:>8} "
                 f"{shard.bytes_per_replica / 1e6:>11.3f} {shard.device:>6}"
             )
+        pooled = ", pooling the cpu shards itself (fused lookup step; their rows mapped once)"
         lines += [
-            f"  router replicas {self.router_replicas}, dense replicas {self.dense_replicas}",
+            f"  router replicas {self.router_replicas}{pooled if self.lookup_step == 'fused' else ''}, "
+            f"dense replicas {self.dense_replicas}",
             f"memory allocated: model-wise {self.model_wise.memory_bytes / 1e9:.3f} GB "
             f"({self.model_wise.replicas} whole-model replicas), planned {self.planned.memory_bytes / 1e9:.3f} GB "
             f"-> {_times(self.memory_ratio, 'less', 'more')}",
@@ -190,10 +197,18 @@ def planned_totals(
     router_bytes: int,
     window_lookups: Sequence[float],
     cached_rows: Sequence[int],
+    *,
+    pooled_by_router: bool = False,
 ) -> Totals:
-    """The plan: every shard's replicas and rows, `replicas` = (router, dense) with their data, one server."""
+    """The plan: every shard's replicas and rows, `replicas` = (router, dense) with their data, one server.
+
+    `pooled_by_router` (fused lookup step): the CPU shards are no replicas of their own; their rows are mapped
+    read-only by every router instance, so they are held (and read) once.
+    """
     router_replicas, dense_replicas = replicas
-    shard_replicas = sum(s.replicas for s in shards)
+    if pooled_by_router:
+        shards = [dataclasses.replace(s, replicas=1) if s.device == "cpu" else s for s in shards]
+    shard_replicas = sum(s.replicas for s in shards if not (pooled_by_router and s.device == "cpu"))
     embedding_bytes = sum(s.memory_bytes for s in shards)
     bytes_read = sum(
         window_bytes_read(access, spec, lookups, [s for s in shards if s.table == spec.name], cached)

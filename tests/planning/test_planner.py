@@ -157,6 +157,44 @@ def test_strong_skew_saves_a_lot_with_few_shards() -> None:
     assert hot.replicas > cold.replicas >= 1
 
 
+@pytest.mark.parametrize("gpu_memory_bytes", [None, 10**9])
+def test_the_fused_lookup_step_charges_the_router_for_pooling_and_the_rows_once(gpu_memory_bytes: int | None) -> None:
+    shape, profile = _criteo_like(1.05)
+    separate, fused = (
+        plan_model(shape, profile, target_qps=20_000, capacity=CAPACITY, lookup_step=step,
+                   gpu_memory_bytes=gpu_memory_bytes)
+        for step in ("separate", "fused")
+    )  # fmt: skip
+    assert fused.shards == separate.shards  # the cuts and the separate replicas are the distributed layout's
+    lookups = {spec.name: 256 * profile.table(spec.name).mean_ids_per_sample for spec in shape.tables}
+    pooled_rows = sum(lookups[s.table] * s.access_share for s in fused.shards if s.device == "cpu")
+    seconds = CAPACITY.router_seconds(sum(lookups.values())) + CAPACITY.shard_per_row_s * pooled_rows
+    assert fused.router_replicas == CAPACITY.replicas(20_000, seconds) > separate.router_replicas
+    cpu = [s for s in fused.shards if s.device == "cpu"]
+    gpu = [s for s in fused.shards if s.device == "gpu"]
+    assert bool(gpu) == (gpu_memory_bytes is not None)
+    router_bytes = (
+        separate.planned.memory_bytes
+        - sum(s.memory_bytes for s in separate.shards)
+        - (sum(s.replicas for s in separate.shards) + separate.router_replicas + separate.dense_replicas)
+        * CAPACITY.replica_overhead_bytes
+        - separate.dense_replicas * shape.dense_bytes
+        - CAPACITY.server_overhead_bytes
+    )
+    router_bytes //= separate.router_replicas
+    expected = (
+        sum(s.bytes_per_replica for s in cpu)  # mapped once, by every router instance
+        + sum(s.replicas * (s.bytes_per_replica + CAPACITY.replica_overhead_bytes) for s in gpu)
+        + fused.router_replicas * (router_bytes + CAPACITY.replica_overhead_bytes)
+        + fused.dense_replicas * (shape.dense_bytes + CAPACITY.replica_overhead_bytes)
+        + CAPACITY.server_overhead_bytes
+    )
+    assert fused.planned.memory_bytes == expected < separate.planned.memory_bytes
+    assert fused.planned.memory_utility >= separate.planned.memory_utility
+    assert scale_to_load(fused, shape, profile, 20_000).router == fused.router_replicas
+    assert "pooling the cpu shards itself" in str(fused) and "pooling" not in str(separate)
+
+
 def test_more_traffic_never_needs_fewer_replicas() -> None:
     shape, profile = _criteo_like(1.05)
     low = plan_model(shape, profile, target_qps=1_000, capacity=CAPACITY)
@@ -274,17 +312,20 @@ def test_planned_repository_serves_scores_equal_to_pytorch(tmp_path: Path, serve
     profile = zipf_profile(
         [TableShape(t.name, t.num_rows, t.max_ids_per_sample) for t in model.tables], 1.2, samples=20_000, seed=0
     )
+    lookup_step = "separate" if backend == "python" else "fused"  # both ways, each with one backend
     report = plan_model(
-        shape, profile, target_qps=3_000, batch_size=64, capacity=SERVING_CAPACITY, max_shards_per_table=3
-    )
+        shape, profile, target_qps=3_000, batch_size=64, capacity=SERVING_CAPACITY, max_shards_per_table=3,
+        lookup_step=lookup_step,
+    )  # fmt: skip
     plan = load_plan(save_plan(plan_from_report(report, shape, profile), tmp_path / "plan.json", report))
+    assert plan.lookup_step == lookup_step
     history = plan.tables[0]
     assert len(history.shards) == 3, str(report)
     assert len({s.placement.instance_count for s in history.shards}) > 1, str(report)
     assert not np.array_equal(history.row_order, np.arange(history.spec.num_rows))
     result = build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend)
     counts = sorted(m.instance_count for m in result.models if m.role == "shards")
-    assert counts == sorted({s.placement.instance_count for s in plan.shards})
+    assert counts == (sorted({s.placement.instance_count for s in plan.shards}) if lookup_step == "separate" else [])
     server = server_factory(result)
     for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
         report = client.check(model, url, protocol=protocol, requests=3, batch_size=64, seed=5)
