@@ -4,7 +4,10 @@ For batch 1, 64 and 256 candidates and client concurrency 1, 4 and 8 (closed loo
 next request when the previous answer arrives, over gRPC, one client per thread):
 (a) in-process PyTorch forward of the same model (the limit; `concurrency` threads call forward),
 (b) one monolithic Triton model holding the whole DLRM (Python backend numpy, and ONNX Runtime), 2 instances,
-(c) the generated sharded ensemble (Python and ONNX backends) with the generator's default configs.
+(c) the generated sharded ensemble with the generator's default configs: routing and pooling in one step (the fused
+lookup step) then the dense step on numpy kernels (`ensemble-python`) or ONNX Runtime (`ensemble-onnx`); the same
+with every shard group its own step (`ensemble-python-separate`); and as it was before the compiled kernels and the
+fused step (`ensemble-python-numpy`: separate steps, numpy kernels).
 Prints a markdown table with samples/s, requests/s, p50 and p99 latency and the ratios (c)/(a) and (c)/(b), and
 writes JSON and a PNG.
 
@@ -49,10 +52,14 @@ SYSTEMS = (
     "monolithic-onnx",
     "ensemble-python",
     "ensemble-onnx",
+    "ensemble-python-separate",
     "ensemble-python-numpy",
 )
 #: Systems served with the numpy reference kernels instead of the compiled ones (recgen_compiled).
 NUMPY_KERNELS = {"ensemble-python-numpy": {"RECGEN_KERNELS": "numpy"}}
+#: Ensembles built with every shard group its own step (the default fuses them into the router's step);
+#: `ensemble-python-numpy` is the ensemble as it was before the compiled kernels and the fused step.
+SEPARATE_STEPS = ("ensemble-python-separate", "ensemble-python-numpy")
 
 
 def closed_loop(
@@ -143,7 +150,8 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> build.BuildR
     if kind == "monolithic":
         the_plan = plan.uniform_plan(model, shards_per_table=1, instance_count=2)
         return build.build_monolithic(model, the_plan, workdir / system, backend=backend)  # type: ignore[arg-type]
-    the_plan = plan.uniform_plan(model, instance_count=ENSEMBLE_INSTANCES)
+    lookup_step: plan.LookupStep = "separate" if system in SEPARATE_STEPS else "fused"
+    the_plan = plan.uniform_plan(model, instance_count=ENSEMBLE_INSTANCES, lookup_step=lookup_step)
     return build.build(model, the_plan, workdir / system / "r", workdir / system / "e", backend=backend)  # type: ignore[arg-type]
 
 
