@@ -10,6 +10,7 @@ the dense model's samples/s is taken at the calibration batch. Memory is the pro
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,6 +72,7 @@ def stub_processes(server_pid: int) -> dict[str, int]:
 
 
 _MODEL = "calib"
+_FUSED_MODEL = "calibfused"
 
 
 def _random_inputs(
@@ -153,25 +155,53 @@ def calibrate(
     )
     batches = sorted({max(1, batch_size // 16), max(1, batch_size // 4), batch_size})
     rng = np.random.default_rng(1)
+    fused_plan = dataclasses.replace(the_plan, model_name=_FUSED_MODEL, group_by="placement", lookup_step="fused")
     with tempfile.TemporaryDirectory(prefix="recgen-calibrate-") as workdir:
         result = build.build(model, the_plan, Path(workdir) / "repo", Path(workdir) / "ens")
-        with serve.running_server(result.repositories) as server, RankingClient(server.http_url, "http") as client:
+        fused = build.build(model, fused_plan, Path(workdir) / "fused", Path(workdir) / "fused_ens")
+        repositories = [*result.repositories, *fused.repositories]
+        with serve.running_server(repositories) as server, RankingClient(server.http_url, "http") as client:
             shard_points, router_points = _step_costs(client, the_plan, model, batches, requests, echo)
             dense, _ = layout.model_signature(model)
             dense_inputs = _random_inputs(layout.dense_inputs(the_plan, dense), batch_size, {}, rng)
             dense_busy = _busy_seconds_per_request(client, naming.dense_model(_MODEL), dense_inputs, requests)
             echo(f"  dense: {dense_busy * 1e6:.1f} us per {batch_size} samples")
             server_bytes, replica_bytes = _memory(server, min(model.tables, key=lambda t: t.num_rows).name)
-    shard_fixed, shard_per_row = _fit_line(*zip(*shard_points, strict=True))
-    router_fixed, router_per_id = _fit_line(*zip(*router_points, strict=True))
-    return Capacity(
-        batch_size=batch_size,
-        shard_fixed_s=shard_fixed,
-        shard_per_row_s=shard_per_row,
-        router_fixed_s=router_fixed,
-        router_per_id_s=router_per_id,
-        dense_samples_per_s=batch_size / dense_busy,
-        replica_overhead_bytes=replica_bytes,
-        server_overhead_bytes=server_bytes,
-        source=f"calibrated on the embedded server at batch {batch_size}",
+            shard_fixed, shard_per_row = _fit_line(*zip(*shard_points, strict=True))
+            router_fixed, router_per_id = _fit_line(*zip(*router_points, strict=True))
+            figures = Capacity(
+                batch_size=batch_size,
+                shard_fixed_s=shard_fixed,
+                shard_per_row_s=shard_per_row,
+                router_fixed_s=router_fixed,
+                router_per_id_s=router_per_id,
+                dense_samples_per_s=batch_size / dense_busy,
+                replica_overhead_bytes=replica_bytes,
+                server_overhead_bytes=server_bytes,
+                source=f"calibrated on the embedded server at batch {batch_size}",
+            )
+            _check_fused(client, fused_plan, model, figures, requests, echo)
+    return figures
+
+
+def _check_fused(
+    client: RankingClient,
+    fused_plan: plan.Plan,
+    model: plan.Model,
+    figures: Capacity,
+    requests: int,
+    echo: Callable[[str], None],
+) -> None:
+    """Measure the fused lookup step (routing plus pooling in the router) beside what the capacity model charges."""
+    dense, _ = layout.model_signature(model)
+    inputs = layout.with_checked(layout.router_inputs(fused_plan), layout.finite_inputs(fused_plan, dense))
+    table_rows = {t.name: t.num_rows for t in model.tables}
+    rows = {naming.sparse_input(f.name): table_rows[f.table] for f in fused_plan.sparse_features}
+    tensors = _random_inputs(inputs, figures.batch_size, rows, np.random.default_rng(2))
+    busy = _busy_seconds_per_request(client, naming.router_model(_FUSED_MODEL), tensors, requests)
+    ids = figures.batch_size * sum(f.max_ids_per_sample for f in fused_plan.sparse_features)
+    charged = figures.fused_seconds(ids, ids)  # every id valid and uncached: each pools one row
+    echo(
+        f"  fused lookup step: {busy * 1e6:.1f} us for {ids} ids pooled, the capacity model charges "
+        f"{charged * 1e6:.1f} us ({charged / busy:.2f}x)"
     )

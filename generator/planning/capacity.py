@@ -26,16 +26,20 @@ _CEIL_SLACK = 1e-9  # 2.0000000001 replicas is 2
 
 @dataclass(frozen=True)
 class Capacity:
-    """Per-replica costs; the defaults are `recgen calibrate --batch 256` on the example model, 2-core machine."""
+    """Per-replica costs; the defaults are `recgen calibrate --batch 256` on the example model, 2-core machine.
+
+    The median of three runs with the compiled (numba) kernels, bench/results/capacity-fused-2026-12-03-*.json; a
+    stub that loads numba costs about 88 MB against 21 MB on the numpy kernels (`RECGEN_KERNELS=numpy`).
+    """
 
     batch_size: int = 256
-    shard_fixed_s: float = 290e-6
-    shard_per_row_s: float = 230e-9
-    router_fixed_s: float = 900e-6
-    router_per_id_s: float = 41e-9
-    dense_samples_per_s: float = 116_000.0
-    replica_overhead_bytes: int = 19_600_000
-    server_overhead_bytes: int = 43_000_000
+    shard_fixed_s: float = 200e-6
+    shard_per_row_s: float = 17e-9
+    router_fixed_s: float = 390e-6
+    router_per_id_s: float = 18e-9
+    dense_samples_per_s: float = 340_000.0
+    replica_overhead_bytes: int = 88_000_000
+    server_overhead_bytes: int = 45_000_000
     target_utilization: float = 0.8
     source: str = "built-in defaults"
 
