@@ -1,5 +1,7 @@
 """Real-server tier: calibration measures positive, plausible figures."""
 
+import re
+
 import pytest
 
 from generator.check.calibrate import calibrate
@@ -24,3 +26,6 @@ def test_calibrate_measures_every_figure(kind: str) -> None:
     assert 5e6 < capacity.server_overhead_bytes < 2e9
     assert capacity.batch_size == 64 and "calibrated" in capacity.source
     assert any("dense" in line for line in lines)
+    (fused,) = [line for line in lines if "fused lookup step" in line]
+    measured_us, charged_us = (float(word) for word in re.findall(r"([0-9.]+) us", fused))
+    assert 1 < measured_us < 1e5 and 1 < charged_us < 1e5
