@@ -5,13 +5,15 @@ model (tensors, batching, instances, queue policy) and replaces every Python mod
 which reads every input and answers zeros:
 
 - `floor-1`: the monolithic model's config (one step with the ensemble's request contract);
-- `floor-2`: router and shard group as one step (the router's inputs, the group's partial sums), then dense;
-- `floor-3`: the ensemble recgen writes (router, shard group, dense);
-- `recgen-1` and `recgen-3`: recgen's monolithic model and ensemble themselves.
+- `floor-2`: the ensemble recgen writes by default (the fused lookup step: router and pooling in one step, then
+  dense);
+- `floor-3`: the ensemble with separate lookup steps (router, shard group, dense);
+- `recgen-1`, `recgen-2` and `recgen-3`: recgen's monolithic model and both ensembles themselves.
 
 Closed-loop gRPC clients at `--batch` for each `--concurrency`, systems interleaved, `--rounds` (odd) rounds; per
 system the server CPU per request of tritonserver and of every stub (from /proc), and samples/s. The difference
-between recgen-3 and floor-3 is recgen's own work per request; floor-3 minus floor-2 is one step's floor.
+between recgen-N and floor-N is recgen's own work per request; floor-3 minus floor-2 is one step's floor, and
+floor-2 minus floor-1 what the ensemble pays over the monolithic model before any work.
 
     python -m bench.floor [--batch 256] [--concurrency 4 8] [--seconds 3] [--rounds 3] [--out runs/bench/floor]
 """
@@ -29,16 +31,16 @@ import numpy as np
 
 from bench.loadgen import cpu_seconds, server_processes
 from bench.rounds import median_round, odd_rounds
-from bench.serving import closed_loop
+from bench.threads import closed_loop
 from generator import naming
 from generator.check import client
 from generator.deploy import server as serve
 from generator.model import dlrm as models
 from generator.planning import plan
-from generator.repository import build, layout, validation
+from generator.repository import build
 from generator.traffic.requests import random_request
 
-SYSTEMS = ("floor-1", "floor-2", "floor-3", "recgen-1", "recgen-3")
+SYSTEMS = ("floor-1", "floor-2", "floor-3", "recgen-1", "recgen-2", "recgen-3")
 #: The latency target of every build here (ms): generous, so that a stall of this shared VM sheds nothing.
 LATENCY_SLO_MS = 60_000.0
 FLOOR_MODEL = Path(__file__).with_name("floor_model.py")
@@ -50,31 +52,6 @@ def _floor(repository: Path) -> None:
         shutil.copy(FLOOR_MODEL, model_py)
 
 
-def _fuse_router_and_group(the_plan: plan.Plan, repository: Path, ensembles: Path) -> None:
-    """Rewrite a 3-step build into 2 steps: the router's inputs and the shard group's outputs in one model.
-
-    The ranking ensemble, which uses the group too, is left out of this system."""
-    (group,) = the_plan.shard_groups()
-    router_name = naming.router_model(the_plan.model_name)
-    group_dir = repository / layout.shard_group_model_name(the_plan, group)
-    router = validation.parse_strict((repository / router_name / naming.CONFIG_FILE).read_text())
-    grouped = validation.parse_strict((group_dir / naming.CONFIG_FILE).read_text())
-    del router.output[:]
-    router.output.extend(grouped.output)
-    validation.write_config(router, repository / router_name)
-    shutil.rmtree(group_dir)
-    ensemble_dir = ensembles / naming.ensemble_model(the_plan.model_name)
-    ensemble = validation.parse_strict((ensemble_dir / naming.CONFIG_FILE).read_text())
-    steps = ensemble.ensemble_scheduling.step
-    router_step = next(step for step in steps if step.model_name == router_name)
-    group_step = next(step for step in steps if step.model_name == group_dir.name)
-    router_step.output_map.clear()
-    router_step.output_map.update(group_step.output_map)
-    steps.remove(group_step)
-    validation.write_config(ensemble, ensemble_dir)
-    shutil.rmtree(ensembles / naming.ranking_ensemble(the_plan.model_name), ignore_errors=True)  # uses the group
-
-
 def build_system(system: str, model: models.DLRM, workdir: Path) -> list[Path]:
     """The repositories of one system."""
     kind, steps = system.split("-")
@@ -83,11 +60,10 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> list[Path]:
         result = build.build_monolithic(model, the_plan, workdir / system)
         repositories = result.repositories
     else:
-        the_plan = plan.uniform_plan(model, latency_slo_ms=LATENCY_SLO_MS)
+        lookup_step: plan.LookupStep = "fused" if steps == "2" else "separate"
+        the_plan = plan.uniform_plan(model, latency_slo_ms=LATENCY_SLO_MS, lookup_step=lookup_step)
         result = build.build(model, the_plan, workdir / system / "r", workdir / system / "e")
         repositories = result.repositories
-        if steps == "2":
-            _fuse_router_and_group(the_plan, *repositories)
     if kind == "floor":
         for repository in repositories:
             _floor(repository)

@@ -14,10 +14,12 @@ writes JSON and a PNG.
     python -m bench.serving [--seconds 3] [--rounds 3] [--batches 1 64 256] [--concurrency 1 4 8]
                             [--systems ...] [--out runs/bench/serving]
     python -m bench.serving --structured [--shares 0.25 0.5 0.75] [--candidates 16 64 256] [--concurrency 4]
+    python -m bench.serving --structured --heavy-user --candidates 64 256
 
 The structured mode (RecServe) serves, per user-side share of the features, the flattened ensemble and
 `<model>_ranking`, and sends the same samples both ways: N rows of everything, or the user's features once and
-N candidates' item features. It reports requests/s and request bytes of each.
+N candidates' item features. It reports requests/s and request bytes of each. `--heavy-user` replaces the shares
+with a model whose user side is heavy (`heavy_user_model`), where packing should pay most.
 """
 
 from __future__ import annotations
@@ -26,9 +28,7 @@ import argparse
 import contextlib
 import json
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +36,14 @@ import torch
 
 from bench.loadgen import cpu_seconds, server_processes
 from bench.rounds import median_round, odd_rounds
-from generator import naming
+from bench.structured import markdown_structured, plot_structured, run_structured, structured_workloads
+from bench.threads import closed_loop
 from generator.check import client
 from generator.deploy import server as serve
 from generator.model import dlrm as models
 from generator.planning import plan
 from generator.repository import build
-from generator.traffic.requests import random_request, random_structured_request
+from generator.traffic.requests import random_request
 
 #: Instances of each ensemble step (router, shard group, dense); overridable with --ensemble-instances.
 ENSEMBLE_INSTANCES = 1
@@ -60,57 +61,6 @@ NUMPY_KERNELS = {"ensemble-python-numpy": {"RECGEN_KERNELS": "numpy"}}
 #: Ensembles built with every shard group its own step (the default fuses them into the router's step);
 #: `ensemble-python-numpy` is the ensemble as it was before the compiled kernels and the fused step.
 SEPARATE_STEPS = ("ensemble-python-separate", "ensemble-python-numpy")
-
-
-def closed_loop(
-    send: Callable[[int], None],
-    concurrency: int,
-    seconds: float,
-    warmup_s: float,
-    cpu_s: Callable[[], float] | None = None,
-) -> dict[str, float]:
-    """Run `concurrency` threads calling send(thread) back to back; latency percentiles and request rate.
-
-    `cpu_s` (CPU seconds used so far by whatever serves) is read at the start and end of the measured window, for
-    the CPU milliseconds per request."""
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors: list[BaseException] = []
-    start_at = time.perf_counter() + 0.2
-    measure_from = start_at + warmup_s
-    stop_at = measure_from + seconds
-
-    def worker(index: int) -> None:
-        while time.perf_counter() < start_at:
-            time.sleep(0.001)
-        try:
-            while (now := time.perf_counter()) < stop_at:
-                send(index)
-                if now >= measure_from:
-                    latencies[index].append(time.perf_counter() - now)
-        except BaseException as error:  # reported after the join
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    cpu_window = []
-    if cpu_s is not None:
-        for moment in (measure_from, stop_at):
-            time.sleep(max(0.0, moment - time.perf_counter()))
-            cpu_window.append(cpu_s())
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    merged = np.array([value for per_thread in latencies for value in per_thread])
-    cpu_ms = (cpu_window[1] - cpu_window[0]) * 1000 / max(merged.size, 1) if cpu_window else float("nan")
-    return {
-        "requests": int(merged.size),
-        "requests_per_s": merged.size / seconds,
-        "cpu_ms_per_request": cpu_ms,
-        "p50_ms": float(np.percentile(merged, 50) * 1000),
-        "p99_ms": float(np.percentile(merged, 99) * 1000),
-    }
 
 
 def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict[str, float]:
@@ -258,89 +208,6 @@ def plot(cells: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def shared_model(user_share: float) -> models.DLRM:
-    """8 equal tables (100k rows, dim 16, up to 4 ids) and 16 dense features; the first `user_share` of each are
-    user-side, so the share is exact for tables and dense features alike."""
-    user_tables = round(8 * user_share)
-    tables = [models.TableSpec(f"t{i}", 100_000, 16, 4, "user" if i < user_tables else "item") for i in range(8)]
-    user_dense = round(16 * user_share)
-    sides = ["user"] * user_dense + ["item"] * (16 - user_dense)
-    return models.DLRM(
-        num_dense_features=16, tables=tables, bottom_mlp=[64, 16], top_mlp=[64, 32, 1], dense_sides=sides
-    ).eval()
-
-
-def run_structured(
-    shares: list[float], candidates: list[int], concurrency: int, seconds: float, rounds: int
-) -> list[dict]:
-    """Packed (`<model>_ranking`) vs flattened requests of the same samples, interleaved, median of rounds."""
-    cells = []
-    for share in shares:
-        model = shared_model(share)
-        with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir:
-            result = build.build(model, plan.uniform_plan(model), Path(workdir) / "r", Path(workdir) / "e")
-            with serve.running_server(result.repositories, timeout_s=300) as server:
-                names = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
-                clients = {
-                    mode: [client.RankingClient(server.grpc_url, "grpc", name) for _ in range(concurrency)]
-                    for mode, name in names.items()
-                }
-                for count in candidates:
-                    structured = [
-                        random_structured_request(model, count, np.random.default_rng(i)) for i in range(concurrency)
-                    ]
-                    tensors = {
-                        "packed": [r.tensors() for r in structured],
-                        "flattened": [r.flattened(model).tensors() for r in structured],
-                    }
-                    runs: dict[str, list[dict]] = {"flattened": [], "packed": []}
-                    for _ in range(rounds):
-                        for mode in runs:
-                            runs[mode].append(
-                                closed_loop(
-                                    lambda i, to=clients[mode], payload=tensors[mode]: to[i].infer(payload[i]),
-                                    concurrency,
-                                    seconds,
-                                    warmup_s=0.5,
-                                )
-                            )
-                    for mode, measured in runs.items():
-                        median = median_round(measured, key=lambda c: c["requests_per_s"])
-                        cell = {
-                            **median,
-                            "mode": mode,
-                            "user_share": share,
-                            "candidates": count,
-                            "bytes_per_request": sum(a.nbytes for a in tensors[mode][0].values()),
-                        }
-                        cells.append(cell)
-                        print(
-                            f"share {share:.0%} N {count:>4} {mode:<9}: {cell['requests_per_s']:8.1f} req/s, "
-                            f"{cell['bytes_per_request']:>9,} B/request, p99 {cell['p99_ms']:.1f} ms",
-                            flush=True,
-                        )
-                for each in (c for per_mode in clients.values() for c in per_mode):
-                    each.close()
-    return cells
-
-
-def markdown_structured(cells: list[dict]) -> str:
-    by_key = {(c["user_share"], c["candidates"], c["mode"]): c for c in cells}
-    lines = [
-        "| user-side share | N | flattened req/s | packed req/s | packed ÷ flattened | flattened B/req | packed B/req "
-        "| bytes ÷ |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for share, count in dict.fromkeys((c["user_share"], c["candidates"]) for c in cells):
-        flat, packed = by_key[(share, count, "flattened")], by_key[(share, count, "packed")]
-        lines.append(
-            f"| {share:.0%} | {count} | {flat['requests_per_s']:,.1f} | {packed['requests_per_s']:,.1f} | "
-            f"{packed['requests_per_s'] / flat['requests_per_s']:.2f}x | {flat['bytes_per_request']:,} | "
-            f"{packed['bytes_per_request']:,} | {flat['bytes_per_request'] / packed['bytes_per_request']:.2f}x |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell")
@@ -358,18 +225,25 @@ def main() -> None:
         help="instead: packed ranking requests (one user, N candidates) vs flattened ones, per user-side share",
     )
     parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument(
+        "--heavy-user",
+        action="store_true",
+        help="structured: the heavy-user model (200-id history, wide user bottom MLP) instead of the shares",
+    )
     parser.add_argument("--candidates", type=int, nargs="+", default=[16, 64, 256])
     args = parser.parse_args()
     globals()["ENSEMBLE_INSTANCES"] = args.ensemble_instances
     args.out.mkdir(parents=True, exist_ok=True)
     if args.structured:
         concurrency = args.concurrency[0] if len(args.concurrency) == 1 else 4
-        cells = run_structured(args.shares, args.candidates, concurrency, args.seconds, args.rounds)
+        workloads = structured_workloads(args.shares, args.heavy_user)
+        cells = run_structured(workloads, args.candidates, concurrency, args.seconds, args.rounds)
         table = markdown_structured(cells)
         print(table)
         (args.out / "structured.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
         (args.out / "structured.md").write_text(table + "\n")
-        print(f"wrote {args.out}/structured.json, structured.md")
+        plot_structured(cells, args.out / "structured.png")
+        print(f"wrote {args.out}/structured.json, structured.md, structured.png")
         return
     cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
     table = markdown(cells)

@@ -24,7 +24,7 @@ from generator.planning.placement import allocate_front_cache, place_on_gpu
 from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, LookupStep, Placement, Plan, table_plan
 from generator.planning.plan_file import row_order_path, save_plan
 from generator.planning.report import PlanReport, model_wise_totals, planned_totals
-from generator.traffic.profile import AccessProfile
+from generator.traffic.profile import AccessProfile, TableAccess
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,7 @@ def plan_model(
     cached = allocate_front_cache(shape, profile, targets.front_cache_bytes)
     lookups_per_query = _lookups_per_query(shape, profile, batch_size)
     window_lookups = [target_qps * window_s * lookups for lookups in lookups_per_query]
-    stats = [
-        shard
-        for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)
-        for shard in cut_table(spec, access, qps=target_qps, batch_size=batch_size, capacity=capacity,
-                               max_shards=max_shards_per_table, cached_rows=cached_rows)
-    ]  # fmt: skip
+    stats = _cut_tables(shape, accesses, cached, targets, capacity)
     model_wise_replicas = capacity.replicas(
         target_qps, capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
     )
@@ -115,8 +110,10 @@ def plan_model(
     stats, dense_device = place_on_gpu(stats, dense_replicas * shape.dense_bytes, gpu_memory_bytes)
     lookups = dict(zip([spec.name for spec in shape.tables], lookups_per_query, strict=True))
     router_replicas = capacity.replicas(target_qps, _router_seconds(capacity, lookups, stats, lookup_step))
-    hits = sum(float(access.ranked_counts()[:rows].sum()) for access, rows in zip(accesses, cached, strict=True))
-    total_lookups = sum(access.lookups for access in accesses)
+    planned = planned_totals(
+        shape, accesses, capacity, stats, (router_replicas, dense_replicas), router_bytes, window_lookups, cached,
+        pooled_by_router=lookup_step == "fused",
+    )  # fmt: skip
     return PlanReport(
         target_qps,
         batch_size,
@@ -125,24 +122,33 @@ def plan_model(
         tuple(stats),
         router_replicas,
         dense_replicas,
-        planned_totals(
-            shape,
-            accesses,
-            capacity,
-            stats,
-            (router_replicas, dense_replicas),
-            router_bytes,
-            window_lookups,
-            cached,
-            pooled_by_router=lookup_step == "fused",
-        ),
+        planned,
         model_wise_totals(shape, accesses, capacity, model_wise_replicas, window_lookups),
         dense_device == "gpu",
         tuple(cached),
         sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True)),
-        hits / total_lookups if total_lookups else 0.0,
+        _hit_rate(accesses, cached),
         lookup_step,
     )
+
+
+def _cut_tables(
+    shape: ModelShape, accesses: Sequence[TableAccess], cached: Sequence[int], targets: PlanTargets, capacity: Capacity
+) -> list[ShardStats]:
+    """Every table's shards, hottest first, cut for the targets' load."""
+    return [
+        shard
+        for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)
+        for shard in cut_table(spec, access, qps=targets.target_qps, batch_size=targets.batch_size,
+                               capacity=capacity, max_shards=targets.max_shards_per_table, cached_rows=cached_rows)
+    ]  # fmt: skip
+
+
+def _hit_rate(accesses: Sequence[TableAccess], cached: Sequence[int]) -> float:
+    """The share of all lookups that the front cache's rows serve."""
+    hits = sum(float(access.ranked_counts()[:rows].sum()) for access, rows in zip(accesses, cached, strict=True))
+    total_lookups = sum(access.lookups for access in accesses)
+    return hits / total_lookups if total_lookups else 0.0
 
 
 @dataclass(frozen=True)
