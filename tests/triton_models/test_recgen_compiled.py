@@ -1,6 +1,9 @@
 """The compiled kernels against their numpy references (recgen_kernels), on random layouts, ids and weights."""
 
 import itertools
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -113,3 +116,16 @@ def test_compiled_dense_tower_equals_the_numpy_tower(batch, tables, dim, seed) -
     pooled = [rng.standard_normal((batch, dim)).astype(np.float32) for _ in range(tables)]
     expected = kernels.dense_tower(dense, pooled, bottom, top)
     np.testing.assert_allclose(compiled.dense_tower(dense, pooled, bottom, top), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_every_kernel_is_compiled_before_the_first_request() -> None:
+    """A kernel without a signature after `compile_kernels()` would compile on a request (seconds of latency)."""
+    script = (
+        "import json; from generator.triton_models import recgen_compiled as c; c.compile_kernels(); "
+        "print(json.dumps({name: len(kernel.signatures) for name, kernel in c._compiled.items()}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    signatures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(signatures) == {"route", "pool", "out_of_range", "upper_dots"}
+    assert all(count >= 1 for count in signatures.values()), signatures
+    assert signatures["pool"] >= 4  # int32 and int64 ids, rows writable and mapped read-only

@@ -144,6 +144,7 @@ def compile_kernels() -> str:
         compiled["route"](
             np.zeros((1, 1), np.int64), index, index, index, index, index, _NO_WEIGHTS, packed, _NO_WEIGHTS
         )
+        compiled["upper_dots"](np.zeros((1, 2, 2), np.float32), np.zeros((1, 3), np.float32), 2)
     except Exception as error:  # numba's errors have no common base; the numpy reference serves
         FALLBACK_REASON = f"numba could not compile the kernels ({type(error).__name__}: {error})"
         return ENGINE
