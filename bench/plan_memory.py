@@ -2,8 +2,9 @@
 
 Plans (without allocating any weights) a DLRM with the 26 Criteo Kaggle categorical-feature table sizes, dim 64,
 one id per sample, under synthetic Zipf traffic with alpha 0.8, 1.05 and 1.2, at target QPS worth 1, 2, 4, 8, 16
-and 32 model-wise replicas, and prints a markdown table (memory allocated ratio = model-wise / planned; memory
-utility ratio = planned / model-wise) and writes the cells as JSON.
+and 32 model-wise replicas, with the fused lookup step (the single-server default) and with separate steps, and
+prints a markdown table (memory allocated ratio = model-wise / planned; memory utility ratio = planned / model-wise;
+tables cut = tables given more than one shard) and writes the cells as JSON, markdown and a PNG.
 
     python -m bench.plan_memory [--capacity capacity.json] [--samples N] [--shard-fixed-us US]
                                 [--out runs/bench/plan_memory.json]
@@ -49,14 +50,13 @@ def run(capacity: Capacity, samples: int) -> list[dict[str, float]]:
         one_replica_qps = _model_wise_qps(shape, profile, capacity)
         for multiple in REPLICA_MULTIPLES:
             started = time.perf_counter()
-            report = plan_model(
-                shape,
-                profile,
-                target_qps=multiple * one_replica_qps,
-                batch_size=BATCH,
-                capacity=capacity,
-                max_shards_per_table=8,
-            )
+            report, separate = (
+                plan_model(
+                    shape, profile, target_qps=multiple * one_replica_qps, batch_size=BATCH, capacity=capacity,
+                    max_shards_per_table=8, lookup_step=step,
+                )
+                for step in ("fused", "separate")
+            )  # fmt: skip
             cells.append(
                 {
                     "alpha": alpha,
@@ -66,8 +66,11 @@ def run(capacity: Capacity, samples: int) -> list[dict[str, float]]:
                     "utility_ratio": report.utility_ratio,
                     "model_wise_gb": report.model_wise.memory_bytes / 1e9,
                     "planned_gb": report.planned.memory_bytes / 1e9,
+                    "separate_memory_ratio": separate.memory_ratio,
+                    "separate_utility_ratio": separate.utility_ratio,
                     "shards": len(report.shards),
-                    "plan_seconds": time.perf_counter() - started,
+                    "tables_cut": len({s.table for s in report.shards if s.row_start > 0}),
+                    "plan_seconds": (time.perf_counter() - started) / 2,
                 }
             )
     return cells
@@ -83,14 +86,15 @@ def _model_wise_qps(shape: ModelShape, profile: AccessProfile, capacity: Capacit
 def markdown(cells: list[dict[str, float]]) -> str:
     lines = [
         "| alpha | model-wise replicas | target q/s | model-wise GB | planned GB | memory ratio | utility ratio "
-        "| plan s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| separate steps: memory ratio | utility ratio | shards | tables cut | plan s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         lines.append(
             f"| {c['alpha']} | {c['model_wise_replicas']} | {c['target_qps']:,.0f} | {c['model_wise_gb']:.1f} "
             f"| {c['planned_gb']:.1f} | {c['memory_ratio']:.2f}x | {c['utility_ratio']:.2f}x "
-            f"| {c['plan_seconds']:.2f} |"
+            f"| {c['separate_memory_ratio']:.2f}x | {c['separate_utility_ratio']:.2f}x | {c['shards']} "
+            f"| {c['tables_cut']} | {c['plan_seconds']:.2f} |"
         )
     mean_memory = sum(c["memory_ratio"] for c in cells) / len(cells)
     mean_utility = sum(c["utility_ratio"] for c in cells) / len(cells)
@@ -99,6 +103,29 @@ def markdown(cells: list[dict[str, float]]) -> str:
         f"{mean_utility:.2f}x (ElasticRec: 8.1x)"
     )
     return "\n".join(lines)
+
+
+def plot(cells: list[dict[str, float]], path: Path) -> None:
+    """Memory ratio against model-wise replicas, per alpha, fused and separate lookup steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for alpha in dict.fromkeys(c["alpha"] for c in cells):
+        mine = [c for c in cells if c["alpha"] == alpha]
+        replicas = [c["model_wise_replicas"] for c in mine]
+        axis.plot(replicas, [c["memory_ratio"] for c in mine], marker="o", label=f"alpha {alpha}, fused")
+        axis.plot(replicas, [c["separate_memory_ratio"] for c in mine], marker="x", linestyle="--",
+                  label=f"alpha {alpha}, separate")  # fmt: skip
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("model-wise replicas")
+    axis.set_ylabel("memory ratio (model-wise ÷ planned)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def main() -> None:
@@ -124,7 +151,9 @@ def main() -> None:
     print(f"\n{len(cells)} plans in {time.perf_counter() - started:.1f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"capacity": capacity.to_dict(), "cells": cells}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    args.out.with_suffix(".md").write_text(markdown(cells) + "\n")
+    plot(cells, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and its .md and .png")
 
 
 if __name__ == "__main__":
