@@ -226,6 +226,11 @@ def main() -> None:
     )
     parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument(
+        "--without-queue-policy",
+        action="store_true",
+        help="structured: serve with every step's queue policy removed (see bench/queue_stall.py)",
+    )
+    parser.add_argument(
         "--heavy-user",
         action="store_true",
         help="structured: the heavy-user model (200-id history, wide user bottom MLP) instead of the shares",
@@ -237,7 +242,9 @@ def main() -> None:
     if args.structured:
         concurrency = args.concurrency[0] if len(args.concurrency) == 1 else 4
         workloads = structured_workloads(args.shares, args.heavy_user)
-        cells = run_structured(workloads, args.candidates, concurrency, args.seconds, args.rounds)
+        cells = run_structured(
+            workloads, args.candidates, concurrency, args.seconds, args.rounds, args.without_queue_policy
+        )
         table = markdown_structured(cells)
         print(table)
         (args.out / "structured.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")

@@ -76,14 +76,22 @@ def run_structured(
     concurrency: int,
     seconds: float,
     rounds: int,
+    without_queue_policy: bool = False,
 ) -> list[dict]:
-    """Packed (`<model>_ranking`) vs flattened requests of the same samples, interleaved, median of rounds."""
+    """Packed (`<model>_ranking`) vs flattened requests of the same samples, interleaved, median of rounds.
+
+    `without_queue_policy`: serve the builds with every step's queue policy removed (`bench/queue_stall.py`).
+    """
     cells = []
     for label, make_model in workloads:
         model = make_model()
         with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir:
             the_plan = plan.uniform_plan(model, latency_slo_ms=LATENCY_SLO_MS)
             result = build.build(model, the_plan, Path(workdir) / "r", Path(workdir) / "e")
+            if without_queue_policy:
+                from bench.queue_stall import drop_queue_policies
+
+                drop_queue_policies(list(result.repositories))
             with serve.running_server(result.repositories, timeout_s=300) as server:
                 names = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
                 clients = {

@@ -1,0 +1,161 @@
+"""Benchmark: the ~0.5 s stalls a queue policy brings to Triton 2.51's dynamic batcher, with and without it.
+
+Every step recgen writes has `dynamic_batching { default_queue_policy { ... } }`, so that a request queued past its
+share of the latency target is rejected (docs/faults.md). On the embedded server that policy comes with stalls: now
+and then every request in flight waits about 500 ms (sometimes 1 s) at once, whichever kernels or lookup step
+serve. This serves the same build twice, as written and with the queue policy removed from every config, sends
+closed-loop flattened and packed (ranking) requests alternately, and counts the requests slower than
+`--slow-ms`, with p50, p99 and the slowest.
+
+    python -m bench.queue_stall [--seconds 3] [--rounds 3] [--clients 4] [--slow-ms 100] [--out runs/bench/queue_stall]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.structured import shared_model
+from generator import naming
+from generator.check import client
+from generator.deploy import server as serve
+from generator.planning import plan
+from generator.repository import build, validation
+from generator.traffic.requests import random_structured_request
+
+SYSTEMS = ("as-built", "no-queue-policy")
+MODES = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
+
+
+def drop_queue_policies(repositories: list[Path]) -> None:
+    """Remove `default_queue_policy` from every config that has one (each re-parsed strictly)."""
+    for repository in repositories:
+        for path in repository.glob(f"*/{naming.CONFIG_FILE}"):
+            config = validation.parse_strict(path.read_text())
+            if config.HasField("dynamic_batching") and config.dynamic_batching.HasField("default_queue_policy"):
+                config.dynamic_batching.ClearField("default_queue_policy")
+                validation.write_config(config, path.parent)
+
+
+def _loop(clients: list[client.RankingClient], payloads: list[dict], seconds: float) -> list[float]:
+    """Closed loop, one thread per client, for `seconds`: every request's latency in seconds."""
+    latencies: list[list[float]] = [[] for _ in clients]
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        stop_at = time.perf_counter() + seconds
+        try:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                clients[index].infer(payloads[index])
+                latencies[index].append(time.perf_counter() - started)
+        except BaseException as error:  # reported after the join
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [value for per_thread in latencies for value in per_thread]
+
+
+def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> list[dict]:
+    """Both systems up at once, interleaved: per system and mode, the latencies of all rounds together."""
+    model = shared_model(0.25)
+    samples = [random_structured_request(model, 16, np.random.default_rng(i)) for i in range(clients_per_mode)]
+    payloads = {"packed": [s.tensors() for s in samples], "flattened": [s.flattened(model).tensors() for s in samples]}
+    measured: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="recgen-stall-") as workdir, contextlib.ExitStack() as stack:
+        clients: dict[tuple[str, str], list[client.RankingClient]] = {}
+        for system in SYSTEMS:
+            out = Path(workdir) / system
+            result = build.build(model, plan.uniform_plan(model), out / "r", out / "e")
+            if system == "no-queue-policy":
+                drop_queue_policies(list(result.repositories))
+            server = stack.enter_context(serve.running_server(result.repositories, timeout_s=300))
+            for mode, name in MODES.items():
+                clients[(system, mode)] = [
+                    stack.enter_context(client.RankingClient(server.grpc_url, "grpc", name))
+                    for _ in range(clients_per_mode)
+                ]
+        for _ in range(rounds):
+            for system in SYSTEMS:
+                for mode in MODES:
+                    latencies = _loop(clients[(system, mode)], payloads[mode], seconds)
+                    measured.setdefault((system, mode), []).extend(latencies)
+    cells = []
+    for (system, mode), latencies in measured.items():
+        values = np.array(latencies)
+        cells.append(
+            {
+                "system": system,
+                "mode": mode,
+                "requests": int(values.size),
+                "slow_requests": int((values > slow_s).sum()),
+                "p50_ms": float(np.percentile(values, 50) * 1e3),
+                "p99_ms": float(np.percentile(values, 99) * 1e3),
+                "max_ms": float(values.max() * 1e3),
+            }
+        )
+    return cells
+
+
+def markdown(cells: list[dict], slow_ms: float) -> str:
+    lines = [
+        f"| system | request | requests | slower than {slow_ms:g} ms | p50 ms | p99 ms | slowest ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        lines.append(
+            f"| {c['system']} | {c['mode']} | {c['requests']:,} | {c['slow_requests']} | {c['p50_ms']:.2f} "
+            f"| {c['p99_ms']:.2f} | {c['max_ms']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    labels = [f"{c['system']}\n{c['mode']}" for c in cells]
+    axis.bar(labels, [c["p99_ms"] for c in cells])
+    axis.set_ylabel("p99 latency (ms)")
+    axis.set_yscale("log")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--slow-ms", type=float, default=100.0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/queue_stall"))
+    args = parser.parse_args()
+    cells = run(args.seconds, args.rounds, args.clients, args.slow_ms / 1e3)
+    table = markdown(cells, args.slow_ms)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "queue_stall.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
+    (args.out / "queue_stall.md").write_text(table + "\n")
+    plot(cells, args.out / "queue_stall.png")
+    print(f"wrote {args.out}/queue_stall.json, queue_stall.md, queue_stall.png")
+
+
+if __name__ == "__main__":
+    main()
