@@ -131,10 +131,10 @@ class ShardGroupGraph(nn.Module):
 
 def group_stacks(plan: Plan, group: ShardGroup, rows: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
     """The members' rows stacked per row width (as `layout.group_layout` numbers them), and every slot's stack."""
-    widths = list(dict.fromkeys(array.shape[1] for array in rows))
+    group_layout = layout.group_layout(plan, group)
+    widths = group_layout.stack_widths
     stacks = [np.concatenate([array for array in rows if array.shape[1] == width]) for width in widths]
-    dims = layout.table_dims(plan)
-    return stacks, [widths.index(dims[table]) for table in layout.group_layout(plan, group).tables]
+    return stacks, group_layout.slot_stacks
 
 
 class DenseGraph(nn.Module):

@@ -232,6 +232,12 @@ class GroupLayout:
     slot_widths: list[int]
     first_rows: list[int]  # per member shard, within its width's stack
     total_rows: int
+    stack_widths: tuple[int, ...] = ()  # the row width of every stack, in member order
+
+    @property
+    def slot_stacks(self) -> list[int]:
+        """The stack every slot pools from (the stack of its table's width)."""
+        return [self.stack_widths.index(width) for width in self.slot_widths]
 
     @property
     def width(self) -> int:
@@ -264,6 +270,7 @@ def group_layout(plan: Plan, group: ShardGroup) -> GroupLayout:
         [dims[table] for _, table in slots],
         first_rows,
         sum(stacked.values()),
+        tuple(stacked),
     )
 
 

@@ -78,22 +78,22 @@ def router_pooling(plan: Plan) -> params.RouterPoolingParams | None:
     pooled = plan.router_pooled_groups()
     if not pooled:
         return None
-    dims = layout.table_dims(plan)
     entries = []
     for group in pooled:
         group_layout = layout.group_layout(plan, group)
-        widths = list(dict.fromkeys(dims[shard.table] for shard in group.shards))  # as export.group_stacks
         entries.append(
             params.PooledGroup(
                 ids=naming.group_local_ids(group.index),
                 weights=naming.group_id_weights(group.index) if layout.group_weighted(plan, group) else "",
                 output=naming.group_partial_sums(group.index),
-                stack_files=tuple(naming.router_rows_file(group.index, stack) for stack in range(len(widths))),
+                stack_files=tuple(
+                    naming.router_rows_file(group.index, stack) for stack in range(len(group_layout.stack_widths))
+                ),
                 slots=tuple(
                     params.GroupSlot(table=table, columns=span)
                     for table, span in zip(group_layout.tables, group_layout.columns, strict=True)
                 ),
-                slot_stacks=tuple(widths.index(dims[table]) for table in group_layout.tables),
+                slot_stacks=tuple(group_layout.slot_stacks),
             )
         )
     return params.RouterPoolingParams(rows_model=naming.router_model(plan.model_name), groups=tuple(entries))
