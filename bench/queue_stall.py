@@ -22,26 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.loadgen import drop_queue_policies
 from bench.structured import shared_model
 from generator import naming
 from generator.check import client
 from generator.deploy import server as serve
 from generator.planning import plan
-from generator.repository import build, validation
+from generator.repository import build
 from generator.traffic.requests import random_structured_request
 
 SYSTEMS = ("as-built", "no-queue-policy")
 MODES = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
-
-
-def drop_queue_policies(repositories: list[Path]) -> None:
-    """Remove `default_queue_policy` from every config that has one (each re-parsed strictly)."""
-    for repository in repositories:
-        for path in repository.glob(f"*/{naming.CONFIG_FILE}"):
-            config = validation.parse_strict(path.read_text())
-            if config.HasField("dynamic_batching") and config.dynamic_batching.HasField("default_queue_policy"):
-                config.dynamic_batching.ClearField("default_queue_policy")
-                validation.write_config(config, path.parent)
 
 
 def _loop(clients: list[client.RankingClient], payloads: list[dict], seconds: float) -> list[float]:

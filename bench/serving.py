@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.loadgen import cpu_seconds, server_processes
+from bench.loadgen import cpu_seconds, drop_queue_policies, server_processes
 from bench.rounds import median_round, odd_rounds
 from bench.structured import markdown_structured, plot_structured, run_structured, structured_workloads
 from bench.threads import closed_loop
@@ -105,7 +105,14 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> build.BuildR
     return build.build(model, the_plan, workdir / system / "r", workdir / system / "e", backend=backend)  # type: ignore[arg-type]
 
 
-def run(systems: list[str], batches: list[int], concurrencies: list[int], seconds: float, rounds: int) -> list[dict]:
+def run(
+    systems: list[str],
+    batches: list[int],
+    concurrencies: list[int],
+    seconds: float,
+    rounds: int,
+    without_queue_policy: bool = False,
+) -> list[dict]:
     """Every cell `rounds` times, systems interleaved (all servers up at once, idle while others run), median kept.
 
     These machines are shared VMs whose speed drifts from minute to minute (steal time); interleaving keeps the
@@ -119,6 +126,8 @@ def run(systems: list[str], batches: list[int], concurrencies: list[int], second
         for system in systems:
             if system != "pytorch":
                 result = build_system(system, model, Path(workdir))
+                if without_queue_policy:
+                    drop_queue_policies(list(result.repositories))
                 environment = NUMPY_KERNELS.get(system, {})
                 server = stack.enter_context(
                     serve.running_server(result.repositories, timeout_s=300, environment=environment)
@@ -228,7 +237,7 @@ def main() -> None:
     parser.add_argument(
         "--without-queue-policy",
         action="store_true",
-        help="structured: serve with every step's queue policy removed (see bench/queue_stall.py)",
+        help="serve every build with its steps' queue policies removed (see bench/queue_stall.py)",
     )
     parser.add_argument(
         "--heavy-user",
@@ -252,7 +261,7 @@ def main() -> None:
         plot_structured(cells, args.out / "structured.png")
         print(f"wrote {args.out}/structured.json, structured.md, structured.png")
         return
-    cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
+    cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds, args.without_queue_policy)
     table = markdown(cells)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadgen import cpu_seconds, server_processes
+from bench.loadgen import cpu_seconds, drop_queue_policies, server_processes
 from bench.rounds import median_round
 from bench.threads import closed_loop
 from generator import naming
@@ -89,8 +89,6 @@ def run_structured(
             the_plan = plan.uniform_plan(model, latency_slo_ms=LATENCY_SLO_MS)
             result = build.build(model, the_plan, Path(workdir) / "r", Path(workdir) / "e")
             if without_queue_policy:
-                from bench.queue_stall import drop_queue_policies
-
                 drop_queue_policies(list(result.repositories))
             with serve.running_server(result.repositories, timeout_s=300) as server:
                 names = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
