@@ -23,6 +23,8 @@ KERNELS_FILE = "recgen_kernels.py"
 COMPILED_FILE = "recgen_compiled.py"
 #: Pooling a shard group's rows (the shard groups and the router's fused lookup step), copied next to each model.py.
 POOLING_FILE = "recgen_pooling.py"
+#: Reduced-precision rows (fp16, int8 row-wise) and their reference pooling, copied next to each model.py.
+ROWS_FILE = "recgen_rows.py"
 #: The typed parameter specs the Python-backend models read from their configs, copied next to each model.py.
 PARAMS_FILE = "recgen_params.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC

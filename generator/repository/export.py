@@ -48,7 +48,8 @@ def install_python_model(module: str, version_dir: Path) -> None:
     """Copy a model module from the package as model.py, with the kernels and parameter specs it imports."""
     package = resources.files("generator.triton_models")
     (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module).read_text())
-    for helper in (naming.KERNELS_FILE, naming.COMPILED_FILE, naming.PARAMS_FILE, naming.POOLING_FILE):
+    helpers = (naming.KERNELS_FILE, naming.COMPILED_FILE, naming.PARAMS_FILE, naming.POOLING_FILE, naming.ROWS_FILE)
+    for helper in helpers:
         (version_dir / helper).write_text(package.joinpath(helper).read_text())
 
 

@@ -154,6 +154,7 @@ def render(model: Model, result: BuildResult, *, topology: Any = None, root: Pat
                 gpu=result.uses_gpu,
             ),
             plan=str(result.plan),
+            fused=bool(result.plan.router_pooled_groups()) and topology is None,
             image=triton_runtime.NGC_IMAGE,
         )
     )

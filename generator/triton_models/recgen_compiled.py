@@ -20,8 +20,10 @@ import numpy as np
 
 try:  # a generated repository has its helpers next to this file
     import recgen_kernels as kernels
+    import recgen_rows as rows_module
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
+    from generator.triton_models import recgen_rows as rows_module
 
 #: "numba" once `compile_kernels()` has compiled every kernel, else "numpy".
 ENGINE = "numpy"
@@ -78,6 +80,32 @@ def _pool_loop(
                         pooled[sample, base + k] += rows[row, k]
 
 
+def _pool_int8_loop(
+    codes: np.ndarray,
+    scale_offset: np.ndarray,
+    ids: np.ndarray,
+    slot_starts: np.ndarray,
+    weights: np.ndarray,
+    pooled: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    weighted = weights.shape[0] > 0
+    dim = codes.shape[1]
+    for sample in range(ids.shape[0]):
+        for slot in range(slot_starts.shape[0] - 1):
+            base = slot * dim
+            for column in range(slot_starts[slot], slot_starts[slot + 1]):
+                row = ids[sample, column]
+                if row < 0:
+                    continue
+                scale = scale_offset[row, 0]
+                offset = scale_offset[row, 1]
+                if weighted:
+                    scale = scale * weights[sample, column]
+                    offset = offset * weights[sample, column]
+                for k in range(dim):
+                    pooled[sample, base + k] += codes[row, k] * scale + offset
+
+
 def _out_of_range_loop(ids: np.ndarray, column_rows: np.ndarray) -> bool:  # pragma: no cover - compiled
     for sample in range(ids.shape[0]):
         for column in range(ids.shape[1]):
@@ -125,6 +153,7 @@ def compile_kernels() -> str:
         loops: dict[str, Callable[..., Any]] = {
             "route": _route_loop,
             "pool": _pool_loop,
+            "pool_int8": _pool_int8_loop,
             "out_of_range": _out_of_range_loop,
             "upper_dots": _upper_dots_loop,
         }
@@ -139,6 +168,15 @@ def compile_kernels() -> str:
                 rows, ids, np.array([0, 2], np.int64), np.ones((1, 2), np.float32), np.zeros((1, 2), np.float32)
             )
             compiled["out_of_range"](ids, np.array([3, 3], np.int64))
+            codes = np.zeros((3, 2), dtype=np.uint8)
+            pairs = np.zeros((3, 2), dtype=np.float32)
+            if not rows.flags.writeable:
+                codes.setflags(write=False)
+                pairs.setflags(write=False)
+            for scales in (_NO_WEIGHTS, np.ones((1, 2), np.float32)):
+                compiled["pool_int8"](
+                    codes, pairs, ids, np.array([0, 2], np.int64), scales, np.zeros((1, 2), np.float32)
+                )
         index = np.zeros(1, np.int64)
         packed = np.full((1, 1), -1, np.int32)
         compiled["route"](
@@ -191,6 +229,32 @@ def pool_slots(
     pooled = np.zeros((ids.shape[0], (slot_starts.shape[0] - 1) * padded_rows.shape[1]), dtype=np.float32)
     scales = _NO_WEIGHTS if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
     _compiled["pool"](padded_rows, ids, slot_starts, scales, pooled)
+    return pooled
+
+
+def pool_int8_slots(
+    codes: np.ndarray,
+    scale_offset: np.ndarray,
+    ids: np.ndarray,
+    slot_starts: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """`pool_slots` over int8 row-wise rows (`recgen_rows`): each row read back as `codes * scale + offset`.
+
+    The numpy reference is `recgen_rows.pool_int8` per slot.
+    """
+    if "pool_int8" not in _compiled:
+        bounds = slot_starts.tolist()
+        parts = [
+            rows_module.pool_int8(
+                codes, scale_offset, ids[:, first:last], None if weights is None else weights[:, first:last]
+            )
+            for first, last in itertools.pairwise(bounds)
+        ]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((ids.shape[0], 0), np.float32)
+    pooled = np.zeros((ids.shape[0], (slot_starts.shape[0] - 1) * codes.shape[1]), dtype=np.float32)
+    scales = _NO_WEIGHTS if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    _compiled["pool_int8"](codes, scale_offset, ids, slot_starts, scales, pooled)
     return pooled
 
 

@@ -84,3 +84,18 @@ def round_trip(rows: np.ndarray, row_dtype: RowDtype) -> np.ndarray:
     if row_dtype == "int8":
         return dequantize_int8_rowwise(*quantize_int8_rowwise(values))
     raise ValueError(f"row dtype must be one of {', '.join(ROW_DTYPES)}, got {row_dtype!r}")
+
+
+def pool_int8(
+    codes: np.ndarray, scale_offset: np.ndarray, local_ids: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """[B, L] row ids (-1 = none) into int8 row-wise rows -> [B, D]: the (weighted) sum of the rows read back.
+
+    The numpy reference of the compiled kernel (`recgen_compiled.pool_int8_slots`), in FP32 like it.
+    """
+    present = local_ids >= 0
+    safe = np.where(present, local_ids, 0)
+    pairs = scale_offset[safe]  # [B, L, 2]
+    rows = codes[safe].astype(np.float32) * pairs[..., :1] + pairs[..., 1:]  # [B, L, D]
+    factor = present.astype(np.float32) if weights is None else np.where(present, weights, 0).astype(np.float32)
+    return (rows * factor[..., np.newaxis]).sum(axis=1, dtype=np.float32)

@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 from generator.triton_models import recgen_compiled as compiled
 from generator.triton_models import recgen_kernels as kernels
 from generator.triton_models import recgen_pooling
+from generator.triton_models import recgen_rows as rows_module
 from tests.triton_models.test_recgen_kernels import routing_cases
 
 
@@ -126,6 +127,44 @@ def test_every_kernel_is_compiled_before_the_first_request() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
     signatures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(signatures) == {"route", "pool", "out_of_range", "upper_dots"}
+    assert set(signatures) == {"route", "pool", "pool_int8", "out_of_range", "upper_dots"}
     assert all(count >= 1 for count in signatures.values()), signatures
-    assert signatures["pool"] >= 4  # int32 and int64 ids, rows writable and mapped read-only
+    assert signatures["pool"] >= 4 and signatures["pool_int8"] >= 4  # int32/int64 ids, writable/read-only rows
+
+
+@st.composite
+def int8_cases(draw):
+    """An int8 row-wise table (with its padding row), packed ids over a few slots, optional weights."""
+    rows_count, dim = draw(st.integers(1, 40)), draw(st.integers(1, 12))
+    table = draw(hnp.arrays(np.float32, (rows_count, dim), elements=st.floats(-50, 50, width=32)))
+    widths = draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))
+    batch = draw(st.integers(1, 6))
+    ids = draw(hnp.arrays(np.int32, (batch, sum(widths)), elements=st.integers(-1, rows_count - 1)))
+    weights = draw(st.none() | hnp.arrays(np.float32, ids.shape, elements=st.floats(-2, 2, width=32)))
+    return table, ids, np.cumsum([0, *widths]).astype(np.int64), weights
+
+
+@settings(max_examples=150, deadline=None)
+@given(int8_cases())
+def test_pooling_int8_rows_equals_pooling_their_dequantized_rows(case) -> None:
+    table, ids, starts, weights = case
+    codes, scale_offset = rows_module.quantize_int8_rowwise(table)
+    fast = compiled.pool_int8_slots(codes, scale_offset, ids, starts, weights)
+    dequantized = rows_module.dequantize_int8_rowwise(codes, scale_offset)
+    expected = []
+    for first, last in itertools.pairwise(starts.tolist()):  # brute force: the dequantized rows, id by id
+        block = np.zeros((ids.shape[0], table.shape[1]), np.float64)
+        for sample, column in itertools.product(range(ids.shape[0]), range(first, last)):
+            row = ids[sample, column]
+            if row >= 0:
+                block[sample] += dequantized[row] * (1.0 if weights is None else weights[sample, column])
+        expected.append(block)
+    np.testing.assert_allclose(fast, np.concatenate(expected, axis=1), rtol=1e-5, atol=1e-3)
+    reference = np.concatenate(
+        [
+            rows_module.pool_int8(codes, scale_offset, ids[:, a:b], None if weights is None else weights[:, a:b])
+            for a, b in itertools.pairwise(starts.tolist())
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-3)
