@@ -130,6 +130,16 @@ def shard_rows_file(table: str, shard: int) -> str:
     return f"rows__{table}__{shard}.npy"
 
 
+def shard_scales_file(table: str, shard: int) -> str:
+    """File of an int8 row-wise shard's per-row (scale, offset) pairs, beside its codes (`shard_rows_file`)."""
+    return f"scales__{table}__{shard}.npy"
+
+
+def router_scales_file(group: int, stack: int) -> str:
+    """File of the per-row (scale, offset) pairs of an int8 stack the router pools (beside `router_rows_file`)."""
+    return f"group_scales__{group}__{stack}.npy"
+
+
 def router_rows_file(group: int, stack: int) -> str:
     """File of one row-width stack of a shard group the router pools itself (its padding row included)."""
     return f"group_rows__{group}__{stack}.npy"

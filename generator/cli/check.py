@@ -15,6 +15,9 @@ from generator.check import loadtest as loadtests
 from generator.cli import options
 from generator.model.dlrm import example_model
 from generator.model.loading import load_model
+from generator.planning import precision
+from generator.planning.plan import uniform_plan
+from generator.planning.plan_file import load_plan
 from generator.repository.configs import Backend
 
 
@@ -33,11 +36,21 @@ from generator.repository.configs import Backend
     is_flag=True,
     help="Call `<name>_ranking` with one user and --batch candidates; compare with the flattened forward.",
 )
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The plan.json the repository was built from (its row dtypes and hotness order).",
+)
+@options.row_dtype
 @options.reports_errors
 def check(
     model_path: Path,
     max_ids: dict[str, int],
     user_features: tuple[str, ...],
+    plan_path: Path | None,
+    row_dtypes: tuple[str, ...],
     url: str | None,
     protocol: client.Protocol,
     name: str,
@@ -46,9 +59,19 @@ def check(
     seed: int,
     ranking: bool,
 ) -> None:
-    """Compare served outputs with the PyTorch model (or the imported program); exit 1 above 1e-5."""
+    """Compare served outputs with the PyTorch model (or the imported program); exit 1 above 1e-5.
+
+    With reduced-precision rows (give the build's --plan or --row-dtype), the model compared with is the one whose
+    rows went through the same quantize and dequantize.
+    """
+    model = load_model(model_path, max_ids=max_ids, user_features=user_features)
+    the_plan = load_plan(plan_path) if plan_path is not None else uniform_plan(model)
+    the_plan.check_matches(model)
+    the_plan = precision.with_row_dtypes(
+        the_plan, precision.parse_row_dtypes(row_dtypes, [table.name for table in model.tables])
+    )
     report = client.check(
-        load_model(model_path, max_ids=max_ids, user_features=user_features),
+        precision.with_rounded_rows(model, the_plan),
         url or client.default_url(protocol),
         protocol=protocol,
         model_name=naming.ranking_ensemble(name) if ranking else name,

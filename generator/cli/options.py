@@ -169,6 +169,14 @@ group_by = click.option(
     help="Serve shards with the same placement as one model (fewer steps), or one model per shard "
     "[default: placement for one server, shard for the distributed layout].",
 )
+row_dtype = click.option(
+    "--row-dtype",
+    "row_dtypes",
+    multiple=True,
+    metavar="[TABLE=]DTYPE",
+    help="How embedding rows are stored: fp32, fp16, or int8 (row-wise: every row keeps its own FP32 scale and "
+    "offset); DTYPE alone sets every table, TABLE=DTYPE one table. Repeatable [default: the plan's, else fp32].",
+)
 lookup_step = click.option(
     "--lookup-step",
     type=click.Choice(LOOKUP_STEPS),

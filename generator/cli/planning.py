@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from generator.cli import options
-from generator.planning import capacity, planner
+from generator.planning import capacity, planner, precision
 from generator.planning.plan import LookupStep
+from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
 
 
 @click.command()
@@ -70,6 +71,17 @@ from generator.planning.plan import LookupStep
 )
 @options.latency_slo_ms
 @options.lookup_step
+@options.row_dtype
+@click.option(
+    "--row-dtype-by-hotness",
+    "hot_share",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Precision by hotness: the hottest rows that serve this share of a table's accesses keep "
+    "--hot-row-dtype, the other shards use --cold-row-dtype (tables named by --row-dtype TABLE=DTYPE keep theirs).",
+)
+@click.option("--hot-row-dtype", type=click.Choice(ROW_DTYPES), default="fp32", show_default=True)
+@click.option("--cold-row-dtype", type=click.Choice(ROW_DTYPES), default="int8", show_default=True)
 @options.reports_errors
 def plan(
     model_path: Path,
@@ -88,6 +100,10 @@ def plan(
     front_cache_mb: float,
     latency_slo_ms: float,
     lookup_step: LookupStep | None,
+    row_dtypes: tuple[str, ...],
+    hot_share: float | None,
+    hot_row_dtype: RowDtype,
+    cold_row_dtype: RowDtype,
     **overrides: float | None,
 ) -> None:
     """Size every shard from its access share (ElasticRec) and write plan.json, its row orders and a PNG."""
@@ -100,6 +116,7 @@ def plan(
         front_cache_bytes=int(front_cache_mb * 2**20),
         latency_slo_ms=latency_slo_ms,
         lookup_step=lookup_step or "fused",
+        precision=precision.row_precision(row_dtypes, hot_share, hot_row_dtype, cold_row_dtype),
     )
     figures = capacity.load_with_overrides(capacity_path, **overrides)
     written = planner.plan_to_files(

@@ -11,6 +11,7 @@ from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
+from generator.planning import precision
 from generator.planning.plan import DEVICES, Device, GroupBy, LookupStep
 from generator.repository import build as builds
 from generator.repository.configs import TARGETS, Backend, Target
@@ -52,6 +53,7 @@ from generator.repository.params import RemoteCallPolicy
 @options.latency_slo_ms
 @options.group_by
 @options.lookup_step
+@options.row_dtype
 @options.force
 @click.option(
     "--layout",
@@ -108,6 +110,7 @@ def build(
     latency_slo_ms: float,
     group_by: GroupBy | None,
     lookup_step: LookupStep | None,
+    row_dtypes: tuple[str, ...],
     force: bool,
     layout: builds.Layout,
     remote_deadline_s: float,
@@ -127,6 +130,8 @@ def build(
         the_plan = dataclasses.replace(the_plan, check_finite=False)
     if lookup_step is not None:
         the_plan = dataclasses.replace(the_plan, lookup_step=lookup_step)
+    chosen = precision.parse_row_dtypes(row_dtypes, [table.name for table in model.tables])
+    the_plan = precision.with_row_dtypes(the_plan, chosen)
     click.echo(str(the_plan))
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:

@@ -180,7 +180,7 @@ class Topology:
 
 
 def _group_deployment(plan: Plan, group: ShardGroup) -> GroupDeployment:
-    bytes_per_row = {table.spec.name: table.spec.bytes_per_row for table in plan.tables}
+    tables = {table.spec.name: table for table in plan.tables}
     model = shard_group_model_name(plan, group)
     return GroupDeployment(
         model=model,
@@ -188,6 +188,6 @@ def _group_deployment(plan: Plan, group: ShardGroup) -> GroupDeployment:
         repository=f"{naming.GROUPS_DIR}/{model}",
         replica_servers=group.placement.instance_count,
         device=group.placement.device,
-        rows_bytes=sum(shard.num_rows * bytes_per_row[shard.table] for shard in group.shards),
+        rows_bytes=sum(tables[shard.table].shard_bytes(shard) for shard in group.shards),
         endpoints_env=naming.endpoints_env_var(model),
     )

@@ -18,7 +18,9 @@ from generator.errors import PlanError
 from generator.model.dlrm import TableSpec
 from generator.planning.capacity import Capacity
 from generator.planning.plan import Device
+from generator.planning.precision import RowPrecision, bytes_per_row_of
 from generator.traffic.profile import TableAccess
+from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
 
 #: Every cut position up to this rank is a candidate; beyond it candidates grow geometrically.
 GRID_HEAD = 64
@@ -37,6 +39,7 @@ class ShardStats:
     replicas: int
     bytes_per_replica: int
     device: Device
+    row_dtype: RowDtype = "fp32"
 
     @property
     def memory_bytes(self) -> int:
@@ -90,10 +93,12 @@ def _table_grid_costs(
     capacity: Capacity,
     grid: np.ndarray,
     cached_rows: int = 0,
+    row_dtypes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Memory cost, replicas and access share of every grid segment (i, j).
 
     Lookups of the hottest `cached_rows` ranks are served by the router's front cache and reach no shard.
+    `row_dtypes`: the row dtype (index into ROW_DTYPES) of a segment starting at each grid point (fp32 if None).
     """
     counts = np.asarray(access.ranked_counts(), dtype=np.float64).copy()
     counts[:cached_rows] = 0.0
@@ -104,7 +109,9 @@ def _table_grid_costs(
     seconds = capacity.shard_fixed_s + capacity.shard_per_row_s * lookups_per_query * share
     replicas = np.maximum(1, np.ceil(qps * seconds / capacity.target_utilization - 1e-9))
     rows = grid[np.newaxis, :] - grid[:, np.newaxis]
-    memory = replicas * (rows * spec.bytes_per_row + capacity.replica_overhead_bytes)
+    dtypes = np.zeros(grid.size, dtype=np.int64) if row_dtypes is None else row_dtypes
+    row_bytes = bytes_per_row_of(spec.dim, dtypes)[:, np.newaxis]
+    memory = replicas * (rows * row_bytes + capacity.replica_overhead_bytes)
     return memory, replicas.astype(np.int64), share
 
 
@@ -117,10 +124,12 @@ def cut_table(
     capacity: Capacity,
     max_shards: int,
     cached_rows: int = 0,
+    precision: RowPrecision | None = None,
 ) -> list[ShardStats]:
     """Optimal cuts of one table's hotness order and each shard's replicas (all on CPU; placement comes later).
 
     With a front cache of the hottest `cached_rows` ranks, those lookups reach no shard (shares exclude them).
+    `precision`: every shard's row dtype (by hotness: the cuts are chosen for the bytes that dtype stores).
     """
     if access.num_rows != spec.num_rows:
         raise PlanError(f"table {spec.name!r}: the profile has {access.num_rows} rows, the model {spec.num_rows}")
@@ -128,7 +137,15 @@ def cut_table(
     grid = candidate_cuts(spec.num_rows, access.touched_rows)
     if cached_rows:  # a cut at the cache's edge lets the DP give the (now cold) cached head its own shard
         grid = np.unique(np.concatenate([grid, [min(cached_rows, spec.num_rows)]]))
-    memory, replicas, share = _table_grid_costs(access, spec, lookups_per_query, qps, capacity, grid, cached_rows)
+    precision = precision or RowPrecision()
+    shares_before = _shares_before(access)
+    if precision.by_hotness and spec.name not in precision.tables:  # a cut where the hot share ends
+        edge = int(np.searchsorted(shares_before, precision.hot_share - 1e-12, side="left"))
+        grid = np.unique(np.concatenate([grid, [min(edge, spec.num_rows)]]))
+    dtypes = precision.dtypes(spec.name, shares_before[np.minimum(grid, spec.num_rows)])
+    memory, replicas, share = _table_grid_costs(
+        access, spec, lookups_per_query, qps, capacity, grid, cached_rows, dtypes
+    )
     cut_indices = optimal_segmentation(memory, max_shards)
     return [
         ShardStats(
@@ -138,8 +155,19 @@ def cut_table(
             int(grid[j]),
             float(share[i, j]),
             int(replicas[i, j]),
-            int(grid[j] - grid[i]) * spec.bytes_per_row,
+            int(grid[j] - grid[i]) * int(bytes_per_row_of(spec.dim, dtypes[i : i + 1])[0]),
             "cpu",
+            ROW_DTYPES[int(dtypes[i])],
         )
         for index, (i, j) in enumerate(itertools.pairwise(cut_indices))
     ]
+
+
+def _shares_before(access: TableAccess) -> np.ndarray:
+    """[num_rows + 1]: the share of the table's accesses that the ranks before each rank receive."""
+    counts = np.zeros(access.num_rows, dtype=np.float64)
+    ranked = np.asarray(access.ranked_counts(), dtype=np.float64)
+    counts[: ranked.size] = ranked
+    prefix = np.concatenate([[0.0], np.cumsum(counts)])
+    total = float(prefix[-1])
+    return prefix / total if total else np.zeros_like(prefix)

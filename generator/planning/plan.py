@@ -8,7 +8,7 @@ Rows are addressed by *hotness rank*: `TablePlan.row_order[rank]` is the origina
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +20,7 @@ from generator.model.dlrm import DLRM, TableSpec
 from generator.model.features import FeatureSpec
 from generator.model.imported import ImportedModel
 from generator.planning import queueing
+from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype, bytes_per_row
 
 #: A model recgen builds: its own DLRM (numpy fast path) or an imported one (a program cut at its lookups).
 Model = DLRM | ImportedModel
@@ -76,6 +77,15 @@ class ShardPlan:
     row_start: int
     row_end: int
     placement: Placement = field(default_factory=Placement)
+    #: How the shard stores its rows (`recgen_rows`): fp32, fp16, or int8 row-wise (codes plus scale and offset).
+    row_dtype: RowDtype = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.row_dtype not in ROW_DTYPES:
+            raise UserInputError(
+                f"table {self.table!r} shard {self.index}: `row_dtype` must be one of {', '.join(ROW_DTYPES)}, "
+                f"got {self.row_dtype!r}"
+            )
 
     @property
     def num_rows(self) -> int:
@@ -124,6 +134,15 @@ class TablePlan:
             ):
                 raise PlanError(f"table {name!r}: `row_order` must be a permutation of 0..{self.spec.num_rows - 1}")
 
+    def shard_bytes(self, shard: ShardPlan) -> int:
+        """Bytes of one shard's rows in its row dtype."""
+        return shard.num_rows * bytes_per_row(self.spec.dim, shard.row_dtype)
+
+    @property
+    def embedding_bytes(self) -> int:
+        """Bytes of the table's rows as its shards store them."""
+        return sum(self.shard_bytes(shard) for shard in self.shards)
+
     @property
     def boundaries(self) -> list[int]:
         """Shard boundaries in rank space: [0, end of shard 0, ..., num_rows]."""
@@ -147,11 +166,16 @@ class TablePlan:
 
 @dataclass(frozen=True)
 class ShardGroup:
-    """Shards served together by one Triton model, with one instance group."""
+    """Shards served together by one Triton model, with one instance group and one row dtype."""
 
     index: int
     placement: Placement
     shards: tuple[ShardPlan, ...]
+
+    @property
+    def row_dtype(self) -> RowDtype:
+        """How every member stores its rows (groups never mix row dtypes: each slot pools one kind of stack)."""
+        return self.shards[0].row_dtype
 
 
 @dataclass(frozen=True)
@@ -212,13 +236,17 @@ class Plan:
         return any(table.cached_rows for table in self.tables)
 
     def shard_groups(self) -> list[ShardGroup]:
-        """Shards grouped into Triton models (see GroupBy), in order of first appearance."""
+        """Shards grouped into Triton models (see GroupBy), in order of first appearance.
+
+        Grouped by placement, shards of different row dtypes go to different groups, so a group's slots each pool
+        one kind of rows.
+        """
         if self.group_by == "shard":
             return [ShardGroup(i, shard.placement, (shard,)) for i, shard in enumerate(self.shards)]
-        members: dict[Placement, list[ShardPlan]] = {}
+        members: dict[tuple[Placement, RowDtype], list[ShardPlan]] = {}
         for shard in self.shards:
-            members.setdefault(shard.placement, []).append(shard)
-        return [ShardGroup(i, placement, tuple(group)) for i, (placement, group) in enumerate(members.items())]
+            members.setdefault((shard.placement, shard.row_dtype), []).append(shard)
+        return [ShardGroup(i, key[0], tuple(group)) for i, (key, group) in enumerate(members.items())]
 
     def router_pooled_groups(self) -> list[ShardGroup]:
         """The shard groups the router pools in its own step: with a fused lookup step, those on its device."""
@@ -259,15 +287,18 @@ class Plan:
 
     def __str__(self) -> str:
         lines = [f"plan for {self.model_name!r}: {len(self.tables)} tables, {len(self.shards)} shards"]
-        lines.append(f"  {'table':<16} {'shard':>5} {'rows':>21} {'instances':>9} {'device':>6} {'MB':>9}")
+        lines.append(f"  {'table':<16} {'shard':>5} {'rows':>21} {'instances':>9} {'device':>6} {'dtype':>5} {'MB':>9}")
         for table in self.tables:
             for shard in table.shards:
                 rows = f"[{shard.row_start}, {shard.row_end})"
-                megabytes = shard.num_rows * table.spec.bytes_per_row / 1e6
                 lines.append(
                     f"  {table.spec.name:<16} {shard.index:>5} {rows:>21} {shard.placement.instance_count:>9} "
-                    f"{shard.placement.device:>6} {megabytes:>9.3f}"
+                    f"{shard.placement.device:>6} {shard.row_dtype:>5} {table.shard_bytes(shard) / 1e6:>9.3f}"
                 )
+        full = sum(table.spec.num_rows * table.spec.bytes_per_row for table in self.tables)
+        stored = sum(table.embedding_bytes for table in self.tables)
+        if stored != full:
+            lines.append(f"  embedding rows: {stored / 1e6:.3f} MB as stored, {full / 1e6:.3f} MB in fp32")
         pooled = len(self.router_pooled_groups())
         lines.append(
             f"  {len(self.step_groups())} shard models (grouped by {self.group_by})"
@@ -298,16 +329,20 @@ def table_plan(
     placements: Sequence[Placement],
     row_order: np.ndarray | None = None,
     cached_rows: int = 0,
+    row_dtypes: Sequence[RowDtype] | None = None,
 ) -> TablePlan:
-    """Build one table's plan from its boundaries [0, ..., num_rows] and one placement per shard."""
-    if len(placements) != len(boundaries) - 1:
+    """Build one table's plan from its boundaries [0, ..., num_rows], one placement (and row dtype) per shard."""
+    count = len(boundaries) - 1
+    if len(placements) != count or (row_dtypes is not None and len(row_dtypes) != count):
         raise PlanError(
-            f"table {spec.name!r}: {len(boundaries) - 1} shards need {len(boundaries) - 1} placements, "
-            f"got {len(placements)}"
+            f"table {spec.name!r}: {count} shards need {count} placements (and row dtypes), got {len(placements)}"
         )
+    dtypes: list[RowDtype] = list(row_dtypes) if row_dtypes is not None else ["fp32"] * count
     shards = tuple(
-        ShardPlan(spec.name, index, int(start), int(end), placement)
-        for index, (start, end, placement) in enumerate(zip(boundaries[:-1], boundaries[1:], placements, strict=True))
+        ShardPlan(spec.name, index, int(start), int(end), placement, dtype)
+        for index, (start, end, placement, dtype) in enumerate(
+            zip(boundaries[:-1], boundaries[1:], placements, dtypes, strict=True)
+        )
     )
     return TablePlan(spec, shards, row_order, cached_rows)
 
@@ -323,18 +358,22 @@ def uniform_plan(
     group_by: GroupBy = "placement",
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS,
     lookup_step: LookupStep = "fused",
+    row_dtypes: Mapping[str, RowDtype] | None = None,
 ) -> Plan:
     """Cut every table into up to `shards_per_table` equal row ranges, one instance each, identity row order.
 
     The router always runs on CPU (it is numpy bookkeeping); shards and the dense model go to `device`. With the
-    fused lookup step (the default) the router also pools the shards that share its device.
+    fused lookup step (the default) the router also pools the shards that share its device. `row_dtypes`: how
+    each named table stores its rows (fp32 when not named).
     """
     _check_placement(instance_count, device, "shard")
     placement = Placement(instance_count, device)
     tables = []
     for spec in model.tables:
         boundaries = split_rows(spec.num_rows, shards_per_table)
-        tables.append(table_plan(spec, boundaries, [placement] * (len(boundaries) - 1)))
+        count = len(boundaries) - 1
+        dtype: RowDtype = (row_dtypes or {}).get(spec.name, "fp32")
+        tables.append(table_plan(spec, boundaries, [placement] * count, row_dtypes=[dtype] * count))
     return Plan(
         model_name=name,
         tables=tuple(tables),

@@ -20,6 +20,7 @@ from generator.model.dlrm import TableSpec
 from generator.model.features import FeatureSpec
 from generator.planning import queueing
 from generator.planning.plan import Placement, Plan, TablePlan, table_plan
+from generator.planning.precision import check_row_dtype
 from generator.planning.report import PlanReport
 
 PLAN_FORMAT = "recgen.plan"
@@ -70,7 +71,8 @@ def _table_entry(table: TablePlan, details: dict[tuple[str, int], dict[str, Any]
                 "row_end": s.row_end,
                 "replicas": s.placement.instance_count,
                 "device": s.placement.device,
-                "bytes": s.num_rows * table.spec.bytes_per_row,
+                "row_dtype": s.row_dtype,
+                "bytes": table.shard_bytes(s),
                 **details.get((table.spec.name, s.index), {}),
             }
             for s in table.shards
@@ -132,7 +134,13 @@ def _table_from_entry(path: Path, entry: dict[str, Any], orders: dict[str, np.nd
     order = orders.get(spec.name) if entry.get("permuted") else None
     if entry.get("permuted") and order is None:
         raise PlanError(f"plan `{path}`: table {spec.name!r} is permuted but has no row order")
-    return table_plan(spec, boundaries, placements, row_order=order, cached_rows=entry.get("cached_rows", 0))
+    dtypes = [  # plans written before row dtypes: fp32
+        check_row_dtype(shard.get("row_dtype", "fp32"), f"plan `{path}` table {spec.name!r} shard `row_dtype`")
+        for shard in shards
+    ]
+    return table_plan(
+        spec, boundaries, placements, row_order=order, cached_rows=entry.get("cached_rows", 0), row_dtypes=dtypes
+    )
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -10,7 +10,7 @@ cache, `report` prices the plan against the model-wise baseline. `plan_model` co
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from generator.errors import UserInputError
@@ -23,6 +23,7 @@ from generator.planning.memory import ModelShape
 from generator.planning.placement import allocate_front_cache, place_on_gpu
 from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, LookupStep, Placement, Plan, table_plan
 from generator.planning.plan_file import row_order_path, save_plan
+from generator.planning.precision import RowPrecision
 from generator.planning.report import PlanReport, model_wise_totals, planned_totals
 from generator.traffic.profile import AccessProfile, TableAccess
 
@@ -40,6 +41,7 @@ class PlanTargets:
     front_cache_bytes: int = 0
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
     lookup_step: LookupStep = "fused"
+    precision: RowPrecision = field(default_factory=RowPrecision)
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)
@@ -84,6 +86,7 @@ def plan_model(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     front_cache_bytes: int = 0,
     lookup_step: LookupStep = "fused",
+    precision: RowPrecision | None = None,
 ) -> PlanReport:
     """Cut every table, size every model for `target_qps` queries of `batch_size` candidates, place on GPU.
 
@@ -91,12 +94,14 @@ def plan_model(
     lookups reach no shard, so hot shards need fewer replicas. Needs no weights; `plan_from_report` turns the
     result into a buildable Plan. `lookup_step`: "fused" sizes the router to pool the CPU shards itself, whose rows
     every router instance then maps (one copy); "separate" gives every shard group its own replicas.
+    `precision`: every shard's row dtype, fixed per table or by hotness (the cuts minimise the bytes it stores).
     """
     targets = PlanTargets(
         target_qps, batch_size, max_shards_per_table, gpu_memory_bytes, window_s, max_batch_size, front_cache_bytes,
-        lookup_step=lookup_step,
+        lookup_step=lookup_step, precision=precision or RowPrecision(),
     )  # fmt: skip
     capacity = capacity or Capacity()
+    targets.precision.check_tables([spec.name for spec in shape.tables])
     accesses = [profile.table(spec.name) for spec in shape.tables]
     cached = allocate_front_cache(shape, profile, targets.front_cache_bytes)
     lookups_per_query = _lookups_per_query(shape, profile, batch_size)
@@ -140,7 +145,8 @@ def _cut_tables(
         shard
         for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)
         for shard in cut_table(spec, access, qps=targets.target_qps, batch_size=targets.batch_size,
-                               capacity=capacity, max_shards=targets.max_shards_per_table, cached_rows=cached_rows)
+                               capacity=capacity, max_shards=targets.max_shards_per_table, cached_rows=cached_rows,
+                               precision=targets.precision)
     ]  # fmt: skip
 
 
@@ -198,7 +204,10 @@ def plan_from_report(
         boundaries = [shards[0].row_start, *(s.row_end for s in shards)]
         placements = [Placement(s.replicas, s.device) for s in shards]
         order = profile.table(spec.name).row_order()
-        tables.append(table_plan(spec, boundaries, placements, row_order=order, cached_rows=cached_rows))
+        dtypes = [s.row_dtype for s in shards]
+        tables.append(
+            table_plan(spec, boundaries, placements, row_order=order, cached_rows=cached_rows, row_dtypes=dtypes)
+        )
     return Plan(
         model_name=name,
         tables=tuple(tables),
@@ -266,6 +275,7 @@ def plan_to_files(
         max_batch_size=targets.max_batch_size,
         front_cache_bytes=targets.front_cache_bytes,
         lookup_step=targets.lookup_step,
+        precision=targets.precision,
     )
     the_plan = plan_from_report(
         report,

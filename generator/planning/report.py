@@ -21,6 +21,7 @@ from generator.planning.cuts import ShardStats
 from generator.planning.memory import ModelShape
 from generator.planning.plan import LookupStep
 from generator.traffic.profile import TableAccess
+from generator.triton_models.recgen_rows import bytes_per_row
 
 
 @dataclass(frozen=True)
@@ -108,13 +109,14 @@ class PlanReport:
     def __str__(self) -> str:
         lines = [
             f"planned for {self.target_qps:,.1f} queries/s x {self.batch_size} candidates ({self.capacity.source})",
-            f"  {'table':<18} {'shard':>5} {'rows':>25} {'access':>8} {'replicas':>8} {'MB/replica':>11} {'device':>6}",
+            f"  {'table':<18} {'shard':>5} {'rows':>25} {'access':>8} {'replicas':>8} {'MB/replica':>11} {'device':>6}"
+            f" {'dtype':>5}",
         ]
         for shard in self.shards:
             rows = f"[{shard.row_start:,}, {shard.row_end:,})"
             lines.append(
                 f"  {shard.table:<18} {shard.index:>5} {rows:>25} {shard.access_share:>8.2%} {shard.replicas:>8} "
-                f"{shard.bytes_per_replica / 1e6:>11.3f} {shard.device:>6}"
+                f"{shard.bytes_per_replica / 1e6:>11.3f} {shard.device:>6} {shard.row_dtype:>5}"
             )
         pooled = ", pooling the cpu shards itself (fused lookup step; their rows mapped once)"
         lines += [
@@ -151,14 +153,18 @@ def window_bytes_read(
     if cached_rows:  # the router serves these; shards never read them
         probabilities = probabilities.copy()
         probabilities[:cached_rows] = 0.0
-    read_rows = 0.0
+    read_bytes = 0.0  # each shard's rows in its dtype
     for shard in shards:
         within = probabilities[shard.row_start : min(shard.row_end, access.touched_rows)]
         if shard.access_share <= 0 or within.size == 0 or not within.any():
             continue
         per_replica = lookups * shard.access_share / shard.replicas
-        read_rows += shard.replicas * _expected_unique(within / shard.access_share, per_replica)
-    return read_rows * spec.bytes_per_row
+        read_bytes += (
+            shard.replicas
+            * _expected_unique(within / shard.access_share, per_replica)
+            * bytes_per_row(spec.dim, shard.row_dtype)
+        )
+    return read_bytes
 
 
 def model_wise_totals(

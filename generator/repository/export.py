@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,9 +26,11 @@ from generator import naming
 from generator.errors import ExportError
 from generator.model.dlrm import DLRM, DenseTower, pool_rows
 from generator.planning.plan import Model, Plan, ShardGroup, ShardPlan, TablePlan
+from generator.planning.precision import rounded_rank_rows, rounded_table_rows, with_rounded_rows
 from generator.repository import layout
 from generator.repository.configs import LeafOptions
 from generator.repository.layout import dense_inputs, ensemble_inputs, table_parts
+from generator.triton_models import recgen_rows
 
 #: Model modules in `generator.triton_models`, by role.
 ROUTER_MODULE = "router_model.py"
@@ -80,8 +82,8 @@ def export_router(model: Model, plan: Plan, version_dir: Path, *, pooled_rows: b
     ranks = {table.spec.name: rank for table in plan.tables if (rank := table.rank_of_row()) is not None}
     if ranks:
         save_npz(version_dir / naming.ROUTER_ROW_RANKS_FILE, ranks)
-    cache = {
-        table.spec.name: shard_rows(model, table, ShardPlan(table.spec.name, 0, 0, table.cached_rows))
+    cache = {  # FP32, as the shards holding these ranks read them back
+        table.spec.name: rounded_rank_rows(model, table, 0, table.cached_rows)
         for table in plan.tables
         if table.cached_rows
     }
@@ -89,10 +91,28 @@ def export_router(model: Model, plan: Plan, version_dir: Path, *, pooled_rows: b
         save_npz(version_dir / naming.ROUTER_FRONT_CACHE_FILE, cache)
     tables = {table.spec.name: table for table in plan.tables}
     for group in plan.router_pooled_groups() if pooled_rows else []:  # stacked, with the padding row, to be mapped
-        rows = [shard_rows(model, tables[s.table], s) for s in group.shards]
-        for index, stack in enumerate(group_stacks(plan, group, rows)[0]):
-            padded = np.concatenate([stack, np.zeros((1, stack.shape[1]), dtype=np.float32)])
-            np.save(version_dir / naming.router_rows_file(group.index, index), padded)
+        stored = [stored_rows(model, tables[s.table], s) for s in group.shards]
+        values, pairs = group_stacks(plan, group, stored)[:2]
+        for index, stack in enumerate(values):
+            np.save(version_dir / naming.router_rows_file(group.index, index), _with_padding_row(stack))
+        for index, stack in enumerate(pairs):
+            np.save(version_dir / naming.router_scales_file(group.index, index), _with_padding_row(stack))
+
+
+def _with_padding_row(stack: np.ndarray) -> np.ndarray:
+    """A stack and its trailing zero row (the row -1 ids gather; an int8 pair (0, 0) reads back as zeros)."""
+    return np.concatenate([stack, np.zeros((1, stack.shape[1]), dtype=stack.dtype)])
+
+
+StoredRows = tuple[np.ndarray, np.ndarray | None]
+
+
+def stored_rows(model: Model, table: TablePlan, shard: ShardPlan) -> StoredRows:
+    """One shard's rows as its row dtype stores them: (values, None), or int8's (codes, scale_offset)."""
+    try:
+        return recgen_rows.encode(shard_rows(model, table, shard), shard.row_dtype)
+    except ValueError as error:
+        raise ExportError(f"table {table.spec.name!r} shard {shard.index} as {shard.row_dtype}: {error}") from error
 
 
 def shard_rows(model: Model, table: TablePlan, shard: ShardPlan) -> np.ndarray:
@@ -104,15 +124,45 @@ def shard_rows(model: Model, table: TablePlan, shard: ShardPlan) -> np.ndarray:
     return np.ascontiguousarray(weight[original], dtype=np.float32)
 
 
+def pool_stored_rows(
+    values: torch.Tensor, scale_offset: torch.Tensor | None, ids: torch.Tensor, id_weights: torch.Tensor | None
+) -> torch.Tensor:
+    """`pool_rows` over fp16 rows or int8 row-wise codes: Gather, Cast to FP32, (Mul, Add by the row's pair), sum."""
+    present = ids >= 0
+    safe = torch.where(present, ids, torch.zeros_like(ids))
+    rows = values[safe].to(torch.float32)
+    if scale_offset is not None:
+        pairs = scale_offset[safe]
+        rows = rows * pairs[..., 0:1] + pairs[..., 1:2]
+    scale = present.to(torch.float32) if id_weights is None else torch.where(present, id_weights, 0.0)
+    return (rows * scale.unsqueeze(-1)).sum(dim=1)
+
+
 class ShardGroupGraph(nn.Module):
-    """The ONNX graph of a shard group: packed row ids in, per slot the pool of its block out."""
+    """The ONNX graph of a shard group: packed row ids in, per slot the pool of its block out.
+
+    FP32 rows pool as `pool_rows`; fp16 rows and int8 codes (with `scale_offsets`) are read back in the graph.
+    """
 
     def __init__(
-        self, stacks: Sequence[np.ndarray], slot_columns: Sequence[tuple[int, int]], slot_stacks: Sequence[int]
+        self,
+        stacks: Sequence[np.ndarray],
+        slot_columns: Sequence[tuple[int, int]],
+        slot_stacks: Sequence[int],
+        scale_offsets: Sequence[np.ndarray] = (),
     ):
         super().__init__()
         self.stacks = nn.ParameterList([nn.Parameter(torch.from_numpy(rows), requires_grad=False) for rows in stacks])
+        self.pairs = nn.ParameterList(
+            [nn.Parameter(torch.from_numpy(pairs), requires_grad=False) for pairs in scale_offsets]
+        )
         self.slots = list(zip(slot_columns, slot_stacks, strict=True))
+
+    def _pool(self, stack: int, ids: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        values = self.stacks[stack]
+        if values.dtype == torch.float32:
+            return pool_rows(values, ids, weights)
+        return pool_stored_rows(values, self.pairs[stack] if len(self.pairs) else None, ids, weights)
 
     def forward(self, packed_ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """[B, width] int32 row ids into the stacked rows (-1 skipped) -> [B, sum of slot widths] partial sums.
@@ -120,22 +170,29 @@ class ShardGroupGraph(nn.Module):
         `weights` [B, width]: every id's weight, given when the group pools a weighted feature.
         """
         ids = packed_ids.to(torch.int64)
-        if weights is None:
-            pools = [pool_rows(self.stacks[stack], ids[:, first:last]) for (first, last), stack in self.slots]
-        else:
-            pools = [
-                pool_rows(self.stacks[stack], ids[:, first:last], weights[:, first:last])
-                for (first, last), stack in self.slots
-            ]
+        pools = [
+            self._pool(stack, ids[:, first:last], None if weights is None else weights[:, first:last])
+            for (first, last), stack in self.slots
+        ]
         return torch.cat(pools, 1)
 
 
-def group_stacks(plan: Plan, group: ShardGroup, rows: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
-    """The members' rows stacked per row width (as `layout.group_layout` numbers them), and every slot's stack."""
+def group_stacks(
+    plan: Plan, group: ShardGroup, stored: Sequence[StoredRows]
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """The members' stored rows stacked per row width (as `layout.group_layout` numbers them), and every slot's stack.
+
+    The int8 (scale, offset) pairs are stacked the same way ([] unless the group is int8).
+    """
     group_layout = layout.group_layout(plan, group)
     widths = group_layout.stack_widths
-    stacks = [np.concatenate([array for array in rows if array.shape[1] == width]) for width in widths]
-    return stacks, group_layout.slot_stacks
+    values = [np.concatenate([v for v, _ in stored if v.shape[1] == width]) for width in widths]
+    pairs = [
+        np.concatenate([p for v, p in stored if p is not None and v.shape[1] == width])
+        for width in widths
+        if group.row_dtype == "int8"
+    ]
+    return values, pairs, group_layout.slot_stacks
 
 
 class DenseGraph(nn.Module):
@@ -230,14 +287,16 @@ def export_onnx(
 def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: LeafOptions, version_dir: Path) -> None:
     """A shard group's rows, as one .npy per shard (python) or one model.onnx (onnx)."""
     tables = {table.spec.name: table for table in plan.tables}
-    rows = [shard_rows(model, tables[s.table], s) for s in group.shards]
+    stored = [stored_rows(model, tables[s.table], s) for s in group.shards]
     if leaves.backend == "python":
         install_python_model(SHARD_MODULE, version_dir)
-        for shard, shard_rows_array in zip(group.shards, rows, strict=True):
-            np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), shard_rows_array)
+        for shard, (values, scale_offset) in zip(group.shards, stored, strict=True):
+            np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), values)
+            if scale_offset is not None:
+                np.save(version_dir / naming.shard_scales_file(shard.table, shard.index), scale_offset)
         return
     group_layout = layout.group_layout(plan, group)
-    stacks, slot_stacks = group_stacks(plan, group, rows)
+    stacks, pairs, slot_stacks = group_stacks(plan, group, stored)
     generator = torch.Generator().manual_seed(0)
     example = torch.cat(
         [
@@ -249,7 +308,7 @@ def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: Leaf
     inputs, (output,) = layout.group_signature(plan, group)
     examples = (example,) if len(inputs) == 1 else (example, torch.rand(example.shape, generator=generator) * 2)
     export_onnx(
-        ShardGroupGraph(stacks, group_layout.columns, slot_stacks).eval(),
+        ShardGroupGraph(stacks, group_layout.columns, slot_stacks, pairs).eval(),
         examples,
         [spec.name for spec in inputs],
         output.name,
@@ -302,9 +361,8 @@ def export_monolithic(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir:
     """The whole model: every table's rows and the dense weights (python), or one ONNX graph (onnx)."""
     if leaves.backend == "python":
         export_dense_weights(model, MONOLITHIC_MODULE, version_dir)
-        for table in plan.tables:
-            rows = model.embeddings[table.spec.name].detach().cpu().numpy().astype(np.float32)
-            np.save(version_dir / naming.table_rows_file(table.spec.name), rows)
+        for table in plan.tables:  # FP32, each row as its shard reads it back (the model the ensemble serves)
+            np.save(version_dir / naming.table_rows_file(table.spec.name), rounded_table_rows(model, table))
         return
     generator = torch.Generator().manual_seed(0)
     inputs = ensemble_inputs(plan, model.num_dense_features)
@@ -314,7 +372,7 @@ def export_monolithic(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir:
         for t in plan.tables
     ]
     export_onnx(
-        MonolithicGraph(model).eval(),
+        MonolithicGraph(cast(DLRM, with_rounded_rows(model, plan))).eval(),
         tuple(example),
         [spec.name for spec in inputs],
         naming.SCORE,

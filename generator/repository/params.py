@@ -94,6 +94,12 @@ def router_pooling(plan: Plan) -> params.RouterPoolingParams | None:
                     for table, span in zip(group_layout.tables, group_layout.columns, strict=True)
                 ),
                 slot_stacks=tuple(group_layout.slot_stacks),
+                row_dtype=group.row_dtype,
+                scale_files=tuple(
+                    naming.router_scales_file(group.index, stack) for stack in range(len(group_layout.stack_widths))
+                )
+                if group.row_dtype == "int8"
+                else (),
             )
         )
     return params.RouterPoolingParams(rows_model=naming.router_model(plan.model_name), groups=tuple(entries))
@@ -123,7 +129,12 @@ def shard_group(plan: Plan, group: ShardGroup) -> params.ShardGroupParams:
         input=naming.group_local_ids(group.index),
         output=naming.group_partial_sums(group.index),
         shards=tuple(
-            params.GroupMember(table=s.table, shard=s.index, rows_file=naming.shard_rows_file(s.table, s.index))
+            params.GroupMember(
+                table=s.table,
+                shard=s.index,
+                rows_file=naming.shard_rows_file(s.table, s.index),
+                scales_file=naming.shard_scales_file(s.table, s.index) if s.row_dtype == "int8" else "",
+            )
             for s in group.shards
         ),
         slots=tuple(
@@ -131,6 +142,7 @@ def shard_group(plan: Plan, group: ShardGroup) -> params.ShardGroupParams:
             for table, span in zip(group_layout.tables, group_layout.columns, strict=True)
         ),
         weights_input=naming.group_id_weights(group.index) if layout.group_weighted(plan, group) else "",
+        row_dtype=group.row_dtype,
     )
 
 
