@@ -139,13 +139,17 @@ def cut_table(
         grid = np.unique(np.concatenate([grid, [min(cached_rows, spec.num_rows)]]))
     precision = precision or RowPrecision()
     shares_before = _shares_before(access)
-    if precision.by_hotness and spec.name not in precision.tables:  # a cut where the hot share ends
-        edge = int(np.searchsorted(shares_before, precision.hot_share - 1e-12, side="left"))
-        grid = np.unique(np.concatenate([grid, [min(edge, spec.num_rows)]]))
+    edge = 0
+    if precision.by_hotness and spec.name not in precision.tables:  # where the hot share ends: always a cut
+        edge = min(int(np.searchsorted(shares_before, precision.hot_share - 1e-12, side="left")), spec.num_rows)
+        grid = np.unique(np.concatenate([grid, [edge]]))
     dtypes = precision.dtypes(spec.name, shares_before[np.minimum(grid, spec.num_rows)])
     memory, replicas, share = _table_grid_costs(
         access, spec, lookups_per_query, qps, capacity, grid, cached_rows, dtypes
     )
+    if 0 < edge < spec.num_rows:  # no shard spans the edge, so the hot and cold rows get their own dtypes
+        memory[(grid[:, np.newaxis] < edge) & (grid[np.newaxis, :] > edge)] = np.inf
+        max_shards = max(max_shards, 2)
     cut_indices = optimal_segmentation(memory, max_shards)
     return [
         ShardStats(

@@ -128,6 +128,12 @@ class PlanReport:
             f"memory utility ({self.window_s:g} s window): model-wise {self.model_wise.memory_utility:.4f}, "
             f"planned {self.planned.memory_utility:.4f} -> {_times(self.utility_ratio, 'higher', 'lower')}",
         ]
+        dtypes = sorted({shard.row_dtype for shard in self.shards})
+        if dtypes != ["fp32"]:
+            counts = ", ".join(f"{sum(s.row_dtype == d for s in self.shards)} {d}" for d in dtypes)
+            lines.append(
+                f"embedding rows planned: {self.planned.embedding_bytes / 1e6:.3f} MB as stored ({counts} shards)"
+            )
         if self.front_cache_bytes:
             lines.append(
                 f"front cache: {self.front_cache_bytes / 1e6:.2f} MB in the router ({sum(self.cached_rows):,} rows), "

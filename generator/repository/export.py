@@ -130,9 +130,9 @@ def pool_stored_rows(
     """`pool_rows` over fp16 rows or int8 row-wise codes: Gather, Cast to FP32, (Mul, Add by the row's pair), sum."""
     present = ids >= 0
     safe = torch.where(present, ids, torch.zeros_like(ids))
-    rows = values[safe].to(torch.float32)
+    rows = nn.functional.embedding(safe, values).to(torch.float32)
     if scale_offset is not None:
-        pairs = scale_offset[safe]
+        pairs = nn.functional.embedding(safe, scale_offset)
         rows = rows * pairs[..., 0:1] + pairs[..., 1:2]
     scale = present.to(torch.float32) if id_weights is None else torch.where(present, id_weights, 0.0)
     return (rows * scale.unsqueeze(-1)).sum(dim=1)
