@@ -29,6 +29,7 @@ for command in (
     check.check,
     check.demo,
     check.loadtest,
+    check.quality_command,
 ):
     main.add_command(command)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,16 +10,17 @@ import click
 
 from generator import naming
 from generator.check import calibrate as calibration
-from generator.check import client
+from generator.check import client, quality
 from generator.check import demo as demos
 from generator.check import loadtest as loadtests
 from generator.cli import options
 from generator.model.dlrm import example_model
 from generator.model.loading import load_model
 from generator.planning import precision
-from generator.planning.plan import uniform_plan
+from generator.planning.plan import Model, Plan, uniform_plan
 from generator.planning.plan_file import load_plan
 from generator.repository.configs import Backend
+from generator.traffic.profile import AccessProfile
 
 
 @click.command()
@@ -36,13 +38,7 @@ from generator.repository.configs import Backend
     is_flag=True,
     help="Call `<name>_ranking` with one user and --batch candidates; compare with the flattened forward.",
 )
-@click.option(
-    "--plan",
-    "plan_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="The plan.json the repository was built from (its row dtypes and hotness order).",
-)
+@options.built_plan
 @options.row_dtype
 @options.reports_errors
 def check(
@@ -65,11 +61,7 @@ def check(
     rows went through the same quantize and dequantize.
     """
     model = load_model(model_path, max_ids=max_ids, user_features=user_features)
-    the_plan = load_plan(plan_path) if plan_path is not None else uniform_plan(model)
-    the_plan.check_matches(model)
-    the_plan = precision.with_row_dtypes(
-        the_plan, precision.parse_row_dtypes(row_dtypes, [table.name for table in model.tables])
-    )
+    the_plan = _built_plan(model, plan_path, row_dtypes)
     report = client.check(
         precision.with_rounded_rows(model, the_plan),
         url or client.default_url(protocol),
@@ -83,6 +75,65 @@ def check(
     click.echo(str(report))
     if not report.passed:
         sys.exit(1)
+
+
+def _built_plan(model: Model, plan_path: Path | None, row_dtypes: tuple[str, ...]) -> Plan:
+    """The plan a repository was built from: its plan file (else a uniform one), with the build's --row-dtype."""
+    the_plan = load_plan(plan_path) if plan_path is not None else uniform_plan(model)
+    the_plan.check_matches(model)
+    return precision.with_row_dtypes(the_plan, precision.parse_row_dtypes(row_dtypes, [t.name for t in model.tables]))
+
+
+@click.command()
+@options.model_file()
+@options.max_ids
+@options.user_features
+@options.built_plan
+@options.row_dtype
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Access profile the requests' ids follow (default: uniform ids).",
+)
+@click.option("--requests", "num_requests", type=click.IntRange(1, 10_000), default=32, show_default=True)
+@click.option("--candidates", type=click.IntRange(2, 1 << 16), default=quality.DEFAULT_CANDIDATES, show_default=True)
+@click.option("--top-k", type=click.IntRange(1), default=quality.DEFAULT_TOP_K, show_default=True)
+@options.seed
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@options.reports_errors
+def quality_command(
+    model_path: Path,
+    max_ids: dict[str, int],
+    user_features: tuple[str, ...],
+    plan_path: Path | None,
+    row_dtypes: tuple[str, ...],
+    profile_path: Path | None,
+    num_requests: int,
+    candidates: int,
+    top_k: int,
+    seed: int,
+    json_path: Path | None,
+) -> None:
+    """What the row dtypes cost before deploying: output change, ranking agreement and memory saved vs fp32."""
+    model = load_model(model_path, max_ids=max_ids, user_features=user_features)
+    report = quality.measure_quality(
+        model,
+        _built_plan(model, plan_path, row_dtypes),
+        profile=AccessProfile.load(profile_path) if profile_path else None,
+        requests=num_requests,
+        candidates=candidates,
+        top_k=top_k,
+        seed=seed,
+    )
+    click.echo(str(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+quality_command.name = "quality"
 
 
 @click.command()

@@ -169,6 +169,13 @@ group_by = click.option(
     help="Serve shards with the same placement as one model (fewer steps), or one model per shard "
     "[default: placement for one server, shard for the distributed layout].",
 )
+built_plan = click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The plan.json the repository was built from (its row dtypes and hotness order) [default: a uniform plan].",
+)
 row_dtype = click.option(
     "--row-dtype",
     "row_dtypes",

@@ -141,7 +141,7 @@ def sampler_from_metadata(
             num_dense = width
         elif tensor["name"] in by_input:
             route = by_input[tensor["name"]]
-            traffic = _table_traffic(route.table, route.num_rows, width, profile)
+            traffic = table_traffic(route.table, route.num_rows, width, profile)
             tables.append(replace(traffic, side=route.side, input=route.input, weights=route.weights_input))
         elif tensor["datatype"] == "FP32" and tensor["name"] not in weights_inputs:
             dense_inputs.append((tensor["name"], width))
@@ -163,7 +163,8 @@ def sampler_from_metadata(
     )
 
 
-def _table_traffic(name: str, num_rows: int, width: int, profile: AccessProfile | None) -> TableTraffic:
+def table_traffic(name: str, num_rows: int, width: int, profile: AccessProfile | None) -> TableTraffic:
+    """How one table's ids are drawn: from the profile's counts, or uniformly without a profile."""
     if profile is None:
         return TableTraffic(name, num_rows, width)
     access = profile.table(name)

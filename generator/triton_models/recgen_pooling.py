@@ -181,7 +181,9 @@ def _pool_one_pass(
     if gathered.shape[0] == 0:
         return np.zeros((packed_ids.shape[0], len(slot_columns) * padded_rows.shape[1]), dtype=np.float32)
     pooled = np.add.reduceat(gathered, [first for first, _ in slot_columns], axis=0)  # [slots, B, dim]
-    return np.ascontiguousarray(pooled.transpose(1, 0, 2)).reshape(packed_ids.shape[0], -1)
+    return np.ascontiguousarray(pooled.transpose(1, 0, 2)).reshape(
+        packed_ids.shape[0], pooled.shape[0] * pooled.shape[2]
+    )
 
 
 def pool_group(rows: GroupRows, packed_ids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
