@@ -30,6 +30,8 @@ ENGINE = "numpy"
 #: Why the numpy reference serves ("" when numba does).
 FALLBACK_REASON = "compile_kernels() has not run"
 _NO_WEIGHTS = np.zeros((0, 0), dtype=np.float32)
+#: The FP32 value of every fp16 bit pattern (256 KiB): how the compiled kernel reads fp16 rows.
+_FP16_VALUES = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 #: Environment variable that makes the numpy reference serve (`numpy`), e.g. to compare the two.
 ENGINE_VARIABLE = "RECGEN_KERNELS"
 
@@ -106,6 +108,28 @@ def _pool_int8_loop(
                     pooled[sample, base + k] += codes[row, k] * scale + offset
 
 
+def _pool_fp16_loop(
+    bits: np.ndarray,
+    values: np.ndarray,
+    ids: np.ndarray,
+    slot_starts: np.ndarray,
+    weights: np.ndarray,
+    pooled: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    weighted = weights.shape[0] > 0
+    dim = bits.shape[1]
+    for sample in range(ids.shape[0]):
+        for slot in range(slot_starts.shape[0] - 1):
+            base = slot * dim
+            for column in range(slot_starts[slot], slot_starts[slot + 1]):
+                row = ids[sample, column]
+                if row < 0:
+                    continue
+                weight = weights[sample, column] if weighted else np.float32(1.0)
+                for k in range(dim):
+                    pooled[sample, base + k] += values[bits[row, k]] * weight
+
+
 def _out_of_range_loop(ids: np.ndarray, column_rows: np.ndarray) -> bool:  # pragma: no cover - compiled
     for sample in range(ids.shape[0]):
         for column in range(ids.shape[1]):
@@ -154,6 +178,7 @@ def compile_kernels() -> str:
             "route": _route_loop,
             "pool": _pool_loop,
             "pool_int8": _pool_int8_loop,
+            "pool_fp16": _pool_fp16_loop,
             "out_of_range": _out_of_range_loop,
             "upper_dots": _upper_dots_loop,
         }
@@ -173,9 +198,15 @@ def compile_kernels() -> str:
             if not rows.flags.writeable:
                 codes.setflags(write=False)
                 pairs.setflags(write=False)
+            bits = np.zeros((3, 2), dtype=np.uint16)
+            if not rows.flags.writeable:
+                bits.setflags(write=False)
             for scales in (_NO_WEIGHTS, np.ones((1, 2), np.float32)):
                 compiled["pool_int8"](
                     codes, pairs, ids, np.array([0, 2], np.int64), scales, np.zeros((1, 2), np.float32)
+                )
+                compiled["pool_fp16"](
+                    bits, _FP16_VALUES, ids, np.array([0, 2], np.int64), scales, np.zeros((1, 2), np.float32)
                 )
         index = np.zeros(1, np.int64)
         packed = np.full((1, 1), -1, np.int32)
@@ -255,6 +286,20 @@ def pool_int8_slots(
     pooled = np.zeros((ids.shape[0], (slot_starts.shape[0] - 1) * codes.shape[1]), dtype=np.float32)
     scales = _NO_WEIGHTS if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
     _compiled["pool_int8"](codes, scale_offset, ids, slot_starts, scales, pooled)
+    return pooled
+
+
+def pool_fp16_slots(
+    padded_rows: np.ndarray, ids: np.ndarray, slot_starts: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """`pool_slots` over fp16 rows, each element read back exactly through a 65,536-entry FP32 table.
+
+    numba has no float16 arithmetic on CPU; the rows are read as their uint16 bit patterns instead. The numpy
+    reference gathers the fp16 rows and casts them.
+    """
+    pooled = np.zeros((ids.shape[0], (slot_starts.shape[0] - 1) * padded_rows.shape[1]), dtype=np.float32)
+    scales = _NO_WEIGHTS if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    _compiled["pool_fp16"](padded_rows.view(np.uint16), _FP16_VALUES, ids, slot_starts, scales, pooled)
     return pooled
 
 

@@ -2,14 +2,16 @@
 
 A group's member shards' rows are stacked per row width, each stack ending in a zero padding row that -1 ids
 gather; every slot (a feature of a table the group holds) pools its block of packed-id columns into its own
-output columns. Compiled when numba serves (`recgen_compiled`), numpy otherwise. Copied next to every model.py.
+output columns. Rows may be stored in fp16 or int8 row-wise (`recgen_rows`); they are read back inside the gather
+and pooled in FP32, so the partial sums are FP32 whatever the storage. Compiled when numba serves
+(`recgen_compiled`), numpy otherwise. Copied next to every model.py.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +26,27 @@ except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
 
+#: How each row dtype's values are stored (int8 row-wise: uint8 codes plus an FP32 (scale, offset) per row).
+STORED_DTYPES = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16), "int8": np.dtype(np.uint8)}
+
 
 @dataclass(frozen=True)
 class GroupRows:
     """The member shards' rows stacked per row width (each stack with a trailing zero padding row), and the slots.
 
-    recgen's DLRM has one width, so one stack; an imported model's tables may have several.
+    recgen's DLRM has one width, so one stack; an imported model's tables may have several. Stacks hold FP32,
+    fp16, or int8 row-wise codes; then `scale_offsets` holds each stack's per-row (scale, offset), its padding row
+    (0, 0).
     """
 
     stacks: list[np.ndarray]
     slot_columns: list[tuple[int, int]]
     slot_stacks: list[int]  # the stack every slot pools from
+    scale_offsets: list[np.ndarray] = field(default_factory=list)
+
+    def scale_offset(self, stack: int) -> np.ndarray | None:
+        """The (scale, offset) pairs of an int8 stack; None for FP32 and fp16 stacks."""
+        return self.scale_offsets[stack] if self.scale_offsets else None
 
     @functools.cached_property
     def output_columns(self) -> list[tuple[int, int]]:
@@ -71,21 +83,42 @@ def block_starts(blocks: list[tuple[int, int]]) -> np.ndarray:
 
 def load_group_rows(layout: params.ShardGroupParams, version_dir: Path) -> GroupRows:
     """Stack the members' rows files per row width, in member order, without holding two copies of all rows."""
-    arrays = [np.load(version_dir / member.rows_file, mmap_mode="r") for member in layout.shards]
+    arrays = [_load_stored(version_dir / member.rows_file, layout.row_dtype) for member in layout.shards]
     widths = list(dict.fromkeys(array.shape[1] for array in arrays))
-    stacks = []
-    for width in widths:
-        members = [array for array in arrays if array.shape[1] == width]
-        padded = np.zeros((sum(array.shape[0] for array in members) + 1, width), dtype=np.float32)
-        first_row = 0
-        for array in members:
-            padded[first_row : first_row + array.shape[0]] = array
-            first_row += array.shape[0]
-        stacks.append(padded)
+    stacks = [_stack([a for a in arrays if a.shape[1] == width], width) for width in widths]
+    scale_offsets = []
+    if layout.row_dtype == "int8":
+        pairs = [np.load(version_dir / member.scales_file, mmap_mode="r") for member in layout.shards]
+        scale_offsets = [
+            _stack([p for p, a in zip(pairs, arrays, strict=True) if a.shape[1] == width], 2) for width in widths
+        ]
     width_of = {member.table: array.shape[1] for member, array in zip(layout.shards, arrays, strict=True)}
     return GroupRows(
-        stacks, [slot.columns for slot in layout.slots], [widths.index(width_of[slot.table]) for slot in layout.slots]
+        stacks,
+        [slot.columns for slot in layout.slots],
+        [widths.index(width_of[slot.table]) for slot in layout.slots],
+        scale_offsets,
     )
+
+
+def _load_stored(path: Path, row_dtype: str) -> np.ndarray:
+    """A rows file mapped read-only, checked to hold what `row_dtype` stores."""
+    array = np.load(path, mmap_mode="r")
+    expected = STORED_DTYPES.get(row_dtype)
+    if expected is None or array.dtype != expected or array.ndim != 2:
+        raise ValueError(f"{path.name}: expected [rows, width] {expected} rows for {row_dtype!r}, got {array.dtype}")
+    return array
+
+
+def _stack(members: list[np.ndarray], width: int) -> np.ndarray:
+    """Members' rows one after the other, plus a trailing zero padding row (the row -1 ids gather)."""
+    dtype = members[0].dtype if members else np.dtype(np.float32)
+    padded = np.zeros((sum(array.shape[0] for array in members) + 1, width), dtype=dtype)
+    first_row = 0
+    for array in members:
+        padded[first_row : first_row + array.shape[0]] = array
+        first_row += array.shape[0]
+    return padded
 
 
 #: Up to this many ids per execution, one gather over every column and one segmented sum beat a loop over the
@@ -99,39 +132,73 @@ def pool_stack(
     slot_columns: list[tuple[int, int]],
     weights: np.ndarray | None = None,
     starts: np.ndarray | None = None,
+    scale_offset: np.ndarray | None = None,
 ) -> np.ndarray:
     """[B, width] row ids into one stack (-1 = none) -> [B, slots * dim]: per slot, the pool of its block.
 
-    `weights` [B, width]: every id's weight (its row is scaled before the sum). Compiled when numba serves, with
-    `starts` the slots' `block_starts` (computed once per instance by the caller).
+    `weights` [B, width]: every id's weight (its row is scaled before the sum). The stack holds FP32 or fp16
+    rows, or int8 codes read back with `scale_offset`. Compiled when numba serves, with `starts` the slots'
+    `block_starts` (computed once per instance by the caller).
     """
     if compiled.ENGINE == "numba":
         bounds = block_starts(slot_columns) if starts is None else starts
+        if scale_offset is not None:
+            return compiled.pool_int8_slots(padded_rows, scale_offset, packed_ids, bounds, weights)
+        if padded_rows.dtype == np.float16:
+            return compiled.pool_fp16_slots(padded_rows, packed_ids, bounds, weights)
         return compiled.pool_slots(padded_rows, packed_ids, bounds, weights)
     if packed_ids.size <= ONE_PASS_MAX_IDS:
-        padding = padded_rows.shape[0] - 1
-        gathered = np.take(padded_rows, np.where(packed_ids < 0, padding, packed_ids).T, axis=0)  # [W, B, dim]
-        if weights is not None:
-            gathered *= weights.T[:, :, np.newaxis]
-        pooled = np.add.reduceat(gathered, [first for first, _ in slot_columns], axis=0)  # [slots, B, dim]
-        return np.ascontiguousarray(pooled.transpose(1, 0, 2)).reshape(packed_ids.shape[0], -1)
+        return _pool_one_pass(padded_rows, packed_ids, slot_columns, weights, scale_offset)
     dim = padded_rows.shape[1]
     pooled = np.empty((packed_ids.shape[0], len(slot_columns) * dim), dtype=np.float32)
     for slot, (first, last) in enumerate(slot_columns):
         block_weights = None if weights is None else weights[:, first:last]
-        pooled[:, slot * dim : (slot + 1) * dim] = kernels.pool(padded_rows, packed_ids[:, first:last], block_weights)
+        block = packed_ids[:, first:last]
+        if scale_offset is None and padded_rows.dtype == np.float32:
+            part = kernels.pool(padded_rows, block, block_weights)
+        else:
+            part = _pool_one_pass(padded_rows, block, [(0, last - first)], block_weights, scale_offset)
+        pooled[:, slot * dim : (slot + 1) * dim] = part
     return pooled
+
+
+def _pool_one_pass(
+    padded_rows: np.ndarray,
+    packed_ids: np.ndarray,
+    slot_columns: list[tuple[int, int]],
+    weights: np.ndarray | None,
+    scale_offset: np.ndarray | None,
+) -> np.ndarray:
+    """One gather over every column (rows read back as FP32) and one segmented sum per slot (numpy)."""
+    padding = padded_rows.shape[0] - 1
+    safe = np.where(packed_ids < 0, padding, packed_ids).T  # [W, B]
+    gathered = np.take(padded_rows, safe, axis=0).astype(np.float32, copy=False)  # [W, B, dim]
+    if scale_offset is not None:  # int8 row-wise: codes * scale + offset, the padding row's pair is (0, 0)
+        pairs = np.take(scale_offset, safe, axis=0)
+        gathered = gathered * pairs[:, :, :1] + pairs[:, :, 1:]
+    if weights is not None:
+        gathered *= weights.T[:, :, np.newaxis]  # np.take gave a fresh array
+    if gathered.shape[0] == 0:
+        return np.zeros((packed_ids.shape[0], len(slot_columns) * padded_rows.shape[1]), dtype=np.float32)
+    pooled = np.add.reduceat(gathered, [first for first, _ in slot_columns], axis=0)  # [slots, B, dim]
+    return np.ascontiguousarray(pooled.transpose(1, 0, 2)).reshape(
+        packed_ids.shape[0], pooled.shape[0] * pooled.shape[2]
+    )
 
 
 def pool_group(rows: GroupRows, packed_ids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """[B, width] packed row ids (-1 = none) -> [B, sum of slot widths]: per slot, the (weighted) pool of its block."""
     if len(rows.stacks) == 1:
-        return pool_stack(rows.stacks[0], packed_ids, rows.slot_columns, weights, rows.slot_starts)
+        return pool_stack(
+            rows.stacks[0], packed_ids, rows.slot_columns, weights, rows.slot_starts, rows.scale_offset(0)
+        )
     pooled = np.empty((packed_ids.shape[0], rows.output_columns[-1][1]), dtype=np.float32)
-    for stack, (columns, blocks, slots, starts) in zip(rows.stacks, rows.per_stack, strict=True):
+    for stack, (columns, blocks, slots, starts) in enumerate(rows.per_stack):
         stack_weights = None if weights is None else weights[:, columns]
-        part = pool_stack(stack, packed_ids[:, columns], blocks, stack_weights, starts)
-        dim = stack.shape[1]
+        part = pool_stack(
+            rows.stacks[stack], packed_ids[:, columns], blocks, stack_weights, starts, rows.scale_offset(stack)
+        )
+        dim = rows.stacks[stack].shape[1]
         for index, slot in enumerate(slots):  # one copy per slot of this width, not per id
             first, last = rows.output_columns[slot]
             pooled[:, first:last] = part[:, index * dim : (index + 1) * dim]
@@ -158,10 +225,11 @@ def map_router_groups(spec: params.RouterPoolingParams, model_dir: Path, version
     rows_dir = model_dir.parent / spec.rows_model / version
     groups = []
     for group in spec.groups:
-        stacks = [np.asarray(np.load(rows_dir / name, mmap_mode="r")) for name in group.stack_files]
-        for stack in stacks:
-            _ = float(stack.sum())  # fault the pages in now, not on a request
-        rows = GroupRows(stacks, [slot.columns for slot in group.slots], list(group.slot_stacks))
+        stacks = [np.asarray(_load_stored(rows_dir / name, group.row_dtype)) for name in group.stack_files]
+        pairs = [np.asarray(np.load(rows_dir / name, mmap_mode="r")) for name in group.scale_files]
+        for array in [*stacks, *pairs]:
+            _ = float(array.sum(dtype=np.float64))  # fault the pages in now, not on a request
+        rows = GroupRows(stacks, [slot.columns for slot in group.slots], list(group.slot_stacks), pairs)
         _ = rows.slot_starts, rows.per_stack
         groups.append(RouterPooledGroup(group.ids, group.weights, group.output, rows))
     return groups

@@ -74,16 +74,27 @@ def dequantize_int8_rowwise(codes: np.ndarray, scale_offset: np.ndarray) -> np.n
     return (codes.astype(np.float64) * pairs[:, :1] + pairs[:, 1:]).astype(np.float32)
 
 
+def encode(rows: np.ndarray, row_dtype: RowDtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """[R, D] FP32 rows -> how `row_dtype` stores them: (values, None), or int8's (codes, [R, 2] scale_offset)."""
+    if row_dtype == "fp32":
+        return np.ascontiguousarray(rows, dtype=np.float32), None
+    if row_dtype == "fp16":
+        return to_fp16(rows), None
+    if row_dtype == "int8":
+        return quantize_int8_rowwise(rows)
+    raise ValueError(f"row dtype must be one of {', '.join(ROW_DTYPES)}, got {row_dtype!r}")
+
+
+def decode(values: np.ndarray, scale_offset: np.ndarray | None = None) -> np.ndarray:
+    """Stored rows (`encode`'s output) -> the FP32 rows they read back as."""
+    if scale_offset is not None:
+        return dequantize_int8_rowwise(values, scale_offset)
+    return np.asarray(values, dtype=np.float32)
+
+
 def round_trip(rows: np.ndarray, row_dtype: RowDtype) -> np.ndarray:
     """The FP32 rows a model serving `row_dtype` reads back: what served outputs are compared with."""
-    values = np.asarray(rows, dtype=np.float32)
-    if row_dtype == "fp32":
-        return values
-    if row_dtype == "fp16":
-        return to_fp16(values).astype(np.float32)
-    if row_dtype == "int8":
-        return dequantize_int8_rowwise(*quantize_int8_rowwise(values))
-    raise ValueError(f"row dtype must be one of {', '.join(ROW_DTYPES)}, got {row_dtype!r}")
+    return decode(*encode(rows, row_dtype))
 
 
 def pool_int8(

@@ -212,11 +212,12 @@ class RankingRouterParams(Spec):
 
 @dataclasses.dataclass(frozen=True)
 class GroupMember(Spec):
-    """One member shard of a group and its rows file next to model.py."""
+    """One member shard of a group and its rows file next to model.py (int8: codes, with a scales file beside)."""
 
     table: str
     shard: int
     rows_file: str
+    scales_file: str  # "" unless the group's rows are int8 row-wise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +243,8 @@ class ShardGroupParams(Spec):
     slots: tuple[GroupSlot, ...]
     #: Every packed id's weight, in the ids' columns ("" = the group pools unweighted features only).
     weights_input: str
+    #: How the members store their rows (`recgen_rows.ROW_DTYPES`); the pools are FP32 whatever it is.
+    row_dtype: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +261,8 @@ class PooledGroup(Spec):
     stack_files: tuple[str, ...]
     slots: tuple[GroupSlot, ...]
     slot_stacks: tuple[int, ...]
+    row_dtype: str
+    scale_files: tuple[str, ...]  # int8: per stack, its (scale, offset) pairs; () otherwise
 
 
 @dataclasses.dataclass(frozen=True)
