@@ -145,6 +145,8 @@ class CheckReport:
     max_abs_diff: float
     first_scores: tuple[float, ...] = field(default_factory=tuple)
     tolerance: float = SCORE_TOLERANCE
+    #: What the served outputs were compared with.
+    reference: str = "PyTorch"
 
     @property
     def passed(self) -> bool:
@@ -156,7 +158,7 @@ class CheckReport:
         scores = ", ".join(f"{score:.6f}" for score in self.first_scores)
         return (
             f"{verdict}: {self.requests} requests x {self.samples // max(self.requests, 1)} samples to "
-            f"{self.model_name!r} at {self.url} over {self.protocol}; max |served - PyTorch| = "
+            f"{self.model_name!r} at {self.url} over {self.protocol}; max |served - {self.reference}| = "
             f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:g}); first scores: {scores}"
         )
 

@@ -21,7 +21,7 @@ from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
 from generator.planning.plan import Model, Plan
-from generator.planning.precision import with_rounded_rows
+from generator.planning.precision import dtype_summary, with_rounded_rows
 from generator.traffic.profile import AccessProfile
 from generator.traffic.requests import RankingRequest, reference_scores
 from generator.traffic.sampler import TableTraffic, table_traffic
@@ -119,20 +119,6 @@ class QualityReport:
             f"-> {self.memory_ratio:.2f}x less",
         ]
         return "\n".join(lines)
-
-
-def dtype_summary(plan: Plan) -> str:
-    """'item_id: int8; user_id: fp32 x1, int8 x3' style description of a plan's row dtypes."""
-    parts = []
-    for table in plan.tables:
-        dtypes = [shard.row_dtype for shard in table.shards]
-        kinds = sorted(set(dtypes), key=dtypes.index)
-        parts.append(
-            f"{table.spec.name}: {kinds[0]}"
-            if len(kinds) == 1
-            else f"{table.spec.name}: " + ", ".join(f"{kind} x{dtypes.count(kind)}" for kind in kinds)
-        )
-    return "; ".join(parts)
 
 
 def measure_quality(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -72,6 +73,8 @@ def check(
         seed=seed,
         structured=ranking,
     )
+    if precision.has_reduced_rows(the_plan):
+        report = dataclasses.replace(report, reference=f"PyTorch, rows {precision.dtype_summary(the_plan)}")
     click.echo(str(report))
     if not report.passed:
         sys.exit(1)

@@ -150,6 +150,23 @@ def has_reduced_rows(plan: Plan) -> bool:
     return any(shard.row_dtype != "fp32" for shard in plan.shards)
 
 
+def dtype_summary(plan: Plan) -> str:
+    """'int8 everywhere', or 'item_id: int8; user_id: fp32 x1, int8 x3': how a plan stores its rows."""
+    every = {shard.row_dtype for shard in plan.shards}
+    if len(every) == 1:
+        return f"{every.pop()} everywhere"
+    parts = []
+    for table in plan.tables:
+        dtypes = [shard.row_dtype for shard in table.shards]
+        kinds = sorted(set(dtypes), key=dtypes.index)
+        parts.append(
+            f"{table.spec.name}: {kinds[0]}"
+            if len(kinds) == 1
+            else f"{table.spec.name}: " + ", ".join(f"{kind} x{dtypes.count(kind)}" for kind in kinds)
+        )
+    return "; ".join(parts)
+
+
 def table_weight(model: Model, table: str) -> np.ndarray:
     """A table's FP32 rows as the model serves them (an imported model's with per-row weights folded in)."""
     return np.asarray(model.embeddings[table].detach().cpu().numpy(), dtype=np.float32)

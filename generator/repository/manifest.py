@@ -50,6 +50,7 @@ def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
                         "row_end": shard.row_end,
                         "instance_count": shard.placement.instance_count,
                         "device": shard.placement.device,
+                        "row_dtype": shard.row_dtype,
                     }
                     for shard in table.shards
                 ],

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from generator import naming, triton_runtime
+from generator.planning import precision
 from generator.planning.plan import Model
 from generator.repository import layout
 from generator.repository.layout import TensorSpec
@@ -155,6 +156,8 @@ def render(model: Model, result: BuildResult, *, topology: Any = None, root: Pat
             ),
             plan=str(result.plan),
             fused=bool(result.plan.router_pooled_groups()) and topology is None,
+            reduced_rows=precision.has_reduced_rows(result.plan),
+            row_dtypes=precision.dtype_summary(result.plan),
             image=triton_runtime.NGC_IMAGE,
         )
     )

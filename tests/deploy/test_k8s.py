@@ -236,3 +236,23 @@ def test_every_container_meets_pod_security_restricted(source: str, tmp_path: Pa
     out = manifests.write(tmp_path / "deploy")
     key = (out / k8s.ADMIN_KEY_FILE).read_text().strip()
     assert all(key not in path.read_text() for path in out.rglob("*.yaml"))
+
+
+def test_memory_requests_follow_the_row_dtypes() -> None:
+    """A group of int8 rows asks for its codes and scales, not for FP32 rows; the other groups ask as before."""
+    spec = TableSpec("big", 400_000, 64, 1)
+    plans = {
+        dtype: Plan(
+            "dlrm", (table_plan(spec, [0, 1000, 400_000], [Placement(), Placement()], row_dtypes=["fp32", dtype]),)
+        )
+        for dtype in ("fp32", "int8")
+    }
+    requests = {}
+    for dtype, plan in plans.items():
+        topology = Topology.from_plan(plan)
+        cold = next(g for g in topology.groups if g.model.endswith("_1"))
+        assert cold.rows_bytes == 399_000 * (4 * 64 if dtype == "fp32" else 64 + 8)
+        deployment = by_kind(k8s.render_manifests(topology), "Deployment")[naming.service_name(cold.model)]
+        memory = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+        requests[dtype] = int(memory.removesuffix("Mi")) * 2**20
+    assert requests["fp32"] - requests["int8"] == pytest.approx(399_000 * (256 - 72), abs=2**20)
