@@ -11,7 +11,6 @@ from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning import precision
 from generator.planning.plan import DEVICES, Device, GroupBy, LookupStep
 from generator.repository import build as builds
 from generator.repository.configs import TARGETS, Backend, Target
@@ -125,13 +124,9 @@ def build(
         name, shards_per_table, device, instances, max_batch_size, group_by or "placement", latency_slo_ms
     )
     given = options.given(context, *builds.PLAN_DECIDES, "group_by")
-    the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed)
-    if allow_non_finite:
-        the_plan = dataclasses.replace(the_plan, check_finite=False)
-    if lookup_step is not None:
-        the_plan = dataclasses.replace(the_plan, lookup_step=lookup_step)
-    chosen = precision.parse_row_dtypes(row_dtypes, [table.name for table in model.tables])
-    the_plan = precision.with_row_dtypes(the_plan, chosen)
+    the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed, row_dtypes=row_dtypes)
+    checks = the_plan.check_finite and not allow_non_finite
+    the_plan = dataclasses.replace(the_plan, check_finite=checks, lookup_step=lookup_step or the_plan.lookup_step)
     click.echo(str(the_plan))
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:

@@ -93,23 +93,21 @@ def plan_model(
     `front_cache_bytes`: the router keeps that many bytes of the hottest rows (see `allocate_front_cache`); their
     lookups reach no shard, so hot shards need fewer replicas. Needs no weights; `plan_from_report` turns the
     result into a buildable Plan. `lookup_step`: "fused" sizes the router to pool the CPU shards itself, whose rows
-    every router instance then maps (one copy); "separate" gives every shard group its own replicas.
-    `precision`: every shard's row dtype, fixed per table or by hotness (the cuts minimise the bytes it stores).
+    every router instance then maps (one copy); "separate" gives every shard group its own replicas. `precision`:
+    every shard's row dtype, fixed per table or by hotness (the cuts minimise the bytes it stores).
     """
     targets = PlanTargets(
         target_qps, batch_size, max_shards_per_table, gpu_memory_bytes, window_s, max_batch_size, front_cache_bytes,
         lookup_step=lookup_step, precision=precision or RowPrecision(),
     )  # fmt: skip
     capacity = capacity or Capacity()
-    targets.precision.check_tables([spec.name for spec in shape.tables])
     accesses = [profile.table(spec.name) for spec in shape.tables]
     cached = allocate_front_cache(shape, profile, targets.front_cache_bytes)
     lookups_per_query = _lookups_per_query(shape, profile, batch_size)
     window_lookups = [target_qps * window_s * lookups for lookups in lookups_per_query]
     stats = _cut_tables(shape, accesses, cached, targets, capacity)
-    model_wise_replicas = capacity.replicas(
-        target_qps, capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
-    )
+    whole_model_s = capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
+    model_wise_replicas = capacity.replicas(target_qps, whole_model_s)
     dense_replicas = capacity.replicas(target_qps, capacity.dense_seconds(batch_size))
     router_bytes = memory.router_bytes(shape.tables, cached, permuted=[True] * len(shape.tables))
     stats, dense_device = place_on_gpu(stats, dense_replicas * shape.dense_bytes, gpu_memory_bytes)
@@ -140,7 +138,8 @@ def plan_model(
 def _cut_tables(
     shape: ModelShape, accesses: Sequence[TableAccess], cached: Sequence[int], targets: PlanTargets, capacity: Capacity
 ) -> list[ShardStats]:
-    """Every table's shards, hottest first, cut for the targets' load."""
+    """Every table's shards, hottest first, cut for the targets' load (and its row dtypes)."""
+    targets.precision.check_tables([spec.name for spec in shape.tables])
     return [
         shard
         for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)

@@ -19,7 +19,7 @@ from generator import naming, triton_runtime
 from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
-from generator.planning import queueing
+from generator.planning import precision, queueing
 from generator.planning.plan import (
     DEFAULT_MAX_BATCH_SIZE,
     Device,
@@ -336,13 +336,26 @@ PLAN_DECIDES = ("shards_per_table", "device", "instances", "name", "max_batch_si
 
 
 def resolve_plan(
-    model: Model, plan_path: Path | None, uniform: UniformOptions, given: Collection[str], *, distributed: bool
+    model: Model,
+    plan_path: Path | None,
+    uniform: UniformOptions,
+    given: Collection[str],
+    *,
+    distributed: bool,
+    row_dtypes: Sequence[str] = (),
 ) -> Plan:
-    """The plan of a build: the plan file, or a uniform one from `uniform`.
+    """The plan of a build: the plan file, or a uniform one from `uniform`, with `--row-dtype` applied.
 
     `given` names the options set explicitly: with a plan file, an option the plan decides is an error (naming the
     flags), except `group_by` for a distributed build, which chooses how its shards are grouped into services.
     """
+    chosen = precision.parse_row_dtypes(row_dtypes, [table.name for table in model.tables])
+    return precision.with_row_dtypes(_base_plan(model, plan_path, uniform, given, distributed=distributed), chosen)
+
+
+def _base_plan(
+    model: Model, plan_path: Path | None, uniform: UniformOptions, given: Collection[str], *, distributed: bool
+) -> Plan:
     if plan_path is None:
         return uniform_plan(
             model,

@@ -188,29 +188,7 @@ def compile_kernels() -> str:
             "upper_dots": _upper_dots_loop,
         }
         compiled = {name: jit(loop) for name, loop in loops.items()}
-        writable = np.zeros((3, 2), dtype=np.float32)
-        mapped = writable.copy()  # rows mapped read-only from a file (the router's fused lookup step)
-        mapped.setflags(write=False)
-        for ids_dtype, rows in itertools.product((np.int32, np.int64), (writable, mapped)):
-            ids = np.array([[0, -1]], dtype=ids_dtype)
-            compiled["pool"](rows, ids, np.array([0, 2], np.int64), _NO_WEIGHTS, np.zeros((1, 2), np.float32))
-            compiled["pool"](
-                rows, ids, np.array([0, 2], np.int64), np.ones((1, 2), np.float32), np.zeros((1, 2), np.float32)
-            )
-            compiled["out_of_range"](ids, np.array([3, 3], np.int64))
-            codes = np.zeros((3, 2), dtype=np.uint8)
-            pairs = np.zeros((3, 2), dtype=np.float32)
-            if not rows.flags.writeable:
-                codes.setflags(write=False)
-                pairs.setflags(write=False)
-            bits = np.zeros((3, 2), dtype=np.uint16)
-            if not rows.flags.writeable:
-                bits.setflags(write=False)
-            for scales in (_NO_WEIGHTS, np.ones((1, 2), np.float32)):
-                compiled["pool_int8"](
-                    codes, pairs, ids, np.array([0, 2], np.int64), scales, np.zeros((1, 2), np.float32)
-                )
-                compiled["pool_fp16"](bits, ids, np.array([0, 2], np.int64), scales, np.zeros((1, 2), np.float32))
+        _warm_pooling(compiled)
         index = np.zeros(1, np.int64)
         packed = np.full((1, 1), -1, np.int32)
         compiled["route"](
@@ -223,6 +201,25 @@ def compile_kernels() -> str:
     _compiled.update(compiled)
     ENGINE, FALLBACK_REASON = "numba", ""
     return ENGINE
+
+
+def _warm_pooling(compiled: dict[str, Callable[..., Any]]) -> None:
+    """Call every pooling kernel once per signature a request can bring.
+
+    That is int32/int64 ids, FP32, fp16 and int8 rows, writable (loaded) or read-only (mapped from a file, the
+    router's fused lookup step), with and without weights.
+    """
+    slots, pooled = np.array([0, 2], np.int64), np.zeros((1, 2), np.float32)
+    for ids_dtype, writable in itertools.product((np.int32, np.int64), (True, False)):
+        ids = np.array([[0, -1]], dtype=ids_dtype)
+        rows, codes, pairs, bits = (np.zeros((3, 2), dtype) for dtype in (np.float32, np.uint8, np.float32, np.uint16))
+        for array in (rows, codes, pairs, bits):
+            array.setflags(write=writable)
+        compiled["out_of_range"](ids, np.array([3, 3], np.int64))
+        for scales in (_NO_WEIGHTS, np.ones((1, 2), np.float32)):
+            compiled["pool"](rows, ids, slots, scales, pooled)
+            compiled["pool_int8"](codes, pairs, ids, slots, scales, pooled)
+            compiled["pool_fp16"](bits, ids, slots, scales, pooled)
 
 
 def route_packed(ranks: np.ndarray, layout: kernels.RouteLayout) -> np.ndarray:

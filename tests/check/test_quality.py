@@ -67,7 +67,9 @@ def test_fp32_rows_cost_nothing_and_int8_rows_cost_a_little() -> None:
     assert report.memory_ratio == pytest.approx(4 * 32 / 40)
     figures = report.to_dict()
     assert figures["candidates"] == 128 and len(report.kendall_tau) == 4
-    assert "Kendall tau" in str(report) and "item: int8" in str(report)
+    assert "Kendall tau" in str(report) and "int8 everywhere" in str(report)
+    mixed = uniform_plan(model, row_dtypes={"item": "int8"})
+    assert "item: int8" in str(quality.measure_quality(model, mixed, requests=1, candidates=8))
 
 
 def test_every_candidate_of_a_request_shares_the_users_inputs() -> None:

@@ -102,7 +102,8 @@ def test_grouped_shards_make_a_three_step_ensemble() -> None:
     assert [(t.name, list(t.dims)) for t in group.output] == [("partial_sums__g0", [3 * 8])]  # one slot per table
     assert group.input[0].data_type == mc.TYPE_INT32
     layout = json.loads(group.parameters["shards"].string_value)
-    assert layout["shards"][1] == {"table": "small", "shard": 0, "rows_file": "rows__small__0.npy"}
+    assert layout["shards"][1] == {"table": "small", "shard": 0, "rows_file": "rows__small__0.npy", "scales_file": ""}
+    assert layout["row_dtype"] == "fp32"
     assert layout["slots"] == [
         {"table": "one_row", "columns": [0, 1]},
         {"table": "small", "columns": [1, 4]},

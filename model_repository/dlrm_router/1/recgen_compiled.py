@@ -30,8 +30,9 @@ ENGINE = "numpy"
 #: Why the numpy reference serves ("" when numba does).
 FALLBACK_REASON = "compile_kernels() has not run"
 _NO_WEIGHTS = np.zeros((0, 0), dtype=np.float32)
-#: The FP32 value of every fp16 bit pattern (256 KiB): how the compiled kernel reads fp16 rows.
-_FP16_VALUES = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+#: 2**112: an fp16's bits shifted into FP32's places read as its value times 2**-112 (the exponent biases differ by
+#: 112), normal and subnormal halves alike, so one exact multiplication reads a finite fp16 back.
+_FP16_EXPONENT_SHIFT = np.float32(2.0**112)
 #: Environment variable that makes the numpy reference serve (`numpy`), e.g. to compare the two.
 ENGINE_VARIABLE = "RECGEN_KERNELS"
 
@@ -95,6 +96,7 @@ def _pool_int8_loop(
     for sample in range(ids.shape[0]):
         for slot in range(slot_starts.shape[0] - 1):
             base = slot * dim
+            offsets = np.float32(0.0)  # every row adds its offset to each element: once per slot, not per element
             for column in range(slot_starts[slot], slot_starts[slot + 1]):
                 row = ids[sample, column]
                 if row < 0:
@@ -104,20 +106,20 @@ def _pool_int8_loop(
                 if weighted:
                     scale = scale * weights[sample, column]
                     offset = offset * weights[sample, column]
+                offsets += offset
                 for k in range(dim):
-                    pooled[sample, base + k] += codes[row, k] * scale + offset
+                    pooled[sample, base + k] += codes[row, k] * scale
+            for k in range(dim):
+                pooled[sample, base + k] += offsets
 
 
 def _pool_fp16_loop(
-    bits: np.ndarray,
-    values: np.ndarray,
-    ids: np.ndarray,
-    slot_starts: np.ndarray,
-    weights: np.ndarray,
-    pooled: np.ndarray,
+    bits: np.ndarray, ids: np.ndarray, slot_starts: np.ndarray, weights: np.ndarray, pooled: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     weighted = weights.shape[0] > 0
     dim = bits.shape[1]
+    widened = np.empty(dim, dtype=np.uint32)
+    values = widened.view(np.float32)
     for sample in range(ids.shape[0]):
         for slot in range(slot_starts.shape[0] - 1):
             base = slot * dim
@@ -125,9 +127,12 @@ def _pool_fp16_loop(
                 row = ids[sample, column]
                 if row < 0:
                     continue
-                weight = weights[sample, column] if weighted else np.float32(1.0)
+                for k in range(dim):  # fp16 bits moved into FP32's places; exponent fixed by the factor below
+                    half = np.uint32(bits[row, k])
+                    widened[k] = ((half & np.uint32(0x7FFF)) << np.uint32(13)) | ((half & np.uint32(0x8000)) << 16)
+                factor = _FP16_EXPONENT_SHIFT * (weights[sample, column] if weighted else np.float32(1.0))
                 for k in range(dim):
-                    pooled[sample, base + k] += values[bits[row, k]] * weight
+                    pooled[sample, base + k] += values[k] * factor
 
 
 def _out_of_range_loop(ids: np.ndarray, column_rows: np.ndarray) -> bool:  # pragma: no cover - compiled
@@ -183,31 +188,7 @@ def compile_kernels() -> str:
             "upper_dots": _upper_dots_loop,
         }
         compiled = {name: jit(loop) for name, loop in loops.items()}
-        writable = np.zeros((3, 2), dtype=np.float32)
-        mapped = writable.copy()  # rows mapped read-only from a file (the router's fused lookup step)
-        mapped.setflags(write=False)
-        for ids_dtype, rows in itertools.product((np.int32, np.int64), (writable, mapped)):
-            ids = np.array([[0, -1]], dtype=ids_dtype)
-            compiled["pool"](rows, ids, np.array([0, 2], np.int64), _NO_WEIGHTS, np.zeros((1, 2), np.float32))
-            compiled["pool"](
-                rows, ids, np.array([0, 2], np.int64), np.ones((1, 2), np.float32), np.zeros((1, 2), np.float32)
-            )
-            compiled["out_of_range"](ids, np.array([3, 3], np.int64))
-            codes = np.zeros((3, 2), dtype=np.uint8)
-            pairs = np.zeros((3, 2), dtype=np.float32)
-            if not rows.flags.writeable:
-                codes.setflags(write=False)
-                pairs.setflags(write=False)
-            bits = np.zeros((3, 2), dtype=np.uint16)
-            if not rows.flags.writeable:
-                bits.setflags(write=False)
-            for scales in (_NO_WEIGHTS, np.ones((1, 2), np.float32)):
-                compiled["pool_int8"](
-                    codes, pairs, ids, np.array([0, 2], np.int64), scales, np.zeros((1, 2), np.float32)
-                )
-                compiled["pool_fp16"](
-                    bits, _FP16_VALUES, ids, np.array([0, 2], np.int64), scales, np.zeros((1, 2), np.float32)
-                )
+        _warm_pooling(compiled)
         index = np.zeros(1, np.int64)
         packed = np.full((1, 1), -1, np.int32)
         compiled["route"](
@@ -220,6 +201,25 @@ def compile_kernels() -> str:
     _compiled.update(compiled)
     ENGINE, FALLBACK_REASON = "numba", ""
     return ENGINE
+
+
+def _warm_pooling(compiled: dict[str, Callable[..., Any]]) -> None:
+    """Call every pooling kernel once per signature a request can bring.
+
+    That is int32/int64 ids, FP32, fp16 and int8 rows, writable (loaded) or read-only (mapped from a file, the
+    router's fused lookup step), with and without weights.
+    """
+    slots, pooled = np.array([0, 2], np.int64), np.zeros((1, 2), np.float32)
+    for ids_dtype, writable in itertools.product((np.int32, np.int64), (True, False)):
+        ids = np.array([[0, -1]], dtype=ids_dtype)
+        rows, codes, pairs, bits = (np.zeros((3, 2), dtype) for dtype in (np.float32, np.uint8, np.float32, np.uint16))
+        for array in (rows, codes, pairs, bits):
+            array.setflags(write=writable)
+        compiled["out_of_range"](ids, np.array([3, 3], np.int64))
+        for scales in (_NO_WEIGHTS, np.ones((1, 2), np.float32)):
+            compiled["pool"](rows, ids, slots, scales, pooled)
+            compiled["pool_int8"](codes, pairs, ids, slots, scales, pooled)
+            compiled["pool_fp16"](bits, ids, slots, scales, pooled)
 
 
 def route_packed(ranks: np.ndarray, layout: kernels.RouteLayout) -> np.ndarray:
@@ -292,14 +292,14 @@ def pool_int8_slots(
 def pool_fp16_slots(
     padded_rows: np.ndarray, ids: np.ndarray, slot_starts: np.ndarray, weights: np.ndarray | None = None
 ) -> np.ndarray:
-    """`pool_slots` over fp16 rows, each element read back exactly through a 65,536-entry FP32 table.
+    """`pool_slots` over fp16 rows (finite, as `recgen_rows.to_fp16` stores them), each element read back exactly.
 
-    numba has no float16 arithmetic on CPU; the rows are read as their uint16 bit patterns instead. The numpy
-    reference gathers the fp16 rows and casts them.
+    numba has no float16 arithmetic on CPU; the rows are read as their uint16 bit patterns, widened to FP32's
+    layout and scaled by 2**112. The numpy reference gathers the fp16 rows and casts them.
     """
     pooled = np.zeros((ids.shape[0], (slot_starts.shape[0] - 1) * padded_rows.shape[1]), dtype=np.float32)
     scales = _NO_WEIGHTS if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
-    _compiled["pool_fp16"](padded_rows.view(np.uint16), _FP16_VALUES, ids, slot_starts, scales, pooled)
+    _compiled["pool_fp16"](padded_rows.view(np.uint16), ids, slot_starts, scales, pooled)
     return pooled
 
 
