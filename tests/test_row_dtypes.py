@@ -125,6 +125,9 @@ def test_served_outputs_equal_the_model_whose_rows_went_through_the_same_dtypes(
             requests=2, batch_size=11, structured=True,
         )  # fmt: skip
         assert ranking.passed, f"{name} ranking: {ranking}"
+    for name in ("mixed", "mixedfused"):
+        with client.RankingClient(url, protocol, name) as served:  # type: ignore[arg-type]
+            assert served.served_row_dtypes() == {"fp32", "int8", "fp16"}
     model, _ = cases["mixed"]
     exact = client.check(model, url, protocol=protocol, model_name="mixed", requests=3, batch_size=13)  # type: ignore[arg-type]
     assert not exact.passed  # the rows really are stored in reduced precision

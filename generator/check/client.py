@@ -19,6 +19,7 @@ from generator.traffic.requests import (
     random_structured_request,
     reference_scores,
 )
+from generator.triton_models import recgen_params as params
 
 Protocol = Literal["http", "grpc"]
 PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
@@ -101,6 +102,24 @@ class RankingClient:
         as_json = {"as_json": True} if self.protocol == "grpc" else {}
         config = self.client.get_model_config(model_name, **as_json)
         return dict(config.get("config", config))
+
+    def served_row_dtypes(self) -> set[str]:
+        """The row dtypes the ensemble's steps pool (shard groups and a fused router); empty when none says."""
+        from tritonclient.utils import InferenceServerException
+
+        dtypes: set[str] = set()
+        try:
+            steps = self.model_config(self.model_name).get("ensemble_scheduling", {}).get("step", [])
+            for step in steps:
+                parameters = self.model_config(step["model_name"]).get("parameters", {})
+                if group := parameters.get(params.ShardGroupParams.PARAMETER):
+                    dtypes.add(params.ShardGroupParams.from_json(group["string_value"]).row_dtype)
+                if pooling := parameters.get(params.RouterPoolingParams.PARAMETER):
+                    spec = params.RouterPoolingParams.from_json(pooling["string_value"])
+                    dtypes.update(pooled.row_dtype for pooled in spec.groups)
+        except (OSError, KeyError, params.ParameterError, InferenceServerException):
+            return dtypes
+        return dtypes
 
     def ensure_live(self) -> None:
         """Raise ServerUnreachableError unless a Triton server answers at the URL (connection errors wrapped)."""

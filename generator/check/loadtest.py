@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -100,6 +100,20 @@ def locustfile_path() -> Path:
     return Path(str(resources.files("generator.check").joinpath(LOCUSTFILE)))
 
 
+def _spot_check_options(
+    model_path: Path,
+    every: int,
+    max_ids: Mapping[str, int] | None,
+    plan_path: Path | None,
+    row_dtypes: Sequence[str],
+) -> list[str]:
+    """The locust options that spot-check responses against the model (its rows rounded as the build rounded them)."""
+    options = ["--model", str(model_path), "--spot-check-every", str(every or 50)]
+    options += ["--max-ids", _max_ids_option(max_ids)] if max_ids else []
+    options += ["--plan", str(plan_path)] if plan_path is not None else []
+    return options + (["--row-dtype", ",".join(row_dtypes)] if row_dtypes else [])
+
+
 def run_loadtest(
     url: str,
     out_dir: Path,
@@ -116,10 +130,13 @@ def run_loadtest(
     timeout_s: float | None = None,
     structured: bool = False,
     max_ids: Mapping[str, int] | None = None,
+    plan_path: Path | None = None,
+    row_dtypes: Sequence[str] = (),
 ) -> LoadTestSummary:
     """Run headless locust against `url` (host:port of the protocol) and summarise its CSV output into `out_dir`.
 
-    `structured`: send ranking requests (one user, `batch_size` candidates) to `<ensemble>_ranking`.
+    `structured`: send ranking requests (one user, `batch_size` candidates) to `<ensemble>_ranking`. `plan_path`
+    and `row_dtypes`: the build's, so that spot checks compare with the model whose rows it rounded.
     """
     if users < 1 or spawn_rate <= 0 or batch_size < 1:
         raise UserInputError("`users` and `batch` must be >= 1 and `spawn_rate` > 0")
@@ -137,8 +154,7 @@ def run_loadtest(
     if profile_path is not None:
         command += ["--profile", str(profile_path)]
     if model_path is not None:
-        command += ["--model", str(model_path), "--spot-check-every", str(spot_check_every or 50)]
-        command += ["--max-ids", _max_ids_option(max_ids)] if max_ids else []
+        command += _spot_check_options(model_path, spot_check_every, max_ids, plan_path, row_dtypes)
     if structured:
         command += ["--structured"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gevent
@@ -27,6 +28,8 @@ from generator.errors import CheckFailedError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
 from generator.model.loading import load_model
+from generator.planning.plan_file import built_plan
+from generator.planning.precision import with_rounded_rows
 from generator.traffic.profile import AccessProfile
 from generator.traffic.requests import reference_scores
 from generator.traffic.sampler import RequestSampler
@@ -42,6 +45,8 @@ def _add_options(parser: Any) -> None:
     parser.add_argument("--profile", default="", help="access profile .npz: ids follow its counts")
     parser.add_argument("--model", default="", help="model file for spot checks against PyTorch")
     parser.add_argument("--max-ids", default="", help="imported models: [FEATURE=]L,... as given to recgen build")
+    parser.add_argument("--plan", default="", help="the build's plan.json (the rows' dtypes) for the spot checks")
+    parser.add_argument("--row-dtype", default="", help="the build's --row-dtype values, comma-separated")
     parser.add_argument("--spot-check-every", type=int, default=0, help="check every Nth response (0 = never)")
     parser.add_argument("--history-csv", default="", help="write per-second throughput and latency percentiles here")
     parser.add_argument(
@@ -126,7 +131,10 @@ class _Shared:
         if not cls.model_loaded:
             options = environment.parsed_options
             if options is not None and options.model:
-                cls.model = load_model(options.model, max_ids=_max_ids(options.max_ids))
+                model = load_model(options.model, max_ids=_max_ids(options.max_ids))
+                dtypes = [value for value in options.row_dtype.split(",") if value]
+                plan = built_plan(model, Path(options.plan) if options.plan else None, dtypes)
+                cls.model = with_rounded_rows(model, plan)
             cls.model_loaded = True
 
     @classmethod

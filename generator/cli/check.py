@@ -18,8 +18,8 @@ from generator.cli import options
 from generator.model.dlrm import example_model
 from generator.model.loading import load_model
 from generator.planning import precision
-from generator.planning.plan import Model, Plan, uniform_plan
-from generator.planning.plan_file import load_plan
+from generator.planning.plan import Plan
+from generator.planning.plan_file import built_plan
 from generator.repository.configs import Backend
 from generator.traffic.profile import AccessProfile
 
@@ -62,7 +62,7 @@ def check(
     rows went through the same quantize and dequantize.
     """
     model = load_model(model_path, max_ids=max_ids, user_features=user_features)
-    the_plan = _built_plan(model, plan_path, row_dtypes)
+    the_plan = built_plan(model, plan_path, row_dtypes)
     report = client.check(
         precision.with_rounded_rows(model, the_plan),
         url or client.default_url(protocol),
@@ -77,14 +77,19 @@ def check(
         report = dataclasses.replace(report, reference=f"PyTorch, rows {precision.dtype_summary(the_plan)}")
     click.echo(str(report))
     if not report.passed:
+        _hint_row_dtypes(report, protocol, the_plan)
         sys.exit(1)
 
 
-def _built_plan(model: Model, plan_path: Path | None, row_dtypes: tuple[str, ...]) -> Plan:
-    """The plan a repository was built from: its plan file (else a uniform one), with the build's --row-dtype."""
-    the_plan = load_plan(plan_path) if plan_path is not None else uniform_plan(model)
-    the_plan.check_matches(model)
-    return precision.with_row_dtypes(the_plan, precision.parse_row_dtypes(row_dtypes, [t.name for t in model.tables]))
+def _hint_row_dtypes(report: client.CheckReport, protocol: client.Protocol, the_plan: Plan) -> None:
+    """Say so when the server pools reduced-precision rows that the check was not told about."""
+    with client.RankingClient(report.url, protocol, report.model_name) as served:
+        reduced = sorted(served.served_row_dtypes() - {"fp32"})
+    if reduced and not precision.has_reduced_rows(the_plan):
+        click.echo(
+            f"the served model stores rows as {', '.join(reduced)}: pass the build's --plan or --row-dtype, so that "
+            "the check compares with the model whose rows went through the same quantize and dequantize"
+        )
 
 
 @click.command()
@@ -123,7 +128,7 @@ def quality_command(
     model = load_model(model_path, max_ids=max_ids, user_features=user_features)
     report = quality.measure_quality(
         model,
-        _built_plan(model, plan_path, row_dtypes),
+        built_plan(model, plan_path, row_dtypes),
         profile=AccessProfile.load(profile_path) if profile_path else None,
         requests=num_requests,
         candidates=candidates,
@@ -198,6 +203,8 @@ def calibrate(model_path: Path | None, max_ids: dict[str, int], batch: int, num_
     show_default=True,
     help="With --model: compare every Nth response.",
 )
+@options.built_plan
+@options.row_dtype
 @click.option(
     "--structured",
     is_flag=True,
@@ -217,6 +224,8 @@ def loadtest(
     model_path: Path | None,
     max_ids: dict[str, int],
     spot_check_every: int,
+    plan_path: Path | None,
+    row_dtypes: tuple[str, ...],
     structured: bool,
     out_dir: Path,
 ) -> None:
@@ -235,6 +244,8 @@ def loadtest(
         max_ids=max_ids,
         spot_check_every=spot_check_every,
         structured=structured,
+        plan_path=plan_path,
+        row_dtypes=row_dtypes,
     )
     click.echo(str(summary))
     click.echo(f"wrote {out_dir}/summary.json, summary.md, report.html, locust_*.csv, throughput_latency.png")
