@@ -27,6 +27,8 @@ POOLING_FILE = "recgen_pooling.py"
 ROWS_FILE = "recgen_rows.py"
 #: The typed parameter specs the Python-backend models read from their configs, copied next to each model.py.
 PARAMS_FILE = "recgen_params.py"
+#: The strict JSON spec machinery behind them.
+SPEC_FILE = "recgen_spec.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
 DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE

@@ -50,7 +50,10 @@ def install_python_model(module: str, version_dir: Path) -> None:
     """Copy a model module from the package as model.py, with the kernels and parameter specs it imports."""
     package = resources.files("generator.triton_models")
     (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module).read_text())
-    helpers = (naming.KERNELS_FILE, naming.COMPILED_FILE, naming.PARAMS_FILE, naming.POOLING_FILE, naming.ROWS_FILE)
+    helpers = (
+        naming.KERNELS_FILE, naming.COMPILED_FILE, naming.PARAMS_FILE, naming.SPEC_FILE, naming.POOLING_FILE,
+        naming.ROWS_FILE,
+    )  # fmt: skip
     for helper in helpers:
         (version_dir / helper).write_text(package.joinpath(helper).read_text())
 
