@@ -29,6 +29,8 @@ ROWS_FILE = "recgen_rows.py"
 PARAMS_FILE = "recgen_params.py"
 #: The strict JSON spec machinery behind them.
 SPEC_FILE = "recgen_spec.py"
+#: The routers' access counters and front-cache counters, copied next to each model.py.
+ACCESS_FILE = "recgen_access.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
 DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE

@@ -18,7 +18,7 @@ from generator.planning.planner import plan_from_report, plan_model
 from generator.repository import build, configs, export
 from generator.traffic.profile import TableShape, zipf_profile
 from generator.traffic.requests import random_request
-from generator.triton_models import router_model
+from generator.triton_models import recgen_access, router_model
 from tests.conftest import requires_server
 from tests.test_ranking import sided_model, sided_plan
 
@@ -78,7 +78,7 @@ def test_router_pools_cached_ids_itself_and_hides_them_from_the_shards(tmp_path:
         "sparse_small": np.array([[0, 1, 6], [-1, -1, -1]]),  # ranks 0, 1 cached (identity order), 6 not
         "sparse_medium": np.array([[hot_id], [cold_id]]),
     }
-    counts = router_model.CacheCounts()
+    counts = recgen_access.CacheCounts()
     outputs = router_model.route_request(routing, inputs, counts)
     assert (counts.lookups, counts.hits) == (5, 3)
     partials = outputs["partial_sums__cache"]  # slots: small, medium

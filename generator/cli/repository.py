@@ -90,6 +90,12 @@ from generator.repository.params import RemoteCallPolicy
     help="Pass NaN and infinite dense features and weights on to the model, as PyTorch would (by default the "
     "router rejects such a request with an error naming the tensor).",
 )
+@click.option(
+    "--no-access-counts",
+    is_flag=True,
+    help="The routers count no accesses (no per-row counters in their memory; `recgen profile --from-server` then "
+    "has nothing to read).",
+)
 @click.pass_context
 @options.reports_errors
 def build(
@@ -116,23 +122,24 @@ def build(
     remote_attempts: int,
     plan_path: Path | None,
     allow_non_finite: bool,
+    no_access_counts: bool,
 ) -> None:
     """Generate the sharded repository and the ensemble for a model (or the distributed layout)."""
     distributed = layout == "distributed"
     model = load_model(model_path, max_ids=max_ids, user_features=user_features)
-    uniform = builds.UniformOptions(
-        name, shards_per_table, device, instances, max_batch_size, group_by or "placement", latency_slo_ms
-    )
-    given = options.given(context, *builds.PLAN_DECIDES, "group_by")
-    the_plan = builds.resolve_plan(model, plan_path, uniform, given, distributed=distributed, row_dtypes=row_dtypes)
+    uniform = builds.UniformOptions(name, shards_per_table, device, instances, max_batch_size,
+                                    group_by or "placement", latency_slo_ms)  # fmt: skip
+    the_plan = builds.resolve_plan(
+        model, plan_path, uniform, options.given(context, *builds.PLAN_DECIDES, "group_by"), distributed=distributed,
+        row_dtypes=row_dtypes, count_accesses=not no_access_counts,
+    )  # fmt: skip
     checks = the_plan.check_finite and not allow_non_finite
     the_plan = dataclasses.replace(the_plan, check_finite=checks, lookup_step=lookup_step or the_plan.lookup_step)
     click.echo(str(the_plan))
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:
-        built = builds.build(
-            model, the_plan, repository, ensembles, backend=backend, target=target, force=force, inputs=inputs
-        )
+        built = builds.build(model, the_plan, repository, ensembles, backend=backend, target=target, force=force,
+                             inputs=inputs)  # fmt: skip
         click.echo(str(built))
         return
     if options.given(context, "ensembles"):

@@ -108,6 +108,7 @@ class Topology:
                 [t.spec for t in plan.tables],
                 [t.cached_rows for t in plan.tables],
                 [t.row_order is not None for t in plan.tables],
+                plan.count_accesses,
             ),
             router_instances=plan.router.instance_count,
             instances=plan.router.instance_count

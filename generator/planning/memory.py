@@ -17,6 +17,8 @@ from generator.model.imported import ImportedModel
 
 #: Bytes of one entry of the router's id -> hotness-rank map (int32; a table holds < 2**31 rows).
 RANK_BYTES = 4
+#: Bytes of one row's access counter in every router instance (uint32, `recgen_access`).
+COUNT_BYTES = 4
 
 
 def dense_bytes(num_dense_features: int, num_tables: int, bottom_mlp: Sequence[int], top_mlp: Sequence[int]) -> int:
@@ -29,11 +31,18 @@ def dense_bytes(num_dense_features: int, num_tables: int, bottom_mlp: Sequence[i
     return 4 * parameters
 
 
-def router_bytes(tables: Sequence[TableSpec], cached_rows: Sequence[int], permuted: Sequence[bool]) -> int:
-    """What one router instance loads: the rank map of every permuted table plus its front cache's rows."""
+def router_bytes(
+    tables: Sequence[TableSpec], cached_rows: Sequence[int], permuted: Sequence[bool], counted: bool = True
+) -> int:
+    """What one router instance holds: rank maps of permuted tables, front-cache rows, access counters.
+
+    Unless the build turned counting off, every row of every table has a counter (at most: pages no id touched
+    cost nothing).
+    """
     ranks = sum(spec.num_rows * RANK_BYTES for spec, is_permuted in zip(tables, permuted, strict=True) if is_permuted)
     cache = sum(rows * spec.bytes_per_row for spec, rows in zip(tables, cached_rows, strict=True))
-    return ranks + cache
+    counters = sum(spec.num_rows for spec in tables) * COUNT_BYTES if counted else 0
+    return ranks + cache + counters
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,8 @@ class Plan:
     #: as PyTorch would).
     check_finite: bool = True
     lookup_step: LookupStep = "separate"
+    #: The routers count every id they route per table and row (`recgen profile --from-server` reads them).
+    count_accesses: bool = True
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)

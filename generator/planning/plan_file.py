@@ -100,6 +100,7 @@ def save_plan(plan: Plan, path: str | Path, report: PlanReport | None = None, *,
         "lookup_step": plan.lookup_step,
         "latency_slo_ms": plan.latency_slo_ms,
         "check_finite": plan.check_finite,
+        "count_accesses": plan.count_accesses,
         "inputs": sections["inputs"],
         "row_order_file": rows_path.name if orders else None,
         "row_order_sha256": _sha256(rows_path) if orders else None,
@@ -170,6 +171,7 @@ def load_plan(path: str | Path) -> Plan:
             lookup_step=document.get("lookup_step", "separate"),
             latency_slo_ms=document.get("latency_slo_ms", queueing.DEFAULT_LATENCY_SLO_MS),
             check_finite=bool(document.get("check_finite", True)),
+            count_accesses=bool(document.get("count_accesses", True)),
             features=tuple(FeatureSpec(**entry) for entry in document.get("features", [])),
         )
     except (KeyError, IndexError, TypeError) as error:

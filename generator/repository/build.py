@@ -8,6 +8,7 @@ in it and how to serve and call it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,14 +344,18 @@ def resolve_plan(
     *,
     distributed: bool,
     row_dtypes: Sequence[str] = (),
+    count_accesses: bool = True,
 ) -> Plan:
     """The plan of a build: the plan file, or a uniform one from `uniform`, with `--row-dtype` applied.
+
+    `count_accesses` False turns the routers' access counters off (a plan cannot turn them on again).
 
     `given` names the options set explicitly: with a plan file, an option the plan decides is an error (naming the
     flags), except `group_by` for a distributed build, which chooses how its shards are grouped into services.
     """
     chosen = precision.parse_row_dtypes(row_dtypes, [table.name for table in model.tables])
-    return precision.with_row_dtypes(_base_plan(model, plan_path, uniform, given, distributed=distributed), chosen)
+    plan = precision.with_row_dtypes(_base_plan(model, plan_path, uniform, given, distributed=distributed), chosen)
+    return dataclasses.replace(plan, count_accesses=plan.count_accesses and count_accesses)
 
 
 def _base_plan(

@@ -118,7 +118,9 @@ def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
     inputs = layout.sparse_inputs(plan)
     checked = layout.finite_inputs(plan, dense)
     specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs]), *params.request_checks(checked)]
-    specs += [spec for spec in (params.front_cache(plan), params.router_pooling(plan)) if spec is not None]
+    specs += [
+        spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
+    ]
     return _serving_config(
         naming.router_model(plan.model_name),
         "python",
@@ -142,7 +144,9 @@ def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
     checked = layout.ranking_finite_inputs(plan, model)
     specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs], weights), params.ranking_router(plan)]
     specs += params.request_checks(checked)
-    specs += [spec for spec in (params.front_cache(plan), params.router_pooling(plan)) if spec is not None]
+    specs += [
+        spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
+    ]
     reads = layout.with_checked(layout.ranking_router_inputs(plan), checked)
     return _serving_config(
         naming.ranking_router_model(plan.model_name),

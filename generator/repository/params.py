@@ -105,6 +105,19 @@ def router_pooling(plan: Plan) -> params.RouterPoolingParams | None:
     return params.RouterPoolingParams(rows_model=naming.router_model(plan.model_name), groups=tuple(entries))
 
 
+#: Where the routers keep their access counters (memory on Linux; an emptyDir `medium: Memory` on Kubernetes).
+ACCESS_COUNTS_DIRECTORY = "/dev/shm/recgen-access"
+
+
+def access_counts(plan: Plan) -> params.AccessCountsParams | None:
+    """The routers' access counters, keyed by the model's name (None when the build turned counting off)."""
+    if not plan.count_accesses:
+        return None
+    tables = tuple(table.spec.name for table in plan.tables)
+    rows = tuple(table.spec.num_rows for table in plan.tables)
+    return params.AccessCountsParams(ACCESS_COUNTS_DIRECTORY, plan.model_name, tables, rows)
+
+
 def request_checks(checked: Sequence[TensorSpec]) -> list[params.RequestChecksParams]:
     """The router's finite-value checks of `checked` (no parameter when there is nothing to check)."""
     return [params.RequestChecksParams(tuple(spec.name for spec in checked))] if checked else []

@@ -135,6 +135,17 @@ def _pool_fp16_loop(
                     pooled[sample, base + k] += values[k] * factor
 
 
+def _count_loop(ids: np.ndarray, column_base: np.ndarray, counts: np.ndarray) -> None:  # pragma: no cover - compiled
+    largest = np.uint32(4294967295)
+    for sample in range(ids.shape[0]):
+        for column in range(ids.shape[1]):
+            row = ids[sample, column]
+            if row >= 0:
+                slot = column_base[column] + row
+                if counts[slot] < largest:
+                    counts[slot] += np.uint32(1)
+
+
 def _out_of_range_loop(ids: np.ndarray, column_rows: np.ndarray) -> bool:  # pragma: no cover - compiled
     for sample in range(ids.shape[0]):
         for column in range(ids.shape[1]):
@@ -185,6 +196,7 @@ def compile_kernels() -> str:
             "pool_int8": _pool_int8_loop,
             "pool_fp16": _pool_fp16_loop,
             "out_of_range": _out_of_range_loop,
+            "count": _count_loop,
             "upper_dots": _upper_dots_loop,
         }
         compiled = {name: jit(loop) for name, loop in loops.items()}
@@ -195,6 +207,7 @@ def compile_kernels() -> str:
             np.zeros((1, 1), np.int64), index, index, index, index, index, _NO_WEIGHTS, packed, _NO_WEIGHTS
         )
         compiled["upper_dots"](np.zeros((1, 2, 2), np.float32), np.zeros((1, 3), np.float32), 2)
+        compiled["count"](np.zeros((1, 1), np.int64), index, np.zeros(1, np.uint32))
     except Exception as error:  # numba's errors have no common base; the numpy reference serves
         FALLBACK_REASON = f"numba could not compile the kernels ({type(error).__name__}: {error})"
         return ENGINE
@@ -301,6 +314,18 @@ def pool_fp16_slots(
     scales = _NO_WEIGHTS if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
     _compiled["pool_fp16"](padded_rows.view(np.uint16), ids, slot_starts, scales, pooled)
     return pooled
+
+
+def count_ids(ids: np.ndarray, column_base: np.ndarray, counts: np.ndarray) -> None:
+    """Add 1 to `counts[column_base[c] + id]` for every id >= 0 of [B, C] int64 `ids` (the access counters).
+
+    Compiled, a count stops at 2**32 - 1; the numpy fallback wraps there instead.
+    """
+    if "count" in _compiled:
+        _compiled["count"](ids, column_base, counts)
+        return
+    present = ids >= 0
+    np.add.at(counts, (ids + column_base[np.newaxis, :])[present], np.uint32(1))
 
 
 def pool(padded_rows: np.ndarray, local_ids: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:

@@ -66,7 +66,10 @@ def test_the_front_memory_counts_the_front_cache_the_planner_counts() -> None:
     plan = plan_from_report(report, shape, profile)
     topology = Topology.from_plan(plan)
     rank_maps = sum(spec.num_rows * memory.RANK_BYTES for spec in shape.tables)
-    assert topology.front.router_bytes == rank_maps + report.front_cache_bytes
+    counters = sum(spec.num_rows * memory.COUNT_BYTES for spec in shape.tables)
+    assert topology.front.router_bytes == rank_maps + report.front_cache_bytes + counters
+    uncounted = Topology.from_plan(dataclasses.replace(plan, count_accesses=False))
+    assert uncounted.front.router_bytes == rank_maps + report.front_cache_bytes
     capacity = Capacity()
     without_cache = Topology.from_plan(dataclasses.replace(plan, tables=tuple(
         dataclasses.replace(t, cached_rows=0) for t in plan.tables)))  # fmt: skip

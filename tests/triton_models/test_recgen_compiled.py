@@ -127,7 +127,7 @@ def test_every_kernel_is_compiled_before_the_first_request() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
     signatures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(signatures) == {"route", "pool", "pool_int8", "pool_fp16", "out_of_range", "upper_dots"}
+    assert set(signatures) == {"route", "pool", "pool_int8", "pool_fp16", "out_of_range", "upper_dots", "count"}
     assert all(count >= 1 for count in signatures.values()), signatures
     for pooling in ("pool", "pool_int8", "pool_fp16"):  # int32/int64 ids, writable/read-only rows
         assert signatures[pooling] >= 4, signatures

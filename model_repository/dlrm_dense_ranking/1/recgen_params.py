@@ -114,6 +114,22 @@ class RankingRouterParams(Spec):
     max_rows: int
 
 
+@dataclasses.dataclass(frozen=True)
+class AccessCountsParams(Spec):
+    """`access_counts` (unless the build turned it off): count every routed id per table and original row.
+
+    Each router instance counts into its own files under `directory`/<server pid>/, named by `key` (the model whose
+    profile model sums them), its model and its process; `tables` and `num_rows` fix the counters' layout.
+    """
+
+    PARAMETER: ClassVar[str] = "access_counts"
+
+    directory: str
+    key: str
+    tables: tuple[str, ...]
+    num_rows: tuple[int, ...]
+
+
 # -- shard groups, dense models, the monolithic baseline, remote steps ------------------------------------------------
 
 
@@ -288,6 +304,7 @@ ALL_SPECS: tuple[type[Spec], ...] = (
     RequestChecksParams,
     FrontCacheParams,
     RankingRouterParams,
+    AccessCountsParams,
     ShardGroupParams,
     DenseParams,
     RankingDenseParams,

@@ -26,16 +26,19 @@ except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
 try:  # a generated repository has its helpers next to this file
+    import recgen_access as access
     import recgen_compiled as compiled
     import recgen_kernels as kernels
     import recgen_params as params
     import recgen_pooling as pooling
 except ModuleNotFoundError:
+    from generator.triton_models import recgen_access as access
     from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
     from generator.triton_models import recgen_pooling as pooling
 
+_cache_metrics = access.cache_metrics  # a module name tests can replace (Prometheus needs the server)
 ROW_RANKS_FILE = "row_ranks.npz"
 #: The front cache's rows: per cached table, its hottest ranks' rows in rank order.
 FRONT_CACHE_FILE = "front_cache.npz"
@@ -86,14 +89,6 @@ class Routing:
         return names + [name for name in self.finite_inputs if name not in names]
 
 
-@dataclass
-class CacheCounts:
-    """Ids of cached tables the router saw, and how many of them its front cache served."""
-
-    lookups: int = 0
-    hits: int = 0
-
-
 def _table_route(entry: params.RoutedTable, ranks: dict[str, np.ndarray], caches: dict[str, np.ndarray]) -> TableRoute:
     if entry.permuted != (entry.table in ranks):
         raise params.ParameterError(
@@ -117,10 +112,7 @@ def _table_route(entry: params.RoutedTable, ranks: dict[str, np.ndarray], caches
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        return {}
-    with np.load(path) as data:
-        return dict(data)
+    return dict(np.load(path)) if path.exists() else {}
 
 
 def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
@@ -206,12 +198,15 @@ def combine_ranking_request(routing: Routing, inputs: dict[str, np.ndarray]) -> 
 
 
 def route_request(
-    routing: Routing, inputs: dict[str, np.ndarray], cache_counts: CacheCounts | None = None
+    routing: Routing,
+    inputs: dict[str, np.ndarray],
+    cache_counts: access.CacheCounts | None = None,
+    counter: access.AccessCounter | None = None,
 ) -> dict[str, np.ndarray]:
     """Packed local ids for every shard group; raises ValueError naming the tensor and the bad id.
 
     With a front cache, ids among a table's hottest `cached_rows` ranks are pooled here, from the router's copy
-    of those rows, into the cache's partial sums, and reach no shard.
+    of those rows, into the cache's partial sums, and reach no shard. `counter` counts the ids of a valid request.
     """
     ids = np.concatenate([inputs[route.input_name] for route in routing.tables], axis=1).astype(np.int64, copy=False)
     if compiled.any_out_of_range(ids, routing.column_rows):
@@ -221,6 +216,8 @@ def route_request(
                 raise ValueError(kernels.bad_id_message(route.input_name, bad, route.num_rows, route.table))
     weights = _id_weights(routing, inputs, ids.shape) if routing.weighted else None
     counts = _drop_padding_and_count(routing, ids)
+    if counter is not None:  # nothing below refuses the request
+        access.record(counter, ids, routing.mode == "ranking")
     cached_pools = []
     first = 0
     for route in routing.tables:
@@ -311,8 +308,9 @@ class TritonPythonModel:
         self.routing = load_routing(config, model_dir / args["model_version"])
         pooled = params.RouterPoolingParams.optional_from_model_config(config)
         self.pooled = [] if pooled is None else pooling.map_router_groups(pooled, model_dir, args["model_version"])
-        self.counts = CacheCounts()
+        self.counts = access.CacheCounts()
         self.metrics = _cache_metrics(args["model_name"]) if self.routing.cache_output else None
+        self.counter = _access_counter(config, args["model_name"], self.routing)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Route the batched requests; export the front cache's hits and lookups as Prometheus counters."""
@@ -354,11 +352,12 @@ class TritonPythonModel:
 
     def _flattened(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kernels.check_finite(self.routing.finite_inputs, inputs)
-        return pooling.pool_routed(self.pooled, route_request(self.routing, inputs, self.counts))
+        return pooling.pool_routed(self.pooled, route_request(self.routing, inputs, self.counts, self.counter))
 
     def _ranking(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kernels.check_finite(self.routing.finite_inputs, inputs)
-        routed = route_request(self.routing, combine_ranking_request(self.routing, inputs), self.counts)
+        combined = combine_ranking_request(self.routing, inputs)
+        routed = route_request(self.routing, combined, self.counts, self.counter)
         return pooling.pool_routed(self.pooled, routed)
 
     @staticmethod
@@ -373,26 +372,12 @@ class TritonPythonModel:
         )
 
 
-#: Prometheus counters of the front cache (labelled with the router's model name) on the server's /metrics.
-CACHE_LOOKUPS_METRIC = "recgen_front_cache_lookups_total"
-CACHE_HITS_METRIC = "recgen_front_cache_hits_total"
-
-
-def _cache_metrics(model_name: str) -> tuple[Any, Any, list[Any]] | None:
-    """(lookups, hits, their families) counters; None where the backend has no custom metrics.
-
-    The families are returned too: the backend refuses to touch a metric whose family was garbage-collected.
-    """
-    try:
-        families = [
-            pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
-            for name, text in (
-                (CACHE_LOOKUPS_METRIC, "ids of front-cached tables the router saw"),
-                (CACHE_HITS_METRIC, "of those, ids the router's front cache pooled itself"),
-            )
-        ]
-        lookups, hits = (family.Metric(labels={"model": model_name}) for family in families)
-    except Exception as error:  # an older backend, or metrics disabled
-        pb_utils.Logger.log_warn(f"front cache metrics unavailable ({error}); routing is unaffected")
+def _access_counter(config: dict[str, Any], model_name: str, routing: Routing) -> access.AccessCounter | None:
+    """The access counters of this instance (None when the build turned counting off)."""
+    spec = params.AccessCountsParams.optional_from_model_config(config)
+    if spec is None:
         return None
-    return lookups, hits, families
+    tables = routing.tables
+    return access.open_counter(
+        spec, model_name, [t.table for t in tables], [t.ids_per_sample for t in tables], [t.side for t in tables]
+    )
