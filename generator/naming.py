@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 
 from generator.triton_models import onnx_model, recgen_kernels, remote_group_model
+from generator.triton_models import profile_model as profile_module
 from generator.triton_models import router_model as router_module
 
 #: Version directory every generated model uses (Triton needs a numeric one, even for ensembles).
@@ -147,6 +148,22 @@ def router_scales_file(group: int, stack: int) -> str:
 def router_rows_file(group: int, stack: int) -> str:
     """File of one row-width stack of a shard group the router pools itself (its padding row included)."""
     return f"group_rows__{group}__{stack}.npy"
+
+
+def profile_model(model: str) -> str:
+    """Triton model name of the model that sums the routers' access counters (`recgen profile --from-server`)."""
+    return f"{model}_profile"
+
+
+#: The profile model's tensors: an optional reset flag in; per table its touched rows and their counts, the
+#: samples per table, the window's start and the router instances read, out.
+#: (The profile model runs without recgen installed, so it names them and this module refers to its names.)
+PROFILE_RESET = profile_module.RESET
+PROFILE_SAMPLES = profile_module.SAMPLES
+PROFILE_SINCE = profile_module.SINCE
+PROFILE_INSTANCES = profile_module.INSTANCES
+profile_rows_output = profile_module.rows_output
+profile_counts_output = profile_module.counts_output
 
 
 def dense_model(model: str) -> str:

@@ -6,9 +6,13 @@ from pathlib import Path
 
 import click
 
+from generator.check import live
+from generator.check.client import Protocol
 from generator.cli import options
 from generator.errors import UserInputError
 from generator.model.loading import load_model
+from generator.planning import drift as drifts
+from generator.planning.plan_file import load_plan
 from generator.traffic import profile as profiles
 
 
@@ -31,6 +35,22 @@ from generator.traffic import profile as profiles
 )
 @click.option("--samples", type=click.IntRange(1), default=100_000, show_default=True, help="Synthetic samples.")
 @options.seed
+@click.option(
+    "--from-server",
+    "server_url",
+    default=None,
+    help="host:port of a running server: read what its routers counted (instead of --model/--table).",
+)
+@options.protocol
+@click.option("--name", default="dlrm", show_default=True, help="With --from-server: the ensemble.")
+@click.option("--reset", is_flag=True, help="With --from-server: start a new counting window after the read.")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --from-server: the running plan.json; also print how far the traffic drifted from its profile.",
+)
 @options.out_file(help_text="Where to write the profile (.npz).")
 @options.reports_errors
 def profile(
@@ -42,9 +62,24 @@ def profile(
     meta_trace: Path | None,
     samples: int,
     seed: int,
+    server_url: str | None,
+    protocol: Protocol,
+    name: str,
+    reset: bool,
+    plan_path: Path | None,
     out_path: Path,
 ) -> None:
-    """Record per-row access counts of every table (synthetic Zipf or a trace) into PROFILE.npz."""
+    """Record per-row access counts of every table (synthetic Zipf, a trace, or a server's routers) into PROFILE.npz."""
+    if server_url is not None:
+        if model_path or table_options or zipf_options or trace or meta_trace:
+            raise UserInputError("--from-server reads the server's counts: drop --model, --table, --zipf and traces")
+        result = live.collect_profile(server_url, protocol, name, reset=reset)
+        result.save(out_path)
+        click.echo(f"{result}\nwrote {out_path}")
+        if plan_path is not None:
+            shares, hit_rate = drifts.planned_expectations(plan_path)
+            click.echo(str(drifts.drift(load_plan(plan_path), shares, hit_rate, result)))
+        return
     if (model_path is None) == (not table_options):
         raise UserInputError("give exactly one of --model or --table")
     if model_path is not None:

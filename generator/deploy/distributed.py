@@ -102,6 +102,7 @@ def build_distributed(
         front = staged / topology.front.repository
         front.mkdir()
         writer.router(front)
+        writer.profile(front)
         for group, deployment in zip(plan.shard_groups(), topology.groups, strict=True):
             one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
             writer.shard_group(staged / deployment.repository, group, one_instance)

@@ -37,7 +37,7 @@ from generator.repository.configs import BACKENDS, TARGETS, Backend, LeafOptions
 from generator.repository.params import RemoteCallPolicy
 
 #: What a generated model does in its ensemble.
-Role = Literal["router", "shards", "remote", "dense", "ensemble", "whole"]
+Role = Literal["router", "shards", "remote", "dense", "ensemble", "whole", "profile"]
 #: One server for everything, or every shard group served on its own behind a front (`deploy.distributed`).
 Layout = Literal["single", "distributed"]
 LAYOUTS: tuple[Layout, ...] = ("single", "distributed")
@@ -178,6 +178,15 @@ class ModelWriter:
             detail += f", pools {sum(len(group.shards) for group in pooled)} of them (fused lookup step)"
         self._finish(config, version_dir, "router", detail)
 
+    def profile(self, repository: Path) -> None:
+        """The model that sums the routers' access counters (unless the build turned counting off)."""
+        config = configs.profile_config(self.plan)
+        if config is None:
+            return
+        version_dir = _new_model_dir(repository, config.name)
+        export.install_python_model(export.PROFILE_MODULE, version_dir)
+        self._finish(config, version_dir, "profile", "sums the routers' access counts (recgen profile --from-server)")
+
     def shard_group(self, repository: Path, group: ShardGroup, placement: Placement | None = None) -> None:
         """A shard group model with its members' rows (`placement` replaces the group's own)."""
         config = configs.shard_group_config(self.plan, group, self.leaves, placement)
@@ -271,6 +280,7 @@ def build(
     with staging.staged([repository, ensembles]) as (staged_repository, staged_ensembles):
         writer = ModelWriter(model, plan, leaves)
         writer.router(staged_repository)
+        writer.profile(staged_repository)
         for group in plan.step_groups():
             writer.shard_group(staged_repository, group)
         writer.dense(staged_repository)

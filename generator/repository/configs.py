@@ -132,6 +132,27 @@ def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
     )
 
 
+def profile_config(plan: Plan) -> mc.ModelConfig | None:
+    """The model that sums the routers' access counters on its server (None when the build turned counting off).
+
+    One CPU instance, no batching; its `reset` input is optional.
+    """
+    counters = params.access_counts(plan)
+    if counters is None:
+        return None
+    config = _serving_config(
+        naming.profile_model(plan.model_name),
+        "python",
+        0,
+        Placement(1, "cpu"),
+        layout.profile_signature(plan),
+        [counters],
+        latency_slo_ms=plan.latency_slo_ms,
+    )
+    config.input[0].optional = True
+    return config
+
+
 def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
     """The ranking ensemble's router: the user's ids and the N candidates' ids in, per group [1 + N, width] out.
 

@@ -40,6 +40,7 @@ MONOLITHIC_MODULE = "monolithic_model.py"
 ONNX_RUNNER_MODULE = "onnx_model.py"
 REMOTE_GROUP_MODULE = "remote_group_model.py"
 RANKING_DENSE_MODULE = "ranking_dense_model.py"
+PROFILE_MODULE = "profile_model.py"
 #: Exported ONNX graphs must match PyTorch this closely on a random batch.
 ONNX_CHECK_ATOL = 1e-6
 EXPORT_EXAMPLE_BATCH = 3

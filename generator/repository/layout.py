@@ -337,6 +337,24 @@ def router_outputs(plan: Plan) -> list[TensorSpec]:
     return groups + front_cache_partials(plan) + pool_counts(plan)
 
 
+def profile_signature(plan: Plan) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The profile model's inputs (an optional [1] reset flag) and outputs (touched rows and counts per table)."""
+    outputs = [
+        spec
+        for table in plan.tables
+        for spec in (
+            int64(naming.profile_rows_output(table.spec.name), -1),
+            int64(naming.profile_counts_output(table.spec.name), -1),
+        )
+    ]
+    outputs += [
+        int64(naming.PROFILE_SAMPLES, len(plan.tables)),
+        int64(naming.PROFILE_SINCE, 1),
+        int64(naming.PROFILE_INSTANCES, 1),
+    ]
+    return [int32(naming.PROFILE_RESET, 1)], outputs
+
+
 # -- dense models ------------------------------------------------------------------------------------------------------
 
 

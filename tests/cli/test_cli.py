@@ -43,7 +43,8 @@ def _serve_command(tmp_path: Path, *ports: int) -> list[str]:
 def test_example_then_build_prints_what_it_wrote(tmp_path: Path) -> None:
     _, out = _example_repository(tmp_path, "--target", "container")
     # router (pooling the shards itself: fused lookup step), dense, ensemble + the ranking router, dense, ensemble
-    assert "wrote 6 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
+    # + the profile model (the routers' access counts)
+    assert "wrote 7 models" in out and "docker run" in out and "nvcr.io/nvidia/tritonserver:24.10-py3" in out
     assert "dlrm_ranking" in out
 
 
@@ -236,7 +237,7 @@ def test_profile_and_plan_errors(tmp_path: Path) -> None:
 
 def test_group_by_shard_writes_one_model_per_shard(tmp_path: Path) -> None:
     _, out = _example_repository(tmp_path, "--group-by", "shard", "--lookup-step", "separate", "--force")
-    assert "wrote 14 models" in out and "dlrm_shard_user_id_0" in out
+    assert "wrote 15 models" in out and "dlrm_shard_user_id_0" in out  # 8 shards, the profile model and 6 more
 
 
 @requires_server

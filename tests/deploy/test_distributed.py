@@ -61,7 +61,7 @@ def test_layout_has_a_front_and_one_repository_per_group(tmp_path: Path) -> None
     assert topology["remote_call"]["deadline_s"] == DEADLINE_S
     assert [g["model"] for g in topology["groups"]] == list(groups)
     front = {path.name for path in result.front.iterdir() if path.is_dir()}
-    assert front == {"dlrm", "dlrm_router", "dlrm_dense", *groups}
+    assert front == {"dlrm", "dlrm_router", "dlrm_profile", "dlrm_dense", *groups}
     for name, group in groups.items():
         repository = result.group_repository(group)
         assert sorted(p.name for p in repository.iterdir()) == [name]

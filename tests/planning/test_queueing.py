@@ -43,11 +43,11 @@ def test_every_serving_config_rejects_past_its_timeout_and_the_plan_keeps_the_ta
     save_plan(plan, tmp_path / "plan.json")
     assert load_plan(tmp_path / "plan.json").latency_slo_ms == 30.0
     result = build.build(model, plan, tmp_path / "repo", tmp_path / "ens")
-    expected = queueing.queue_policy(30.0, instances=2)
     leaves = [path for path in (tmp_path / "repo").glob("*/config.pbtxt")]
     assert len(leaves) == len([m for m in result.models if m.role != "ensemble"])
     for path in leaves:
         config = parse_strict(path.read_text())
+        expected = queueing.queue_policy(30.0, instances=config.instance_group[0].count)  # the profile model: 1
         queue = config.dynamic_batching.default_queue_policy
         assert queue.timeout_action == queue.REJECT, path
         assert (queue.default_timeout_microseconds, queue.max_queue_size) == (

@@ -23,7 +23,7 @@ def test_python_build_layout_one_model_per_shard(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     names = sorted(p.name for p in repo.iterdir() if p.is_dir())
     assert names == sorted(
-        ["dlrm_router", "dlrm_dense", "dlrm_shard_one_row_0"]
+        ["dlrm_router", "dlrm_profile", "dlrm_dense", "dlrm_shard_one_row_0"]
         + [f"dlrm_shard_{t}_{i}" for t in ("small", "medium") for i in range(3)]
     )
     for name in names:
@@ -52,10 +52,10 @@ def test_shard_rows_are_the_planned_range(tmp_path: Path) -> None:
 def test_shards_with_the_same_placement_share_one_model(tmp_path: Path) -> None:
     result = _build(tmp_path)
     names = sorted(p.name for p in (tmp_path / "repo").iterdir() if p.is_dir())
-    assert names == ["dlrm_dense", "dlrm_router", "dlrm_shards_0"]
+    assert names == ["dlrm_dense", "dlrm_profile", "dlrm_router", "dlrm_shards_0"]
     group_dir = tmp_path / "repo" / "dlrm_shards_0" / "1"
     assert len(list(group_dir.glob("rows__*.npy"))) == 7
-    assert [m.role for m in result.models] == ["router", "shards", "dense", "ensemble"]
+    assert [m.role for m in result.models] == ["router", "profile", "shards", "dense", "ensemble"]
     manifest = json.loads((tmp_path / "repo" / naming.MANIFEST_FILE).read_text())
     assert {s["model"] for t in manifest["tables"] for s in t["shards"]} == {"dlrm_shards_0"}
 

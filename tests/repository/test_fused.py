@@ -54,7 +54,8 @@ def test_fused_build_has_two_steps_and_the_stacked_rows_in_the_router(tmp_path: 
     model = tiny_model()
     plan = uniform_plan(model, shards_per_table=3)
     result = build(model, plan, tmp_path / "repo", tmp_path / "ens")
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir() if p.is_dir()) == ["dlrm_dense", "dlrm_router"]
+    models = ["dlrm_dense", "dlrm_profile", "dlrm_router"]
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir() if p.is_dir()) == models
     ensemble = validation.parse_strict((tmp_path / "ens" / "dlrm" / naming.CONFIG_FILE).read_text())
     assert [step.model_name for step in ensemble.ensemble_scheduling.step] == ["dlrm_router", "dlrm_dense"]
     assert "fused lookup step" in str(result)

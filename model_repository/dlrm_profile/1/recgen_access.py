@@ -1,0 +1,173 @@
+"""Traffic the routers count: every routed id per table and original row, and the front cache's hits.
+
+Every router instance (a stub process) counts into its own files, memory-mapped under
+`<directory>/<server pid>/<key>.<model>.<pid>.*`: `counts.npy` (uint32, every table's rows one after the other;
+a count stops at 2**32 - 1), `samples.npy` (int64 per table) and `since.npy` (the Unix time the window began).
+The server's profile model sums the files of its own server (`collect`); the stubs of one server share the
+server's process as parent, so they agree on the directory without being told. /dev/shm is memory, so the files
+cost what the touched pages cost and vanish with the machine; files of servers that are gone are removed by the
+next router that starts. Copied next to every model.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # inside Triton
+    import triton_python_backend_utils as pb_utils
+except ModuleNotFoundError:  # imported by tests or tooling
+    pb_utils = None
+
+try:  # a generated repository has its helpers next to this file
+    import recgen_compiled as compiled
+    import recgen_params as params
+except ModuleNotFoundError:
+    from generator.triton_models import recgen_compiled as compiled
+    from generator.triton_models import recgen_params as params
+
+COUNTS_SUFFIX = ".counts.npy"
+SAMPLES_SUFFIX = ".samples.npy"
+SINCE_SUFFIX = ".since.npy"
+#: The largest count a row keeps.
+MAX_COUNT = np.iinfo(np.uint32).max
+
+
+@dataclass(frozen=True)
+class AccessCounter:
+    """One router instance's counters and where every id column of its requests lands in them."""
+
+    counts: np.ndarray  # uint32 [sum of rows], memory-mapped
+    samples: np.ndarray  # int64 [tables]
+    since: np.ndarray  # float64 [1]
+    column_base: np.ndarray  # int64 [C]: first counter of each id column's table
+    user_tables: np.ndarray  # bool [tables]: the table's ids come once per ranking request
+
+
+def server_directory(directory: str | Path) -> Path:
+    """Where the stubs of this process's server keep their files (the stubs' parent is the server)."""
+    return Path(directory) / str(os.getppid())
+
+
+def open_counter(
+    spec: params.AccessCountsParams, model_name: str, feature_tables: list[str], ids_per_sample: list[int],
+    sides: list[str],
+) -> AccessCounter:  # fmt: skip
+    """Create this instance's zeroed counters (and remove the files of servers that are gone)."""
+    _remove_gone_servers(Path(spec.directory))
+    folder = server_directory(spec.directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{spec.key}.{model_name}.{os.getpid()}"
+    counts = np.lib.format.open_memmap(f"{stem}{COUNTS_SUFFIX}", "w+", np.uint32, (sum(spec.num_rows),))
+    samples = np.lib.format.open_memmap(f"{stem}{SAMPLES_SUFFIX}", "w+", np.int64, (len(spec.tables),))
+    since = np.lib.format.open_memmap(f"{stem}{SINCE_SUFFIX}", "w+", np.float64, (1,))
+    since[0] = time.time()
+    first = np.cumsum([0, *spec.num_rows])[:-1]
+    table_of = [spec.tables.index(table) for table in feature_tables]
+    column_base = np.concatenate(
+        [np.full(width, first[table], np.int64) for table, width in zip(table_of, ids_per_sample, strict=True)]
+    )
+    user = np.zeros(len(spec.tables), dtype=bool)
+    for table, side in zip(table_of, sides, strict=True):
+        user[table] = side == "user"
+    return AccessCounter(np.asarray(counts), np.asarray(samples), np.asarray(since), column_base, user)
+
+
+def record(counter: AccessCounter, ids: np.ndarray, ranking: bool) -> None:
+    """Count the ids of one routed batch ([B, C] original ids, -1 = none) and its samples.
+
+    A ranking batch is one user row and N candidate rows: the user's tables see one sample, the others N.
+    """
+    compiled.count_ids(ids, counter.column_base, counter.counts)
+    batch = ids.shape[0]
+    counter.samples[:] += np.where(counter.user_tables, 1, batch - 1) if ranking else batch
+
+
+@dataclass(frozen=True)
+class CollectedCounts:
+    """Every instance's counts of one key summed: per table [rows] int64, samples per table, the window's start."""
+
+    counts: list[np.ndarray]
+    samples: np.ndarray
+    since_unix_s: float
+    instances: int
+
+
+def collect(spec: params.AccessCountsParams, reset: bool = False) -> CollectedCounts:
+    """Sum the counters of every router instance of `spec.key` on this server; with `reset`, zero them after.
+
+    Counts an instance adds between the read and the reset are lost (the reset is not atomic across processes).
+    """
+    total = np.zeros(sum(spec.num_rows), dtype=np.int64)
+    samples = np.zeros(len(spec.tables), dtype=np.int64)
+    since, instances = time.time(), 0
+    for counts_path in sorted(server_directory(spec.directory).glob(f"{spec.key}.*{COUNTS_SUFFIX}")):
+        stem = str(counts_path)[: -len(COUNTS_SUFFIX)]
+        try:
+            counts = np.load(counts_path, mmap_mode="r+" if reset else "r")
+            seen = np.load(f"{stem}{SAMPLES_SUFFIX}", mmap_mode="r+" if reset else "r")
+            started = np.load(f"{stem}{SINCE_SUFFIX}", mmap_mode="r+" if reset else "r")
+        except (OSError, ValueError):  # an instance starting right now: its files are not complete yet
+            continue
+        if counts.shape != total.shape or seen.shape != samples.shape:
+            continue  # an instance of an older build of the same key
+        total += counts
+        samples += seen
+        since, instances = min(since, float(started[0])), instances + 1
+        if reset:
+            counts[:] = 0
+            seen[:] = 0
+            started[0] = time.time()
+    edges = np.cumsum([0, *spec.num_rows])
+    return CollectedCounts([total[a:b] for a, b in itertools.pairwise(edges)], samples, since, instances)
+
+
+def _remove_gone_servers(directory: Path) -> None:
+    """Remove the folders of servers whose process is gone (named by pid; only folders this module writes)."""
+    if not directory.is_dir():
+        return
+    ours = (COUNTS_SUFFIX, SAMPLES_SUFFIX, SINCE_SUFFIX)
+    for folder in directory.iterdir():
+        gone = folder.is_dir() and folder.name.isdigit() and not Path(f"/proc/{folder.name}").exists()
+        if gone and all(path.name.endswith(ours) for path in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class CacheCounts:
+    """Ids of cached tables the router saw, and how many of them its front cache served."""
+
+    lookups: int = 0
+    hits: int = 0
+
+
+#: Prometheus counters of the front cache (labelled with the router's model name) on the server's /metrics.
+CACHE_LOOKUPS_METRIC = "recgen_front_cache_lookups_total"
+CACHE_HITS_METRIC = "recgen_front_cache_hits_total"
+
+
+def cache_metrics(model_name: str) -> tuple[Any, Any, list[Any]] | None:
+    """(lookups, hits, their families) counters; None where the backend has no custom metrics.
+
+    The families are returned too: the backend refuses to touch a metric whose family was garbage-collected.
+    """
+    try:
+        families = [
+            pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
+            for name, text in (
+                (CACHE_LOOKUPS_METRIC, "ids of front-cached tables the router saw"),
+                (CACHE_HITS_METRIC, "of those, ids the router's front cache pooled itself"),
+            )
+        ]
+        lookups, hits = (family.Metric(labels={"model": model_name}) for family in families)
+    except Exception as error:  # an older backend, or metrics disabled
+        pb_utils.Logger.log_warn(f"front cache metrics unavailable ({error}); routing is unaffected")
+        return None
+    return lookups, hits, families
