@@ -118,6 +118,7 @@ def components(topology: Topology, options: K8sOptions) -> list[Component]:
             front.device,
             front.memory_bytes(options.capacity),
             front.models,
+            front.counter_bytes,  # already in its memory (router bytes): only /dev/shm's size limit grows
         )
     ]
     for group in topology.groups:

@@ -91,6 +91,11 @@ class Component:
     device: Device
     memory_bytes: int  # expected resident bytes of one replica: rows, rank maps, front cache, server and stubs
     models: tuple[str, ...]
+    shm_extra_bytes: int = 0  # what else /dev/shm holds besides the Python backend's buffers (access counters)
+
+    def shm_mib(self, options: K8sOptions) -> int:
+        """The size limit of the memory-backed /dev/shm: the backend's buffers plus the access counters."""
+        return options.shm_mb + math.ceil(self.shm_extra_bytes / 2**20)
 
 
 def max_replicas(options: K8sOptions, component: Component) -> int:
@@ -204,7 +209,7 @@ def deployment(
 ) -> dict[str, Any]:
     """The component's Deployment: non-root Triton with probes, /dev/shm in memory, Prometheus annotations."""
     volumes: list[dict[str, Any]] = [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{options.shm_mb}Mi"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{component.shm_mib(options)}Mi"}},
         *k8s_security.volumes(ADMIN_SECRET, downloads_repository=options.source == "url"),
     ]
     if options.source == "pvc":

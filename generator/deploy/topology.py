@@ -64,6 +64,8 @@ class FrontDeployment:
     #: Python-backend stubs it runs: router, dense and one remote-step instance per group replica.
     instances: int
     models: tuple[str, ...]
+    #: Most bytes its routers' access counters take in /dev/shm (flattened and ranking routers, every instance).
+    counter_bytes: int = 0
 
     def memory_bytes(self, capacity: Capacity) -> int:
         """Expected resident bytes of one front server."""
@@ -115,6 +117,7 @@ class Topology:
             + plan.dense.instance_count
             + sum(group.replica_servers for group in groups),
             models=(naming.ensemble_model(plan.model_name), *front_models),
+            counter_bytes=_counter_bytes(plan),
         )
         return cls(
             plan.model_name,
@@ -178,6 +181,13 @@ class Topology:
             )
         except (KeyError, TypeError) as error:
             raise UserInputError(f"{path} is not a recgen topology ({type(error).__name__}: {error})") from error
+
+
+def _counter_bytes(plan: Plan) -> int:
+    """The most bytes the front's access counters take: both routers' instances, every table's rows."""
+    if not plan.count_accesses:
+        return 0
+    return 2 * plan.router.instance_count * memory.COUNT_BYTES * sum(t.spec.num_rows for t in plan.tables)
 
 
 def _group_deployment(plan: Plan, group: ShardGroup) -> GroupDeployment:

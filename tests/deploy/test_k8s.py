@@ -1,5 +1,7 @@
 """Kubernetes manifests: schema-valid offline for a pinned Kubernetes version, and consistent with each other."""
 
+import dataclasses
+import math
 from pathlib import Path
 
 import kubernetes_validate
@@ -256,3 +258,20 @@ def test_memory_requests_follow_the_row_dtypes() -> None:
         memory = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
         requests[dtype] = int(memory.removesuffix("Mi")) * 2**20
     assert requests["fp32"] - requests["int8"] == pytest.approx(399_000 * (256 - 72), abs=2**20)
+
+
+def test_the_fronts_shared_memory_holds_the_routers_access_counters() -> None:
+    """/dev/shm is a size-limited emptyDir: the front's also holds every router instance's counters."""
+    spec = TableSpec("big", 3_000_000, 16, 1)
+    plan = Plan("dlrm", (table_plan(spec, [0, 3_000_000], [Placement()]),), router=Placement(2))
+    limits = {}
+    for counted in (True, False):
+        topology = Topology.from_plan(dataclasses.replace(plan, count_accesses=counted))
+        deployments = by_kind(k8s.render_manifests(topology), "Deployment")
+        volumes = deployments[naming.front_service_name("dlrm")]["spec"]["template"]["spec"]["volumes"]
+        (shm,) = [v for v in volumes if v["name"] == "dshm"]
+        limits[counted] = int(shm["emptyDir"]["sizeLimit"].removesuffix("Mi"))
+        group = deployments[naming.service_name(topology.groups[0].model)]["spec"]["template"]["spec"]["volumes"]
+        assert next(v for v in group if v["name"] == "dshm")["emptyDir"]["sizeLimit"] == "256Mi"
+    assert limits[False] == 256
+    assert limits[True] == 256 + math.ceil(2 * 2 * 4 * 3_000_000 / 2**20)  # two routers x two instances x 4 B
