@@ -112,7 +112,10 @@ def _table_route(entry: params.RoutedTable, ranks: dict[str, np.ndarray], caches
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
-    return dict(np.load(path)) if path.exists() else {}
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        return dict(data)
 
 
 def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
