@@ -187,7 +187,7 @@ def _counter_bytes(plan: Plan) -> int:
     """The most bytes the front's access counters take: both routers' instances, every table's rows."""
     if not plan.count_accesses:
         return 0
-    return 2 * plan.router.instance_count * memory.COUNT_BYTES * sum(t.spec.num_rows for t in plan.tables)
+    return 2 * plan.router.instance_count * memory.counter_bytes([t.spec for t in plan.tables])
 
 
 def _group_deployment(plan: Plan, group: ShardGroup) -> GroupDeployment:

@@ -31,6 +31,11 @@ def dense_bytes(num_dense_features: int, num_tables: int, bottom_mlp: Sequence[i
     return 4 * parameters
 
 
+def counter_bytes(tables: Sequence[TableSpec]) -> int:
+    """The most bytes one router instance's access counters take (every row of every table)."""
+    return sum(spec.num_rows for spec in tables) * COUNT_BYTES
+
+
 def router_bytes(
     tables: Sequence[TableSpec], cached_rows: Sequence[int], permuted: Sequence[bool], counted: bool = True
 ) -> int:
@@ -41,7 +46,7 @@ def router_bytes(
     """
     ranks = sum(spec.num_rows * RANK_BYTES for spec, is_permuted in zip(tables, permuted, strict=True) if is_permuted)
     cache = sum(rows * spec.bytes_per_row for spec, rows in zip(tables, cached_rows, strict=True))
-    counters = sum(spec.num_rows for spec in tables) * COUNT_BYTES if counted else 0
+    counters = counter_bytes(tables) if counted else 0
     return ranks + cache + counters
 
 

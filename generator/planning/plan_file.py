@@ -21,7 +21,7 @@ from generator.model.dlrm import TableSpec
 from generator.model.features import FeatureSpec
 from generator.planning import queueing
 from generator.planning.plan import Model, Placement, Plan, TablePlan, table_plan, uniform_plan
-from generator.planning.precision import check_row_dtype, parse_row_dtypes, with_row_dtypes
+from generator.planning.precision import check_row_dtype, with_row_dtype_values
 from generator.planning.report import PlanReport
 
 PLAN_FORMAT = "recgen.plan"
@@ -186,4 +186,4 @@ def built_plan(model: Model, plan_path: Path | None, row_dtypes: Sequence[str] =
     """
     plan = load_plan(plan_path) if plan_path is not None else uniform_plan(model)
     plan.check_matches(model)
-    return with_row_dtypes(plan, parse_row_dtypes(row_dtypes, [table.name for table in model.tables]))
+    return with_row_dtype_values(plan, row_dtypes)

@@ -145,6 +145,11 @@ def with_row_dtypes(plan: Plan, row_dtypes: Mapping[str, RowDtype]) -> Plan:
     return dataclasses.replace(plan, tables=tables)
 
 
+def with_row_dtype_values(plan: Plan, values: Sequence[str]) -> Plan:
+    """The plan with `--row-dtype` values applied (`parse_row_dtypes` over the plan's tables)."""
+    return with_row_dtypes(plan, parse_row_dtypes(values, [table.spec.name for table in plan.tables]))
+
+
 def has_reduced_rows(plan: Plan) -> bool:
     """Whether any shard stores its rows in less than fp32."""
     return any(shard.row_dtype != "fp32" for shard in plan.shards)

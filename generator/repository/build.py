@@ -363,8 +363,8 @@ def resolve_plan(
     `given` names the options set explicitly: with a plan file, an option the plan decides is an error (naming the
     flags), except `group_by` for a distributed build, which chooses how its shards are grouped into services.
     """
-    chosen = precision.parse_row_dtypes(row_dtypes, [table.name for table in model.tables])
-    plan = precision.with_row_dtypes(_base_plan(model, plan_path, uniform, given, distributed=distributed), chosen)
+    base = _base_plan(model, plan_path, uniform, given, distributed=distributed)
+    plan = precision.with_row_dtype_values(base, row_dtypes)
     return dataclasses.replace(plan, count_accesses=plan.count_accesses and count_accesses)
 
 
