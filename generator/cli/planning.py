@@ -80,6 +80,14 @@ from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
     help="Precision by hotness: the hottest rows that serve this share of a table's accesses keep "
     "--hot-row-dtype, the other shards use --cold-row-dtype (tables named by --row-dtype TABLE=DTYPE keep theirs).",
 )
+@click.option(
+    "--previous",
+    "previous_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The plan.json the deployment runs: also print what switching to the new plan changes (rows and "
+    "accesses that move, replicas, memory, front-cache hit rate).",
+)
 @click.option("--hot-row-dtype", type=click.Choice(ROW_DTYPES), default="fp32", show_default=True)
 @click.option("--cold-row-dtype", type=click.Choice(ROW_DTYPES), default="int8", show_default=True)
 @options.reports_errors
@@ -104,6 +112,7 @@ def plan(
     hot_share: float | None,
     hot_row_dtype: RowDtype,
     cold_row_dtype: RowDtype,
+    previous_path: Path | None,
     **overrides: float | None,
 ) -> None:
     """Size every shard from its access share (ElasticRec) and write plan.json, its row orders and a PNG."""
@@ -129,5 +138,6 @@ def plan(
         name=name,
         max_ids=max_ids,
         user_features=user_features,
+        previous_path=previous_path,
     )
     click.echo(str(written))

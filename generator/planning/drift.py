@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,16 @@ def planned_expectations(plan_path: Path) -> tuple[dict[tuple[str, int], float],
     }
     if not shares:
         raise PlanError(f"plan `{plan_path}` holds no access shares: it was not made by `recgen plan`")
-    hit_rate = float(document.get("totals", {}).get("front_cache", {}).get("expected_hit_rate", 0.0))
-    return shares, hit_rate
+    return shares, _expected_hit_rate(document)
+
+
+def _expected_hit_rate(document: dict[str, Any]) -> float:
+    return float(document.get("totals", {}).get("front_cache", {}).get("expected_hit_rate", 0.0))
+
+
+def expected_hit_rate(plan_path: Path) -> float:
+    """The front cache's hit rate the planner expected (0 without a cache, or for a plan not made by the planner)."""
+    return _expected_hit_rate(json.loads(Path(plan_path).read_text()))
 
 
 def drift(

@@ -22,7 +22,8 @@ from generator.planning.cuts import ShardStats, cut_table
 from generator.planning.memory import ModelShape
 from generator.planning.placement import allocate_front_cache, place_on_gpu
 from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, LookupStep, Placement, Plan, table_plan
-from generator.planning.plan_file import row_order_path, save_plan
+from generator.planning.plan_change import PlanChange, plan_change
+from generator.planning.plan_file import load_plan, row_order_path, save_plan
 from generator.planning.precision import RowPrecision
 from generator.planning.report import PlanReport, model_wise_totals, planned_totals
 from generator.traffic.profile import AccessProfile, TableAccess
@@ -231,6 +232,8 @@ class PlanFiles:
     model_path: Path
     #: The options that import the model as planned (`--max-ids`, `--user-features`), for the build command.
     model_options: str = ""
+    #: What the plan changes against the running one (`--previous`).
+    change: PlanChange | None = None
 
     def __str__(self) -> str:
         features = [
@@ -240,6 +243,7 @@ class PlanFiles:
         ]
         return (
             f"{self.report}\n"
+            + (f"{self.change}\n" if self.change is not None else "")
             + (f"features: {'; '.join(features)}\n" if features else "")
             + f"wrote {self.plan_path}, {self.rows_path} and {self.figure_path}\n"
             f"build it: recgen build --model {self.model_path}{self.model_options} --plan {self.plan_path}"
@@ -257,10 +261,15 @@ def plan_to_files(
     name: str = "dlrm",
     max_ids: Mapping[str, int] | None = None,
     user_features: Sequence[str] = (),
+    previous_path: Path | None = None,
 ) -> PlanFiles:
-    """`recgen plan`: model and profile files in; plan.json, its row orders and a PNG of the cuts out."""
+    """`recgen plan`: model and profile files in; plan.json, its row orders and a PNG of the cuts out.
+
+    `previous_path`: the plan the deployment runs; the result then says what switching to the new plan changes.
+    """
     model = load_model(model_path, max_ids=max_ids, user_features=user_features)
     profile = AccessProfile.load(profile_path)
+    previous = None if previous_path is None else load_plan(previous_path)
     shape = ModelShape.of(model)
     report = plan_model(
         shape,
@@ -284,8 +293,13 @@ def plan_to_files(
         max_batch_size=targets.max_batch_size,
         latency_slo_ms=targets.latency_slo_ms,
     )
+    if previous is not None and previous_path is not None:  # checked before anything is written
+        previous.check_matches(model)
     save_plan(the_plan, out_path, report, profile_source=profile.source)
     written = figure.plot_plan(report, profile, figure_path or out_path.with_suffix(".png"))
     options = "".join(f" --max-ids {item}" for item in max_ids_items(max_ids or {}))
     options += f" --user-features {','.join(user_features)}" if user_features else ""
-    return PlanFiles(the_plan, report, out_path, row_order_path(out_path), written, model_path, options)
+    change = None
+    if previous is not None and previous_path is not None:
+        change = plan_change(previous, previous_path, the_plan, out_path, profile)
+    return PlanFiles(the_plan, report, out_path, row_order_path(out_path), written, model_path, options, change)
