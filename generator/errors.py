@@ -12,7 +12,8 @@ The hierarchy, so callers can catch at the level they care about::
     ├── ConfigValidationError        a generated config.pbtxt does not parse back with Triton's schema (a bug)
     ├── ServerError                  the embedded tritonserver could not be started or stopped
     │   ├── ModelLoadError           the server started but a model failed to load
-    │   └── ServerUnreachableError   no Triton server answers at the URL a client was given
+    │   ├── ServerUnreachableError   no Triton server answers at the URL a client was given
+    │   └── UpdateError              an update did not switch; the old generation keeps serving (says why)
     └── CheckFailedError             served scores differ from PyTorch by more than the tolerance
 """
 
@@ -61,6 +62,10 @@ class ModelLoadError(ServerError):
 
 class ServerUnreachableError(ServerError):
     """No Triton server answers at the URL a client was given."""
+
+
+class UpdateError(ServerError):
+    """`recgen update` did not switch the deployment; the old generation keeps serving and the message says why."""
 
 
 class CheckFailedError(RecgenError):

@@ -113,6 +113,24 @@ def table_rows_file(table: str) -> str:
     return f"rows_{table}.npy"
 
 
+#: The generation `recgen build` writes; `recgen update` writes the next one beside the running one.
+FIRST_GENERATION = 1
+#: Most generations a deployment may go through (names stay short; a later one starts over from a fresh build).
+MAX_GENERATION = 9999
+
+
+def leaf_stem(model: str, generation: int) -> str:
+    """The stem of the leaf models (router, shard groups, dense) of one generation of a deployment.
+
+    The first generation's leaves are named after the model (`dlrm_router`); `recgen update` writes generation g
+    beside it as `dlrm__g2_router`, ... ('__' never occurs in a valid model name, so no name collides), and the
+    ensemble, named after the model alone, switches from one to the other. Triton keeps one config per model for
+    all its versions, so a generation whose configs differ (other cuts, replicas, wire layout) needs names of its
+    own; the ensemble's versions count the generations.
+    """
+    return model if generation == FIRST_GENERATION else f"{model}__g{generation}"
+
+
 def router_model(model: str) -> str:
     """Triton model name of the router."""
     return f"{model}_router"

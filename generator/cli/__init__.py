@@ -26,6 +26,7 @@ for command in (
     repository.build,
     deploy.serve,
     deploy.k8s,
+    deploy.update,
     check.check,
     check.demo,
     check.loadtest,

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
+from generator.check import update as updates
 from generator.cli import options
 from generator.deploy import k8s as manifests_module
 from generator.deploy import local, supervisor
 from generator.deploy import server as servers
 from generator.errors import UserInputError
-from generator.planning.plan import GroupBy
+from generator.model.loading import load_model
+from generator.planning.plan import DEVICES, Device, GroupBy, LookupStep
+from generator.repository import build as builds
+from generator.repository.configs import TARGETS, Backend, Target
 
 
 @click.command()
@@ -158,3 +163,74 @@ def k8s(
     click.echo(str(rendered))
     click.echo(f"wrote {out}: `kubectl apply -k {out}`")
     click.echo(f"build the images first: {out}/{manifests_module.IMAGES_DIR}/build.sh <distributed build dir>")
+
+
+@click.command()
+@options.model_file()
+@options.max_ids
+@options.user_features
+@click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="The HTTP port of the `recgen serve` to update (on this machine; the front's for --distributed).",
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The new plan.json (from `recgen plan`) [default: a uniform plan from the options below].",
+)
+@options.ensemble_name
+@options.backend
+@click.option("--target", type=click.Choice(TARGETS), default="embedded", show_default=True)
+@click.option("--shards-per-table", type=click.IntRange(1, 4096), default=2, show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--instances", type=click.IntRange(1, 256), default=1, show_default=True, help="Instances per model.")
+@options.group_by
+@options.lookup_step
+@options.row_dtype
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Switch without first checking the new ensembles against the model (not recommended).",
+)
+@click.pass_context
+@options.reports_errors
+def update(
+    context: click.Context,
+    model_path: Path,
+    max_ids: dict[str, int],
+    user_features: tuple[str, ...],
+    http_port: int,
+    plan_path: Path | None,
+    name: str,
+    backend: Backend,
+    target: Target,
+    shards_per_table: int,
+    device: Device,
+    instances: int,
+    group_by: GroupBy | None,
+    lookup_step: LookupStep | None,
+    row_dtypes: tuple[str, ...],
+    no_verify: bool,
+) -> None:
+    """Switch what `recgen serve` runs to a new plan or new weights, under load, dropping no request.
+
+    The new generation of models is written beside the running one, loaded, checked against the model, and the
+    ensembles switch to it in one step; the old generation finishes its requests and is removed. If anything
+    fails, the old generation keeps serving and the error says why.
+    """
+    model = load_model(model_path, max_ids=max_ids, user_features=user_features)
+    uniform = builds.UniformOptions(name, shards_per_table, device, instances, group_by=group_by or "placement")
+    decided = options.given(context, *builds.PLAN_DECIDES, "group_by")
+    the_plan = builds.resolve_plan(model, plan_path, uniform, decided, distributed=False, row_dtypes=row_dtypes)
+    if lookup_step is not None:
+        the_plan = dataclasses.replace(the_plan, lookup_step=lookup_step)
+    leaves = builds.check_options(backend, target)
+    report = updates.update(
+        model, the_plan, http_port=http_port, leaves=leaves, verify_first=not no_verify, echo=click.echo
+    )
+    click.echo(str(report))

@@ -9,6 +9,7 @@ single-server build: a failed build leaves the old output untouched.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,16 @@ from generator.planning.plan import GroupBy, Model, Placement, Plan
 from generator.planning.plan_file import save_plan
 from generator.repository import readme, staging
 from generator.repository.build import BuildResult, BuiltModel, ModelWriter, check_options
-from generator.repository.configs import Backend, Target
+from generator.repository.configs import Backend, LeafOptions, Target
+from generator.repository.generation import (
+    STAGED_ENSEMBLES,
+    PendingGeneration,
+    check_ensembles,
+    move_leaves,
+    new_staging_dir,
+    next_plan,
+    read_running,
+)
 from generator.repository.manifest import write_manifest
 from generator.repository.params import RemoteCallPolicy
 
@@ -117,3 +127,71 @@ def build_distributed(
         front_result = BuildResult(plan, backend, target, out / topology.front.repository, None, result.models)
         (staged / readme.README_FILE).write_text(readme.render(model, front_result, topology=topology, root=out))
     return result
+
+
+def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: LeafOptions) -> PendingGeneration:
+    """The generation after the running one of a distributed build, written beside it (see `generation`).
+
+    New shard groups get repositories of their own under `groups/` (their names carry the generation), the
+    front's new leaves and remote steps land in `front/`; the ensembles' configs, topology.json, plan.json, the
+    manifest and README wait in the staging directory until the switch. Grouping and remote-call policy stay the
+    running build's.
+    """
+    root = Path(root).resolve()
+    running_topology = Topology.load(root)
+    front = root / running_topology.front.repository
+    running = read_running(front, front)
+    plan = dataclasses.replace(next_plan(plan, running), group_by=running_topology.group_by, lookup_step="separate")
+    plan.check_matches(model)
+    topology = Topology.from_plan(plan, group_by=plan.group_by, policy=running_topology.remote_call)
+    staging = new_staging_dir(front, plan.generation)
+    try:
+        writer = ModelWriter(model, plan, leaves)
+        staged_leaves, staged_ensembles = staging / "leaves", staging / STAGED_ENSEMBLES
+        writer.router(staged_leaves)
+        for group, deployment in zip(plan.shard_groups(), topology.groups, strict=True):
+            one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
+            writer.shard_group(staging / deployment.repository, group, one_instance)
+            writer.remote_group(staged_leaves, group, topology.remote_call)
+        writer.dense(staged_leaves)
+        writer.ensemble(staged_ensembles)
+        writer.ranking(staged_leaves, staged_ensembles)
+        check_ensembles(running, front, staged_ensembles)
+        write_manifest(plan, leaves, staging)
+        topology.save(staging)
+        save_plan(plan, staging / naming.DISTRIBUTED_PLAN_FILE)
+        result = DistributedBuild(plan, root, topology, tuple(writer.built))
+        front_result = BuildResult(plan, leaves.backend, leaves.target, front, None, result.models)
+        (staging / readme.README_FILE).write_text(readme.render(model, front_result, topology=topology, root=root))
+        installs = [(staging / naming.MANIFEST_FILE, front / naming.MANIFEST_FILE)]
+        installs += [(staging / name, root / name) for name in (naming.TOPOLOGY_FILE, readme.README_FILE)]
+        installs += [(path, root / path.name) for path in staging.glob(Path(naming.DISTRIBUTED_PLAN_FILE).stem + ".*")]
+        new_leaves = tuple(m.name for m in writer.built if m.role in ("router", "remote", "dense"))
+        move_leaves(staged_leaves, front, new_leaves)
+        try:
+            move_leaves(staging / naming.GROUPS_DIR, root / naming.GROUPS_DIR, topology.group_models())
+        except BaseException:
+            for name in new_leaves:
+                shutil.rmtree(front / name, ignore_errors=True)
+            raise
+        pending = PendingGeneration(
+            model_name=plan.model_name,
+            generation=plan.generation,
+            previous_generation=running.generation,
+            leaf_repository=str(front),
+            ensemble_repository=str(front),
+            staging=str(staging),
+            new_leaves=new_leaves,
+            old_leaves=running.leaves,
+            ensembles=running.ensembles,
+            installs=tuple((str(a), str(b)) for a, b in installs),
+            latency_slo_ms=plan.latency_slo_ms,
+            new_groups=tuple(topology.group_models()),
+            old_groups=tuple(running_topology.group_models()),
+            topology=str(staging / naming.TOPOLOGY_FILE),
+        )
+        pending.save()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return pending

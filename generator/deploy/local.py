@@ -10,13 +10,21 @@ with a backoff while the others keep serving, and a model whose stub breaks is r
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from generator import naming
+from generator.deploy import control, switch
 from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, TritonServer, free_ports
 from generator.deploy.supervisor import Supervisor, Watched
-from generator.deploy.topology import Topology
+from generator.deploy.topology import GroupDeployment, Topology
+from generator.errors import UserInputError
+from generator.repository import validation
+from generator.repository.generation import PendingGeneration, check_pending, read_running
+from generator.triton_models import recgen_params as params
 
 #: Where `recgen serve --distributed DIR` keeps every server's log.
 LOG_DIR = "logs"
@@ -34,19 +42,31 @@ class LocalTopology:
         self.address = address
         count = sum(group.replica_servers for group in self.topology.groups) + 1
         # All ports in one call, so no two servers are handed the same free port.
-        self._ports = iter(free_ports(3 * count, address if address != "0.0.0.0" else "127.0.0.1"))
-        self.replicas: dict[str, list[TritonServer]] = {
-            group.model: [
-                self._server((self.root / group.repository,), f"{group.model}-{i}")
-                for i in range(group.replica_servers)
-            ]
-            for group in self.topology.groups
-        }
+        self._ports = iter(free_ports(3 * count, self._port_host))
+        self.replicas: dict[str, list[TritonServer]] = self._group_servers(self.topology.groups)
+        #: Replica servers of an update's new shard groups, between prepare and commit.
+        self._pending: dict[str, list[TritonServer]] = {}
+        self._pending_topology: Topology | None = None
+        self._times: dict[str, Any] = {}
         environment = tuple(
             (group.endpoints_env, ",".join(server.grpc_url for server in self.replicas[group.model]))
             for group in self.topology.groups
         )
         self.front = self._server((self.root / self.topology.front.repository,), "front", environment)
+
+    @property
+    def _port_host(self) -> str:
+        return self.address if self.address != "0.0.0.0" else "127.0.0.1"
+
+    def _group_servers(self, groups: Sequence[GroupDeployment]) -> dict[str, list[TritonServer]]:
+        """Server objects (not started) for every replica of `groups`."""
+        return {
+            group.model: [
+                self._server((self.root / group.repository,), f"{group.model}-{i}")
+                for i in range(group.replica_servers)
+            ]
+            for group in groups
+        }
 
     def _server(
         self, repositories: tuple[Path, ...], label: str, environment: tuple[tuple[str, str], ...] = ()
@@ -114,6 +134,65 @@ class LocalTopology:
         ]
         return [*watched, Watched("front", lambda: self.front, self.start_front)]
 
+    def describe(self) -> dict[str, Any]:
+        """Layout, model, generation and the front's URLs (`control.Deployment`)."""
+        front = self.root / self.topology.front.repository
+        running = read_running(front, front)
+        return {
+            "layout": "distributed",
+            "root": str(self.root.resolve()),
+            "model_name": running.model_name,
+            "generation": running.generation,
+            "http_url": self.front.http_url,
+            "grpc_url": self.front.grpc_url,
+        }
+
+    def prepare(self, pending: PendingGeneration, echo: Callable[[str], None]) -> list[str]:
+        """Start the new shard groups' servers, point the new remote steps at them, load the front's new models."""
+        front = (self.root / self.topology.front.repository).resolve()
+        check_pending(pending, read_running(front, front), front, self.root.resolve())
+        new_topology = Topology.load(Path(pending.topology).parent)
+        if new_topology.group_models() != list(pending.new_groups):
+            raise UserInputError(f"{pending.topology} does not describe the groups the pending generation wrote")
+        started = time.monotonic()
+        self._ports = iter(free_ports(3 * sum(g.replica_servers for g in new_topology.groups), self._port_host))
+        self._pending = self._group_servers(new_topology.groups)
+        servers = [server for replicas in self._pending.values() for server in replicas]
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_until_ready(timeout_s=DEFAULT_READY_TIMEOUT_S)
+        self._times = {"groups_started_s": time.monotonic() - started}
+        echo(f"{len(servers)} replica server(s) of {len(self._pending)} new shard group(s) ready")
+        for group, replicas in self._pending.items():
+            point_remote_step(front / group, [server.grpc_url for server in replicas])
+        self._pending_topology = new_topology
+        candidates, self._times["load_s"] = switch.prepare(self.front, pending, echo)
+        return candidates
+
+    def commit(self, pending: PendingGeneration, echo: Callable[[str], None]) -> dict[str, Any]:
+        """Switch the front, then stop the old groups' servers and remove their repositories."""
+        times = switch.commit(self.front, pending, echo, self._times.get("load_s", 0.0)).to_dict()
+        old = [server for model in pending.old_groups for server in self.replicas.pop(model, [])]
+        for server in old:
+            server.close()
+        for model in pending.old_groups:
+            shutil.rmtree(self.root / naming.GROUPS_DIR / model, ignore_errors=True)
+        echo(f"stopped {len(old)} replica server(s) of generation {pending.previous_generation}")
+        self.replicas.update(self._pending)
+        self._pending = {}
+        if self._pending_topology is not None:
+            self.topology = self._pending_topology
+        return {**self._times, **times}
+
+    def abort(self, pending: PendingGeneration, echo: Callable[[str], None]) -> None:
+        """Undo prepare: the front's new models, then the new groups' servers and files."""
+        switch.abort(self.front, pending, echo)
+        for replicas in self._pending.values():
+            for server in replicas:
+                server.close()
+        self._pending, self._pending_topology = {}, None
+
     def stop(self) -> None:
         """Stop the front first (no new remote calls), then every replica."""
         for server in [self.front, *[s for servers in self.replicas.values() for s in servers]]:
@@ -122,7 +201,7 @@ class LocalTopology:
     def close(self) -> None:
         """Stop everything and remove temporary logs."""
         self.stop()
-        for server in self.servers():
+        for server in [*self.servers(), *(s for replicas in self._pending.values() for s in replicas)]:
             server.close()
 
     def __enter__(self) -> LocalTopology:
@@ -142,6 +221,16 @@ class LocalTopology:
         return "\n".join(lines)
 
 
+def point_remote_step(model_dir: Path, endpoints: Sequence[str]) -> None:
+    """Write the endpoints of a front's remote step into its config (servers started after the front was)."""
+    config_path = model_dir / naming.CONFIG_FILE
+    config = validation.parse_strict(config_path.read_text(), str(config_path))
+    parameter = config.parameters[params.RemoteParams.PARAMETER]
+    remote = params.RemoteParams.from_json(parameter.string_value)
+    parameter.string_value = dataclasses.replace(remote, endpoints=tuple(endpoints)).to_json()
+    validation.write_config(config, model_dir)
+
+
 def serve_distributed(
     root: Path,
     *,
@@ -158,6 +247,8 @@ def serve_distributed(
         echo(f"distributed topology of {topology.model_name!r} ready (logs: {log_dir})")
         echo(str(local))
         echo(f"  ensemble {topology.ensemble}: POST http://{local.front.http_url}/v2/models/{topology.ensemble}/infer")
-        echo("Supervised: a server that dies is restarted, a model whose stub breaks is reloaded. Ctrl-C to stop.")
-        Supervisor(local.watched(), echo).run()
+        with control.listening(local, local.front.http_port, echo) as channel:
+            echo("Supervised: a server that dies is restarted, a model whose stub breaks is reloaded. Ctrl-C to stop.")
+            echo(f"`recgen update --http-port {local.front.http_port}` switches it to a new plan or new weights.")
+            Supervisor(local.watched(), echo, control=channel, refresh=local.watched).run()
     echo("all servers stopped.")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import re
 import secrets
@@ -265,22 +266,37 @@ class TritonServer:
         """Whether the server says `model` is ready."""
         return self._get(f"/v2/models/{model}/ready") == 200
 
-    def admin(self, action: str, model: str, timeout_s: float = 60.0) -> None:
-        """`load` or `unload` a model through the restricted model-repository API; ServerError if refused."""
+    def _admin_post(self, path: str, timeout_s: float) -> bytes:
         request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+            f"http://{self.http_url}{path}",
             data=b"{}",
             method="POST",
             headers={triton_runtime.ADMIN_HEADER: self.admin_key},
         )
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return bytes(response.read())
+
+    def admin(self, action: str, model: str, timeout_s: float = 60.0) -> None:
+        """`load` or `unload` a model through the restricted model-repository API; ServerError if refused."""
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                return
+            self._admin_post(f"/v2/repository/models/{model}/{action}", timeout_s)
+            return
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")
         except (urllib.error.URLError, OSError) as error:
             detail = str(error)
         raise ServerError(f"tritonserver at {self.http_url} refused to {action} {model!r}: {detail}")
+
+    def model_states(self, timeout_s: float = 10.0) -> dict[str, set[str]]:
+        """Every model the repositories hold and the states of its versions (READY, UNLOADING, UNAVAILABLE...)."""
+        try:
+            index = json.loads(self._admin_post("/v2/repository/index", timeout_s))
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise ServerError(f"tritonserver at {self.http_url} did not list its models: {error}") from error
+        states: dict[str, set[str]] = {}
+        for entry in index:
+            states.setdefault(str(entry["name"]), set()).add(str(entry.get("state", "")))
+        return states
 
     @property
     def pid(self) -> int | None:

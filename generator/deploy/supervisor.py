@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generator.deploy import stub_health
+from generator import naming
+from generator.deploy import control, stub_health, switch
+from generator.deploy.control import ControlServer
 from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, TritonServer, ensemble_names
 from generator.errors import RecgenError, ServerError
 
@@ -58,12 +60,26 @@ class Watched:
 
 
 class Supervisor:
-    """The one watch loop of `recgen serve`, for a single server and a local distributed topology alike."""
+    """The one watch loop of `recgen serve`, for a single server and a local distributed topology alike.
 
-    def __init__(self, watched: Sequence[Watched], echo: Echo = print, poll_s: float = POLL_S):
+    With a `control` channel, the loop also runs `recgen update` sessions between two looks (`control`); after
+    one, `refresh` gives the servers to watch from then on (an update may start and stop servers) and every
+    server's expected stubs are read again.
+    """
+
+    def __init__(
+        self,
+        watched: Sequence[Watched],
+        echo: Echo = print,
+        poll_s: float = POLL_S,
+        control: ControlServer | None = None,
+        refresh: Callable[[], Sequence[Watched]] | None = None,
+    ):
         self.watched = list(watched)
         self.echo = echo
         self.poll_s = poll_s
+        self.control = control
+        self.refresh = refresh
 
     def run(self) -> None:
         """Block until SIGTERM or Ctrl-C; a server without `restart` that exits raises ServerError."""
@@ -72,7 +88,12 @@ class Supervisor:
         try:
             while not stop_requested:
                 self.check_once()
-                time.sleep(self.poll_s)
+                if self.control is None:
+                    time.sleep(self.poll_s)
+                elif self.control.serve_pending(self.poll_s):
+                    self.watched = list(self.refresh()) if self.refresh is not None else self.watched
+                    for watched in self.watched:
+                        watched.armed_for = None
         except KeyboardInterrupt:
             pass
         finally:
@@ -154,6 +175,14 @@ class Supervisor:
         self.echo(f"{watched.label}: model {model!r} restored in {time.monotonic() - started:.1f} s")
 
 
+def _single_repositories(repositories: Sequence[Path]) -> tuple[Path, Path]:
+    """(leaf repository, ensemble repository) of a served build: the one holding the manifest, then the other."""
+    leaves = [path for path in repositories if (Path(path) / naming.MANIFEST_FILE).is_file()]
+    leaf = Path(leaves[0] if leaves else repositories[0])
+    others = [Path(path) for path in repositories if Path(path) != leaf]
+    return leaf, others[0] if others else leaf
+
+
 def serve_until_stopped(
     config: ServerConfig,
     *,
@@ -173,8 +202,12 @@ def serve_until_stopped(
         echo(f"  HTTP     {server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}")
         for ensemble in ensemble_names(config.repositories):
             echo(f"  ensemble {ensemble}: POST http://{server.http_url}/v2/models/{ensemble}/infer")
-        echo("Supervised: a model whose stub dies or pauses is reloaded. Ctrl-C to stop.")
-        Supervisor([Watched("tritonserver", lambda: server)], echo).run()
+        leaf_repository, ensemble_repository = _single_repositories(config.repositories)
+        deployment = switch.SingleServer(server, leaf_repository, ensemble_repository)
+        with control.listening(deployment, server.http_port, echo) as channel:
+            echo("Supervised: a model whose stub dies or pauses is reloaded. Ctrl-C to stop.")
+            echo(f"`recgen update --http-port {server.http_port}` switches it to a new plan or new weights.")
+            Supervisor([Watched("tritonserver", lambda: server)], echo, control=channel).run()
     finally:
         code = server.stop()
     echo(f"tritonserver stopped (exit code {code}).")

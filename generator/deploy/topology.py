@@ -99,7 +99,7 @@ class Topology:
         """The topology of `plan` with its shards grouped by `group_by` (one service per shard by default)."""
         plan = dataclasses.replace(plan, group_by=group_by, lookup_step="separate")  # every group its own service
         groups = tuple(_group_deployment(plan, group) for group in plan.shard_groups())
-        front_models = [naming.router_model(plan.model_name), naming.dense_model(plan.model_name)]
+        front_models = [naming.router_model(plan.leaf_stem), naming.dense_model(plan.leaf_stem)]
         front_models += [group.model for group in groups]
         front = FrontDeployment(
             service=naming.front_service_name(plan.model_name),

@@ -198,6 +198,9 @@ class Plan:
     lookup_step: LookupStep = "separate"
     #: The routers count every id they route per table and row (`recgen profile --from-server` reads them).
     count_accesses: bool = True
+    #: Which generation of a deployment this plan builds (`naming.leaf_stem`): 1 for `recgen build`, the next
+    #: one for each `recgen update`.
+    generation: int = naming.FIRST_GENERATION
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)
@@ -215,8 +218,17 @@ class Plan:
             raise UserInputError(f"`max_batch_size` must be in 1..{1 << 20}, got {self.max_batch_size}")
         if self.group_by not in GROUP_BY:
             raise UserInputError(f"`group_by` must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
+        if not naming.FIRST_GENERATION <= self.generation <= naming.MAX_GENERATION:
+            raise UserInputError(
+                f"`generation` must be in {naming.FIRST_GENERATION}..{naming.MAX_GENERATION}, got {self.generation}"
+            )
         if self.lookup_step not in LOOKUP_STEPS:
             raise UserInputError(f"`lookup_step` must be one of {', '.join(LOOKUP_STEPS)}, got {self.lookup_step!r}")
+
+    @property
+    def leaf_stem(self) -> str:
+        """What this generation's router, shard groups and dense models are named after (`naming.leaf_stem`)."""
+        return naming.leaf_stem(self.model_name, self.generation)
 
     @property
     def shards(self) -> list[ShardPlan]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from generator import naming
 from generator.errors import PlanError
 from generator.model.dlrm import TableSpec
 from generator.model.features import FeatureSpec
@@ -101,6 +102,7 @@ def save_plan(plan: Plan, path: str | Path, report: PlanReport | None = None, *,
         "latency_slo_ms": plan.latency_slo_ms,
         "check_finite": plan.check_finite,
         "count_accesses": plan.count_accesses,
+        "generation": plan.generation,
         "inputs": sections["inputs"],
         "row_order_file": rows_path.name if orders else None,
         "row_order_sha256": _sha256(rows_path) if orders else None,
@@ -172,6 +174,7 @@ def load_plan(path: str | Path) -> Plan:
             latency_slo_ms=document.get("latency_slo_ms", queueing.DEFAULT_LATENCY_SLO_MS),
             check_finite=bool(document.get("check_finite", True)),
             count_accesses=bool(document.get("count_accesses", True)),
+            generation=int(document.get("generation", naming.FIRST_GENERATION)),
             features=tuple(FeatureSpec(**entry) for entry in document.get("features", [])),
         )
     except (KeyError, IndexError, TypeError) as error:

@@ -136,6 +136,21 @@ def _check_outputs(repository: Path, ensembles: Path, force: bool, inputs: Seque
     staging.check_output(ensembles, "--ensembles", force, inputs)
 
 
+def write_ensemble_version(ensemble_dir: Path, generation: int) -> Path:
+    """The ensemble's version directory of a generation (its version number is the generation's).
+
+    Triton loads no ensemble without a version directory, and git keeps no empty directory: a clone of a committed
+    repository must serve, so the directory holds a note saying why it is there.
+    """
+    version_dir = ensemble_dir / str(generation)
+    version_dir.mkdir(parents=True)
+    (version_dir / naming.ENSEMBLE_VERSION_NOTE).write_text(
+        "Triton needs a numeric version directory for every model, ensembles included; an ensemble keeps no "
+        "files in it. Its number is the generation of models it runs (`recgen update` writes the next one).\n"
+    )
+    return version_dir
+
+
 def _new_model_dir(root: Path, name: str) -> Path:
     version_dir = root / name / naming.MODEL_VERSION
     version_dir.mkdir(parents=True)
@@ -241,14 +256,7 @@ class ModelWriter:
     def _ensemble(self, ensemble: mc.ModelConfig, repository: Path) -> None:
         validation.check_ensemble(ensemble, self.configs)
         ensemble_dir = repository / ensemble.name
-        version_dir = ensemble_dir / naming.MODEL_VERSION
-        version_dir.mkdir(parents=True)
-        # Triton loads no ensemble without a version directory, and git keeps no empty directory: a clone of a
-        # committed repository must serve, so the directory holds a note saying why it is there.
-        (version_dir / naming.ENSEMBLE_VERSION_NOTE).write_text(
-            "Triton needs a numeric version directory for every model, ensembles included; an ensemble keeps no "
-            "files in it.\n"
-        )
+        write_ensemble_version(ensemble_dir, self.plan.generation)
         validation.write_config(ensemble, ensemble_dir)
         steps = len(ensemble.ensemble_scheduling.step)
         self.built.append(

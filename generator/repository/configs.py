@@ -34,6 +34,9 @@ ORT_THREADS_PER_INSTANCE = 1
 #: 500-2000 us or letting leaves take 8x the ensemble's batch only lowered throughput, so batch what is queued.
 QUEUE_DELAY_US = 0
 
+#: The version every leaf model is served as (a generation gets new names, not new versions; see `naming.leaf_stem`).
+LEAF_VERSION = int(naming.MODEL_VERSION)
+
 _KIND = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
 
 
@@ -122,7 +125,7 @@ def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
         spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
     ]
     return _serving_config(
-        naming.router_model(plan.model_name),
+        naming.router_model(plan.leaf_stem),
         "python",
         plan.max_batch_size,
         plan.router,
@@ -170,7 +173,7 @@ def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
     ]
     reads = layout.with_checked(layout.ranking_router_inputs(plan), checked)
     return _serving_config(
-        naming.ranking_router_model(plan.model_name),
+        naming.ranking_router_model(plan.leaf_stem),
         "python",
         0,
         plan.router,
@@ -226,7 +229,7 @@ def dense_config(
     if outputs is not None:
         leaves = LeafOptions("onnx", leaves.target)
     return _serving_config(
-        naming.dense_model(plan.model_name),
+        naming.dense_model(plan.leaf_stem),
         leaves.triton_backend,
         plan.max_batch_size,
         plan.dense,
@@ -247,7 +250,7 @@ def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.Mo
     if isinstance(model, ImportedModel):
         leaves = LeafOptions("onnx", leaves.target)
         return _serving_config(
-            naming.ranking_dense_model(plan.model_name),
+            naming.ranking_dense_model(plan.leaf_stem),
             leaves.triton_backend,
             0,
             plan.dense,
@@ -256,7 +259,7 @@ def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.Mo
             latency_slo_ms=plan.latency_slo_ms,
         )
     return _serving_config(
-        naming.ranking_dense_model(plan.model_name),
+        naming.ranking_dense_model(plan.leaf_stem),
         "python",
         0,
         plan.dense,
@@ -286,9 +289,9 @@ def ensemble_config(plan: Plan, dense: layout.DenseSignature, outputs: layout.Ou
         plan,
         plan.max_batch_size,
         (layout.ensemble_inputs(plan, dense), layout.ensemble_outputs(outputs)),
-        naming.router_model(plan.model_name),
+        naming.router_model(plan.leaf_stem),
         layout.with_checked(layout.router_inputs(plan), layout.finite_inputs(plan, dense)),
-        (naming.dense_model(plan.model_name), layout.dense_inputs(plan, dense)),
+        (naming.dense_model(plan.leaf_stem), layout.dense_inputs(plan, dense)),
     )
 
 
@@ -299,9 +302,9 @@ def ranking_ensemble_config(plan: Plan, model: Model) -> mc.ModelConfig:
         plan,
         0,
         layout.ranking_signature(plan, model),
-        naming.ranking_router_model(plan.model_name),
+        naming.ranking_router_model(plan.leaf_stem),
         layout.with_checked(layout.ranking_router_inputs(plan), layout.ranking_finite_inputs(plan, model)),
-        (naming.ranking_dense_model(plan.model_name), layout.ranking_dense_step_inputs(plan, model)),
+        (naming.ranking_dense_model(plan.leaf_stem), layout.ranking_dense_step_inputs(plan, model)),
     )
 
 
@@ -318,7 +321,8 @@ def _ensemble(
     config = _base_config(name, max_batch_size, *signature)
     config.platform = "ensemble"
     steps = config.ensemble_scheduling.step
-    router = steps.add(model_name=router_name, model_version=-1)
+    # Each step pins its model's version: an ensemble version is one generation's exact set of models.
+    router = steps.add(model_name=router_name, model_version=LEAF_VERSION)
     for spec in router_inputs:
         router.input_map[spec.name] = spec.name
     for spec in [*layout.front_cache_partials(plan), *layout.pool_counts(plan)]:  # straight to the dense model
@@ -328,13 +332,13 @@ def _ensemble(
         router.output_map[partial.name] = partial.name
     for group in plan.step_groups():
         group_inputs, (partial,) = layout.group_signature(plan, group)
-        step = steps.add(model_name=layout.shard_group_model_name(plan, group), model_version=-1)
+        step = steps.add(model_name=layout.shard_group_model_name(plan, group), model_version=LEAF_VERSION)
         for spec in group_inputs:  # the packed ids (and their weights) go straight from the router
             router.output_map[spec.name] = spec.name
             step.input_map[spec.name] = spec.name
         step.output_map[partial.name] = partial.name
     dense_name, dense_inputs = dense_step
-    dense = steps.add(model_name=dense_name, model_version=-1)
+    dense = steps.add(model_name=dense_name, model_version=LEAF_VERSION)
     for spec in dense_inputs:
         dense.input_map[spec.name] = spec.name
     for spec in signature[1]:

@@ -212,7 +212,7 @@ def group_slots(plan: Plan, group: ShardGroup) -> list[tuple[str, str]]:
 
 def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
     """The Triton model serving a shard group."""
-    return naming.shard_group_model(plan.model_name, group.index, [(s.table, s.index) for s in group.shards])
+    return naming.shard_group_model(plan.leaf_stem, group.index, [(s.table, s.index) for s in group.shards])
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
     """A versioned record of what was built (Triton ignores plain files at the repository root)."""
     pooled = {group.index for group in plan.router_pooled_groups()}
     group_of = {
-        (shard.table, shard.index): naming.router_model(plan.model_name)
+        (shard.table, shard.index): naming.router_model(plan.leaf_stem)
         if group.index in pooled
         else layout.shard_group_model_name(plan, group)
         for group in plan.shard_groups()
@@ -31,6 +31,7 @@ def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
         "format_version": MANIFEST_FORMAT_VERSION,
         "recgen_version": __version__,
         "model_name": plan.model_name,
+        "generation": plan.generation,
         "backend": leaves.backend,
         "target": leaves.target,
         "max_batch_size": plan.max_batch_size,

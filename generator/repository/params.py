@@ -102,7 +102,7 @@ def router_pooling(plan: Plan) -> params.RouterPoolingParams | None:
                 else (),
             )
         )
-    return params.RouterPoolingParams(rows_model=naming.router_model(plan.model_name), groups=tuple(entries))
+    return params.RouterPoolingParams(rows_model=naming.router_model(plan.leaf_stem), groups=tuple(entries))
 
 
 #: Where the routers keep their access counters (memory on Linux; an emptyDir `medium: Memory` on Kubernetes).

@@ -1,0 +1,238 @@
+"""The control channel between `recgen serve` and `recgen update`: a Unix socket only the user can open.
+
+Model control on a served deployment belongs to the process that started it: `recgen serve` holds each server's
+admin key (never written anywhere) and supervises the models, so it is also the one that switches them. It
+listens on `socket_path(http_port)`, inside a directory of mode 0700 owned by the user (`$XDG_RUNTIME_DIR/recgen`
+or `/tmp/recgen-<uid>`), named after the HTTP port clients call. `recgen update` connects, and the two exchange
+one JSON object per line:
+
+    -> {"command": "describe"}                      <- {"ok": true, "deployment": {...}}
+    -> {"command": "prepare", "pending": PATH}      <- {"progress": "..."} ...  {"ok": true, "candidates": [...]}
+    -> {"command": "commit"}                        <- {"progress": "..."} ...  {"ok": true, "times": {...}}
+    -> {"command": "abort", "reason": "..."}        <- {"ok": true}
+
+A failed step answers {"ok": false, "error": "..."} after undoing itself. A session that ends, or goes quiet for
+`SESSION_TIMEOUT_S`, between prepare and commit is aborted: the old generation keeps serving. Sessions run one at
+a time in the supervisor's loop, which pauses meanwhile, so the supervisor never sees a half-switched server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import socket
+import stat
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from generator.errors import RecgenError, ServerUnreachableError, UpdateError, UserInputError
+from generator.repository.generation import PendingGeneration
+
+#: Seconds a session may stay silent (the client checks the candidates between prepare and commit).
+SESSION_TIMEOUT_S = 300.0
+_SOCKET_NAME = "serve-{port}.sock"
+
+Echo = Callable[[str], None]
+
+
+class Deployment(Protocol):
+    """What `recgen serve` runs, as the control channel switches it (a single server, or the local topology)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Layout, model, generation, repositories and the URLs clients call."""
+
+    def prepare(self, pending: PendingGeneration, echo: Echo) -> list[str]:
+        """Bring the pending generation up beside the running one; returns the candidate ensembles."""
+
+    def commit(self, pending: PendingGeneration, echo: Echo) -> dict[str, Any]:
+        """Switch to the prepared generation and retire the old one; returns the times of each phase."""
+
+    def abort(self, pending: PendingGeneration, echo: Echo) -> None:
+        """Undo prepare."""
+
+
+def runtime_dir() -> Path:
+    """The user's private directory for control sockets (created with mode 0700; refused if others can enter)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    directory = Path(base) / "recgen" if base else Path("/tmp") / f"recgen-{os.getuid()}"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise UserInputError(
+            f"{directory} must belong to you and be closed to others (mode 0700) to hold recgen's control sockets"
+        )
+    return directory
+
+
+def socket_path(http_port: int) -> Path:
+    """The control socket of the `recgen serve` whose clients call HTTP port `http_port` on this machine."""
+    return runtime_dir() / _SOCKET_NAME.format(port=http_port)
+
+
+def _send(stream: Any, message: Mapping[str, Any]) -> None:
+    stream.write(json.dumps(message) + "\n")
+    stream.flush()
+
+
+class ControlServer:
+    """Accepts `recgen update` sessions on a thread; the supervisor's loop runs them (`serve_pending`)."""
+
+    def __init__(self, path: Path, deployment: Deployment, echo: Echo = print):
+        self.path = Path(path)
+        self.deployment = deployment
+        self.echo = echo
+        self._connections: queue.Queue[socket.socket] = queue.Queue()
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Listen (a stale socket of a serve that is gone is replaced; a live one is an error)."""
+        if self.path.exists():
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(self.path))
+                raise UserInputError(f"another `recgen serve` already listens on {self.path}")
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.path))
+        self.path.chmod(0o600)
+        listener.listen(4)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, name="recgen-control", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        listener = self._listener
+        while listener is not None:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # closed
+            self._connections.put(connection)
+
+    def serve_pending(self, wait_s: float) -> bool:
+        """Run the session that is waiting, if any arrives within `wait_s`; whether one ran."""
+        try:
+            connection = self._connections.get(timeout=wait_s)
+        except queue.Empty:
+            return False
+        with connection:
+            connection.settimeout(SESSION_TIMEOUT_S)
+            self._session(connection)
+        return True
+
+    def _session(self, connection: socket.socket) -> None:
+        stream = connection.makefile("rw", encoding="utf-8")
+        prepared: PendingGeneration | None = None
+
+        def progress(line: str) -> None:
+            self.echo(f"update: {line}")
+            with contextlib.suppress(OSError):
+                _send(stream, {"progress": line})
+
+        try:
+            for line in stream:
+                request = json.loads(line)
+                command = request.get("command") if isinstance(request, dict) else None
+                try:
+                    if command == "describe":
+                        _send(stream, {"ok": True, "deployment": self.deployment.describe()})
+                    elif command == "prepare" and prepared is None:
+                        pending = PendingGeneration.load(Path(str(request.get("pending"))))
+                        candidates = self._prepare(pending, progress)
+                        prepared = pending
+                        _send(stream, {"ok": True, "candidates": candidates})
+                    elif command == "commit" and prepared is not None:
+                        pending, prepared = prepared, None
+                        _send(stream, {"ok": True, "times": self.deployment.commit(pending, progress)})
+                    elif command == "abort" and prepared is not None:
+                        pending, prepared = prepared, None
+                        progress(f"aborted by recgen update: {request.get('reason', 'no reason given')}")
+                        self.deployment.abort(pending, progress)
+                        _send(stream, {"ok": True})
+                    else:
+                        _send(stream, {"ok": False, "error": f"unexpected command {command!r} at this point"})
+                except RecgenError as error:
+                    _send(stream, {"ok": False, "error": str(error)})
+        except (OSError, ValueError) as error:
+            self.echo(f"update: the session ended ({type(error).__name__}: {error})")
+        finally:
+            if prepared is not None:
+                self.echo(f"update: the session ended before the switch; removing generation {prepared.generation}")
+                self.deployment.abort(prepared, self.echo)
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def _prepare(self, pending: PendingGeneration, progress: Echo) -> list[str]:
+        try:
+            return self.deployment.prepare(pending, progress)
+        except BaseException:
+            self.deployment.abort(pending, progress)
+            raise
+
+    def close(self) -> None:
+        """Stop listening and remove the socket."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+            self.path.unlink(missing_ok=True)
+
+
+class ControlClient:
+    """`recgen update`'s end of the channel."""
+
+    def __init__(self, path: Path, echo: Echo = print, timeout_s: float = SESSION_TIMEOUT_S):
+        self.path = Path(path)
+        self.echo = echo
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._socket.settimeout(timeout_s)
+        try:
+            self._socket.connect(str(self.path))
+        except OSError as error:
+            self._socket.close()
+            raise ServerUnreachableError(
+                f"no `recgen serve` listens on {self.path} ({error.strerror or error}): `recgen update` switches a "
+                "deployment that `recgen serve` runs on this machine; pass its --http-port"
+            ) from error
+        self._stream = self._socket.makefile("rw", encoding="utf-8")
+
+    def request(self, command: str, **fields: Any) -> dict[str, Any]:
+        """Send one command, echo its progress, return its answer; a refusal raises UpdateError."""
+        _send(self._stream, {"command": command, **fields})
+        for line in self._stream:
+            answer = json.loads(line)
+            if "progress" in answer:
+                self.echo(str(answer["progress"]))
+                continue
+            if not answer.get("ok"):
+                raise UpdateError(str(answer.get("error", "refused")))
+            return dict(answer)
+        raise UpdateError(f"`recgen serve` closed the control channel during {command!r}")
+
+    def close(self) -> None:
+        """End the session (a prepared, uncommitted generation is then removed by serve)."""
+        with contextlib.suppress(OSError):
+            self._stream.close()
+        self._socket.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def listening(deployment: Deployment, http_port: int, echo: Echo = print) -> Iterator[ControlServer]:
+    """A started ControlServer on the socket of `http_port`, closed when the block ends."""
+    server = ControlServer(socket_path(http_port), deployment, echo)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,277 @@
+"""Switching a running server to a pending generation without failing a request (the server side of `recgen update`).
+
+Measured on the embedded Triton 2.51 (explicit model control): reloading an ensemble whose config changed keeps
+the old version serving until the new one is ready, then swaps them in one step; requests already inside the old
+ensemble finish on its steps, and an unloaded model stays UNLOADING until the last of them is done. A failed
+ensemble load, on the other hand, takes the ensemble down ("has no available versions"). Loading an ensemble also
+reloads every step whose directory changed since it was loaded, and the Python backend writes `__pycache__` into a
+model's directory when it first imports `model.py`, so a freshly loaded leaf would load twice. Hence the order:
+
+1. `prepare`: byte-compile the new leaves (so their directories do not change at import), load each of them,
+   then load each new ensemble config under a candidate name (`PendingGeneration.candidate`) that clients do not
+   call. Everything the switch will load has now loaded once; nothing that serves has changed.
+2. `commit`: drop the candidates, then give each ensemble its new config and a version directory named after the
+   generation, and load it (the swap); then unload the old leaves, wait until the server has let them go, remove
+   their directories and install the new manifest and READMEs.
+3. `abort`: unload and remove whatever `prepare` added. The old generation never stopped serving.
+
+Only the holder of the server's admin key can do this: `recgen serve` runs it for `recgen update` (`control`).
+"""
+
+from __future__ import annotations
+
+import compileall
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from generator import naming
+from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, TritonServer
+from generator.errors import RecgenError, UpdateError, UserInputError
+from generator.repository import validation
+from generator.repository.build import write_ensemble_version
+from generator.repository.generation import (
+    PendingGeneration,
+    RunningGeneration,
+    check_pending,
+    discard,
+    read_running,
+)
+
+#: New leaves loaded at once (Triton's default model-load thread count).
+PARALLEL_LOADS = 4
+#: Seconds at least that the old leaves get to finish their in-flight requests and unload.
+MIN_DRAIN_S = 30.0
+POLL_S = 0.05
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SwitchTimes:
+    """How long each phase of an update took on one server (seconds)."""
+
+    load_s: float = 0.0
+    switch_s: float = 0.0
+    drain_s: float = 0.0
+    #: Old leaves the server had not let go of within the drain bound (their directories are kept).
+    lingering: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready fields."""
+        return {"load_s": self.load_s, "switch_s": self.switch_s, "drain_s": self.drain_s, "lingering": self.lingering}
+
+
+def _load(server: TritonServer, model: str) -> None:
+    try:
+        server.admin("load", model, timeout_s=DEFAULT_READY_TIMEOUT_S)
+    except RecgenError as error:
+        raise UpdateError(f"model {model!r} of the new generation failed to load: {error}") from error
+
+
+def compile_sources(directories: Sequence[Path]) -> None:
+    """Byte-compile the Python files of model directories for this interpreter, the one the stubs run."""
+    for directory in directories:
+        compileall.compile_dir(str(directory), quiet=2, workers=1)
+
+
+def _candidate_dir(pending: PendingGeneration, ensemble: str) -> Path:
+    return Path(pending.ensemble_repository) / pending.candidate(ensemble)
+
+
+def write_candidate(pending: PendingGeneration, ensemble: str) -> str:
+    """The new config of `ensemble` under its candidate name, in the ensemble repository; returns the name."""
+    config = validation.parse_strict(pending.staged_ensemble(ensemble).read_text())
+    config.name = pending.candidate(ensemble)
+    directory = _candidate_dir(pending, ensemble)
+    shutil.rmtree(directory, ignore_errors=True)
+    write_ensemble_version(directory, int(naming.MODEL_VERSION))
+    validation.write_config(config, directory)
+    return config.name
+
+
+def prepare(server: TritonServer, pending: PendingGeneration, echo: Echo) -> tuple[list[str], float]:
+    """Load the new leaves and the candidate ensembles; returns the candidates and the seconds it took."""
+    started = time.monotonic()
+    leaf_repository = Path(pending.leaf_repository)
+    compile_sources([leaf_repository / name for name in pending.new_leaves])
+    # Triton loads up to --model-load-thread-count (4) models at once: ask for them together.
+    with ThreadPoolExecutor(max_workers=PARALLEL_LOADS) as pool:
+        for future in [pool.submit(_load, server, name) for name in pending.new_leaves]:
+            future.result()
+    echo(f"loaded {len(pending.new_leaves)} leaf models of generation {pending.generation} beside the running ones")
+    candidates = []
+    for ensemble in pending.ensembles:
+        candidate = write_candidate(pending, ensemble)
+        _load(server, candidate)
+        candidates.append(candidate)
+    echo(f"candidate ensembles {', '.join(candidates)} ready (the new configs, not yet called by clients)")
+    return candidates, time.monotonic() - started
+
+
+def _unload_quietly(server: TritonServer, models: Sequence[str]) -> None:
+    for model in models:
+        with contextlib.suppress(RecgenError):  # already gone, or the server is: nothing more to undo
+            server.admin("unload", model)
+
+
+def _drop_candidates(server: TritonServer, pending: PendingGeneration) -> None:
+    _unload_quietly(server, [pending.candidate(ensemble) for ensemble in pending.ensembles])
+    for ensemble in pending.ensembles:
+        shutil.rmtree(_candidate_dir(pending, ensemble), ignore_errors=True)
+
+
+def abort(server: TritonServer, pending: PendingGeneration, echo: Echo) -> None:
+    """Undo `prepare`: unload the candidates and the new leaves, remove what the generation wrote."""
+    _drop_candidates(server, pending)
+    _unload_quietly(server, pending.new_leaves)
+    discard(pending)
+    echo(f"generation {pending.generation} removed; generation {pending.previous_generation} serves on")
+
+
+@dataclass
+class _Swapped:
+    ensemble_dir: Path
+    old_config: str
+
+
+def _swap(server: TritonServer, pending: PendingGeneration, ensemble: str) -> _Swapped:
+    """Give one ensemble its new config and version directory and load it; undo both if the load fails."""
+    ensemble_dir = Path(pending.ensemble_repository) / ensemble
+    config_path = ensemble_dir / naming.CONFIG_FILE
+    old_config = config_path.read_text()
+    version_dir = ensemble_dir / str(pending.generation)
+    shutil.rmtree(version_dir, ignore_errors=True)
+    write_ensemble_version(ensemble_dir, pending.generation)
+    staged = config_path.with_name(naming.CONFIG_FILE + ".recgen-new")
+    staged.write_text(pending.staged_ensemble(ensemble).read_text())
+    os.replace(staged, config_path)
+    try:
+        server.admin("load", ensemble, timeout_s=DEFAULT_READY_TIMEOUT_S)
+    except RecgenError as error:
+        _restore(server, _Swapped(ensemble_dir, old_config), pending.generation)
+        raise UpdateError(
+            f"ensemble {ensemble!r} did not switch to generation {pending.generation}: {error}"
+        ) from error
+    return _Swapped(ensemble_dir, old_config)
+
+
+def _restore(server: TritonServer, swapped: _Swapped, generation: int) -> None:
+    """Put an ensemble's old config back and load it again (its old steps are still loaded)."""
+    config_path = swapped.ensemble_dir / naming.CONFIG_FILE
+    staged = config_path.with_name(naming.CONFIG_FILE + ".recgen-old")
+    staged.write_text(swapped.old_config)
+    os.replace(staged, config_path)
+    shutil.rmtree(swapped.ensemble_dir / str(generation), ignore_errors=True)
+    # The caller reports the first error; the supervisor's next look finds what is still broken.
+    with contextlib.suppress(RecgenError):
+        server.admin("load", swapped.ensemble_dir.name, timeout_s=DEFAULT_READY_TIMEOUT_S)
+
+
+def switch_ensembles(server: TritonServer, pending: PendingGeneration) -> float:
+    """Swap every ensemble to the new generation, all or none; returns the seconds the swaps took."""
+    started = time.monotonic()
+    swapped: list[_Swapped] = []
+    try:
+        for ensemble in pending.ensembles:
+            swapped.append(_swap(server, pending, ensemble))
+    except BaseException:
+        for done in reversed(swapped):
+            _restore(server, done, pending.generation)
+        raise
+    return time.monotonic() - started
+
+
+def drain(server: TritonServer, models: Sequence[str], timeout_s: float) -> tuple[float, tuple[str, ...]]:
+    """Unload `models` and wait until the server has let every one go; returns the seconds and what lingers.
+
+    Triton keeps an unloaded model UNLOADING until its in-flight requests are done, so this is also the wait for
+    the requests that entered the old generation before the switch.
+    """
+    started = time.monotonic()
+    _unload_quietly(server, models)
+    deadline = started + timeout_s
+    pending = list(models)
+    while pending and time.monotonic() < deadline:
+        states = server.model_states()
+        pending = [model for model in pending if states.get(model, set()) & {"READY", "UNLOADING", "LOADING"}]
+        if pending:
+            time.sleep(POLL_S)
+    return time.monotonic() - started, tuple(pending)
+
+
+def _install(pending: PendingGeneration, lingering: Sequence[str]) -> None:
+    """Remove the old leaves' directories (not those the server still holds) and old ensemble versions; install."""
+    for name in pending.old_leaves:
+        if name not in lingering:
+            shutil.rmtree(Path(pending.leaf_repository) / name, ignore_errors=True)
+    for ensemble in pending.ensembles:
+        for version_dir in (Path(pending.ensemble_repository) / ensemble).iterdir():
+            if version_dir.is_dir() and version_dir.name.isdigit() and version_dir.name != str(pending.generation):
+                shutil.rmtree(version_dir, ignore_errors=True)
+    for staged, final in pending.installs:
+        os.replace(staged, final)
+    shutil.rmtree(pending.staging, ignore_errors=True)
+
+
+def commit(server: TritonServer, pending: PendingGeneration, echo: Echo, load_s: float = 0.0) -> SwitchTimes:
+    """Swap the ensembles to the prepared generation, drain and remove the old one (see the module docstring)."""
+    _drop_candidates(server, pending)
+    switch_s = switch_ensembles(server, pending)
+    echo(f"ensembles {', '.join(pending.ensembles)} switched to generation {pending.generation} in {switch_s:.3f} s")
+    drain_s, lingering = drain(server, pending.old_leaves, max(MIN_DRAIN_S, 4 * pending.latency_slo_ms / 1000))
+    if lingering:
+        echo(f"the server still holds {list(lingering)} after {drain_s:.1f} s; their directories are kept")
+    else:
+        echo(f"generation {pending.previous_generation} drained and unloaded in {drain_s:.3f} s")
+    _install(pending, lingering)
+    return SwitchTimes(load_s, switch_s, drain_s, lingering)
+
+
+class SingleServer:
+    """One supervised server, as the control channel switches it (`control.Deployment`)."""
+
+    def __init__(self, server: TritonServer, leaf_repository: Path, ensemble_repository: Path):
+        self.server = server
+        self.leaf_repository = Path(leaf_repository).resolve()
+        self.ensemble_repository = Path(ensemble_repository).resolve()
+        self._load_s = 0.0
+
+    def running(self) -> RunningGeneration:
+        """What serves now."""
+        return read_running(self.leaf_repository, self.ensemble_repository)
+
+    def describe(self) -> dict[str, Any]:
+        """Layout, model, generation, repositories and the URLs clients call."""
+        running = self.running()
+        return {
+            "layout": "single",
+            "model_name": running.model_name,
+            "generation": running.generation,
+            "leaf_repository": str(self.leaf_repository),
+            "ensemble_repository": str(self.ensemble_repository),
+            "http_url": self.server.http_url,
+            "grpc_url": self.server.grpc_url,
+        }
+
+    def prepare(self, pending: PendingGeneration, echo: Echo) -> list[str]:
+        """Check the pending generation is this deployment's next one, then load it beside the running one."""
+        check_pending(pending, self.running(), self.leaf_repository, self.leaf_repository.parent)
+        if Path(pending.ensemble_repository) != self.ensemble_repository:
+            raise UserInputError(f"the pending generation switches {pending.ensemble_repository}, not this server's")
+        candidates, self._load_s = prepare(self.server, pending, echo)
+        return candidates
+
+    def commit(self, pending: PendingGeneration, echo: Echo) -> dict[str, Any]:
+        """Switch, drain, retire; the times of each phase."""
+        return commit(self.server, pending, echo, self._load_s).to_dict()
+
+    def abort(self, pending: PendingGeneration, echo: Echo) -> None:
+        """Undo prepare."""
+        abort(self.server, pending, echo)
