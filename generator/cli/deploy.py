@@ -123,6 +123,11 @@ def serve(
 @options.directory(
     "layout-dir", None, "The `recgen build --layout distributed` output: its groups must be the manifests' groups."
 )
+@options.directory(
+    "previous-layout",
+    None,
+    "The distributed build that runs now: rollout.sh and the summary then state the memory of the overlap.",
+)
 @options.out_dir(help_text="Where to write the manifests.")
 @options.force
 @options.reports_errors
@@ -140,6 +145,7 @@ def k8s(
     queue_target_us: int,
     front_replicas: int | None,
     layout_dir: Path | None,
+    previous_layout: Path | None,
     out_path: Path,
     force: bool,
 ) -> None:
@@ -157,11 +163,15 @@ def k8s(
         queue_target_us=queue_target_us,
         front_replicas=front_replicas,
     )
-    rendered = manifests_module.render_manifests(topology, cluster)
-    inputs = [path for path in (plan_path, layout_dir) if path is not None]
+    previous = None if previous_layout is None else manifests_module.Topology.load(previous_layout)
+    rendered = manifests_module.render_manifests(topology, cluster, previous)
+    inputs = [path for path in (plan_path, layout_dir, previous_layout) if path is not None]
     out = rendered.write(out_path, force=force, inputs=inputs)
     click.echo(str(rendered))
-    click.echo(f"wrote {out}: `kubectl apply -k {out}`")
+    click.echo(
+        f"wrote {out}: `kubectl apply -k {out}` (a first deployment), or "
+        f"{out}/{manifests_module.ROLLOUT_SCRIPT} (a new generation beside the running one)"
+    )
     click.echo(f"build the images first: {out}/{manifests_module.IMAGES_DIR}/build.sh <distributed build dir>")
 
 

@@ -38,6 +38,7 @@ from generator.deploy.k8s_objects import (
     K8sOptions,
     Source,
 )
+from generator.deploy.k8s_rollout import ROLLOUT_SCRIPT, RolloutMemory, rollout_memory, rollout_script
 from generator.deploy.topology import Topology
 from generator.errors import UserInputError
 from generator.planning.plan import GroupBy
@@ -54,11 +55,13 @@ __all__ = [
     "IMAGES_DIR",
     "KUSTOMIZATION_FILE",
     "QUEUE_METRIC",
+    "ROLLOUT_SCRIPT",
     "SOURCES",
     "Component",
     "K8sOptions",
     "Manifests",
     "Source",
+    "Topology",
     "components",
     "render_manifests",
     "topology_for",
@@ -74,6 +77,7 @@ class Manifests:
     components: tuple[Component, ...]
     files: dict[str, str]
     objects: tuple[dict[str, Any], ...]
+    rollout: RolloutMemory
 
     def __str__(self) -> str:
         lines = [f"Kubernetes manifests for {self.topology.model_name!r} ({len(self.objects)} objects):"]
@@ -85,6 +89,7 @@ class Manifests:
             )
         lines.append(f"repositories from: {self.options.source}; autoscaling on {QUEUE_METRIC} ")
         lines.append(f"  (target {self.options.queue_target_us} us; install the rule in {ADAPTER_VALUES_FILE})")
+        lines.append(str(self.rollout))
         return "\n".join(lines)
 
     def write(self, out: Path, *, force: bool = False, inputs: Sequence[Path] = ()) -> Path:
@@ -147,8 +152,13 @@ def _yaml(documents: list[dict[str, Any]]) -> str:
     return yaml.dump_all(documents, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
 
 
-def render_manifests(topology: Topology, options: K8sOptions | None = None) -> Manifests:
-    """Every manifest, the adapter rule, the Dockerfiles and the kustomization for a distributed topology."""
+def render_manifests(
+    topology: Topology, options: K8sOptions | None = None, previous: Topology | None = None
+) -> Manifests:
+    """Every manifest, the adapter rule, the Dockerfiles, the kustomization and rollout.sh for a topology.
+
+    `previous`: the topology that runs now, for the memory the rollout holds while both generations are up.
+    """
     options = options or K8sOptions()
     parts = components(topology, options)
     names = [c.name for c in parts]
@@ -160,7 +170,9 @@ def render_manifests(topology: Topology, options: K8sOptions | None = None) -> M
         )
     groups = [c for c in parts if c.role == "shard-group"]
     files: dict[str, str] = {}
-    objects: list[dict[str, Any]] = [k8s_security.probe_configmap()]
+    probe = k8s_security.probe_configmap()
+    probe["metadata"]["labels"] = {k8s_objects.ROLLOUT_LABEL: k8s_objects.ROLLOUT_GROUPS}  # needed by the groups
+    objects: list[dict[str, Any]] = [probe]
     files[PROBE_MANIFEST] = _yaml(objects)
     for component in parts:
         documents = [
@@ -181,12 +193,20 @@ def render_manifests(topology: Topology, options: K8sOptions | None = None) -> M
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": [PROBE_MANIFEST, *(f"{c.name}.yaml" for c in parts)],
-        "secretGenerator": [{"name": ADMIN_SECRET, "files": [ADMIN_KEY_FILE]}],
+        "secretGenerator": [
+            {
+                "name": ADMIN_SECRET,
+                "files": [ADMIN_KEY_FILE],
+                "options": {"labels": {k8s_objects.ROLLOUT_LABEL: k8s_objects.ROLLOUT_GROUPS}},
+            }
+        ],
     }
     if options.namespace:
         kustomization["namespace"] = options.namespace
     files[KUSTOMIZATION_FILE] = yaml.safe_dump(kustomization, sort_keys=False)
-    return Manifests(topology, options, tuple(parts), files, tuple(objects))
+    memory = rollout_memory(topology, options, parts, None if previous is None else components(previous, options))
+    files[ROLLOUT_SCRIPT] = rollout_script(topology, options, parts, memory)
+    return Manifests(topology, options, tuple(parts), files, tuple(objects), memory)
 
 
 def topology_for(plan_path: Path | None, layout_dir: Path | None, group_by: GroupBy | None) -> Topology:

@@ -31,6 +31,8 @@ ADMIN_KEY_FILE = "admin.key"
 #: The custom metric the prometheus-adapter rule exposes and the HPAs read.
 QUEUE_METRIC = "avg_time_queue_us"
 TRITON_USER_ID = 1000  # `triton-server` in the NGC image
+#: The preStop sleep plus Triton's own 30 s for its in-flight requests.
+TERMINATION_GRACE_S = 40
 KUSTOMIZATION_FILE = "kustomization.yaml"
 ADAPTER_VALUES_FILE = "prometheus-adapter-values.yaml"
 IMAGES_DIR = "images"
@@ -108,12 +110,30 @@ def mebibytes(num_bytes: int) -> str:
     return f"{math.ceil(num_bytes / 2**20)}Mi"
 
 
+#: Label of every object with the generation of models it serves (never in a selector: the front keeps its
+#: Deployment across generations, and a selector cannot change).
+GENERATION_LABEL = "recgen.io/generation"
+#: Label that orders a rollout (`rollout.sh`): what `kubectl apply -l` takes first, and the front after it.
+ROLLOUT_LABEL = "recgen.io/rollout-step"
+ROLLOUT_GROUPS = "1-groups"
+ROLLOUT_FRONT = "2-front"
+#: Seconds a terminating pod keeps serving while its Service stops sending it requests.
+PRE_STOP_SLEEP_S = 5
+
+
+def rollout_step(role: str) -> str:
+    """What a rollout applies first (shard groups and what they need) and last (the front)."""
+    return ROLLOUT_FRONT if role == "front" else ROLLOUT_GROUPS
+
+
 def _labels(topology: Topology, component: str, role: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": component,
         "app.kubernetes.io/part-of": naming.service_name(topology.model_name),
         "app.kubernetes.io/component": role,
         "app.kubernetes.io/managed-by": "recgen",
+        GENERATION_LABEL: str(topology.generation),
+        ROLLOUT_LABEL: rollout_step(role),
     }
 
 
@@ -160,12 +180,16 @@ def _env(component: Component, groups: list[Component]) -> list[dict[str, Any]]:
     return env
 
 
+def request_bytes(options: K8sOptions, component: Component) -> int:
+    """Memory one pod requests: what it holds, plus /dev/shm (a memory-backed emptyDir counts against it)."""
+    return component.memory_bytes + (options.shm_mb << 20)
+
+
 def _resources(options: K8sOptions, component: Component) -> dict[str, Any]:
-    # A memory-backed emptyDir counts against the container's memory: /dev/shm is part of the request.
-    request_bytes = component.memory_bytes + (options.shm_mb << 20)
-    limit_bytes = math.ceil(request_bytes * options.memory_headroom)
+    pod_bytes = request_bytes(options, component)
+    limit_bytes = math.ceil(pod_bytes * options.memory_headroom)
     resources: dict[str, Any] = {
-        "requests": {"cpu": "1", "memory": mebibytes(request_bytes)},
+        "requests": {"cpu": "1", "memory": mebibytes(pod_bytes)},
         "limits": {"memory": mebibytes(limit_bytes)},
     }
     if component.device == "gpu":
@@ -185,6 +209,8 @@ def _container(options: K8sOptions, component: Component, groups: list[Component
             {"name": "metrics", "containerPort": triton_runtime.METRICS_PORT},
         ],
         "resources": _resources(options, component),
+        # The endpoints controller takes the pod out of its Service while it still serves; then Triton drains.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SLEEP_S)]}}},
         # Big shards take a while to load: up to 10 minutes before liveness starts counting. Readiness and
         # liveness also catch a dead stub, which Triton's own health endpoints do not.
         "startupProbe": _probe("/v2/health/ready", period_s=10, failures=60),
@@ -221,6 +247,8 @@ def deployment(
         "metadata": {"name": component.name, "labels": labels},
         "spec": {
             "replicas": component.replicas,
+            # A new pod is ready before an old one goes: a new generation's front replaces the old one's in place.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": _selector(topology, component.name)},
             "template": {
                 "metadata": {
@@ -234,7 +262,7 @@ def deployment(
                 "spec": {
                     "securityContext": k8s_security.pod_security_context(TRITON_USER_ID),
                     "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                     "containers": [_container(options, component, groups)],
                     "volumes": volumes,
                 },

@@ -86,6 +86,8 @@ class Topology:
     front: FrontDeployment
     groups: tuple[GroupDeployment, ...]
     remote_call: RemoteCallPolicy
+    #: The generation of models it serves (`naming.leaf_stem`): its shard groups' names carry it.
+    generation: int = naming.FIRST_GENERATION
 
     @classmethod
     def from_plan(
@@ -126,6 +128,7 @@ class Topology:
             front,
             groups,
             policy or RemoteCallPolicy(),
+            plan.generation,
         )
 
     def group_models(self) -> list[str]:
@@ -178,6 +181,7 @@ class Topology:
                 FrontDeployment(**{**data["front"], "models": tuple(data["front"]["models"])}),
                 tuple(GroupDeployment(**group) for group in data["groups"]),
                 RemoteCallPolicy(**data["remote_call"]),
+                int(data.get("generation", naming.FIRST_GENERATION)),
             )
         except (KeyError, TypeError) as error:
             raise UserInputError(f"{path} is not a recgen topology ({type(error).__name__}: {error})") from error
