@@ -129,6 +129,23 @@ def build_distributed(
     return result
 
 
+_STAGED_LEAVES = "leaves"
+
+
+def _write_front_and_groups(writer: ModelWriter, topology: Topology, staging: Path) -> None:
+    """A generation's front models and ensembles, and its groups' repositories, into the staging directory."""
+    plan = writer.plan
+    staged_leaves, staged_ensembles = staging / _STAGED_LEAVES, staging / STAGED_ENSEMBLES
+    writer.router(staged_leaves)
+    for group, deployment in zip(plan.shard_groups(), topology.groups, strict=True):
+        one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
+        writer.shard_group(staging / deployment.repository, group, one_instance)
+        writer.remote_group(staged_leaves, group, topology.remote_call)
+    writer.dense(staged_leaves)
+    writer.ensemble(staged_ensembles)
+    writer.ranking(staged_leaves, staged_ensembles)
+
+
 def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: LeafOptions) -> PendingGeneration:
     """The generation after the running one of a distributed build, written beside it (see `generation`).
 
@@ -147,16 +164,8 @@ def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: L
     staging = new_staging_dir(front, plan.generation)
     try:
         writer = ModelWriter(model, plan, leaves)
-        staged_leaves, staged_ensembles = staging / "leaves", staging / STAGED_ENSEMBLES
-        writer.router(staged_leaves)
-        for group, deployment in zip(plan.shard_groups(), topology.groups, strict=True):
-            one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
-            writer.shard_group(staging / deployment.repository, group, one_instance)
-            writer.remote_group(staged_leaves, group, topology.remote_call)
-        writer.dense(staged_leaves)
-        writer.ensemble(staged_ensembles)
-        writer.ranking(staged_leaves, staged_ensembles)
-        check_ensembles(running, front, staged_ensembles)
+        _write_front_and_groups(writer, topology, staging)
+        check_ensembles(running, front, staging / STAGED_ENSEMBLES)
         write_manifest(plan, leaves, staging)
         topology.save(staging)
         save_plan(plan, staging / naming.DISTRIBUTED_PLAN_FILE)
@@ -167,6 +176,7 @@ def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: L
         installs += [(staging / name, root / name) for name in (naming.TOPOLOGY_FILE, readme.README_FILE)]
         installs += [(path, root / path.name) for path in staging.glob(Path(naming.DISTRIBUTED_PLAN_FILE).stem + ".*")]
         new_leaves = tuple(m.name for m in writer.built if m.role in ("router", "remote", "dense"))
+        staged_leaves = staging / _STAGED_LEAVES
         move_leaves(staged_leaves, front, new_leaves)
         try:
             move_leaves(staging / naming.GROUPS_DIR, root / naming.GROUPS_DIR, topology.group_models())

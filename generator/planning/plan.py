@@ -198,8 +198,7 @@ class Plan:
     lookup_step: LookupStep = "separate"
     #: The routers count every id they route per table and row (`recgen profile --from-server` reads them).
     count_accesses: bool = True
-    #: Which generation of a deployment this plan builds (`naming.leaf_stem`): 1 for `recgen build`, the next
-    #: one for each `recgen update`.
+    #: The deployment's generation it builds (`naming.leaf_stem`): 1 for `recgen build`, +1 per `recgen update`.
     generation: int = naming.FIRST_GENERATION
 
     def __post_init__(self) -> None:
