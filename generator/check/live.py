@@ -2,19 +2,21 @@
 
 `collect_profile` asks `<model>_profile` of the server at `url` (over HTTP or gRPC) for the counts of every router
 instance of that server, and returns them in the profile format `recgen profile` writes offline, so `recgen plan`
-reads either. Behind a load balancer (a Kubernetes Service), one call reaches one server: collect per pod.
+reads either. Behind a load balancer (a Kubernetes Service), one call reaches one server: `collect_profiles` reads
+several servers (every front pod, each through its own port-forward) and sums them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from generator import naming
 from generator.check.client import Protocol, RankingClient
 from generator.errors import RecgenError
-from generator.traffic.profile import AccessProfile, TableAccess
+from generator.traffic.profile import AccessProfile, TableAccess, summed
 from generator.triton_models import recgen_params as params
 
 
@@ -46,3 +48,13 @@ def collect_profile(
     instances = int(result.as_numpy(naming.PROFILE_INSTANCES)[0])
     window = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))} + {time.time() - since:.0f} s"
     return AccessProfile(tuple(tables), f"live from {url} ({instances} router instances, window {window})")
+
+
+def collect_profiles(
+    urls: Sequence[str], protocol: Protocol = "http", model_name: str = "dlrm", *, reset: bool = False
+) -> AccessProfile:
+    """The live profiles of several servers of one deployment, summed (one server: its own profile)."""
+    profiles = [collect_profile(url, protocol, model_name, reset=reset) for url in urls]
+    if len(profiles) == 1:
+        return profiles[0]
+    return summed(profiles, "sum of " + "; ".join(profile.source for profile in profiles))

@@ -39,7 +39,10 @@ from generator.traffic import profile as profiles
     "--from-server",
     "server_url",
     default=None,
-    help="host:port of a running server: read what its routers counted (instead of --model/--table).",
+    multiple=True,
+    help="host:port of a running server: read what its routers counted (instead of --model/--table). Repeat it "
+    "for every front server of one deployment (each Kubernetes front pod through its own port-forward): their "
+    "counts are summed.",
 )
 @options.protocol
 @click.option("--name", default="dlrm", show_default=True, help="With --from-server: the ensemble.")
@@ -62,7 +65,7 @@ def profile(
     meta_trace: Path | None,
     samples: int,
     seed: int,
-    server_url: str | None,
+    server_url: tuple[str, ...],
     protocol: Protocol,
     name: str,
     reset: bool,
@@ -70,10 +73,10 @@ def profile(
     out_path: Path,
 ) -> None:
     """Record per-row access counts of every table (synthetic Zipf, a trace, or a server's routers) into PROFILE.npz."""
-    if server_url is not None:
+    if server_url:
         if model_path or table_options or zipf_options or trace or meta_trace:
             raise UserInputError("--from-server reads the server's counts: drop --model, --table, --zipf and traces")
-        result = live.collect_profile(server_url, protocol, name, reset=reset)
+        result = live.collect_profiles(server_url, protocol, name, reset=reset)
         result.save(out_path)
         click.echo(f"{result}\nwrote {out_path}")
         if plan_path is not None:

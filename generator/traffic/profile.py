@@ -77,6 +77,25 @@ class TableAccess:
         return np.concatenate([self.rows.astype(dtype), np.flatnonzero(untouched).astype(dtype)])
 
 
+def summed(profiles: Sequence[AccessProfile], source: str) -> AccessProfile:
+    """Several profiles of the same tables as one: every row's counts and every table's samples added up."""
+    first = profiles[0]
+    names = [(t.name, t.num_rows) for t in first.tables]
+    for other in profiles[1:]:
+        if [(t.name, t.num_rows) for t in other.tables] != names:
+            raise UserInputError(f"profiles of other tables cannot be summed: {other.source!r} vs {first.source!r}")
+    tables = []
+    for index, (name, num_rows) in enumerate(names):
+        parts = [profile.tables[index] for profile in profiles]
+        rows = np.concatenate([part.rows for part in parts]).astype(np.int64)
+        counts = np.concatenate([part.counts for part in parts]).astype(np.int64)
+        touched, position = np.unique(rows, return_inverse=True)
+        totals = np.bincount(position, weights=counts, minlength=touched.size).astype(np.int64)
+        order = np.lexsort((touched, -totals))  # hottest first, ties by row id
+        tables.append(TableAccess(name, num_rows, touched[order], totals[order], sum(p.samples for p in parts)))
+    return AccessProfile(tuple(tables), source)
+
+
 def table_access_from_ids(name: str, num_rows: int, ids: np.ndarray, samples: int) -> TableAccess:
     """Count the non-padding ids of one table (any shape); raises on ids outside the table."""
     flat = np.asarray(ids).reshape(-1)

@@ -15,7 +15,7 @@ from generator.cli import main
 from generator.errors import RecgenError
 from generator.model.dlrm import DLRM, TableSpec
 from generator.planning.memory import ModelShape
-from generator.planning.plan import Placement
+from generator.planning.plan import Placement, uniform_plan
 from generator.planning.plan_file import save_plan
 from generator.planning.planner import plan_from_report, plan_model
 from generator.repository.build import build
@@ -84,3 +84,31 @@ def test_the_servers_profile_is_exact_across_instances_and_plans_like_the_same_i
     assert all(table.lookups == 0 and table.samples == 0 for table in after.tables)
     with pytest.raises(RecgenError, match="serves no 'other_profile'"):
         live.collect_profile(server.http_url, "http", "other")
+
+
+def test_the_profiles_of_several_front_servers_are_summed(tmp_path: Path, server_factory) -> None:
+    """Two servers of one build, as two front pods behind a Service: their counts add up to every id sent."""
+    model = _model()
+    built = build(model, uniform_plan(model), tmp_path / "r", tmp_path / "e")
+    fronts = [server_factory(built), server_factory(built)]
+    rng = np.random.default_rng(3)
+    sent: dict[str, list[np.ndarray]] = {t.name: [] for t in model.tables}
+    samples = 0
+    for index, batch in enumerate(rng.integers(1, 30, 20)):
+        sparse = {t.name: _zipf_ids(rng, t.num_rows, (int(batch), t.max_ids_per_sample)) for t in model.tables}
+        with RankingClient(fronts[index % 2].grpc_url, "grpc", "dlrm") as client:
+            client.score(RankingRequest(rng.standard_normal((int(batch), 2)).astype(np.float32), sparse))
+        for name, ids in sparse.items():
+            sent[name].append(ids.reshape(-1))
+        samples += int(batch)
+    out = tmp_path / "live.npz"
+    arguments = ["profile", "-o", str(out)] + [f"--from-server={front.http_url}" for front in fronts]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    served = AccessProfile.load(out)
+    assert served.source.startswith("sum of live from") and served.source.count("router instances") == 2
+    for table in model.tables:
+        offline = table_access_from_ids(table.name, table.num_rows, np.concatenate(sent[table.name]), samples)
+        np.testing.assert_array_equal(served.table(table.name).rows, offline.rows)
+        np.testing.assert_array_equal(served.table(table.name).counts, offline.counts)
+        assert served.table(table.name).samples == samples

@@ -4,6 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from generator.errors import UserInputError
 from generator.traffic.profile import (
@@ -11,6 +13,7 @@ from generator.traffic.profile import (
     TableShape,
     profile_from_meta_trace,
     profile_from_npz,
+    summed,
     table_access_from_ids,
     zipf_profile,
 )
@@ -109,3 +112,28 @@ def test_meta_trace_errors(tmp_path: Path) -> None:
     path.write_bytes(b"garbage")
     with pytest.raises(UserInputError, match="cannot be read"):
         profile_from_meta_trace(path, SHAPES)
+
+
+@given(
+    st.lists(st.lists(st.integers(-1, 29), max_size=40), min_size=1, max_size=4),
+    st.lists(st.integers(0, 50), min_size=4, max_size=4),
+)
+@settings(max_examples=60, deadline=None)
+def test_summed_profiles_count_every_id_once(parts: list[list[int]], samples: list[int]) -> None:
+    profiles = [
+        AccessProfile((table_access_from_ids("t", 30, np.array(ids, dtype=np.int64), n),), f"part {i}")
+        for i, (ids, n) in enumerate(zip(parts, samples, strict=False))
+    ]
+    every_id = np.array([i for ids in parts for i in ids], dtype=np.int64)
+    expected = table_access_from_ids("t", 30, every_id, sum(samples[: len(parts)]))
+    result = summed(profiles, "sum").table("t")
+    np.testing.assert_array_equal(result.rows, expected.rows)
+    np.testing.assert_array_equal(result.counts, expected.counts)
+    assert result.samples == expected.samples
+
+
+def test_profiles_of_other_tables_are_not_summed() -> None:
+    one = AccessProfile((table_access_from_ids("t", 30, np.array([1]), 1),), "a")
+    other = AccessProfile((table_access_from_ids("t", 31, np.array([1]), 1),), "b")
+    with pytest.raises(UserInputError, match="cannot be summed"):
+        summed([one, other], "sum")
