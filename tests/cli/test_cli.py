@@ -208,6 +208,24 @@ def test_profile_plan_build_from_the_command_line(tmp_path: Path) -> None:
         "4",
     )
     assert code == 1 and "--shards-per-table" in out
+    plan = ["plan", "--model", str(model), "--profile", str(tmp_path / "p.npz"), "--replica-overhead-mb", "1"]
+    code, out = _run(*plan, "--target-qps", "30000", "--previous", str(tmp_path / "plan.json"), "-o",
+                     str(tmp_path / "plan2.json"))  # fmt: skip
+    assert code == 0, out
+    assert "against the previous plan" in out and "rows moved" in out and "memory allocated" in out
+    assert "front cache hit rate: previous plan" in out
+    code, out = _run(*plan, "--target-qps", "10", "--previous", str(tmp_path / "absent.json"), "-o",
+                     str(tmp_path / "plan3.json"))  # fmt: skip
+    assert code == 1 and "absent.json" in out and not (tmp_path / "plan3.json").exists()
+
+
+def test_update_without_serve_says_so(tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    _run("example", "--tiny", "--out", str(model))
+    port = serve.free_ports(1)[0]
+    code, out = _run("update", "--model", str(model), "--http-port", str(port))
+    assert code == 1 and "ServerUnreachableError: no `recgen serve` listens on" in out
+    assert f"serve-{port}.sock" in out and "Traceback" not in out
 
 
 def test_profile_and_plan_errors(tmp_path: Path) -> None:
