@@ -188,10 +188,11 @@ class Topology:
 
 
 def _counter_bytes(plan: Plan) -> int:
-    """The most bytes the front's access counters take: both routers' instances, every table's rows."""
+    """The most bytes the front's access counters take: every table's rows per set (see `recgen_access`)."""
     if not plan.count_accesses:
         return 0
-    return 2 * plan.router.instance_count * memory.counter_bytes([t.spec for t in plan.tables])
+    # Both routers' instances, plus the set that keeps the counts of instances an update or a restore replaced.
+    return (2 * plan.router.instance_count + 1) * memory.counter_bytes([t.spec for t in plan.tables])
 
 
 def _group_deployment(plan: Plan, group: ShardGroup) -> GroupDeployment:

@@ -274,4 +274,5 @@ def test_the_fronts_shared_memory_holds_the_routers_access_counters() -> None:
         group = deployments[naming.service_name(topology.groups[0].model)]["spec"]["template"]["spec"]["volumes"]
         assert next(v for v in group if v["name"] == "dshm")["emptyDir"]["sizeLimit"] == "256Mi"
     assert limits[False] == 256
-    assert limits[True] == 256 + math.ceil(2 * 2 * 4 * 3_000_000 / 2**20)  # two routers x two instances x 4 B
+    # two routers x two instances, plus the retired set (replaced instances' counts), x 4 B a row
+    assert limits[True] == 256 + math.ceil((2 * 2 + 1) * 4 * 3_000_000 / 2**20)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from generator import naming
+from generator.check import live
 from generator.check import update as updates
 from generator.check.client import RankingClient, check
 from generator.deploy import server as serve
@@ -173,6 +174,10 @@ def test_an_update_to_other_cuts_and_new_weights_under_load_fails_no_request(tmp
         _assert_switched_without_a_failure(load, old, new, switched_at_s)
         assert report.generation == 2 and report.previous_generation == 1
         assert all(r.passed for r in report.checks) and report.times["switch_s"] < 5
+        # the window of access counts goes on across the switch: the old routers' counts were kept
+        counted = live.collect_profile(grpc_url, "grpc")
+        sent = 16 * len(load.answers) + updates.VERIFY_REQUESTS * updates.VERIFY_BATCH  # the candidate's too
+        assert all(table.samples == sent for table in counted.tables)
         assert check(new, grpc_url, protocol="grpc", requests=4).passed
         models = {path.name for path in built.repository.iterdir() if path.is_dir()}
         assert models == {"dlrm__g2_router", "dlrm__g2_shards_0", "dlrm__g2_dense", "dlrm_profile"}

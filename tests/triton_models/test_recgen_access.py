@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -123,3 +124,38 @@ def test_a_count_stops_at_its_largest_value_and_gone_servers_folders_are_removed
     (kept / "someone_elses.txt").write_text("not ours")
     access.open_counter(_spec(tmp_path), "dlrm_router", ["user"], [3], ["user"])
     assert not gone.exists() and (kept / "someone_elses.txt").exists()
+
+
+def test_instances_that_are_gone_keep_their_counts_in_one_retired_set(tmp_path: Path) -> None:
+    """An update or a restore replaces router instances: their counts stay in the window, their files go."""
+    spec = _spec(tmp_path)
+    folder = access.server_directory(spec.directory)
+    folder.mkdir(parents=True)
+    dead = [5_000_001, 5_000_002, 5_000_003]  # above Linux's largest pid (2**22): no process has them
+    rng = np.random.default_rng(5)
+    expected, samples = np.zeros(340, np.int64), np.zeros(2, np.int64)
+    for round_index in range(2):  # two updates, each leaving two gone instances behind
+        for pid in dead[:2] if round_index == 0 else dead[2:]:
+            stem = folder / f"dlrm.dlrm_router.{pid}"
+            counts = rng.integers(0, 1000, 340).astype(np.uint32)
+            np.save(f"{stem}{access.COUNTS_SUFFIX}", counts)
+            np.save(f"{stem}{access.SAMPLES_SUFFIX}", np.array([3, 4], np.int64))
+            np.save(f"{stem}{access.SINCE_SUFFIX}", np.array([100.0 + pid % 7]))
+            expected += counts
+            samples += [3, 4]
+        assert access.retire_gone_instances(folder) == (2 if round_index == 0 else 1)
+    live = access.open_counter(spec, "dlrm_router", ["user", "item"], [3, 2], ["user", "item"])  # retires too
+    live.counts[:] = 1
+    expected += 1
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == sorted([".retire.lock", *(f"dlrm.{access.RETIRED}{s}" for s in (
+        access.COUNTS_SUFFIX, access.SAMPLES_SUFFIX, access.SINCE_SUFFIX)), *(
+        f"dlrm.dlrm_router.{os.getpid()}{s}" for s in (
+        access.COUNTS_SUFFIX, access.SAMPLES_SUFFIX, access.SINCE_SUFFIX))])  # fmt: skip
+    collected = access.collect(spec)
+    assert collected.instances == 1  # the retired set is no instance
+    np.testing.assert_array_equal(np.concatenate(collected.counts), expected)
+    np.testing.assert_array_equal(collected.samples, samples)
+    assert collected.since_unix_s == min(100.0 + pid % 7 for pid in dead)
+    access.collect(spec, reset=True)
+    assert all(c.sum() == 0 for c in access.collect(spec).counts)
