@@ -103,6 +103,13 @@ class RankingClient:
         config = self.client.get_model_config(model_name, **as_json)
         return dict(config.get("config", config))
 
+    def router_model(self) -> str:
+        """The router the ensemble runs now: its first step (its name carries the generation after an update)."""
+        steps = self.model_config(self.model_name).get("ensemble_scheduling", {}).get("step", [])
+        if not steps:
+            raise UserInputError(f"{self.model_name!r} at {self.url} is not an ensemble of recgen's")
+        return str(steps[0]["model_name"])
+
     def served_row_dtypes(self) -> set[str]:
         """The row dtypes the ensemble's steps pool (shard groups and a fused router); empty when none says."""
         from tritonclient.utils import InferenceServerException

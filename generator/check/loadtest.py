@@ -40,7 +40,7 @@ def sampler_from_server(client: RankingClient, profile: AccessProfile | None = N
     """Learn the request shape from the served ensemble (either protocol) and optionally a profile."""
     try:
         metadata = client.metadata()
-        router_config = client.model_config(naming.router_model(client.model_name))
+        router_config = client.model_config(client.router_model())
     except Exception as error:  # tritonclient raises its own exception types per protocol
         raise RecgenError(f"cannot read the metadata of {client.model_name!r}: {error}") from error
     try:  # the ranking ensemble exists only for models with user-side features

@@ -22,6 +22,7 @@ from generator import naming
 from generator.check import live
 from generator.check import update as updates
 from generator.check.client import RankingClient, check
+from generator.check.loadtest import sampler_from_server
 from generator.deploy import server as serve
 from generator.deploy.distributed import build_distributed
 from generator.errors import UpdateError
@@ -179,6 +180,9 @@ def test_an_update_to_other_cuts_and_new_weights_under_load_fails_no_request(tmp
         sent = 16 * len(load.answers) + updates.VERIFY_REQUESTS * updates.VERIFY_BATCH  # the candidate's too
         assert all(table.samples == sent for table in counted.tables)
         assert check(new, grpc_url, protocol="grpc", requests=4).passed
+        with RankingClient(grpc_url, "grpc") as served:  # load tests learn the contract from the new router
+            assert served.router_model() == "dlrm__g2_router"
+            assert sampler_from_server(served).sample_tensors(4, np.random.default_rng(0))
         models = {path.name for path in built.repository.iterdir() if path.is_dir()}
         assert models == {"dlrm__g2_router", "dlrm__g2_shards_0", "dlrm__g2_dense", "dlrm_profile"}
         assert sorted(p.name for p in (built.ensembles / "dlrm").iterdir() if p.is_dir()) == ["2"]

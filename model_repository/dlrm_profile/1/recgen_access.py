@@ -6,11 +6,15 @@ a count stops at 2**32 - 1), `samples.npy` (int64 per table) and `since.npy` (th
 The server's profile model sums the files of its own server (`collect`); the stubs of one server share the
 server's process as parent, so they agree on the directory without being told. /dev/shm is memory, so the files
 cost what the touched pages cost and vanish with the machine; files of servers that are gone are removed by the
-next router that starts. Copied next to every model.py.
+next router that starts. An instance that is gone while its server serves on (`recgen update` replaced it, or the
+supervisor restored its model) keeps its counts in the window: they are added to one retired set per key
+(`<key>.retired.*`) and its files removed, so a server holds at most its live instances' files plus that set.
+Copied next to every model.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -34,6 +38,11 @@ except ModuleNotFoundError:
     from generator.triton_models import recgen_params as params
 
 COUNTS_SUFFIX = ".counts.npy"
+#: The middle name of a key's retired set: the counts of the instances that are gone, added up.
+RETIRED = "retired"
+_LOCK_FILE = ".retire.lock"
+#: Rows added at a time when an instance is retired (bounds the temporary memory).
+_RETIRE_CHUNK = 1 << 20
 SAMPLES_SUFFIX = ".samples.npy"
 SINCE_SUFFIX = ".since.npy"
 #: The largest count a row keeps.
@@ -64,6 +73,7 @@ def open_counter(
     _remove_gone_servers(Path(spec.directory))
     folder = server_directory(spec.directory)
     folder.mkdir(parents=True, exist_ok=True)
+    retire_gone_instances(folder)
     stem = folder / f"{spec.key}.{model_name}.{os.getpid()}"
     counts = np.lib.format.open_memmap(f"{stem}{COUNTS_SUFFIX}", "w+", np.uint32, (sum(spec.num_rows),))
     samples = np.lib.format.open_memmap(f"{stem}{SAMPLES_SUFFIX}", "w+", np.int64, (len(spec.tables),))
@@ -108,7 +118,10 @@ def collect(spec: params.AccessCountsParams, reset: bool = False) -> CollectedCo
     total = np.zeros(sum(spec.num_rows), dtype=np.int64)
     samples = np.zeros(len(spec.tables), dtype=np.int64)
     since, instances = time.time(), 0
-    for counts_path in sorted(server_directory(spec.directory).glob(f"{spec.key}.*{COUNTS_SUFFIX}")):
+    folder = server_directory(spec.directory)
+    if folder.is_dir():
+        retire_gone_instances(folder)
+    for counts_path in sorted(folder.glob(f"{spec.key}.*{COUNTS_SUFFIX}")):
         stem = str(counts_path)[: -len(COUNTS_SUFFIX)]
         try:
             counts = np.load(counts_path, mmap_mode="r+" if reset else "r")
@@ -120,13 +133,66 @@ def collect(spec: params.AccessCountsParams, reset: bool = False) -> CollectedCo
             continue  # an instance of an older build of the same key
         total += counts
         samples += seen
-        since, instances = min(since, float(started[0])), instances + 1
+        since = min(since, float(started[0]))
+        instances += 0 if stem.endswith(f".{RETIRED}") else 1
         if reset:
             counts[:] = 0
             seen[:] = 0
             started[0] = time.time()
     edges = np.cumsum([0, *spec.num_rows])
     return CollectedCounts([total[a:b] for a, b in itertools.pairwise(edges)], samples, since, instances)
+
+
+def _instance_pid(counts_path: Path) -> int | None:
+    """The process of an instance's files (`<key>.<model>.<pid>.counts.npy`); None for a retired set."""
+    pid = counts_path.name[: -len(COUNTS_SUFFIX)].rpartition(".")[2]
+    return int(pid) if pid.isdigit() else None
+
+
+def retire_gone_instances(folder: Path) -> int:
+    """Add the counters of every instance whose process is gone to its key's retired set, then remove its files.
+
+    Runs under a lock on the folder (the profile model, a starting router and `recgen serve` may all call it);
+    returns how many instances it retired.
+    """
+    import fcntl
+
+    retired = 0
+    with open(folder / _LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for counts_path in sorted(folder.glob(f"*{COUNTS_SUFFIX}")):
+            pid = _instance_pid(counts_path)
+            if pid is None or Path(f"/proc/{pid}").exists():
+                continue
+            stem = str(counts_path)[: -len(COUNTS_SUFFIX)]
+            key = counts_path.name.split(".", 1)[0]
+            with contextlib.suppress(OSError, ValueError):  # files of an instance that died while starting
+                _add_to_retired(folder / f"{key}.{RETIRED}", stem)
+            for suffix in (COUNTS_SUFFIX, SAMPLES_SUFFIX, SINCE_SUFFIX):
+                Path(f"{stem}{suffix}").unlink(missing_ok=True)
+            retired += 1
+    return retired
+
+
+def _add_to_retired(retired_stem: Path, stem: str) -> None:
+    counts = np.load(f"{stem}{COUNTS_SUFFIX}", mmap_mode="r")
+    samples = np.load(f"{stem}{SAMPLES_SUFFIX}", mmap_mode="r")
+    since = np.load(f"{stem}{SINCE_SUFFIX}", mmap_mode="r")
+    paths = [f"{retired_stem}{suffix}" for suffix in (COUNTS_SUFFIX, SAMPLES_SUFFIX, SINCE_SUFFIX)]
+    if not Path(paths[0]).exists():
+        np.lib.format.open_memmap(paths[0], "w+", np.uint32, counts.shape)
+        np.lib.format.open_memmap(paths[1], "w+", np.int64, samples.shape)
+        np.lib.format.open_memmap(paths[2], "w+", np.float64, (1,))[0] = float(since[0])
+    total = np.load(paths[0], mmap_mode="r+")
+    seen = np.load(paths[1], mmap_mode="r+")
+    start = np.load(paths[2], mmap_mode="r+")
+    if total.shape != counts.shape or seen.shape != samples.shape:
+        return  # an instance of an older build of the same key: its counts do not fit this window
+    for first in range(0, counts.size, _RETIRE_CHUNK):
+        part = slice(first, first + _RETIRE_CHUNK)
+        total[part] = np.minimum(total[part].astype(np.int64) + counts[part], MAX_COUNT)
+    seen += samples
+    start[0] = min(float(start[0]), float(since[0]))
 
 
 def _remove_gone_servers(directory: Path) -> None:
@@ -136,7 +202,7 @@ def _remove_gone_servers(directory: Path) -> None:
     ours = (COUNTS_SUFFIX, SAMPLES_SUFFIX, SINCE_SUFFIX)
     for folder in directory.iterdir():
         gone = folder.is_dir() and folder.name.isdigit() and not Path(f"/proc/{folder.name}").exists()
-        if gone and all(path.name.endswith(ours) for path in folder.iterdir()):
+        if gone and all(path.name.endswith(ours) or path.name == _LOCK_FILE for path in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
 
 
