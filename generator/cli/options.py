@@ -47,7 +47,7 @@ def reports_errors(function: F) -> F:
 
 def given(context: click.Context, *names: str) -> list[str]:
     """Which of the named parameters the user set explicitly (not left at their defaults)."""
-    return [name for name in names if context.get_parameter_source(name) != ParameterSource.DEFAULT]
+    return [name for name in names if context.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
 
 
 def flag(name: str) -> str:

@@ -51,6 +51,10 @@ class PlanChange:
     memory_bytes: tuple[int, int]
     #: (the previous plan's cache on this profile, the previous plan's own expectation, the new plan's expectation)
     hit_rates: tuple[float, float, float]
+    #: The queries/s each plan was sized for (0: not made by the planner).
+    target_qps: tuple[float, float] = (0.0, 0.0)
+    #: Whether both plans were priced with the same capacity figures (else their memory is not comparable).
+    same_capacity: bool = True
 
     @property
     def rows_moved(self) -> int:
@@ -76,9 +80,13 @@ class PlanChange:
             f"dense replicas {self.dense_replicas[0]} -> {self.dense_replicas[1]}"
         )
         if before:
+            qps_before, qps_now = self.target_qps
             lines.append(
-                f"  memory allocated {before / 1e9:.3f} GB -> {now / 1e9:.3f} GB ({(now - before) / 1e9:+.3f} GB)"
+                f"  memory allocated {before / 1e9:.3f} GB (for {qps_before:,.0f} queries/s) -> {now / 1e9:.3f} GB "
+                f"(for {qps_now:,.0f} queries/s): {(now - before) / 1e9:+.3f} GB"
             )
+            if not self.same_capacity:
+                lines.append("    (priced with other capacity figures: compare the replicas, not the bytes)")
         else:
             lines.append(f"  memory allocated now {now / 1e9:.3f} GB (the previous plan holds no planner totals)")
         on_profile, expected_before, expected_now = self.hit_rates
@@ -143,9 +151,12 @@ def table_change(before: TablePlan, now: TablePlan, profile: AccessProfile) -> T
     )
 
 
-def _memory_bytes(plan_path: Path) -> int:
+def _planner_figures(plan_path: Path) -> tuple[int, float, object]:
+    """The memory allocated, the target queries/s and the capacity figures the planner wrote into plan.json."""
     document = json.loads(Path(plan_path).read_text())
-    return int(document.get("totals", {}).get("planned", {}).get("memory_bytes", 0))
+    inputs = document.get("inputs", {})
+    memory = int(document.get("totals", {}).get("planned", {}).get("memory_bytes", 0))
+    return memory, float(inputs.get("target_qps", 0.0)), inputs.get("capacity")
 
 
 def plan_change(previous: Plan, previous_path: Path, plan: Plan, plan_path: Path, profile: AccessProfile) -> PlanChange:
@@ -168,11 +179,14 @@ def plan_change(previous: Plan, previous_path: Path, plan: Plan, plan_path: Path
     expected_before = drift.expected_hit_rate(previous_path)
     on_profile = drift.drift(previous, {}, expected_before, profile).live_hit_rate
     expected_now = drift.expected_hit_rate(plan_path)
+    figures_before, figures_now = _planner_figures(previous_path), _planner_figures(plan_path)
     return PlanChange(
         previous_path=Path(previous_path),
         tables=changes,
         router_replicas=(previous.router.instance_count, plan.router.instance_count),
         dense_replicas=(previous.dense.instance_count, plan.dense.instance_count),
-        memory_bytes=(_memory_bytes(previous_path), _memory_bytes(plan_path)),
+        memory_bytes=(figures_before[0], figures_now[0]),
         hit_rates=(on_profile, expected_before, expected_now),
+        target_qps=(figures_before[1], figures_now[1]),
+        same_capacity=figures_before[2] == figures_now[2],
     )

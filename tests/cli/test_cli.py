@@ -219,6 +219,14 @@ def test_profile_plan_build_from_the_command_line(tmp_path: Path) -> None:
     assert code == 1 and "absent.json" in out and not (tmp_path / "plan3.json").exists()
 
 
+def _profile(tmp_path: Path, model: Path) -> Path:
+    code, out = _run(
+        "profile", "--model", str(model), "--zipf", "1.1", "--samples", "2000", "-o", str(tmp_path / "p.npz")
+    )
+    assert code == 0, out
+    return tmp_path / "p.npz"
+
+
 def test_update_without_serve_says_so(tmp_path: Path) -> None:
     model = tmp_path / "m.pt"
     _run("example", "--tiny", "--out", str(model))
@@ -226,6 +234,13 @@ def test_update_without_serve_says_so(tmp_path: Path) -> None:
     code, out = _run("update", "--model", str(model), "--http-port", str(port))
     assert code == 1 and "ServerUnreachableError: no `recgen serve` listens on" in out
     assert f"serve-{port}.sock" in out and "Traceback" not in out
+    code, out = _run("plan", "--model", str(model), "--profile", str(_profile(tmp_path, model)), "--target-qps", "100",
+                     "-o", str(tmp_path / "plan.json"))  # fmt: skip
+    assert code == 0, out
+    code, out = _run("update", "--model", str(model), "--plan", str(tmp_path / "plan.json"), "--http-port", str(port))
+    assert code == 1 and "ServerUnreachableError" in out  # the plan was read; only the server is missing
+    code, out = _run("update", "--model", str(model), "--plan", str(tmp_path / "plan.json"), "--instances", "2")
+    assert code == 1 and "--plan sets --instances; drop them" in out
 
 
 def test_profile_and_plan_errors(tmp_path: Path) -> None:

@@ -67,12 +67,14 @@ def test_a_row_lives_in_the_shard_its_rank_falls_in() -> None:
     assert changes.shard_of_rows(table).tolist() == [1, 1, 1, 1, 0, 0]
 
 
-def _planned(tmp_path: Path, name: str, alpha: float, qps: float, seed: int) -> tuple[Path, AccessProfile]:
+def _planned(
+    tmp_path: Path, name: str, alpha: float, qps: float, seed: int, capacity: Capacity = SMALL_REPLICAS
+) -> tuple[Path, AccessProfile]:
     model = wide_model()
     shape = ModelShape.of(model)
     profile = zipf_profile(table_shapes(model.tables), alpha, samples=20_000, seed=seed)
     report = plan_model(
-        shape, profile, target_qps=qps, front_cache_bytes=256, lookup_step="separate", capacity=SMALL_REPLICAS
+        shape, profile, target_qps=qps, front_cache_bytes=256, lookup_step="separate", capacity=capacity
     )
     path = save_plan(plan_from_report(report, shape, profile), tmp_path / f"{name}.json", report)
     return path, profile
@@ -100,6 +102,11 @@ def test_a_plan_of_other_traffic_moves_rows_and_says_how_many(tmp_path: Path) ->
     assert change.router_replicas[1] >= change.router_replicas[0]
     text = str(change)
     assert f"{history.rows_moved:,}" in text and "memory allocated" in text and "front cache hit rate" in text
+    assert "(for 3,000 queries/s) ->" in text and "(for 30,000 queries/s)" in text
+    assert change.same_capacity and "other capacity figures" not in text
+    other_path, _ = _planned(tmp_path, "other", 0.9, 30_000, 11, capacity=Capacity(replica_overhead_bytes=2_000))
+    other = changes.plan_change(load_plan(before_path), before_path, load_plan(other_path), other_path, profile)
+    assert not other.same_capacity and "other capacity figures: compare the replicas" in str(other)
 
 
 def test_accesses_moved_weigh_the_new_profile() -> None:
