@@ -14,9 +14,9 @@ from generator.deploy import local, supervisor
 from generator.deploy import server as servers
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import DEVICES, Device, GroupBy, LookupStep
+from generator.planning.plan import Device, GroupBy, LookupStep
 from generator.repository import build as builds
-from generator.repository.configs import TARGETS, Backend, Target
+from generator.repository.configs import Backend, Target
 
 
 @click.command()
@@ -195,10 +195,10 @@ def k8s(
 )
 @options.ensemble_name
 @options.backend
-@click.option("--target", type=click.Choice(TARGETS), default="embedded", show_default=True)
-@click.option("--shards-per-table", type=click.IntRange(1, 4096), default=2, show_default=True)
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-@click.option("--instances", type=click.IntRange(1, 256), default=1, show_default=True, help="Instances per model.")
+@options.target
+@options.shards_per_table
+@options.device
+@options.instances
 @options.group_by
 @options.lookup_step
 @options.row_dtype

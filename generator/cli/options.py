@@ -14,8 +14,8 @@ from click.core import ParameterSource
 from generator.check.client import PROTOCOLS
 from generator.errors import RecgenError
 from generator.planning import queueing
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, GROUP_BY, LOOKUP_STEPS
-from generator.repository.configs import BACKENDS
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, DEVICES, GROUP_BY, LOOKUP_STEPS
+from generator.repository.configs import BACKENDS, TARGETS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -157,6 +157,31 @@ backend = click.option(
     default="python",
     show_default=True,
     help="numpy models (python) or models exported with torch.onnx.export (onnx).",
+)
+target = click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="embedded",
+    show_default=True,
+    help="embedded: the pytriton server (ONNX runs via ORT in a Python model); "
+    "container: native onnxruntime configs for the NGC image.",
+)
+shards_per_table = click.option(
+    "--shards-per-table",
+    type=click.IntRange(1, 4096),
+    default=2,
+    show_default=True,
+    help="Cut every table into up to K contiguous row ranges (without --plan).",
+)
+device = click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="cpu",
+    show_default=True,
+    help="Instance kind of shards and the dense model (the router always runs on CPU).",
+)
+instances = click.option(
+    "--instances", type=click.IntRange(1, 256), default=1, show_default=True, help="Instances per model."
 )
 protocol = click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 ensemble_name = click.option(

@@ -11,9 +11,9 @@ from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import DEVICES, Device, GroupBy, LookupStep
+from generator.planning.plan import Device, GroupBy, LookupStep
 from generator.repository import build as builds
-from generator.repository.configs import TARGETS, Backend, Target
+from generator.repository.configs import Backend, Target
 from generator.repository.params import RemoteCallPolicy
 
 
@@ -25,29 +25,10 @@ from generator.repository.params import RemoteCallPolicy
 @options.directory("ensembles", "ensembles", "Repository for the ensemble.")
 @options.ensemble_name
 @options.backend
-@click.option(
-    "--target",
-    type=click.Choice(TARGETS),
-    default="embedded",
-    show_default=True,
-    help="embedded: the pytriton server (ONNX runs via ORT in a Python model); "
-    "container: native onnxruntime configs for the NGC image.",
-)
-@click.option(
-    "--shards-per-table",
-    type=click.IntRange(1, 4096),
-    default=2,
-    show_default=True,
-    help="Cut every table into up to K contiguous row ranges.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(DEVICES),
-    default="cpu",
-    show_default=True,
-    help="Instance kind of shards and the dense model (the router always runs on CPU).",
-)
-@click.option("--instances", type=click.IntRange(1, 256), default=1, show_default=True, help="Instances per model.")
+@options.target
+@options.shards_per_table
+@options.device
+@options.instances
 @options.max_batch_size
 @options.latency_slo_ms
 @options.group_by

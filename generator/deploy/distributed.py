@@ -29,6 +29,7 @@ from generator.repository.generation import (
     new_staging_dir,
     next_plan,
     read_running,
+    save_pending,
 )
 from generator.repository.manifest import write_manifest
 from generator.repository.params import RemoteCallPolicy
@@ -111,15 +112,8 @@ def build_distributed(
         writer = ModelWriter(model, plan, leaves)
         front = staged / topology.front.repository
         front.mkdir()
-        writer.router(front)
         writer.profile(front)
-        for group, deployment in zip(plan.shard_groups(), topology.groups, strict=True):
-            one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
-            writer.shard_group(staged / deployment.repository, group, one_instance)
-            writer.remote_group(front, group, topology.remote_call)
-        writer.dense(front)
-        writer.ensemble(front)
-        writer.ranking(front, front)
+        write_front_and_groups(writer, topology, front, front, staged)
         write_manifest(plan, leaves, front)
         topology.save(staged)
         save_plan(plan, staged / naming.DISTRIBUTED_PLAN_FILE)
@@ -132,18 +126,17 @@ def build_distributed(
 _STAGED_LEAVES = "leaves"
 
 
-def _write_front_and_groups(writer: ModelWriter, topology: Topology, staging: Path) -> None:
-    """A generation's front models and ensembles, and its groups' repositories, into the staging directory."""
+def write_front_and_groups(writer: ModelWriter, topology: Topology, leaves: Path, ensembles: Path, root: Path) -> None:
+    """A distributed build's models: the front's leaves, its ensembles, every group's repository under `root`."""
     plan = writer.plan
-    staged_leaves, staged_ensembles = staging / _STAGED_LEAVES, staging / STAGED_ENSEMBLES
-    writer.router(staged_leaves)
+    writer.router(leaves)
     for group, deployment in zip(plan.shard_groups(), topology.groups, strict=True):
         one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
-        writer.shard_group(staging / deployment.repository, group, one_instance)
-        writer.remote_group(staged_leaves, group, topology.remote_call)
-    writer.dense(staged_leaves)
-    writer.ensemble(staged_ensembles)
-    writer.ranking(staged_leaves, staged_ensembles)
+        writer.shard_group(root / deployment.repository, group, one_instance)
+        writer.remote_group(leaves, group, topology.remote_call)
+    writer.dense(leaves)
+    writer.ensemble(ensembles)
+    writer.ranking(leaves, ensembles)
 
 
 def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: LeafOptions) -> PendingGeneration:
@@ -164,7 +157,7 @@ def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: L
     staging = new_staging_dir(front, plan.generation)
     try:
         writer = ModelWriter(model, plan, leaves)
-        _write_front_and_groups(writer, topology, staging)
+        write_front_and_groups(writer, topology, staging / _STAGED_LEAVES, staging / STAGED_ENSEMBLES, staging)
         check_ensembles(running, front, staging / STAGED_ENSEMBLES)
         write_manifest(plan, leaves, staging)
         topology.save(staging)
@@ -184,23 +177,12 @@ def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: L
             for name in new_leaves:
                 shutil.rmtree(front / name, ignore_errors=True)
             raise
-        pending = PendingGeneration(
-            model_name=plan.model_name,
-            generation=plan.generation,
-            previous_generation=running.generation,
-            leaf_repository=str(front),
-            ensemble_repository=str(front),
-            staging=str(staging),
-            new_leaves=new_leaves,
-            old_leaves=running.leaves,
-            ensembles=running.ensembles,
-            installs=tuple((str(a), str(b)) for a, b in installs),
-            latency_slo_ms=plan.latency_slo_ms,
+        pending = save_pending(
+            plan, running, (front, front), staging, new_leaves, installs,
             new_groups=tuple(topology.group_models()),
             old_groups=tuple(running_topology.group_models()),
             topology=str(staging / naming.TOPOLOGY_FILE),
-        )
-        pending.save()
+        )  # fmt: skip
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -281,23 +282,42 @@ def write_generation(
             text.write_text(readme.render(model, result))
             installs.append((text, repository / naming.README_FILE))
         move_leaves(staged_leaves, leaf_repository, new_leaves)
-        pending = PendingGeneration(
-            model_name=plan.model_name,
-            generation=plan.generation,
-            previous_generation=running.generation,
-            leaf_repository=str(leaf_repository),
-            ensemble_repository=str(ensemble_repository),
-            staging=str(staging),
-            new_leaves=new_leaves,
-            old_leaves=running.leaves,
-            ensembles=running.ensembles,
-            installs=tuple((str(a), str(b)) for a, b in installs),
-            latency_slo_ms=plan.latency_slo_ms,
-        )
-        pending.save()
+        pending = save_pending(plan, running, (leaf_repository, ensemble_repository), staging, new_leaves, installs)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return pending
+
+
+def save_pending(
+    plan: Plan,
+    running: RunningGeneration,
+    repositories: tuple[Path, Path],
+    staging: Path,
+    new_leaves: Sequence[str],
+    installs: Sequence[tuple[Path, Path]],
+    **distributed: Any,
+) -> PendingGeneration:
+    """The pending generation of `plan` after `running`, written into STAGING/pending.json.
+
+    `repositories`: (leaf, ensemble) repository; `distributed`: the distributed layout's `new_groups`, `old_groups`
+    and `topology`.
+    """
+    pending = PendingGeneration(
+        model_name=plan.model_name,
+        generation=plan.generation,
+        previous_generation=running.generation,
+        leaf_repository=str(repositories[0]),
+        ensemble_repository=str(repositories[1]),
+        staging=str(staging),
+        new_leaves=tuple(new_leaves),
+        old_leaves=running.leaves,
+        ensembles=running.ensembles,
+        installs=tuple((str(a), str(b)) for a, b in installs),
+        latency_slo_ms=plan.latency_slo_ms,
+        **distributed,
+    )
+    pending.save()
     return pending
 
 
