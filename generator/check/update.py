@@ -22,7 +22,7 @@ from generator.errors import CheckFailedError, RecgenError, UpdateError
 from generator.planning import precision
 from generator.planning.plan import Model, Plan
 from generator.repository.configs import LeafOptions
-from generator.repository.generation import PendingGeneration, discard, write_generation
+from generator.repository.generation import PENDING_FILE, PendingGeneration, discard, write_generation
 
 #: Requests (of this many samples) sent to every candidate ensemble before the switch.
 VERIFY_REQUESTS = 4
@@ -56,20 +56,19 @@ class UpdateReport:
         return "\n".join(lines)
 
 
-def verify(model: Model, plan: Plan, candidates: list[str], url: str) -> tuple[CheckReport, ...]:
+def verify(model: Model, plan: Plan, pending: PendingGeneration, url: str) -> tuple[CheckReport, ...]:
     """Check every candidate ensemble against the new model (rows rounded as the plan stores them)."""
     reference = precision.with_rounded_rows(model, plan)
     reports = []
-    for candidate in candidates:
-        structured = candidate.endswith(naming.ranking_ensemble(""))
+    for ensemble in pending.ensembles:
         report = check(
             reference,
             url,
             protocol="grpc",
-            model_name=candidate,
+            model_name=pending.candidate(ensemble),
             requests=VERIFY_REQUESTS,
             batch_size=VERIFY_BATCH,
-            structured=structured,
+            structured=ensemble == naming.ranking_ensemble(pending.model_name),
         )
         reports.append(report)
         if not report.passed:
@@ -107,9 +106,7 @@ def update(
         pending = _write(model, plan, deployment, leaves)
         echo(f"wrote {pending}")
         try:
-            candidates = list(
-                channel.request("prepare", pending=str(Path(pending.staging) / "pending.json"))["candidates"]
-            )
+            channel.request("prepare", pending=str(Path(pending.staging) / PENDING_FILE))
         except RecgenError:
             discard(pending)  # serve removed what it had loaded; make sure nothing of it is left
             raise
@@ -117,7 +114,7 @@ def update(
         if verify_first:
             next_plan = dataclasses.replace(plan, generation=pending.generation)
             try:
-                checks = verify(model, next_plan, candidates, deployment["grpc_url"])
+                checks = verify(model, next_plan, pending, deployment["grpc_url"])
             except RecgenError as error:
                 channel.request("abort", reason=str(error).splitlines()[0])
                 raise UpdateError(f"generation {pending.generation} was not switched to: {error}") from error

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -67,7 +68,7 @@ class SwitchTimes:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready fields."""
-        return {"load_s": self.load_s, "switch_s": self.switch_s, "drain_s": self.drain_s, "lingering": self.lingering}
+        return dataclasses.asdict(self)
 
 
 def _load(server: TritonServer, model: str) -> None:
@@ -137,6 +138,13 @@ def abort(server: TritonServer, pending: PendingGeneration, echo: Echo) -> None:
     echo(f"generation {pending.generation} removed; generation {pending.previous_generation} serves on")
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """Write a file whole in one rename, so that a load never reads it half written."""
+    staged = path.with_name(path.name + ".recgen-new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
 @dataclass
 class _Swapped:
     ensemble_dir: Path
@@ -151,9 +159,7 @@ def _swap(server: TritonServer, pending: PendingGeneration, ensemble: str) -> _S
     version_dir = ensemble_dir / str(pending.generation)
     shutil.rmtree(version_dir, ignore_errors=True)
     write_ensemble_version(ensemble_dir, pending.generation)
-    staged = config_path.with_name(naming.CONFIG_FILE + ".recgen-new")
-    staged.write_text(pending.staged_ensemble(ensemble).read_text())
-    os.replace(staged, config_path)
+    _replace_text(config_path, pending.staged_ensemble(ensemble).read_text())
     try:
         server.admin("load", ensemble, timeout_s=DEFAULT_READY_TIMEOUT_S)
     except RecgenError as error:
@@ -166,10 +172,7 @@ def _swap(server: TritonServer, pending: PendingGeneration, ensemble: str) -> _S
 
 def _restore(server: TritonServer, swapped: _Swapped, generation: int) -> None:
     """Put an ensemble's old config back and load it again (its old steps are still loaded)."""
-    config_path = swapped.ensemble_dir / naming.CONFIG_FILE
-    staged = config_path.with_name(naming.CONFIG_FILE + ".recgen-old")
-    staged.write_text(swapped.old_config)
-    os.replace(staged, config_path)
+    _replace_text(swapped.ensemble_dir / naming.CONFIG_FILE, swapped.old_config)
     shutil.rmtree(swapped.ensemble_dir / str(generation), ignore_errors=True)
     # The caller reports the first error; the supervisor's next look finds what is still broken.
     with contextlib.suppress(RecgenError):

@@ -15,6 +15,7 @@ Copied next to every model.py.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import shutil
@@ -155,8 +156,6 @@ def retire_gone_instances(folder: Path) -> int:
     Runs under a lock on the folder (the profile model, a starting router and `recgen serve` may all call it);
     returns how many instances it retired.
     """
-    import fcntl
-
     retired = 0
     with open(folder / _LOCK_FILE, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
