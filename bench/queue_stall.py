@@ -1,11 +1,12 @@
-"""Benchmark: the ~0.5 s stalls a queue policy brings to Triton 2.51's dynamic batcher, with and without it.
+"""Benchmark: the ~0.5 s stalls a queue policy brings to Triton 2.51's dynamic batcher, against recgen's shedding.
 
-Every step recgen writes has `dynamic_batching { default_queue_policy { ... } }`, so that a request queued past its
-share of the latency target is rejected (docs/faults.md). On the embedded server that policy comes with stalls: now
-and then every request in flight waits about 500 ms (sometimes 1 s) at once, whichever kernels or lookup step
-serve. This serves the same build twice, as written and with the queue policy removed from every config, sends
-closed-loop flattened and packed (ranking) requests alternately, and counts the requests slower than
-`--slow-ms`, with p50, p99 and the slowest.
+recgen used to give every step `dynamic_batching { default_queue_policy { ... } }`, so that a request queued past
+its share of the latency target was rejected. On the embedded server that policy comes with stalls: now and then
+every request in flight waits about 500 ms (sometimes 1 s) at once (docs/faults.md). Builds now carry no policy and
+their routers shed instead (`recgen_admission`). This serves the same build twice, as written and with Triton's
+queue policy put back (and the routers' admission removed: `triton_queue_policies`), sends closed-loop flattened
+and packed (ranking) requests alternately, and counts the requests slower than `--slow-ms`, with p50, p99 and
+the slowest.
 
     python -m bench.queue_stall [--seconds 3] [--rounds 3] [--clients 4] [--slow-ms 100] [--out runs/bench/queue_stall]
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadgen import drop_queue_policies
+from bench.loadgen import triton_queue_policies
 from bench.structured import shared_model
 from generator import naming
 from generator.check import client
@@ -31,7 +32,7 @@ from generator.planning import plan
 from generator.repository import build
 from generator.traffic.requests import random_structured_request
 
-SYSTEMS = ("as-built", "no-queue-policy")
+SYSTEMS = ("as-built", "triton-queue-policy")
 MODES = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
 
 
@@ -71,8 +72,8 @@ def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> li
         for system in SYSTEMS:
             out = Path(workdir) / system
             result = build.build(model, plan.uniform_plan(model), out / "r", out / "e")
-            if system == "no-queue-policy":
-                drop_queue_policies(list(result.repositories))
+            if system == "triton-queue-policy":
+                triton_queue_policies(list(result.repositories), result.plan.latency_slo_ms)
             server = stack.enter_context(serve.running_server(result.repositories, timeout_s=300))
             for mode, name in MODES.items():
                 clients[(system, mode)] = [

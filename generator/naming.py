@@ -32,6 +32,9 @@ PARAMS_FILE = "recgen_params.py"
 SPEC_FILE = "recgen_spec.py"
 #: The routers' access counters and front-cache counters, copied next to each model.py.
 ACCESS_FILE = "recgen_access.py"
+#: The routers' admission control (shedding overload) and the private runtime folder it and the counters use.
+ADMISSION_FILE = "recgen_admission.py"
+RUNTIME_FILE = "recgen_runtime.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
 DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE

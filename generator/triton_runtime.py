@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import PurePath
 
+from generator.triton_models import recgen_admission as admission
+
 #: Image the `container` target and the Deployments are written for.
 NGC_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 #: What a front server's image adds to the Triton image: its remote steps are gRPC clients.
@@ -50,9 +52,10 @@ ADMIN_HEADER = "recgen-admin-key"
 #: APIs no client needs at serving time: model control, shared-memory registration (a client could point the
 #: server at a stub's own region and crash it), log settings and tracing. Statistics, metadata and health stay open.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
-#: What Triton answers (UNAVAILABLE) when a step's queue policy rejects a request: it waited past the timeout,
-#: or found the queue full. A client may retry these later; they are load shed on purpose, not failures.
-REJECTION_MESSAGES = ("Request timeout expired", "Exceeds maximum queue size")
+#: What a shed request is answered (UNAVAILABLE): the router's admission control, and Triton's own queue policy
+#: (which recgen no longer writes, but a hand-edited config may have). A client may retry these later; they are
+#: load shed on purpose, not failures.
+REJECTION_MESSAGES = (admission.SHED_MESSAGE, "Request timeout expired", "Exceeds maximum queue size")
 #: `/dev/shm` of a container (`docker run --shm-size`); Docker's 64 MB default is too small for many instances.
 CONTAINER_SHM_SIZE = "1g"
 

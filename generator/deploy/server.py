@@ -36,6 +36,7 @@ from pathlib import Path
 from generator import naming, triton_runtime
 from generator.errors import ModelLoadError, ServerError
 from generator.repository import staging, validation
+from generator.triton_models import recgen_admission as admission
 
 #: Seconds the server gets to load every model and report ready.
 DEFAULT_READY_TIMEOUT_S = 180.0
@@ -233,12 +234,16 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**server_environment(), **dict(self.config.environment)},
+                env={**server_environment(), **self.own_environment(), **dict(self.config.environment)},
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
+
+    def own_environment(self) -> dict[str, str]:
+        """What this server's stubs must know of it: where its metrics are (the routers shed load by them)."""
+        return {admission.METRICS_URL_ENV: self.metrics_url}
 
     def logs(self) -> str:
         """Everything the server printed so far."""

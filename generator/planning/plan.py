@@ -190,7 +190,7 @@ class Plan:
     group_by: GroupBy = "placement"
     #: The request's sparse features, each pooled from one table; () means one sum-pooled feature per table.
     features: tuple[FeatureSpec, ...] = ()
-    #: Latency target of one request through the ensemble; every step's queue policy follows from it.
+    #: Latency target of one request through the ensemble; the router's shedding budget follows from it.
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
     #: The router rejects a request whose dense features or weights hold a NaN or an infinity (False: pass them on,
     #: as PyTorch would).
@@ -321,10 +321,9 @@ class Plan:
             f"  router: {self.router.instance_count} x {self.router.device}; "
             f"dense: {self.dense.instance_count} x {self.dense.device}"
         )
-        policy = queueing.queue_policy(self.latency_slo_ms, 1)
         lines.append(
-            f"  latency target {self.latency_slo_ms:g} ms: every step rejects a request queued over "
-            f"{policy.timeout_us / 1000:g} ms (queue {policy.max_queue_size} per instance)"
+            f"  latency target {self.latency_slo_ms:g} ms: the router sheds requests while they would queue over "
+            f"{queueing.queue_budget_us(self.latency_slo_ms) / 1000:g} ms on a server"
         )
         return "\n".join(lines)
 

@@ -15,7 +15,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from generator import naming
 from generator.model.imported import ImportedModel
-from generator.planning import queueing
 from generator.planning.plan import Model, Placement, Plan, ShardGroup
 from generator.repository import layout, params
 from generator.repository.layout import TensorSpec
@@ -89,24 +88,19 @@ def _serving_config(
     placement: Placement,
     signature: tuple[Sequence[TensorSpec], Sequence[TensorSpec]],
     parameters: Sequence[Spec] | dict[str, str] = (),
-    *,
-    latency_slo_ms: float,
 ) -> mc.ModelConfig:
     """A leaf model: backend, one instance group, dynamic batching across concurrent requests, its parameters.
 
-    Its queue is bounded and times out (REJECT) as `queueing` derives from the latency target.
+    Its queue has no policy (no bound, no timeout): the router sheds overload (`queueing`).
     """
     config = _base_config(name, max_batch_size, *signature)
     config.backend = backend
     config.instance_group.add(kind=_KIND[placement.device], count=placement.instance_count)
-    # Concurrent requests that queue up share one execute() (see QUEUE_DELAY_US). A model that does not batch
-    # (max_batch_size 0) gets the scheduler too, for its queue policy: Triton 2.51 accepts it and batches nothing.
+    # Concurrent requests that queue up share one execute() (see QUEUE_DELAY_US). No queue policy: any policy turns
+    # the batcher's prefetching off and with it come ~0.5 s stalls; the router sheds overload instead (queueing).
+    # A model that does not batch (max_batch_size 0) gets the scheduler too: Triton 2.51 accepts it and batches
+    # nothing.
     config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
-    policy = queueing.queue_policy(latency_slo_ms, placement.instance_count)
-    queue = config.dynamic_batching.default_queue_policy
-    queue.timeout_action = mc.ModelQueuePolicy.REJECT
-    queue.default_timeout_microseconds = policy.timeout_us
-    queue.max_queue_size = policy.max_queue_size
     values = parameters if isinstance(parameters, dict) else {spec.PARAMETER: spec.to_json() for spec in parameters}
     for key, value in values.items():
         config.parameters[key].string_value = value
@@ -124,15 +118,22 @@ def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
     specs += [
         spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
     ]
+    name = naming.router_model(plan.leaf_stem)
+    specs.append(params.admission(plan, name, _later_steps(plan, naming.dense_model(plan.leaf_stem))))
     return _serving_config(
-        naming.router_model(plan.leaf_stem),
+        name,
         "python",
         plan.max_batch_size,
         plan.router,
         (layout.with_checked(layout.router_inputs(plan), checked), layout.router_outputs(plan)),
         specs,
-        latency_slo_ms=plan.latency_slo_ms,
     )
+
+
+def _later_steps(plan: Plan, dense_name: str) -> list[tuple[str, int]]:
+    """The ensemble's steps after the router on the router's server (shard groups or their remote steps, dense)."""
+    groups = [(layout.shard_group_model_name(plan, g), g.placement.instance_count) for g in plan.step_groups()]
+    return [*groups, (dense_name, plan.dense.instance_count)]
 
 
 def profile_config(plan: Plan) -> mc.ModelConfig | None:
@@ -150,7 +151,6 @@ def profile_config(plan: Plan) -> mc.ModelConfig | None:
         Placement(1, "cpu"),
         layout.profile_signature(plan),
         [counters],
-        latency_slo_ms=plan.latency_slo_ms,
     )
     config.input[0].optional = True
     return config
@@ -171,15 +171,16 @@ def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
     specs += [
         spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
     ]
+    name = naming.ranking_router_model(plan.leaf_stem)
+    specs.append(params.admission(plan, name, _later_steps(plan, naming.ranking_dense_model(plan.leaf_stem))))
     reads = layout.with_checked(layout.ranking_router_inputs(plan), checked)
     return _serving_config(
-        naming.ranking_router_model(plan.leaf_stem),
+        name,
         "python",
         0,
         plan.router,
         (reads, [spec.unbatched() for spec in layout.router_outputs(plan)]),
         specs,
-        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -197,7 +198,6 @@ def shard_group_config(
         placement or group.placement,
         layout.group_signature(plan, group),
         leaves.parameters(params.shard_group(plan, group)),
-        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -214,7 +214,6 @@ def remote_group_config(plan: Plan, group: ShardGroup, policy: params.RemoteCall
         Placement(device="cpu", instance_count=group.placement.instance_count),
         layout.group_signature(plan, group),
         [params.remote_group(plan, group, policy)],
-        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -235,7 +234,6 @@ def dense_config(
         plan.dense,
         (layout.dense_inputs(plan, dense), layout.ensemble_outputs(outputs)),
         leaves.parameters(params.dense(plan)),
-        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -256,7 +254,6 @@ def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.Mo
             plan.dense,
             (inputs, outputs),
             leaves.parameters(params.dense(plan)),
-            latency_slo_ms=plan.latency_slo_ms,
         )
     return _serving_config(
         naming.ranking_dense_model(plan.leaf_stem),
@@ -265,7 +262,6 @@ def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.Mo
         plan.dense,
         (inputs, outputs),
         [params.ranking_dense(plan, model.dense_sides)],
-        latency_slo_ms=plan.latency_slo_ms,
     )
 
 
@@ -278,7 +274,6 @@ def monolithic_config(plan: Plan, num_dense_features: int, leaves: LeafOptions) 
         plan.dense,
         (layout.ensemble_inputs(plan, num_dense_features), layout.ensemble_outputs()),
         leaves.parameters(params.monolithic(plan)),
-        latency_slo_ms=plan.latency_slo_ms,
     )
 
 

@@ -53,7 +53,7 @@ def install_python_model(module: str, version_dir: Path) -> None:
     (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module).read_text())
     helpers = (
         naming.KERNELS_FILE, naming.COMPILED_FILE, naming.PARAMS_FILE, naming.SPEC_FILE, naming.POOLING_FILE,
-        naming.ROWS_FILE, naming.ACCESS_FILE,
+        naming.ROWS_FILE, naming.ACCESS_FILE, naming.ADMISSION_FILE, naming.RUNTIME_FILE,
     )  # fmt: skip
     for helper in helpers:
         (version_dir / helper).write_text(package.joinpath(helper).read_text())

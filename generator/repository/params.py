@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from generator import naming, triton_runtime
 from generator.model.dlrm import Side
+from generator.planning import queueing
 from generator.planning.plan import Plan, ShardGroup
 from generator.repository import layout
 from generator.repository.layout import TensorSpec
@@ -105,6 +106,21 @@ def router_pooling(plan: Plan) -> params.RouterPoolingParams | None:
     return params.RouterPoolingParams(rows_model=naming.router_model(plan.leaf_stem), groups=tuple(entries))
 
 
+def admission(plan: Plan, first_step: str, steps: Sequence[tuple[str, int]]) -> params.AdmissionParams:
+    """The router's shedding: the queue budget from the latency target, and the ensemble's steps on its server."""
+    return params.AdmissionParams(
+        budget_us=queueing.queue_budget_us(plan.latency_slo_ms),
+        steps=(
+            params.AdmissionStep(first_step, plan.router.instance_count),
+            *(params.AdmissionStep(name, instances) for name, instances in steps),
+        ),
+        directory=RUNTIME_DIRECTORY,
+    )
+
+
+#: Where the stubs keep their runtime files, under recgen-<uid>/ (memory on Linux; an emptyDir `medium: Memory` on
+#: Kubernetes).
+RUNTIME_DIRECTORY = "/dev/shm"
 #: Where the routers keep their access counters (memory on Linux; an emptyDir `medium: Memory` on Kubernetes).
 ACCESS_COUNTS_DIRECTORY = "/dev/shm/recgen-access"
 

@@ -130,6 +130,29 @@ class AccessCountsParams(Spec):
     num_rows: tuple[int, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class AdmissionStep(Spec):
+    """One step of the router's ensemble whose queue counts: its model and instances."""
+
+    model: str
+    instances: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AdmissionParams(Spec):
+    """`admission` (on every router): shed a batch when requests would queue past `budget_us` (`recgen_admission`).
+
+    `steps` are the ensemble's leaf steps on this server, the router first; the shared estimate lives under
+    `directory`/recgen-<uid>/load/<server pid>/.
+    """
+
+    PARAMETER: ClassVar[str] = "admission"
+
+    budget_us: int
+    steps: tuple[AdmissionStep, ...]
+    directory: str
+
+
 # -- shard groups, dense models, the monolithic baseline, remote steps ------------------------------------------------
 
 

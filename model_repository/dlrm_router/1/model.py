@@ -27,12 +27,14 @@ except ModuleNotFoundError:  # imported by tests or tooling
 
 try:  # a generated repository has its helpers next to this file
     import recgen_access as access
+    import recgen_admission as admission
     import recgen_compiled as compiled
     import recgen_kernels as kernels
     import recgen_params as params
     import recgen_pooling as pooling
 except ModuleNotFoundError:
     from generator.triton_models import recgen_access as access
+    from generator.triton_models import recgen_admission as admission
     from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
@@ -314,9 +316,17 @@ class TritonPythonModel:
         self.counts = access.CacheCounts()
         self.metrics = _cache_metrics(args["model_name"]) if self.routing.cache_output else None
         self.counter = _access_counter(config, args["model_name"], self.routing)
+        spec = params.AdmissionParams.optional_from_model_config(config)
+        log = print if pb_utils is None else pb_utils.Logger.log_warn
+        self.admission = admission.open_admission(spec, args["model_name"], log)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Route the batched requests; export the front cache's hits and lookups as Prometheus counters."""
+        """Route the batched requests (or shed them all while the server is overloaded); export the cache's counts."""
+        shed = None if self.admission is None else self.admission.shed_message()
+        if shed is not None:  # at once, reading nothing: the queue behind drains fast
+            # One error object per response: the 2.51 backend crashes the server when responses share one.
+            unavailable = pb_utils.TritonError.UNAVAILABLE
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(shed, unavailable)) for _ in requests]
         before = (self.counts.lookups, self.counts.hits)
         responses = self._route_all(requests)
         if self.metrics is not None:
@@ -324,6 +334,11 @@ class TritonPythonModel:
             lookups.increment(self.counts.lookups - before[0])
             hits.increment(self.counts.hits - before[1])
         return responses
+
+    def finalize(self) -> None:
+        """Stop the admission's polling thread."""
+        if self.admission is not None:
+            self.admission.close()
 
     def _route_all(self, requests: list[Any]) -> list[Any]:
         """Route all batched requests in one pass; if any id is bad, route each request alone so only it fails."""

@@ -1,0 +1,73 @@
+"""The private folder every recgen process of one user keeps its runtime files in, checked before it is trusted.
+
+Stubs keep memory-mapped files beside their server (the routers' access counters, the load they shed by): under
+`<base>/recgen-<uid>/<kind>/<server pid>/`, with `<base>` normally `/dev/shm`. Each user gets a folder of its own,
+so one user's server never collides with another's, and nobody can choose where another user's files go: a folder
+that exists already is used only if it is a real folder (not a link) owned by this user and closed to others
+(mode 0700); anything else is refused with a message that says what to remove. Copied next to every model.py;
+the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class UnsafeFolderError(RuntimeError):
+    """A runtime folder that another user owns, can enter, or that is not a plain folder."""
+
+
+def check_private(folder: Path) -> Path:
+    """`folder` itself if it is a folder (not a link) that only this user owns and can enter; else UnsafeFolderError."""
+    info = os.lstat(folder)
+    uid = os.geteuid()
+    problem = ""
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a folder (a link or a file)"
+    elif info.st_uid != uid:
+        problem = f"belongs to uid {info.st_uid}, not to this user (uid {uid})"
+    elif info.st_mode & 0o077:
+        problem = f"is open to other users (mode {stat.S_IMODE(info.st_mode):04o}, must be 0700)"
+    if problem:
+        raise UnsafeFolderError(
+            f"recgen's runtime folder {folder} {problem}; recgen will not use it. Remove it (or, if it is yours, "
+            f"`chmod 700 {folder}`) and start again"
+        )
+    return folder
+
+
+def private_folder(path: Path) -> Path:
+    """Create `path` (mode 0700) if it is missing, then check it is private (see check_private)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    return check_private(path)
+
+
+def user_folder(base: str | Path) -> Path:
+    """`<base>/recgen-<uid>`: this user's own folder under a shared place such as /dev/shm (created 0700)."""
+    return private_folder(Path(base) / f"recgen-{os.geteuid()}")
+
+
+def server_folder(base: str | Path, kind: str, ours: Sequence[str] = ()) -> Path:
+    """`<base>/recgen-<uid>/<kind>/<server pid>`: where the stubs of this process's server keep `kind` files.
+
+    A stub's parent is its server, so the stubs of one server agree on the folder without being told. The folders
+    of servers that are gone are removed first when they hold only files whose names end with one of `ours`.
+    """
+    kind_folder = private_folder(user_folder(base) / kind)
+    if ours:
+        remove_gone_servers(kind_folder, ours)
+    return private_folder(kind_folder / str(os.getppid()))
+
+
+def remove_gone_servers(kind_folder: Path, ours: Sequence[str]) -> None:
+    """Remove the folders of servers whose process is gone (named by pid) if they hold only files named `ours`."""
+    for folder in kind_folder.iterdir():
+        gone = folder.is_dir() and folder.name.isdigit() and not Path(f"/proc/{folder.name}").exists()
+        if gone and all(path.name.endswith(tuple(ours)) for path in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
