@@ -10,3 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 bash scripts/install_torchrec.sh
+# The library that keeps the embedded server's admin key off its command line (generator/deploy/admin_key.py),
+# compiled from source with the system's C compiler; without one it says so (serve then refuses, naming the fix).
+.venv/bin/python -m generator.deploy.admin_key

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generator import naming, triton_runtime
+from generator.deploy import admin_key
 from generator.errors import ModelLoadError, ServerError
 from generator.repository import staging, validation
 from generator.triton_models import recgen_admission as admission
@@ -148,6 +149,9 @@ def _signal_name(number: int) -> str:
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # Whatever the server and its stubs create (the Python backend's shared-memory regions, the routers' files)
+    # is private to this user.
+    os.umask(0o077)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -173,8 +177,11 @@ class TritonServer:
         self.http_port = config.http_port or ports[0]
         self.grpc_port = config.grpc_port or ports[1]
         self.metrics_port = config.metrics_port or ports[2]
-        #: Unlocks the restricted APIs of this server only; never printed or written anywhere.
+        #: Unlocks the restricted APIs of this server only; never printed, written anywhere or put on its command
+        #: line (`admin_key`: the flags carry a placeholder, the environment the key).
         self.admin_key = secrets.token_urlsafe(24)
+        self._key_argument: str = self.admin_key
+        self._key_environment: dict[str, str] = {}
 
     @property
     def client_host(self) -> str:
@@ -209,7 +216,7 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             *triton_runtime.server_flags(gpu=False),
-            *triton_runtime.supervised_flags(self.admin_key),
+            *triton_runtime.supervised_flags(self._key_argument),
             # No GPU here by default: skip the DCGM probes that only print noise.
             "--allow-gpu-metrics=false",
             f"--log-verbose={self.config.log_verbose}",
@@ -227,7 +234,8 @@ class TritonServer:
         ]
         if busy:
             raise ServerError(f"port(s) {busy} on {self.client_host} already answer; is another server running?")
-        log = self.log_path.open("wb")
+        self._key_argument, self._key_environment = admin_key.hidden_key_environment(self.admin_key, cache_dir())
+        log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         try:
             self.process = subprocess.Popen(
                 self.command(),
@@ -243,7 +251,7 @@ class TritonServer:
 
     def own_environment(self) -> dict[str, str]:
         """What this server's stubs must know of it: where its metrics are (the routers shed load by them)."""
-        return {admission.METRICS_URL_ENV: self.metrics_url}
+        return {admission.METRICS_URL_ENV: self.metrics_url, **self._key_environment}
 
     def logs(self) -> str:
         """Everything the server printed so far."""
