@@ -3,7 +3,7 @@
 Model control on a served deployment belongs to the process that started it: `recgen serve` holds each server's
 admin key (never written anywhere) and supervises the models, so it is also the one that switches them. It
 listens on `socket_path(http_port)`, inside a directory of mode 0700 owned by the user (`$XDG_RUNTIME_DIR/recgen`
-or `/tmp/recgen-<uid>`), named after the HTTP port clients call. `recgen update` connects, and the two exchange
+or `~/.cache/recgen/run`), named after the HTTP port clients call. `recgen update` connects, and the two exchange
 one JSON object per line:
 
     -> {"command": "describe"}                      <- {"ok": true, "deployment": {...}}
@@ -23,14 +23,15 @@ import json
 import os
 import queue
 import socket
-import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from generator.deploy.server import cache_dir
 from generator.errors import RecgenError, ServerUnreachableError, UpdateError, UserInputError
 from generator.repository.generation import PendingGeneration
+from generator.triton_models import recgen_runtime
 
 #: Seconds a session may stay silent (the client checks the candidates between prepare and commit).
 SESSION_TIMEOUT_S = 300.0
@@ -56,16 +57,18 @@ class Deployment(Protocol):
 
 
 def runtime_dir() -> Path:
-    """The user's private directory for control sockets (created with mode 0700; refused if others can enter)."""
+    """The user's private directory for control sockets: `$XDG_RUNTIME_DIR/recgen`, else in recgen's cache folder.
+
+    Not a predictable name under /tmp, which another user could take first. Created 0700; refused, with what to do,
+    if it is not the user's own and closed to others.
+    """
     base = os.environ.get("XDG_RUNTIME_DIR")
-    directory = Path(base) / "recgen" if base else Path("/tmp") / f"recgen-{os.getuid()}"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = directory.stat()
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-        raise UserInputError(
-            f"{directory} must belong to you and be closed to others (mode 0700) to hold recgen's control sockets"
-        )
-    return directory
+    directory = Path(base) / "recgen" if base else cache_dir() / "run"
+    directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        return recgen_runtime.private_folder(directory)
+    except recgen_runtime.UnsafeFolderError as error:
+        raise UserInputError(str(error)) from error
 
 
 def socket_path(http_port: int) -> Path:

@@ -93,7 +93,9 @@ def server_environment() -> dict[str, str]:
     """Environment for the server: this interpreter first on PATH, libpython and the wheel's libs findable."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"recgen-numba-{os.getuid()}"))
+    # In the user's own cache folder: numba's cache index is a pickle, so a folder another user could create first
+    # (a fixed name under /tmp) would let that user run code in the stubs.
+    env.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
     for variable, value in triton_runtime.SERVING_ENV.items():
         env.setdefault(variable, value)
     library_dirs = [str(pytriton_server_dir().parent.parent / "nvidia_pytriton.libs")]

@@ -44,8 +44,8 @@ from generator.repository.generation import (
     discard,
     read_running,
 )
-from generator.repository.params import ACCESS_COUNTS_DIRECTORY
-from generator.triton_models import recgen_access
+from generator.repository.params import RUNTIME_DIRECTORY
+from generator.triton_models import recgen_access, recgen_runtime
 
 #: New leaves loaded at once (Triton's default model-load thread count).
 PARALLEL_LOADS = 4
@@ -236,7 +236,7 @@ def commit(server: TritonServer, pending: PendingGeneration, echo: Echo, load_s:
     else:
         echo(f"generation {pending.previous_generation} drained and unloaded in {drain_s:.3f} s")
     _install(pending, lingering)
-    counters = Path(ACCESS_COUNTS_DIRECTORY) / str(server.pid)
+    counters = recgen_runtime.user_folder(RUNTIME_DIRECTORY) / recgen_access.FOLDER_KIND / str(server.pid)
     if counters.is_dir():  # the old routers' counts stay in the window, their files go
         recgen_access.retire_gone_instances(counters)
     return SwitchTimes(load_s, switch_s, drain_s, lingering)

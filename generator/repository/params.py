@@ -121,8 +121,6 @@ def admission(plan: Plan, first_step: str, steps: Sequence[tuple[str, int]]) -> 
 #: Where the stubs keep their runtime files, under recgen-<uid>/ (memory on Linux; an emptyDir `medium: Memory` on
 #: Kubernetes).
 RUNTIME_DIRECTORY = "/dev/shm"
-#: Where the routers keep their access counters (memory on Linux; an emptyDir `medium: Memory` on Kubernetes).
-ACCESS_COUNTS_DIRECTORY = "/dev/shm/recgen-access"
 
 
 def access_counts(plan: Plan) -> params.AccessCountsParams | None:
@@ -131,7 +129,7 @@ def access_counts(plan: Plan) -> params.AccessCountsParams | None:
         return None
     tables = tuple(table.spec.name for table in plan.tables)
     rows = tuple(table.spec.num_rows for table in plan.tables)
-    return params.AccessCountsParams(ACCESS_COUNTS_DIRECTORY, plan.model_name, tables, rows)
+    return params.AccessCountsParams(RUNTIME_DIRECTORY, plan.model_name, tables, rows)
 
 
 def request_checks(checked: Sequence[TensorSpec]) -> list[params.RequestChecksParams]:

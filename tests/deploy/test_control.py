@@ -141,6 +141,6 @@ def test_no_serve_no_second_serve_and_no_shared_directory(runtime: Path, tmp_pat
     stale.start()
     stale.close()
     (runtime / "recgen").chmod(0o755)
-    with pytest.raises(UserInputError, match="closed to others"):
+    with pytest.raises(UserInputError, match="open to other users"):
         control.socket_path(18000)
     os.chmod(runtime / "recgen", 0o700)

@@ -21,6 +21,7 @@ from generator.repository import build, params, validation
 from generator.triton_models import recgen_access as access
 from generator.triton_models import recgen_compiled as compiled
 from generator.triton_models import recgen_params as specs
+from generator.triton_models import recgen_runtime as runtime
 from generator.triton_models import router_model
 
 
@@ -116,10 +117,11 @@ def test_a_count_stops_at_its_largest_value_and_gone_servers_folders_are_removed
     counts = np.full(2, access.MAX_COUNT - 1, np.uint32)
     compiled.count_ids(np.array([[0, 0, 1]]), np.zeros(3, np.int64), counts)
     assert counts.tolist() == [access.MAX_COUNT, access.MAX_COUNT]
-    gone = tmp_path / "counts" / "999999999"
-    gone.mkdir(parents=True)
+    kinds = runtime.private_folder(runtime.user_folder(tmp_path / "counts") / access.FOLDER_KIND)
+    gone = kinds / "999999999"
+    gone.mkdir()
     (gone / f"dlrm.dlrm_router.1{access.COUNTS_SUFFIX}").write_bytes(b"")
-    kept = tmp_path / "counts" / "999999998"
+    kept = kinds / "999999998"
     kept.mkdir()
     (kept / "someone_elses.txt").write_text("not ours")
     access.open_counter(_spec(tmp_path), "dlrm_router", ["user"], [3], ["user"])
@@ -130,7 +132,6 @@ def test_instances_that_are_gone_keep_their_counts_in_one_retired_set(tmp_path: 
     """An update or a restore replaces router instances: their counts stay in the window, their files go."""
     spec = _spec(tmp_path)
     folder = access.server_directory(spec.directory)
-    folder.mkdir(parents=True)
     dead = [5_000_001, 5_000_002, 5_000_003]  # above Linux's largest pid (2**22): no process has them
     rng = np.random.default_rng(5)
     expected, samples = np.zeros(340, np.int64), np.zeros(2, np.int64)

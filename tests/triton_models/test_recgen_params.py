@@ -26,6 +26,7 @@ def every_spec_of_a_plan() -> list[specs.Spec]:
         *params.request_checks(layout.finite_inputs(plan, model.num_dense_features)),
         params.ranking_router(plan),
         params.access_counts(plan),
+        params.admission(plan, "dlrm_router", [("dlrm_dense", 2)]),
         params.shard_group(plan, group),
         params.dense(cached),
         params.ranking_dense(plan, model.dense_sides),
@@ -88,4 +89,4 @@ def test_every_python_model_of_a_build_reads_its_parameters(tmp_path: Path) -> N
         for key in config.get("parameters", {}):
             by_parameter[key].from_model_config(config)
             read.add(key)
-    assert read == {"routing", "request_checks", "ranking_router", "access_counts", "shards", "dense", "ranking"}
+    assert read == {"routing", "request_checks", "ranking_router", "access_counts", "admission", "shards", "dense", "ranking"}

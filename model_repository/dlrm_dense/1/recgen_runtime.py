@@ -50,6 +50,7 @@ def private_folder(path: Path) -> Path:
 
 def user_folder(base: str | Path) -> Path:
     """`<base>/recgen-<uid>`: this user's own folder under a shared place such as /dev/shm (created 0700)."""
+    os.makedirs(base, mode=0o700, exist_ok=True)
     return private_folder(Path(base) / f"recgen-{os.geteuid()}")
 
 
@@ -66,8 +67,12 @@ def server_folder(base: str | Path, kind: str, ours: Sequence[str] = ()) -> Path
 
 
 def remove_gone_servers(kind_folder: Path, ours: Sequence[str]) -> None:
-    """Remove the folders of servers whose process is gone (named by pid) if they hold only files named `ours`."""
+    """Remove the folders of servers whose process is gone (named by pid) if they hold only files named `ours`.
+
+    Folder `1` is what stubs whose server died wrote into (their parent became init): always gone.
+    """
     for folder in kind_folder.iterdir():
-        gone = folder.is_dir() and folder.name.isdigit() and not Path(f"/proc/{folder.name}").exists()
+        gone = folder.name == "1" or not Path(f"/proc/{folder.name}").exists()
+        gone = gone and folder.is_dir() and folder.name.isdigit() and folder.name != str(os.getppid())
         if gone and all(path.name.endswith(tuple(ours)) for path in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)

@@ -328,6 +328,7 @@ ALL_SPECS: tuple[type[Spec], ...] = (
     FrontCacheParams,
     RankingRouterParams,
     AccessCountsParams,
+    AdmissionParams,
     ShardGroupParams,
     DenseParams,
     RankingDenseParams,

@@ -1,8 +1,9 @@
 """Traffic the routers count: every routed id per table and original row, and the front cache's hits.
 
 Every router instance (a stub process) counts into its own files, memory-mapped under
-`<directory>/<server pid>/<key>.<model>.<pid>.*`: `counts.npy` (uint32, every table's rows one after the other;
-a count stops at 2**32 - 1), `samples.npy` (int64 per table) and `since.npy` (the Unix time the window began).
+`<directory>/recgen-<uid>/access/<server pid>/<key>.<model>.<pid>.*` (a private folder per user, `recgen_runtime`):
+`counts.npy` (uint32, every table's rows one after the other; a count stops at 2**32 - 1), `samples.npy` (int64
+per table) and `since.npy` (the Unix time the window began).
 The server's profile model sums the files of its own server (`collect`); the stubs of one server share the
 server's process as parent, so they agree on the directory without being told. /dev/shm is memory, so the files
 cost what the touched pages cost and vanish with the machine; files of servers that are gone are removed by the
@@ -18,7 +19,6 @@ import contextlib
 import fcntl
 import itertools
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +34,11 @@ except ModuleNotFoundError:  # imported by tests or tooling
 try:  # a generated repository has its helpers next to this file
     import recgen_compiled as compiled
     import recgen_params as params
+    import recgen_runtime as runtime
 except ModuleNotFoundError:
     from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_params as params
+    from generator.triton_models import recgen_runtime as runtime
 
 COUNTS_SUFFIX = ".counts.npy"
 #: The middle name of a key's retired set: the counts of the instances that are gone, added up.
@@ -46,6 +48,8 @@ _LOCK_FILE = ".retire.lock"
 _RETIRE_CHUNK = 1 << 20
 SAMPLES_SUFFIX = ".samples.npy"
 SINCE_SUFFIX = ".since.npy"
+#: The files a counters folder may hold (what a gone server's folder must hold only, to be removed).
+_OURS = (COUNTS_SUFFIX, SAMPLES_SUFFIX, SINCE_SUFFIX, _LOCK_FILE)
 #: The largest count a row keeps.
 MAX_COUNT = np.iinfo(np.uint32).max
 
@@ -61,9 +65,13 @@ class AccessCounter:
     user_tables: np.ndarray  # bool [tables]: the table's ids come once per ranking request
 
 
+#: The folder kind of the counters (`recgen_runtime.server_folder`).
+FOLDER_KIND = "access"
+
+
 def server_directory(directory: str | Path) -> Path:
-    """Where the stubs of this process's server keep their files (the stubs' parent is the server)."""
-    return Path(directory) / str(os.getppid())
+    """Where the stubs of this process's server keep their counters (created private; gone servers' removed)."""
+    return runtime.server_folder(directory, FOLDER_KIND, _OURS)
 
 
 def open_counter(
@@ -71,9 +79,7 @@ def open_counter(
     sides: list[str],
 ) -> AccessCounter:  # fmt: skip
     """Create this instance's zeroed counters (and remove the files of servers that are gone)."""
-    _remove_gone_servers(Path(spec.directory))
     folder = server_directory(spec.directory)
-    folder.mkdir(parents=True, exist_ok=True)
     retire_gone_instances(folder)
     stem = folder / f"{spec.key}.{model_name}.{os.getpid()}"
     counts = np.lib.format.open_memmap(f"{stem}{COUNTS_SUFFIX}", "w+", np.uint32, (sum(spec.num_rows),))
@@ -192,17 +198,6 @@ def _add_to_retired(retired_stem: Path, stem: str) -> None:
         total[part] = np.minimum(total[part].astype(np.int64) + counts[part], MAX_COUNT)
     seen += samples
     start[0] = min(float(start[0]), float(since[0]))
-
-
-def _remove_gone_servers(directory: Path) -> None:
-    """Remove the folders of servers whose process is gone (named by pid; only folders this module writes)."""
-    if not directory.is_dir():
-        return
-    ours = (COUNTS_SUFFIX, SAMPLES_SUFFIX, SINCE_SUFFIX)
-    for folder in directory.iterdir():
-        gone = folder.is_dir() and folder.name.isdigit() and not Path(f"/proc/{folder.name}").exists()
-        if gone and all(path.name.endswith(ours) or path.name == _LOCK_FILE for path in folder.iterdir()):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
