@@ -89,4 +89,13 @@ def test_every_python_model_of_a_build_reads_its_parameters(tmp_path: Path) -> N
         for key in config.get("parameters", {}):
             by_parameter[key].from_model_config(config)
             read.add(key)
-    assert read == {"routing", "request_checks", "ranking_router", "access_counts", "admission", "shards", "dense", "ranking"}
+    assert read == {
+        "routing",
+        "request_checks",
+        "ranking_router",
+        "access_counts",
+        "admission",
+        "shards",
+        "dense",
+        "ranking",
+    }
