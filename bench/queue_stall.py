@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.loadgen import triton_queue_policies
 from bench.structured import shared_model
-from generator import naming
+from generator import naming, triton_runtime
 from generator.check import client
 from generator.deploy import server as serve
 from generator.planning import plan
@@ -36,9 +36,10 @@ SYSTEMS = ("as-built", "triton-queue-policy")
 MODES = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
 
 
-def _loop(clients: list[client.RankingClient], payloads: list[dict], seconds: float) -> list[float]:
-    """Closed loop, one thread per client, for `seconds`: every request's latency in seconds."""
+def _loop(clients: list[client.RankingClient], payloads: list[dict], seconds: float) -> tuple[list[float], int]:
+    """Closed loop, one thread per client, for `seconds`: every request's latency in seconds, and how many were shed."""
     latencies: list[list[float]] = [[] for _ in clients]
+    rejected = [0] * len(clients)
     errors: list[BaseException] = []
 
     def worker(index: int) -> None:
@@ -46,7 +47,12 @@ def _loop(clients: list[client.RankingClient], payloads: list[dict], seconds: fl
         try:
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
-                clients[index].infer(payloads[index])
+                try:
+                    clients[index].infer(payloads[index])
+                except Exception as error:  # a shed request counts (its latency too); anything else is raised
+                    if not any(message in str(error) for message in triton_runtime.REJECTION_MESSAGES):
+                        raise
+                    rejected[index] += 1
                 latencies[index].append(time.perf_counter() - started)
         except BaseException as error:  # reported after the join
             errors.append(error)
@@ -58,7 +64,7 @@ def _loop(clients: list[client.RankingClient], payloads: list[dict], seconds: fl
         thread.join()
     if errors:
         raise errors[0]
-    return [value for per_thread in latencies for value in per_thread]
+    return [value for per_thread in latencies for value in per_thread], sum(rejected)
 
 
 def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> list[dict]:
@@ -67,6 +73,7 @@ def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> li
     samples = [random_structured_request(model, 16, np.random.default_rng(i)) for i in range(clients_per_mode)]
     payloads = {"packed": [s.tensors() for s in samples], "flattened": [s.flattened(model).tensors() for s in samples]}
     measured: dict[tuple[str, str], list[float]] = {}
+    shed: dict[tuple[str, str], int] = {}
     with tempfile.TemporaryDirectory(prefix="recgen-stall-") as workdir, contextlib.ExitStack() as stack:
         clients: dict[tuple[str, str], list[client.RankingClient]] = {}
         for system in SYSTEMS:
@@ -83,8 +90,9 @@ def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> li
         for _ in range(rounds):
             for system in SYSTEMS:
                 for mode in MODES:
-                    latencies = _loop(clients[(system, mode)], payloads[mode], seconds)
+                    latencies, rejected = _loop(clients[(system, mode)], payloads[mode], seconds)
                     measured.setdefault((system, mode), []).extend(latencies)
+                    shed[(system, mode)] = shed.get((system, mode), 0) + rejected
     cells = []
     for (system, mode), latencies in measured.items():
         values = np.array(latencies)
@@ -94,6 +102,8 @@ def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> li
                 "mode": mode,
                 "requests": int(values.size),
                 "slow_requests": int((values > slow_s).sum()),
+                "rejected": shed[(system, mode)],
+                "p999_ms": float(np.percentile(values, 99.9) * 1e3),
                 "p50_ms": float(np.percentile(values, 50) * 1e3),
                 "p99_ms": float(np.percentile(values, 99) * 1e3),
                 "max_ms": float(values.max() * 1e3),
@@ -104,13 +114,13 @@ def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> li
 
 def markdown(cells: list[dict], slow_ms: float) -> str:
     lines = [
-        f"| system | request | requests | slower than {slow_ms:g} ms | p50 ms | p99 ms | slowest ms |",
-        "|---|---|---|---|---|---|---|",
+        f"| system | request | requests | over {slow_ms:g} ms | shed | p50 ms | p99 ms | p99.9 ms | slowest ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         lines.append(
-            f"| {c['system']} | {c['mode']} | {c['requests']:,} | {c['slow_requests']} | {c['p50_ms']:.2f} "
-            f"| {c['p99_ms']:.2f} | {c['max_ms']:.0f} |"
+            f"| {c['system']} | {c['mode']} | {c['requests']:,} | {c['slow_requests']} | {c['rejected']} "
+            f"| {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['p999_ms']:.1f} | {c['max_ms']:.0f} |"
         )
     return "\n".join(lines)
 

@@ -106,8 +106,11 @@ class Manifests:
                 path.write_text(text)
                 if name.endswith(".sh"):
                     path.chmod(0o755)
-            (staged / ADMIN_KEY_FILE).write_text(secrets.token_hex(16) + "\n")
-            (staged / ADMIN_KEY_FILE).chmod(0o600)
+            key = staged / ADMIN_KEY_FILE
+            key.touch(mode=0o600)
+            key.write_text(secrets.token_hex(16) + "\n")
+            # Keeps the key out of a commit of the manifests (kustomize reads it from here).
+            (staged / ".gitignore").write_text(f"{ADMIN_KEY_FILE}\n")
         return out
 
 

@@ -281,7 +281,9 @@ def network_policy(topology: Topology, component: Component, front: Component) -
 def disruption_budget(topology: Topology, component: Component) -> dict[str, Any]:
     """The component's PodDisruptionBudget."""
     labels = _labels(topology, component.name, component.role)
-    return k8s_security.disruption_budget(component.name, labels, _selector(topology, component.name))
+    return k8s_security.disruption_budget(
+        component.name, labels, _selector(topology, component.name), component.replicas
+    )
 
 
 def service(topology: Topology, component: Component) -> dict[str, Any]:

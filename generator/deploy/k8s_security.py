@@ -10,7 +10,8 @@
   a Python-backend stub has died (see `stub_health`), the probe does not, so the pod leaves the Service and is
   restarted.
 - A NetworkPolicy lets only the front's pods reach a shard group's inference ports (metrics stay open to the
-  scraper); a PodDisruptionBudget keeps all but one replica of every component through voluntary disruptions.
+  scraper); a PodDisruptionBudget keeps all but one of the planned replicas of every component, and never
+  the last one, through voluntary disruptions.
 """
 
 from __future__ import annotations
@@ -127,11 +128,16 @@ def network_policy(
     }
 
 
-def disruption_budget(name: str, labels: dict[str, str], selector: dict[str, str]) -> dict[str, Any]:
-    """At most one replica of a component down at a time through voluntary disruptions (drains, upgrades)."""
+def disruption_budget(name: str, labels: dict[str, str], selector: dict[str, str], replicas: int) -> dict[str, Any]:
+    """Voluntary disruptions (drains, upgrades) keep all but one of the planned replicas, and never the last one.
+
+    `minAvailable: max(1, replicas - 1)`: with one planned replica a drain waits until a second one is up (scale
+    the Deployment, or let the autoscaler do it) instead of taking the component down, which `maxUnavailable: 1`
+    would allow.
+    """
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": {"name": name, "labels": labels},
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+        "spec": {"minAvailable": max(1, replicas - 1), "selector": {"matchLabels": selector}},
     }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,8 @@ from generator.traffic.profile import TableShape, zipf_profile
 from generator.traffic.sampler import TableTraffic
 from tests.conftest import requires_server
 from tests.test_ranking import sided_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_profile_sampling_follows_counts_and_pooling() -> None:
@@ -78,3 +83,19 @@ def test_short_headless_load_has_a_complete_summary_and_no_failures(
     assert saved["ensemble"] == ("dlrm_ranking" if structured else "dlrm")
     for name in ("summary.md", "report.html", "locust_stats.csv", "history.csv", "throughput_latency.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0, name
+
+
+@requires_server
+@pytest.mark.server
+def test_the_readmes_locust_command_runs_headless(tmp_path: Path, server_factory) -> None:
+    """`locust -f loadtest/locustfile.py --host ...` as the README writes it, headless for a few seconds."""
+    model = sided_model()
+    server = server_factory(build.build(model, uniform_plan(model), tmp_path / "r", tmp_path / "e"))
+    locust = Path(sys.executable).parent / "locust"
+    command = [str(locust), "-f", "loadtest/locustfile.py", "--host", server.http_url, "--batch", "16",
+               "--headless", "-u", "2", "-r", "2", "--run-time", "4s", "--csv", str(tmp_path / "run")]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (tmp_path / "run_stats.csv").open() as stats:
+        total = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
+    assert int(total["Request Count"]) > 5 and int(total["Failure Count"]) == 0, total

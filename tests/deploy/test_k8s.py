@@ -80,7 +80,9 @@ def test_cross_references_hold() -> None:
         assert mounts["admin-key"] == k8s_security.ADMIN_KEY_DIR and mounts["stub-probe"] == "/opt/recgen"
         assert not any("KEY" in str(entry) for entry in container["env"])
         budget = by_kind(manifests, "PodDisruptionBudget")[name]["spec"]
-        assert budget["selector"]["matchLabels"].items() <= pod_labels.items() and budget["maxUnavailable"] == 1
+        assert budget["selector"]["matchLabels"].items() <= pod_labels.items()
+        planned = deployment["spec"]["replicas"]
+        assert budget["minAvailable"] == max(1, planned - 1) and "maxUnavailable" not in budget  # never the last
         policy = by_kind(manifests, "NetworkPolicy")[name]["spec"]
         assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
         inference, metrics = policy["ingress"]
@@ -125,6 +127,7 @@ def test_files_kustomization_and_images(tmp_path: Path) -> None:
     assert sorted(kustomization["resources"]) == sorted(p.name for p in out.glob("*.yaml") if p.name not in (
         k8s.KUSTOMIZATION_FILE, k8s.ADAPTER_VALUES_FILE))  # fmt: skip
     assert (out / k8s.ADMIN_KEY_FILE).stat().st_mode & 0o077 == 0
+    assert (out / ".gitignore").read_text().split() == [k8s.ADMIN_KEY_FILE]  # never committed with the manifests
     for deployment in by_kind(manifests, "Deployment").values():
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         name = deployment["metadata"]["name"]
