@@ -5,7 +5,6 @@ Traffic goes only to the loopback servers the benchmark started. Every loop is b
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -22,9 +21,7 @@ from generator.check.calibrate import proportional_set_size_bytes
 from generator.check.client import RankingClient
 from generator.deploy import stub_health
 from generator.errors import ServerError
-from generator.planning import queueing
 from generator.repository import validation
-from generator.triton_models import recgen_params as specs
 
 #: Client deadline of one request (seconds): a request that takes longer is a failure, not a hang.
 REQUEST_TIMEOUT_S = 10.0
@@ -320,25 +317,3 @@ def drop_queue_policies(repositories: list[Path]) -> None:
             if config.HasField("dynamic_batching") and config.dynamic_batching.HasField("default_queue_policy"):
                 config.dynamic_batching.ClearField("default_queue_policy")
                 validation.write_config(config, path.parent)
-
-
-def triton_queue_policies(repositories: list[Path], latency_slo_ms: float) -> None:
-    """Shed as recgen did before its routers shed: Triton's queue policy on every step, no admission control.
-
-    Every leaf gets `default_queue_policy { default_timeout_microseconds: half the target, max_queue_size: 8x what
-    its instances drain in that time at 0.75 ms per request }` (REJECT), and the routers lose their `admission`.
-    """
-    timeout_us = queueing.queue_budget_us(latency_slo_ms)
-    for repository in repositories:
-        for path in repository.glob(f"*/{naming.CONFIG_FILE}"):
-            config = validation.parse_strict(path.read_text())
-            if not config.HasField("dynamic_batching"):
-                continue
-            instances = config.instance_group[0].count if config.instance_group else 1
-            queue = config.dynamic_batching.default_queue_policy
-            queue.timeout_action = queue.REJECT
-            queue.default_timeout_microseconds = timeout_us
-            queue.max_queue_size = max(instances, math.ceil(8 * instances * timeout_us * 1e-6 / 750e-6))
-            if specs.AdmissionParams.PARAMETER in config.parameters:
-                del config.parameters[specs.AdmissionParams.PARAMETER]
-            validation.write_config(config, path.parent)

@@ -4,18 +4,21 @@ The example model, built with a latency target (`--latency-slo-ms`), served by t
 measured first with `--capacity-clients` closed-loop clients (16: with 4, the server idled between requests and
 capacity read 416 requests/s where 2x of it still drew 820); then open-loop Poisson arrivals at each `--loads` multiple
 of it, every load once per round, `--rounds` rounds interleaved. Per load it reports goodput (answered requests/s),
-rejections (the queue policy's fast, named errors), other errors and the p50/p99 of accepted requests, against
+rejections (fast, named errors: the router's, or with `--shedding queue-policy` Triton's queue policy's), other
+errors and the p50/p99 of accepted requests, against
 the goals: p99 within the target at every load, goodput at 4x at least 90% of goodput at 1x. With
 `--soak-minutes M` it then holds `--soak-load` of capacity for M minutes, sampling the PSS of every process.
 
-    python -m bench.overload [--latency-slo-ms 100] [--loads 0.5 1 2 4] [--seconds 10] [--rounds 3]
-                             [--batch 64] [--soak-minutes 0] [--pin] [--out runs/bench/overload]
+    python -m bench.overload [--latency-slo-ms 100] [--shedding router|queue-policy] [--loads 0.5 1 2 4]
+                             [--seconds 10] [--rounds 3] [--batch 64] [--capacity-per-s R] [--soak-minutes 0] [--pin]
+                             [--out runs/bench/overload]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -137,9 +140,9 @@ def hostile(url_grpc: str, url_http: str, pid: int, requests: int = 10, rows: in
     return series
 
 
-def markdown(slo_ms: float, capacity_per_s: float, cells: list[dict], soaked: dict | None) -> str:
+def markdown(slo_ms: float, capacity_per_s: float, cells: list[dict], soaked: dict | None, source: str) -> str:
     lines = [
-        f"latency target {slo_ms:g} ms; capacity {capacity_per_s:,.1f} requests/s (closed loop)",
+        f"latency target {slo_ms:g} ms; capacity {capacity_per_s:,.1f} requests/s ({source})",
         "",
         "| load | offered/s | goodput/s | rejected/s | errors | p50 ms accepted | p99 ms accepted | p99 <= target "
         "| p99 ms from actual send | server cores | client cores | client send lag p99 ms |",
@@ -207,6 +210,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=odd_rounds, default=3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--capacity-clients", type=int, default=16)
+    parser.add_argument(
+        "--capacity-per-s",
+        type=float,
+        default=0.0,
+        help="offer multiples of this rate instead of measuring capacity (compare builds at the same rates: a "
+        "queue policy's stalls hold closed-loop clients back, so its measured capacity says little)",
+    )
+    parser.add_argument("--shedding", choices=plan.SHEDDING, default="router", help="as `recgen build --shedding`")
     parser.add_argument("--soak-minutes", type=float, default=0.0)
     parser.add_argument("--soak-load", type=float, default=0.7)
     parser.add_argument(
@@ -218,13 +229,16 @@ def main() -> None:
     model = models.example_model()
     requests = [random_request(model, args.batch, np.random.default_rng(i)).tensors() for i in range(32)]
     the_plan = plan.uniform_plan(model, latency_slo_ms=args.latency_slo_ms)
+    the_plan = dataclasses.replace(the_plan, shedding=args.shedding)
     with tempfile.TemporaryDirectory(prefix="recgen-overload-") as workdir:
         result = build.build(model, the_plan, Path(workdir) / "r", Path(workdir) / "e")
         with running_server(result.repositories, timeout_s=300) as server:
             if args.pin:
                 pin_apart(server.pid or 0)
             capacity(server.grpc_url, requests, args.capacity_clients, 3.0)  # warm up
-            capacity_per_s = capacity(server.grpc_url, requests, args.capacity_clients, args.seconds)
+            capacity_per_s = args.capacity_per_s or capacity(
+                server.grpc_url, requests, args.capacity_clients, args.seconds
+            )
             print(f"capacity {capacity_per_s:.1f} requests/s", flush=True)
             rounds = []
             for round_index in range(args.rounds):
@@ -242,13 +256,15 @@ def main() -> None:
                 soaked = soak(server.grpc_url, pid, requests, args.soak_load * capacity_per_s, args.soak_minutes)
     cells = _median_cells(rounds, args.loads)
     args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown(args.latency_slo_ms, capacity_per_s, cells, soaked)
+    source = "given" if args.capacity_per_s else "closed loop"
+    table = markdown(args.latency_slo_ms, capacity_per_s, cells, soaked, f"{source}; shedding: {args.shedding}")
     table += "\n\ntritonserver PSS (MB) before and after each of 10 rejected ~100 MB requests:\n"
     table += "\n".join(f"- {protocol}: {' '.join(map(str, sizes))}" for protocol, sizes in oversized.items())
     print(table)
     (args.out / "overload.md").write_text(table + "\n")
     document = {
         "latency_slo_ms": args.latency_slo_ms,
+        "shedding": args.shedding,
         "capacity_per_s": capacity_per_s,
         "cells": cells,
         "oversized_requests_server_pss_mb": oversized,

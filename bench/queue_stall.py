@@ -3,10 +3,10 @@
 recgen used to give every step `dynamic_batching { default_queue_policy { ... } }`, so that a request queued past
 its share of the latency target was rejected. On the embedded server that policy comes with stalls: now and then
 every request in flight waits about 500 ms (sometimes 1 s) at once (docs/faults.md). Builds now carry no policy and
-their routers shed instead (`recgen_admission`). This serves the same build twice, as written and with Triton's
-queue policy put back (and the routers' admission removed: `triton_queue_policies`), sends closed-loop flattened
-and packed (ranking) requests alternately, and counts the requests slower than `--slow-ms`, with p50, p99 and
-the slowest.
+their routers shed instead (`recgen_admission`). This serves the same model twice, built as by default and built
+with `--shedding queue-policy` (Triton's queue policy on every step, no admission in the routers), sends
+closed-loop flattened and packed (ranking) requests alternately, and counts the requests slower than `--slow-ms`,
+with p50, p99, p99.9 and the slowest.
 
     python -m bench.queue_stall [--seconds 3] [--rounds 3] [--clients 4] [--slow-ms 100] [--out runs/bench/queue_stall]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import tempfile
 import threading
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadgen import triton_queue_policies
 from bench.structured import shared_model
 from generator import naming, triton_runtime
 from generator.check import client
@@ -78,9 +78,9 @@ def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> li
         clients: dict[tuple[str, str], list[client.RankingClient]] = {}
         for system in SYSTEMS:
             out = Path(workdir) / system
-            result = build.build(model, plan.uniform_plan(model), out / "r", out / "e")
-            if system == "triton-queue-policy":
-                triton_queue_policies(list(result.repositories), result.plan.latency_slo_ms)
+            shedding = "queue-policy" if system == "triton-queue-policy" else "router"
+            the_plan = dataclasses.replace(plan.uniform_plan(model), shedding=shedding)
+            result = build.build(model, the_plan, out / "r", out / "e")
             server = stack.enter_context(serve.running_server(result.repositories, timeout_s=300))
             for mode, name in MODES.items():
                 clients[(system, mode)] = [

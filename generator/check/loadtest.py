@@ -68,7 +68,7 @@ class LoadTestSummary:
     p95_ms: float
     p99_ms: float
     mean_ms: float
-    #: Failures that were the server's queue policy shedding load (counted in `failures` too).
+    #: Failures that were the server shedding load (counted in `failures` too).
     rejections: int = 0
 
     @property
@@ -88,7 +88,7 @@ class LoadTestSummary:
 
     def __str__(self) -> str:
         return (
-            f"{self.requests} requests ({self.rejections} rejected by the queue policy, {self.errors} errors) in "
+            f"{self.requests} requests ({self.rejections} shed by the server, {self.errors} errors) in "
             f"{self.duration_s:.0f} s to {self.ensemble!r} over "
             f"{self.protocol}: {self.requests_per_s:.1f} requests/s, {self.samples_per_s:,.0f} samples/s, "
             f"p50 {self.p50_ms:.1f} ms, p95 {self.p95_ms:.1f} ms, p99 {self.p99_ms:.1f} ms"

@@ -251,7 +251,7 @@ def loadtest(
     click.echo(f"wrote {out_dir}/summary.json, summary.md, report.html, locust_*.csv, throughput_latency.png")
     if summary.rejections:
         click.echo(
-            f"{summary.rejections} requests were rejected by the queue policy: the offered load exceeded what the "
+            f"{summary.rejections} requests were shed by the server: the offered load exceeded what the "
             "build's --latency-slo-ms allows (load shed on purpose, not errors)"
         )
     if summary.errors:

@@ -231,8 +231,19 @@ latency_slo_ms = click.option(
     type=click.FloatRange(*queueing.LATENCY_SLO_RANGE_MS),
     default=queueing.DEFAULT_LATENCY_SLO_MS,
     show_default=True,
-    help="Latency target of a request: every step's queue is bounded and rejects requests that wait past their "
-    "share of it (fast, named rejections under overload instead of unbounded latency).",
+    help="Latency target of a request: a request that would queue past half of it is shed at once (UNAVAILABLE, "
+    "named) instead of waiting without bound; see --shedding.",
+)
+
+
+shedding = click.option(
+    "--shedding",
+    type=click.Choice(["router", "queue-policy"]),
+    default=None,
+    help="Who sheds requests that would queue past half the latency target. router (the plan's default): the "
+    "router, from the server's metrics; no stalls, but each shed request costs a Python step, so goodput falls "
+    "beyond about 2x capacity on a saturated server. queue-policy: Triton's queue policy on every step; cheap "
+    "rejections under heavy overload, with Triton 2.51's ~0.5 s batcher stalls (docs/faults.md).",
 )
 
 

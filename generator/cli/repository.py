@@ -11,7 +11,7 @@ from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import Device, GroupBy, LookupStep
+from generator.planning.plan import Device, GroupBy, LookupStep, Shedding
 from generator.repository import build as builds
 from generator.repository.configs import Backend, Target
 from generator.repository.params import RemoteCallPolicy
@@ -31,6 +31,7 @@ from generator.repository.params import RemoteCallPolicy
 @options.instances
 @options.max_batch_size
 @options.latency_slo_ms
+@options.shedding
 @options.group_by
 @options.lookup_step
 @options.row_dtype
@@ -94,6 +95,7 @@ def build(
     instances: int,
     max_batch_size: int,
     latency_slo_ms: float,
+    shedding: Shedding | None,
     group_by: GroupBy | None,
     lookup_step: LookupStep | None,
     row_dtypes: tuple[str, ...],
@@ -115,7 +117,12 @@ def build(
         row_dtypes=row_dtypes, count_accesses=not no_access_counts,
     )  # fmt: skip
     checks = the_plan.check_finite and not allow_non_finite
-    the_plan = dataclasses.replace(the_plan, check_finite=checks, lookup_step=lookup_step or the_plan.lookup_step)
+    the_plan = dataclasses.replace(
+        the_plan,
+        check_finite=checks,
+        lookup_step=lookup_step or the_plan.lookup_step,
+        shedding=shedding or the_plan.shedding,
+    )
     click.echo(str(the_plan))
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:

@@ -15,7 +15,10 @@ manifests run this same file (from a ConfigMap) as the exec readiness and livene
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -32,11 +35,23 @@ PROBE_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True)
 class StubProcess:
-    """One stub process: its pid, the model whose `model.py` it runs, and its /proc state letter."""
+    """One stub process: its pid, the model whose `model.py` it runs, and its /proc state letter.
+
+    `parent` is its parent now, `server` the server that started it (from its arguments), `region` its
+    shared-memory region in /dev/shm: a stub whose parent is no longer its server is an orphan (its server died).
+    """
 
     pid: int
     model: str
     state: str
+    parent: int = 0
+    server: int = 0
+    region: str = ""
+
+    @property
+    def orphaned(self) -> bool:
+        """Whether the server that started it is gone (the stub was handed to another parent)."""
+        return self.server != 0 and self.parent != self.server
 
     @property
     def broken(self) -> bool:
@@ -68,9 +83,35 @@ def stub_processes(parent_pid: int | None = None, proc: Path = Path("/proc")) ->
             continue
         if parent_pid is not None and ppid != parent_pid:
             continue
-        # argv[1] is <repository>/<model>/<version>/model.py
-        stubs.append(StubProcess(int(entry.name), Path(argv[1].decode(errors="replace")).parent.parent.name, state))
+        # argv: stub, <repository>/<model>/<version>/model.py, shm region, shm size, growth, server pid, ...
+        model = Path(argv[1].decode(errors="replace")).parent.parent.name
+        server = int(argv[5]) if len(argv) > 5 and argv[5].isdigit() else 0
+        region = argv[2].decode(errors="replace") if len(argv) > 2 else ""
+        stubs.append(StubProcess(int(entry.name), model, state, ppid, server, region))
     return stubs
+
+
+def remove_orphans(proc: Path = Path("/proc"), shm: Path = Path("/dev/shm")) -> list[StubProcess]:
+    """Kill this user's stubs whose server died, and remove their shared-memory regions; returns them.
+
+    Such a stub ignores SIGTERM and keeps its region (4 MB or more) and the dead server's listening sockets.
+    """
+    orphans = [stub for stub in stub_processes(proc=proc) if stub.orphaned]
+    removed = []
+    for stub in orphans:
+        try:
+            if (proc / str(stub.pid)).stat().st_uid != os.geteuid():
+                continue
+            os.kill(stub.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+        if stub.region and "/" not in stub.region:
+            with contextlib.suppress(OSError):
+                region = shm / stub.region
+                if region.stat().st_uid == os.geteuid():
+                    region.unlink()
+        removed.append(stub)
+    return removed
 
 
 def broken_models(expected: Mapping[str, int], stubs: Sequence[StubProcess]) -> dict[str, str]:

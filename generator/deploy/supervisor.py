@@ -111,6 +111,8 @@ class Supervisor:
             self._check_stubs(watched, server)
 
     def _handle_exit(self, watched: Watched, server: TritonServer) -> None:
+        for stub in stub_health.remove_orphans():  # they would hold the dead server's memory and ports
+            self.echo(f"{watched.label}: killed stub {stub.pid} of {stub.model!r}, left by the dead server")
         if watched.restart is None:
             raise ServerError(server.exit_report("while serving"))
         now = time.monotonic()
@@ -194,6 +196,8 @@ def serve_until_stopped(
 
     Returns the server's exit code; a model that fails to load raises ModelLoadError with the server's lines.
     """
+    for stub in stub_health.remove_orphans():  # left by a server that died before (this user's only)
+        echo(f"killed stub {stub.pid} of {stub.model!r}, left by a tritonserver that is gone")
     server = TritonServer(config, log_path=log_path)
     server.start()
     try:
@@ -210,5 +214,9 @@ def serve_until_stopped(
             Supervisor([Watched("tritonserver", lambda: server)], echo, control=channel).run()
     finally:
         code = server.stop()
-    echo(f"tritonserver stopped (exit code {code}).")
+    if code:  # after a stub died, its instance never finishes unloading: tritonserver then exits 1 at its timeout
+        echo(f"tritonserver stopped; it exited {code} as some model did not finish unloading (log: {server.log_path}).")
+    else:
+        server.close()  # a log of our own is removed after a clean stop
+        echo("tritonserver stopped.")
     return code

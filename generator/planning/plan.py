@@ -36,6 +36,10 @@ GROUP_BY: tuple[GroupBy, ...] = ("placement", "shard")
 #: ("separate": every group scaled on its own; what the distributed layout and GPU placements need).
 LookupStep = Literal["fused", "separate"]
 LOOKUP_STEPS: tuple[LookupStep, ...] = ("fused", "separate")
+#: How overload is shed (`queueing`): by the router from the server's metrics (no stalls), or by Triton's own queue
+#: policy on every step (cheap rejections under heavy overload, with its ~0.5 s stalls).
+Shedding = Literal["router", "queue-policy"]
+SHEDDING: tuple[Shedding, ...] = ("router", "queue-policy")
 #: Largest batch (candidates per request) a generated model accepts unless told otherwise.
 DEFAULT_MAX_BATCH_SIZE = 1024
 
@@ -192,6 +196,8 @@ class Plan:
     features: tuple[FeatureSpec, ...] = ()
     #: Latency target of one request through the ensemble; the router's shedding budget follows from it.
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
+    #: Who sheds what would wait past the target's queue budget (see SHEDDING).
+    shedding: Shedding = "router"
     #: The router rejects a request whose dense features or weights hold a NaN or an infinity (False: pass them on,
     #: as PyTorch would).
     check_finite: bool = True
@@ -221,6 +227,8 @@ class Plan:
             raise UserInputError(
                 f"`generation` must be in {naming.FIRST_GENERATION}..{naming.MAX_GENERATION}, got {self.generation}"
             )
+        if self.shedding not in SHEDDING:
+            raise UserInputError(f"`shedding` must be one of {', '.join(SHEDDING)}, got {self.shedding!r}")
         if self.lookup_step not in LOOKUP_STEPS:
             raise UserInputError(f"`lookup_step` must be one of {', '.join(LOOKUP_STEPS)}, got {self.lookup_step!r}")
 
@@ -321,10 +329,17 @@ class Plan:
             f"  router: {self.router.instance_count} x {self.router.device}; "
             f"dense: {self.dense.instance_count} x {self.dense.device}"
         )
-        lines.append(
-            f"  latency target {self.latency_slo_ms:g} ms: the router sheds requests while they would queue over "
-            f"{queueing.queue_budget_us(self.latency_slo_ms) / 1000:g} ms on a server"
-        )
+        budget_ms = queueing.queue_budget_us(self.latency_slo_ms) / 1000
+        if self.shedding == "router":
+            lines.append(
+                f"  latency target {self.latency_slo_ms:g} ms: the router sheds requests while they would queue over "
+                f"{budget_ms:g} ms on a server"
+            )
+        else:
+            lines.append(
+                f"  latency target {self.latency_slo_ms:g} ms: every step's queue policy rejects a request queued over "
+                f"{budget_ms:g} ms (Triton's queue policy: expect ~0.5 s stalls)"
+            )
         return "\n".join(lines)
 
 

@@ -10,6 +10,9 @@ the target is for compute and transfer.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from generator.errors import UserInputError
 
 #: Latency target of a request through the ensemble when the user gives none (milliseconds). Generous on purpose,
@@ -27,6 +30,29 @@ def check_latency_slo_ms(latency_slo_ms: float) -> float:
     if not (isinstance(latency_slo_ms, (int, float)) and low <= latency_slo_ms <= high):
         raise UserInputError(f"`latency_slo_ms` must be in [{low:g}, {high:g}] ms, got {latency_slo_ms!r}")
     return float(latency_slo_ms)
+
+
+#: `--shedding queue-policy`: each step's queue holds this many times what its instances drain within the budget at
+#: STEP_FLOOR_S per request (the timeout sheds; the bound caps memory). Measured (bench/overload.py --pin, 4x): with
+#: the bound at 1x, "queue full" rejections left the server idle half the time; at 8x the timeouts did the shedding.
+QUEUE_BOUND_FACTOR = 8
+#: Server CPU one Python-backend step spends per request at the least (measured floor, DESIGN.md).
+STEP_FLOOR_S = 750e-6
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """A step's `default_queue_policy` (`--shedding queue-policy`): REJECT after the timeout or beyond the bound."""
+
+    timeout_us: int
+    max_queue_size: int
+
+
+def queue_policy(latency_slo_ms: float, instances: int) -> QueuePolicy:
+    """Triton's queue policy of a step with `instances` instances: the budget as timeout, a bound that caps memory."""
+    timeout_us = queue_budget_us(latency_slo_ms)
+    drained = math.ceil(QUEUE_BOUND_FACTOR * instances * timeout_us * 1e-6 / STEP_FLOOR_S)
+    return QueuePolicy(timeout_us=timeout_us, max_queue_size=max(instances, drained))
 
 
 def queue_budget_us(latency_slo_ms: float) -> int:

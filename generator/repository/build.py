@@ -166,6 +166,7 @@ class ModelWriter:
         self.built: list[BuiltModel] = []
 
     def _finish(self, config: mc.ModelConfig, version_dir: Path, role: Role, detail: str) -> None:
+        config = configs.with_shedding(self.plan, config)
         validation.write_config(config, version_dir.parent)
         self.configs[config.name] = config
         group = config.instance_group[0]

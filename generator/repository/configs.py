@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from generator import naming
 from generator.model.imported import ImportedModel
+from generator.planning import queueing
 from generator.planning.plan import Model, Placement, Plan, ShardGroup
 from generator.repository import layout, params
 from generator.repository.layout import TensorSpec
@@ -107,6 +108,17 @@ def _serving_config(
     return config
 
 
+def with_shedding(plan: Plan, config: mc.ModelConfig) -> mc.ModelConfig:
+    """`config` with Triton's queue policy when the plan sheds that way (`--shedding queue-policy`); else as it is."""
+    if plan.shedding == "queue-policy" and config.HasField("dynamic_batching"):
+        policy = queueing.queue_policy(plan.latency_slo_ms, config.instance_group[0].count)
+        queue = config.dynamic_batching.default_queue_policy
+        queue.timeout_action = mc.ModelQueuePolicy.REJECT
+        queue.default_timeout_microseconds = policy.timeout_us
+        queue.max_queue_size = policy.max_queue_size
+    return config
+
+
 def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
     """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter.
 
@@ -119,7 +131,8 @@ def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
         spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
     ]
     name = naming.router_model(plan.leaf_stem)
-    specs.append(params.admission(plan, name, _later_steps(plan, naming.dense_model(plan.leaf_stem))))
+    if plan.shedding == "router":
+        specs.append(params.admission(plan, name, _later_steps(plan, naming.dense_model(plan.leaf_stem))))
     return _serving_config(
         name,
         "python",
@@ -172,7 +185,8 @@ def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
         spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
     ]
     name = naming.ranking_router_model(plan.leaf_stem)
-    specs.append(params.admission(plan, name, _later_steps(plan, naming.ranking_dense_model(plan.leaf_stem))))
+    if plan.shedding == "router":
+        specs.append(params.admission(plan, name, _later_steps(plan, naming.ranking_dense_model(plan.leaf_stem))))
     reads = layout.with_checked(layout.ranking_router_inputs(plan), checked)
     return _serving_config(
         name,
