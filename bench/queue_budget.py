@@ -17,8 +17,8 @@ offers the same open-loop loads to each, interleaved, `--rounds` rounds:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import contextlib
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -117,7 +117,8 @@ def main() -> None:
     model = models.example_model()
     requests = [random_request(model, 64, np.random.default_rng(i)).tensors() for i in range(32)]
     # The splits are of Triton's queue-policy timeouts, so the build sheds that way (`--shedding queue-policy`).
-    the_plan = dataclasses.replace(plan.uniform_plan(model, latency_slo_ms=args.latency_slo_ms), shedding="queue-policy")
+    uniform = plan.uniform_plan(model, latency_slo_ms=args.latency_slo_ms)
+    the_plan = dataclasses.replace(uniform, shedding="queue-policy")
     cells: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="recgen-queue-budget-") as workdir, contextlib.ExitStack() as servers:
         result = build.build(model, the_plan, Path(workdir) / "r", Path(workdir) / "e")
