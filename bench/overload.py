@@ -217,7 +217,7 @@ def main() -> None:
         help="offer multiples of this rate instead of measuring capacity (compare builds at the same rates: a "
         "queue policy's stalls hold closed-loop clients back, so its measured capacity says little)",
     )
-    parser.add_argument("--shedding", choices=plan.SHEDDING, default="router", help="as `recgen build --shedding`")
+    parser.add_argument("--shedding", choices=queueing.SHEDDING, default="router", help="as `recgen build --shedding`")
     parser.add_argument("--soak-minutes", type=float, default=0.0)
     parser.add_argument("--soak-load", type=float, default=0.7)
     parser.add_argument(

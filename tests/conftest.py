@@ -41,7 +41,39 @@ def embedded_server_available() -> bool:
     return True
 
 
-requires_server = pytest.mark.skipif(not embedded_server_available(), reason="embedded tritonserver not installed")
+#: Marks a test that needs the embedded server: it is skipped without one and, by the hook below, marked `server`.
+SERVER_REASON = "embedded tritonserver not installed"
+requires_server = pytest.mark.skipif(not embedded_server_available(), reason=SERVER_REASON)
+#: Fixtures that start real servers: a test using one is a `server` test whatever its marks say.
+SERVER_FIXTURES = frozenset({"server_factory", "served", "supervised", "topology"})
+
+
+def _starts_servers(item: pytest.Item) -> bool:
+    needs = any(mark.kwargs.get("reason") == SERVER_REASON for mark in item.iter_markers("skipif"))
+    return needs or bool(SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every real-server test `server` from its marks and fixtures, and run the fast tier first.
+
+    A unit failure then stops a `-x` run in seconds, and `-m "not server"` is the fast tier exactly.
+    """
+    for item in items:
+        if _starts_servers(item) and item.get_closest_marker("server") is None:
+            item.add_marker(pytest.mark.server)
+    items.sort(key=lambda item: item.get_closest_marker("server") is not None)  # stable: file order within a tier
+
+
+@pytest.fixture(autouse=True)
+def _no_unmarked_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked `server` that starts one fails, so the fast tier stays fast."""
+    if request.node.get_closest_marker("server") is not None:
+        return
+
+    def refuse(self: serve.TritonServer) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a tritonserver: mark it `server` (or use requires_server)")
+
+    monkeypatch.setattr(serve.TritonServer, "start", refuse)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -11,10 +11,22 @@ from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import Device, GroupBy, LookupStep, Shedding
+from generator.planning.plan import Device, GroupBy, LookupStep, Plan, Shedding
 from generator.repository import build as builds
 from generator.repository.configs import Backend, Target
 from generator.repository.params import RemoteCallPolicy
+
+
+def _with_build_flags(
+    plan: Plan, allow_non_finite: bool, lookup_step: LookupStep | None, shedding: Shedding | None
+) -> Plan:
+    """The plan with what `build` may still choose: finite-value checks off, the lookup step, the shedding."""
+    return dataclasses.replace(
+        plan,
+        check_finite=plan.check_finite and not allow_non_finite,
+        lookup_step=lookup_step or plan.lookup_step,
+        shedding=shedding or plan.shedding,
+    )
 
 
 @click.command()
@@ -116,13 +128,7 @@ def build(
         model, plan_path, uniform, options.given(context, *builds.PLAN_DECIDES, "group_by"), distributed=distributed,
         row_dtypes=row_dtypes, count_accesses=not no_access_counts,
     )  # fmt: skip
-    checks = the_plan.check_finite and not allow_non_finite
-    the_plan = dataclasses.replace(
-        the_plan,
-        check_finite=checks,
-        lookup_step=lookup_step or the_plan.lookup_step,
-        shedding=shedding or the_plan.shedding,
-    )
+    the_plan = _with_build_flags(the_plan, allow_non_finite, lookup_step, shedding)
     click.echo(str(the_plan))
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:

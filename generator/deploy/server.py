@@ -33,10 +33,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generator import naming, triton_runtime
+from generator import triton_runtime
 from generator.deploy import admin_key
 from generator.errors import ModelLoadError, ServerError
-from generator.repository import staging, validation
+from generator.repository import staging
 from generator.triton_models import recgen_admission as admission
 
 #: Seconds the server gets to load every model and report ready.
@@ -93,8 +93,7 @@ def server_environment() -> dict[str, str]:
     """Environment for the server: this interpreter first on PATH, libpython and the wheel's libs findable."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # In the user's own cache folder: numba's cache index is a pickle, so a folder another user could create first
-    # (a fixed name under /tmp) would let that user run code in the stubs.
+    # The user's own folder: numba's cache index is a pickle, so a folder another user made could run code here.
     env.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
     for variable, value in triton_runtime.SERVING_ENV.items():
         env.setdefault(variable, value)
@@ -399,13 +398,3 @@ def running_server(
         yield server
     finally:
         server.close()
-
-
-def ensemble_names(repositories: Sequence[Path]) -> list[str]:
-    """The ensembles among the models of these repositories (what clients call)."""
-    names = []
-    for repository in repositories:
-        for path in sorted(Path(repository).glob(f"*/{naming.CONFIG_FILE}")):
-            if validation.parse_strict(path.read_text(), str(path)).platform == "ensemble":
-                names.append(path.parent.name)
-    return names

@@ -22,8 +22,9 @@ from pathlib import Path
 from generator import naming
 from generator.deploy import control, stub_health, switch
 from generator.deploy.control import ControlServer
-from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, TritonServer, ensemble_names
+from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, TritonServer
 from generator.errors import RecgenError, ServerError
+from generator.repository import validation
 
 #: Seconds between two looks at every server and stub.
 POLL_S = 0.25
@@ -220,3 +221,13 @@ def serve_until_stopped(
         server.close()  # a log of our own is removed after a clean stop
         echo("tritonserver stopped.")
     return code
+
+
+def ensemble_names(repositories: Sequence[Path]) -> list[str]:
+    """The ensembles among the models of these repositories (what clients call)."""
+    names = []
+    for repository in repositories:
+        for path in sorted(Path(repository).glob(f"*/{naming.CONFIG_FILE}")):
+            if validation.parse_strict(path.read_text(), str(path)).platform == "ensemble":
+                names.append(path.parent.name)
+    return names

@@ -20,6 +20,7 @@ from generator.model.dlrm import DLRM, TableSpec
 from generator.model.features import FeatureSpec
 from generator.model.imported import ImportedModel
 from generator.planning import queueing
+from generator.planning.queueing import Shedding
 from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype, bytes_per_row
 
 #: A model recgen builds: its own DLRM (numpy fast path) or an imported one (a program cut at its lookups).
@@ -36,10 +37,6 @@ GROUP_BY: tuple[GroupBy, ...] = ("placement", "shard")
 #: ("separate": every group scaled on its own; what the distributed layout and GPU placements need).
 LookupStep = Literal["fused", "separate"]
 LOOKUP_STEPS: tuple[LookupStep, ...] = ("fused", "separate")
-#: How overload is shed (`queueing`): by the router from the server's metrics (no stalls), or by Triton's own queue
-#: policy on every step (cheap rejections under heavy overload, with its ~0.5 s stalls).
-Shedding = Literal["router", "queue-policy"]
-SHEDDING: tuple[Shedding, ...] = ("router", "queue-policy")
 #: Largest batch (candidates per request) a generated model accepts unless told otherwise.
 DEFAULT_MAX_BATCH_SIZE = 1024
 
@@ -196,10 +193,8 @@ class Plan:
     features: tuple[FeatureSpec, ...] = ()
     #: Latency target of one request through the ensemble; the router's shedding budget follows from it.
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
-    #: Who sheds what would wait past the target's queue budget (see SHEDDING).
-    shedding: Shedding = "router"
-    #: The router rejects a request whose dense features or weights hold a NaN or an infinity (False: pass them on,
-    #: as PyTorch would).
+    shedding: Shedding = "router"  # who sheds what would queue past the budget (queueing.SHEDDING)
+    #: The router rejects a NaN or infinite dense feature or weight (False: pass them on, as PyTorch would).
     check_finite: bool = True
     lookup_step: LookupStep = "separate"
     #: The routers count every id they route per table and row (`recgen profile --from-server` reads them).
@@ -227,8 +222,7 @@ class Plan:
             raise UserInputError(
                 f"`generation` must be in {naming.FIRST_GENERATION}..{naming.MAX_GENERATION}, got {self.generation}"
             )
-        if self.shedding not in SHEDDING:
-            raise UserInputError(f"`shedding` must be one of {', '.join(SHEDDING)}, got {self.shedding!r}")
+        queueing.check_shedding(self.shedding)
         if self.lookup_step not in LOOKUP_STEPS:
             raise UserInputError(f"`lookup_step` must be one of {', '.join(LOOKUP_STEPS)}, got {self.lookup_step!r}")
 
@@ -329,17 +323,9 @@ class Plan:
             f"  router: {self.router.instance_count} x {self.router.device}; "
             f"dense: {self.dense.instance_count} x {self.dense.device}"
         )
+        who = "the router sheds" if self.shedding == "router" else "Triton's queue policy (stalls ~0.5 s) rejects"
         budget_ms = queueing.queue_budget_us(self.latency_slo_ms) / 1000
-        if self.shedding == "router":
-            lines.append(
-                f"  latency target {self.latency_slo_ms:g} ms: the router sheds requests while they would queue over "
-                f"{budget_ms:g} ms on a server"
-            )
-        else:
-            lines.append(
-                f"  latency target {self.latency_slo_ms:g} ms: every step's queue policy rejects a request queued over "
-                f"{budget_ms:g} ms (Triton's queue policy: expect ~0.5 s stalls)"
-            )
+        lines.append(f"  latency target {self.latency_slo_ms:g} ms: {who} requests queued over {budget_ms:g} ms")
         return "\n".join(lines)
 
 

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from generator.errors import UserInputError
 
+#: How overload is shed: by the router from the server's metrics (no stalls), or by Triton's own queue policy on
+#: every step (cheap rejections under heavy overload, with its ~0.5 s stalls).
+Shedding = Literal["router", "queue-policy"]
+SHEDDING: tuple[Shedding, ...] = ("router", "queue-policy")
 #: Latency target of a request through the ensemble when the user gives none (milliseconds). Generous on purpose,
 #: so that only real overload is shed; set the target your service needs.
 DEFAULT_LATENCY_SLO_MS = 2000.0
@@ -53,6 +58,13 @@ def queue_policy(latency_slo_ms: float, instances: int) -> QueuePolicy:
     timeout_us = queue_budget_us(latency_slo_ms)
     drained = math.ceil(QUEUE_BOUND_FACTOR * instances * timeout_us * 1e-6 / STEP_FLOOR_S)
     return QueuePolicy(timeout_us=timeout_us, max_queue_size=max(instances, drained))
+
+
+def check_shedding(shedding: str) -> str:
+    """`shedding` itself, or a UserInputError naming the allowed values."""
+    if shedding not in SHEDDING:
+        raise UserInputError(f"`shedding` must be one of {', '.join(SHEDDING)}, got {shedding!r}")
+    return shedding
 
 
 def queue_budget_us(latency_slo_ms: float) -> int:

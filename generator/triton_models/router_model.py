@@ -323,8 +323,7 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         """Route the batched requests (or shed them all while the server is overloaded); export the cache's counts."""
         shed = None if self.admission is None else self.admission.shed_message()
-        if shed is not None:  # at once, reading nothing: the queue behind drains fast
-            # One error object per response: the 2.51 backend crashes the server when responses share one.
+        if shed is not None:  # at once, reading nothing; one error per response (2.51 crashes on a shared one)
             unavailable = pb_utils.TritonError.UNAVAILABLE
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(shed, unavailable)) for _ in requests]
         before = (self.counts.lookups, self.counts.hits)

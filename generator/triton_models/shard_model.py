@@ -56,8 +56,24 @@ class TritonPythonModel:
             weights, _ = kernels.stack_requests(
                 [pb_utils.get_input_tensor_by_name(request, self.weights_name).as_numpy() for request in requests]
             )
-        pooled = pooling.pool_group(self.rows, packed_ids, weights)
+        try:
+            pooled = pooling.pool_group(self.rows, packed_ids, weights)
+        except ValueError:  # an id outside the rows: pool each request alone, so only the bad one fails
+            return [self._respond_alone(request) for request in requests]
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
             for part in kernels.unstack_responses(pooled, split_points)
         ]
+
+    def _respond_alone(self, request: Any) -> Any:
+        ids = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+        weights = None
+        if self.weights_name:
+            weights = pb_utils.get_input_tensor_by_name(request, self.weights_name).as_numpy()
+        try:
+            pooled = pooling.pool_group(self.rows, ids, weights)
+        except ValueError as error:
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"input '{self.input_name}': {error}", pb_utils.TritonError.INVALID_ARG)
+            )
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, pooled)])

@@ -117,3 +117,19 @@ def test_the_compiled_kernel_reads_every_finite_fp16_back_exactly() -> None:
     ids = np.arange(finite.shape[0], dtype=np.int32)[:, np.newaxis]
     got = compiled.pool_fp16_slots(padded, ids, np.array([0, 1], np.int64))
     np.testing.assert_array_equal(got, finite.astype(np.float32))
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+@pytest.mark.parametrize("bad", [7, 1_000_000, -2])
+def test_an_id_outside_the_mapped_rows_is_refused_before_any_read(engine: str, bad: int) -> None:
+    """The compiled kernels do not check their reads: the check before them keeps every id inside the stack."""
+    rows = np.vstack([np.arange(28, dtype=np.float32).reshape(7, 4), np.zeros((1, 4), np.float32)])  # + padding
+    ids = np.array([[0, 6, -1], [2, bad, 1]], dtype=np.int64)
+    compiled.compile_kernels()
+    engine_now = compiled.ENGINE if engine == "numba" else "numpy"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled, "ENGINE", engine_now)
+        with pytest.raises(ValueError, match=rf"row id {bad} is outside the 7 rows this step holds \(valid: -1 to 6\)"):
+            recgen_pooling.pool_stack(rows, ids, [(0, 3)])
+        good = recgen_pooling.pool_stack(rows, ids[:1], [(0, 3)])
+    np.testing.assert_array_equal(good, (rows[0] + rows[6])[np.newaxis, :])

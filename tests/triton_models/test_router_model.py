@@ -8,15 +8,18 @@ import torch
 from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tritonclient.utils import InferenceServerException
 
 from generator import naming
+from generator.check.client import RankingClient
 from generator.model.dlrm import pool_rows
 from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
-from generator.repository import configs, layout, params
+from generator.repository import build, configs, layout, params
 from generator.repository.layout import group_layout
+from generator.traffic.requests import random_request, reference_scores
 from generator.triton_models import recgen_kernels as kernels
 from generator.triton_models import recgen_pooling, router_model
-from tests.conftest import tiny_model
+from tests.conftest import requires_server, tiny_model
 
 
 def _routing(plan: Plan, tmp_path: Path, dense: layout.DenseSignature = ()) -> router_model.Routing:
@@ -213,3 +216,26 @@ def test_the_router_checks_dense_features_for_finite_values_unless_the_plan_allo
     )
     assert router_model.load_routing(config, tmp_path).finite_inputs == ()
     assert naming.DENSE_FEATURES not in [i["name"] for i in config["input"]]
+
+
+@requires_server
+@pytest.mark.server
+@pytest.mark.parametrize("lookup_step", ["fused", "separate"])
+def test_a_config_that_claims_more_rows_cannot_make_a_request_read_past_the_table(
+    tmp_path: Path, server_factory, lookup_step: str
+) -> None:
+    """num_rows raised in the router's config: the id it lets through fails its own request; the server serves on."""
+    model = tiny_model()
+    plan = uniform_plan(model, shards_per_table=1, lookup_step=lookup_step)
+    result = build.build(model, plan, tmp_path / "r", tmp_path / "e")
+    config_path = tmp_path / "r" / "dlrm_router" / naming.CONFIG_FILE
+    text = config_path.read_text()
+    assert text.count('\\"num_rows\\":1000,') == 1
+    config_path.write_text(text.replace('\\"num_rows\\":1000,', '\\"num_rows\\":6000,'))
+    server = server_factory(result)
+    request = random_request(model, 4, np.random.default_rng(0))
+    hostile = dataclasses.replace(request, sparse={**request.sparse, "medium": np.full((4, 1), 5000, np.int64)})
+    with RankingClient(server.grpc_url, "grpc") as client:
+        with pytest.raises(InferenceServerException, match=r"row id \d+ is outside the 1000 rows this step holds"):
+            client.score(hostile)
+        np.testing.assert_allclose(client.score(request), reference_scores(model, request), atol=1e-5)

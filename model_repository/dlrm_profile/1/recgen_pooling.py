@@ -139,7 +139,11 @@ def pool_stack(
     `weights` [B, width]: every id's weight (its row is scaled before the sum). The stack holds FP32 or fp16
     rows, or int8 codes read back with `scale_offset`. Compiled when numba serves, with `starts` the slots'
     `block_starts` (computed once per instance by the caller).
+
+    Raises ValueError for an id outside the rows this step mapped (the compiled kernels do not check their reads):
+    no config and no direct request can make it read past a table.
     """
+    check_row_ids(packed_ids, padded_rows.shape[0] - 1)
     if compiled.ENGINE == "numba":
         bounds = block_starts(slot_columns) if starts is None else starts
         if scale_offset is not None:
@@ -160,6 +164,13 @@ def pool_stack(
             part = _pool_one_pass(padded_rows, block, [(0, last - first)], block_weights, scale_offset)
         pooled[:, slot * dim : (slot + 1) * dim] = part
     return pooled
+
+
+def check_row_ids(packed_ids: np.ndarray, rows: int) -> None:
+    """ValueError unless every id is -1 (none) or one of the `rows` rows mapped (the padding row follows them)."""
+    if packed_ids.size and (int(packed_ids.max()) >= rows or int(packed_ids.min()) < -1):
+        bad = packed_ids[(packed_ids >= rows) | (packed_ids < -1)].flat[0]
+        raise ValueError(f"row id {int(bad)} is outside the {rows} rows this step holds (valid: -1 to {rows - 1})")
 
 
 def _pool_one_pass(
