@@ -1,7 +1,8 @@
 """`recgen` command line: a thin layer over the library, one module per pipeline stage.
 
-Every command parses its options into library values and calls the library; what it prints is the printable value
-the library returns. Errors recgen raises on purpose print as `ErrorType: message` and exit 1.
+Every command parses its options into library values (for `build`, also the choices a plan leaves open) and calls
+the library; what it prints is the printable value the library returns. Errors recgen raises on purpose print as
+`ErrorType: message` and exit 1.
 """
 
 from __future__ import annotations

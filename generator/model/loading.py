@@ -110,7 +110,7 @@ def load_model(
     except ModelFileError as error:
         raise ModelFileError(
             f"{error}. recgen reads its own DLRM files ({MODEL_FILE_FORMAT}) and torch.export programs "
-            f"({PROGRAM_SUFFIX}); export another module with torch.export (README: Bring your own model)"
+            f"({PROGRAM_SUFFIX}); export another module with torch.export (docs/usage.md: Bring your own model)"
         ) from error
 
 
