@@ -13,3 +13,11 @@ bash scripts/install_torchrec.sh
 # The library that keeps the embedded server's admin key off its command line (generator/deploy/admin_key.py),
 # compiled from source with the system's C compiler; without one it says so (serve then refuses, naming the fix).
 .venv/bin/python -m generator.deploy.admin_key
+# perf_analyzer (tritonclient 2.51) needs libb64 to start (scripts/perf_analyzer.sh finds the CUDA runtime it links).
+if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq libb64-0d) >/dev/null || echo "warning: apt-get install libb64-0d failed; perf_analyzer will not start"
+  else
+    echo "note: perf_analyzer needs libb64 (as root: apt-get install libb64-0d); nothing else does"
+  fi
+fi

@@ -33,6 +33,7 @@ from generator.repository.generation import (
 )
 from generator.repository.manifest import write_manifest
 from generator.repository.params import RemoteCallPolicy
+from generator.repository.perf_input import write_perf_inputs
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def build_distributed(
         writer.profile(front)
         write_front_and_groups(writer, topology, front, front, staged)
         write_manifest(plan, leaves, front)
+        write_perf_inputs(front, front)
         topology.save(staged)
         save_plan(plan, staged / naming.DISTRIBUTED_PLAN_FILE)
         result = DistributedBuild(plan, out, topology, tuple(writer.built))

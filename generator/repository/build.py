@@ -32,7 +32,17 @@ from generator.planning.plan import (
     uniform_plan,
 )
 from generator.planning.plan_file import load_plan
-from generator.repository import configs, export, imported_graphs, layout, manifest, readme, staging, validation
+from generator.repository import (
+    configs,
+    export,
+    imported_graphs,
+    layout,
+    manifest,
+    perf_input,
+    readme,
+    staging,
+    validation,
+)
 from generator.repository.configs import BACKENDS, TARGETS, Backend, LeafOptions, Target
 from generator.repository.params import RemoteCallPolicy
 
@@ -297,6 +307,7 @@ def build(
         writer.ranking(staged_repository, staged_ensembles)
         result = BuildResult(plan, backend, target, repository, ensembles, tuple(writer.built))
         manifest.write_manifest(plan, leaves, staged_repository)
+        perf_input.write_perf_inputs(staged_repository, staged_ensembles)
         for staged_path in (staged_repository, staged_ensembles):
             readme.write_single(staged_path, result, model)
     return result

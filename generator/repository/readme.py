@@ -159,6 +159,7 @@ def render(model: Model, result: BuildResult, *, topology: Any = None, root: Pat
             reduced_rows=precision.has_reduced_rows(result.plan),
             row_dtypes=precision.dtype_summary(result.plan),
             image=triton_runtime.NGC_IMAGE,
+            perf_dir=names[-1] if topology is None else f"{names[0]}/{naming.FRONT_DIR}",
         )
     )
 
