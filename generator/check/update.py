@@ -21,6 +21,7 @@ from generator.deploy import control
 from generator.errors import CheckFailedError, RecgenError, UpdateError
 from generator.planning import precision
 from generator.planning.plan import Model, Plan
+from generator.repository import settings
 from generator.repository.configs import LeafOptions
 from generator.repository.generation import PENDING_FILE, PendingGeneration, discard, write_generation
 
@@ -84,6 +85,15 @@ def _write(model: Model, plan: Plan, deployment: dict[str, Any], leaves: LeafOpt
     return write_generation(
         model, plan, Path(deployment["leaf_repository"]), Path(deployment["ensemble_repository"]), leaves
     )
+
+
+def running_settings(http_port: int) -> settings.RunningSettings:
+    """What the deployment `recgen serve` runs behind HTTP port `http_port` was built with (its manifest)."""
+    with control.ControlClient(control.socket_path(http_port)) as channel:
+        deployment = channel.request("describe")["deployment"]
+    if deployment["layout"] == "distributed":
+        return settings.RunningSettings.read(Path(deployment["root"]) / naming.FRONT_DIR)
+    return settings.RunningSettings.read(Path(deployment["leaf_repository"]))
 
 
 def update(

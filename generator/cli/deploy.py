@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
@@ -14,8 +13,9 @@ from generator.deploy import local, supervisor
 from generator.deploy import server as servers
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import Device, GroupBy, LookupStep
+from generator.planning.plan import Device, GroupBy, LookupStep, Shedding
 from generator.repository import build as builds
+from generator.repository import settings
 from generator.repository.configs import Backend, Target
 
 
@@ -199,6 +199,11 @@ def k8s(
 @options.shards_per_table
 @options.device
 @options.instances
+@options.max_batch_size
+@options.latency_slo_ms
+@options.shedding
+@options.allow_non_finite
+@options.no_access_counts
 @options.group_by
 @options.lookup_step
 @options.row_dtype
@@ -222,6 +227,11 @@ def update(
     shards_per_table: int,
     device: Device,
     instances: int,
+    max_batch_size: int,
+    latency_slo_ms: float,
+    shedding: Shedding | None,
+    allow_non_finite: bool,
+    no_access_counts: bool,
     group_by: GroupBy | None,
     lookup_step: LookupStep | None,
     row_dtypes: tuple[str, ...],
@@ -231,16 +241,19 @@ def update(
 
     The new generation of models is written beside the running one, loaded, checked against the model, and the
     ensembles switch to it in one step; the old generation finishes its requests and is removed. If anything
-    fails, the old generation keeps serving and the error says why.
+    fails, the old generation keeps serving and the error says why. Every setting the command does not name is
+    the running deployment's.
     """
     model = load_model(model_path, max_ids=max_ids, user_features=user_features)
-    uniform = builds.UniformOptions(name, shards_per_table, device, instances, group_by=group_by or "placement")
-    decided = options.given(context, *builds.PLAN_DECIDES, "group_by")
-    the_plan = builds.resolve_plan(model, plan_path, uniform, decided, distributed=False, row_dtypes=row_dtypes)
-    if lookup_step is not None:
-        the_plan = dataclasses.replace(the_plan, lookup_step=lookup_step)
-    leaves = builds.check_options(backend, target)
+    uniform = settings.UniformOptions(name, shards_per_table, device, instances, max_batch_size,
+                                      group_by or "placement", latency_slo_ms)  # fmt: skip
+    deployment = settings.DeploymentOptions(not allow_non_finite, not no_access_counts, shedding, lookup_step,
+                                            backend, target)  # fmt: skip
+    given = options.given(context, *settings.ALL_OPTIONS)
+    resolved = settings.resolve_plan(model, plan_path, uniform, deployment, given, distributed=False,
+                                     row_dtypes=row_dtypes, running=updates.running_settings(http_port))  # fmt: skip
+    leaves = builds.check_options(resolved.backend, resolved.target)
     report = updates.update(
-        model, the_plan, http_port=http_port, leaves=leaves, verify_first=not no_verify, echo=click.echo
+        model, resolved.plan, http_port=http_port, leaves=leaves, verify_first=not no_verify, echo=click.echo
     )
     click.echo(str(report))

@@ -236,6 +236,18 @@ latency_slo_ms = click.option(
 )
 
 
+allow_non_finite = click.option(
+    "--allow-non-finite",
+    is_flag=True,
+    help="Pass NaN and infinite dense features and weights on to the model, as PyTorch would (by default the "
+    "router rejects such a request with an error naming the tensor).",
+)
+no_access_counts = click.option(
+    "--no-access-counts",
+    is_flag=True,
+    help="The routers count no accesses (no per-row counters in their memory; `recgen profile --from-server` then "
+    "has nothing to read).",
+)
 shedding = click.option(
     "--shedding",
     type=click.Choice(["router", "queue-policy"]),

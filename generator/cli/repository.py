@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import click
@@ -11,22 +10,11 @@ from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import Device, GroupBy, LookupStep, Plan, Shedding
+from generator.planning.plan import Device, GroupBy, LookupStep, Shedding
 from generator.repository import build as builds
+from generator.repository import settings
 from generator.repository.configs import Backend, Target
 from generator.repository.params import RemoteCallPolicy
-
-
-def _with_build_flags(
-    plan: Plan, allow_non_finite: bool, lookup_step: LookupStep | None, shedding: Shedding | None
-) -> Plan:
-    """The plan with what `build` may still choose: finite-value checks off, the lookup step, the shedding."""
-    return dataclasses.replace(
-        plan,
-        check_finite=plan.check_finite and not allow_non_finite,
-        lookup_step=lookup_step or plan.lookup_step,
-        shedding=shedding or plan.shedding,
-    )
 
 
 @click.command()
@@ -78,18 +66,8 @@ def _with_build_flags(
     help="plan.json from `recgen plan`: hotness order, cuts, replicas and devices (replaces "
     "--shards-per-table, --device, --instances, --name, --max-batch-size).",
 )
-@click.option(
-    "--allow-non-finite",
-    is_flag=True,
-    help="Pass NaN and infinite dense features and weights on to the model, as PyTorch would (by default the "
-    "router rejects such a request with an error naming the tensor).",
-)
-@click.option(
-    "--no-access-counts",
-    is_flag=True,
-    help="The routers count no accesses (no per-row counters in their memory; `recgen profile --from-server` then "
-    "has nothing to read).",
-)
+@options.allow_non_finite
+@options.no_access_counts
 @click.pass_context
 @options.reports_errors
 def build(
@@ -122,13 +100,13 @@ def build(
     """Generate the sharded repository and the ensemble for a model (or the distributed layout)."""
     distributed = layout == "distributed"
     model = load_model(model_path, max_ids=max_ids, user_features=user_features)
-    uniform = builds.UniformOptions(name, shards_per_table, device, instances, max_batch_size,
-                                    group_by or "placement", latency_slo_ms)  # fmt: skip
-    the_plan = builds.resolve_plan(
-        model, plan_path, uniform, options.given(context, *builds.PLAN_DECIDES, "group_by"), distributed=distributed,
-        row_dtypes=row_dtypes, count_accesses=not no_access_counts,
-    )  # fmt: skip
-    the_plan = _with_build_flags(the_plan, allow_non_finite, lookup_step, shedding)
+    uniform = settings.UniformOptions(name, shards_per_table, device, instances, max_batch_size,
+                                      group_by or "placement", latency_slo_ms)  # fmt: skip
+    deployment = settings.DeploymentOptions(not allow_non_finite, not no_access_counts, shedding, lookup_step,
+                                            backend, target)  # fmt: skip
+    given = options.given(context, *settings.ALL_OPTIONS)
+    the_plan = settings.resolve_plan(model, plan_path, uniform, deployment, given, distributed=distributed,
+                                     row_dtypes=row_dtypes).plan  # fmt: skip
     click.echo(str(the_plan))
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:

@@ -8,8 +8,7 @@ in it and how to serve and call it.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,18 +19,12 @@ from generator import naming, triton_runtime
 from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
-from generator.planning import precision, queueing
 from generator.planning.plan import (
-    DEFAULT_MAX_BATCH_SIZE,
-    Device,
-    GroupBy,
     Model,
     Placement,
     Plan,
     ShardGroup,
-    uniform_plan,
 )
-from generator.planning.plan_file import load_plan
 from generator.repository import (
     configs,
     export,
@@ -347,63 +340,3 @@ def build_monolithic(
         result = BuildResult(plan, backend, target, repository, None, (built,))
         readme.write_single(staged_repository, result, model)
     return result
-
-
-@dataclass(frozen=True)
-class UniformOptions:
-    """The build flags that make a uniform plan when no plan file is given."""
-
-    name: str = "dlrm"
-    shards_per_table: int = 2
-    device: Device = "cpu"
-    instances: int = 1
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    group_by: GroupBy = "placement"
-    latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
-
-
-#: The options a plan file decides (besides group_by, which a distributed build may still choose).
-PLAN_DECIDES = ("shards_per_table", "device", "instances", "name", "max_batch_size", "latency_slo_ms")
-
-
-def resolve_plan(
-    model: Model,
-    plan_path: Path | None,
-    uniform: UniformOptions,
-    given: Collection[str],
-    *,
-    distributed: bool,
-    row_dtypes: Sequence[str] = (),
-    count_accesses: bool = True,
-) -> Plan:
-    """The plan of a build: the plan file, or a uniform one from `uniform`, with `--row-dtype` applied.
-
-    `count_accesses` False turns the routers' access counters off (a plan cannot turn them on again).
-
-    `given` names the options set explicitly: with a plan file, an option the plan decides is an error (naming the
-    flags), except `group_by` for a distributed build, which chooses how its shards are grouped into services.
-    """
-    base = _base_plan(model, plan_path, uniform, given, distributed=distributed)
-    plan = precision.with_row_dtype_values(base, row_dtypes)
-    return dataclasses.replace(plan, count_accesses=plan.count_accesses and count_accesses)
-
-
-def _base_plan(
-    model: Model, plan_path: Path | None, uniform: UniformOptions, given: Collection[str], *, distributed: bool
-) -> Plan:
-    if plan_path is None:
-        return uniform_plan(
-            model,
-            name=uniform.name,
-            shards_per_table=uniform.shards_per_table,
-            device=uniform.device,
-            instance_count=uniform.instances,
-            max_batch_size=uniform.max_batch_size,
-            group_by=uniform.group_by,
-            latency_slo_ms=uniform.latency_slo_ms,
-        )
-    decided = [*PLAN_DECIDES, *([] if distributed else ["group_by"])]
-    clashes = [name for name in decided if name in given]
-    if clashes:
-        raise UserInputError(f"--plan sets {', '.join('--' + c.replace('_', '-') for c in clashes)}; drop them")
-    return load_plan(plan_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from generator import __version__, naming
 from generator.planning.plan import Plan
-from generator.repository import layout
+from generator.repository import layout, settings
 from generator.repository.configs import LeafOptions
 
 MANIFEST_FORMAT_VERSION = 1
@@ -37,6 +37,7 @@ def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
         "max_batch_size": plan.max_batch_size,
         "group_by": plan.group_by,
         "lookup_step": plan.lookup_step,
+        "settings": settings.settings_of(plan, leaves.backend, leaves.target),
         "tables": [
             {
                 "table": table.spec.name,

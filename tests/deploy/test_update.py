@@ -28,7 +28,7 @@ from generator.deploy.distributed import build_distributed
 from generator.errors import UpdateError
 from generator.model.dlrm import DLRM
 from generator.planning.plan import uniform_plan
-from generator.repository import build
+from generator.repository import build, validation
 from generator.repository.build import ModelWriter
 from generator.traffic.requests import random_request, reference_scores
 from tests.conftest import requires_server, tiny_model
@@ -246,3 +246,44 @@ def test_the_local_topology_starts_the_new_groups_before_the_front_switches(tmp_
         assert groups and all(name.startswith("dlrm__g2_shard_") for name in groups)
         topology = json.loads((layout.root / naming.TOPOLOGY_FILE).read_text())
         assert sorted(group["model"] for group in topology["groups"]) == groups
+
+
+def test_an_update_of_the_weights_alone_keeps_every_setting_of_the_running_build(tmp_path: Path) -> None:
+    """Built with non-default settings, updated with `recgen update --model new.pt` only: every setting stays."""
+    old_path, new_path = tmp_path / "old.pt", tmp_path / "new.pt"
+    tiny_model().save(old_path)
+    new_weights().save(new_path)
+    settings = ["--max-batch-size", "384", "--latency-slo-ms", "500", "--allow-non-finite", "--no-access-counts",
+                "--shedding", "queue-policy", "--lookup-step", "separate", "--instances", "2",
+                "--shards-per-table", "3"]  # fmt: skip
+    built = subprocess.run(
+        [sys.executable, "-m", "generator", "build", "--model", str(old_path), "--out", str(tmp_path / "repo"),
+         "--ensembles", str(tmp_path / "ens"), *settings], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    arguments = ["--repo", str(tmp_path / "repo"), "--ensembles", str(tmp_path / "ens")]
+    arguments += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    with recgen_serve(arguments, tmp_path / "serve.log", r"HTTP +127\.0\.0\.1:(\d+)") as http_port:
+        updated = subprocess.run(
+            [sys.executable, "-m", "generator", "update", "--model", str(new_path), "--http-port", str(http_port)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert updated.returncode == 0, updated.stdout[-3000:] + updated.stderr[-3000:]
+        grpc_url = re.search(r"gRPC +(127\.0\.0\.1:\d+)", (tmp_path / "serve.log").read_text()).group(1)  # type: ignore[union-attr]
+        assert check(new_weights(), grpc_url, protocol="grpc", requests=2).passed
+    configs = {
+        path.parent.name: validation.parse_strict(path.read_text())
+        for path in (tmp_path / "repo").glob(f"*/{naming.CONFIG_FILE}")
+    }
+    assert set(configs) == {"dlrm__g2_router", "dlrm__g2_shards_0", "dlrm__g2_dense"}  # separate, no profile model
+    router = configs["dlrm__g2_router"]
+    assert router.max_batch_size == 384 and router.instance_group[0].count == 2
+    assert "request_checks" not in router.parameters and "access_counts" not in router.parameters
+    assert "admission" not in router.parameters  # Triton's queue policy sheds instead
+    for config in configs.values():
+        assert config.dynamic_batching.default_queue_policy.default_timeout_microseconds == 250_000
+    manifest = json.loads((tmp_path / "repo" / naming.MANIFEST_FILE).read_text())
+    assert manifest["generation"] == 2
+    assert manifest["settings"] == {**manifest["settings"], "max_batch_size": 384, "latency_slo_ms": 500.0,
+                                    "check_finite": False, "count_accesses": False, "shedding": "queue-policy",
+                                    "lookup_step": "separate", "instances": 2, "shards_per_table": 3}  # fmt: skip
