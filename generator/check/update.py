@@ -124,7 +124,8 @@ def update(
         if verify_first:
             next_plan = dataclasses.replace(plan, generation=pending.generation)
             try:
-                checks = verify(model, next_plan, pending, deployment["grpc_url"])
+                with channel.keepalive():  # serve drops a session that says nothing for a few seconds
+                    checks = verify(model, next_plan, pending, deployment["grpc_url"])
             except RecgenError as error:
                 channel.request("abort", reason=str(error).splitlines()[0])
                 raise UpdateError(f"generation {pending.generation} was not switched to: {error}") from error

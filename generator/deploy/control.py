@@ -10,10 +10,13 @@ one JSON object per line:
     -> {"command": "prepare", "pending": PATH}      <- {"progress": "..."} ...  {"ok": true, "candidates": [...]}
     -> {"command": "commit"}                        <- {"progress": "..."} ...  {"ok": true, "times": {...}}
     -> {"command": "abort", "reason": "..."}        <- {"ok": true}
+    -> {"command": "ping"}                          (no answer: the client is working, e.g. checking candidates)
 
-A failed step answers {"ok": false, "error": "..."} after undoing itself. A session that ends, or goes quiet for
-`SESSION_TIMEOUT_S`, between prepare and commit is aborted: the old generation keeps serving. Sessions run one at
-a time in the supervisor's loop, which pauses meanwhile, so the supervisor never sees a half-switched server.
+A failed step answers {"ok": false, "error": "..."} after undoing itself. A session that ends, or says nothing for
+`SESSION_IDLE_S` between two commands, is dropped, and a generation it prepared but did not switch to is removed:
+the old generation keeps serving. Sessions run one at a time, each on a thread of its own, so the supervisor never
+pauses: it leaves alone the models a session is changing (`changing`) and handles every other fault as usual; a
+second `recgen update` meanwhile is refused. Closing the server ends the session at once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -33,8 +35,13 @@ from generator.errors import RecgenError, ServerUnreachableError, UpdateError, U
 from generator.repository.generation import PendingGeneration
 from generator.triton_models import recgen_runtime
 
-#: Seconds a session may stay silent (the client checks the candidates between prepare and commit).
-SESSION_TIMEOUT_S = 300.0
+#: Seconds a session may say nothing between two commands (the client pings every PING_S while it works).
+SESSION_IDLE_S = 20.0
+PING_S = 5.0
+#: Seconds the client waits for an answer (loading a generation's models may take minutes).
+ANSWER_TIMEOUT_S = 600.0
+#: Seconds closing the server waits for a session to undo what it prepared.
+CLOSE_WAIT_S = 15.0
 _SOCKET_NAME = "serve-{port}.sock"
 
 Echo = Callable[[str], None]
@@ -82,15 +89,21 @@ def _send(stream: Any, message: Mapping[str, Any]) -> None:
 
 
 class ControlServer:
-    """Accepts `recgen update` sessions on a thread; the supervisor's loop runs them (`serve_pending`)."""
+    """Accepts `recgen update` sessions and runs each on a thread of its own, one at a time."""
 
     def __init__(self, path: Path, deployment: Deployment, echo: Echo = print):
         self.path = Path(path)
         self.deployment = deployment
         self.echo = echo
-        self._connections: queue.Queue[socket.socket] = queue.Queue()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._session_thread: threading.Thread | None = None
+        self._connection: socket.socket | None = None
+        self._changing: frozenset[str] = frozenset()
+        self._changed = threading.Event()
+        #: Sessions that ended (tests wait on it).
+        self.sessions_done = 0
 
     def start(self) -> None:
         """Listen (a stale socket of a serve that is gone is replaced; a live one is an error)."""
@@ -114,18 +127,52 @@ class ControlServer:
                 connection, _ = listener.accept()
             except OSError:
                 return  # closed
-            self._connections.put(connection)
+            with self._lock:
+                busy = self._session_thread is not None and self._session_thread.is_alive()
+                if not busy:
+                    self._connection = connection
+                    self._session_thread = threading.Thread(
+                        target=self._run_session, args=(connection,), name="recgen-update", daemon=True
+                    )
+                    self._session_thread.start()
+            if busy:
+                threading.Thread(target=self._refuse, args=(connection,), daemon=True).start()
 
-    def serve_pending(self, wait_s: float) -> bool:
-        """Run the session that is waiting, if any arrives within `wait_s`; whether one ran."""
-        try:
-            connection = self._connections.get(timeout=wait_s)
-        except queue.Empty:
-            return False
+    @staticmethod
+    def _refuse(connection: socket.socket) -> None:
+        """Answer the first command of a second session with a refusal (one session at a time)."""
+        with connection, contextlib.suppress(OSError):
+            connection.settimeout(SESSION_IDLE_S)
+            stream = connection.makefile("rw", encoding="utf-8")
+            stream.readline()
+            _send(stream, {"ok": False, "error": "another `recgen update` is in progress; try again after it"})
+
+    def _run_session(self, connection: socket.socket) -> None:
         with connection:
-            connection.settimeout(SESSION_TIMEOUT_S)
-            self._session(connection)
-        return True
+            connection.settimeout(SESSION_IDLE_S)
+            try:
+                self._session(connection)
+            finally:
+                with self._lock:
+                    self._connection, self._changing = None, frozenset()
+                    self.sessions_done += 1
+                self._changed.set()
+
+    def changing(self) -> frozenset[str]:
+        """The models a session is loading, switching or unloading now: the supervisor leaves them alone."""
+        return self._changing
+
+    def take_changed(self) -> bool:
+        """Whether a session ended since the last call (the servers to watch may have changed)."""
+        changed = self._changed.is_set()
+        self._changed.clear()
+        return changed
+
+    def _in_flux(self, pending: PendingGeneration, *, switching: bool) -> None:
+        names = {*pending.new_leaves, *(pending.candidate(name) for name in pending.ensembles)}
+        if switching:
+            names |= {*pending.ensembles, *pending.old_leaves}
+        self._changing = frozenset(names)
 
     def _session(self, connection: socket.socket) -> None:
         stream = connection.makefile("rw", encoding="utf-8")
@@ -141,15 +188,19 @@ class ControlServer:
                 request = json.loads(line)
                 command = request.get("command") if isinstance(request, dict) else None
                 try:
+                    if command == "ping":
+                        continue
                     if command == "describe":
                         _send(stream, {"ok": True, "deployment": self.deployment.describe()})
                     elif command == "prepare" and prepared is None:
                         pending = PendingGeneration.load(Path(str(request.get("pending"))))
+                        self._in_flux(pending, switching=False)
                         candidates = self._prepare(pending, progress)
                         prepared = pending
                         _send(stream, {"ok": True, "candidates": candidates})
                     elif command == "commit" and prepared is not None:
                         pending, prepared = prepared, None
+                        self._in_flux(pending, switching=True)
                         _send(stream, {"ok": True, "times": self.deployment.commit(pending, progress)})
                     elif command == "abort" and prepared is not None:
                         pending, prepared = prepared, None
@@ -177,21 +228,29 @@ class ControlServer:
             raise
 
     def close(self) -> None:
-        """Stop listening and remove the socket."""
+        """Stop listening, remove the socket, and end a running session at once (it removes what it prepared)."""
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
             self.path.unlink(missing_ok=True)
+        with self._lock:
+            connection, session = self._connection, self._session_thread
+        if connection is not None:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        if session is not None:
+            session.join(timeout=CLOSE_WAIT_S)
 
 
 class ControlClient:
     """`recgen update`'s end of the channel."""
 
-    def __init__(self, path: Path, echo: Echo = print, timeout_s: float = SESSION_TIMEOUT_S):
+    def __init__(self, path: Path, echo: Echo = print, timeout_s: float = ANSWER_TIMEOUT_S):
         self.path = Path(path)
         self.echo = echo
+        self._write_lock = threading.Lock()
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._socket.settimeout(timeout_s)
         try:
@@ -206,16 +265,43 @@ class ControlClient:
 
     def request(self, command: str, **fields: Any) -> dict[str, Any]:
         """Send one command, echo its progress, return its answer; a refusal raises UpdateError."""
-        _send(self._stream, {"command": command, **fields})
-        for line in self._stream:
-            answer = json.loads(line)
-            if "progress" in answer:
-                self.echo(str(answer["progress"]))
-                continue
-            if not answer.get("ok"):
-                raise UpdateError(str(answer.get("error", "refused")))
-            return dict(answer)
-        raise UpdateError(f"`recgen serve` closed the control channel during {command!r}")
+        try:
+            with self._write_lock:
+                _send(self._stream, {"command": command, **fields})
+            for line in self._stream:
+                answer = json.loads(line)
+                if "progress" in answer:
+                    self.echo(str(answer["progress"]))
+                    continue
+                if not answer.get("ok"):
+                    raise UpdateError(str(answer.get("error", "refused")))
+                return dict(answer)
+        except OSError as error:
+            reason = f" ({error})"
+        else:
+            reason = ""
+        raise UpdateError(
+            f"`recgen serve` closed the control channel during {command!r}{reason}: it stopped, or its server died "
+            "(its output says which)"
+        )
+
+    @contextlib.contextmanager
+    def keepalive(self) -> Iterator[None]:
+        """Ping every PING_S while the block works, so that serve does not drop the session as silent."""
+        done = threading.Event()
+
+        def ping() -> None:
+            while not done.wait(PING_S):
+                with self._write_lock, contextlib.suppress(OSError, ValueError):
+                    _send(self._stream, {"command": "ping"})
+
+        thread = threading.Thread(target=ping, name="recgen-update-ping", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=PING_S + 1)
 
     def close(self) -> None:
         """End the session (a prepared, uncommitted generation is then removed by serve)."""

@@ -63,9 +63,10 @@ class Watched:
 class Supervisor:
     """The one watch loop of `recgen serve`, for a single server and a local distributed topology alike.
 
-    With a `control` channel, the loop also runs `recgen update` sessions between two looks (`control`); after
-    one, `refresh` gives the servers to watch from then on (an update may start and stop servers) and every
-    server's expected stubs are read again.
+    With a `control` channel, `recgen update` sessions run on their own threads (`control`) and the loop never
+    pauses: while a session runs, the models it is changing are left alone and every server's expected stubs are
+    read afresh at each look; after one, `refresh` gives the servers to watch from then on (an update may start and
+    stop servers).
     """
 
     def __init__(
@@ -89,12 +90,11 @@ class Supervisor:
         try:
             while not stop_requested:
                 self.check_once()
-                if self.control is None:
-                    time.sleep(self.poll_s)
-                elif self.control.serve_pending(self.poll_s):
+                if self.control is not None and self.control.take_changed():
                     self.watched = list(self.refresh()) if self.refresh is not None else self.watched
                     for watched in self.watched:
                         watched.armed_for = None
+                time.sleep(self.poll_s)
         except KeyboardInterrupt:
             pass
         finally:
@@ -102,14 +102,17 @@ class Supervisor:
 
     def check_once(self) -> None:
         """One look at every server: restart the dead ones that may be, restore models with broken stubs."""
+        changing = frozenset() if self.control is None else self.control.changing()
         for watched in self.watched:
             server = watched.server()
+            if server.exited and changing and watched.restart is not None:
+                continue  # an update may be stopping it on purpose: decide once the session is over (refresh)
             if server.exited:
                 self._handle_exit(watched, server)
                 continue
             if time.monotonic() - watched.up_since_s > STABLE_AFTER_S:
                 watched.failed_restarts = 0
-            self._check_stubs(watched, server)
+            self._check_stubs(watched, server, changing)
 
     def _handle_exit(self, watched: Watched, server: TritonServer) -> None:
         for stub in stub_health.remove_orphans():  # they would hold the dead server's memory and ports
@@ -136,7 +139,9 @@ class Supervisor:
         watched.up_since_s = time.monotonic()
         self.echo(f"{watched.label}: restarted, ready again {watched.up_since_s - now:.1f} s after the attempt began")
 
-    def _check_stubs(self, watched: Watched, server: TritonServer) -> None:
+    def _check_stubs(self, watched: Watched, server: TritonServer, changing: frozenset[str] = frozenset()) -> None:
+        if changing:  # an update is loading and unloading models: what the server expects changes under us
+            watched.armed_for = None
         if watched.armed_for != id(server):
             try:
                 watched.expected_stubs = stub_health.expected_stubs(server.http_url)
@@ -151,6 +156,8 @@ class Supervisor:
         broken = {model: reason for model, (reason, retry_s) in watched.unrestored.items() if now >= retry_s}
         broken.update(stub_health.broken_models(watched.expected_stubs, stubs))
         for model, reason in broken.items():
+            if model in changing:
+                continue
             self._restore(watched, server, model, reason, [stub for stub in stubs if stub.model == model])
 
     def _restore(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,18 +70,12 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _serving(deployment: RecordingDeployment, sessions: int) -> Iterator[control.ControlServer]:
     server = control.ControlServer(control.socket_path(18000), deployment, echo=lambda _: None)
     server.start()
-
-    def loop() -> None:
-        for _ in range(sessions):
-            while not server.serve_pending(0.05):
-                pass
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
     try:
         yield server
     finally:
-        thread.join(timeout=30)
+        deadline = time.monotonic() + 30
+        while server.sessions_done < sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
         server.close()
 
 
@@ -144,3 +138,69 @@ def test_no_serve_no_second_serve_and_no_shared_directory(runtime: Path, tmp_pat
     with pytest.raises(UserInputError, match="open to other users"):
         control.socket_path(18000)
     os.chmod(runtime / "recgen", 0o700)
+
+
+def test_a_silent_session_is_dropped_in_seconds_and_pings_keep_one_alive(
+    runtime: Path, pending: PendingGeneration, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(control, "SESSION_IDLE_S", 1.5)
+    monkeypatch.setattr(control, "PING_S", 0.1)
+    deployment = RecordingDeployment()
+    with _serving(deployment, sessions=2) as server:
+        with control.ControlClient(control.socket_path(18000), lambda _: None) as client:
+            client.request("prepare", pending=str(Path(pending.staging) / "pending.json"))
+            with client.keepalive():
+                time.sleep(4.5)  # working (checking candidates) three times longer than the idle limit
+            assert client.request("commit")["times"] == {"switch_s": 0.01}
+        with control.ControlClient(control.socket_path(18000), lambda _: None) as client:
+            client.request("prepare", pending=str(Path(pending.staging) / "pending.json"))
+            started = time.monotonic()
+            while server.sessions_done < 2 and time.monotonic() - started < 10:
+                time.sleep(0.05)  # says nothing
+            assert server.sessions_done == 2 and time.monotonic() - started < 6
+    assert deployment.calls == ["prepare 2", "commit 2", "prepare 2", "abort 2"]
+
+
+class SlowDeployment(RecordingDeployment):
+    """Prepare takes a while, as loading a generation does."""
+
+    def prepare(self, pending: PendingGeneration, echo: control.Echo) -> list[str]:
+        time.sleep(1.0)
+        return super().prepare(pending, echo)
+
+
+def test_a_second_update_is_refused_and_the_changing_models_are_named(
+    runtime: Path, pending: PendingGeneration
+) -> None:
+    deployment = SlowDeployment()
+    with _serving(deployment, sessions=1) as server, control.ControlClient(control.socket_path(18000)) as first:
+        if True:  # the first session, still preparing
+            first._stream.write('{"command": "prepare", "pending": "%s"}\n' % (Path(pending.staging) / "pending.json"))
+            first._stream.flush()
+            deadline = time.monotonic() + 5
+            while not server.changing() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.changing() == {*pending.new_leaves, "dlrm__g2", *(
+                [pending.candidate(e) for e in pending.ensembles])}  # fmt: skip
+            second = control.ControlClient(control.socket_path(18000), lambda _: None)
+            with second, pytest.raises(UpdateError, match="another `recgen update` is in progress"):
+                second.request("describe")
+    assert server.changing() == frozenset()
+
+
+def test_closing_the_server_ends_a_session_at_once_and_removes_what_it_prepared(
+    runtime: Path, pending: PendingGeneration
+) -> None:
+    deployment = RecordingDeployment()
+    server = control.ControlServer(control.socket_path(18000), deployment, echo=lambda _: None)
+    server.start()
+    client = control.ControlClient(control.socket_path(18000), lambda _: None)
+    try:
+        client.request("prepare", pending=str(Path(pending.staging) / "pending.json"))
+        started = time.monotonic()
+        server.close()  # SIGTERM to `recgen serve` does this
+        assert time.monotonic() - started < 2 and deployment.calls == ["prepare 2", "abort 2"]
+        with pytest.raises(UpdateError, match="closed the control channel"):
+            client.request("commit")
+    finally:
+        client.close()
