@@ -12,6 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from generator import naming
 from generator.check.client import RankingClient
+from generator.errors import ModelLoadError
 from generator.model.dlrm import pool_rows
 from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
 from generator.repository import build, configs, layout, params
@@ -224,18 +225,27 @@ def test_the_router_checks_dense_features_for_finite_values_unless_the_plan_allo
 def test_a_config_that_claims_more_rows_cannot_make_a_request_read_past_the_table(
     tmp_path: Path, server_factory, lookup_step: str
 ) -> None:
-    """num_rows raised in the router's config: the id it lets through fails its own request; the server serves on."""
+    """num_rows raised alone: the router refuses to load. With its last shard too: the id fails its own request."""
     model = tiny_model()
-    plan = uniform_plan(model, shards_per_table=1, lookup_step=lookup_step)
+    plan = dataclasses.replace(uniform_plan(model, shards_per_table=1, lookup_step=lookup_step), count_accesses=False)
     result = build.build(model, plan, tmp_path / "r", tmp_path / "e")
     config_path = tmp_path / "r" / "dlrm_router" / naming.CONFIG_FILE
     text = config_path.read_text()
-    assert text.count('\\"num_rows\\":1000,') == 1
+    assert text.count('\\"num_rows\\":1000,') == 1 and text.count('\\"boundaries\\":[0,1000]') == 1
     config_path.write_text(text.replace('\\"num_rows\\":1000,', '\\"num_rows\\":6000,'))
+    with pytest.raises(
+        ModelLoadError, match=r"table 'medium': num_rows 6000 and shard boundaries \[0, 1000\] disagree"
+    ):
+        server_factory(result)
+    config_path.write_text(
+        text.replace('\\"num_rows\\":1000,', '\\"num_rows\\":6000,').replace(
+            '\\"boundaries\\":[0,1000]', '\\"boundaries\\":[0,6000]'
+        )
+    )
     server = server_factory(result)
     request = random_request(model, 4, np.random.default_rng(0))
     hostile = dataclasses.replace(request, sparse={**request.sparse, "medium": np.full((4, 1), 5000, np.int64)})
     with RankingClient(server.grpc_url, "grpc") as client:
-        with pytest.raises(InferenceServerException, match=r"row id \d+ is outside the 1000 rows this step holds"):
+        with pytest.raises(InferenceServerException, match=r"row id 50\d\d is outside the \d+ rows this step holds"):
             client.score(hostile)
         np.testing.assert_allclose(client.score(request), reference_scores(model, request), atol=1e-5)

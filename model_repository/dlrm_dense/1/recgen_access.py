@@ -76,9 +76,16 @@ def server_directory(directory: str | Path) -> Path:
 
 def open_counter(
     spec: params.AccessCountsParams, model_name: str, feature_tables: list[str], ids_per_sample: list[int],
-    sides: list[str],
+    sides: list[str], feature_rows: list[int] | None = None,
 ) -> AccessCounter:  # fmt: skip
-    """Create this instance's zeroed counters (and remove the files of servers that are gone)."""
+    """Create this instance's zeroed counters (and remove the files of servers that are gone).
+
+    `feature_rows`: the rows the router lets each feature's ids reach; the counters must hold as many (the compiled
+    counting does not check its writes), else ParameterError.
+    """
+    for table, rows in zip(feature_tables, feature_rows or [], strict=False):
+        if table not in spec.tables or spec.num_rows[spec.tables.index(table)] != rows:
+            raise params.ParameterError(f"access_counts: table {table!r} does not count {rows} rows as routed")
     folder = server_directory(spec.directory)
     retire_gone_instances(folder)
     stem = folder / f"{spec.key}.{model_name}.{os.getpid()}"

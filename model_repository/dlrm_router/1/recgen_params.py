@@ -59,6 +59,13 @@ class RoutedTable(Spec):
     #: An id the model pools as nothing (its `padding_idx`): the router drops it like -1 (-1 = none).
     padding_id: int
 
+    def __post_init__(self) -> None:
+        bounds = self.boundaries  # the compiled routing reads by these: a mismatch would read past them
+        if not bounds or bounds[0] != 0 or bounds[-1] != self.num_rows or len(self.shards) != len(bounds) - 1:
+            raise ParameterError(
+                f"table {self.table!r}: num_rows {self.num_rows} and shard boundaries {list(bounds)} disagree"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class PackedOutput(Spec):

@@ -1,13 +1,10 @@
 """Router: buckets each request's sparse ids into shards, as row ids into each shard group's stacked rows.
 
-Its typed parameters (`recgen_params`): `routing` lists, per table, the input tensor, the row count, ids per
-sample, the shard boundaries in hotness-rank space and, per shard, the shard group output it goes to, the first
-column of its table's block there and the shard's first row in the group's stacked rows; and the outputs with
-their widths. `front_cache` (optional) names the cache's output and tables; `ranking_router` (only on the ranking
-ensemble's router) says a request is one user and N candidates; `router_pooling` (a fused lookup step) the groups it
-pools itself, whose partial sums it returns instead of their ids. All tables are routed in one vectorised pass (see
-`recgen_kernels.route_packed`). `row_ranks.npz` maps original row ids to hotness ranks for permuted tables. An id
-outside [-1, rows) fails only its own request, with a message naming the tensor and value.
+Its typed parameters (`recgen_params`): `routing` (per table: input, rows, ids per sample, shard boundaries in
+hotness-rank space, and where each shard's ids go), `front_cache`, `ranking_router` (one user and N candidates),
+`router_pooling` (the groups it pools itself, a fused lookup step), `access_counts` and `admission` (it sheds
+overload). All tables are routed in one vectorised pass (`recgen_kernels.route_packed`); `row_ranks.npz` maps
+original ids to hotness ranks. An id outside [-1, rows) fails only its own request, naming the tensor and value.
 """
 
 from __future__ import annotations
@@ -92,6 +89,8 @@ class Routing:
 
 
 def _table_route(entry: params.RoutedTable, ranks: dict[str, np.ndarray], caches: dict[str, np.ndarray]) -> TableRoute:
+    if entry.table in ranks and ranks[entry.table].shape != (entry.num_rows,):
+        raise params.ParameterError(f"table {entry.table!r}: {ROW_RANKS_FILE} does not hold {entry.num_rows} ranks")
     if entry.permuted != (entry.table in ranks):
         raise params.ParameterError(
             f"table {entry.table!r} is {'' if entry.permuted else 'not '}permuted, but {ROW_RANKS_FILE} "
@@ -395,6 +394,5 @@ def _access_counter(config: dict[str, Any], model_name: str, routing: Routing) -
     if spec is None:
         return None
     tables = routing.tables
-    return access.open_counter(
-        spec, model_name, [t.table for t in tables], [t.ids_per_sample for t in tables], [t.side for t in tables]
-    )
+    widths, sides, rows = [t.ids_per_sample for t in tables], [t.side for t in tables], [t.num_rows for t in tables]
+    return access.open_counter(spec, model_name, [t.table for t in tables], widths, sides, rows)
