@@ -21,10 +21,10 @@ PERF_ANALYZER = ROOT / "scripts" / "perf_analyzer.sh"
 
 def _can_start_perf_analyzer() -> bool:
     try:
-        done = subprocess.run(["bash", str(PERF_ANALYZER), "--help"], capture_output=True, timeout=30, check=False)
+        done = subprocess.run(["bash", str(PERF_ANALYZER), "--version"], capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return b"error while loading shared libraries" not in done.stderr
+    return done.returncode == 0 and b"error while loading shared libraries" not in done.stderr
 
 
 def test_every_ensemble_gets_requests_its_model_accepts(tmp_path: Path) -> None:
