@@ -13,6 +13,7 @@ import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -194,9 +195,11 @@ class LocalTopology:
         self._pending, self._pending_topology = {}, None
 
     def stop(self) -> None:
-        """Stop the front first (no new remote calls), then every replica."""
-        for server in [self.front, *[s for servers in self.replicas.values() for s in servers]]:
-            server.stop()
+        """Stop the front first (no new remote calls), then every replica at once (each may wait its exit timeout)."""
+        self.front.stop()
+        replicas = [server for servers in self.replicas.values() for server in servers]
+        with ThreadPoolExecutor(max_workers=max(1, len(replicas))) as pool:
+            list(pool.map(TritonServer.stop, replicas))
 
     def close(self) -> None:
         """Stop everything and remove temporary logs."""
