@@ -250,6 +250,7 @@ def update(
     deployment = settings.DeploymentOptions(not allow_non_finite, not no_access_counts, shedding, lookup_step,
                                             backend, target)  # fmt: skip
     given = options.given(context, *settings.ALL_OPTIONS)
+    settings.check_plan_flags(plan_path, given, distributed=False)  # before asking serve what it runs
     resolved = settings.resolve_plan(model, plan_path, uniform, deployment, given, distributed=False,
                                      row_dtypes=row_dtypes, running=updates.running_settings(http_port))  # fmt: skip
     leaves = builds.check_options(resolved.backend, resolved.target)

@@ -89,11 +89,11 @@ class Supervisor:
         previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
         try:
             while not stop_requested:
-                self.check_once()
-                if self.control is not None and self.control.take_changed():
+                if self.control is not None and self.control.take_changed():  # before looking: servers may be gone
                     self.watched = list(self.refresh()) if self.refresh is not None else self.watched
                     for watched in self.watched:
                         watched.armed_for = None
+                self.check_once()
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:
             pass
@@ -104,7 +104,10 @@ class Supervisor:
         """One look at every server: restart the dead ones that may be, restore models with broken stubs."""
         changing = frozenset() if self.control is None else self.control.changing()
         for watched in self.watched:
-            server = watched.server()
+            try:
+                server = watched.server()
+            except (KeyError, IndexError):  # an update took it out of the topology; the next refresh drops it
+                continue
             if server.exited and changing and watched.restart is not None:
                 continue  # an update may be stopping it on purpose: decide once the session is over (refresh)
             if server.exited:

@@ -111,6 +111,14 @@ def inherit(named: Any, given: Collection[str], running: Mapping[str, Any]) -> A
     return dataclasses.replace(named, **{k: v for k, v in running.items() if k not in fields})
 
 
+def check_plan_flags(plan_path: Path | None, given: Collection[str], *, distributed: bool) -> None:
+    """UserInputError naming the flags a plan file decides, when the command names them beside `--plan`."""
+    decided = [*PLAN_DECIDES, *([] if distributed else ["group_by"])]
+    clashes = [name for name in decided if name in given] if plan_path is not None else []
+    if clashes:
+        raise UserInputError(f"--plan sets {', '.join('--' + c.replace('_', '-') for c in clashes)}; drop them")
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What a command builds: the plan, and the backend and target of its leaves."""
@@ -153,10 +161,7 @@ def resolve_plan(
             latency_slo_ms=uniform.latency_slo_ms,
         )
     else:
-        decided = [*PLAN_DECIDES, *([] if distributed else ["group_by"])]
-        clashes = [name for name in decided if name in given]
-        if clashes:
-            raise UserInputError(f"--plan sets {', '.join('--' + c.replace('_', '-') for c in clashes)}; drop them")
+        check_plan_flags(plan_path, given, distributed=distributed)
         base = load_plan(plan_path)
     plan = precision.with_row_dtype_values(base, row_dtypes)
     plan = dataclasses.replace(
