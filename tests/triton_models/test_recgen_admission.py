@@ -55,7 +55,7 @@ def test_time_per_request_undoes_the_batching(batches: list[tuple[int, float]], 
         "nv_inference_compute_infer_duration_us": charged_us,
         "nv_inference_compute_output_duration_us": 0.0,
     }
-    for _ in range(60):  # the same window again and again: the smoothed figure converges on it
+    for _ in range(150):  # the same window again and again: the smoothed figure converges on it
         load.update(counters)
         counters = {name: 2 * value if name != "nv_inference_compute_input_duration_us" else 0.0 for name, value in
                     counters.items()}  # fmt: skip
@@ -109,11 +109,11 @@ def test_one_instance_polls_and_every_instance_sheds_above_the_budget(tmp_path: 
     first = admission.Admission(_spec(), "dlrm_router", fetch=fetcher("first"), folder=tmp_path)
     second = admission.Admission(_spec(), "dlrm_router", fetch=fetcher("second"), folder=tmp_path)
     try:
-        # 6 pending x 750 us / 2 instances + 3 pending x 750 us = 4.5 ms, over 0.5 ms
+        # the longer queue: 6 pending x 750 us / 2 instances, or 3 pending x 750 us: 2.25 ms, over 0.5 ms
         assert _wait_for(lambda: first.shed_message() is not None and second.shed_message() is not None)
         message = second.shed_message()
         assert message is not None and message.startswith(admission.SHED_MESSAGE) and "0.5 ms" in message
-        assert "4 ms" in message or "5 ms" in message
+        assert "about 2 ms" in message
         assert min(calls.values()) == 0 and max(calls.values()) > 0  # one poller only
         text["now"] = METRICS.replace("} 6\n", "} 0\n").replace("} 2\n", "} 0\n").replace("} 1\n", "} 0\n")
         assert _wait_for(lambda: first.shed_message() is None and second.shed_message() is None)

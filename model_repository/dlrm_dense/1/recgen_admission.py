@@ -8,8 +8,8 @@ batcher's payload prefetching off, which makes it stall for its 500 ms default w
   metrics every few milliseconds: for each step of its ensemble the requests waiting (the
   `nv_inference_pending_request_count` gauge) and, from the counters' growth, how long an instance takes per
   request (compute time per request x executions per request, which undoes the batching). The wait a request
-  arriving now would see is the sum over steps of pending x time per request / instances. It writes that figure
-  into a small shared file beside the server's other runtime files (`recgen_runtime`).
+  arriving now would see is, at the step where it is longest, pending x time per request / instances. It writes
+  that figure into a small shared file beside the server's other runtime files (`recgen_runtime`).
 - Every instance reads the figure when it executes: above the budget (a share of the latency target) it answers
   the whole batch UNAVAILABLE with a message that names the estimate and the budget, at once and without reading
   the tensors, so the queue drains fast and the requests behind it are admitted again.
@@ -58,7 +58,7 @@ STALE_AFTER_S = 1.0
 #: Seconds an instance takes per request before the counters have said anything (the Python-backend floor).
 DEFAULT_SECONDS_PER_REQUEST = 750e-6
 #: Weight of the newest window in the running time per request.
-SMOOTHING = 0.3
+SMOOTHING = 0.2
 _ESTIMATE = struct.Struct("<dd")  # estimated wait (s), time.monotonic() when written (the clock is system-wide)
 _METRIC_LINE = re.compile(r'^(nv_inference_[a-z_]+)\{model="([^"]+)",version="[^"]*"\} (\S+)$')
 _COUNTERS = (
@@ -108,10 +108,17 @@ class StepLoad:
 
 
 def estimated_wait_s(loads: Mapping[str, StepLoad], metrics: Mapping[str, Mapping[str, float]]) -> float:
-    """Seconds a request arriving now waits in the queues of all steps: pending x time per request / instances."""
-    return sum(
-        metrics.get(model, {}).get(PENDING, 0.0) * load.seconds_per_request / max(1, load.instances)
-        for model, load in loads.items()
+    """Seconds a request arriving now waits in the longest queue of the steps: pending x time per request / instances.
+
+    The longest, not the sum: under overload one step's queue fills while the others stay short, and a step that is
+    slow for a moment (a new generation's first calls) with a few requests waiting is not overload.
+    """
+    return max(
+        (
+            metrics.get(model, {}).get(PENDING, 0.0) * load.seconds_per_request / max(1, load.instances)
+            for model, load in loads.items()
+        ),
+        default=0.0,
     )
 
 
