@@ -14,7 +14,7 @@ one JSON object per line:
 
 A failed step answers {"ok": false, "error": "..."} after undoing itself. A session that ends, or says nothing for
 `SESSION_IDLE_S` between two commands, is dropped, and a generation it prepared but did not switch to is removed:
-the old generation keeps serving. Sessions run one at a time, each on a thread of its own, so the supervisor never
+the old generation keeps serving. Sessions run one at a time on a worker thread of their own, so the supervisor never
 pauses: it leaves alone the models a session is changing (`changing`) and handles every other fault as usual; a
 second `recgen update` meanwhile is refused. Closing the server ends the session at once.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -98,7 +99,11 @@ class ControlServer:
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._session_thread: threading.Thread | None = None
+        self._sessions: queue.Queue[socket.socket | None] = queue.Queue()
+        self._busy = False
+        # One worker runs every session for serve's whole life: servers a session starts get PR_SET_PDEATHSIG,
+        # which Linux ties to the thread that started them, so a thread per session would stop them as it ends.
+        self._worker: threading.Thread | None = None
         self._connection: socket.socket | None = None
         self._changing: frozenset[str] = frozenset()
         self._changed = threading.Event()
@@ -119,6 +124,12 @@ class ControlServer:
         self._listener = listener
         self._thread = threading.Thread(target=self._accept, name="recgen-control", daemon=True)
         self._thread.start()
+        self._worker = threading.Thread(target=self._work, name="recgen-update", daemon=True)
+        self._worker.start()
+
+    def _work(self) -> None:
+        while (connection := self._sessions.get()) is not None:
+            self._run_session(connection)
 
     def _accept(self) -> None:
         listener = self._listener
@@ -128,13 +139,10 @@ class ControlServer:
             except OSError:
                 return  # closed
             with self._lock:
-                busy = self._session_thread is not None and self._session_thread.is_alive()
+                busy, self._busy = self._busy, True
                 if not busy:
                     self._connection = connection
-                    self._session_thread = threading.Thread(
-                        target=self._run_session, args=(connection,), name="recgen-update", daemon=True
-                    )
-                    self._session_thread.start()
+                    self._sessions.put(connection)
             if busy:
                 threading.Thread(target=self._refuse, args=(connection,), daemon=True).start()
 
@@ -154,7 +162,7 @@ class ControlServer:
                 self._session(connection)
             finally:
                 with self._lock:
-                    self._connection, self._changing = None, frozenset()
+                    self._connection, self._changing, self._busy = None, frozenset(), False
                     self.sessions_done += 1
                 self._changed.set()
 
@@ -236,12 +244,13 @@ class ControlServer:
             listener.close()
             self.path.unlink(missing_ok=True)
         with self._lock:
-            connection, session = self._connection, self._session_thread
+            connection, worker = self._connection, self._worker
         if connection is not None:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-        if session is not None:
-            session.join(timeout=CLOSE_WAIT_S)
+        self._sessions.put(None)
+        if worker is not None:
+            worker.join(timeout=CLOSE_WAIT_S)
 
 
 class ControlClient:

@@ -152,6 +152,9 @@ def test_a_silent_session_is_dropped_in_seconds_and_pings_keep_one_alive(
             with client.keepalive():
                 time.sleep(4.5)  # working (checking candidates) three times longer than the idle limit
             assert client.request("commit")["times"] == {"switch_s": 0.01}
+        deadline = time.monotonic() + 10
+        while server.sessions_done < 1 and time.monotonic() < deadline:  # serve sees the first one end
+            time.sleep(0.01)
         with control.ControlClient(control.socket_path(18000), lambda _: None) as client:
             client.request("prepare", pending=str(Path(pending.staging) / "pending.json"))
             started = time.monotonic()
