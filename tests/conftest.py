@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from generator.deploy import installation
 from generator.deploy import server as serve
 from generator.model.dlrm import DLRM, TableSpec
 from generator.repository.build import BuildResult
@@ -35,7 +36,7 @@ def wide_model() -> DLRM:
 
 def embedded_server_available() -> bool:
     try:
-        serve.tritonserver_binary()
+        installation.tritonserver_binary()
     except Exception:
         return False
     return True

@@ -93,7 +93,7 @@ def hidden_key_environment(key: str, cache: Path) -> tuple[str, dict[str, str]]:
 
 def main() -> None:
     """`python -m generator.deploy.admin_key`: build the library now and say where (what scripts/setup.sh runs)."""
-    from generator.deploy.server import cache_dir
+    from generator.deploy.installation import cache_dir
 
     try:
         print(f"admin-key library: {preload_library(cache_dir())}")

@@ -214,8 +214,8 @@ def _container(options: K8sOptions, component: Component, groups: list[Component
         # Big shards take a while to load: up to 10 minutes before liveness starts counting. Readiness and
         # liveness also catch a dead stub, which Triton's own health endpoints do not.
         "startupProbe": _probe("/v2/health/ready", period_s=10, failures=60),
-        "readinessProbe": k8s_security.probe(period_s=5, failures=2),
-        "livenessProbe": k8s_security.probe(period_s=10, failures=3),
+        "readinessProbe": k8s_security.probe(component.models, period_s=5, failures=2),
+        "livenessProbe": k8s_security.probe(component.models, period_s=10, failures=3),
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *k8s_security.volume_mounts()],
         "securityContext": k8s_security.container_security_context(),
     }

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -63,9 +64,10 @@ def start_command(flags: list[str], key_file: str) -> dict[str, list[str]]:
     return {"command": ["/bin/sh", "-c"], "args": [" ".join(["exec tritonserver", *map(shlex.quote, flags), *quoted])]}
 
 
-def probe(*, period_s: int, failures: int) -> dict[str, Any]:
-    """An exec probe: the server is ready and every Python-backend stub is alive."""
+def probe(models: Sequence[str], *, period_s: int, failures: int) -> dict[str, Any]:
+    """An exec probe: the server is ready, each of `models` is loaded and ready, and every stub is alive."""
     command = ["python3", f"{PROBE_DIR}/{PROBE_FILE}", "--port", str(triton_runtime.HTTP_PORT)]
+    command += [argument for model in models for argument in ("--model", model)]
     return {
         "exec": {"command": command},
         "periodSeconds": period_s,

@@ -244,6 +244,9 @@ def serve_distributed(
     """`recgen serve --distributed`: start every replica and the front, print the endpoints, supervise, stop."""
     root = Path(root)
     log_dir = root / LOG_DIR
+    front = root / naming.FRONT_DIR
+    for line in switch.recover_interrupted(front, front):  # a serve that died in the middle of an update
+        echo(line)
     with LocalTopology(root, log_dir=log_dir, address=address) as local:
         local.start(timeout_s=timeout_s)
         topology = local.topology

@@ -1,13 +1,10 @@
 """Run the embedded tritonserver 2.51 (from the nvidia-pytriton wheel) on a generated repository.
 
-The wheel ships the server binary and the Python backend but the backend's stub only per Python version, so a
-backend directory with the stub for the running interpreter is prepared once in a cache directory. The server
-is started with the running interpreter's `bin/` first on PATH (the stub resolves its Python through PATH, so it
-then sees this environment's packages) and libpython's directory on LD_LIBRARY_PATH. It gets free loopback ports
-unless told otherwise, one readiness deadline shared by server and models, its whole log in a file, and a
-SIGINT-then-SIGKILL stop; with PR_SET_PDEATHSIG it dies with its parent. Model control is explicit and, with the
-shared-memory, logging and trace APIs, behind a key drawn for each server (`admin_key`): only recgen's supervisor
-(`supervisor`) may unload and load models.
+Where the server and its backend come from, and the environment it runs with, is `installation`'s business. The
+server gets free loopback ports unless told otherwise, one readiness deadline shared by server and models, its
+whole log in a file, and a SIGINT-then-SIGKILL stop; with PR_SET_PDEATHSIG it dies with its parent. Model control
+is explicit and, with the shared-memory, logging and trace APIs, behind a key drawn for each server (`admin_key`):
+only recgen's supervisor (`supervisor`) may unload and load models.
 """
 
 from __future__ import annotations
@@ -18,12 +15,9 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -35,8 +29,8 @@ from pathlib import Path
 
 from generator import triton_runtime
 from generator.deploy import admin_key
+from generator.deploy.installation import cache_dir, prepare_backend_dir, server_environment, tritonserver_binary
 from generator.errors import ModelLoadError, ServerError
-from generator.repository import staging
 from generator.triton_models import recgen_admission as admission
 
 #: Seconds the server gets to load every model and report ready.
@@ -47,63 +41,6 @@ _PR_SET_PDEATHSIG = 1
 _ERROR_LINE = re.compile(r"^E\d{4} |error: |failed to load|Internal - ")
 #: Error lines every GPU-less start prints; they say nothing about why a server failed.
 _NO_GPU_NOISE = re.compile(r"CUDA driver version is insufficient|CudaDriverHelper|NVML|DCGM|pinned memory")
-
-
-def pytriton_server_dir() -> Path:
-    """`pytriton/tritonserver` inside the installed nvidia-pytriton wheel."""
-    try:
-        import pytriton
-    except ImportError as error:  # pragma: no cover - a dependency of recgen
-        raise ServerError("the embedded server needs `pip install nvidia-pytriton==0.7.0`") from error
-    return Path(pytriton.__file__).parent / "tritonserver"
-
-
-def tritonserver_binary() -> Path:
-    """Path of the embedded `tritonserver` executable."""
-    binary = pytriton_server_dir() / "bin" / "tritonserver"
-    if not binary.is_file():
-        raise ServerError(f"the nvidia-pytriton wheel has no tritonserver binary at {binary}")
-    return binary
-
-
-def cache_dir() -> Path:
-    """Where recgen keeps prepared server files (RECGEN_CACHE_DIR, else ~/.cache/recgen)."""
-    configured = os.environ.get("RECGEN_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "recgen"
-
-
-def prepare_backend_dir() -> Path:
-    """A backend directory holding the wheel's Python backend plus the stub for this interpreter (made once)."""
-    source = pytriton_server_dir()
-    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = source / "python_backend_stubs" / python_version / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise ServerError(f"the nvidia-pytriton wheel has no Python-backend stub for Python {python_version}")
-    key = f"backends-{stub.stat().st_size}-{int(stub.stat().st_mtime)}-py{python_version}"
-    target = cache_dir() / key
-    if (target / "python" / "triton_python_backend_stub").is_file():
-        return target
-    with staging.staged([target], keep_existing=True) as (staged,):  # another process may prepare it too
-        shutil.copytree(source / "backends", staged, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        shutil.copy2(stub, staged / "python" / "triton_python_backend_stub")
-    return target
-
-
-def server_environment() -> dict[str, str]:
-    """Environment for the server: this interpreter first on PATH, libpython and the wheel's libs findable."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # The user's own folder: numba's cache index is a pickle, so a folder another user made could run code here.
-    env.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
-    for variable, value in triton_runtime.SERVING_ENV.items():
-        env.setdefault(variable, value)
-    library_dirs = [str(pytriton_server_dir().parent.parent / "nvidia_pytriton.libs")]
-    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        library_dirs.insert(0, str(sysconfig.get_config_var("LIBDIR")))
-    if env.get("LD_LIBRARY_PATH"):
-        library_dirs.append(env["LD_LIBRARY_PATH"])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(library_dirs)
-    return env
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -280,20 +217,26 @@ class TritonServer:
         """Whether the server says `model` is ready."""
         return self._get(f"/v2/models/{model}/ready") == 200
 
-    def _admin_post(self, path: str, timeout_s: float) -> bytes:
+    def _admin_post(self, path: str, timeout_s: float, body: bytes = b"{}") -> bytes:
         request = urllib.request.Request(
             f"http://{self.http_url}{path}",
-            data=b"{}",
+            data=body,
             method="POST",
             headers={triton_runtime.ADMIN_HEADER: self.admin_key},
         )
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return bytes(response.read())
 
-    def admin(self, action: str, model: str, timeout_s: float = 60.0) -> None:
-        """`load` or `unload` a model through the restricted model-repository API; ServerError if refused."""
+    def admin(self, action: str, model: str, timeout_s: float = 60.0, *, config_override: str | None = None) -> None:
+        """`load` or `unload` a model through the restricted model-repository API; ServerError if refused.
+
+        With `config_override` (the model's config as Triton's JSON) a load reloads a model whose files did not
+        change: Triton skips a plain load of an unchanged model, and keeps the loaded version serving until the new
+        one is ready.
+        """
+        body = b"{}" if config_override is None else json.dumps({"parameters": {"config": config_override}}).encode()
         try:
-            self._admin_post(f"/v2/repository/models/{model}/{action}", timeout_s)
+            self._admin_post(f"/v2/repository/models/{model}/{action}", timeout_s, body)
             return
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")
@@ -311,6 +254,19 @@ class TritonServer:
         for entry in index:
             states.setdefault(str(entry["name"]), set()).add(str(entry.get("state", "")))
         return states
+
+    def ready_models(self, timeout_s: float = 10.0) -> set[str]:
+        """The models with a version that is ready now."""
+        return {name for name, states in self.model_states(timeout_s).items() if "READY" in states}
+
+    def model_config_json(self, model: str, timeout_s: float = 10.0) -> str:
+        """The config a loaded model runs with, as Triton's JSON (what a load's config override takes)."""
+        url = f"http://{self.http_url}/v2/models/{model}/config"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+                return str(answer.read().decode())
+        except (urllib.error.URLError, OSError) as error:
+            raise ServerError(f"tritonserver at {self.http_url} gave no config of {model!r}: {error}") from error
 
     @property
     def pid(self) -> int | None:

@@ -159,10 +159,25 @@ def server_ready(http_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def probe(http_url: str, parent_pid: int | None = None) -> list[str]:
-    """What is wrong with the server at `http_url` and its stubs; empty when it is ready and every stub is alive."""
+def model_ready(http_url: str, model: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the server answers 200 on `model`'s readiness endpoint (404 when it is not loaded)."""
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/ready", timeout=timeout_s) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def probe(http_url: str, parent_pid: int | None = None, models: Sequence[str] = ()) -> list[str]:
+    """What is wrong with the server at `http_url` and its stubs; empty when it is ready and every stub is alive.
+
+    `models` must be loaded and ready too: Triton's own readiness still answers 200 after a model was unloaded.
+    """
     if not server_ready(http_url):
         return [f"the server at {http_url} is not ready"]
+    unloaded = [model for model in models if not model_ready(http_url, model)]
+    if unloaded:
+        return [f"model {model!r} is not loaded and ready" for model in unloaded]
     try:
         expected = expected_stubs(http_url)
     except (urllib.error.URLError, OSError, ValueError) as error:
@@ -176,8 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, default=8000, help="the server's HTTP port")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--model", action="append", default=[], help="a model that must be ready (repeatable)")
     args = parser.parse_args(argv)
-    problems = probe(f"{args.host}:{args.port}")
+    problems = probe(f"{args.host}:{args.port}", models=args.model)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

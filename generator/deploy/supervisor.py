@@ -1,16 +1,21 @@
 """Keep what `recgen serve` started serving: restore a model whose stub broke, restart a server that died.
 
 Triton 2.51 does neither (see `stub_health`). Every `POLL_S` the supervisor compares each server's stub processes
-with the instances its models ask for. A model with a dead or paused stub is restored: its remaining stubs are
-killed (a paused stub that is continued later can abort the server), then the model is unloaded, which makes it
-and the ensembles that use it not ready, and loaded again through the restricted model-repository API, which
-loads the ensembles again too. A server that may be restarted (a replica of the local distributed topology) is
-started again on its own ports, with a backoff between failed attempts; the others keep serving meanwhile.
+with the instances its models ask for, and its ready models with those that were ready before. A model with a dead
+or paused stub is restored: its paused stubs are killed (a paused stub that is continued later can abort the
+server), then the model is loaded again through the restricted model-repository API with its own config as an
+override. Triton skips a plain load of a model whose files did not change; with the override it loads new instances
+while the old version, and the ensembles that use it, keep serving, then swaps them, so the ensemble never
+disappears (an unload first would answer NOT_FOUND "has no available versions" meanwhile). A model that is no
+longer loaded at all (an ensemble unloaded through the admin API) is loaded again the same way. A server that may be
+restarted (a replica of the local distributed topology) is started again on its own ports, with a backoff between
+failed attempts; the others keep serving meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -36,6 +41,8 @@ STABLE_AFTER_S = 60.0
 RESTORE_TIMEOUT_S = 60.0
 #: Seconds between two attempts to reload a model that failed to load again.
 RELOAD_RETRY_S = 2.0
+#: A config parameter no model reads: the supervisor changes it to make Triton reload a model whose files did not.
+RELOAD_PARAMETER = "recgen_reloaded_at"
 
 Echo = Callable[[str], None]
 
@@ -53,6 +60,11 @@ class Watched:
     restart: Callable[[], None] | None = None
     expected_stubs: dict[str, int] = field(default_factory=dict)
     armed_for: int | None = None  # id() of the server object `expected_stubs` describes
+    #: The models that were ready once on the current server (what must stay loaded), and the server they describe.
+    expected_models: frozenset[str] = frozenset()
+    models_for: int | None = None
+    #: Stubs of the versions a restore replaced: not counted again.
+    handled_stubs: set[int] = field(default_factory=set)
     #: Models whose reload failed: why they were broken, and when to try again.
     unrestored: dict[str, tuple[str, float]] = field(default_factory=dict)
     failed_restarts: int = 0
@@ -92,7 +104,7 @@ class Supervisor:
                 if self.control is not None and self.control.take_changed():  # before looking: servers may be gone
                     self.watched = list(self.refresh()) if self.refresh is not None else self.watched
                     for watched in self.watched:
-                        watched.armed_for = None
+                        watched.armed_for = watched.models_for = None
                 self.check_once()
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:
@@ -144,23 +156,27 @@ class Supervisor:
 
     def _check_stubs(self, watched: Watched, server: TritonServer, changing: frozenset[str] = frozenset()) -> None:
         if changing:  # an update is loading and unloading models: what the server expects changes under us
-            watched.armed_for = None
-        if watched.armed_for != id(server):
-            try:
+            watched.armed_for = watched.models_for = None
+        try:
+            ready = server.ready_models()
+            if watched.armed_for != id(server):
                 watched.expected_stubs = stub_health.expected_stubs(server.http_url)
-            except (urllib.error.URLError, OSError, ValueError):
-                return  # not answering yet; look again next time
-            watched.armed_for = id(server)
+                watched.armed_for = id(server)
+        except (urllib.error.URLError, OSError, ValueError, ServerError):
+            return  # not answering yet; look again next time
+        if watched.models_for != id(server):  # kept across restores: a model missing now must come back
+            watched.expected_models, watched.models_for = frozenset(ready), id(server)
         pid = server.pid
         if pid is None:
             return
-        stubs = stub_health.stub_processes(pid)
+        stubs = [stub for stub in stub_health.stub_processes(pid) if stub.pid not in watched.handled_stubs]
         now = time.monotonic()
         broken = {model: reason for model, (reason, retry_s) in watched.unrestored.items() if now >= retry_s}
         broken.update(stub_health.broken_models(watched.expected_stubs, stubs))
-        for model, reason in broken.items():
-            if model in changing:
-                continue
+        missing = {model: "no longer loaded" for model in watched.expected_models - ready if model not in broken}
+        for model, reason in {**broken, **missing}.items():
+            if model in changing or (model in missing and server.model_ready(model)):
+                continue  # being changed by an update, or loaded again with an ensemble restored just before
             self._restore(watched, server, model, reason, [stub for stub in stubs if stub.model == model])
 
     def _restore(
@@ -168,13 +184,16 @@ class Supervisor:
     ) -> None:
         started = time.monotonic()
         self.echo(f"{watched.label}: model {model!r} is broken ({reason}); reloading it")
-        for stub in stubs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(stub.pid, signal.SIGKILL)
+        for stub in stubs:  # the healthy ones keep serving the old version until the new one is ready
+            watched.handled_stubs.add(stub.pid)  # the old version's dead stub may linger as a zombie for a while
+            if stub_health.BROKEN_STATES.get(stub.state) == "paused":
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(stub.pid, signal.SIGKILL)
         try:
-            server.admin("unload", model)
-            server.admin("load", model)
-            server.wait_until_ready(timeout_s=RESTORE_TIMEOUT_S)
+            loaded = model in server.ready_models()
+            override = _reload_override(server.model_config_json(model)) if loaded else None
+            server.admin("load", model, timeout_s=RESTORE_TIMEOUT_S, config_override=override)
+            server.wait_until_ready((model,), timeout_s=RESTORE_TIMEOUT_S)
         except RecgenError as error:
             watched.unrestored[model] = (reason, time.monotonic() + RELOAD_RETRY_S)
             self.echo(
@@ -186,6 +205,17 @@ class Supervisor:
             watched.armed_for = None  # the instances changed: read what the server expects again
         watched.unrestored.pop(model, None)
         self.echo(f"{watched.label}: model {model!r} restored in {time.monotonic() - started:.1f} s")
+
+
+def _reload_override(config_json: str) -> str:
+    """The model's own config with RELOAD_PARAMETER set to now: a change Triton must reload for.
+
+    Triton applies an override that differs only in instances or versions in place, keeping the instance whose stub
+    is dead; any other change loads a new model in the background while the old one serves.
+    """
+    config = json.loads(config_json)
+    config.setdefault("parameters", {})[RELOAD_PARAMETER] = {"string_value": f"{time.time():.6f}"}
+    return json.dumps(config)
 
 
 def _single_repositories(repositories: Sequence[Path]) -> tuple[Path, Path]:
@@ -209,6 +239,9 @@ def serve_until_stopped(
     """
     for stub in stub_health.remove_orphans():  # left by a server that died before (this user's only)
         echo(f"killed stub {stub.pid} of {stub.model!r}, left by a tritonserver that is gone")
+    leaf_repository, ensemble_repository = _single_repositories(config.repositories)
+    for line in switch.recover_interrupted(leaf_repository, ensemble_repository):  # a serve that died mid-update
+        echo(line)
     server = TritonServer(config, log_path=log_path)
     server.start()
     try:
@@ -217,7 +250,6 @@ def serve_until_stopped(
         echo(f"  HTTP     {server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}")
         for ensemble in ensemble_names(config.repositories):
             echo(f"  ensemble {ensemble}: POST http://{server.http_url}/v2/models/{ensemble}/infer")
-        leaf_repository, ensemble_repository = _single_repositories(config.repositories)
         deployment = switch.SingleServer(server, leaf_repository, ensemble_repository)
         with control.listening(deployment, server.http_port, echo) as channel:
             echo("Supervised: a model whose stub dies or pauses is reloaded. Ctrl-C to stop.")

@@ -38,11 +38,13 @@ from generator.errors import RecgenError, UpdateError, UserInputError
 from generator.repository import validation
 from generator.repository.build import write_ensemble_version
 from generator.repository.generation import (
+    PENDING_FILE,
     PendingGeneration,
     RunningGeneration,
     check_pending,
     discard,
     read_running,
+    staging_prefix,
 )
 from generator.repository.params import RUNTIME_DIRECTORY
 from generator.triton_models import recgen_access, recgen_runtime
@@ -151,8 +153,8 @@ class _Swapped:
     old_config: str
 
 
-def _swap(server: TritonServer, pending: PendingGeneration, ensemble: str) -> _Swapped:
-    """Give one ensemble its new config and version directory and load it; undo both if the load fails."""
+def _write_switch(pending: PendingGeneration, ensemble: str) -> tuple[Path, str]:
+    """Give one ensemble's files the new config and version directory; (its directory, its old config)."""
     ensemble_dir = Path(pending.ensemble_repository) / ensemble
     config_path = ensemble_dir / naming.CONFIG_FILE
     old_config = config_path.read_text()
@@ -160,6 +162,12 @@ def _swap(server: TritonServer, pending: PendingGeneration, ensemble: str) -> _S
     shutil.rmtree(version_dir, ignore_errors=True)
     write_ensemble_version(ensemble_dir, pending.generation)
     _replace_text(config_path, pending.staged_ensemble(ensemble).read_text())
+    return ensemble_dir, old_config
+
+
+def _swap(server: TritonServer, pending: PendingGeneration, ensemble: str) -> _Swapped:
+    """Give one ensemble its new config and version directory and load it; undo both if the load fails."""
+    ensemble_dir, old_config = _write_switch(pending, ensemble)
     try:
         server.admin("load", ensemble, timeout_s=DEFAULT_READY_TIMEOUT_S)
     except RecgenError as error:
@@ -211,8 +219,11 @@ def drain(server: TritonServer, models: Sequence[str], timeout_s: float) -> tupl
     return time.monotonic() - started, tuple(pending)
 
 
-def _install(pending: PendingGeneration, lingering: Sequence[str]) -> None:
-    """Remove the old leaves' directories (not those the server still holds) and old ensemble versions; install."""
+def _install(pending: PendingGeneration, lingering: Sequence[str], installed_ok: bool = False) -> None:
+    """Remove the old leaves' directories (not those the server still holds) and old ensemble versions; install.
+
+    `installed_ok`: a staged file already gone was installed before (a switch that stopped half way).
+    """
     for name in pending.old_leaves:
         if name not in lingering:
             shutil.rmtree(Path(pending.leaf_repository) / name, ignore_errors=True)
@@ -221,7 +232,8 @@ def _install(pending: PendingGeneration, lingering: Sequence[str]) -> None:
             if version_dir.is_dir() and version_dir.name.isdigit() and version_dir.name != str(pending.generation):
                 shutil.rmtree(version_dir, ignore_errors=True)
     for staged, final in pending.installs:
-        os.replace(staged, final)
+        if not (installed_ok and not Path(staged).exists()):
+            os.replace(staged, final)
     shutil.rmtree(pending.staging, ignore_errors=True)
 
 
@@ -283,3 +295,59 @@ class SingleServer:
     def abort(self, pending: PendingGeneration, echo: Echo) -> None:
         """Undo prepare."""
         abort(self.server, pending, echo)
+
+
+def interrupted_updates(leaf_repository: Path) -> list[PendingGeneration]:
+    """The generations that updates of this repository prepared and never finished (their staging is still there)."""
+    leaf_repository = Path(leaf_repository).resolve()
+    found = []
+    for path in sorted(leaf_repository.parent.glob(f"{staging_prefix(leaf_repository)}*/{PENDING_FILE}")):
+        pending = PendingGeneration.load(path)
+        if Path(pending.leaf_repository) == leaf_repository:
+            found.append(pending)
+    return found
+
+
+def recover_interrupted(leaf_repository: Path, ensemble_repository: Path) -> list[str]:
+    """Before a server starts on a repository: finish or remove what an update left when `recgen serve` died.
+
+    Every file involved is one the update wrote and listed in its staging's pending.json. An update that had
+    switched an ensemble (its config names the new leaves) is finished: the other ensembles switch too, the old
+    leaves go and the new manifest is installed. One that had not is removed: its leaves, candidate ensembles and
+    staging. Returns one line per generation handled.
+    """
+    lines = []
+    for pending in interrupted_updates(leaf_repository):
+        for ensemble in pending.ensembles:
+            shutil.rmtree(_candidate_dir(pending, ensemble), ignore_errors=True)
+        running = read_running(Path(leaf_repository), Path(ensemble_repository))
+        switched = bool(set(pending.new_leaves) & set(running.leaves))
+        before = dataclasses.replace(
+            running,
+            generation=pending.previous_generation if running.generation == pending.generation else running.generation,
+            leaves=pending.old_leaves if switched else running.leaves,
+        )
+        check_pending(pending, before, Path(leaf_repository), Path(leaf_repository).resolve().parent)
+        if switched:
+            for ensemble in pending.ensembles:
+                if not set(pending.new_leaves) & set(_steps(pending, ensemble)):
+                    _write_switch(pending, ensemble)
+            _install(pending, lingering=(), installed_ok=True)
+            for model in pending.old_groups:  # the distributed layout: <root>/groups/<model>
+                shutil.rmtree(Path(pending.leaf_repository).parent / naming.GROUPS_DIR / model, ignore_errors=True)
+            lines.append(
+                f"finished the update to generation {pending.generation} that stopped after its switch (the old "
+                f"generation's {len(pending.old_leaves)} leaf models removed)"
+            )
+        else:
+            discard(pending)
+            lines.append(
+                f"removed generation {pending.generation}, which an update left before its switch: "
+                f"{', '.join(pending.new_leaves)} from {pending.leaf_repository}"
+            )
+    return lines
+
+
+def _steps(pending: PendingGeneration, ensemble: str) -> list[str]:
+    path = Path(pending.ensemble_repository) / ensemble / naming.CONFIG_FILE
+    return [step.model_name for step in validation.parse_strict(path.read_text(), str(path)).ensemble_scheduling.step]

@@ -204,9 +204,14 @@ def next_plan(plan: Plan, running: RunningGeneration) -> Plan:
     return dataclasses.replace(plan, generation=running.generation + 1)
 
 
+def staging_prefix(beside: Path) -> str:
+    """How the staging directories of updates of `beside` start (they sit in its parent)."""
+    return f".{Path(beside).resolve().name}.recgen-update-g"
+
+
 def new_staging_dir(beside: Path, generation: int) -> Path:
     """A fresh staging directory beside `beside` (same filesystem, so its contents rename into place)."""
-    return Path(tempfile.mkdtemp(prefix=f".{beside.name}.recgen-update-g{generation}-", dir=beside.resolve().parent))
+    return Path(tempfile.mkdtemp(prefix=f"{staging_prefix(beside)}{generation}-", dir=Path(beside).resolve().parent))
 
 
 def move_leaves(staged: Path, repository: Path, names: Sequence[str]) -> None:
@@ -214,8 +219,9 @@ def move_leaves(staged: Path, repository: Path, names: Sequence[str]) -> None:
     taken = [name for name in names if (repository / name).exists()]
     if taken:
         raise UserInputError(
-            f"{repository} already holds {taken}: left by an update that was interrupted; nothing serves them "
-            "(the ensembles do not name them), so remove them and update again"
+            f"{repository} already holds {', '.join(str(repository / name) for name in taken)}, the names of the "
+            "generation this update writes: left by an update that was interrupted. `recgen serve` finishes or "
+            "removes such a generation when it starts; or remove these directories and update again"
         )
     moved: list[Path] = []
     try:

@@ -54,6 +54,7 @@ def test_cross_references_hold() -> None:
     services = by_kind(manifests, "Service")
     autoscalers = by_kind(manifests, "HorizontalPodAutoscaler")
     assert set(deployments) == set(services) == set(autoscalers) == {c.name for c in manifests.components}
+    models_of = {component.name: component.models for component in manifests.components}
     for name, deployment in deployments.items():
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         selector = services[name]["spec"]["selector"]
@@ -75,7 +76,9 @@ def test_cross_references_hold() -> None:
             assert f'"{flag}=model-repository,shared-memory,logging,trace:recgen-admin-key=$(cat {key_file})"' in start
         assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
         for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["exec"]["command"][:2] == ["python3", "/opt/recgen/stub_health.py"]
+            command = container[probe]["exec"]["command"]
+            assert command[:2] == ["python3", "/opt/recgen/stub_health.py"]
+            assert command[5::2] and set(command[5::2]) <= set(models_of[name]), command  # its models are ready
         mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
         assert mounts["admin-key"] == k8s_security.ADMIN_KEY_DIR and mounts["stub-probe"] == "/opt/recgen"
         assert not any("KEY" in str(entry) for entry in container["env"])

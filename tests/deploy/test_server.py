@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from generator.check import client
+from generator.deploy import installation
 from generator.deploy import server as serve
 from generator.errors import ModelLoadError, ServerError
 from generator.planning.plan import uniform_plan
@@ -87,10 +88,10 @@ def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_backend_dir_has_the_stub_for_this_python() -> None:
-    backends = serve.prepare_backend_dir()
+    backends = installation.prepare_backend_dir()
     assert (backends / "python" / "triton_python_backend_stub").is_file()
     assert (backends / "python" / "libtriton_python.so").is_file()
-    assert serve.prepare_backend_dir() == backends
+    assert installation.prepare_backend_dir() == backends
 
 
 def test_a_server_killed_by_a_signal_is_reported_with_the_signal_and_no_gpu_noise(tmp_path: Path) -> None:

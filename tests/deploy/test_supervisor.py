@@ -140,3 +140,80 @@ def test_admin_apis_need_the_servers_key(
     keyed = {triton_runtime.ADMIN_HEADER: server.admin_key}
     assert plain.get_log_settings(headers=keyed)["log_verbose_level"] == 0
     plain.close()
+
+
+@requires_server
+@pytest.mark.server
+@pytest.mark.parametrize("step", ["dlrm_router", SHARD_MODEL, "dlrm_dense"])
+def test_the_ensemble_stays_up_while_a_broken_step_is_reloaded_under_load(
+    supervised: tuple[serve.TritonServer, list[str]], step: str
+) -> None:
+    server, events = supervised
+    model = tiny_model()
+    requests = [random_request(model, 16, np.random.default_rng(seed)) for seed in range(4)]
+    errors: list[str] = []
+    answered = [0]
+    ensemble_unready: list[float] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with client.RankingClient(server.grpc_url, "grpc", timeout_s=10) as ranking:
+            for index in range(100_000):  # bounded in count and time (the test stops it)
+                if stop.is_set():
+                    break
+                try:
+                    ranking.score(requests[index % len(requests)])
+                    answered[0] += 1
+                except InferenceServerException as error:
+                    errors.append(str(error))
+
+    def readiness() -> None:
+        for _ in range(10_000):  # bounded in count and time
+            if stop.wait(0.02):
+                break
+            if not server.model_ready("dlrm"):
+                ensemble_unready.append(time.monotonic())
+
+    threads = [threading.Thread(target=load) for _ in range(2)] + [threading.Thread(target=readiness)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        (stub,) = [s.pid for s in stub_health.stub_processes(server.pid) if s.model == step]
+        os.kill(stub, signal.SIGKILL)
+        _wait_for(events, f"model {step!r} restored")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    print(f"{step}: {answered[0]} answered, {len(errors)} failed: {sorted(set(errors))[:3]}")
+    assert not ensemble_unready, "the ensemble was not ready during the reload"
+    assert not [error for error in errors if "NOT_FOUND" in error or "no available versions" in error], errors
+    _assert_serves_pytorch_scores(server)
+
+
+@requires_server
+@pytest.mark.server
+def test_an_ensemble_unloaded_through_the_admin_api_is_loaded_again(
+    supervised: tuple[serve.TritonServer, list[str]],
+) -> None:
+    server, events = supervised
+    assert stub_health.probe(server.http_url, server.pid, models=["dlrm"]) == []
+    server.admin("unload", "dlrm")
+    _wait_for(events, "model 'dlrm' restored")
+    assert any("model 'dlrm' is broken (no longer loaded)" in event for event in events), events
+    assert server.model_ready("dlrm")
+    _assert_serves_pytorch_scores(server)
+
+
+@requires_server
+@pytest.mark.server
+def test_the_probe_names_an_unloaded_ensemble_though_triton_says_ready(
+    served: build.BuildResult, server_factory: Callable[[build.BuildResult], serve.TritonServer]
+) -> None:
+    server = server_factory(served)  # no supervisor
+    server.admin("unload", "dlrm")
+    assert stub_health.server_ready(server.http_url)  # Triton 2.51's own readiness does not notice
+    assert stub_health.probe(server.http_url, server.pid, models=["dlrm"]) == ["model 'dlrm' is not loaded and ready"]
+    assert stub_health.main(["--port", str(server.http_port), "--model", "dlrm"]) == 1

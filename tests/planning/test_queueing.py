@@ -105,5 +105,14 @@ def test_overload_gets_fast_named_rejections_and_the_server_keeps_serving(tmp_pa
         thread.join(timeout=120)
     assert set(outcomes) <= {"ok", admission.SHED_MESSAGE}, outcomes
     assert outcomes[admission.SHED_MESSAGE] > 0 and outcomes["ok"] > 0, outcomes
+    # The load is gone: within a second of polls (the poller looks every BUSY_POLL_S) requests are admitted again.
     with RankingClient(server.grpc_url, "grpc") as ranking:
-        np.testing.assert_allclose(ranking.score(request), reference_scores(model, request), atol=1e-5)
+        deadline = time.monotonic() + admission.STALE_AFTER_S
+        for _ in range(200):  # bounded in count and time
+            try:
+                scores = ranking.score(request)
+                break
+            except Exception as error:  # only a shed may come before the estimate has caught up
+                assert admission.SHED_MESSAGE in str(error) and time.monotonic() < deadline, error
+                time.sleep(admission.BUSY_POLL_S)
+        np.testing.assert_allclose(scores, reference_scores(model, request), atol=1e-5)
