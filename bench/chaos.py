@@ -1,10 +1,12 @@
 """Benchmark: faults under steady load, on the embedded server and on the local distributed topology.
 
-Steady closed-loop gRPC load on the example model while, every `--every-s` seconds, a random Python-backend stub
-(embedded) or a random shard-group replica server (distributed) is killed (SIGKILL) or paused for `--pause-s`
-(SIGSTOP, then SIGCONT), alternately. The supervisor `recgen serve` runs restores what breaks. Per fault it
-reports the requests that failed and the time to recovery (from the fault to the first success after its last
-failure), counts failures outside the fault windows, and checks that the scores still equal PyTorch at the end.
+Steady closed-loop gRPC load on the example model while, every `--every-s` seconds, one fault in turn: on the
+embedded server a random Python-backend stub is killed (SIGKILL) or paused for `--pause-s` (SIGSTOP, then SIGCONT),
+or the public ensemble is unloaded through the admin API (what a holder of the key can do); on the distributed
+topology a random shard-group replica server is killed or paused, or the front's tritonserver is killed. The
+supervisor `recgen serve` runs restores what breaks. Per fault it reports the requests that failed, their errors,
+and the time to recovery (from the fault to the first success after its last failure), counts failures outside the
+fault windows, and checks that the scores still equal PyTorch at the end.
 
     python -m bench.chaos [--seconds 180] [--every-s 20] [--pause-s 5] [--clients 4] [--batch 64]
                           [--layouts embedded distributed] [--out runs/bench/chaos]
@@ -49,7 +51,7 @@ class Fault:
 
     layout: str
     at_s: float  # seconds into the run
-    kind: str  # "kill" or "pause"
+    kind: str  # "kill", "pause", "unload" (the ensemble, through the admin API) or "kill-server" (the front)
     target: str
     requests: int
     failed: int
@@ -63,6 +65,8 @@ class Target:
 
     label: str
     pid: int
+    #: How to unload it through the admin API (None: a process, signalled instead).
+    unload: Callable[[], None] | None = None
 
 
 @contextmanager
@@ -94,8 +98,11 @@ def _still_same(pid: int, cmdline: bytes) -> bool:
 
 
 def _inject(target: Target, kind: str, pause_s: float) -> None:
-    """SIGKILL, or SIGSTOP now and SIGCONT after `pause_s` (if the process is still the same one)."""
-    if kind == "kill":
+    """Unload, SIGKILL, or SIGSTOP now and SIGCONT after `pause_s` (if the process is still the same one)."""
+    if kind == "unload" and target.unload is not None:
+        target.unload()
+        return
+    if kind in ("kill", "kill-server"):
         os.kill(target.pid, signal.SIGKILL)
         return
     cmdline = Path(f"/proc/{target.pid}/cmdline").read_bytes()
@@ -137,9 +144,10 @@ def _recovery(outcomes: list[Outcome], fault_s: float) -> tuple[int, float]:
 def run_layout(
     layout: str,
     url: str,
-    targets: Callable[[], list[Target]],
+    targets: Callable[[str], list[Target]],
     args: argparse.Namespace,
     model: models.DLRM,
+    kinds: tuple[str, ...],
 ) -> tuple[list[Fault], dict]:
     """Steady load for `args.seconds` with a fault every `args.every_s`; the faults and the totals."""
     rng = random.Random(0)
@@ -152,11 +160,14 @@ def run_layout(
     load.start()
     fault_times: list[tuple[float, str, str]] = []
     next_fault = started + args.every_s
-    kinds = ["kill", "pause"]
     while next_fault < started + args.seconds - args.every_s / 2:
         time.sleep(max(0.0, next_fault - time.monotonic()))
-        target = rng.choice(targets())
-        kind = kinds[len(fault_times) % 2]
+        kind = kinds[len(fault_times) % len(kinds)]
+        choices = targets(kind)
+        if not choices:  # nothing of that kind is up right now (a server still restarting)
+            next_fault += args.every_s
+            continue
+        target = rng.choice(choices)
         _inject(target, kind, args.pause_s)
         fault_times.append((time.monotonic(), kind, target.label))
         print(f"{layout}: {kind} {target.label} at {fault_times[-1][0] - started:.1f} s", flush=True)
@@ -198,10 +209,12 @@ def _embedded(model: models.DLRM, workdir: Path, args: argparse.Namespace) -> tu
         _supervised([Watched("tritonserver", lambda: server)]) as events,
     ):
 
-        def stubs() -> list[Target]:
+        def stubs(kind: str) -> list[Target]:
+            if kind == "unload":
+                return [Target("dlrm (ensemble)", 0, lambda: server.admin("unload", "dlrm"))]
             return [Target(s.model, s.pid) for s in stub_health.stub_processes(server.pid) if not s.broken]
 
-        faults, totals = run_layout("embedded", server.grpc_url, stubs, args, model)
+        faults, totals = run_layout("embedded", server.grpc_url, stubs, args, model, ("kill", "pause", "unload"))
         totals["check"] = _check(model, server.grpc_url)
     totals["supervisor"] = events
     return faults, totals
@@ -216,7 +229,9 @@ def _distributed(model: models.DLRM, workdir: Path, args: argparse.Namespace) ->
         local.start(timeout_s=300)
         with _supervised(local.watched()) as events:
 
-            def replicas() -> list[Target]:
+            def replicas(kind: str) -> list[Target]:
+                if kind == "kill-server":
+                    return [Target("front", local.front.pid)] if local.front.pid is not None else []
                 live = [
                     (f"{name}[{index}]", server)
                     for name, servers in local.replicas.items()
@@ -224,7 +239,8 @@ def _distributed(model: models.DLRM, workdir: Path, args: argparse.Namespace) ->
                 ]
                 return [Target(label, server.pid) for label, server in live if server.pid is not None]
 
-            faults, totals = run_layout("distributed", local.front.grpc_url, replicas, args, model)
+            kinds = ("kill", "pause", "kill-server")
+            faults, totals = run_layout("distributed", local.front.grpc_url, replicas, args, model, kinds)
             time.sleep(2)
             totals["check"] = _check(model, local.front.grpc_url)
         totals["supervisor"] = events
@@ -265,7 +281,7 @@ def plot(faults: list[Fault], path: Path) -> None:
     figure, axes = plt.subplots(1, max(1, len(layouts)), figsize=(6 * max(1, len(layouts)), 4), squeeze=False)
     for axis, layout in zip(axes[0], layouts, strict=False):
         mine = [f for f in faults if f.layout == layout]
-        for kind, color in (("kill", "tab:red"), ("pause", "tab:blue")):
+        for kind, color in (("kill", "tab:red"), ("pause", "tab:blue"), ("unload", "tab:green"), ("kill-server", "k")):
             points = [(f.at_s, f.recovery_s) for f in mine if f.kind == kind]
             if points:
                 axis.bar(*zip(*points, strict=True), width=3, color=color, label=kind)

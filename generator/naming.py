@@ -42,6 +42,8 @@ ROUTER_ROW_RANKS_FILE = router_module.ROW_RANKS_FILE
 ROUTER_FRONT_CACHE_FILE = router_module.FRONT_CACHE_FILE
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"
+#: The SHA-256 of every file of a repository, as built (`repository.contents`).
+CONTENTS_FILE = "recgen_files.json"
 #: The README.md recgen writes into every generated repository.
 README_FILE = "README.md"
 #: The one file in an ensemble's (otherwise empty) version directory.

@@ -18,7 +18,7 @@ from generator import naming, triton_runtime
 from generator.deploy.topology import INSTANCES_PER_GROUP_SERVER, GroupDeployment, Topology
 from generator.planning.plan import GroupBy, Model, Placement, Plan
 from generator.planning.plan_file import save_plan
-from generator.repository import readme, staging
+from generator.repository import contents, readme, staging
 from generator.repository.build import BuildResult, BuiltModel, ModelWriter, check_options
 from generator.repository.configs import Backend, LeafOptions, Target
 from generator.repository.generation import (
@@ -122,6 +122,8 @@ def build_distributed(
         result = DistributedBuild(plan, out, topology, tuple(writer.built))
         front_result = BuildResult(plan, backend, target, out / topology.front.repository, None, result.models)
         (staged / readme.README_FILE).write_text(readme.render(model, front_result, topology=topology, root=out))
+        for repository in (front, *(staged / group.repository for group in topology.groups)):
+            contents.record(repository)
     return result
 
 
@@ -160,6 +162,8 @@ def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: L
     try:
         writer = ModelWriter(model, plan, leaves)
         write_front_and_groups(writer, topology, staging / _STAGED_LEAVES, staging / STAGED_ENSEMBLES, staging)
+        for group in topology.groups:  # complete now; the front is listed again once its switch is done
+            contents.record(staging / group.repository)
         check_ensembles(running, front, staging / STAGED_ENSEMBLES)
         write_manifest(plan, leaves, staging)
         topology.save(staging)

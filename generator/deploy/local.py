@@ -23,7 +23,7 @@ from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, Trito
 from generator.deploy.supervisor import Supervisor, Watched
 from generator.deploy.topology import GroupDeployment, Topology
 from generator.errors import UserInputError
-from generator.repository import validation
+from generator.repository import contents, validation
 from generator.repository.generation import PendingGeneration, check_pending, read_running
 from generator.triton_models import recgen_params as params
 
@@ -247,6 +247,8 @@ def serve_distributed(
     front = root / naming.FRONT_DIR
     for line in switch.recover_interrupted(front, front):  # a serve that died in the middle of an update
         echo(line)
+    for repository in (front, *sorted((root / naming.GROUPS_DIR).glob("*"))):  # serve what was built, or refuse
+        contents.verify(repository)
     with LocalTopology(root, log_dir=log_dir, address=address) as local:
         local.start(timeout_s=timeout_s)
         topology = local.topology

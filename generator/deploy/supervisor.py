@@ -29,7 +29,7 @@ from generator.deploy import control, stub_health, switch
 from generator.deploy.control import ControlServer
 from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, TritonServer
 from generator.errors import RecgenError, ServerError
-from generator.repository import validation
+from generator.repository import contents, validation
 
 #: Seconds between two looks at every server and stub.
 POLL_S = 0.25
@@ -242,6 +242,8 @@ def serve_until_stopped(
     leaf_repository, ensemble_repository = _single_repositories(config.repositories)
     for line in switch.recover_interrupted(leaf_repository, ensemble_repository):  # a serve that died mid-update
         echo(line)
+    for repository in config.repositories:  # serve what was built, or refuse
+        contents.verify(repository)
     server = TritonServer(config, log_path=log_path)
     server.start()
     try:

@@ -35,7 +35,7 @@ from typing import Any
 from generator import naming
 from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, TritonServer
 from generator.errors import RecgenError, UpdateError, UserInputError
-from generator.repository import validation
+from generator.repository import contents, validation
 from generator.repository.build import write_ensemble_version
 from generator.repository.generation import (
     PENDING_FILE,
@@ -234,6 +234,8 @@ def _install(pending: PendingGeneration, lingering: Sequence[str], installed_ok:
     for staged, final in pending.installs:
         if not (installed_ok and not Path(staged).exists()):
             os.replace(staged, final)
+    for repository in {Path(pending.leaf_repository), Path(pending.ensemble_repository)}:
+        contents.record(repository)  # what serves from now on, for the next start's check
     shutil.rmtree(pending.staging, ignore_errors=True)
 
 

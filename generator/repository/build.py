@@ -27,6 +27,7 @@ from generator.planning.plan import (
 )
 from generator.repository import (
     configs,
+    contents,
     export,
     imported_graphs,
     layout,
@@ -303,6 +304,7 @@ def build(
         perf_input.write_perf_inputs(staged_repository, staged_ensembles)
         for staged_path in (staged_repository, staged_ensembles):
             readme.write_single(staged_path, result, model)
+            contents.record(staged_path)
     return result
 
 
@@ -339,4 +341,5 @@ def build_monolithic(
         )
         result = BuildResult(plan, backend, target, repository, None, (built,))
         readme.write_single(staged_repository, result, model)
+        contents.record(staged_repository)
     return result

@@ -64,7 +64,7 @@ def test_layout_has_a_front_and_one_repository_per_group(tmp_path: Path) -> None
     assert front == {"dlrm", "dlrm_router", "dlrm_profile", "dlrm_dense", *groups}
     for name, group in groups.items():
         repository = result.group_repository(group)
-        assert sorted(p.name for p in repository.iterdir()) == [name]
+        assert sorted(p.name for p in repository.iterdir()) == [name, naming.CONTENTS_FILE]
         served = parse_strict((repository / name / naming.CONFIG_FILE).read_text())
         assert served.instance_group[0].count == 1  # the plan's count is the number of replica servers
         step = parse_strict((result.front / name / naming.CONFIG_FILE).read_text())
