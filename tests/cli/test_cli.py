@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from generator.cli import main
 from generator.deploy import server as serve
+from generator.repository import contents
 from tests.conftest import requires_server
 
 
@@ -125,17 +126,11 @@ def test_serve_exits_nonzero_with_the_servers_error_lines(tmp_path: Path) -> Non
     _example_repository(tmp_path)
     dense_code = tmp_path / "r" / "dlrm_dense" / "1" / "model.py"
     dense_code.write_text("raise RuntimeError('broken dense model for the test')\n")
-    result = subprocess.run(
-        [
-            *_serve_command(tmp_path, 0, 0, 0),
-            "--timeout-s",
-            "120",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    command = [*_serve_command(tmp_path, 0, 0, 0), "--timeout-s", "120"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    assert refused.returncode != 0 and "dlrm_dense/1/model.py was changed" in refused.stderr  # not what was built
+    contents.record(tmp_path / "r")  # as if the build itself had written the broken model
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 1
     assert "ModelLoadError" in result.stderr and "broken dense model for the test" in result.stderr
 
