@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,10 @@ from generator.repository import build
 from generator.traffic.sampler import RequestSampler, table_traffic
 
 VARIANTS = {"counted": True, "uncounted": False}
+
+
+def _send_one(clients: Sequence[client.RankingClient], requests: Sequence[Mapping[str, np.ndarray]], i: int) -> object:
+    return clients[i].send(requests[i])
 
 
 def run(options: argparse.Namespace) -> dict[str, Any]:
@@ -63,9 +69,9 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             for _ in range(options.rounds):
                 for variant in VARIANTS:  # CPU of this build's router stubs over the measured window only
                     cell = closed_loop(
-                        lambda i, to=clients[variant]: to[i].send(requests[i]),
+                        functools.partial(_send_one, clients[variant], requests),
                         options.concurrency, options.seconds, warmup_s=0.5,
-                        cpu_s=lambda pids=routers[variant]: cpu_seconds(pids),
+                        cpu_s=functools.partial(cpu_seconds, routers[variant]),
                     )  # fmt: skip
                     runs[variant].append({**cell, "router_cpu_ms_per_request": cell["cpu_ms_per_request"]})
             for each in (c for per in clients.values() for c in per):

@@ -26,8 +26,10 @@ import math
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +42,11 @@ from generator.deploy.topology import Topology
 from generator.model import dlrm as models
 from generator.planning import memory, planner
 from generator.planning.capacity import Capacity
+from generator.planning.memory import ModelShape
+from generator.planning.planner import PlanReport
 from generator.repository import build
-from generator.traffic.profile import TableShape, zipf_profile
+from generator.traffic.profile import AccessProfile, TableShape, zipf_profile
+from generator.traffic.requests import RankingRequest
 
 BATCH = 256
 TABLES = (  # 1.85M rows x 32 dims: 237 MB of fp32 rows, most of the model's bytes; one long multi-hot table
@@ -56,7 +61,7 @@ def bench_model() -> models.DLRM:
     return models.DLRM(num_dense_features=13, tables=list(TABLES), bottom_mlp=[64, 32], top_mlp=[64, 1]).eval()
 
 
-def qps_for_model_wise_replicas(shape, profile, replicas: int, capacity: Capacity) -> float:
+def qps_for_model_wise_replicas(shape: ModelShape, profile: AccessProfile, replicas: int, capacity: Capacity) -> float:
     """The highest load (queries/s) that the model-wise deployment serves with `replicas` whole-model replicas."""
     low, high = 1.0, 1.0
     while planner.plan_model(shape, profile, target_qps=high, capacity=capacity).model_wise.replicas <= replicas:
@@ -68,7 +73,7 @@ def qps_for_model_wise_replicas(shape, profile, replicas: int, capacity: Capacit
     return low
 
 
-def open_loop(send, qps: float, seconds: float, threads: int = 8) -> dict[str, float]:
+def open_loop(send: Callable[[int, int], None], qps: float, seconds: float, threads: int = 8) -> dict[str, Any]:
     """Send request i at start + i/qps from a pool of threads; latency from the scheduled time."""
     start = time.perf_counter() + 0.5
     total = int(qps * seconds)
@@ -115,13 +120,22 @@ def servers_pss_bytes(servers: list[serve.TritonServer]) -> int:
     """Summed PSS of every server process and its stub processes."""
     total = 0
     for server in servers:
-        pid = server.process.pid
+        pid = server.pid
+        if pid is None:
+            continue
         total += calibrate.proportional_set_size_bytes(pid)
         total += sum(calibrate.proportional_set_size_bytes(stub) for stub in calibrate.stub_processes(pid).values())
     return total
 
 
-def measure(servers: list[serve.TritonServer], urls: list[str], requests, qps: float, seconds: float, name: str):
+def measure(
+    servers: list[serve.TritonServer],
+    urls: list[str],
+    requests: Sequence[RankingRequest],
+    qps: float,
+    seconds: float,
+    name: str,
+) -> dict[str, Any]:
     clients = [[client.RankingClient(url, "grpc", model_name=name) for url in urls] for _ in range(8)]
     try:
 
@@ -144,7 +158,7 @@ def diurnal_qps(peak_qps: float) -> list[float]:
     return [peak_qps * (0.3 + 0.7 * (1 - math.cos(2 * math.pi * (hour - 4) / 24)) / 2) for hour in range(24)]
 
 
-def replay_day(report, shape, profile, capacity: Capacity) -> dict:
+def replay_day(report: PlanReport, shape: ModelShape, profile: AccessProfile, capacity: Capacity) -> dict:
     model_bytes = sum(spec.num_rows * spec.bytes_per_row for spec in shape.tables)
     whole_bytes = model_bytes + shape.dense_bytes + capacity.replica_overhead_bytes + capacity.server_overhead_bytes
     router_bytes = memory.router_bytes(shape.tables, [0] * len(shape.tables), [True] * len(shape.tables))

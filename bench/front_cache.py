@@ -36,7 +36,7 @@ from generator.planning import planner
 from generator.planning.memory import ModelShape
 from generator.repository import build
 from generator.repository.edges import edge_bytes
-from generator.traffic.profile import TableShape, zipf_profile
+from generator.traffic.profile import AccessProfile, TableShape, zipf_profile
 
 BATCH = 256
 TABLES = (
@@ -62,7 +62,9 @@ def _scrape(server: serve.TritonServer) -> str:
         return response.read().decode()
 
 
-def measure_one(model, profile, fresh, cache_share: float, requests: int, workdir: Path) -> dict:
+def measure_one(
+    model: models.DLRM, profile: AccessProfile, fresh: AccessProfile, cache_share: float, requests: int, workdir: Path
+) -> dict:
     shape = ModelShape.of(model)
     budget = int(cache_share * model.embedding_bytes())
     # Separate lookup steps: the ids edge to the shard groups is what this measures (with the fused step, the
@@ -107,7 +109,9 @@ def measure_one(model, profile, fresh, cache_share: float, requests: int, workdi
     }
 
 
-def distributed_rps(model, profile, cache_share: float, seconds: float, workdir: Path) -> dict:
+def distributed_rps(
+    model: models.DLRM, profile: AccessProfile, cache_share: float, seconds: float, workdir: Path
+) -> dict:
     shape = ModelShape.of(model)
     budget = int(cache_share * model.embedding_bytes())
     report = planner.plan_model(shape, profile, target_qps=TARGET_QPS, max_shards_per_table=4, front_cache_bytes=budget)

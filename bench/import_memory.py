@@ -75,7 +75,7 @@ def main() -> None:
             "--ensembles", str(work / "ens"),
         ],
     }  # fmt: skip
-    results = []
+    results: list[dict[str, float | str]] = []
     for name, command in steps.items():
         seconds, peak = measured(command)
         results.append(
@@ -85,8 +85,8 @@ def main() -> None:
     print("| step | seconds | peak RSS (GiB) | peak / table bytes |")
     print("|---|---|---|---|")
     for row in results:
-        peak = row["peak_rss_bytes"] / 2**30
-        print(f"| {row['step']} | {row['seconds']:.1f} | {peak:.2f} | {row['peak_over_tables']:.2f} |")
+        peak_gib = float(row["peak_rss_bytes"]) / 2**30
+        print(f"| {row['step']} | {row['seconds']:.1f} | {peak_gib:.2f} | {row['peak_over_tables']:.2f} |")
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "import_memory.json").write_text(
         json.dumps(

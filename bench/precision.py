@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from generator import naming
 from generator.check import client, quality
 from generator.deploy import server as serve
 from generator.model.dlrm import example_model
-from generator.model.imported import import_module
+from generator.model.imported import ImportedModel, import_module
 from generator.planning import precision
 from generator.planning.capacity import Capacity
 from generator.planning.memory import ModelShape
@@ -129,6 +130,12 @@ def _stub_pss(processes: dict[str, int], owners: Callable[[str], bool]) -> int:
     return sum(size for name, size in pss_bytes(processes).items() if owners(name.split("#")[0]))
 
 
+def _send_for_all_outputs(
+    clients: Sequence[client.RankingClient], requests: Sequence[Mapping[str, np.ndarray]], i: int
+) -> object:
+    return clients[i].send(requests[i], output_names=None)
+
+
 def serve_variants(
     label: str, model: Model, plans: dict[str, Plan], options: argparse.Namespace, workdir: Path
 ) -> dict[str, dict[str, Any]]:
@@ -163,11 +170,11 @@ def serve_variants(
                 for kind in plans:
                     runs[kind].append(
                         closed_loop(
-                            lambda i, to=clients[kind]: to[i].send(requests[i], output_names=None),
+                            functools.partial(_send_for_all_outputs, clients[kind], requests),
                             options.concurrency,
                             options.seconds,
                             warmup_s=0.5,
-                            cpu_s=(lambda served=pids: cpu_seconds(served)) if pids else None,
+                            cpu_s=functools.partial(cpu_seconds, pids) if pids else None,
                         )
                     )
             for kind, measured in runs.items():
@@ -182,18 +189,17 @@ def serve_variants(
 
 def _sampler(model: Model, profile: AccessProfile) -> RequestSampler:
     """Profile-shaped flattened requests for either kind of model."""
-    features = getattr(model, "features", None)
-    if features:
+    if isinstance(model, ImportedModel):
         rows = {t.name: t.num_rows for t in model.tables}
         traffic = tuple(
             dataclasses.replace(
                 table_traffic(f.table, rows[f.table], f.max_ids_per_sample, profile), input=naming.sparse_input(f.name)
             )
-            for f in features
+            for f in model.features
         )
-        return RequestSampler(0, traffic, dense_inputs=tuple(model.dense_inputs))  # type: ignore[attr-defined]
+        return RequestSampler(0, traffic, dense_inputs=tuple(model.dense_inputs))
     tables = tuple(table_traffic(t.name, t.num_rows, t.max_ids_per_sample, profile) for t in model.tables)
-    return RequestSampler(model.num_dense_features, tables)  # type: ignore[attr-defined]
+    return RequestSampler(model.num_dense_features, tables)
 
 
 def planner_case(hot_share: float) -> list[dict[str, Any]]:

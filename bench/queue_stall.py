@@ -28,7 +28,7 @@ from bench.structured import shared_model
 from generator import naming, triton_runtime
 from generator.check import client
 from generator.deploy import server as serve
-from generator.planning import plan
+from generator.planning import plan, queueing
 from generator.repository import build
 from generator.traffic.requests import random_structured_request
 
@@ -78,7 +78,7 @@ def run(seconds: float, rounds: int, clients_per_mode: int, slow_s: float) -> li
         clients: dict[tuple[str, str], list[client.RankingClient]] = {}
         for system in SYSTEMS:
             out = Path(workdir) / system
-            shedding = "queue-policy" if system == "triton-queue-policy" else "router"
+            shedding: queueing.Shedding = "queue-policy" if system == "triton-queue-policy" else "router"
             the_plan = dataclasses.replace(plan.uniform_plan(model), shedding=shedding)
             result = build.build(model, the_plan, out / "r", out / "e")
             server = stack.enter_context(serve.running_server(result.repositories, timeout_s=300))

@@ -139,11 +139,17 @@ def run(
                 for concurrency in concurrencies:
                     for system in systems:
                         if system == "pytorch":
-                            cell = bench_pytorch(model, batch, concurrency, seconds)
+                            timed = bench_pytorch(model, batch, concurrency, seconds)
                         else:
                             url, pid = urls[system]
-                            cell = bench_triton(url, model, batch, concurrency, seconds, pid)
-                        cell.update(system=system, batch=batch, concurrency=concurrency, round=round_index)
+                            timed = bench_triton(url, model, batch, concurrency, seconds, pid)
+                        cell: dict[str, float | str] = {
+                            **timed,
+                            "system": system,
+                            "batch": batch,
+                            "concurrency": concurrency,
+                            "round": round_index,
+                        }
                         measured.setdefault((system, batch, concurrency), []).append(cell)
                         print(_row(cell), flush=True)
     cells = []

@@ -7,8 +7,9 @@ candidates' item features. Run through `python -m bench.serving --structured`.
 
 from __future__ import annotations
 
+import functools
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,9 @@ def shared_model(user_share: float) -> models.DLRM:
     user_tables = round(8 * user_share)
     tables = [models.TableSpec(f"t{i}", 100_000, 16, 4, "user" if i < user_tables else "item") for i in range(8)]
     user_dense = round(16 * user_share)
-    sides = ["user"] * user_dense + ["item"] * (16 - user_dense)
+    user: list[models.Side] = ["user"]
+    item: list[models.Side] = ["item"]
+    sides = user * user_dense + item * (16 - user_dense)
     return models.DLRM(
         num_dense_features=16, tables=tables, bottom_mlp=[64, 16], top_mlp=[64, 32, 1], dense_sides=sides
     ).eval()
@@ -67,7 +70,11 @@ def structured_workloads(shares: list[float], heavy_user: bool) -> list[tuple[st
     """(label, model factory) of every structured workload: the user-side shares, or the heavy-user model."""
     if heavy_user:
         return [("heavy user", heavy_user_model)]
-    return [(f"user share {share:.0%}", lambda share=share: shared_model(share)) for share in shares]
+    return [(f"user share {share:.0%}", functools.partial(shared_model, share)) for share in shares]
+
+
+def _infer_one(clients: Sequence[client.RankingClient], payloads: Sequence[Mapping[str, np.ndarray]], i: int) -> object:
+    return clients[i].infer(payloads[i])
 
 
 def run_structured(
@@ -110,11 +117,11 @@ def run_structured(
                         for mode in runs:
                             runs[mode].append(
                                 closed_loop(
-                                    lambda i, to=clients[mode], payload=tensors[mode]: to[i].infer(payload[i]),
+                                    functools.partial(_infer_one, clients[mode], tensors[mode]),
                                     concurrency,
                                     seconds,
                                     warmup_s=0.5,
-                                    cpu_s=(lambda served=pids: cpu_seconds(served)) if pids else None,
+                                    cpu_s=functools.partial(cpu_seconds, pids) if pids else None,
                                 )
                             )
                     for mode, measured in runs.items():

@@ -14,7 +14,7 @@ import numpy as np
 
 
 def closed_loop(
-    send: Callable[[int], None],
+    send: Callable[[int], object],
     concurrency: int,
     seconds: float,
     warmup_s: float,
