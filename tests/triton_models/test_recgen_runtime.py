@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,37 @@ def test_folders_of_gone_servers_are_removed_only_when_they_hold_only_ours(tmp_p
     (kept / "notes.txt").write_text("not ours")
     runtime.server_folder(tmp_path, "load", (".estimate", ".lock"))
     assert not gone.exists() and (kept / "notes.txt").exists()
+
+
+def test_every_copy_of_the_same_source_imports_one_content_addressed_module(tmp_path: Path) -> None:
+    first, second = tmp_path / "repo_a" / "recgen_sample.py", tmp_path / "repo_b" / "recgen_sample.py"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_text("VALUE = 42\n")
+    cache = tmp_path / "cache"
+    one = runtime.content_addressed_module(first, cache)
+    two = runtime.content_addressed_module(second, cache)
+    assert one is two and one.VALUE == 42
+    copy = Path(one.__file__ or "")
+    assert copy.parent.parent == cache / "recgen-sources" and copy.parent.stat().st_mode & 0o777 == 0o700
+    stamp = copy.stat().st_mtime_ns
+    runtime.content_addressed_module(second, cache)
+    assert copy.stat().st_mtime_ns == stamp  # numba's cache is keyed by it: never rewritten while it holds the text
+    copy.write_text("VALUE = 'planted'\n")  # a copy that does not hold its name's text is written again
+    sys.modules.pop(one.__name__)
+    assert runtime.content_addressed_module(first, cache).VALUE == 42
+    sys.modules.pop(one.__name__)
+
+
+def test_the_compiled_kernels_come_from_the_content_addressed_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("numba")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    from generator.triton_models import recgen_compiled
+
+    source = recgen_compiled._cached_source()
+    filename = source["_route_loop"].__code__.co_filename
+    assert Path(filename).parent.parent == tmp_path / "numba" / "recgen-sources"
+    assert Path(filename).read_text() == Path(recgen_compiled.__file__).read_text()
+    sys.modules.pop(source["__name__"])
