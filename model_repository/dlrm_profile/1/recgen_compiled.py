@@ -3,7 +3,8 @@
 Copied next to every generated model.py like `recgen_kernels`. Inside a stub, numpy's many small array passes
 over a batch of a few hundred samples run cache-cold and cost 2 to 4 times their warm time; one compiled pass per
 kernel does the same work once. `compile_kernels()` compiles every kernel for the dtypes the models use, so that
-happens in `initialize()` (from numba's disk cache, `NUMBA_CACHE_DIR`, after the first start), never on a request.
+happens in `initialize()` (from numba's disk cache, `NUMBA_CACHE_DIR`, after the first start anywhere: the loops
+are compiled from a copy named after this file's text), never on a request.
 Where numba is missing (the plain NGC image) or fails to compile, every function here runs the numpy reference,
 and `ENGINE` says which one serves. `RECGEN_KERNELS=numpy` in the server's environment chooses numpy.
 """
@@ -14,6 +15,7 @@ import functools
 import itertools
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,11 @@ import numpy as np
 try:  # a generated repository has its helpers next to this file
     import recgen_kernels as kernels
     import recgen_rows as rows_module
+    import recgen_runtime as runtime
 except ModuleNotFoundError:
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_rows as rows_module
+    from generator.triton_models import recgen_runtime as runtime
 
 #: "numba" once `compile_kernels()` has compiled every kernel, else "numpy".
 ENGINE = "numpy"
@@ -190,16 +194,9 @@ def compile_kernels() -> str:
         return ENGINE
     try:
         jit: Callable[[Callable[..., Any]], Callable[..., Any]] = numba.njit(cache=True, nogil=True)
-        loops: dict[str, Callable[..., Any]] = {
-            "route": _route_loop,
-            "pool": _pool_loop,
-            "pool_int8": _pool_int8_loop,
-            "pool_fp16": _pool_fp16_loop,
-            "out_of_range": _out_of_range_loop,
-            "count": _count_loop,
-            "upper_dots": _upper_dots_loop,
-        }
-        compiled = {name: jit(loop) for name, loop in loops.items()}
+        source = _cached_source()
+        names = ("route", "pool", "pool_int8", "pool_fp16", "out_of_range", "count", "upper_dots")
+        compiled = {name: jit(source[f"_{name}_loop"]) for name in names}
         _warm_pooling(compiled)
         index = np.zeros(1, np.int64)
         packed = np.full((1, 1), -1, np.int32)
@@ -214,6 +211,17 @@ def compile_kernels() -> str:
     _compiled.update(compiled)
     ENGINE, FALLBACK_REASON = "numba", ""
     return ENGINE
+
+
+def _cached_source() -> dict[str, Any]:
+    """The names of this file, from its content-addressed copy (`recgen_runtime`): one numba cache for all."""
+    cache_folder = os.environ.get("NUMBA_CACHE_DIR")
+    try:
+        if cache_folder:
+            return vars(runtime.content_addressed_module(Path(__file__), Path(cache_folder)))
+    except (OSError, ImportError, runtime.UnsafeFolderError):
+        pass  # compiled from this file: slower to load, the same kernels
+    return globals()
 
 
 def _warm_pooling(compiled: dict[str, Callable[..., Any]]) -> None:

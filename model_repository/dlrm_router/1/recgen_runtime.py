@@ -4,18 +4,23 @@ Stubs keep memory-mapped files beside their server (the routers' access counters
 `<base>/recgen-<uid>/<kind>/<server pid>/`, with `<base>` normally `/dev/shm`. Each user gets a folder of its own,
 so one user's server never collides with another's, and nobody can choose where another user's files go: a folder
 that exists already is used only if it is a real folder (not a link) owned by this user and closed to others
-(mode 0700); anything else is refused with a message that says what to remove. Copied next to every model.py;
-the standard library only.
+(mode 0700); anything else is refused with a message that says what to remove. The kernels numba compiles are
+imported from a content-addressed copy in the same way (`content_addressed_module`). Copied next to every
+model.py; the standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 
 class UnsafeFolderError(RuntimeError):
@@ -76,3 +81,31 @@ def remove_gone_servers(kind_folder: Path, ours: Sequence[str]) -> None:
         gone = gone and folder.is_dir() and folder.name.isdigit() and folder.name != str(os.getppid())
         if gone and all(path.name.endswith(tuple(ours)) for path in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def content_addressed_module(source: Path, cache_folder: Path) -> ModuleType:
+    """`source` imported from a private copy named after its text: `<cache_folder>/recgen-sources/<sha256>/`.
+
+    numba keys its disk cache by a function's file path and modification time, and every generated repository has a
+    copy of the kernels at a path of its own, so each new model directory compiled afresh (about 10 s of CPU per
+    stub). The copy's path and time are the same for every repository with the same kernels, so the cache serves
+    them all. Its text is checked against its name before it is imported.
+    """
+    text = source.read_bytes()
+    digest = hashlib.sha256(text).hexdigest()
+    os.makedirs(cache_folder, mode=0o700, exist_ok=True)
+    folder = private_folder(private_folder(Path(cache_folder) / "recgen-sources") / digest[:32])
+    copy = folder / source.name
+    if not copy.is_file() or hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
+        staged = folder / f".{source.name}.{os.getpid()}"
+        staged.write_bytes(text)
+        os.replace(staged, copy)
+    spec = importlib.util.spec_from_file_location(f"{source.stem}_{digest[:16]}", copy)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {copy}")
+    if spec.name in sys.modules:
+        return sys.modules[spec.name]
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # numba's cache finds the functions' module by name when it loads them
+    spec.loader.exec_module(module)
+    return module
