@@ -144,9 +144,8 @@ def test_admin_apis_need_the_servers_key(
 
 @requires_server
 @pytest.mark.server
-@pytest.mark.parametrize("step", ["dlrm_router", SHARD_MODEL, "dlrm_dense"])
-def test_the_ensemble_stays_up_while_a_broken_step_is_reloaded_under_load(
-    supervised: tuple[serve.TritonServer, list[str]], step: str
+def test_the_ensemble_stays_up_while_each_broken_step_is_reloaded_under_load(
+    supervised: tuple[serve.TritonServer, list[str]],
 ) -> None:
     server, events = supervised
     model = tiny_model()
@@ -178,18 +177,19 @@ def test_the_ensemble_stays_up_while_a_broken_step_is_reloaded_under_load(
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.5)
-        (stub,) = [s.pid for s in stub_health.stub_processes(server.pid) if s.model == step]
-        os.kill(stub, signal.SIGKILL)
-        _wait_for(events, f"model {step!r} restored")
+        for step in ("dlrm_router", SHARD_MODEL, "dlrm_dense"):  # one after the other, on one server
+            time.sleep(0.5)
+            (stub,) = [s.pid for s in stub_health.stub_processes(server.pid) if s.model == step and not s.broken]
+            os.kill(stub, signal.SIGKILL)
+            _wait_for(events, f"model {step!r} restored")
         time.sleep(0.5)
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-    print(f"{step}: {answered[0]} answered, {len(errors)} failed: {sorted(set(errors))[:3]}")
-    assert not ensemble_unready, "the ensemble was not ready during the reload"
+    assert answered[0] > 0 and not ensemble_unready, "the ensemble was not ready during a reload"
     assert not [error for error in errors if "NOT_FOUND" in error or "no available versions" in error], errors
+    assert len(errors) <= 30, errors  # only what the dead instances held: 2 to 4 per kill were seen
     _assert_serves_pytorch_scores(server)
 
 
