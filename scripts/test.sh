@@ -6,4 +6,6 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Two workers by default (CI has 2 cores; RECGEN_TEST_WORKERS changes it); each test file stays on one worker, so
+# the servers a module shares are started once.
+.venv/bin/python -m pytest -n "${RECGEN_TEST_WORKERS:-2}" --dist loadfile "$@"

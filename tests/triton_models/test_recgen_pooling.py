@@ -54,8 +54,8 @@ def test_pooling_stored_rows_equals_pooling_the_rows_they_read_back(
         [recgen_pooling._stack([v], v.shape[1]) for v, _ in stored], columns, slot_stacks, pairs
     )
     reference = recgen_pooling.GroupRows(decoded, columns, slot_stacks)
-    previous = compiled.ENGINE
     compiled.compile_kernels()
+    previous = compiled.ENGINE  # what every later test sees (compile_kernels() compiles once per process)
     try:
         compiled.ENGINE = engine if "pool_fp16" in compiled._compiled else "numpy"
         got = recgen_pooling.pool_group(group, ids, weights)
