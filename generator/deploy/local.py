@@ -10,7 +10,6 @@ with a backoff while the others keep serving, and a model whose stub breaks is r
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +22,8 @@ from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, Trito
 from generator.deploy.supervisor import Supervisor, Watched
 from generator.deploy.topology import GroupDeployment, Topology
 from generator.errors import UserInputError
-from generator.repository import contents, validation
-from generator.repository.generation import PendingGeneration, check_pending, read_running
+from generator.repository import validation
+from generator.repository.generation import PendingGeneration, check_pending, read_running, retire_groups
 from generator.triton_models import recgen_params as params
 
 #: Where `recgen serve --distributed DIR` keeps every server's log.
@@ -177,8 +176,7 @@ class LocalTopology:
         old = [server for model in pending.old_groups for server in self.replicas.pop(model, [])]
         for server in old:
             server.close()
-        for model in pending.old_groups:
-            shutil.rmtree(self.root / naming.GROUPS_DIR / model, ignore_errors=True)
+        retire_groups(pending)
         echo(f"stopped {len(old)} replica server(s) of generation {pending.previous_generation}")
         self.replicas.update(self._pending)
         self._pending = {}
@@ -245,10 +243,7 @@ def serve_distributed(
     root = Path(root)
     log_dir = root / LOG_DIR
     front = root / naming.FRONT_DIR
-    for line in switch.recover_interrupted(front, front):  # a serve that died in the middle of an update
-        echo(line)
-    for repository in (front, *sorted((root / naming.GROUPS_DIR).glob("*"))):  # serve what was built, or refuse
-        contents.verify(repository)
+    switch.prepare_to_serve(front, front, [front, *sorted((root / naming.GROUPS_DIR).glob("*"))], echo)
     with LocalTopology(root, log_dir=log_dir, address=address) as local:
         local.start(timeout_s=timeout_s)
         topology = local.topology

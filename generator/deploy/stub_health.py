@@ -150,22 +150,22 @@ def expected_stubs(http_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[st
     return expected
 
 
-def server_ready(http_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether the server answers 200 on its readiness endpoint."""
+def _answers_200(url: str, timeout_s: float) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def server_ready(http_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the server answers 200 on its readiness endpoint."""
+    return _answers_200(f"http://{http_url}/v2/health/ready", timeout_s)
 
 
 def model_ready(http_url: str, model: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether the server answers 200 on `model`'s readiness endpoint (404 when it is not loaded)."""
-    try:
-        with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/ready", timeout=timeout_s) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return _answers_200(f"http://{http_url}/v2/models/{model}/ready", timeout_s)
 
 
 def probe(http_url: str, parent_pid: int | None = None, models: Sequence[str] = ()) -> list[str]:

@@ -29,7 +29,7 @@ from generator.deploy import control, stub_health, switch
 from generator.deploy.control import ControlServer
 from generator.deploy.server import DEFAULT_READY_TIMEOUT_S, ServerConfig, TritonServer
 from generator.errors import RecgenError, ServerError
-from generator.repository import contents, validation
+from generator.repository import validation
 
 #: Seconds between two looks at every server and stub.
 POLL_S = 0.25
@@ -177,11 +177,20 @@ class Supervisor:
         for model, reason in {**broken, **missing}.items():
             if model in changing or (model in missing and server.model_ready(model)):
                 continue  # being changed by an update, or loaded again with an ensemble restored just before
-            self._restore(watched, server, model, reason, [stub for stub in stubs if stub.model == model])
+            model_stubs = [stub for stub in stubs if stub.model == model]
+            self._restore(watched, server, model, reason, model_stubs, loaded=model in ready)
 
     def _restore(
-        self, watched: Watched, server: TritonServer, model: str, reason: str, stubs: list[stub_health.StubProcess]
+        self,
+        watched: Watched,
+        server: TritonServer,
+        model: str,
+        reason: str,
+        stubs: list[stub_health.StubProcess],
+        *,
+        loaded: bool,
     ) -> None:
+        """Reload `model`: with a config override while it is loaded (see the module docstring), else from its files."""
         started = time.monotonic()
         self.echo(f"{watched.label}: model {model!r} is broken ({reason}); reloading it")
         for stub in stubs:  # the healthy ones keep serving the old version until the new one is ready
@@ -190,7 +199,6 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(stub.pid, signal.SIGKILL)
         try:
-            loaded = model in server.ready_models()
             override = _reload_override(server.model_config_json(model)) if loaded else None
             server.admin("load", model, timeout_s=RESTORE_TIMEOUT_S, config_override=override)
             server.wait_until_ready((model,), timeout_s=RESTORE_TIMEOUT_S)
@@ -240,10 +248,7 @@ def serve_until_stopped(
     for stub in stub_health.remove_orphans():  # left by a server that died before (this user's only)
         echo(f"killed stub {stub.pid} of {stub.model!r}, left by a tritonserver that is gone")
     leaf_repository, ensemble_repository = _single_repositories(config.repositories)
-    for line in switch.recover_interrupted(leaf_repository, ensemble_repository):  # a serve that died mid-update
-        echo(line)
-    for repository in config.repositories:  # serve what was built, or refuse
-        contents.verify(repository)
+    switch.prepare_to_serve(leaf_repository, ensemble_repository, config.repositories, echo)
     server = TritonServer(config, log_path=log_path)
     server.start()
     try:

@@ -44,6 +44,7 @@ from generator.repository.generation import (
     check_pending,
     discard,
     read_running,
+    retire_groups,
     staging_prefix,
 )
 from generator.repository.params import RUNTIME_DIRECTORY
@@ -335,8 +336,7 @@ def recover_interrupted(leaf_repository: Path, ensemble_repository: Path) -> lis
                 if not set(pending.new_leaves) & set(_steps(pending, ensemble)):
                     _write_switch(pending, ensemble)
             _install(pending, lingering=(), installed_ok=True)
-            for model in pending.old_groups:  # the distributed layout: <root>/groups/<model>
-                shutil.rmtree(Path(pending.leaf_repository).parent / naming.GROUPS_DIR / model, ignore_errors=True)
+            retire_groups(pending)
             lines.append(
                 f"finished the update to generation {pending.generation} that stopped after its switch (the old "
                 f"generation's {len(pending.old_leaves)} leaf models removed)"
@@ -348,6 +348,19 @@ def recover_interrupted(leaf_repository: Path, ensemble_repository: Path) -> lis
                 f"{', '.join(pending.new_leaves)} from {pending.leaf_repository}"
             )
     return lines
+
+
+def prepare_to_serve(
+    leaf_repository: Path, ensemble_repository: Path, repositories: Sequence[Path], echo: Echo
+) -> None:
+    """Before `recgen serve` starts its servers: finish or remove an interrupted update, then check the files.
+
+    Every repository is compared with what was built (`repository.contents`); one that differs is refused.
+    """
+    for line in recover_interrupted(leaf_repository, ensemble_repository):
+        echo(line)
+    for repository in repositories:
+        contents.verify(repository)
 
 
 def _steps(pending: PendingGeneration, ensemble: str) -> list[str]:

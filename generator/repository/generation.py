@@ -362,6 +362,12 @@ def check_pending(pending: PendingGeneration, running: RunningGeneration, leaf_r
         raise UserInputError(f"refusing pending generation {staging / PENDING_FILE}: {'; '.join(problems)}")
 
 
+def retire_groups(pending: PendingGeneration) -> None:
+    """Remove the repositories of the shard groups a switched generation replaced (the distributed layout)."""
+    for name in pending.old_groups:
+        shutil.rmtree(Path(pending.leaf_repository).parent / naming.GROUPS_DIR / name, ignore_errors=True)
+
+
 def discard(pending: PendingGeneration) -> None:
     """Remove everything a pending generation wrote (its leaves, groups and staging); the running one stays."""
     for name in pending.new_leaves:
