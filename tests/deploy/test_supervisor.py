@@ -214,6 +214,10 @@ def test_the_probe_names_an_unloaded_ensemble_though_triton_says_ready(
 ) -> None:
     server = server_factory(served)  # no supervisor
     server.admin("unload", "dlrm")
-    assert stub_health.server_ready(server.http_url)  # Triton 2.51's own readiness does not notice
+    deadline = time.monotonic() + RECOVERY_DEADLINE_S
+    while not stub_health.server_ready(server.http_url):  # not ready only while the unload is in progress
+        assert time.monotonic() < deadline, "the server's readiness stayed down after the unload"
+        time.sleep(0.05)
+    # Triton 2.51's own readiness answers 200 again without the ensemble; the probe does not
     assert stub_health.probe(server.http_url, server.pid, models=["dlrm"]) == ["model 'dlrm' is not loaded and ready"]
     assert stub_health.main(["--port", str(server.http_port), "--model", "dlrm"]) == 1
