@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.loadgen import cpu_seconds, drop_queue_policies, server_processes
+from bench.loadgen import cpu_seconds, server_processes
 from bench.precision import profile_of
 from bench.rounds import median_round, odd_rounds
 from bench.structured import LATENCY_SLO_MS
@@ -57,7 +57,6 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
                 uniform_plan(model, name=variant, latency_slo_ms=LATENCY_SLO_MS), count_accesses=counted
             )
             result = build.build(model, plan, Path(workdir) / f"{variant}_r", Path(workdir) / f"{variant}_e")
-            drop_queue_policies(list(result.repositories))
             repositories += list(result.repositories)
         with serve.running_server(repositories, timeout_s=600) as server:
             processes = server_processes(server.pid) if server.pid else {}

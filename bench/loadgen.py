@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
-from generator import naming, triton_runtime
+from generator import triton_runtime
 from generator.check.calibrate import proportional_set_size_bytes
 from generator.check.client import RankingClient
 from generator.deploy import stub_health
 from generator.errors import ServerError
-from generator.repository import validation
 
 #: Client deadline of one request (seconds): a request that takes longer is a failure, not a hang.
 REQUEST_TIMEOUT_S = 10.0
@@ -307,13 +306,3 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def drop_queue_policies(repositories: list[Path]) -> None:
-    """Remove `default_queue_policy` from every config that has one (builds before the router shed load had them)."""
-    for repository in repositories:
-        for path in repository.glob(f"*/{naming.CONFIG_FILE}"):
-            config = validation.parse_strict(path.read_text())
-            if config.HasField("dynamic_batching") and config.dynamic_batching.HasField("default_queue_policy"):
-                config.dynamic_batching.ClearField("default_queue_policy")
-                validation.write_config(config, path.parent)

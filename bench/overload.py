@@ -160,6 +160,7 @@ def markdown(slo_ms: float, capacity_per_s: float, cells: list[dict], soaked: di
     if 1.0 in by_load and 4.0 in by_load:
         ratio = by_load[4.0]["goodput_per_s"] / by_load[1.0]["goodput_per_s"]
         lines.append(f"\ngoodput 4x / 1x = {ratio:.2f} (goal >= {GOODPUT_GOAL:g})")
+        lines.append(shed_cost_line(by_load))
     if soaked is not None:
         lines.append(
             f"\nsoak: {soaked['requests']} requests, {soaked['errors']} errors, {soaked['rejected']} rejected; "
@@ -168,6 +169,29 @@ def markdown(slo_ms: float, capacity_per_s: float, cells: list[dict], soaked: di
         for name, (low, high) in soaked["pss_drift_from_minute_2"].items():
             lines.append(f"- {name}: {low:+.1%} / {high:+.1%}")
     return "\n".join(lines)
+
+
+def shed_cost_line(by_load: dict[float, dict]) -> str:
+    """What one shed request costs the server, and what the goodput goal at 4x allows.
+
+    At 1x nothing is shed, so its server CPU over its goodput is the cost of a served request; at a higher load the
+    CPU that the served requests do not explain went to the shed ones. The goal holds only if 0.9 of 1x's goodput
+    and the shedding of everything else fit in the CPU the server had at 4x.
+    """
+    served_s = by_load[1.0]["server_cores"] / by_load[1.0]["goodput_per_s"]
+    shed_ms = []
+    for load, cell in sorted(by_load.items()):
+        if load > 1.0 and cell["rejected_per_s"] > 0:
+            spent_on_shed = cell["server_cores"] - cell["goodput_per_s"] * served_s
+            shed_ms.append(f"{spent_on_shed / cell['rejected_per_s'] * 1000:.3f} ms at {load:g}x")
+    at_4x = by_load[4.0]
+    goal_goodput = GOODPUT_GOAL * by_load[1.0]["goodput_per_s"]
+    allowed_ms = (at_4x["server_cores"] - goal_goodput * served_s) / (at_4x["offered_per_s"] - goal_goodput) * 1000
+    return (
+        f"server CPU per served request {served_s * 1000:.3f} ms (1x); per shed request {', '.join(shed_ms) or '-'}; "
+        f"the 4x goal allows {allowed_ms:.3f} ms per shed request with the {at_4x['server_cores']:.2f} cores "
+        "the server used at 4x"
+    )
 
 
 def _median_cells(rounds: list[list[dict]], loads: list[float]) -> list[dict]:

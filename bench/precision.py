@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.loadgen import cpu_seconds, drop_queue_policies, pss_bytes, server_processes
+from bench.loadgen import cpu_seconds, pss_bytes, server_processes
 from bench.plan_memory import BATCH, _model_wise_qps, criteo_shape_and_profile
 from bench.rounds import median_round, odd_rounds
 from bench.structured import LATENCY_SLO_MS
@@ -149,7 +149,6 @@ def serve_variants(
             names[kind] = f"{label}_{kind}_{step[:3]}"
             named = dataclasses.replace(plan, model_name=names[kind], lookup_step=step)
             result = build.build(model, named, workdir / f"{names[kind]}_r", workdir / f"{names[kind]}_e")
-            drop_queue_policies(list(result.repositories))  # their ~500 ms stalls (docs/faults.md) are not rows' cost
             repositories += list(result.repositories)
             figures[kind]["embedding_bytes"] = sum(t.embedding_bytes for t in plan.tables)
         with serve.running_server(repositories, timeout_s=600) as server:

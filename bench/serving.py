@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.loadgen import cpu_seconds, drop_queue_policies, server_processes
+from bench.loadgen import cpu_seconds, server_processes
 from bench.rounds import median_round, odd_rounds
 from bench.structured import markdown_structured, plot_structured, run_structured, structured_workloads
 from bench.threads import closed_loop
@@ -111,7 +111,6 @@ def run(
     concurrencies: list[int],
     seconds: float,
     rounds: int,
-    without_queue_policy: bool = False,
 ) -> list[dict]:
     """Every cell `rounds` times, systems interleaved (all servers up at once, idle while others run), median kept.
 
@@ -126,8 +125,6 @@ def run(
         for system in systems:
             if system != "pytorch":
                 result = build_system(system, model, Path(workdir))
-                if without_queue_policy:
-                    drop_queue_policies(list(result.repositories))
                 environment = NUMPY_KERNELS.get(system, {})
                 server = stack.enter_context(
                     serve.running_server(result.repositories, timeout_s=300, environment=environment)
@@ -241,11 +238,6 @@ def main() -> None:
     )
     parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument(
-        "--without-queue-policy",
-        action="store_true",
-        help="serve every build with its steps' queue policies removed (see bench/queue_stall.py)",
-    )
-    parser.add_argument(
         "--heavy-user",
         action="store_true",
         help="structured: the heavy-user model (200-id history, wide user bottom MLP) instead of the shares",
@@ -257,9 +249,7 @@ def main() -> None:
     if args.structured:
         concurrency = args.concurrency[0] if len(args.concurrency) == 1 else 4
         workloads = structured_workloads(args.shares, args.heavy_user)
-        cells = run_structured(
-            workloads, args.candidates, concurrency, args.seconds, args.rounds, args.without_queue_policy
-        )
+        cells = run_structured(workloads, args.candidates, concurrency, args.seconds, args.rounds)
         table = markdown_structured(cells)
         print(table)
         (args.out / "structured.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
@@ -267,7 +257,7 @@ def main() -> None:
         plot_structured(cells, args.out / "structured.png")
         print(f"wrote {args.out}/structured.json, structured.md, structured.png")
         return
-    cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds, args.without_queue_policy)
+    cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
     table = markdown(cells)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

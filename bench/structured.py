@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadgen import cpu_seconds, drop_queue_policies, server_processes
+from bench.loadgen import cpu_seconds, server_processes
 from bench.rounds import median_round
 from bench.threads import closed_loop
 from generator import naming
@@ -83,20 +83,14 @@ def run_structured(
     concurrency: int,
     seconds: float,
     rounds: int,
-    without_queue_policy: bool = False,
 ) -> list[dict]:
-    """Packed (`<model>_ranking`) vs flattened requests of the same samples, interleaved, median of rounds.
-
-    `without_queue_policy`: serve the builds with every step's queue policy removed (`bench/queue_stall.py`).
-    """
+    """Packed (`<model>_ranking`) vs flattened requests of the same samples, interleaved, median of rounds."""
     cells = []
     for label, make_model in workloads:
         model = make_model()
         with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir:
             the_plan = plan.uniform_plan(model, latency_slo_ms=LATENCY_SLO_MS)
             result = build.build(model, the_plan, Path(workdir) / "r", Path(workdir) / "e")
-            if without_queue_policy:
-                drop_queue_policies(list(result.repositories))
             with serve.running_server(result.repositories, timeout_s=300) as server:
                 names = {"flattened": "dlrm", "packed": naming.ranking_ensemble("dlrm")}
                 clients = {

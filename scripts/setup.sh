@@ -8,7 +8,9 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+# --no-compile: byte-compiling every installed file (torch alone has thousands) takes about a minute; Python
+# compiles what is imported on first use instead.
+.venv/bin/python -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e '.[dev]'
 bash scripts/install_torchrec.sh
 # The library that keeps the embedded server's admin key off its command line (generator/deploy/admin_key.py),
 # compiled from source with the system's C compiler; without one it says so (serve then refuses, naming the fix).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,20 +43,17 @@ def _mixed_plan(model: DLRM, name: str, lookup_step: str = "separate") -> Plan:
     return Plan(name, tables, router=Placement(2), lookup_step=lookup_step)  # type: ignore[arg-type]
 
 
-def test_the_build_stores_each_shards_rows_in_its_dtype(tmp_path: Path) -> None:
-    model = _model()
-    plan = _mixed_plan(model, "dlrm")
-    build(model, plan, tmp_path / "repo", tmp_path / "ens")
-    stored = {p.name: np.load(p) for p in (tmp_path / "repo").glob("*/1/*.npy")}
+def test_the_build_stores_each_shards_rows_in_its_dtype(built: Any) -> None:
+    cases, root, _ = built
+    stored = {p.name: np.load(p) for p in (root / "mixed_models").glob("*/1/*.npy")}
     assert stored[naming.shard_rows_file("history", 0)].dtype == np.float32
     assert stored[naming.shard_rows_file("history", 1)].dtype == np.uint8
     assert stored[naming.shard_scales_file("history", 1)].shape == (130, 2)
     assert stored[naming.shard_rows_file("history", 2)].dtype == np.float16
     assert naming.shard_scales_file("history", 2) not in stored
-    onnx_plan = dataclasses.replace(plan, model_name="onnxed")
-    build(model, onnx_plan, tmp_path / "onnx", tmp_path / "onnx_ens", backend="onnx")
+    _, onnx_plan = cases["mixedonnx"]
     group = next(g for g in onnx_plan.step_groups() if g.row_dtype == "int8")
-    graph = onnx.load(tmp_path / "onnx" / f"onnxed_shards_{group.index}" / "1" / naming.ONNX_MODEL_FILE)
+    graph = onnx.load(root / "mixedonnx_models" / f"mixedonnx_shards_{group.index}" / "1" / naming.ONNX_MODEL_FILE)
     ops = collections.Counter(node.op_type for node in graph.graph.node)
     assert {"Gather", "Cast", "Mul", "Add", "ReduceSum"} <= set(ops)
     assert {init.data_type for init in graph.graph.initializer} >= {onnx.TensorProto.UINT8}
@@ -82,7 +78,8 @@ def _imported() -> ImportedModel:
 
 
 @pytest.fixture(scope="module")
-def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, tuple[Any, Plan]], Path, list[Path]]:
+    """Every case built once: the build's own test reads them, the served tests serve them."""
     root = tmp_path_factory.mktemp("row_dtypes")
     model = _model()
     cases: dict[str, tuple[Any, Plan]] = {
@@ -98,6 +95,12 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         backend = "onnx" if name in ("mixedonnx", "towers") else "python"
         result = build(case_model, plan, root / f"{name}_models", root / f"{name}_ens", backend=backend)
         repositories += result.repositories
+    return cases, root, repositories
+
+
+@pytest.fixture(scope="module")
+def served(request: pytest.FixtureRequest, built: Any) -> Iterator[Any]:
+    cases, root, repositories = built
     log = root / "tritonserver.log"
     failed_before = request.session.testsfailed
     try:

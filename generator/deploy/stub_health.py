@@ -186,6 +186,39 @@ def probe(http_url: str, parent_pid: int | None = None, models: Sequence[str] = 
     return [f"model {model!r}: {reason}" for model, reason in sorted(broken.items())]
 
 
+def _listening_inodes(port: int, proc: Path) -> set[str]:
+    """Socket inodes listening on TCP `port` (IPv4 and IPv6), from /proc/net/tcp*."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in (proc / "net" / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(fields[9])
+    return inodes
+
+
+def listening_pid(port: int, proc: Path = Path("/proc")) -> int | None:
+    """The process of this user that listens on TCP `port`, or None when none of ours does.
+
+    The probe then looks only at that server's stubs: another server on the host may run stubs of models with
+    the same names, alive while this one's are dead.
+    """
+    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port, proc)}
+    if not sockets:
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for descriptor in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(descriptor) in sockets:
+                        return int(entry.name)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Exec probe: exit 0 when the local server is ready and every stub is alive, else print why and exit 1."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -193,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--model", action="append", default=[], help="a model that must be ready (repeatable)")
     args = parser.parse_args(argv)
-    problems = probe(f"{args.host}:{args.port}", models=args.model)
+    problems = probe(f"{args.host}:{args.port}", listening_pid(args.port), models=args.model)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

@@ -102,3 +102,25 @@ def test_a_stub_of_a_live_server_is_no_orphan() -> None:
     assert not StubProcess(10, "m", "S", parent=7, server=7).orphaned
     assert StubProcess(10, "m", "S", parent=1, server=7).orphaned
     assert not StubProcess(10, "m", "S", parent=1, server=0).orphaned  # unknown server: left alone
+
+
+def test_the_probe_finds_the_server_by_the_port_it_listens_on(tmp_path: Path) -> None:
+    """Two servers on a host may run stubs of the same models: the probe looks at the one on its port only."""
+    listener = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen();"
+            "print(s.getsockname()[1], flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        port = int(listener.stdout.readline())
+        assert stub_health.listening_pid(port) == listener.pid
+    finally:
+        listener.kill()
+        listener.wait()
+    assert stub_health.listening_pid(port) is None
