@@ -20,6 +20,7 @@ from generator.traffic.requests import (
     reference_scores,
 )
 from generator.triton_models import recgen_params as params
+from generator.triton_models import remote_group_model
 
 Protocol = Literal["http", "grpc"]
 PROTOCOLS: tuple[Protocol, ...] = ("http", "grpc")
@@ -58,8 +59,8 @@ class RankingClient:
             self.client = self.module.InferenceServerClient(
                 url, connection_timeout=timeout_s, network_timeout=timeout_s
             )
-        else:
-            self.client = self.module.InferenceServerClient(url)
+        else:  # reconnect within a second of a restarted server's return, as the front's remote steps do
+            self.client = self.module.InferenceServerClient(url, channel_args=remote_group_model.CHANNEL_ARGS)
 
     def send(
         self,

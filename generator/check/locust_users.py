@@ -28,8 +28,8 @@ from generator.errors import CheckFailedError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
 from generator.model.loading import load_model
-from generator.planning.plan_file import built_plan
 from generator.planning.precision import with_rounded_rows
+from generator.repository.settings import built_plan
 from generator.traffic.profile import AccessProfile
 from generator.traffic.requests import reference_scores
 from generator.traffic.sampler import RequestSampler

@@ -19,8 +19,8 @@ from generator.model.dlrm import example_model
 from generator.model.loading import load_model
 from generator.planning import precision
 from generator.planning.plan import Plan
-from generator.planning.plan_file import built_plan
 from generator.repository.configs import Backend
+from generator.repository.settings import built_plan
 from generator.traffic.profile import AccessProfile
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ from generator.errors import PlanError
 from generator.model.dlrm import TableSpec
 from generator.model.features import FeatureSpec
 from generator.planning import queueing
-from generator.planning.plan import Model, Placement, Plan, TablePlan, table_plan, uniform_plan
-from generator.planning.precision import check_row_dtype, with_row_dtype_values
+from generator.planning.plan import Placement, Plan, TablePlan, table_plan
+from generator.planning.precision import check_row_dtype
 from generator.planning.report import PlanReport
 
 PLAN_FORMAT = "recgen.plan"
@@ -181,14 +180,3 @@ def load_plan(path: str | Path) -> Plan:
         )
     except (KeyError, IndexError, TypeError) as error:
         raise PlanError(f"plan `{path}` is missing a field: {error!r}") from error
-
-
-def built_plan(model: Model, plan_path: Path | None, row_dtypes: Sequence[str] = ()) -> Plan:
-    """The plan a repository was built from: its plan file (else a uniform one) with the build's `--row-dtype`.
-
-    What `check`, `quality` and the load test's spot checks need to know the rows' dtypes (a uniform plan's cuts
-    do not matter: they are row-wise, so only each table's dtype does).
-    """
-    plan = load_plan(plan_path) if plan_path is not None else uniform_plan(model)
-    plan.check_matches(model)
-    return with_row_dtype_values(plan, row_dtypes)

@@ -172,3 +172,15 @@ def resolve_plan(
         lookup_step=deployment.lookup_step or plan.lookup_step,
     )
     return Resolved(plan, deployment.backend, deployment.target)
+
+
+def built_plan(model: Model, plan_path: Path | None, row_dtypes: Sequence[str] = ()) -> Plan:
+    """The plan a repository was built from, as `check`, `quality` and the load test's spot checks need it.
+
+    The plan file (else the default uniform plan) with the build's `--row-dtype`, resolved as `build` resolves it.
+    Only each table's row dtype matters to them (a plan's cuts are row-wise, so they do not change any output).
+    """
+    plan = resolve_plan(model, plan_path, UniformOptions(), DeploymentOptions(), (), distributed=False,
+                        row_dtypes=row_dtypes).plan  # fmt: skip
+    plan.check_matches(model)
+    return plan

@@ -44,7 +44,7 @@ except ModuleNotFoundError:
 ENDPOINTS_ENV_PREFIX = "RECGEN_ENDPOINTS_"
 #: gRPC status names (tritonclient reports them as "StatusCode.<NAME>") worth another replica.
 RETRYABLE_STATUSES = frozenset({"UNAVAILABLE"})
-#: Reconnect quickly after a replica comes back (gRPC's default backoff grows to 120 s).
+#: Reconnect quickly after a server comes back (gRPC's default backoff grows to 120 s); recgen's clients use it too.
 CHANNEL_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
