@@ -8,7 +8,10 @@ which reads every input and answers zeros:
 - `floor-2`: the ensemble recgen writes by default (the fused lookup step: router and pooling in one step, then
   dense);
 - `floor-3`: the ensemble with separate lookup steps (router, shard group, dense);
-- `recgen-1`, `recgen-2` and `recgen-3`: recgen's monolithic model and both ensembles themselves.
+- `recgen-1`, `recgen-2` and `recgen-3`: recgen's monolithic model and both ensembles themselves;
+- `native-1`, `native-2` and `native-3`: the floor systems with every Python model served instead by the native
+  backend's identity-cost step (`recgen_native_step: floor`, generator/native): tritonserver's own cost per step,
+  without the Python backend.
 
 Closed-loop gRPC clients at `--batch` for each `--concurrency`, systems interleaved, `--rounds` (odd) rounds; per
 system the server CPU per request of tritonserver and of every stub (from /proc), and samples/s. The difference
@@ -32,15 +35,15 @@ import numpy as np
 from bench.loadgen import cpu_seconds, server_processes
 from bench.rounds import median_round, odd_rounds
 from bench.threads import closed_loop
-from generator import naming
+from generator import naming, native
 from generator.check import client
 from generator.deploy import server as serve
 from generator.model import dlrm as models
 from generator.planning import plan
-from generator.repository import build
+from generator.repository import build, validation
 from generator.traffic.requests import random_request
 
-SYSTEMS = ("floor-1", "floor-2", "floor-3", "recgen-1", "recgen-2", "recgen-3")
+SYSTEMS = ("floor-1", "floor-2", "floor-3", "native-1", "native-2", "native-3", "recgen-1", "recgen-2", "recgen-3")
 #: The latency target of every build here (ms): generous, so that a stall of this shared VM sheds nothing.
 LATENCY_SLO_MS = 60_000.0
 FLOOR_MODEL = Path(__file__).with_name("floor_model.py")
@@ -50,6 +53,18 @@ def _floor(repository: Path) -> None:
     """Every Python model of `repository` becomes the identity-cost model (configs untouched)."""
     for model_py in repository.glob(f"*/1/{naming.PYTHON_MODEL_FILE}"):
         shutil.copy(FLOOR_MODEL, model_py)
+
+
+def _native_floor(repository: Path, library: Path) -> None:
+    """Every Python model of `repository` becomes the native backend's identity-cost step (tensors untouched)."""
+    for config_path in repository.glob(f"*/{naming.CONFIG_FILE}"):
+        config = validation.parse_strict(config_path.read_text())
+        if config.backend != "python":
+            continue
+        config.backend = native.BACKEND_NAME
+        config.parameters["recgen_native_step"].string_value = "floor"
+        validation.write_config(config, config_path.parent)
+        shutil.copy(library, config_path.parent / native.LIBRARY_NAME)
 
 
 def build_system(system: str, model: models.DLRM, workdir: Path) -> list[Path]:
@@ -67,6 +82,10 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> list[Path]:
     if kind == "floor":
         for repository in repositories:
             _floor(repository)
+    if kind == "native":
+        library = native.build()
+        for repository in repositories:
+            _native_floor(repository, library)
     return repositories
 
 

@@ -13,7 +13,8 @@ The hierarchy, so callers can catch at the level they care about::
     ├── ServerError                  the embedded tritonserver could not be started or stopped
     │   ├── ModelLoadError           the server started but a model failed to load
     │   ├── ServerUnreachableError   no Triton server answers at the URL a client was given
-    │   └── UpdateError              an update did not switch; the old generation keeps serving (says why)
+    │   ├── UpdateError              an update did not switch; the old generation keeps serving (says why)
+    │   └── NativeUnavailableError   the native backend cannot be built here (says why and what to install)
     └── CheckFailedError             served scores differ from PyTorch by more than the tolerance
 """
 
@@ -66,6 +67,10 @@ class ServerUnreachableError(ServerError):
 
 class UpdateError(ServerError):
     """`recgen update` did not switch the deployment; the old generation keeps serving and the message says why."""
+
+
+class NativeUnavailableError(ServerError):
+    """The native backend cannot be built or was not built here; the message says why and what to install."""
 
 
 class CheckFailedError(RecgenError):

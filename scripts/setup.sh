@@ -15,6 +15,13 @@ bash scripts/install_torchrec.sh
 # The library that keeps the embedded server's admin key off its command line (generator/deploy/admin_key.py),
 # compiled from source with the system's C compiler; without one it says so (serve then refuses, naming the fix).
 .venv/bin/python -m generator.deploy.admin_key
+# The native Triton backend (generator/native): C++17 built with CMake (from PyPI, above) and the system's g++,
+# against RapidJSON's headers (Debian's rapidjson-dev). Without them it says why and recgen keeps the Python models.
+if [ ! -f /usr/include/rapidjson/document.h ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get install -y -qq rapidjson-dev || (apt-get update -qq && apt-get install -y -qq rapidjson-dev)) >/dev/null \
+    || echo "warning: apt-get install rapidjson-dev failed; the native backend will not build"
+fi
+.venv/bin/python -m generator.native
 # perf_analyzer (tritonclient 2.51) needs libb64 to start (scripts/perf_analyzer.sh finds the CUDA runtime it links).
 if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

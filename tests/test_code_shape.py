@@ -9,7 +9,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "generator"
 #: The pipeline, earliest first. A module may import its own stage and earlier ones, never a later one.
 STAGES = [
     ["generator.triton_models"],
-    ["generator", "generator.errors", "generator.naming", "generator.triton_runtime"],
+    [
+        "generator",
+        "generator.errors",
+        "generator.naming",
+        "generator.triton_runtime",
+        "generator.cache",
+        "generator.native",
+    ],
     ["generator.model"],
     ["generator.traffic"],
     ["generator.planning"],

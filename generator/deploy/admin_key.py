@@ -39,14 +39,10 @@ def _source_text() -> bytes:
 
 
 def preload_library(cache: Path) -> Path:
-    """The compiled library in `cache` (built once per source version); ServerError naming the fix if it cannot be."""
-    cache.mkdir(parents=True, exist_ok=True)
-    info = cache.stat()
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise ServerError(
-            f"recgen's cache folder {cache} must belong to this user and be writable by it alone (the library "
-            "tritonserver preloads is kept there); fix its owner and mode, or set RECGEN_CACHE_DIR to another folder"
-        )
+    """The compiled library in `cache` (built once per source version); ServerError naming the fix if it cannot be.
+
+    `cache` is `generator.cache.private_cache_dir()`: owned by this user, writable by no one else.
+    """
     source = _source_text()
     target = cache / f"admin-key-preload-{hashlib.sha256(source).hexdigest()[:16]}.so"
     if target.is_file():
@@ -93,10 +89,10 @@ def hidden_key_environment(key: str, cache: Path) -> tuple[str, dict[str, str]]:
 
 def main() -> None:
     """`python -m generator.deploy.admin_key`: build the library now and say where (what scripts/setup.sh runs)."""
-    from generator.deploy.installation import cache_dir
+    from generator.cache import private_cache_dir
 
     try:
-        print(f"admin-key library: {preload_library(cache_dir())}")
+        print(f"admin-key library: {preload_library(private_cache_dir())}")
     except ServerError as error:
         print(f"warning: {error}", file=sys.stderr)
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from generator.deploy.installation import cache_dir
+from generator.cache import cache_dir
 from generator.errors import RecgenError, ServerUnreachableError, UpdateError, UserInputError
 from generator.repository.generation import PendingGeneration
 from generator.triton_models import recgen_runtime

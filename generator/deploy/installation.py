@@ -15,6 +15,7 @@ import sysconfig
 from pathlib import Path
 
 from generator import triton_runtime
+from generator.cache import cache_dir
 from generator.errors import ServerError
 from generator.repository import staging
 
@@ -34,12 +35,6 @@ def tritonserver_binary() -> Path:
     if not binary.is_file():
         raise ServerError(f"the nvidia-pytriton wheel has no tritonserver binary at {binary}")
     return binary
-
-
-def cache_dir() -> Path:
-    """Where recgen keeps prepared server files (RECGEN_CACHE_DIR, else ~/.cache/recgen)."""
-    configured = os.environ.get("RECGEN_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "recgen"
 
 
 def prepare_backend_dir() -> Path:

@@ -28,8 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generator import triton_runtime
+from generator.cache import private_cache_dir
 from generator.deploy import admin_key
-from generator.deploy.installation import cache_dir, prepare_backend_dir, server_environment, tritonserver_binary
+from generator.deploy.installation import (
+    prepare_backend_dir,
+    server_environment,
+    tritonserver_binary,
+)
 from generator.errors import ModelLoadError, ServerError
 from generator.triton_models import recgen_admission as admission
 
@@ -172,7 +177,9 @@ class TritonServer:
         ]
         if busy:
             raise ServerError(f"port(s) {busy} on {self.client_host} already answer; is another server running?")
-        self._key_argument, self._key_environment = admin_key.hidden_key_environment(self.admin_key, cache_dir())
+        self._key_argument, self._key_environment = admin_key.hidden_key_environment(
+            self.admin_key, private_cache_dir()
+        )
         log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         try:
             self.process = subprocess.Popen(

@@ -1,0 +1,181 @@
+// libtriton_recgen.so: Triton's entry points. A model holds its config and its step, built once; an instance is a
+// thread of the server that runs the model's step for each request of a batch, answering each request alone.
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "status.h"
+#include "step.h"
+#include "tensors.h"
+#include "triton_api.h"
+
+namespace recgen {
+
+void log(TRITONSERVER_LogLevel level, const std::string& message) {
+  if (TRITONSERVER_LogIsEnabled(level)) {
+    ServerError ignored(TRITONSERVER_LogMessage(level, __FILE__, __LINE__, message.c_str()));
+  }
+}
+
+namespace {
+
+uint64_t now_ns() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+
+struct MessageDeleter {
+  void operator()(TRITONSERVER_Message* message) const { ServerError ignored(TRITONSERVER_MessageDelete(message)); }
+};
+
+struct ModelState {
+  ModelConfig config;
+  std::unique_ptr<Step> step;
+};
+
+struct InstanceState {
+  std::string name;
+  ModelState* model = nullptr;
+};
+
+ModelConfig read_config(TRITONBACKEND_Model* model) {
+  TRITONSERVER_Message* raw = nullptr;
+  check(TRITONBACKEND_ModelConfig(model, RECGEN_MODEL_CONFIG_VERSION, &raw), "reading the model config");
+  std::unique_ptr<TRITONSERVER_Message, MessageDeleter> message(raw);
+  const char* json = nullptr;
+  size_t byte_size = 0;
+  check(TRITONSERVER_MessageSerializeToJson(message.get(), &json, &byte_size), "serializing the model config");
+  return parse_model_config(json, byte_size);
+}
+
+// Answers one request (its outputs, or the error it caused) and reports its statistics; returns its batch size.
+uint64_t serve_request(TRITONBACKEND_ModelInstance* instance, const Step& step, TRITONBACKEND_Request* request,
+                       uint64_t exec_start_ns) {
+  TRITONBACKEND_Response* raw = nullptr;
+  ServerError created(TRITONBACKEND_ResponseNew(&raw, request));
+  uint64_t batch = 1;
+  bool success = false;
+  const uint64_t compute_start_ns = now_ns();
+  if (created) {
+    log(TRITONSERVER_LOG_ERROR, std::string("cannot create a response: ") + TRITONSERVER_ErrorMessage(created.get()));
+  } else {
+    ResponsePtr response(raw);
+    ServerError failure;
+    try {
+      const RequestInputs inputs(request);
+      batch = step.batch_size(inputs);
+      step.execute(inputs, requested_outputs(request), response.get());
+      success = true;
+    } catch (const Error& error) {
+      failure.reset(to_server_error(error));
+    } catch (const std::exception& error) {
+      failure.reset(TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, error.what()));
+    }
+    ServerError sent(
+        TRITONBACKEND_ResponseSend(response.release(), TRITONSERVER_RESPONSE_COMPLETE_FINAL, failure.get()));
+    if (sent) log(TRITONSERVER_LOG_ERROR, std::string("cannot send a response: ") + TRITONSERVER_ErrorMessage(sent.get()));
+  }
+  const uint64_t end_ns = now_ns();
+  ServerError reported(TRITONBACKEND_ModelInstanceReportStatistics(instance, request, success, exec_start_ns,
+                                                                   compute_start_ns, end_ns, end_ns));
+  ServerError released(TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL));
+  return batch;
+}
+
+}  // namespace
+}  // namespace recgen
+
+using recgen::check;
+using recgen::guarded;
+
+extern "C" {
+
+TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend*) {
+  return guarded([] {
+    uint32_t major = 0;
+    uint32_t minor = 0;
+    check(TRITONBACKEND_ApiVersion(&major, &minor), "reading the backend API version");
+    if (major != RECGEN_TRITONBACKEND_API_MAJOR || minor < RECGEN_TRITONBACKEND_API_MINOR) {
+      throw recgen::Error(TRITONSERVER_ERROR_UNSUPPORTED,
+                          "libtriton_recgen.so was written for backend API " +
+                              std::to_string(RECGEN_TRITONBACKEND_API_MAJOR) + "." +
+                              std::to_string(RECGEN_TRITONBACKEND_API_MINOR) + " or a later minor; this server has " +
+                              std::to_string(major) + "." + std::to_string(minor));
+    }
+  });
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
+  return guarded([model] {
+    auto state = std::make_unique<recgen::ModelState>();
+    state->config = recgen::read_config(model);
+    state->step = recgen::make_step(state->config);
+    recgen::log(TRITONSERVER_LOG_INFO, "recgen native step '" + state->config.parameter("recgen_native_step") +
+                                           "' for model '" + state->config.name + "'");
+    check(TRITONBACKEND_ModelSetState(model, state.get()), "keeping the model state");
+    state.release();  // owned by the server until TRITONBACKEND_ModelFinalize
+  });
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* model) {
+  return guarded([model] {
+    void* state = nullptr;
+    check(TRITONBACKEND_ModelState(model, &state), "reading the model state");
+    std::unique_ptr<recgen::ModelState> owned(static_cast<recgen::ModelState*>(state));
+  });
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelInstance* instance) {
+  return guarded([instance] {
+    auto state = std::make_unique<recgen::InstanceState>();
+    const char* name = nullptr;
+    check(TRITONBACKEND_ModelInstanceName(instance, &name), "reading the instance name");
+    state->name = name;
+    TRITONSERVER_InstanceGroupKind kind = TRITONSERVER_INSTANCEGROUPKIND_AUTO;
+    check(TRITONBACKEND_ModelInstanceKind(instance, &kind), "reading the instance kind");
+    if (kind != TRITONSERVER_INSTANCEGROUPKIND_CPU) {
+      throw recgen::Error(TRITONSERVER_ERROR_UNSUPPORTED,
+                          "instance '" + state->name +
+                              "': recgen's native steps run on the CPU only (instance_group kind KIND_CPU); place "
+                              "this step on the CPU or serve it with an engine that runs on the GPU");
+    }
+    TRITONBACKEND_Model* model = nullptr;
+    check(TRITONBACKEND_ModelInstanceModel(instance, &model), "reading the instance's model");
+    void* model_state = nullptr;
+    check(TRITONBACKEND_ModelState(model, &model_state), "reading the model state");
+    state->model = static_cast<recgen::ModelState*>(model_state);
+    check(TRITONBACKEND_ModelInstanceSetState(instance, state.get()), "keeping the instance state");
+    state.release();  // owned by the server until TRITONBACKEND_ModelInstanceFinalize
+  });
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInstance* instance) {
+  return guarded([instance] {
+    void* state = nullptr;
+    check(TRITONBACKEND_ModelInstanceState(instance, &state), "reading the instance state");
+    std::unique_ptr<recgen::InstanceState> owned(static_cast<recgen::InstanceState*>(state));
+  });
+}
+
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstance* instance,
+                                                       TRITONBACKEND_Request** requests, uint32_t request_count) {
+  // Past this point every request is ours: each gets a response (or its error) and is released, so this returns
+  // an error only when the instance state itself cannot be read (then Triton still owns the requests).
+  void* raw = nullptr;
+  if (TRITONSERVER_Error* error = TRITONBACKEND_ModelInstanceState(instance, &raw)) return error;
+  const recgen::Step& step = *static_cast<recgen::InstanceState*>(raw)->model->step;
+  const uint64_t exec_start_ns = recgen::now_ns();
+  uint64_t batch = 0;
+  for (uint32_t index = 0; index < request_count; ++index) {
+    batch += recgen::serve_request(instance, step, requests[index], exec_start_ns);
+  }
+  const uint64_t exec_end_ns = recgen::now_ns();
+  recgen::ServerError reported(TRITONBACKEND_ModelInstanceReportBatchStatistics(
+      instance, batch, exec_start_ns, exec_start_ns, exec_end_ns, exec_end_ns));
+  return nullptr;
+}
+
+}  // extern "C"

@@ -1,0 +1,30 @@
+// A step of recgen's ensembles served natively. Which one a model is comes from its parameter `recgen_native_step`.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "tensors.h"
+
+namespace recgen {
+
+class Step {
+ public:
+  virtual ~Step() = default;
+  // Serves one request: reads `inputs`, adds each of `outputs` to `response`. Throws Error for a bad request; the
+  // caller answers that request alone with it.
+  virtual void execute(const RequestInputs& inputs, const std::vector<std::string>& outputs,
+                       TRITONBACKEND_Response* response) const = 0;
+  // The number of samples in a request (its batch dimension, or 1 when the model has none), for statistics.
+  virtual uint64_t batch_size(const RequestInputs& inputs) const = 0;
+};
+
+// The step `config` names, built once per model and shared by its instances (read-only while serving).
+std::unique_ptr<Step> make_step(const ModelConfig& config);
+
+// Each step's constructor.
+std::unique_ptr<Step> make_floor_step(const ModelConfig& config);
+
+}  // namespace recgen

@@ -1,0 +1,112 @@
+"""libtriton_recgen.so in the shipped tritonserver 2.51: it loads from a model's directory, serves every data type
+it declares with the values the server uses, batches, and reports its statistics to Triton."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpc_client
+import tritonclient.http as http_client
+
+from generator import native
+from generator.deploy import server as serve
+from generator.errors import NativeUnavailableError
+from tests.conftest import SERVER_READY_TIMEOUT_S, requires_server
+
+#: Every data type the backend maps (triton_api.h), as the config spells it and as the client reports it.
+DATA_TYPES = {
+    "TYPE_BOOL": ("BOOL", np.bool_), "TYPE_UINT8": ("UINT8", np.uint8), "TYPE_UINT16": ("UINT16", np.uint16),
+    "TYPE_UINT32": ("UINT32", np.uint32), "TYPE_UINT64": ("UINT64", np.uint64), "TYPE_INT8": ("INT8", np.int8),
+    "TYPE_INT16": ("INT16", np.int16), "TYPE_INT32": ("INT32", np.int32), "TYPE_INT64": ("INT64", np.int64),
+    "TYPE_FP16": ("FP16", np.float16), "TYPE_FP32": ("FP32", np.float32), "TYPE_FP64": ("FP64", np.float64),
+}  # fmt: skip
+
+
+def _floor_config(name: str, max_batch_size: int, instances: int) -> str:
+    outputs = ", ".join(
+        f'{{ name: "out_{config_type[5:].lower()}" data_type: {config_type} dims: [ {2 + index}, 3 ] }}'
+        for index, config_type in enumerate(DATA_TYPES)
+    )
+    batching = "dynamic_batching { }" if max_batch_size else ""
+    return f"""name: "{name}"
+backend: "{native.BACKEND_NAME}"
+max_batch_size: {max_batch_size}
+{batching}
+input [ {{ name: "ids" data_type: TYPE_INT64 dims: [ -1 ] }}, {{ name: "dense" data_type: TYPE_FP32 dims: [ 13 ] }} ]
+output [ {outputs} ]
+instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
+parameters {{ key: "recgen_native_step" value {{ string_value: "floor" }} }}
+"""
+
+
+@pytest.fixture(scope="module")
+def floor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serve.TritonServer]:
+    try:
+        library = native.build()
+    except NativeUnavailableError as error:
+        pytest.fail(str(error))
+    repository = tmp_path_factory.mktemp("native") / "models"
+    for name, max_batch_size, instances in (("batched", 64, 2), ("unbatched", 0, 1)):
+        (repository / name / "1").mkdir(parents=True)
+        (repository / name / "config.pbtxt").write_text(_floor_config(name, max_batch_size, instances))
+        shutil.copy(library, repository / name / native.LIBRARY_NAME)
+    with serve.running_server([repository], models=["batched", "unbatched"], timeout_s=SERVER_READY_TIMEOUT_S) as s:
+        yield s
+
+
+@requires_server
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_every_data_type_comes_back_as_declared_with_the_requests_batch(
+    floor_server: serve.TritonServer, protocol: str
+) -> None:
+    module = grpc_client if protocol == "grpc" else http_client
+    client = module.InferenceServerClient(floor_server.grpc_url if protocol == "grpc" else floor_server.http_url)
+    ids = module.InferInput("ids", [5, 7], "INT64")
+    ids.set_data_from_numpy(np.arange(35, dtype=np.int64).reshape(5, 7))
+    dense = module.InferInput("dense", [5, 13], "FP32")
+    dense.set_data_from_numpy(np.ones((5, 13), np.float32))
+    result = client.infer("batched", [ids, dense])
+    for index, (config_type, (wire_type, dtype)) in enumerate(DATA_TYPES.items()):
+        array = result.as_numpy(f"out_{config_type[5:].lower()}")
+        assert array.dtype == dtype and array.shape == (5, 2 + index, 3) and not array.any(), config_type
+        output = result.get_output(f"out_{config_type[5:].lower()}")
+        assert (output["datatype"] if isinstance(output, dict) else output.datatype) == wire_type
+    asked = client.infer("batched", [ids, dense], outputs=[module.InferRequestedOutput("out_fp16")])
+    assert asked.as_numpy("out_fp16").shape == (5, 11, 3) and asked.as_numpy("out_fp32") is None
+    client.close()
+
+
+@requires_server
+def test_an_unbatched_model_answers_without_a_batch_dimension(floor_server: serve.TritonServer) -> None:
+    client = grpc_client.InferenceServerClient(floor_server.grpc_url)
+    ids = grpc_client.InferInput("ids", [9], "INT64")
+    ids.set_data_from_numpy(np.arange(9, dtype=np.int64))
+    dense = grpc_client.InferInput("dense", [13], "FP32")
+    dense.set_data_from_numpy(np.zeros(13, np.float32))
+    assert client.infer("unbatched", [ids, dense]).as_numpy("out_int64").shape == (10, 3)
+    client.close()
+
+
+@requires_server
+def test_statistics_reach_triton_and_the_log_says_which_step_loaded(floor_server: serve.TritonServer) -> None:
+    client = grpc_client.InferenceServerClient(floor_server.grpc_url)
+    before = client.get_inference_statistics("batched", as_json=True)["model_stats"][0]
+    ids = grpc_client.InferInput("ids", [3, 2], "INT64")
+    ids.set_data_from_numpy(np.zeros((3, 2), np.int64))
+    dense = grpc_client.InferInput("dense", [3, 13], "FP32")
+    dense.set_data_from_numpy(np.zeros((3, 13), np.float32))
+    for _ in range(4):
+        client.infer("batched", [ids, dense])
+    after = client.get_inference_statistics("batched", as_json=True)["model_stats"][0]
+    succeeded = int(after["inference_stats"]["success"]["count"]) - int(
+        before["inference_stats"]["success"].get("count", 0)
+    )
+    assert succeeded == 4
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 12  # 4 requests x batch 3
+    assert int(after["inference_stats"]["compute_infer"]["ns"]) > 0
+    client.close()
+    logged = [line for line in floor_server.logs().splitlines() if "recgen native step 'floor'" in line]
+    assert {line[0] for line in logged} == {"I"} and len(logged) == 2  # INFO, once per model
