@@ -40,7 +40,7 @@ from generator.check import client
 from generator.deploy import server as serve
 from generator.model import dlrm as models
 from generator.planning import plan
-from generator.repository import build, validation
+from generator.repository import build, native_models, validation
 from generator.traffic.requests import random_request
 
 SYSTEMS = ("floor-1", "floor-2", "floor-3", "native-1", "native-2", "native-3", "recgen-1", "recgen-2", "recgen-3")
@@ -53,18 +53,6 @@ def _floor(repository: Path) -> None:
     """Every Python model of `repository` becomes the identity-cost model (configs untouched)."""
     for model_py in repository.glob(f"*/1/{naming.PYTHON_MODEL_FILE}"):
         shutil.copy(FLOOR_MODEL, model_py)
-
-
-def _native_floor(repository: Path, library: Path) -> None:
-    """Every Python model of `repository` becomes the native backend's identity-cost step (tensors untouched)."""
-    for config_path in repository.glob(f"*/{naming.CONFIG_FILE}"):
-        config = validation.parse_strict(config_path.read_text())
-        if config.backend != "python":
-            continue
-        config.backend = native.BACKEND_NAME
-        config.parameters["recgen_native_step"].string_value = "floor"
-        validation.write_config(config, config_path.parent)
-        shutil.copy(library, config_path.parent / native.LIBRARY_NAME)
 
 
 def build_system(system: str, model: models.DLRM, workdir: Path) -> list[Path]:
@@ -85,7 +73,9 @@ def build_system(system: str, model: models.DLRM, workdir: Path) -> list[Path]:
     if kind == "native":
         library = native.build()
         for repository in repositories:
-            _native_floor(repository, library)
+            for config_path in repository.glob(f"*/{naming.CONFIG_FILE}"):
+                if validation.parse_strict(config_path.read_text()).backend == "python":
+                    native_models.use_native_step(config_path.parent, "floor", library)
     return repositories
 
 

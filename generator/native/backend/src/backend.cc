@@ -51,6 +51,19 @@ ModelConfig read_config(TRITONBACKEND_Model* model) {
   return parse_model_config(json, byte_size);
 }
 
+// The model's version directory, where its files are.
+std::string version_dir(TRITONBACKEND_Model* model) {
+  TRITONBACKEND_ArtifactType type = TRITONBACKEND_ARTIFACT_FILESYSTEM;
+  const char* location = nullptr;
+  check(TRITONBACKEND_ModelRepository(model, &type, &location), "reading the model's directory");
+  if (type != TRITONBACKEND_ARTIFACT_FILESYSTEM) {
+    throw Error(TRITONSERVER_ERROR_UNSUPPORTED, "the model's files are not on a local filesystem");
+  }
+  uint64_t version = 0;
+  check(TRITONBACKEND_ModelVersion(model, &version), "reading the model's version");
+  return std::string(location) + "/" + std::to_string(version);
+}
+
 // Answers one request (its outputs, or the error it caused) and reports its statistics; returns its batch size.
 uint64_t serve_request(TRITONBACKEND_ModelInstance* instance, const Step& step, TRITONBACKEND_Request* request,
                        uint64_t exec_start_ns) {
@@ -112,7 +125,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
   return guarded([model] {
     auto state = std::make_unique<recgen::ModelState>();
     state->config = recgen::read_config(model);
-    state->step = recgen::make_step(state->config);
+    state->step = recgen::make_step(state->config, recgen::version_dir(model));
     recgen::log(TRITONSERVER_LOG_INFO, "recgen native step '" + state->config.parameter("recgen_native_step") +
                                            "' for model '" + state->config.name + "'");
     check(TRITONBACKEND_ModelSetState(model, state.get()), "keeping the model state");

@@ -4,11 +4,12 @@
 
 namespace recgen {
 
-std::unique_ptr<Step> make_step(const ModelConfig& config) {
+std::unique_ptr<Step> make_step(const ModelConfig& config, const std::string& version_dir) {
   const std::string& kind = config.parameter("recgen_native_step");
   if (kind == "floor") return make_floor_step(config);
+  if (kind == "shard_group") return make_shard_group_step(config, version_dir);
   throw Error(TRITONSERVER_ERROR_INVALID_ARG, "model '" + config.name + "': recgen_native_step '" + kind +
-                                                  "' is not a step this backend serves (floor)");
+                                                  "' is not a step this backend serves (floor, shard_group)");
 }
 
 }  // namespace recgen

@@ -21,10 +21,11 @@ class Step {
   virtual uint64_t batch_size(const RequestInputs& inputs) const = 0;
 };
 
-// The step `config` names, built once per model and shared by its instances (read-only while serving).
-std::unique_ptr<Step> make_step(const ModelConfig& config);
+// The step `config` names (its files in `version_dir`), built once per model and shared by its instances (read-only while serving).
+std::unique_ptr<Step> make_step(const ModelConfig& config, const std::string& version_dir);
 
 // Each step's constructor.
 std::unique_ptr<Step> make_floor_step(const ModelConfig& config);
+std::unique_ptr<Step> make_shard_group_step(const ModelConfig& config, const std::string& version_dir);
 
 }  // namespace recgen

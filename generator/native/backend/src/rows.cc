@@ -1,0 +1,157 @@
+#include "rows.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "status.h"
+
+namespace recgen {
+namespace {
+
+// IEEE 754 half to single precision (normal, subnormal, infinite and NaN values).
+float half_to_float(uint16_t half) {
+  const uint32_t sign = static_cast<uint32_t>(half & 0x8000u) << 16;
+  uint32_t exponent = (half >> 10) & 0x1fu;
+  uint32_t mantissa = half & 0x3ffu;
+  uint32_t bits = 0;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa != 0) {  // subnormal: normalise
+    exponent = 113;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
+  } else {
+    bits = sign;
+  }
+  float value = 0;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+const char* stored_descr(RowDtype dtype) {
+  switch (dtype) {
+    case RowDtype::kFp16:
+      return "<f2";
+    case RowDtype::kInt8:
+      return "|u1";
+    default:
+      return "<f4";
+  }
+}
+
+}  // namespace
+
+RowDtype row_dtype_from_name(const std::string& name) {
+  if (name == "fp32") return RowDtype::kFp32;
+  if (name == "fp16") return RowDtype::kFp16;
+  if (name == "int8") return RowDtype::kInt8;
+  throw Error(TRITONSERVER_ERROR_INVALID_ARG, "row_dtype must be fp32, fp16 or int8, got '" + name + "'");
+}
+
+GroupRows::GroupRows(const std::string& version_dir, const std::vector<GroupMemberFiles>& members,
+                     const std::vector<GroupSlotColumns>& slots, RowDtype dtype, size_t input_width)
+    : dtype_(dtype), input_width_(input_width) {
+  std::vector<std::string> member_tables;
+  for (const auto& member : members) {
+    rows_.emplace_back(version_dir + "/" + member.rows_file, stored_descr(dtype));
+    if (dtype == RowDtype::kInt8) {
+      scales_.emplace_back(version_dir + "/" + member.scales_file, "<f4");
+      if (scales_.back().columns() != 2 || scales_.back().rows() != rows_.back().rows()) {
+        throw Error(TRITONSERVER_ERROR_INVALID_ARG, member.scales_file + ": expected [" +
+                                                        std::to_string(rows_.back().rows()) + ", 2] (scale, offset)");
+      }
+    }
+    member_tables.push_back(member.table);
+    const size_t width = rows_.back().columns();
+    auto stack = std::find_if(stacks_.begin(), stacks_.end(), [&](const Stack& s) { return s.width == width; });
+    if (stack == stacks_.end()) {
+      stacks_.push_back(Stack{width, {}, {0}, {}});
+      stack = stacks_.end() - 1;
+    }
+    stack->members.push_back(rows_.size() - 1);
+    stack->first_rows.push_back(stack->first_rows.back() + rows_.back().rows());
+  }
+  for (const auto& slot : slots) {
+    const auto member = std::find(member_tables.begin(), member_tables.end(), slot.table);
+    if (member == member_tables.end()) {
+      throw Error(TRITONSERVER_ERROR_INVALID_ARG, "slot of table '" + slot.table + "' has no member shard");
+    }
+    if (slot.first > slot.last || slot.last > input_width) {
+      throw Error(TRITONSERVER_ERROR_INVALID_ARG, "slot of table '" + slot.table + "': columns [" +
+                                                      std::to_string(slot.first) + ", " + std::to_string(slot.last) +
+                                                      ") outside the input's " + std::to_string(input_width));
+    }
+    const size_t width = rows_[static_cast<size_t>(member - member_tables.begin())].columns();
+    const size_t stack =
+        std::find_if(stacks_.begin(), stacks_.end(), [&](const Stack& s) { return s.width == width; }) - stacks_.begin();
+    for (size_t column = slot.first; column < slot.last; ++column) stacks_[stack].columns.push_back(column);
+    slots_.push_back(Slot{stack, slot.first, slot.last, output_width_});
+    output_width_ += width;
+  }
+}
+
+void GroupRows::touch() const {
+  for (const auto& matrix : rows_) matrix.touch();
+  for (const auto& matrix : scales_) matrix.touch();
+}
+
+std::string GroupRows::invalid_id(const int32_t* ids, size_t batch) const {
+  for (const auto& stack : stacks_) {
+    const int64_t rows = static_cast<int64_t>(stack.first_rows.back());
+    for (size_t sample = 0; sample < batch; ++sample) {
+      for (const size_t column : stack.columns) {
+        const int64_t id = ids[sample * input_width_ + column];
+        if (id < -1 || id >= rows) {
+          return "row id " + std::to_string(id) + " is outside the " + std::to_string(rows) +
+                 " rows this step holds (valid: -1 to " + std::to_string(rows - 1) + ")";
+        }
+      }
+    }
+  }
+  return "";
+}
+
+void GroupRows::add_row(const Stack& stack, size_t row, float weight, float* accumulator) const {
+  // The member holding stacked row `row`: the last whose first row is not past it.
+  const size_t index =
+      static_cast<size_t>(std::upper_bound(stack.first_rows.begin(), stack.first_rows.end(), row) -
+                          stack.first_rows.begin()) - 1;
+  const size_t member = stack.members[index];
+  const size_t local = row - stack.first_rows[index];
+  const uint8_t* values = rows_[member].row(local);
+  if (dtype_ == RowDtype::kFp32) {
+    const float* row_values = reinterpret_cast<const float*>(values);
+    for (size_t d = 0; d < stack.width; ++d) accumulator[d] += weight * row_values[d];
+  } else if (dtype_ == RowDtype::kFp16) {
+    const uint16_t* halves = reinterpret_cast<const uint16_t*>(values);
+    for (size_t d = 0; d < stack.width; ++d) accumulator[d] += weight * half_to_float(halves[d]);
+  } else {
+    const float* pair = reinterpret_cast<const float*>(scales_[member].row(local));
+    for (size_t d = 0; d < stack.width; ++d) {
+      accumulator[d] += weight * (static_cast<float>(values[d]) * pair[0] + pair[1]);
+    }
+  }
+}
+
+void GroupRows::pool(const int32_t* ids, const float* weights, size_t batch, float* out) const {
+  std::fill(out, out + batch * output_width_, 0.0f);
+  for (size_t sample = 0; sample < batch; ++sample) {
+    for (const auto& slot : slots_) {
+      const Stack& stack = stacks_[slot.stack];
+      float* accumulator = out + sample * output_width_ + slot.output_offset;
+      for (size_t column = slot.first; column < slot.last; ++column) {
+        const int32_t id = ids[sample * input_width_ + column];
+        if (id < 0) continue;  // -1: the padding row, zeros
+        const float weight = weights == nullptr ? 1.0f : weights[sample * input_width_ + column];
+        add_row(stack, static_cast<size_t>(id), weight, accumulator);
+      }
+    }
+  }
+}
+
+}  // namespace recgen

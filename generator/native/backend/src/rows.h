@@ -1,0 +1,74 @@
+// A shard group's rows and their pooling: the member shards' rows files, mapped once per model, stacked per row
+// width in member order (each stack ends in a zero padding row that -1 ids gather), and every slot's pool of its
+// block of packed-id columns. The native twin of recgen_pooling.py, whose numpy kernels are the reference.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "npy.h"
+
+namespace recgen {
+
+enum class RowDtype { kFp32, kFp16, kInt8 };
+
+// "fp32", "fp16" or "int8" (int8 row-wise: uint8 codes and an FP32 (scale, offset) per row); Error otherwise.
+RowDtype row_dtype_from_name(const std::string& name);
+
+struct GroupMemberFiles {
+  std::string table;
+  std::string rows_file;    // relative to the model's version directory
+  std::string scales_file;  // int8 only
+};
+
+struct GroupSlotColumns {
+  std::string table;
+  size_t first = 0;  // [first, last) packed-id columns
+  size_t last = 0;
+};
+
+class GroupRows {
+ public:
+  // Maps every member's files from `version_dir`; Error naming the file or slot that does not fit.
+  GroupRows(const std::string& version_dir, const std::vector<GroupMemberFiles>& members,
+            const std::vector<GroupSlotColumns>& slots, RowDtype dtype, size_t input_width);
+
+  // Columns of the pooled output: per slot, its table's row width.
+  size_t output_width() const { return output_width_; }
+  // Reads every page of the rows once, so that no request pays for a first read.
+  void touch() const;
+  // The first id, in the reference's order, that is not -1 nor a row of its stack: "row id X is outside ...";
+  // empty when every id is valid.
+  std::string invalid_id(const int32_t* ids, size_t batch) const;
+  // Pools [batch, input_width] row ids (and their weights, or null) into out [batch, output_width]; the ids must
+  // have passed invalid_id.
+  void pool(const int32_t* ids, const float* weights, size_t batch, float* out) const;
+
+ private:
+  struct Stack {
+    size_t width = 0;
+    std::vector<size_t> members;     // indexes into rows_ (and scales_), in member order
+    std::vector<size_t> first_rows;  // each member's first stacked row, then the total
+    std::vector<size_t> columns;     // the input columns of this stack's slots, in slot order
+  };
+  struct Slot {
+    size_t stack = 0;
+    size_t first = 0;
+    size_t last = 0;
+    size_t output_offset = 0;
+  };
+  // Adds weight x row `row` of `stack` (a stacked row id, not the padding row) to `accumulator`.
+  void add_row(const Stack& stack, size_t row, float weight, float* accumulator) const;
+
+  RowDtype dtype_;
+  size_t input_width_;
+  size_t output_width_ = 0;
+  std::vector<NpyMatrix> rows_;
+  std::vector<NpyMatrix> scales_;
+  std::vector<Stack> stacks_;
+  std::vector<Slot> slots_;
+};
+
+}  // namespace recgen
