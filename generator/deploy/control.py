@@ -39,6 +39,8 @@ from generator.triton_models import recgen_runtime
 #: Seconds a session may say nothing between two commands (the client pings every PING_S while it works).
 SESSION_IDLE_S = 20.0
 PING_S = 5.0
+#: How long a new session waits for the one that runs to end before it is refused (seconds).
+HANDOFF_S = 5.0
 #: Seconds the client waits for an answer (loading a generation's models may take minutes).
 ANSWER_TIMEOUT_S = 600.0
 #: Seconds closing the server waits for a session to undo what it prepared.
@@ -99,6 +101,7 @@ class ControlServer:
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
         self._sessions: queue.Queue[socket.socket | None] = queue.Queue()
         self._busy = False
         # One worker runs every session for serve's whole life: servers a session starts get PR_SET_PDEATHSIG,
@@ -138,17 +141,28 @@ class ControlServer:
                 connection, _ = listener.accept()
             except OSError:
                 return  # closed
-            with self._lock:
-                busy, self._busy = self._busy, True
-                if not busy:
-                    self._connection = connection
-                    self._sessions.put(connection)
-            if busy:
-                threading.Thread(target=self._refuse, args=(connection,), daemon=True).start()
+            if not self._admit(connection, wait_s=0.0):
+                threading.Thread(target=self._admit_or_refuse, args=(connection,), daemon=True).start()
 
-    @staticmethod
-    def _refuse(connection: socket.socket) -> None:
-        """Answer the first command of a second session with a refusal (one session at a time)."""
+    def _admit(self, connection: socket.socket, wait_s: float) -> bool:
+        """Make `connection` the session if none runs, waiting up to `wait_s` for the running one to end."""
+        with self._freed:
+            if self._busy:
+                self._freed.wait_for(lambda: not self._busy, timeout=wait_s)
+            if self._busy:
+                return False
+            self._busy, self._connection = True, connection
+            self._sessions.put(connection)
+            return True
+
+    def _admit_or_refuse(self, connection: socket.socket) -> None:
+        """A session that comes while another runs: admitted if that one ends within HANDOFF_S, refused otherwise.
+
+        `recgen update` reads the running settings in one session and updates in the next: the first may still be
+        ending on serve's side when the second connects. Two updates at once are still refused.
+        """
+        if self._admit(connection, wait_s=HANDOFF_S):
+            return
         with connection, contextlib.suppress(OSError):
             connection.settimeout(SESSION_IDLE_S)
             stream = connection.makefile("rw", encoding="utf-8")
@@ -161,9 +175,10 @@ class ControlServer:
             try:
                 self._session(connection)
             finally:
-                with self._lock:
+                with self._freed:
                     self._connection, self._changing, self._busy = None, frozenset(), False
                     self.sessions_done += 1
+                    self._freed.notify_all()
                 self._changed.set()
 
     def changing(self) -> frozenset[str]:

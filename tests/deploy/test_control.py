@@ -191,6 +191,16 @@ def test_a_second_update_is_refused_and_the_changing_models_are_named(
     assert server.changing() == frozenset()
 
 
+def test_a_session_right_after_another_closed_is_admitted(runtime: Path) -> None:
+    """`recgen update` reads the settings in one session and updates in the next, back to back."""
+    deployment = RecordingDeployment()
+    with _serving(deployment, sessions=20):
+        for _ in range(20):
+            with control.ControlClient(control.socket_path(18000), lambda _: None) as channel:
+                assert channel.request("describe")["deployment"]["generation"] == 1
+    assert deployment.calls == ["describe"] * 20
+
+
 def test_closing_the_server_ends_a_session_at_once_and_removes_what_it_prepared(
     runtime: Path, pending: PendingGeneration
 ) -> None:
