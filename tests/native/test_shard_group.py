@@ -33,10 +33,10 @@ from tests.model import zoo
 def _cases() -> dict[str, tuple[Any, Any]]:
     """name -> (model, plan): each row dtype, three row widths in one group (mean pooling, a padding id), weights."""
     tiny = tiny_model()
-    cases: dict[str, tuple[Any, Any]] = {}
-    for dtype in ("fp32", "fp16", "int8"):
-        rows = dict.fromkeys([t.name for t in tiny.tables], dtype)
-        cases[dtype] = (tiny, uniform_plan(tiny, name=dtype, lookup_step="separate", row_dtypes=rows))
+    dtypes = dict(zip([t.name for t in tiny.tables], ["fp32", "fp16", "int8"], strict=True))
+    cases: dict[str, tuple[Any, Any]] = {
+        "dtypes": (tiny, uniform_plan(tiny, name="dtypes", lookup_step="separate", row_dtypes=dtypes)),
+    }
     widths = import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"tag_ids": 3, "*": 4})
     cases["widths"] = (widths, uniform_plan(widths, name="widths", lookup_step="separate", shards_per_table=2))
     module = zoo.TwoTower(weighted=True).eval()
@@ -46,7 +46,12 @@ def _cases() -> dict[str, tuple[Any, Any]]:
 
 
 def _groups(repository: Path) -> list[Path]:
-    return sorted(path.parent for path in repository.glob(f"*/{naming.CONFIG_FILE}") if "_shards_" in path.parent.name)
+    """The shard-group models of a repository: those with the group's typed parameter."""
+    return sorted(
+        path.parent
+        for path in repository.glob(f"*/{naming.CONFIG_FILE}")
+        if params.ShardGroupParams.PARAMETER in validation.parse_strict(path.read_text()).parameters
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +102,14 @@ def _reference(group: Path) -> tuple[params.ShardGroupParams, pooling.GroupRows]
 
 
 @requires_server
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_native_pools_equal_the_numpy_reference(
     served: Any, data: st.DataObject, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, root, server = served
     monkeypatch.setattr(compiled, "ENGINE", "numpy")  # the reference
-    name = data.draw(st.sampled_from(["fp32", "fp16", "int8", "widths", "weighted"]))
+    name = data.draw(st.sampled_from(["dtypes", "widths", "weighted"]))
     group = data.draw(st.sampled_from(_groups(root / f"{name}_models")))
     layout, rows = _reference(group)
     width = rows.slot_columns[-1][1]
@@ -135,7 +140,7 @@ def test_native_pools_equal_the_numpy_reference(
 @requires_server
 def test_an_id_outside_the_rows_fails_its_request_alone_with_the_reference_message(served: Any) -> None:
     _, root, server = served
-    group = _groups(root / "int8_models")[0]
+    group = _groups(root / "dtypes_models")[-1]
     layout, rows = _reference(group)
     width = rows.slot_columns[-1][1]
     held = rows.stacks[0].shape[0] - 1
