@@ -313,8 +313,8 @@ class TritonServer:
                 )
             time.sleep(0.1)
 
-    def stop(self) -> int | None:
-        """SIGINT, wait up to STOP_GRACE_S, then SIGKILL; returns the exit code."""
+    def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
+        """SIGINT, wait up to `grace_s`, then SIGKILL; returns the exit code."""
         process, self.process = self.process, None
         if process is None:
             return None
@@ -322,15 +322,15 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=STOP_GRACE_S)
+                process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
         return process.returncode
 
-    def close(self) -> None:
+    def close(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the server and remove the log if we created it."""
-        self.stop()
+        self.stop(grace_s)
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
 
@@ -343,11 +343,13 @@ def running_server(
     timeout_s: float = DEFAULT_READY_TIMEOUT_S,
     log_path: Path | None = None,
     environment: Mapping[str, str] | None = None,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> Iterator[TritonServer]:
     """Start a server on free loopback ports, wait until `models` are ready, always stop it.
 
     Without `log_path` the log goes to a temporary file, removed after a clean run and kept when the server failed
-    to come up (the raised error quotes it). `environment` adds variables for the server and its stubs.
+    to come up (the raised error quotes it). `environment` adds variables for the server and its stubs;
+    `stop_grace_s` is how long the stop waits after SIGINT before SIGKILL.
     """
     config = ServerConfig(tuple(Path(path) for path in repositories), environment=tuple((environment or {}).items()))
     server = TritonServer(config, log_path=log_path)
@@ -360,4 +362,4 @@ def running_server(
     try:
         yield server
     finally:
-        server.close()
+        server.close(stop_grace_s)

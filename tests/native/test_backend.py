@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ import tritonclient.http as http_client
 
 from generator import native
 from generator.deploy import server as serve
-from generator.errors import NativeUnavailableError
 from tests.conftest import SERVER_READY_TIMEOUT_S, requires_server
+from tests.native.conftest import SANITIZE, STOP_GRACE_S
 
 #: Every data type the backend maps (triton_api.h), as the config spells it and as the client reports it.
 DATA_TYPES = {
@@ -43,17 +44,16 @@ parameters {{ key: "recgen_native_step" value {{ string_value: "floor" }} }}
 
 
 @pytest.fixture(scope="module")
-def floor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serve.TritonServer]:
-    try:
-        library = native.build()
-    except NativeUnavailableError as error:
-        pytest.fail(str(error))
+def floor_server(tmp_path_factory: pytest.TempPathFactory, native_library: Path) -> Iterator[serve.TritonServer]:
     repository = tmp_path_factory.mktemp("native") / "models"
     for name, max_batch_size, instances in (("batched", 64, 2), ("unbatched", 0, 1)):
         (repository / name / "1").mkdir(parents=True)
         (repository / name / "config.pbtxt").write_text(_floor_config(name, max_batch_size, instances))
-        shutil.copy(library, repository / name / native.LIBRARY_NAME)
-    with serve.running_server([repository], models=["batched", "unbatched"], timeout_s=SERVER_READY_TIMEOUT_S) as s:
+        shutil.copy(native_library, repository / name / native.LIBRARY_NAME)
+    models = ["batched", "unbatched"]
+    with serve.running_server(
+        [repository], models=models, timeout_s=SERVER_READY_TIMEOUT_S, stop_grace_s=STOP_GRACE_S
+    ) as s:
         yield s
 
 
@@ -110,3 +110,10 @@ def test_statistics_reach_triton_and_the_log_says_which_step_loaded(floor_server
     client.close()
     logged = [line for line in floor_server.logs().splitlines() if "recgen native step 'floor'" in line]
     assert {line[0] for line in logged} == {"I"} and len(logged) == 2  # INFO, once per model
+
+
+@requires_server
+def test_the_sanitized_build_runs_under_the_sanitizers_runtime(floor_server: serve.TritonServer) -> None:
+    """With RECGEN_NATIVE_SANITIZE=1 (CI) the server maps ASan's runtime and the sanitized library; else neither."""
+    maps = Path(f"/proc/{floor_server.pid}/maps").read_text()
+    assert ("libasan" in maps) == SANITIZE and (native.LIBRARY_NAME in maps)

@@ -17,7 +17,6 @@ from tritonclient.utils import InferenceServerException
 from generator import naming, native
 from generator.check import client
 from generator.deploy import server as serve
-from generator.errors import NativeUnavailableError
 from generator.model.imported import import_module
 from generator.planning import precision
 from generator.planning.plan import uniform_plan
@@ -28,6 +27,7 @@ from generator.triton_models import recgen_params as params
 from generator.triton_models import recgen_pooling as pooling
 from tests.conftest import SERVER_READY_TIMEOUT_S, requires_server, tiny_model
 from tests.model import zoo
+from tests.native.conftest import STOP_GRACE_S
 
 
 def _cases() -> dict[str, tuple[Any, Any]]:
@@ -55,23 +55,23 @@ def _groups(repository: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    try:
-        library = native.build()
-    except NativeUnavailableError as error:
-        pytest.fail(str(error))
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, native_library: Path
+) -> Iterator[Any]:
     root = tmp_path_factory.mktemp("native_groups")
     cases = _cases()
     repositories: list[Path] = []
     for name, (model, plan) in cases.items():
         result = build(model, plan, root / f"{name}_models", root / f"{name}_ens")
         for group in _groups(result.repositories[0]):
-            native_models.use_native_step(group, "shard_group", library)
+            native_models.use_native_step(group, "shard_group", native_library)
         repositories += result.repositories
     log = root / "tritonserver.log"
     failed_before = request.session.testsfailed
     try:
-        with serve.running_server(repositories, timeout_s=SERVER_READY_TIMEOUT_S, log_path=log) as server:
+        with serve.running_server(
+            repositories, timeout_s=SERVER_READY_TIMEOUT_S, log_path=log, stop_grace_s=STOP_GRACE_S
+        ) as server:
             yield cases, root, server
     finally:
         if request.session.testsfailed > failed_before and log.exists():

@@ -7,7 +7,8 @@
 
 #include <cerrno>
 #include <cstring>
-#include <regex>
+#include <cstdint>
+#include <vector>
 
 #include "status.h"
 
@@ -16,6 +17,50 @@ namespace {
 
 [[noreturn]] void unreadable(const std::string& path, const std::string& why) {
   throw Error(TRITONSERVER_ERROR_INVALID_ARG, path + ": " + why);
+}
+
+// The text of `key`'s value in a .npy header dict ({'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }):
+// up to the next top-level comma or the closing brace; empty when the key is absent.
+std::string header_value(const std::string& header, const std::string& key) {
+  const size_t at = header.find("'" + key + "':");
+  if (at == std::string::npos) return "";
+  size_t begin = at + key.size() + 3;
+  while (begin < header.size() && header[begin] == ' ') ++begin;
+  size_t end = begin;
+  int depth = 0;
+  while (end < header.size()) {
+    const char c = header[end];
+    if (c == '(') ++depth;
+    if (c == ')') --depth;
+    if (depth == 0 && (c == ',' || c == '}')) break;
+    ++end;
+  }
+  return header.substr(begin, end - begin);
+}
+
+// "(3, 4)" -> {3, 4}; empty when it is not a tuple of non-negative integers.
+std::vector<size_t> shape_of(const std::string& text) {
+  std::vector<size_t> dims;
+  if (text.size() < 2 || text.front() != '(' || text.back() != ')') return dims;
+  size_t value = 0;
+  bool digits = false;
+  for (size_t i = 1; i + 1 < text.size(); ++i) {
+    const char c = text[i];
+    if (c >= '0' && c <= '9') {
+      if (value > (SIZE_MAX - 9) / 10) return {};
+      value = value * 10 + static_cast<size_t>(c - '0');
+      digits = true;
+    } else if (c == ',') {
+      if (!digits) return {};
+      dims.push_back(value);
+      value = 0;
+      digits = false;
+    } else if (c != ' ') {
+      return {};
+    }
+  }
+  if (digits) dims.push_back(value);
+  return dims;
 }
 
 size_t element_size(const std::string& descr) {
@@ -77,16 +122,15 @@ NpyMatrix::NpyMatrix(const std::string& path, const std::string& descr) : file_(
   }
   if (prefix + header_bytes > file_.size()) unreadable(path, "truncated header");
   const std::string header(reinterpret_cast<const char*>(file_.data()) + prefix, header_bytes);
-  std::smatch found;
-  if (!std::regex_search(header, found, std::regex("'descr':\\s*'([^']*)'")) || found[1] != descr) {
+  const std::string found_descr = header_value(header, "descr");
+  if (found_descr != "'" + descr + "'") {
     unreadable(path, "expected values of type '" + descr + "' (" + header.substr(0, 80) + ")");
   }
-  if (!std::regex_search(header, std::regex("'fortran_order':\\s*False"))) unreadable(path, "not in C order");
-  if (!std::regex_search(header, found, std::regex("'shape':\\s*\\(\\s*(\\d+)\\s*,\\s*(\\d+)\\s*\\)"))) {
-    unreadable(path, "expected a 2-D array (" + header.substr(0, 80) + ")");
-  }
-  rows_ = std::stoull(found[1]);
-  columns_ = std::stoull(found[2]);
+  if (header_value(header, "fortran_order") != "False") unreadable(path, "not in C order");
+  const std::vector<size_t> shape = shape_of(header_value(header, "shape"));
+  if (shape.size() != 2) unreadable(path, "expected a 2-D array (" + header.substr(0, 80) + ")");
+  rows_ = shape[0];
+  columns_ = shape[1];
   row_bytes_ = columns_ * element_size(descr);
   values_ = file_.data() + prefix + header_bytes;
   const size_t available = file_.size() - prefix - header_bytes;
