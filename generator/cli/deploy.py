@@ -13,7 +13,7 @@ from generator.deploy import local, supervisor
 from generator.deploy import server as servers
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import Device, GroupBy, LookupStep, Shedding
+from generator.planning.plan import Device, GroupBy, LookupEngine, LookupStep, Shedding
 from generator.repository import build as builds
 from generator.repository import settings
 from generator.repository.configs import Backend, Target
@@ -206,6 +206,7 @@ def k8s(
 @options.no_access_counts
 @options.group_by
 @options.lookup_step
+@options.lookup_engine
 @options.row_dtype
 @click.option(
     "--no-verify",
@@ -234,6 +235,7 @@ def update(
     no_access_counts: bool,
     group_by: GroupBy | None,
     lookup_step: LookupStep | None,
+    lookup_engine: LookupEngine | None,
     row_dtypes: tuple[str, ...],
     no_verify: bool,
 ) -> None:
@@ -248,12 +250,12 @@ def update(
     uniform = settings.UniformOptions(name, shards_per_table, device, instances, max_batch_size,
                                       group_by or "placement", latency_slo_ms)  # fmt: skip
     deployment = settings.DeploymentOptions(not allow_non_finite, not no_access_counts, shedding, lookup_step,
-                                            backend, target)  # fmt: skip
+                                            lookup_engine, backend, target)  # fmt: skip
     given = options.given(context, *settings.ALL_OPTIONS)
     settings.check_plan_flags(plan_path, given, distributed=False)  # before asking serve what it runs
     resolved = settings.resolve_plan(model, plan_path, uniform, deployment, given, distributed=False,
                                      row_dtypes=row_dtypes, running=updates.running_settings(http_port))  # fmt: skip
-    leaves = builds.check_options(resolved.backend, resolved.target)
+    leaves = builds.check_options(resolved.backend, resolved.target, resolved.plan.lookup_engine)
     report = updates.update(
         model, resolved.plan, http_port=http_port, leaves=leaves, verify_first=not no_verify, echo=click.echo
     )

@@ -14,7 +14,7 @@ from click.core import ParameterSource
 from generator.check.client import PROTOCOLS
 from generator.errors import RecgenError
 from generator.planning import queueing
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, DEVICES, GROUP_BY, LOOKUP_STEPS
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, DEVICES, GROUP_BY, LOOKUP_ENGINES, LOOKUP_STEPS
 from generator.repository.configs import BACKENDS, TARGETS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -216,6 +216,13 @@ lookup_step = click.option(
     help="fused: the router pools the shard groups on its device in its own step (a two-step ensemble); "
     "separate: every shard group is its own step [default: the plan's, else separate]. The distributed layout "
     "always keeps the groups apart.",
+)
+lookup_engine = click.option(
+    "--lookup-engine",
+    type=click.Choice(LOOKUP_ENGINES),
+    default=None,
+    help="What serves the shard groups: python (the Python-backend models) or native (recgen's C++ Triton backend, "
+    "built by the set-up commands; CPU placements; docs/native.md) [default: the plan's, else python].",
 )
 max_batch_size = click.option(
     "--max-batch-size",

@@ -10,7 +10,7 @@ from generator.cli import options
 from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
-from generator.planning.plan import Device, GroupBy, LookupStep, Shedding
+from generator.planning.plan import Device, GroupBy, LookupEngine, LookupStep, Shedding
 from generator.repository import build as builds
 from generator.repository import settings
 from generator.repository.configs import Backend, Target
@@ -34,6 +34,7 @@ from generator.repository.params import RemoteCallPolicy
 @options.shedding
 @options.group_by
 @options.lookup_step
+@options.lookup_engine
 @options.row_dtype
 @options.force
 @click.option(
@@ -88,6 +89,7 @@ def build(
     shedding: Shedding | None,
     group_by: GroupBy | None,
     lookup_step: LookupStep | None,
+    lookup_engine: LookupEngine | None,
     row_dtypes: tuple[str, ...],
     force: bool,
     layout: builds.Layout,
@@ -103,7 +105,7 @@ def build(
     uniform = settings.UniformOptions(name, shards_per_table, device, instances, max_batch_size,
                                       group_by or "placement", latency_slo_ms)  # fmt: skip
     deployment = settings.DeploymentOptions(not allow_non_finite, not no_access_counts, shedding, lookup_step,
-                                            backend, target)  # fmt: skip
+                                            lookup_engine, backend, target)  # fmt: skip
     given = options.given(context, *settings.ALL_OPTIONS)
     the_plan = settings.resolve_plan(model, plan_path, uniform, deployment, given, distributed=distributed,
                                      row_dtypes=row_dtypes).plan  # fmt: skip
@@ -118,15 +120,6 @@ def build(
         raise UserInputError("--ensembles is for --layout single; the distributed front holds its ensemble")
     policy = RemoteCallPolicy(deadline_s=remote_deadline_s, max_attempts=remote_attempts)
     out = repository if options.given(context, "repository") else Path("distributed")
-    result = build_distributed(
-        model,
-        the_plan,
-        out,
-        backend=backend,
-        target=target,
-        policy=policy,
-        group_by=group_by,
-        force=force,
-        inputs=inputs,
-    )
+    result = build_distributed(model, the_plan, out, backend=backend, target=target, policy=policy,
+                               group_by=group_by, force=force, inputs=inputs)  # fmt: skip
     click.echo(str(result))

@@ -103,7 +103,7 @@ def build_distributed(
     `group_by="placement"` serves shards with the same placement together (fewer services and hops).
     `inputs`: the files the build was made from (model, plan), never allowed inside the output.
     """
-    leaves = check_options(backend, target)
+    leaves = check_options(backend, target, plan.lookup_engine)
     plan.check_matches(model)
     plan = dataclasses.replace(plan, group_by=group_by or "shard", lookup_step="separate")  # groups scale apart
     topology = Topology.from_plan(plan, group_by=plan.group_by, policy=policy)

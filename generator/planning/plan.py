@@ -1,16 +1,14 @@
 """The plan: how every table is cut into row-range shards, and how many instances each model gets where.
 
-A plan is a plain value that is printed and checked before anything heavy runs. Shard boundaries and instance
-counts are arbitrary per-shard lists; `uniform_plan` makes the simple even split, the planner makes skewed ones.
-Rows are addressed by *hotness rank*: `TablePlan.row_order[rank]` is the original row id stored at that rank
-(identity when `row_order` is None), so a hotness permutation changes data, not code.
+A plain value, printed and checked before anything heavy runs (its closed sets of choices: `choices`). Boundaries
+and instance counts are per-shard lists: `uniform_plan` splits evenly, the planner by hotness. Rows are addressed by
+*hotness rank* (`TablePlan.row_order[rank]` is the original id there), so a permutation changes data, not code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
@@ -20,23 +18,23 @@ from generator.model.dlrm import DLRM, TableSpec
 from generator.model.features import FeatureSpec
 from generator.model.imported import ImportedModel
 from generator.planning import queueing
+from generator.planning.choices import (
+    DEVICES,
+    GROUP_BY,
+    LOOKUP_ENGINES,
+    LOOKUP_STEPS,
+    Device,
+    GroupBy,
+    LookupEngine,
+    LookupStep,
+    check_choice,
+)
 from generator.planning.queueing import Shedding
 from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype, bytes_per_row
 
 #: A model recgen builds: its own DLRM (numpy fast path) or an imported one (a program cut at its lookups).
 Model = DLRM | ImportedModel
 
-Device = Literal["cpu", "gpu"]
-DEVICES: tuple[Device, ...] = ("cpu", "gpu")
-#: How shards become Triton models: all shards with the same placement in one model (fewer ensemble steps, each
-#: group still scaled on its own), or one model per shard.
-GroupBy = Literal["placement", "shard"]
-GROUP_BY: tuple[GroupBy, ...] = ("placement", "shard")
-#: Where the lookups of the shard groups placed like the router run: in the router's own step ("fused": routing and
-#: pooling in one step, a two-step ensemble, one process per request fewer) or each group in its own step
-#: ("separate": every group scaled on its own; what the distributed layout and GPU placements need).
-LookupStep = Literal["fused", "separate"]
-LOOKUP_STEPS: tuple[LookupStep, ...] = ("fused", "separate")
 #: Largest batch (candidates per request) a generated model accepts unless told otherwise.
 DEFAULT_MAX_BATCH_SIZE = 1024
 
@@ -197,6 +195,7 @@ class Plan:
     #: The router rejects a NaN or infinite dense feature or weight (False: pass them on, as PyTorch would).
     check_finite: bool = True
     lookup_step: LookupStep = "separate"
+    lookup_engine: LookupEngine = "python"
     #: The routers count every id they route per table and row (`recgen profile --from-server` reads them).
     count_accesses: bool = True
     #: The deployment's generation it builds (`naming.leaf_stem`): 1 for `recgen build`, +1 per `recgen update`.
@@ -216,15 +215,17 @@ class Plan:
             )
         if not 1 <= self.max_batch_size <= 1 << 20:
             raise UserInputError(f"`max_batch_size` must be in 1..{1 << 20}, got {self.max_batch_size}")
-        if self.group_by not in GROUP_BY:
-            raise UserInputError(f"`group_by` must be one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
+        check_choice("group_by", self.group_by, GROUP_BY)
         if not naming.FIRST_GENERATION <= self.generation <= naming.MAX_GENERATION:
             raise UserInputError(
                 f"`generation` must be in {naming.FIRST_GENERATION}..{naming.MAX_GENERATION}, got {self.generation}"
             )
         queueing.check_shedding(self.shedding)
-        if self.lookup_step not in LOOKUP_STEPS:
-            raise UserInputError(f"`lookup_step` must be one of {', '.join(LOOKUP_STEPS)}, got {self.lookup_step!r}")
+        check_choice("lookup_step", self.lookup_step, LOOKUP_STEPS)
+        check_choice("lookup_engine", self.lookup_engine, LOOKUP_ENGINES)
+        gpu = sorted({s.table for t in self.tables for s in t.shards if s.placement.device == "gpu"})
+        if self.lookup_engine == "native" and gpu:
+            raise PlanError(f"`lookup_engine` native serves shard groups on the CPU; {', '.join(gpu)} have GPU shards")
 
     @property
     def leaf_stem(self) -> str:
@@ -332,8 +333,7 @@ class Plan:
 def _check_placement(instance_count: int, device: str, what: str) -> None:
     if not isinstance(instance_count, int) or not 1 <= instance_count <= 256:
         raise UserInputError(f"{what} `instance_count` must be an integer in 1..256, got {instance_count!r}")
-    if device not in DEVICES:
-        raise UserInputError(f"{what} `device` must be one of {', '.join(DEVICES)}, got {device!r}")
+    check_choice("device", device, DEVICES, f"{what} ")
 
 
 def table_plan(

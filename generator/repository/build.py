@@ -15,7 +15,7 @@ from typing import Literal
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from generator import naming, triton_runtime
+from generator import naming, native, triton_runtime
 from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
@@ -121,12 +121,23 @@ class BuildResult:
         return "\n".join(lines)
 
 
-def check_options(backend: str, target: str) -> LeafOptions:
-    """The leaf options, or a UserInputError naming the allowed values."""
+def check_options(backend: str, target: str, lookup_engine: str = "python") -> LeafOptions:
+    """The leaf options, or a UserInputError naming the allowed values.
+
+    The native lookup engine needs the native backend built here (NativeUnavailableError says why not and what to
+    install), and serves the embedded target only: the NGC image of the container target does not carry it yet.
+    """
     if backend not in BACKENDS:
         raise UserInputError(f"`backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if target not in TARGETS:
         raise UserInputError(f"`target` must be one of {', '.join(TARGETS)}, got {target!r}")
+    if lookup_engine == "native":
+        if target == "container":
+            raise UserInputError(
+                "`--lookup-engine native` builds for the embedded server only (the NGC image does not carry "
+                "libtriton_recgen.so yet): use `--target embedded` or `--lookup-engine python`"
+            )
+        native.library()
     return LeafOptions(backend, target)
 
 
@@ -286,7 +297,7 @@ def build(
 
     `inputs`: the files the build was made from (model, plan), never allowed inside an output.
     """
-    leaves = check_options(backend, target)
+    leaves = check_options(backend, target, plan.lookup_engine)
     plan.check_matches(model)
     repository, ensembles = Path(repository), Path(ensembles)
     _check_outputs(repository, ensembles, force, inputs)

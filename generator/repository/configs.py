@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from generator import naming
+from generator import naming, native
 from generator.model.imported import ImportedModel
 from generator.planning import queueing
 from generator.planning.plan import Model, Placement, Plan, ShardGroup
@@ -33,6 +33,9 @@ ORT_THREADS_PER_INSTANCE = 1
 #: Dynamic-batching delay of leaf models. Measured (bench/serving.py, batch 256, 8 clients, 2 cores): waiting
 #: 500-2000 us or letting leaves take 8x the ensemble's batch only lowered throughput, so batch what is queued.
 QUEUE_DELAY_US = 0
+
+#: The parameter of a native model's config that names the step it serves (generator/native).
+NATIVE_STEP_PARAMETER = "recgen_native_step"
 
 #: The version every leaf model is served as (a generation gets new names, not new versions; see `naming.leaf_stem`).
 LEAF_VERSION = int(naming.MODEL_VERSION)
@@ -203,15 +206,21 @@ def shard_group_config(
 ) -> mc.ModelConfig:
     """Shard group: packed row ids of its tables in; per table it holds, the pool over all its shards out.
 
-    `placement` replaces the group's own (the distributed layout runs one instance per replica server).
+    `placement` replaces the group's own (the distributed layout runs one instance per replica server). With the
+    native lookup engine the same typed parameter goes to recgen's backend, with the step it serves.
     """
+    spec = params.shard_group(plan, group)
+    backend, parameters = leaves.triton_backend, leaves.parameters(spec)
+    if plan.lookup_engine == "native":
+        backend = native.BACKEND_NAME
+        parameters = {spec.PARAMETER: spec.to_json(), NATIVE_STEP_PARAMETER: "shard_group"}
     return _serving_config(
         layout.shard_group_model_name(plan, group),
-        leaves.triton_backend,
+        backend,
         plan.max_batch_size,
         placement or group.placement,
         layout.group_signature(plan, group),
-        leaves.parameters(params.shard_group(plan, group)),
+        parameters,
     )
 
 

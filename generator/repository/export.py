@@ -27,7 +27,7 @@ from generator.errors import ExportError
 from generator.model.dlrm import DLRM, DenseTower, pool_rows
 from generator.planning.plan import Model, Plan, ShardGroup, ShardPlan, TablePlan
 from generator.planning.precision import rounded_rank_rows, rounded_table_rows, with_rounded_rows
-from generator.repository import layout
+from generator.repository import layout, native_models
 from generator.repository.configs import LeafOptions
 from generator.repository.layout import dense_inputs, ensemble_inputs, table_parts
 from generator.triton_models import recgen_rows
@@ -289,11 +289,14 @@ def export_onnx(
 
 
 def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: LeafOptions, version_dir: Path) -> None:
-    """A shard group's rows, as one .npy per shard (python) or one model.onnx (onnx)."""
+    """A shard group's rows, as one .npy per shard (python, or the native engine) or one model.onnx (onnx)."""
     tables = {table.spec.name: table for table in plan.tables}
     stored = [stored_rows(model, tables[s.table], s) for s in group.shards]
-    if leaves.backend == "python":
-        install_python_model(SHARD_MODULE, version_dir)
+    if leaves.backend == "python" or plan.lookup_engine == "native":
+        if plan.lookup_engine == "native":  # the same rows files, read by recgen's backend
+            native_models.install_library(version_dir.parent)
+        else:
+            install_python_model(SHARD_MODULE, version_dir)
         for shard, (values, scale_offset) in zip(group.shards, stored, strict=True):
             np.save(version_dir / naming.shard_rows_file(shard.table, shard.index), values)
             if scale_offset is not None:

@@ -37,6 +37,7 @@ def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
         "max_batch_size": plan.max_batch_size,
         "group_by": plan.group_by,
         "lookup_step": plan.lookup_step,
+        "lookup_engine": plan.lookup_engine,
         "settings": settings.settings_of(plan, leaves.backend, leaves.target),
         "tables": [
             {

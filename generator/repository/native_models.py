@@ -13,11 +13,18 @@ from pathlib import Path
 
 from generator import naming, native
 from generator.repository import validation
+from generator.repository.configs import NATIVE_STEP_PARAMETER as STEP_PARAMETER
 
-#: The parameter a native model's config carries to name its step.
-STEP_PARAMETER = "recgen_native_step"
 #: The steps libtriton_recgen.so serves, each with the typed parameter it reads ("" = none).
 NATIVE_STEPS = {"floor": "", "shard_group": "shards"}
+
+
+def install_library(model_dir: Path) -> None:
+    """Put the native backend in a model's directory, where Triton looks for it first.
+
+    NativeUnavailableError (saying why and what to install) when it was not built.
+    """
+    shutil.copy(native.library(), model_dir / native.LIBRARY_NAME)
 
 
 def use_native_step(model_dir: Path, step: str, library: Path) -> None:

@@ -20,7 +20,16 @@ from typing import Any
 from generator import naming
 from generator.errors import UserInputError
 from generator.planning import precision, queueing
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, Device, GroupBy, LookupStep, Model, Plan, uniform_plan
+from generator.planning.plan import (
+    DEFAULT_MAX_BATCH_SIZE,
+    Device,
+    GroupBy,
+    LookupEngine,
+    LookupStep,
+    Model,
+    Plan,
+    uniform_plan,
+)
 from generator.planning.plan_file import load_plan
 from generator.planning.queueing import Shedding
 from generator.repository.configs import Backend, Target
@@ -47,6 +56,7 @@ class DeploymentOptions:
     count_accesses: bool = True
     shedding: Shedding | None = None  # None: the plan's
     lookup_step: LookupStep | None = None  # None: the plan's
+    lookup_engine: LookupEngine | None = None  # None: the plan's
     backend: Backend = "python"
     target: Target = "embedded"
 
@@ -54,8 +64,8 @@ class DeploymentOptions:
 #: The options a plan file decides (besides group_by, which a distributed build may still choose).
 PLAN_DECIDES = ("shards_per_table", "device", "instances", "name", "max_batch_size", "latency_slo_ms")
 #: The flags of every option above, as `options.given` names them.
-ALL_OPTIONS = (*PLAN_DECIDES, "group_by", "lookup_step", "shedding", "allow_non_finite", "no_access_counts",
-               "backend", "target")  # fmt: skip
+ALL_OPTIONS = (*PLAN_DECIDES, "group_by", "lookup_step", "lookup_engine", "shedding", "allow_non_finite",
+               "no_access_counts", "backend", "target")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,7 @@ def settings_of(plan: Plan, backend: Backend, target: Target) -> dict[str, Any]:
         "count_accesses": plan.count_accesses,
         "shedding": plan.shedding,
         "lookup_step": plan.lookup_step,
+        "lookup_engine": plan.lookup_engine,
         "backend": backend,
         "target": target,
     }
@@ -170,6 +181,7 @@ def resolve_plan(
         count_accesses=plan.count_accesses and deployment.count_accesses,
         shedding=deployment.shedding or plan.shedding,
         lookup_step=deployment.lookup_step or plan.lookup_step,
+        lookup_engine=deployment.lookup_engine or plan.lookup_engine,
     )
     return Resolved(plan, deployment.backend, deployment.target)
 

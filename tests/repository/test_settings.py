@@ -19,7 +19,7 @@ def test_a_named_flag_wins_then_the_running_deployment_then_the_default() -> Non
     model = tiny_model()
     running = RunningSettings(
         uniform={"shards_per_table": 3, "max_batch_size": 384, "latency_slo_ms": 500.0},
-        deployment={"check_finite": False, "shedding": "queue-policy", "backend": "onnx"},
+        deployment={"check_finite": False, "shedding": "queue-policy", "backend": "onnx", "lookup_engine": "native"},
     )
     resolved = settings.resolve_plan(
         model,
@@ -33,7 +33,7 @@ def test_a_named_flag_wins_then_the_running_deployment_then_the_default() -> Non
     assert resolved.plan.max_batch_size == 64  # named by the command
     assert max(len(table.shards) for table in resolved.plan.tables) == 3  # from the running build
     assert resolved.plan.latency_slo_ms == 500.0 and resolved.plan.shedding == "queue-policy"
-    assert not resolved.plan.check_finite and resolved.backend == "onnx"
+    assert not resolved.plan.check_finite and resolved.backend == "onnx" and resolved.plan.lookup_engine == "native"
     assert resolved.plan.count_accesses and resolved.target == "embedded"  # recorded by neither: the default
 
 

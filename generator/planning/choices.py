@@ -1,0 +1,30 @@
+"""The closed sets of choices a plan makes: devices, grouping, the lookup step and its engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from generator.errors import UserInputError
+
+Device = Literal["cpu", "gpu"]
+DEVICES: tuple[Device, ...] = ("cpu", "gpu")
+#: How shards become Triton models: all shards with the same placement in one model (fewer ensemble steps, each
+#: group still scaled on its own), or one model per shard.
+GroupBy = Literal["placement", "shard"]
+GROUP_BY: tuple[GroupBy, ...] = ("placement", "shard")
+#: Where the lookups of the shard groups placed like the router run: in the router's own step ("fused": routing and
+#: pooling in one step, a two-step ensemble, one process per request fewer) or each group in its own step
+#: ("separate": every group scaled on its own; what the distributed layout and GPU placements need).
+LookupStep = Literal["fused", "separate"]
+LOOKUP_STEPS: tuple[LookupStep, ...] = ("fused", "separate")
+#: What serves the lookup side's steps: the Python-backend models (numpy kernels, compiled by numba when it is
+#: installed), or recgen's native Triton backend (generator/native; so far the shard groups; docs/native.md).
+LookupEngine = Literal["python", "native"]
+LOOKUP_ENGINES: tuple[LookupEngine, ...] = ("python", "native")
+
+
+def check_choice(field_name: str, value: object, allowed: Sequence[str], what: str = "") -> None:
+    """UserInputError naming the field and the allowed values unless `value` is one of them."""
+    if value not in allowed:
+        raise UserInputError(f"{what}`{field_name}` must be one of {', '.join(allowed)}, got {value!r}")
