@@ -64,6 +64,16 @@ std::string version_dir(TRITONBACKEND_Model* model) {
   return std::string(location) + "/" + std::to_string(version);
 }
 
+// Takes back and frees the state the server kept for `handle` since its initialize (a model's or an instance's).
+template <typename State, typename Handle>
+TRITONSERVER_Error* free_state(Handle* handle, TRITONSERVER_Error* (*get_state)(Handle*, void**)) {
+  return guarded([handle, get_state] {
+    void* state = nullptr;
+    check(get_state(handle, &state), "reading the state to free");
+    std::unique_ptr<State> owned(static_cast<State*>(state));
+  });
+}
+
 // Answers one request (its outputs, or the error it caused) and reports its statistics; returns its batch size.
 uint64_t serve_request(TRITONBACKEND_ModelInstance* instance, const Step& step, TRITONBACKEND_Request* request,
                        uint64_t exec_start_ns) {
@@ -134,11 +144,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
 }
 
 TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* model) {
-  return guarded([model] {
-    void* state = nullptr;
-    check(TRITONBACKEND_ModelState(model, &state), "reading the model state");
-    std::unique_ptr<recgen::ModelState> owned(static_cast<recgen::ModelState*>(state));
-  });
+  return recgen::free_state<recgen::ModelState>(model, TRITONBACKEND_ModelState);
 }
 
 TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelInstance* instance) {
@@ -166,11 +172,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
 }
 
 TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInstance* instance) {
-  return guarded([instance] {
-    void* state = nullptr;
-    check(TRITONBACKEND_ModelInstanceState(instance, &state), "reading the instance state");
-    std::unique_ptr<recgen::InstanceState> owned(static_cast<recgen::InstanceState*>(state));
-  });
+  return recgen::free_state<recgen::InstanceState>(instance, TRITONBACKEND_ModelInstanceState);
 }
 
 TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstance* instance,
