@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -386,14 +387,13 @@ def dense_tower(
 
 
 def compile_for(model_name: str) -> str:
-    """`compile_kernels()` from a model's `initialize()`, saying in the server log which engine serves it."""
+    """`compile_kernels()` from a model's `initialize()`, saying in the server log which engine serves it.
+
+    Written to the stub's stderr (the server's log), not through `pb_utils.Logger`: twice a model whose stubs had
+    just logged through it during `initialize()` never finished loading (docs/faults.md, "Stubs that never load").
+    """
     engine = compile_kernels()
-    try:
-        import triton_python_backend_utils as pb_utils
-    except ModuleNotFoundError:  # tests and tooling
-        return engine
-    if engine == "numba":
-        pb_utils.Logger.log_info(f"{model_name}: per-request kernels compiled with numba")
-    else:
-        pb_utils.Logger.log_warn(f"{model_name}: per-request kernels run on numpy: {FALLBACK_REASON}")
+    if "triton_python_backend_utils" in sys.modules:  # inside a stub; tests and tooling stay quiet
+        said = "compiled with numba" if engine == "numba" else f"run on numpy: {FALLBACK_REASON}"
+        print(f"recgen: {model_name}: per-request kernels {said}", file=sys.stderr, flush=True)
     return engine
