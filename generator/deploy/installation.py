@@ -14,9 +14,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from generator import triton_runtime
+from generator import native, triton_runtime
 from generator.cache import cache_dir
-from generator.errors import ServerError
+from generator.errors import NativeUnavailableError, ServerError
 from generator.repository import staging
 
 
@@ -46,12 +46,34 @@ def prepare_backend_dir() -> Path:
         raise ServerError(f"the nvidia-pytriton wheel has no Python-backend stub for Python {python_version}")
     key = f"backends-{stub.stat().st_size}-{int(stub.stat().st_mtime)}-py{python_version}"
     target = cache_dir() / key
-    if (target / "python" / "triton_python_backend_stub").is_file():
-        return target
-    with staging.staged([target], keep_existing=True) as (staged,):  # another process may prepare it too
-        shutil.copytree(source / "backends", staged, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        shutil.copy2(stub, staged / "python" / "triton_python_backend_stub")
+    if not (target / "python" / "triton_python_backend_stub").is_file():
+        with staging.staged([target], keep_existing=True) as (staged,):  # another process may prepare it too
+            shutil.copytree(
+                source / "backends", staged, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+            )
+            shutil.copy2(stub, staged / "python" / "triton_python_backend_stub")
+    install_native_backend(target)
     return target
+
+
+def install_native_backend(backend_dir: Path) -> Path | None:
+    """Put recgen's native backend, when it is built here, in `<backend_dir>/recgen/`; returns where.
+
+    Triton looks there for a native model whose own directory does not carry the library. None when it is not built
+    (such a model then fails to load, Triton naming the library it could not find).
+    """
+    try:
+        library = native.library()
+    except NativeUnavailableError:
+        return None
+    placed = backend_dir / native.BACKEND_NAME / native.LIBRARY_NAME
+    if placed.is_file() and placed.read_bytes() == library.read_bytes():
+        return placed
+    placed.parent.mkdir(mode=0o700, exist_ok=True)
+    staged = placed.with_name(f".{placed.name}.{os.getpid()}")
+    shutil.copy(library, staged)
+    os.replace(staged, placed)  # atomic: a running server keeps the file it mapped
+    return placed
 
 
 def server_environment() -> dict[str, str]:

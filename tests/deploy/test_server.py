@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from generator import native
 from generator.check import client
 from generator.deploy import installation
 from generator.deploy import server as serve
@@ -92,6 +93,8 @@ def test_backend_dir_has_the_stub_for_this_python() -> None:
     assert (backends / "python" / "triton_python_backend_stub").is_file()
     assert (backends / "python" / "libtriton_python.so").is_file()
     assert installation.prepare_backend_dir() == backends
+    # and the native backend, built by the set-up commands, where Triton looks for it
+    assert (backends / native.BACKEND_NAME / native.LIBRARY_NAME).read_bytes() == native.library().read_bytes()
 
 
 def test_a_server_killed_by_a_signal_is_reported_with_the_signal_and_no_gpu_noise(tmp_path: Path) -> None:

@@ -46,11 +46,12 @@ parameters {{ key: "recgen_native_step" value {{ string_value: "floor" }} }}
 @pytest.fixture(scope="module")
 def floor_server(tmp_path_factory: pytest.TempPathFactory, native_library: Path) -> Iterator[serve.TritonServer]:
     repository = tmp_path_factory.mktemp("native") / "models"
-    for name, max_batch_size, instances in (("batched", 64, 2), ("unbatched", 0, 1)):
+    models = ["batched", "unbatched", "shared"]
+    for name, max_batch_size, instances in (("batched", 64, 2), ("unbatched", 0, 1), ("shared", 64, 1)):
         (repository / name / "1").mkdir(parents=True)
         (repository / name / "config.pbtxt").write_text(_floor_config(name, max_batch_size, instances))
-        shutil.copy(native_library, repository / name / native.LIBRARY_NAME)
-    models = ["batched", "unbatched"]
+        if name != "shared":  # "shared" carries no library: Triton takes the one serve put in its backend directory
+            shutil.copy(native_library, repository / name / native.LIBRARY_NAME)
     with serve.running_server(
         [repository], models=models, timeout_s=SERVER_READY_TIMEOUT_S, stop_grace_s=STOP_GRACE_S
     ) as s:
@@ -109,7 +110,7 @@ def test_statistics_reach_triton_and_the_log_says_which_step_loaded(floor_server
     assert int(after["inference_stats"]["compute_infer"]["ns"]) > 0
     client.close()
     logged = [line for line in floor_server.logs().splitlines() if "recgen native step 'floor'" in line]
-    assert {line[0] for line in logged} == {"I"} and len(logged) == 2  # INFO, once per model
+    assert {line[0] for line in logged} == {"I"} and len(logged) == 3  # INFO, once per model
 
 
 @requires_server
@@ -117,3 +118,16 @@ def test_the_sanitized_build_runs_under_the_sanitizers_runtime(floor_server: ser
     """With RECGEN_NATIVE_SANITIZE=1 (CI) the server maps ASan's runtime and the sanitized library; else neither."""
     maps = Path(f"/proc/{floor_server.pid}/maps").read_text()
     assert ("libasan" in maps) == SANITIZE and (native.LIBRARY_NAME in maps)
+
+
+@requires_server
+def test_a_model_without_the_library_is_served_from_the_backend_directory(floor_server: serve.TritonServer) -> None:
+    client = grpc_client.InferenceServerClient(floor_server.grpc_url)
+    ids = grpc_client.InferInput("ids", [2, 3], "INT64")
+    ids.set_data_from_numpy(np.zeros((2, 3), np.int64))
+    dense = grpc_client.InferInput("dense", [2, 13], "FP32")
+    dense.set_data_from_numpy(np.zeros((2, 13), np.float32))
+    assert client.infer("shared", [ids, dense]).as_numpy("out_fp32").shape == (2, 12, 3)
+    client.close()
+    maps = Path(f"/proc/{floor_server.pid}/maps").read_text()
+    assert f"/{native.BACKEND_NAME}/{native.LIBRARY_NAME}" in maps  # the backend directory's copy is loaded
