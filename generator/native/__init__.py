@@ -9,6 +9,7 @@ set-up commands run it); `library()` returns it, or raises NativeUnavailableErro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -28,6 +29,7 @@ SOURCE_DIR = Path(__file__).with_name("backend")
 BUILD_TIMEOUT_S = 600.0
 
 
+@functools.cache  # the sources do not change under a running process; every build and server start asks
 def source_digest() -> str:
     """SHA-256 over the backend's sources (relative paths and contents): the name of a build."""
     digest = hashlib.sha256()

@@ -19,12 +19,13 @@ from generator.repository.configs import NATIVE_STEP_PARAMETER as STEP_PARAMETER
 NATIVE_STEPS = {"floor": "", "shard_group": "shards"}
 
 
-def install_library(model_dir: Path) -> None:
+def install_library(model_dir: Path, library: Path | None = None) -> None:
     """Put the native backend in a model's directory, where Triton looks for it first.
 
-    NativeUnavailableError (saying why and what to install) when it was not built.
+    `library` defaults to the build of the current sources; NativeUnavailableError (saying why and what to
+    install) when that was not built.
     """
-    shutil.copy(native.library(), model_dir / native.LIBRARY_NAME)
+    shutil.copy(library or native.library(), model_dir / native.LIBRARY_NAME)
 
 
 def use_native_step(model_dir: Path, step: str, library: Path) -> None:
@@ -40,4 +41,4 @@ def use_native_step(model_dir: Path, step: str, library: Path) -> None:
     config.backend = native.BACKEND_NAME
     config.parameters[STEP_PARAMETER].string_value = step
     validation.write_config(config, model_dir)
-    shutil.copy(library, model_dir / native.LIBRARY_NAME)
+    install_library(model_dir, library)
