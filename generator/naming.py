@@ -38,8 +38,8 @@ RUNTIME_FILE = "recgen_runtime.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
 DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE
-ROUTER_ROW_RANKS_FILE = router_module.ROW_RANKS_FILE
-ROUTER_FRONT_CACHE_FILE = router_module.FRONT_CACHE_FILE
+router_ranks_file = router_module.ranks_file
+router_front_cache_file = router_module.front_cache_file
 ONNX_MODEL_FILE = onnx_model.ONNX_FILE
 MANIFEST_FILE = "recgen_manifest.json"
 #: The SHA-256 of every file of a repository, as built (`repository.contents`).

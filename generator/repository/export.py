@@ -83,16 +83,12 @@ def export_router(model: Model, plan: Plan, version_dir: Path, *, pooled_rows: b
     router holds them; the ranking router maps the same files).
     """
     install_python_model(ROUTER_MODULE, version_dir)
-    ranks = {table.spec.name: rank for table in plan.tables if (rank := table.rank_of_row()) is not None}
-    if ranks:
-        save_npz(version_dir / naming.ROUTER_ROW_RANKS_FILE, ranks)
-    cache = {  # FP32, as the shards holding these ranks read them back
-        table.spec.name: rounded_rank_rows(model, table, 0, table.cached_rows)
-        for table in plan.tables
-        if table.cached_rows
-    }
-    if cache:
-        save_npz(version_dir / naming.ROUTER_FRONT_CACHE_FILE, cache)
+    for table in plan.tables:
+        if (rank := table.rank_of_row()) is not None:
+            np.save(version_dir / naming.router_ranks_file(table.spec.name), rank)
+        if table.cached_rows:  # FP32, as the shards holding these ranks read them back
+            cached = rounded_rank_rows(model, table, 0, table.cached_rows).astype(np.float32, copy=False)
+            np.save(version_dir / naming.router_front_cache_file(table.spec.name), cached)
     tables = {table.spec.name: table for table in plan.tables}
     for group in plan.router_pooled_groups() if pooled_rows else []:  # stacked, with the padding row, to be mapped
         stored = [stored_rows(model, tables[s.table], s) for s in group.shards]

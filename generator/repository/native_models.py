@@ -16,7 +16,7 @@ from generator.repository import validation
 from generator.repository.configs import NATIVE_STEP_PARAMETER as STEP_PARAMETER
 
 #: The steps libtriton_recgen.so serves, each with the typed parameter it reads ("" = none).
-NATIVE_STEPS = {"floor": "", "shard_group": "shards"}
+NATIVE_STEPS = {"floor": "", "shard_group": "shards", "router": "routing"}
 
 
 def install_library(model_dir: Path, library: Path | None = None) -> None:

@@ -82,7 +82,7 @@ def test_permuted_table_reads_ranks_file(tmp_path: Path) -> None:
     order = np.arange(1000)[::-1].copy()  # hottest = highest id
     medium = table_plan(model.tables[2], [0, 10, 1000], [Placement(), Placement()], row_order=order)
     plan = Plan("dlrm", (base.tables[0], base.tables[1], medium), group_by="shard")
-    np.savez(tmp_path / router_model.ROW_RANKS_FILE, medium=medium.rank_of_row())
+    np.save(tmp_path / router_model.ranks_file("medium"), medium.rank_of_row())
     outputs = router_model.route_request(_routing(plan, tmp_path), dict(INPUTS, sparse_medium=np.array([[999], [0]])))
     # groups: 0 one_row, 1-2 small, 3-4 medium
     assert outputs["local_ids__g3"].tolist() == [[0], [-1]]
@@ -96,8 +96,9 @@ def test_ranking_request_becomes_one_batch_with_the_user_in_row_zero(tmp_path: P
     config = json.loads(
         json_format.MessageToJson(configs.ranking_router_config(plan, sided_model()), preserving_proto_field_name=True)
     )
-    ranks = {t.spec.name: t.rank_of_row() for t in plan.tables if t.row_order is not None}
-    np.savez(tmp_path / router_model.ROW_RANKS_FILE, **ranks)
+    for table in plan.tables:
+        if table.row_order is not None:
+            np.save(tmp_path / router_model.ranks_file(table.spec.name), table.rank_of_row())
     routing = router_model.load_routing(config, tmp_path)
     inputs = {
         "item_sparse_one_row": np.array([[0], [-1]]),

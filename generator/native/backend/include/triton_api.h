@@ -23,6 +23,11 @@ struct TRITONBACKEND_Request;
 struct TRITONBACKEND_Response;
 struct TRITONBACKEND_Input;
 struct TRITONBACKEND_Output;
+struct TRITONSERVER_Server;
+struct TRITONSERVER_Metrics;
+struct TRITONSERVER_MetricFamily;
+struct TRITONSERVER_Metric;
+struct TRITONSERVER_Parameter;
 
 // The backend API version this file declares (r24.10); the server's must have the same major and at least this minor.
 constexpr uint32_t RECGEN_TRITONBACKEND_API_MAJOR = 1;
@@ -81,6 +86,18 @@ enum TRITONSERVER_LogLevel {
 
 enum TRITONBACKEND_ArtifactType {
   TRITONBACKEND_ARTIFACT_FILESYSTEM = 0,
+};
+
+enum TRITONSERVER_ParameterType {
+  TRITONSERVER_PARAMETER_STRING = 0,
+};
+
+enum TRITONSERVER_MetricFormat {
+  TRITONSERVER_METRIC_PROMETHEUS = 0,
+};
+
+enum TRITONSERVER_MetricKind {
+  TRITONSERVER_METRIC_KIND_COUNTER = 0,
 };
 
 // Flags: a request is released whole; a response is the last one for its request.
@@ -162,6 +179,27 @@ TRITONSERVER_Error* TRITONBACKEND_OutputBuffer(TRITONBACKEND_Output* output, voi
                                                int64_t* memory_type_id);
 TRITONSERVER_Error* TRITONBACKEND_ResponseSend(TRITONBACKEND_Response* response, uint32_t send_flags,
                                                TRITONSERVER_Error* error);
+
+// The server a model belongs to, and its metrics in Prometheus' text format (valid until the metrics object is
+// deleted); TRITONSERVER_ServerMetrics fails when the server runs without metrics.
+TRITONSERVER_Error* TRITONBACKEND_ModelServer(TRITONBACKEND_Model* model, TRITONSERVER_Server** server);
+TRITONSERVER_Error* TRITONSERVER_ServerMetrics(TRITONSERVER_Server* server, TRITONSERVER_Metrics** metrics);
+TRITONSERVER_Error* TRITONSERVER_MetricsFormatted(TRITONSERVER_Metrics* metrics, TRITONSERVER_MetricFormat format,
+                                                  const char** base, size_t* byte_size);
+TRITONSERVER_Error* TRITONSERVER_MetricsDelete(TRITONSERVER_Metrics* metrics);
+
+// Custom metrics: a family (a Prometheus name and help), and one metric of it per label set. A label is a string
+// parameter the caller owns; the metric keeps its own copy.
+TRITONSERVER_Parameter* TRITONSERVER_ParameterNew(const char* name, TRITONSERVER_ParameterType type,
+                                                  const void* value);
+void TRITONSERVER_ParameterDelete(TRITONSERVER_Parameter* parameter);
+TRITONSERVER_Error* TRITONSERVER_MetricFamilyNew(TRITONSERVER_MetricFamily** family, TRITONSERVER_MetricKind kind,
+                                                 const char* name, const char* description);
+TRITONSERVER_Error* TRITONSERVER_MetricFamilyDelete(TRITONSERVER_MetricFamily* family);
+TRITONSERVER_Error* TRITONSERVER_MetricNew(TRITONSERVER_Metric** metric, TRITONSERVER_MetricFamily* family,
+                                           const TRITONSERVER_Parameter** labels, uint64_t label_count);
+TRITONSERVER_Error* TRITONSERVER_MetricDelete(TRITONSERVER_Metric* metric);
+TRITONSERVER_Error* TRITONSERVER_MetricIncrement(TRITONSERVER_Metric* metric, double value);
 
 // What the backend exports for the server to call.
 #define RECGEN_BACKEND_EXPORT __attribute__((visibility("default")))

@@ -74,6 +74,21 @@ TRITONSERVER_Error* free_state(Handle* handle, TRITONSERVER_Error* (*get_state)(
   });
 }
 
+// Answers one request with `message` as UNAVAILABLE, unread, and reports it failed.
+void shed_request(TRITONBACKEND_ModelInstance* instance, TRITONBACKEND_Request* request, const std::string& message,
+                  uint64_t exec_start_ns) {
+  TRITONBACKEND_Response* raw = nullptr;
+  ServerError created(TRITONBACKEND_ResponseNew(&raw, request));
+  if (!created) {
+    ServerError failure(TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_UNAVAILABLE, message.c_str()));
+    ServerError sent(TRITONBACKEND_ResponseSend(raw, TRITONSERVER_RESPONSE_COMPLETE_FINAL, failure.get()));
+  }
+  const uint64_t end_ns = now_ns();
+  ServerError reported(TRITONBACKEND_ModelInstanceReportStatistics(instance, request, false, exec_start_ns,
+                                                                   exec_start_ns, end_ns, end_ns));
+  ServerError released(TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL));
+}
+
 // Answers one request (its outputs, or the error it caused) and reports its statistics; returns its batch size.
 uint64_t serve_request(TRITONBACKEND_ModelInstance* instance, const Step& step, TRITONBACKEND_Request* request,
                        uint64_t exec_start_ns) {
@@ -135,7 +150,9 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
   return guarded([model] {
     auto state = std::make_unique<recgen::ModelState>();
     state->config = recgen::read_config(model);
-    state->step = recgen::make_step(state->config, recgen::version_dir(model));
+    TRITONSERVER_Server* server = nullptr;
+    check(TRITONBACKEND_ModelServer(model, &server), "reading the model's server");
+    state->step = recgen::make_step(state->config, recgen::version_dir(model), server);
     recgen::log(TRITONSERVER_LOG_INFO, "recgen native step '" + state->config.parameter("recgen_native_step") +
                                            "' for model '" + state->config.name + "'");
     check(TRITONBACKEND_ModelSetState(model, state.get()), "keeping the model state");
@@ -183,6 +200,13 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
   if (TRITONSERVER_Error* error = TRITONBACKEND_ModelInstanceState(instance, &raw)) return error;
   const recgen::Step& step = *static_cast<recgen::InstanceState*>(raw)->model->step;
   const uint64_t exec_start_ns = recgen::now_ns();
+  const std::string shed = step.shed_message();
+  if (!shed.empty()) {  // at once and unread, so the queue drains; each request gets its own error
+    for (uint32_t index = 0; index < request_count; ++index) {
+      recgen::shed_request(instance, requests[index], shed, exec_start_ns);
+    }
+    return nullptr;
+  }
   uint64_t batch = 0;
   for (uint32_t index = 0; index < request_count; ++index) {
     batch += recgen::serve_request(instance, step, requests[index], exec_start_ns);

@@ -67,6 +67,8 @@ size_t element_size(const std::string& descr) {
   if (descr == "<f4") return 4;
   if (descr == "<f2") return 2;
   if (descr == "|u1") return 1;
+  if (descr == "<i4") return 4;
+  if (descr == "<i8") return 8;
   return 0;
 }
 
@@ -102,42 +104,67 @@ MappedFile::MappedFile(MappedFile&& other) noexcept : data_(other.data_), size_(
   other.size_ = 0;
 }
 
-NpyMatrix::NpyMatrix(const std::string& path, const std::string& descr) : file_(path) {
+NpyMatrix::NpyMatrix(const std::string& path, const std::string& descr)
+    : NpyMatrix(path, {descr.c_str()}, NpyShape::kMatrix) {}
+
+NpyHeader parse_npy_header(const uint8_t* data, size_t size, const std::string& path,
+                           std::initializer_list<const char*> descrs, size_t dims) {
   // Format: "\x93NUMPY", major, minor, header length (2 bytes in 1.0, 4 in 2.0 and 3.0), an ASCII dict, values.
   static const char magic[] = "\x93NUMPY";
-  if (file_.size() < 10 || std::memcmp(file_.data(), magic, 6) != 0) unreadable(path, "not a .npy file");
-  const uint8_t major = file_.data()[6];
+  if (size < 10 || std::memcmp(data, magic, 6) != 0) unreadable(path, "not a .npy file");
+  const uint8_t major = data[6];
   size_t header_bytes = 0;
   size_t prefix = 0;
   if (major == 1) {
-    header_bytes = file_.data()[8] | (file_.data()[9] << 8);
+    header_bytes = data[8] | (data[9] << 8);
     prefix = 10;
   } else if (major == 2 || major == 3) {
-    if (file_.size() < 12) unreadable(path, "truncated header");
-    header_bytes = static_cast<size_t>(file_.data()[8]) | (static_cast<size_t>(file_.data()[9]) << 8) |
-                   (static_cast<size_t>(file_.data()[10]) << 16) | (static_cast<size_t>(file_.data()[11]) << 24);
+    if (size < 12) unreadable(path, "truncated header");
+    header_bytes = static_cast<size_t>(data[8]) | (static_cast<size_t>(data[9]) << 8) |
+                   (static_cast<size_t>(data[10]) << 16) | (static_cast<size_t>(data[11]) << 24);
     prefix = 12;
   } else {
     unreadable(path, "unknown .npy version " + std::to_string(major));
   }
-  if (prefix + header_bytes > file_.size()) unreadable(path, "truncated header");
-  const std::string header(reinterpret_cast<const char*>(file_.data()) + prefix, header_bytes);
+  if (prefix + header_bytes > size) unreadable(path, "truncated header");
+  const std::string header(reinterpret_cast<const char*>(data) + prefix, header_bytes);
+  NpyHeader parsed;
   const std::string found_descr = header_value(header, "descr");
-  if (found_descr != "'" + descr + "'") {
-    unreadable(path, "expected values of type '" + descr + "' (" + header.substr(0, 80) + ")");
+  std::string allowed;
+  for (const char* descr : descrs) {
+    if (found_descr == "'" + std::string(descr) + "'") parsed.descr = descr;
+    allowed += (allowed.empty() ? "'" : " or '") + std::string(descr) + "'";
   }
+  if (parsed.descr.empty()) unreadable(path, "expected values of type " + allowed + " (" + header.substr(0, 80) + ")");
   if (header_value(header, "fortran_order") != "False") unreadable(path, "not in C order");
-  const std::vector<size_t> shape = shape_of(header_value(header, "shape"));
-  if (shape.size() != 2) unreadable(path, "expected a 2-D array (" + header.substr(0, 80) + ")");
-  rows_ = shape[0];
-  columns_ = shape[1];
-  row_bytes_ = columns_ * element_size(descr);
-  values_ = file_.data() + prefix + header_bytes;
-  const size_t available = file_.size() - prefix - header_bytes;
-  if (row_bytes_ != 0 && rows_ > available / row_bytes_) {
-    unreadable(path, "holds " + std::to_string(available) + " bytes of values, its shape needs " +
-                         std::to_string(rows_ * row_bytes_));
+  parsed.shape = shape_of(header_value(header, "shape"));
+  if (parsed.shape.size() != dims) {
+    unreadable(path, "expected a " + std::to_string(dims) + "-D array (" + header.substr(0, 80) + ")");
   }
+  parsed.values_offset = prefix + header_bytes;
+  size_t elements = 1;
+  for (const size_t dim : parsed.shape) {
+    if (dim != 0 && elements > SIZE_MAX / dim) unreadable(path, "shape too large");
+    elements *= dim;
+  }
+  const size_t element = element_size(parsed.descr);
+  const size_t available = size - parsed.values_offset;
+  if (element != 0 && elements > available / element) {
+    unreadable(path, "holds " + std::to_string(available) + " bytes of values, its shape needs " +
+                         std::to_string(elements * element));
+  }
+  return parsed;
+}
+
+NpyMatrix::NpyMatrix(const std::string& path, std::initializer_list<const char*> descrs, NpyShape expected)
+    : file_(path) {
+  const size_t dims = expected == NpyShape::kMatrix ? 2 : 1;
+  const NpyHeader header = parse_npy_header(file_.data(), file_.size(), path, descrs, dims);
+  descr_ = header.descr;
+  rows_ = header.shape[0];
+  columns_ = dims == 2 ? header.shape[1] : 1;
+  row_bytes_ = columns_ * element_size(descr_);
+  values_ = file_.data() + header.values_offset;
 }
 
 void NpyMatrix::touch() const {

@@ -53,46 +53,100 @@ RowDtype row_dtype_from_name(const std::string& name) {
   throw Error(TRITONSERVER_ERROR_INVALID_ARG, "row_dtype must be fp32, fp16 or int8, got '" + name + "'");
 }
 
+std::vector<GroupSlotColumns> read_slots(const JsonParameter& parameter, const rapidjson::Value& object) {
+  std::vector<GroupSlotColumns> slots;
+  for (const auto& slot : parameter.list(object, "slots").GetArray()) {
+    parameter.expect_keys(slot, {"table", "columns"}, "GroupSlot");
+    const rapidjson::Value& columns = parameter.member(slot, "columns");
+    if (!columns.IsArray() || columns.Size() != 2 || !columns[0].IsUint64() || !columns[1].IsUint64()) {
+      parameter.fail("a slot's columns are not [first, last]");
+    }
+    slots.push_back({parameter.text(slot, "table"), static_cast<size_t>(columns[0].GetUint64()),
+                     static_cast<size_t>(columns[1].GetUint64())});
+  }
+  return slots;
+}
+
 GroupRows::GroupRows(const std::string& version_dir, const std::vector<GroupMemberFiles>& members,
                      const std::vector<GroupSlotColumns>& slots, RowDtype dtype, size_t input_width)
-    : dtype_(dtype), input_width_(input_width) {
+    : GroupRows(dtype, input_width) {
   std::vector<std::string> member_tables;
+  std::vector<size_t> member_stacks;
   for (const auto& member : members) {
-    rows_.emplace_back(version_dir + "/" + member.rows_file, stored_descr(dtype));
-    if (dtype == RowDtype::kInt8) {
-      scales_.emplace_back(version_dir + "/" + member.scales_file, "<f4");
-      if (scales_.back().columns() != 2 || scales_.back().rows() != rows_.back().rows()) {
-        throw Error(TRITONSERVER_ERROR_INVALID_ARG, member.scales_file + ": expected [" +
-                                                        std::to_string(rows_.back().rows()) + ", 2] (scale, offset)");
-      }
-    }
+    member_stacks.push_back(
+        add_member(version_dir + "/" + member.rows_file, version_dir + "/" + member.scales_file, member.scales_file));
     member_tables.push_back(member.table);
-    const size_t width = rows_.back().columns();
-    auto stack = std::find_if(stacks_.begin(), stacks_.end(), [&](const Stack& s) { return s.width == width; });
-    if (stack == stacks_.end()) {
-      stacks_.push_back(Stack{width, {}, {0}, {}});
-      stack = stacks_.end() - 1;
-    }
-    stack->members.push_back(rows_.size() - 1);
-    stack->first_rows.push_back(stack->first_rows.back() + rows_.back().rows());
   }
   for (const auto& slot : slots) {
     const auto member = std::find(member_tables.begin(), member_tables.end(), slot.table);
     if (member == member_tables.end()) {
       throw Error(TRITONSERVER_ERROR_INVALID_ARG, "slot of table '" + slot.table + "' has no member shard");
     }
-    if (slot.first > slot.last || slot.last > input_width) {
-      throw Error(TRITONSERVER_ERROR_INVALID_ARG, "slot of table '" + slot.table + "': columns [" +
-                                                      std::to_string(slot.first) + ", " + std::to_string(slot.last) +
-                                                      ") outside the input's " + std::to_string(input_width));
-    }
-    const size_t width = rows_[static_cast<size_t>(member - member_tables.begin())].columns();
-    const size_t stack =
-        std::find_if(stacks_.begin(), stacks_.end(), [&](const Stack& s) { return s.width == width; }) - stacks_.begin();
-    for (size_t column = slot.first; column < slot.last; ++column) stacks_[stack].columns.push_back(column);
-    slots_.push_back(Slot{stack, slot.first, slot.last, output_width_});
-    output_width_ += width;
+    add_slot(member_stacks[static_cast<size_t>(member - member_tables.begin())], slot);
   }
+}
+
+GroupRows GroupRows::from_stacks(const std::string& rows_dir, const std::vector<std::string>& stack_files,
+                                 const std::vector<std::string>& scale_files,
+                                 const std::vector<GroupSlotColumns>& slots, const std::vector<size_t>& slot_stacks,
+                                 RowDtype dtype, size_t input_width) {
+  GroupRows rows(dtype, input_width);
+  if (dtype == RowDtype::kInt8 ? scale_files.size() != stack_files.size() : !scale_files.empty()) {
+    throw Error(TRITONSERVER_ERROR_INVALID_ARG, "a pooled group has " + std::to_string(stack_files.size()) +
+                                                    " stacks and " + std::to_string(scale_files.size()) +
+                                                    " scales files");
+  }
+  for (size_t index = 0; index < stack_files.size(); ++index) {
+    const std::string scales = scale_files.empty() ? "" : scale_files[index];
+    if (rows.add_member(rows_dir + "/" + stack_files[index], rows_dir + "/" + scales, scales) != index) {
+      throw Error(TRITONSERVER_ERROR_INVALID_ARG, stack_files[index] + ": two stacks of a group hold one row width");
+    }
+  }
+  if (slot_stacks.size() != slots.size()) {
+    throw Error(TRITONSERVER_ERROR_INVALID_ARG, "a pooled group names a stack for " +
+                                                    std::to_string(slot_stacks.size()) + " of its " +
+                                                    std::to_string(slots.size()) + " slots");
+  }
+  for (size_t index = 0; index < slots.size(); ++index) {
+    if (slot_stacks[index] >= rows.stacks_.size()) {
+      throw Error(TRITONSERVER_ERROR_INVALID_ARG, "slot of table '" + slots[index].table + "' pools stack " +
+                                                      std::to_string(slot_stacks[index]) + " of " +
+                                                      std::to_string(rows.stacks_.size()));
+    }
+    rows.add_slot(slot_stacks[index], slots[index]);
+  }
+  return rows;
+}
+
+size_t GroupRows::add_member(const std::string& rows_path, const std::string& scales_path, const std::string& name) {
+  rows_.emplace_back(rows_path, stored_descr(dtype_));
+  if (dtype_ == RowDtype::kInt8) {
+    scales_.emplace_back(scales_path, "<f4");
+    if (scales_.back().columns() != 2 || scales_.back().rows() != rows_.back().rows()) {
+      throw Error(TRITONSERVER_ERROR_INVALID_ARG,
+                  name + ": expected [" + std::to_string(rows_.back().rows()) + ", 2] (scale, offset)");
+    }
+  }
+  const size_t width = rows_.back().columns();
+  auto stack = std::find_if(stacks_.begin(), stacks_.end(), [&](const Stack& s) { return s.width == width; });
+  if (stack == stacks_.end()) {
+    stacks_.push_back(Stack{width, {}, {0}, {}});
+    stack = stacks_.end() - 1;
+  }
+  stack->members.push_back(rows_.size() - 1);
+  stack->first_rows.push_back(stack->first_rows.back() + rows_.back().rows());
+  return static_cast<size_t>(stack - stacks_.begin());
+}
+
+void GroupRows::add_slot(size_t stack, const GroupSlotColumns& slot) {
+  if (slot.first > slot.last || slot.last > input_width_) {
+    throw Error(TRITONSERVER_ERROR_INVALID_ARG, "slot of table '" + slot.table + "': columns [" +
+                                                    std::to_string(slot.first) + ", " + std::to_string(slot.last) +
+                                                    ") outside the input's " + std::to_string(input_width_));
+  }
+  for (size_t column = slot.first; column < slot.last; ++column) stacks_[stack].columns.push_back(column);
+  slots_.push_back(Slot{stack, slot.first, slot.last, output_width_});
+  output_width_ += stacks_[stack].width;
 }
 
 void GroupRows::touch() const {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "npy.h"
+#include "params.h"
 
 namespace recgen {
 
@@ -29,11 +30,21 @@ struct GroupSlotColumns {
   size_t last = 0;
 };
 
+// The `slots` list (recgen_params.GroupSlot: table, [first, last) columns) of `object`.
+std::vector<GroupSlotColumns> read_slots(const JsonParameter& parameter, const rapidjson::Value& object);
+
 class GroupRows {
  public:
-  // Maps every member's files from `version_dir`; Error naming the file or slot that does not fit.
+  // Maps every member's files from `version_dir` and stacks them per row width (a shard-group model's rows);
+  // Error naming the file or slot that does not fit.
   GroupRows(const std::string& version_dir, const std::vector<GroupMemberFiles>& members,
             const std::vector<GroupSlotColumns>& slots, RowDtype dtype, size_t input_width);
+  // Rows already stacked per width by the build, each file a stack ending in its padding row (the groups a fused
+  // router pools): slot i pools from stack `slot_stacks[i]`.
+  static GroupRows from_stacks(const std::string& rows_dir, const std::vector<std::string>& stack_files,
+                               const std::vector<std::string>& scale_files,
+                               const std::vector<GroupSlotColumns>& slots, const std::vector<size_t>& slot_stacks,
+                               RowDtype dtype, size_t input_width);
 
   // Columns of the pooled output: per slot, its table's row width.
   size_t output_width() const { return output_width_; }
@@ -59,6 +70,11 @@ class GroupRows {
     size_t last = 0;
     size_t output_offset = 0;
   };
+  GroupRows(RowDtype dtype, size_t input_width) : dtype_(dtype), input_width_(input_width) {}
+  // Maps one member's rows (and int8 scales) and returns the stack of its width (a new one if none has it yet).
+  size_t add_member(const std::string& rows_path, const std::string& scales_path, const std::string& name);
+  // Adds a slot pooling columns [first, last) from `stack`; Error when they lie outside the input.
+  void add_slot(size_t stack, const GroupSlotColumns& slot);
   // Adds weight x row `row` of `stack` (a stacked row id, not the padding row) to `accumulator`.
   void add_row(const Stack& stack, size_t row, float weight, float* accumulator) const;
 

@@ -17,12 +17,16 @@ class Step {
   // caller answers that request alone with it.
   virtual void execute(const RequestInputs& inputs, const std::vector<std::string>& outputs,
                        TRITONBACKEND_Response* response) const = 0;
+  // Why to shed every request of the batch about to run (UNAVAILABLE, read unread); empty: serve them.
+  virtual std::string shed_message() const { return ""; }
   // The number of samples in a request (its batch dimension, or 1 when the model has none), for statistics.
   virtual uint64_t batch_size(const RequestInputs& inputs) const = 0;
 };
 
-// The step `config` names (its files in `version_dir`), built once per model and shared by its instances (read-only while serving).
-std::unique_ptr<Step> make_step(const ModelConfig& config, const std::string& version_dir);
+// The step `config` names (its files in `version_dir`; `server` the server that loads it), built once per model and
+// shared by its instances.
+std::unique_ptr<Step> make_step(const ModelConfig& config, const std::string& version_dir,
+                                TRITONSERVER_Server* server);
 
 // Each step's constructor.
 std::unique_ptr<Step> make_floor_step(const ModelConfig& config);

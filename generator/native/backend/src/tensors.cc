@@ -1,5 +1,6 @@
 #include "tensors.h"
 
+#include <cstdint>
 #include <cstring>
 
 #include "status.h"
@@ -54,9 +55,11 @@ RequestInputs::RequestInputs(TRITONBACKEND_Request* request) {
       throw Error(TRITONSERVER_ERROR_INVALID_ARG, "input '" + tensor.name + "' buffers hold " + std::to_string(total) +
                                                       " bytes of " + std::to_string(tensor.byte_size));
     }
-    if (parts.size() == 1) {
+    const size_t alignment = element_bytes(tensor.datatype);
+    const bool aligned = parts.size() == 1 && reinterpret_cast<uintptr_t>(parts.front().first) % alignment == 0;
+    if (aligned) {
       tensor.data = parts.front().first;
-    } else if (!parts.empty()) {
+    } else if (!parts.empty()) {  // split, or not aligned for its type (a frontend may place it anywhere): copied
       auto copy = std::make_unique<std::vector<uint8_t>>(total);
       size_t offset = 0;
       for (const auto& [base, size] : parts) {

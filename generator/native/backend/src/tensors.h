@@ -12,7 +12,8 @@
 
 namespace recgen {
 
-// One input tensor: its name, type, shape and bytes (contiguous; gathered when the server split it).
+// One input tensor: its name, type, shape and bytes (contiguous and aligned for its type; copied when the server
+// split it or placed it unaligned).
 struct InputTensor {
   std::string name;
   TRITONSERVER_DataType datatype = TRITONSERVER_TYPE_INVALID;
