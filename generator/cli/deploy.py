@@ -255,6 +255,8 @@ def update(
     settings.check_plan_flags(plan_path, given, distributed=False)  # before asking serve what it runs
     resolved = settings.resolve_plan(model, plan_path, uniform, deployment, given, distributed=False,
                                      row_dtypes=row_dtypes, running=updates.running_settings(http_port))  # fmt: skip
+    for note in resolved.notes:
+        click.echo(f"note: {note}")
     leaves = builds.check_options(resolved.backend, resolved.target, resolved.plan.lookup_engine)
     report = updates.update(
         model, resolved.plan, http_port=http_port, leaves=leaves, verify_first=not no_verify, echo=click.echo

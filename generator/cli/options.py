@@ -221,8 +221,9 @@ lookup_engine = click.option(
     "--lookup-engine",
     type=click.Choice(LOOKUP_ENGINES),
     default=None,
-    help="What serves the shard groups: python (the Python-backend models) or native (recgen's C++ Triton backend, "
-    "built by the set-up commands; CPU placements; docs/native.md) [default: the plan's, else python].",
+    help="What serves the routers and the CPU shard groups: native (recgen's C++ Triton backend, built by the set-up "
+    "commands; docs/native.md) or python (the Python-backend models) [default: the plan's, else native where it is "
+    "built and the target is embedded, else python, with a note saying why].",
 )
 max_batch_size = click.option(
     "--max-batch-size",

@@ -107,9 +107,12 @@ def build(
     deployment = settings.DeploymentOptions(not allow_non_finite, not no_access_counts, shedding, lookup_step,
                                             lookup_engine, backend, target)  # fmt: skip
     given = options.given(context, *settings.ALL_OPTIONS)
-    the_plan = settings.resolve_plan(model, plan_path, uniform, deployment, given, distributed=distributed,
-                                     row_dtypes=row_dtypes).plan  # fmt: skip
+    resolved = settings.resolve_plan(model, plan_path, uniform, deployment, given, distributed=distributed,
+                                     row_dtypes=row_dtypes)  # fmt: skip
+    the_plan = resolved.plan
     click.echo(str(the_plan))
+    for note in resolved.notes:
+        click.echo(f"note: {note}")
     inputs = [model_path] if plan_path is None else [model_path, plan_path]
     if not distributed:
         built = builds.build(model, the_plan, repository, ensembles, backend=backend, target=target, force=force,

@@ -18,10 +18,19 @@ GROUP_BY: tuple[GroupBy, ...] = ("placement", "shard")
 #: ("separate": every group scaled on its own; what the distributed layout and GPU placements need).
 LookupStep = Literal["fused", "separate"]
 LOOKUP_STEPS: tuple[LookupStep, ...] = ("fused", "separate")
-#: What serves the lookup side's steps: the Python-backend models (numpy kernels, compiled by numba when it is
-#: installed), or recgen's native Triton backend (generator/native; so far the shard groups; docs/native.md).
+#: What serves the lookup side's steps (the routers and the shard groups on the CPU): recgen's native Triton backend
+#: (generator/native, docs/native.md; the default), or the Python-backend models (numpy kernels, compiled by numba
+#: when it is installed), which stay the reference and the fallback where the native backend is not built.
 LookupEngine = Literal["python", "native"]
 LOOKUP_ENGINES: tuple[LookupEngine, ...] = ("python", "native")
+
+
+def serves_natively(lookup_engine: str, device: str) -> bool:
+    """Whether a lookup-side step placed on `device` runs on the native backend.
+
+    The native steps run on the CPU only; a GPU shard group keeps its Python or ONNX model, which must run on the GPU.
+    """
+    return lookup_engine == "native" and device == "cpu"
 
 
 def check_choice(field_name: str, value: object, allowed: Sequence[str], what: str = "") -> None:

@@ -195,7 +195,7 @@ class Plan:
     #: The router rejects a NaN or infinite dense feature or weight (False: pass them on, as PyTorch would).
     check_finite: bool = True
     lookup_step: LookupStep = "separate"
-    lookup_engine: LookupEngine = "python"
+    lookup_engine: LookupEngine = "native"
     #: The routers count every id they route per table and row (`recgen profile --from-server` reads them).
     count_accesses: bool = True
     #: The deployment's generation it builds (`naming.leaf_stem`): 1 for `recgen build`, +1 per `recgen update`.
@@ -223,9 +223,6 @@ class Plan:
         queueing.check_shedding(self.shedding)
         check_choice("lookup_step", self.lookup_step, LOOKUP_STEPS)
         check_choice("lookup_engine", self.lookup_engine, LOOKUP_ENGINES)
-        gpu = sorted({s.table for t in self.tables for s in t.shards if s.placement.device == "gpu"})
-        if self.lookup_engine == "native" and gpu:
-            raise PlanError(f"`lookup_engine` native serves shard groups on the CPU; {', '.join(gpu)} have GPU shards")
 
     @property
     def leaf_stem(self) -> str:

@@ -96,7 +96,7 @@ class BuildResult:
     def __str__(self) -> str:
         lines = [
             f"wrote {len(self.models)} models for {self.plan.model_name!r} "
-            f"(backend {self.backend}, target {self.target}):",
+            f"(backend {self.backend}, lookup engine {self.plan.lookup_engine}, target {self.target}):",
             f"  {'model':<40} {'role':<8} {'backend':<11} {'instances':>9} {'device':>6} {'bytes':>12}  detail",
         ]
         for model in self.models:

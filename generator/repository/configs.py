@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from generator import naming, native
 from generator.model.imported import ImportedModel
 from generator.planning import queueing
+from generator.planning.choices import serves_natively
 from generator.planning.plan import Model, Placement, Plan, ShardGroup
 from generator.repository import layout, params
 from generator.repository.layout import TensorSpec
@@ -136,14 +137,23 @@ def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
     name = naming.router_model(plan.leaf_stem)
     if plan.shedding == "router":
         specs.append(params.admission(plan, name, _later_steps(plan, naming.dense_model(plan.leaf_stem))))
+    backend, parameters = _router_backend(plan, specs)
     return _serving_config(
         name,
-        "python",
+        backend,
         plan.max_batch_size,
         plan.router,
         (layout.with_checked(layout.router_inputs(plan), checked), layout.router_outputs(plan)),
-        specs,
+        parameters,
     )
+
+
+def _router_backend(plan: Plan, specs: Sequence[Spec]) -> tuple[str, dict[str, str]]:
+    """A router's backend and parameters: the Python model, or the native step reading the same parameters."""
+    parameters = {spec.PARAMETER: spec.to_json() for spec in specs}
+    if not serves_natively(plan.lookup_engine, plan.router.device):
+        return "python", parameters
+    return native.BACKEND_NAME, {**parameters, NATIVE_STEP_PARAMETER: "router"}
 
 
 def _later_steps(plan: Plan, dense_name: str) -> list[tuple[str, int]]:
@@ -191,13 +201,14 @@ def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
     if plan.shedding == "router":
         specs.append(params.admission(plan, name, _later_steps(plan, naming.ranking_dense_model(plan.leaf_stem))))
     reads = layout.with_checked(layout.ranking_router_inputs(plan), checked)
+    backend, parameters = _router_backend(plan, specs)
     return _serving_config(
         name,
-        "python",
+        backend,
         0,
         plan.router,
         (reads, [spec.unbatched() for spec in layout.router_outputs(plan)]),
-        specs,
+        parameters,
     )
 
 
@@ -211,7 +222,7 @@ def shard_group_config(
     """
     spec = params.shard_group(plan, group)
     backend, parameters = leaves.triton_backend, leaves.parameters(spec)
-    if plan.lookup_engine == "native":
+    if serves_natively(plan.lookup_engine, (placement or group.placement).device):
         backend = native.BACKEND_NAME
         parameters = {spec.PARAMETER: spec.to_json(), NATIVE_STEP_PARAMETER: "shard_group"}
     return _serving_config(

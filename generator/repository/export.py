@@ -25,6 +25,7 @@ from torch import nn
 from generator import naming
 from generator.errors import ExportError
 from generator.model.dlrm import DLRM, DenseTower, pool_rows
+from generator.planning.choices import serves_natively
 from generator.planning.plan import Model, Plan, ShardGroup, ShardPlan, TablePlan
 from generator.planning.precision import rounded_rank_rows, rounded_table_rows, with_rounded_rows
 from generator.repository import layout, native_models
@@ -77,12 +78,15 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def export_router(model: Model, plan: Plan, version_dir: Path, *, pooled_rows: bool = True) -> None:
-    """Router code, plus the hotness ranks of permuted tables and the front cache's rows (hottest ranks first).
+    """The router's code (or the native library), the rank maps of permuted tables, the front cache's rows.
 
     With a fused lookup step, also the stacked rows of the groups the router pools (`pooled_rows`: the flattened
     router holds them; the ranking router maps the same files).
     """
-    install_python_model(ROUTER_MODULE, version_dir)
+    if serves_natively(plan.lookup_engine, plan.router.device):
+        native_models.install_library(version_dir.parent)
+    else:
+        install_python_model(ROUTER_MODULE, version_dir)
     for table in plan.tables:
         if (rank := table.rank_of_row()) is not None:
             np.save(version_dir / naming.router_ranks_file(table.spec.name), rank)
@@ -288,8 +292,9 @@ def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: Leaf
     """A shard group's rows, as one .npy per shard (python, or the native engine) or one model.onnx (onnx)."""
     tables = {table.spec.name: table for table in plan.tables}
     stored = [stored_rows(model, tables[s.table], s) for s in group.shards]
-    if leaves.backend == "python" or plan.lookup_engine == "native":
-        if plan.lookup_engine == "native":  # the same rows files, read by recgen's backend
+    native = serves_natively(plan.lookup_engine, group.placement.device)
+    if leaves.backend == "python" or native:
+        if native:  # the same rows files, read by recgen's backend
             native_models.install_library(version_dir.parent)
         else:
             install_python_model(SHARD_MODULE, version_dir)

@@ -133,6 +133,7 @@ def render(model: Model, result: BuildResult, *, topology: Any = None, root: Pat
             layout="single" if topology is None else "distributed",
             topology=topology,
             backend=result.backend,
+            lookup_engine=result.plan.lookup_engine,
             target=result.target,
             models=models,
             contracts=_contracts(model, result),

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from generator import naming
-from generator.errors import UserInputError
+from generator import naming, native
+from generator.errors import NativeUnavailableError, UserInputError
 from generator.planning import precision, queueing
 from generator.planning.plan import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -132,11 +132,13 @@ def check_plan_flags(plan_path: Path | None, given: Collection[str], *, distribu
 
 @dataclass(frozen=True)
 class Resolved:
-    """What a command builds: the plan, and the backend and target of its leaves."""
+    """What a command builds: the plan, the backend and target of its leaves, and what the command should say."""
 
     plan: Plan
     backend: Backend
     target: Target
+    #: Why a default was not followed (the native lookup engine, where this machine or target cannot serve it).
+    notes: tuple[str, ...] = ()
 
 
 def resolve_plan(
@@ -183,7 +185,27 @@ def resolve_plan(
         lookup_step=deployment.lookup_step or plan.lookup_step,
         lookup_engine=deployment.lookup_engine or plan.lookup_engine,
     )
-    return Resolved(plan, deployment.backend, deployment.target)
+    notes: tuple[str, ...] = ()
+    if plan.lookup_engine == "native" and deployment.lookup_engine is None:  # the default: named nowhere
+        plan, notes = _native_or_python(plan, deployment.target)
+    return Resolved(plan, deployment.backend, deployment.target, notes)
+
+
+def _native_or_python(plan: Plan, target: str) -> tuple[Plan, tuple[str, ...]]:
+    """The plan with the native lookup engine where it can serve, else the Python models and a note saying why.
+
+    Only for the default: a named `--lookup-engine native` that cannot serve is an error (build.check_options).
+    """
+    if target == "container":
+        why = "the NGC image of the container target does not carry the native backend yet"
+    else:
+        try:
+            native.library()
+            return plan, ()
+        except NativeUnavailableError as error:
+            why = str(error)
+    note = f"lookup engine: python (the Python-backend models), not the default native: {why}"
+    return dataclasses.replace(plan, lookup_engine="python"), (note,)
 
 
 def built_plan(model: Model, plan_path: Path | None, row_dtypes: Sequence[str] = ()) -> Plan:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -23,6 +24,8 @@ def _all_configs(
     plan = uniform_plan(
         model, shards_per_table=3, device=device, instance_count=2, group_by=group_by, lookup_step="separate"
     )
+    # As `recgen build` resolves the default engine: native, except for the container target.
+    plan = dataclasses.replace(plan, lookup_engine="python" if target == "container" else "native")
     leaves = configs.LeafOptions(backend, target)
     dense = model.num_dense_features
     rendered = [configs.router_config(plan, dense), configs.dense_config(plan, dense, leaves)]
@@ -48,23 +51,22 @@ def test_every_config_parses_back_strictly_and_the_ensemble_is_consistent(
 
 
 @pytest.mark.parametrize(
-    ("backend", "target", "triton_backend", "ort_threads"),
+    ("backend", "target", "lookup_backend", "dense_backend", "ort_threads"),
     [
-        ("python", "embedded", "python", False),
-        ("python", "container", "python", False),
-        ("onnx", "embedded", "python", True),
-        ("onnx", "container", "onnxruntime", True),
+        ("python", "embedded", "recgen", "python", False),
+        ("python", "container", "python", "python", False),
+        ("onnx", "embedded", "recgen", "python", True),
+        ("onnx", "container", "onnxruntime", "onnxruntime", True),
     ],
 )
-def test_leaf_backend_per_backend_and_target(backend, target, triton_backend, ort_threads) -> None:
+def test_leaf_backend_per_backend_and_target(backend, target, lookup_backend, dense_backend, ort_threads) -> None:
     by_name = _all_configs(backend, target)
     shard = by_name["dlrm_shard_small_0"]
     dense = by_name["dlrm_dense"]
-    for config in (shard, dense):
-        assert config.backend == triton_backend
-        assert not config.platform
-        assert ("intra_op_thread_count" in config.parameters) is ort_threads
-    assert by_name["dlrm_router"].backend == "python"
+    assert shard.backend == lookup_backend and dense.backend == dense_backend
+    assert not shard.platform and not dense.platform
+    assert ("intra_op_thread_count" in dense.parameters) is ort_threads
+    assert by_name["dlrm_router"].backend == ("python" if target == "container" else "recgen")
     assert [(t.name, list(t.dims)) for t in shard.input] == [("local_ids__g1", [3])]
     assert [(t.name, list(t.dims)) for t in shard.output] == [("partial_sums__g1", [8])]
 

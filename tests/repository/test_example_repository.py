@@ -1,7 +1,9 @@
 """The committed `model_repository/` and `ensembles/`: exactly what `recgen build` writes for the tiny example.
 
 Regenerate them after an intended change, from the repository root:
-`recgen example --tiny --out tiny.pt && recgen build --model tiny.pt --force`.
+`recgen example --tiny --out tiny.pt && recgen build --model tiny.pt --lookup-engine python --force`.
+They are built with the Python models: the native engine's library is compiled on each machine, and a committed
+binary would be one machine's build, so a fresh clone builds its own and `recgen build` there writes it.
 """
 
 from pathlib import Path
@@ -16,7 +18,7 @@ from tests.conftest import requires_server
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ("model_repository", "ensembles")
-REGENERATE = "recgen example --tiny --out tiny.pt && recgen build --model tiny.pt --force"
+REGENERATE = "recgen example --tiny --out tiny.pt && recgen build --model tiny.pt --lookup-engine python --force"
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -38,7 +40,8 @@ def test_the_committed_repository_is_what_recgen_build_writes(tmp_path: Path) ->
     result = runner.invoke(main, ["example", "--tiny", "--out", str(model)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     out = ["--out", str(tmp_path / COMMITTED[0]), "--ensembles", str(tmp_path / COMMITTED[1])]
-    result = runner.invoke(main, ["build", "--model", str(model), *out], catch_exceptions=False)
+    command = ["build", "--model", str(model), "--lookup-engine", "python", *out]
+    result = runner.invoke(main, command, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     for name in COMMITTED:
         committed, regenerated = _files(ROOT / name), _files(tmp_path / name)

@@ -3,8 +3,9 @@
 Its typed parameters (`recgen_params`): `routing` (per table: input, rows, ids per sample, shard boundaries in
 hotness-rank space, and where each shard's ids go), `front_cache`, `ranking_router` (one user and N candidates),
 `router_pooling` (the groups it pools itself, a fused lookup step), `access_counts` and `admission` (it sheds
-overload). All tables are routed in one vectorised pass (`recgen_kernels.route_packed`); `row_ranks.npz` maps
-original ids to hotness ranks. An id outside [-1, rows) fails only its own request, naming the tensor and value.
+overload). All tables are routed in one vectorised pass (`recgen_kernels.route_packed`); a permuted table's
+`row_ranks__<table>.npy` maps its original ids to hotness ranks. An id outside [-1, rows) fails only its own
+request, naming the tensor and value. The native router (`generator/native`) reads the same parameters and files.
 """
 
 from __future__ import annotations
@@ -38,9 +39,16 @@ except ModuleNotFoundError:
     from generator.triton_models import recgen_pooling as pooling
 
 _cache_metrics = access.cache_metrics  # a module name tests can replace (Prometheus needs the server)
-ROW_RANKS_FILE = "row_ranks.npz"
-#: The front cache's rows: per cached table, its hottest ranks' rows in rank order.
-FRONT_CACHE_FILE = "front_cache.npz"
+
+
+def ranks_file(table: str) -> str:
+    """A permuted table's hotness rank of every original id ([rows] int32, int64 past 2**31 rows), beside model.py."""
+    return f"row_ranks__{table}.npy"
+
+
+def front_cache_file(table: str) -> str:
+    """A front-cached table's rows in rank order, its hottest `cached_rows` ([cached_rows, dim] FP32)."""
+    return f"front_cache__{table}.npy"
 
 
 @dataclass(frozen=True)
@@ -88,47 +96,50 @@ class Routing:
         return names + [name for name in self.finite_inputs if name not in names]
 
 
-def _table_route(entry: params.RoutedTable, ranks: dict[str, np.ndarray], caches: dict[str, np.ndarray]) -> TableRoute:
-    if entry.table in ranks and ranks[entry.table].shape != (entry.num_rows,):
-        raise params.ParameterError(f"table {entry.table!r}: {ROW_RANKS_FILE} does not hold {entry.num_rows} ranks")
-    if entry.permuted != (entry.table in ranks):
+def _table_route(entry: params.RoutedTable, version_dir: Path) -> TableRoute:
+    """A feature's route, with its rank map and front-cache rows read from `version_dir` where the build wrote them."""
+    ranks = None
+    ranks_path = version_dir / ranks_file(entry.table)
+    if entry.permuted != ranks_path.exists():
         raise params.ParameterError(
-            f"table {entry.table!r} is {'' if entry.permuted else 'not '}permuted, but {ROW_RANKS_FILE} "
-            f"{'lacks' if entry.permuted else 'holds'} its ranks"
+            f"table {entry.table!r} is {'' if entry.permuted else 'not '}permuted, but {ranks_path.name} "
+            f"{'is missing' if entry.permuted else 'exists'}"
         )
-    if bool(entry.cached_rows) != (entry.table in caches):
-        raise params.ParameterError(f"table {entry.table!r}: cached_rows {entry.cached_rows} vs {FRONT_CACHE_FILE}")
+    if entry.permuted:
+        ranks = np.load(ranks_path)
+        if ranks.shape != (entry.num_rows,) or ranks.dtype not in (np.int32, np.int64):
+            raise params.ParameterError(
+                f"table {entry.table!r}: {ranks_path.name} does not hold {entry.num_rows} ranks"
+            )
+    cache = None
+    if entry.cached_rows:
+        cache = np.load(version_dir / front_cache_file(entry.table))
+        if cache.ndim != 2 or cache.shape[0] != entry.cached_rows or cache.dtype != np.float32:
+            raise params.ParameterError(
+                f"table {entry.table!r}: {front_cache_file(entry.table)} does not hold {entry.cached_rows} FP32 rows"
+            )
     return TableRoute(
         entry.input,
         entry.table,
         entry.num_rows,
         entry.ids_per_sample,
-        ranks.get(entry.table),
+        ranks,
         entry.side,
         entry.cached_rows,
-        kernels.with_padding_row(caches[entry.table]) if entry.cached_rows else None,
+        None if cache is None else kernels.with_padding_row(cache),
         entry.weights_input,
         entry.padding_id,
     )
 
 
-def _arrays(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        return {}
-    with np.load(path) as data:
-        return dict(data)
-
-
 def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
-    """Read the typed routing parameters from the model config and the rank maps and cache next to model.py."""
+    """Read the typed routing parameters from the model config, and the rank maps and cache rows next to model.py."""
     routing = params.RoutingParams.from_model_config(model_config)
     cache = params.FrontCacheParams.optional_from_model_config(model_config)
     ranking = params.RankingRouterParams.optional_from_model_config(model_config)
     checks = params.RequestChecksParams.optional_from_model_config(model_config)
-    ranks = _arrays(version_dir / ROW_RANKS_FILE)
-    caches = _arrays(version_dir / FRONT_CACHE_FILE)
     output_offsets = np.cumsum([0] + [output.width for output in routing.outputs]).tolist()
-    tables = [_table_route(entry, ranks, caches) for entry in routing.tables]
+    tables = [_table_route(entry, version_dir) for entry in routing.tables]
     if cache is not None and list(cache.tables) != [t.table for t in tables if t.cached_rows]:
         raise params.ParameterError(f"front_cache tables {list(cache.tables)} disagree with the tables' cached_rows")
     layout_tables = [
