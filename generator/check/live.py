@@ -47,7 +47,7 @@ def collect_profile(
     since = float(result.as_numpy(naming.PROFILE_SINCE)[0]) / 1000
     instances = int(result.as_numpy(naming.PROFILE_INSTANCES)[0])
     window = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(since))} + {time.time() - since:.0f} s"
-    return AccessProfile(tuple(tables), f"live from {url} ({instances} router instances, window {window})")
+    return AccessProfile(tuple(tables), f"live from {url} ({instances} router counter sets, window {window})")
 
 
 def collect_profiles(

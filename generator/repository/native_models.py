@@ -33,6 +33,9 @@ def use_native_step(model_dir: Path, step: str, library: Path) -> None:
     if step not in NATIVE_STEPS:
         raise ValueError(f"native step must be one of {', '.join(NATIVE_STEPS)}, got {step!r}")
     config = validation.parse_strict((model_dir / naming.CONFIG_FILE).read_text())
+    if config.backend == native.BACKEND_NAME and config.parameters[STEP_PARAMETER].string_value == step:
+        install_library(model_dir, library)  # already this step (the default engine): serve it with `library`
+        return
     if config.backend != "python":
         raise ValueError(f"{model_dir.name} is served by {config.backend!r}, not the Python backend")
     needed = NATIVE_STEPS[step]

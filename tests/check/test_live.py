@@ -61,7 +61,7 @@ def test_the_servers_profile_is_exact_across_instances_and_plans_like_the_same_i
         "offline",
     )
     served = live.collect_profile(server.http_url, "http")
-    assert "2 router instances" in served.source
+    assert "1 router counter sets" in served.source  # the native router's 2 instance threads share one set
     for ours, theirs in zip(served.tables, offline.tables, strict=True):
         np.testing.assert_array_equal(ours.rows, theirs.rows)
         np.testing.assert_array_equal(ours.counts, theirs.counts)
@@ -106,7 +106,7 @@ def test_the_profiles_of_several_front_servers_are_summed(tmp_path: Path, server
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     served = AccessProfile.load(out)
-    assert served.source.startswith("sum of live from") and served.source.count("router instances") == 2
+    assert served.source.startswith("sum of live from") and served.source.count("router counter sets") == 2
     for table in model.tables:
         offline = table_access_from_ids(table.name, table.num_rows, np.concatenate(sent[table.name]), samples)
         np.testing.assert_array_equal(served.table(table.name).rows, offline.rows)

@@ -48,8 +48,9 @@ def test_start_ready_stop(tmp_path: Path) -> None:
     assert not serve.port_answers("127.0.0.1", server.http_port)
     log = (tmp_path / "log").read_text()
     assert "successfully loaded 'dlrm'" in log
-    for model in ("dlrm_router", "dlrm_shards_0", "dlrm_dense"):  # the stubs found numba in the venv
-        assert f"{model}: per-request kernels compiled with numba" in log
+    for step, model in (("router", "dlrm_router"), ("shard_group", "dlrm_shards_0")):  # the default engine
+        assert f"recgen native step '{step}' for model '{model}'" in log
+    assert "dlrm_dense: per-request kernels compiled with numba" in log  # the stub found numba in the venv
 
 
 @pytest.mark.skipif(_gpu_present(), reason="a GPU is present: KIND_GPU loads")

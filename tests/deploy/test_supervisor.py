@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -34,11 +35,11 @@ RESTRICTED = f"This API is restricted, expecting header '{triton_runtime.ADMIN_H
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> build.BuildResult:
+    """Every step a Python model, so each has a stub to break (native steps have none: a crash stops the server)."""
     tmp_path = tmp_path_factory.mktemp("supervised")
     model = tiny_model()
-    return build.build(
-        model, uniform_plan(model, shards_per_table=1, lookup_step="separate"), tmp_path / "repo", tmp_path / "ens"
-    )
+    plan = dataclasses.replace(uniform_plan(model, shards_per_table=1, lookup_step="separate"), lookup_engine="python")
+    return build.build(model, plan, tmp_path / "repo", tmp_path / "ens")
 
 
 @pytest.fixture

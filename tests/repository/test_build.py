@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from generator.repository import build, export
 from tests.conftest import requires_server, tiny_model, wide_model
 
 
-def _build(tmp_path: Path, backend="python", target="embedded", force=False, **plan_args):
+def _build(tmp_path: Path, backend="python", target="embedded", force=False, lookup_engine="python", **plan_args):
+    """A build of the tiny model with the Python or ONNX models these tests look into (native: tests/native)."""
     model = tiny_model()
     plan = uniform_plan(model, shards_per_table=3, **{"lookup_step": "separate", **plan_args})
+    plan = dataclasses.replace(plan, lookup_engine=lookup_engine)
     return build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend, target=target, force=force)
 
 
@@ -114,7 +117,7 @@ def test_onnx_graphs_match_pytorch(tmp_path: Path) -> None:
     from generator.repository.layout import group_layout
 
     model = tiny_model()
-    plan = uniform_plan(model, shards_per_table=3, lookup_step="separate")
+    plan = dataclasses.replace(uniform_plan(model, shards_per_table=3, lookup_step="separate"), lookup_engine="python")
     build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend="onnx")
     (group,) = plan.shard_groups()
     layout = group_layout(plan, group)

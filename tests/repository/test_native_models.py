@@ -1,4 +1,4 @@
-"""Builds whose shard groups run on recgen's native backend (`--lookup-engine native`)."""
+"""Builds whose routers and shard groups run on recgen's native backend (`--lookup-engine native`, the default)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from generator import naming, native
 from generator.check import client
 from generator.deploy import server as serve
-from generator.errors import PlanError, UserInputError
+from generator.errors import NativeUnavailableError, UserInputError
 from generator.planning.plan import Placement, uniform_plan
 from generator.planning.plan_file import load_plan, save_plan
-from generator.repository import build, validation
+from generator.repository import build, configs, settings, validation
 from tests.conftest import requires_server
 from tests.test_ranking import sided_model
 
@@ -42,28 +43,55 @@ def test_every_shard_group_is_a_native_model_with_its_rows_and_the_library(tmp_p
         assert config.parameters["recgen_native_step"].string_value == "shard_group"
         assert (group / native.LIBRARY_NAME).read_bytes() == native.library().read_bytes()
         assert not (group / "1" / naming.PYTHON_MODEL_FILE).exists() and list((group / "1").glob("rows__*.npy"))
-    router = validation.parse_strict((repo / "dlrm_router" / naming.CONFIG_FILE).read_text())
-    assert router.backend == "python"  # the router is not native yet
+    for router_name in ("dlrm_router", "dlrm_router_ranking"):
+        router = validation.parse_strict((repo / router_name / naming.CONFIG_FILE).read_text())
+        assert router.backend == native.BACKEND_NAME
+        assert router.parameters["recgen_native_step"].string_value == "router"
+        assert not (repo / router_name / "1" / naming.PYTHON_MODEL_FILE).exists()
+        assert (repo / router_name / native.LIBRARY_NAME).is_file()
     manifest = json.loads((repo / naming.MANIFEST_FILE).read_text())
     assert manifest["settings"]["lookup_engine"] == "native"
 
 
 def test_the_engine_travels_in_plan_files(tmp_path: Path) -> None:
-    plan = dataclasses.replace(uniform_plan(sided_model()), lookup_engine="native")
-    assert load_plan(save_plan(plan, tmp_path / "plan.json")).lookup_engine == "native"
-    assert load_plan(save_plan(uniform_plan(sided_model()), tmp_path / "p2.json")).lookup_engine == "python"
+    plan = dataclasses.replace(uniform_plan(sided_model()), lookup_engine="python")
+    assert load_plan(save_plan(plan, tmp_path / "plan.json")).lookup_engine == "python"
+    assert load_plan(save_plan(uniform_plan(sided_model()), tmp_path / "p2.json")).lookup_engine == "native"
+    document = json.loads((tmp_path / "p2.json").read_text())
+    del document["lookup_engine"]  # a plan file written before the engine existed
+    (tmp_path / "p3.json").write_text(json.dumps(document))
+    assert load_plan(tmp_path / "p3.json").lookup_engine == "python"
 
 
-def test_a_native_engine_refuses_gpu_groups_and_the_container_target(tmp_path: Path) -> None:
-    with pytest.raises(PlanError, match=r"native serves shard groups on the CPU; .* have GPU shards"):
-        dataclasses.replace(uniform_plan(sided_model(), device="gpu", lookup_step="separate"), lookup_engine="native")
+def test_gpu_groups_keep_their_engine_and_the_container_target_is_refused(tmp_path: Path) -> None:
     model = sided_model()
-    plan = dataclasses.replace(uniform_plan(model, lookup_step="separate"), lookup_engine="native")
+    gpu = uniform_plan(model, device="gpu", lookup_step="separate")
+    assert gpu.lookup_engine == "native"
+    result = build.build(model, gpu, tmp_path / "gpu", tmp_path / "gpu_ens", backend="onnx")
+    kinds = {m.name: (m.backend, m.device) for m in result.models if m.role in ("router", "shards")}
+    assert kinds["dlrm_router"] == (native.BACKEND_NAME, "cpu")
+    assert {backend for name, (backend, device) in kinds.items() if device == "gpu"} == {"python (onnx)"}
+    plan = uniform_plan(model, lookup_step="separate")
     with pytest.raises(UserInputError, match=r"--lookup-engine native` builds for the embedded server only"):
         build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend="onnx", target="container")
     assert not (tmp_path / "repo").exists()
     with pytest.raises(UserInputError, match=r"`lookup_engine` must be one of python, native"):
         dataclasses.replace(plan, lookup_engine="gpu")  # type: ignore[arg-type]
+
+
+def test_the_default_engine_falls_back_with_a_note_and_a_named_one_does_not(tmp_path: Path) -> None:
+    model = sided_model()
+    deployment = settings.DeploymentOptions(target="container")
+    resolved = settings.resolve_plan(model, None, settings.UniformOptions(), deployment, (), distributed=False)
+    assert resolved.plan.lookup_engine == "python" and "container target" in resolved.notes[0]
+    named = settings.DeploymentOptions(lookup_engine="native", target="container")
+    resolved = settings.resolve_plan(model, None, settings.UniformOptions(), named, ("lookup_engine",),
+                                     distributed=False)  # fmt: skip
+    assert resolved.plan.lookup_engine == "native" and not resolved.notes  # refused by the build, not replaced
+    with mock.patch.object(native, "library", side_effect=NativeUnavailableError("no C++ compiler (g++)")):
+        embedded = settings.resolve_plan(model, None, settings.UniformOptions(), settings.DeploymentOptions(), (),
+                                         distributed=False)  # fmt: skip
+    assert embedded.plan.lookup_engine == "python" and "no C++ compiler" in embedded.notes[0]
 
 
 @requires_server
@@ -81,10 +109,12 @@ def test_a_native_build_serves_pytorch_scores(
     assert "recgen native step 'shard_group'" in server.logs()
 
 
-def test_placement_is_checked_for_every_shard() -> None:
+def test_a_group_is_native_only_where_its_shards_are_on_the_cpu() -> None:
     plan = uniform_plan(sided_model(), lookup_step="separate")
     table = plan.tables[-1]
     moved = dataclasses.replace(table, shards=(dataclasses.replace(table.shards[0], placement=Placement(1, "gpu")),
                                                *table.shards[1:]))  # fmt: skip
-    with pytest.raises(PlanError, match="CPU; medium have GPU shards"):
-        dataclasses.replace(plan, tables=(*plan.tables[:-1], moved), lookup_engine="native")
+    mixed = dataclasses.replace(plan, tables=(*plan.tables[:-1], moved))
+    leaves = configs.LeafOptions("python", "embedded")
+    backends = {g.placement.device: configs.shard_group_config(mixed, g, leaves).backend for g in mixed.shard_groups()}
+    assert backends == {"cpu": native.BACKEND_NAME, "gpu": "python"}

@@ -195,7 +195,10 @@ class RouterStep : public Step {
       const rapidjson::Value& shards = routing.list(entry, "shards");
       if (feature.boundaries.empty() || feature.boundaries.front() != 0 ||
           feature.boundaries.back() != feature.num_rows || shards.Size() + 1 != feature.boundaries.size()) {
-        routing.fail("table '" + feature.table + "': num_rows and shard boundaries disagree");
+        std::string listed;
+        for (const size_t bound : feature.boundaries) listed += (listed.empty() ? "" : ", ") + std::to_string(bound);
+        routing.fail("table '" + feature.table + "': num_rows " + std::to_string(feature.num_rows) +
+                     " and shard boundaries [" + listed + "] disagree");
       }
       for (rapidjson::SizeType shard = 0; shard < shards.Size(); ++shard) {
         routing.expect_keys(shards[shard], {"output", "column", "first_row"}, "ShardTarget");
