@@ -5,7 +5,9 @@ requests directly at several batch sizes, one at a time, and its busy time per r
 statistics (compute input + infer + output per execution, i.e. stub IPC included, queueing excluded). A straight
 line through busy time vs rows looked up gives a shard's fixed and per-row cost; the same for the router per id;
 the dense model's samples/s is taken at the calibration batch. Memory is the proportional set size
-(`/proc/PID/smaps_rollup`) of the server process and of the stub process of the smallest shard.
+(`/proc/PID/smaps_rollup`): of the server process, of the dense model's stub process (a dense replica), and of a
+router or shard replica: with the native lookup engine, what the server grows by when the smallest shard's model
+(one instance thread) is loaded again; with the Python models, that shard's stub process.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from generator.deploy import stub_health
 from generator.errors import ServerError
 from generator.planning import plan, queueing
 from generator.planning.capacity import Capacity
+from generator.planning.choices import LookupEngine
 from generator.repository import build, layout
 
 _WARMUP_REQUESTS = 5
@@ -125,15 +128,25 @@ def _step_costs(
     return shard_points, router_points
 
 
-def _memory(server: serve.TritonServer, smallest_table: str) -> tuple[int, int]:
-    """PSS of the server process and of the stub of the smallest shard (the cost of one more replica)."""
+def _memory(server: serve.TritonServer, smallest_table: str, lookup_engine: str) -> tuple[int, int, int]:
+    """PSS of the server, of a dense replica (its stub) and of a router or shard replica (see the module's doc)."""
     if server.process is None:
         raise ServerError("the calibration server stopped unexpectedly")
     stubs = stub_processes(server.process.pid)
-    smallest_stub = stubs.get(naming.shard_model(_MODEL, smallest_table, 0))
-    if smallest_stub is None:
-        raise ServerError(f"could not find the stub process of the smallest shard among {sorted(stubs)}")
-    return proportional_set_size_bytes(server.process.pid), proportional_set_size_bytes(smallest_stub)
+    shard = naming.shard_model(_MODEL, smallest_table, 0)
+    wanted = [naming.dense_model(_MODEL)] + ([] if lookup_engine == "native" else [shard])
+    missing = [name for name in wanted if name not in stubs]
+    if missing:
+        raise ServerError(f"could not find the stub processes of {missing} among {sorted(stubs)}")
+    server_bytes = proportional_set_size_bytes(server.process.pid)
+    dense_bytes = proportional_set_size_bytes(stubs[naming.dense_model(_MODEL)])
+    if lookup_engine != "native":
+        return server_bytes, dense_bytes, proportional_set_size_bytes(stubs[shard])
+    server.admin("unload", shard)
+    without = proportional_set_size_bytes(server.process.pid)
+    server.admin("load", shard)
+    server.wait_until_ready([shard], timeout_s=60)
+    return server_bytes, dense_bytes, max(0, proportional_set_size_bytes(server.process.pid) - without)
 
 
 def calibrate(
@@ -142,8 +155,9 @@ def calibrate(
     batch_size: int = 256,
     requests: int = 40,
     echo: Callable[[str], None] = print,
+    lookup_engine: LookupEngine = "native",
 ) -> Capacity:
-    """Measure every figure of the capacity model on the embedded server (python backend, one shard per table)."""
+    """Measure every figure of the capacity model on the embedded server (one shard per table, `lookup_engine`)."""
     the_plan = plan.uniform_plan(
         model,
         name=_MODEL,
@@ -153,6 +167,7 @@ def calibrate(
         lookup_step="separate",  # every shard its own step, so its cost is measured apart from the router's
         latency_slo_ms=queueing.LATENCY_SLO_RANGE_MS[1],  # busy time is measured here: reject nothing
     )
+    the_plan = dataclasses.replace(the_plan, lookup_engine=lookup_engine)
     batches = sorted({max(1, batch_size // 16), max(1, batch_size // 4), batch_size})
     rng = np.random.default_rng(1)
     fused_plan = dataclasses.replace(the_plan, model_name=_FUSED_MODEL, group_by="placement", lookup_step="fused")
@@ -166,7 +181,8 @@ def calibrate(
             dense_inputs = _random_inputs(layout.dense_inputs(the_plan, dense), batch_size, {}, rng)
             dense_busy = _busy_seconds_per_request(client, naming.dense_model(_MODEL), dense_inputs, requests)
             echo(f"  dense: {dense_busy * 1e6:.1f} us per {batch_size} samples")
-            server_bytes, replica_bytes = _memory(server, min(model.tables, key=lambda t: t.num_rows).name)
+            smallest = min(model.tables, key=lambda t: t.num_rows).name
+            server_bytes, dense_bytes, lookup_bytes = _memory(server, smallest, lookup_engine)
             shard_fixed, shard_per_row = _fit_line(*zip(*shard_points, strict=True))
             router_fixed, router_per_id = _fit_line(*zip(*router_points, strict=True))
             figures = Capacity(
@@ -176,9 +192,10 @@ def calibrate(
                 router_fixed_s=router_fixed,
                 router_per_id_s=router_per_id,
                 dense_samples_per_s=batch_size / dense_busy,
-                replica_overhead_bytes=replica_bytes,
+                replica_overhead_bytes=dense_bytes,
                 server_overhead_bytes=server_bytes,
-                source=f"calibrated on the embedded server at batch {batch_size}",
+                lookup_replica_overhead_bytes=lookup_bytes,
+                source=f"calibrated on the embedded server at batch {batch_size}, {lookup_engine} lookup engine",
             )
             _check_fused(client, fused_plan, model, figures, requests, echo)
     return figures

@@ -18,6 +18,7 @@ from generator.cli import options
 from generator.model.dlrm import example_model
 from generator.model.loading import load_model
 from generator.planning import precision
+from generator.planning.choices import LOOKUP_ENGINES, LookupEngine
 from generator.planning.plan import Plan
 from generator.repository.configs import Backend
 from generator.repository.settings import built_plan
@@ -169,11 +170,22 @@ def demo(workdir: Path, backend: Backend, shards_per_table: int) -> None:
     help="Requests per measured point.",
 )
 @options.out_file(help_text="Where to write capacity.json.")
+@click.option(
+    "--lookup-engine",
+    type=click.Choice(LOOKUP_ENGINES),
+    default="native",
+    show_default=True,
+    help="The engine whose routers and shard groups are measured (plans charge its costs).",
+)
 @options.reports_errors
-def calibrate(model_path: Path | None, max_ids: dict[str, int], batch: int, num_requests: int, out_path: Path) -> None:
+def calibrate(
+    model_path: Path | None, max_ids: dict[str, int], batch: int, num_requests: int, out_path: Path,
+    lookup_engine: LookupEngine,
+) -> None:  # fmt: skip
     """Measure the capacity model (per-request and per-row costs, memory per replica) on the embedded server."""
     model = load_model(model_path, max_ids=max_ids) if model_path else example_model()
-    measured = calibration.calibrate(model, batch_size=batch, requests=num_requests, echo=click.echo)
+    measured = calibration.calibrate(model, batch_size=batch, requests=num_requests, echo=click.echo,
+                                     lookup_engine=lookup_engine)  # fmt: skip
     measured.save(out_path)
     click.echo(str(measured))
     click.echo(f"wrote {out_path}")

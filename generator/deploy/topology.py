@@ -42,11 +42,11 @@ class GroupDeployment:
     endpoints_env: str
 
     def memory_bytes(self, capacity: Capacity) -> int:
-        """Expected resident bytes of one replica server: its rows, the server and one stub per instance."""
+        """Expected resident bytes of one replica server: its rows, the server and each instance's overhead."""
         return (
             self.rows_bytes
             + capacity.server_overhead_bytes
-            + INSTANCES_PER_GROUP_SERVER * capacity.replica_overhead_bytes
+            + INSTANCES_PER_GROUP_SERVER * capacity.lookup_overhead_bytes
         )
 
 
@@ -70,9 +70,9 @@ class FrontDeployment:
     def memory_bytes(self, capacity: Capacity) -> int:
         """Expected resident bytes of one front server."""
         return (
-            self.router_instances * self.router_bytes
+            self.router_instances * (self.router_bytes + capacity.lookup_overhead_bytes)
             + capacity.server_overhead_bytes
-            + self.instances * capacity.replica_overhead_bytes
+            + (self.instances - self.router_instances) * capacity.replica_overhead_bytes
         )
 
 

@@ -4,8 +4,10 @@ Every shard step runs once per request (the ensemble calls every shard), so a sh
 `shard_fixed_s + shard_per_row_s * rows looked up` per request; the router spends `router_fixed_s +
 router_per_id_s * ids`, plus `shard_per_row_s` per row it pools itself (the fused lookup step); the dense model
 scores `dense_samples_per_s`. A replica is kept at most `target_utilization` busy. Each replica costs its data plus
-`replica_overhead_bytes` (a Python-backend stub process); each server `server_overhead_bytes`. `recgen calibrate`
-measures these on the embedded server.
+an overhead: `lookup_replica_overhead_bytes` for a router or shard replica (an instance thread of the native
+backend by default; a stub process with the Python models), `replica_overhead_bytes` for a dense or whole-model
+replica (a Python-backend stub process); each server `server_overhead_bytes`. `recgen calibrate` measures these on
+the embedded server.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Capacity:
     dense_samples_per_s: float = 340_000.0
     replica_overhead_bytes: int = 88_000_000
     server_overhead_bytes: int = 45_000_000
+    #: A router or shard replica's overhead (None: as `replica_overhead_bytes`, a stub per replica).
+    lookup_replica_overhead_bytes: int | None = None
     target_utilization: float = 0.8
     source: str = "built-in defaults"
 
@@ -52,8 +56,15 @@ class Capacity:
             raise UserInputError(f"capacity `dense_samples_per_s` must be > 0, got {self.dense_samples_per_s!r}")
         if not 0 < self.target_utilization <= 1:
             raise UserInputError(f"capacity `target_utilization` must be in (0, 1], got {self.target_utilization!r}")
-        if self.batch_size < 1 or self.replica_overhead_bytes < 0 or self.server_overhead_bytes < 0:
+        overheads = (self.replica_overhead_bytes, self.server_overhead_bytes, self.lookup_overhead_bytes)
+        if self.batch_size < 1 or min(overheads) < 0:
             raise UserInputError("capacity `batch_size` must be >= 1 and the overhead bytes >= 0")
+
+    @property
+    def lookup_overhead_bytes(self) -> int:
+        """What one more router or shard replica costs beyond its data."""
+        given = self.lookup_replica_overhead_bytes
+        return self.replica_overhead_bytes if given is None else given
 
     def replicas(self, queries_per_s: float, seconds_per_query: float) -> int:
         """Replicas that serve `queries_per_s` when one query keeps a replica busy `seconds_per_query`."""
@@ -125,8 +136,9 @@ class Capacity:
             f"capacity ({self.source}) at batch {self.batch_size}: shard {self.shard_fixed_s * 1e6:.0f} us/request "
             f"+ {self.shard_per_row_s * 1e9:.1f} ns/row; router {self.router_fixed_s * 1e6:.0f} us/request + "
             f"{self.router_per_id_s * 1e9:.1f} ns/id; dense {self.dense_samples_per_s:,.0f} samples/s; "
-            f"{self.replica_overhead_bytes / 1e6:.0f} MB per replica, {self.server_overhead_bytes / 1e6:.0f} MB per "
-            f"server; replicas kept <= {self.target_utilization:.0%} busy"
+            f"{self.lookup_overhead_bytes / 1e6:.1f} MB per router or shard replica, "
+            f"{self.replica_overhead_bytes / 1e6:.0f} MB per dense replica, {self.server_overhead_bytes / 1e6:.0f} MB "
+            f"per server; replicas kept <= {self.target_utilization:.0%} busy"
         )
 
 

@@ -111,7 +111,7 @@ def _table_grid_costs(
     rows = grid[np.newaxis, :] - grid[:, np.newaxis]
     dtypes = np.zeros(grid.size, dtype=np.int64) if row_dtypes is None else row_dtypes
     row_bytes = bytes_per_row_of(spec.dim, dtypes)[:, np.newaxis]
-    memory = replicas * (rows * row_bytes + capacity.replica_overhead_bytes)
+    memory = replicas * (rows * row_bytes + capacity.lookup_overhead_bytes)
     return memory, replicas.astype(np.int64), share
 
 

@@ -229,8 +229,8 @@ def planned_totals(
     return Totals(
         replicas=shard_replicas + router_replicas + dense_replicas,
         memory_bytes=embedding_bytes
-        + shard_replicas * capacity.replica_overhead_bytes
-        + router_replicas * (router_bytes + capacity.replica_overhead_bytes)
+        + shard_replicas * capacity.lookup_overhead_bytes
+        + router_replicas * (router_bytes + capacity.lookup_overhead_bytes)
         + dense_replicas * (shape.dense_bytes + capacity.replica_overhead_bytes)
         + capacity.server_overhead_bytes,
         embedding_bytes=embedding_bytes,

@@ -21,8 +21,9 @@ def test_calibrate_measures_every_figure(kind: str) -> None:
     assert capacity.shard_per_row_s >= 0 and capacity.router_per_id_s >= 0
     assert 1e-6 < capacity.router_fixed_s + capacity.router_per_id_s * 64 < 0.1
     assert capacity.dense_samples_per_s > 1_000
-    # A Python-backend stub process costs megabytes; the server more.
+    # A Python-backend stub process (the dense replica) costs megabytes; the server more; a native instance little.
     assert 2e6 < capacity.replica_overhead_bytes < 500e6
+    assert 0 <= capacity.lookup_overhead_bytes < 20e6 and "native lookup engine" in capacity.source
     assert 5e6 < capacity.server_overhead_bytes < 2e9
     assert capacity.batch_size == 64 and "calibrated" in capacity.source
     assert any("dense" in line for line in lines)
