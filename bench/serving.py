@@ -4,12 +4,16 @@ For batch 1, 64 and 256 candidates and client concurrency 1, 4 and 8 (closed loo
 next request when the previous answer arrives, over gRPC, one client per thread):
 (a) in-process PyTorch forward of the same model (the limit; `concurrency` threads call forward),
 (b) one monolithic Triton model holding the whole DLRM (Python backend numpy, and ONNX Runtime), 2 instances,
-(c) the generated sharded ensemble with the generator's default configs: routing and pooling in one step (the fused
-lookup step) then the dense step on numpy kernels (`ensemble-python`) or ONNX Runtime (`ensemble-onnx`); the same
-with every shard group its own step (`ensemble-python-separate`); and as it was before the compiled kernels and the
-fused step (`ensemble-python-numpy`: separate steps, numpy kernels).
-Prints a markdown table with samples/s, requests/s, p50 and p99 latency and the ratios (c)/(a) and (c)/(b), and
-writes JSON and a PNG.
+(c) the generated sharded ensemble: routing and pooling in one step (the fused lookup step) on the native backend
+(`ensemble-native`, the default build) or on the Python models (`ensemble-python`), then the dense step on numpy
+kernels; the Python lookup step with an ONNX Runtime dense step (`ensemble-onnx`); every shard group its own step
+(`ensemble-native-separate`, `ensemble-python-separate`); and as it was before the compiled kernels and the fused step
+(`ensemble-python-numpy`: separate steps, numpy kernels).
+Prints a markdown table with samples/s, requests/s, p50, p99, p99.9 and the slowest request's latency (tail
+latencies: a stall hides in a mean), the server CPU per request of all its processes, the router step's busy time
+per request (Triton's statistics: compute input + infer + output, stub IPC included), and the ratios (c)/(a),
+(c)/(best PyTorch: its most samples/s at that batch over every concurrency) and (c)/(b); then every process's PSS.
+Writes JSON and a PNG.
 
     python -m bench.serving [--seconds 3] [--rounds 3] [--batches 1 64 256] [--concurrency 1 4 8]
                             [--systems ...] [--out runs/bench/serving]
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import tempfile
 import time
@@ -34,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.loadgen import cpu_seconds, server_processes
+from bench.loadgen import cpu_seconds, pss_bytes, server_processes
 from bench.rounds import median_round, odd_rounds
 from bench.structured import markdown_structured, plot_structured, run_structured, structured_workloads
 from bench.threads import closed_loop
@@ -51,16 +56,20 @@ SYSTEMS = (
     "pytorch",
     "monolithic-python",
     "monolithic-onnx",
+    "ensemble-native",
     "ensemble-python",
     "ensemble-onnx",
+    "ensemble-native-separate",
     "ensemble-python-separate",
     "ensemble-python-numpy",
 )
+#: Systems whose routers and shard groups run on the native backend (the rest on the Python models).
+NATIVE_LOOKUP = ("ensemble-native", "ensemble-native-separate")
 #: Systems served with the numpy reference kernels instead of the compiled ones (recgen_compiled).
 NUMPY_KERNELS = {"ensemble-python-numpy": {"RECGEN_KERNELS": "numpy"}}
 #: Ensembles built with every shard group its own step (the default fuses them into the router's step);
 #: `ensemble-python-numpy` is the ensemble as it was before the compiled kernels and the fused step.
-SEPARATE_STEPS = ("ensemble-python-separate", "ensemble-python-numpy")
+SEPARATE_STEPS = ("ensemble-native-separate", "ensemble-python-separate", "ensemble-python-numpy")
 
 
 def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: float) -> dict[str, float]:
@@ -75,6 +84,21 @@ def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: flo
     return closed_loop(send, concurrency, seconds, warmup_s=0.5, cpu_s=time.process_time)
 
 
+def router_busy_us(session: client.RankingClient) -> tuple[float, int, int]:
+    """(busy microseconds, requests, executions) of the router step so far, from Triton's statistics."""
+    stats = session.client.get_inference_statistics(ROUTER, as_json=True) if ROUTER else {}
+    for entry in stats.get("model_stats", []):
+        inference = entry["inference_stats"]
+        parts = ("compute_input", "compute_infer", "compute_output")
+        busy_ns = sum(int(inference[part].get("ns", 0)) for part in parts)
+        return busy_ns / 1e3, int(inference["success"].get("count", 0)), int(entry.get("execution_count", 0))
+    return 0.0, 0, 0
+
+
+#: The router model of the ensembles (the step whose busy time is reported).
+ROUTER = "dlrm_router"
+
+
 def bench_triton(
     url: str, model: models.DLRM, batch: int, concurrency: int, seconds: float, server_pid: int | None = None
 ) -> dict[str, float]:
@@ -83,13 +107,19 @@ def bench_triton(
     requests = [random_request(model, batch, np.random.default_rng(i)).tensors() for i in range(concurrency)]
     pids = list(server_processes(server_pid).values()) if server_pid else []
     try:
-        return closed_loop(
+        router_before = router_busy_us(clients[0]) if server_pid else (0.0, 0, 0)
+        timed = closed_loop(
             lambda i: clients[i].infer(requests[i]),
             concurrency,
             seconds,
             warmup_s=1.0,
             cpu_s=(lambda: cpu_seconds(pids)) if pids else None,
         )
+        router_after = router_busy_us(clients[0]) if server_pid else (0.0, 0, 0)
+        busy, served, executions = (after - before for after, before in zip(router_after, router_before, strict=True))
+        # Triton charges every request of a batched execution the whole execution: x executions / requests undoes it.
+        timed["router_us_per_request"] = busy / served * executions / served if served else float("nan")
+        return timed
     finally:
         for each in clients:
             each.close()
@@ -97,11 +127,13 @@ def bench_triton(
 
 def build_system(system: str, model: models.DLRM, workdir: Path) -> build.BuildResult:
     kind, backend = system.split("-")[:2]
+    backend = "python" if backend == "native" else backend
     if kind == "monolithic":
         the_plan = plan.uniform_plan(model, shards_per_table=1, instance_count=2)
         return build.build_monolithic(model, the_plan, workdir / system, backend=backend)  # type: ignore[arg-type]
     lookup_step: plan.LookupStep = "separate" if system in SEPARATE_STEPS else "fused"
     the_plan = plan.uniform_plan(model, instance_count=ENSEMBLE_INSTANCES, lookup_step=lookup_step)
+    the_plan = dataclasses.replace(the_plan, lookup_engine="native" if system in NATIVE_LOOKUP else "python")
     return build.build(model, the_plan, workdir / system / "r", workdir / system / "e", backend=backend)  # type: ignore[arg-type]
 
 
@@ -111,7 +143,7 @@ def run(
     concurrencies: list[int],
     seconds: float,
     rounds: int,
-) -> list[dict]:
+) -> tuple[list[dict], dict[str, dict[str, int]]]:
     """Every cell `rounds` times, systems interleaved (all servers up at once, idle while others run), median kept.
 
     These machines are shared VMs whose speed drifts from minute to minute (steal time); interleaving keeps the
@@ -120,6 +152,7 @@ def run(
     model = models.example_model()
     torch.set_num_threads(2)
     measured: dict[tuple[str, int, int], list[dict]] = {}
+    memory: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="recgen-bench-") as workdir, contextlib.ExitStack() as stack:
         urls: dict[str, tuple[str, int | None]] = {}
         for system in systems:
@@ -149,6 +182,8 @@ def run(
                         }
                         measured.setdefault((system, batch, concurrency), []).append(cell)
                         print(_row(cell), flush=True)
+        for system, (_, pid) in urls.items():  # after every round: what each process holds once warm
+            memory[system] = pss_bytes(server_processes(pid)) if pid else {}
     cells = []
     for (_, batch, _), runs in measured.items():
         median = median_round(runs, key=lambda c: c["requests_per_s"])
@@ -160,39 +195,54 @@ def run(
             }
         )
     order = {name: index for index, name in enumerate(systems)}
-    return sorted(cells, key=lambda c: (c["batch"], c["concurrency"], order[c["system"]]))
+    return sorted(cells, key=lambda c: (c["batch"], c["concurrency"], order[c["system"]])), memory
 
 
 def _row(cell: dict) -> str:
     return (
         f"{cell['system']:<18} batch {cell['batch']:>4} x{cell['concurrency']}: "
         f"{cell['requests_per_s'] * cell['batch']:>10,.0f} samples/s, p50 {cell['p50_ms']:.2f} ms, "
-        f"p99 {cell['p99_ms']:.2f} ms, {cell.get('cpu_ms_per_request', float('nan')):.2f} CPU ms/request"
+        f"p99 {cell['p99_ms']:.2f} ms, slowest {cell['max_ms']:.1f} ms, "
+        f"{cell.get('cpu_ms_per_request', float('nan')):.2f} CPU ms/request, "
+        f"router {cell.get('router_us_per_request', float('nan')):.0f} us/request"
     )
 
 
-def markdown(cells: list[dict]) -> str:
+def markdown(cells: list[dict], memory: dict[str, dict[str, int]] | None = None) -> str:
     by_key = {(c["system"], c["batch"], c["concurrency"]): c for c in cells}
+    best_torch: dict[int, float] = {}
+    for c in cells:
+        if c["system"] == "pytorch":
+            best_torch[c["batch"]] = max(best_torch.get(c["batch"], 0.0), c["samples_per_s"])
     lines = [
-        "| system | batch | concurrency | samples/s | requests/s | p50 ms | p99 ms | CPU ms/request | ÷ PyTorch "
-        "| ÷ monolithic |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| system | batch | concurrency | samples/s | requests/s | p50 ms | p99 ms | p99.9 ms | slowest ms "
+        "| CPU ms/request | router us/request | ÷ PyTorch | ÷ best PyTorch | ÷ monolithic |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         reference = by_key.get(("pytorch", c["batch"], c["concurrency"]))
-        backend = [*c["system"].split("-"), ""][1]  # ensemble-python-numpy -> python
-        monolithic = by_key.get((f"monolithic-{backend}", c["batch"], c["concurrency"]))
+        monolithic = by_key.get(("monolithic-python", c["batch"], c["concurrency"]))
         vs_torch = f"{c['samples_per_s'] / reference['samples_per_s']:.2f}" if reference else "-"
+        best = best_torch.get(c["batch"])
+        vs_best = f"{c['samples_per_s'] / best:.2f}" if best else "-"
         vs_mono = (
             f"{c['samples_per_s'] / monolithic['samples_per_s']:.2f}"
             if monolithic and c["system"].startswith("ensemble")
             else "-"
         )
+        router = c.get("router_us_per_request", float("nan"))
         lines.append(
             f"| {c['system']} | {c['batch']} | {c['concurrency']} | {c['samples_per_s']:,.0f} | "
             f"{c['requests_per_s']:,.1f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} "
-            f"| {c.get('cpu_ms_per_request', float('nan')):.2f} | {vs_torch} | {vs_mono} |"
+            f"| {c.get('p999_ms', float('nan')):.2f} "
+            f"| {c.get('max_ms', float('nan')):.1f} | {c.get('cpu_ms_per_request', float('nan')):.2f} "
+            f"| {'-' if router != router else f'{router:.0f}'} | {vs_torch} | {vs_best} | {vs_mono} |"
         )
+    if memory:
+        lines += ["", "| system | process | PSS MB |", "|---|---|---|"]
+        for system, sizes in memory.items():
+            for process, size in sizes.items():
+                lines.append(f"| {system} | {process} | {size / 1e6:.1f} |")
     return "\n".join(lines)
 
 
@@ -257,11 +307,11 @@ def main() -> None:
         plot_structured(cells, args.out / "structured.png")
         print(f"wrote {args.out}/structured.json, structured.md, structured.png")
         return
-    cells = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
-    table = markdown(cells)
+    cells, memory = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
+    table = markdown(cells, memory)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serving.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
+    (args.out / "serving.json").write_text(json.dumps({"cells": cells, "pss_bytes": memory}, indent=2) + "\n")
     (args.out / "serving.md").write_text(table + "\n")
     plot(cells, args.out / "serving.png")
     print(f"wrote {args.out}/serving.json, serving.md, serving.png")

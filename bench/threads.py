@@ -61,4 +61,6 @@ def closed_loop(
         "cpu_ms_per_request": cpu_ms,
         "p50_ms": float(np.percentile(merged, 50) * 1000),
         "p99_ms": float(np.percentile(merged, 99) * 1000),
+        "p999_ms": float(np.percentile(merged, 99.9) * 1000),
+        "max_ms": float(merged.max() * 1000),
     }

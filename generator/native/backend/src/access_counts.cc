@@ -175,19 +175,18 @@ AccessCounter::AccessCounter(const JsonParameter& parameter, const std::string& 
 
 void AccessCounter::record(const int64_t* ids, size_t rows, size_t columns, bool ranking) {
   uint32_t* counts = files_[0].values<uint32_t>();
-  for (size_t index = 0; index < rows * columns; ++index) {
-    const int64_t id = ids[index];
-    if (id < 0) continue;
-    uint32_t* count = counts + column_base_[index % columns] + static_cast<size_t>(id);
-    uint32_t seen = __atomic_load_n(count, __ATOMIC_RELAXED);
-    while (seen != kMaxCount &&
-           !__atomic_compare_exchange_n(count, &seen, seen + 1, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  for (size_t row = 0; row < rows; ++row) {
+    const int64_t* row_ids = ids + row * columns;
+    for (size_t column = 0; column < columns; ++column) {
+      const int64_t id = row_ids[column];
+      if (id < 0) continue;
+      uint32_t& count = counts[column_base_[column] + static_cast<size_t>(id)];
+      count += count != kMaxCount ? 1 : 0;
     }
   }
   int64_t* samples = files_[1].values<int64_t>();
   for (size_t table = 0; table < user_tables_.size(); ++table) {
-    const int64_t seen = ranking ? (user_tables_[table] ? 1 : static_cast<int64_t>(rows) - 1) : static_cast<int64_t>(rows);
-    __atomic_fetch_add(samples + table, seen, __ATOMIC_RELAXED);
+    samples[table] += ranking ? (user_tables_[table] ? 1 : static_cast<int64_t>(rows) - 1) : static_cast<int64_t>(rows);
   }
 }
 

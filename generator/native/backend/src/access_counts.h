@@ -1,12 +1,13 @@
 // The routers' access counters, natively: the same files recgen_access.py writes, so the profile model,
 // `recgen profile --from-server` and drift read a native router's counts like a Python one's.
 //
-// A native model counts into `<directory>/recgen-<uid>/access/<server pid>/<key>.<model>~<n>.<server pid>.*`
-// (`counts.npy` uint32 per row of every table, `samples.npy` int64 per table, `since.npy` the window's start in
-// Unix seconds); its instance threads share them and add with atomic operations, a count stopping at 2**32 - 1.
-// `n` numbers the models this server process has opened, so a reloaded model never shares its predecessor's files.
-// When the model is unloaded its counts are added to the key's retired set and its files removed, as the Python
-// routers' are when their stub is gone.
+// Each instance of a native router counts into its own files,
+// `<directory>/recgen-<uid>/access/<server pid>/<key>.<model>~<n>.<server pid>.*` (`counts.npy` uint32 per row of
+// every table, `samples.npy` int64 per table, `since.npy` the window's start in Unix seconds), as each Python
+// router instance does, so one writer adds to them without atomic operations; a count stops at 2**32 - 1. `n`
+// numbers the counter sets this server process has opened, so a reloaded model never shares its predecessor's
+// files. When the model is unloaded its counts are added to the key's retired set and its files removed, as the
+// Python routers' are when their stub is gone.
 #pragma once
 
 #include <cstddef>
@@ -54,11 +55,11 @@ struct CountedFeature {
 
 class AccessCounter {
  public:
-  // Creates this model's zeroed counters from the `access_counts` parameter (recgen_params.AccessCountsParams);
+  // Creates one instance's zeroed counters from the `access_counts` parameter (recgen_params.AccessCountsParams);
   // Error when a routed feature's table is not counted with its rows, or the folder is not private.
   AccessCounter(const JsonParameter& parameter, const std::string& model_name,
                 const std::vector<CountedFeature>& features);
-  // Retires the counts into the key's retired set and removes this model's files.
+  // Retires the counts into the key's retired set and removes this instance's files.
   ~AccessCounter();
   AccessCounter(const AccessCounter&) = delete;
   AccessCounter& operator=(const AccessCounter&) = delete;

@@ -2,6 +2,7 @@
 // thread of the server that runs the model's step for each request of a batch, answering each request alone.
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -34,11 +35,13 @@ struct MessageDeleter {
 struct ModelState {
   ModelConfig config;
   std::unique_ptr<Step> step;
+  std::mutex instances_mutex;
 };
 
 struct InstanceState {
   std::string name;
   ModelState* model = nullptr;
+  size_t index = 0;  // the step's number for this instance (Step::add_instance)
 };
 
 ModelConfig read_config(TRITONBACKEND_Model* model) {
@@ -74,52 +77,40 @@ TRITONSERVER_Error* free_state(Handle* handle, TRITONSERVER_Error* (*get_state)(
   });
 }
 
-// Answers one request with `message` as UNAVAILABLE, unread, and reports it failed.
-void shed_request(TRITONBACKEND_ModelInstance* instance, TRITONBACKEND_Request* request, const std::string& message,
-                  uint64_t exec_start_ns) {
+// Answers one request with `message` as UNAVAILABLE, unread.
+void shed_request(TRITONBACKEND_Request* request, const std::string& message) {
   TRITONBACKEND_Response* raw = nullptr;
   ServerError created(TRITONBACKEND_ResponseNew(&raw, request));
   if (!created) {
     ServerError failure(TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_UNAVAILABLE, message.c_str()));
     ServerError sent(TRITONBACKEND_ResponseSend(raw, TRITONSERVER_RESPONSE_COMPLETE_FINAL, failure.get()));
   }
-  const uint64_t end_ns = now_ns();
-  ServerError reported(TRITONBACKEND_ModelInstanceReportStatistics(instance, request, false, exec_start_ns,
-                                                                   exec_start_ns, end_ns, end_ns));
-  ServerError released(TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL));
 }
 
-// Answers one request (its outputs, or the error it caused) and reports its statistics; returns its batch size.
-uint64_t serve_request(TRITONBACKEND_ModelInstance* instance, const Step& step, TRITONBACKEND_Request* request,
-                       uint64_t exec_start_ns) {
+// Answers one request (its outputs, or the error it caused); returns its batch size, and whether it succeeded.
+uint64_t serve_request(const Step& step, size_t instance, TRITONBACKEND_Request* request, bool* success) {
   TRITONBACKEND_Response* raw = nullptr;
   ServerError created(TRITONBACKEND_ResponseNew(&raw, request));
   uint64_t batch = 1;
-  bool success = false;
-  const uint64_t compute_start_ns = now_ns();
+  *success = false;
   if (created) {
     log(TRITONSERVER_LOG_ERROR, std::string("cannot create a response: ") + TRITONSERVER_ErrorMessage(created.get()));
-  } else {
-    ResponsePtr response(raw);
-    ServerError failure;
-    try {
-      const RequestInputs inputs(request);
-      batch = step.batch_size(inputs);
-      step.execute(inputs, requested_outputs(request), response.get());
-      success = true;
-    } catch (const Error& error) {
-      failure.reset(to_server_error(error));
-    } catch (const std::exception& error) {
-      failure.reset(TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, error.what()));
-    }
-    ServerError sent(
-        TRITONBACKEND_ResponseSend(response.release(), TRITONSERVER_RESPONSE_COMPLETE_FINAL, failure.get()));
-    if (sent) log(TRITONSERVER_LOG_ERROR, std::string("cannot send a response: ") + TRITONSERVER_ErrorMessage(sent.get()));
+    return batch;
   }
-  const uint64_t end_ns = now_ns();
-  ServerError reported(TRITONBACKEND_ModelInstanceReportStatistics(instance, request, success, exec_start_ns,
-                                                                   compute_start_ns, end_ns, end_ns));
-  ServerError released(TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL));
+  ResponsePtr response(raw);
+  ServerError failure;
+  try {
+    const RequestInputs inputs(request);
+    batch = step.batch_size(inputs);
+    step.execute(inputs, requested_outputs(request), response.get(), instance);
+    *success = true;
+  } catch (const Error& error) {
+    failure.reset(to_server_error(error));
+  } catch (const std::exception& error) {
+    failure.reset(TRITONSERVER_ErrorNew(TRITONSERVER_ERROR_INTERNAL, error.what()));
+  }
+  ServerError sent(TRITONBACKEND_ResponseSend(response.release(), TRITONSERVER_RESPONSE_COMPLETE_FINAL, failure.get()));
+  if (sent) log(TRITONSERVER_LOG_ERROR, std::string("cannot send a response: ") + TRITONSERVER_ErrorMessage(sent.get()));
   return batch;
 }
 
@@ -183,6 +174,10 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
     void* model_state = nullptr;
     check(TRITONBACKEND_ModelState(model, &model_state), "reading the model state");
     state->model = static_cast<recgen::ModelState*>(model_state);
+    {
+      const std::lock_guard<std::mutex> lock(state->model->instances_mutex);  // instances may start concurrently
+      state->index = state->model->step->add_instance();
+    }
     check(TRITONBACKEND_ModelInstanceSetState(instance, state.get()), "keeping the instance state");
     state.release();  // owned by the server until TRITONBACKEND_ModelInstanceFinalize
   });
@@ -198,22 +193,33 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstan
   // an error only when the instance state itself cannot be read (then Triton still owns the requests).
   void* raw = nullptr;
   if (TRITONSERVER_Error* error = TRITONBACKEND_ModelInstanceState(instance, &raw)) return error;
-  const recgen::Step& step = *static_cast<recgen::InstanceState*>(raw)->model->step;
+  const recgen::InstanceState& state = *static_cast<recgen::InstanceState*>(raw);
+  const recgen::Step& step = *state.model->step;
   const uint64_t exec_start_ns = recgen::now_ns();
-  const std::string shed = step.shed_message();
-  if (!shed.empty()) {  // at once and unread, so the queue drains; each request gets its own error
-    for (uint32_t index = 0; index < request_count; ++index) {
-      recgen::shed_request(instance, requests[index], shed, exec_start_ns);
-    }
-    return nullptr;
-  }
+  const std::string shed = step.shed_message();  // if not empty: every request at once and unread, so the queue drains
+  std::vector<bool> succeeded(request_count, false);
   uint64_t batch = 0;
   for (uint32_t index = 0; index < request_count; ++index) {
-    batch += recgen::serve_request(instance, step, requests[index], exec_start_ns);
+    if (!shed.empty()) {
+      recgen::shed_request(requests[index], shed);
+      continue;
+    }
+    bool success = false;
+    batch += recgen::serve_request(step, state.index, requests[index], &success);
+    succeeded[index] = success;
   }
+  // Each request is charged the whole execution, as Triton's own backends report a batch (the admission control's
+  // time per request undoes that with executions / requests); then it is released.
   const uint64_t exec_end_ns = recgen::now_ns();
-  recgen::ServerError reported(TRITONBACKEND_ModelInstanceReportBatchStatistics(
-      instance, batch, exec_start_ns, exec_start_ns, exec_end_ns, exec_end_ns));
+  for (uint32_t index = 0; index < request_count; ++index) {
+    recgen::ServerError reported(TRITONBACKEND_ModelInstanceReportStatistics(
+        instance, requests[index], succeeded[index], exec_start_ns, exec_start_ns, exec_end_ns, exec_end_ns));
+    recgen::ServerError released(TRITONBACKEND_RequestRelease(requests[index], TRITONSERVER_REQUEST_RELEASE_ALL));
+  }
+  if (batch > 0) {
+    recgen::ServerError reported(TRITONBACKEND_ModelInstanceReportBatchStatistics(
+        instance, batch, exec_start_ns, exec_start_ns, exec_end_ns, exec_end_ns));
+  }
   return nullptr;
 }
 

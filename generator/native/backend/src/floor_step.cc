@@ -16,7 +16,7 @@ class FloorStep : public Step {
   explicit FloorStep(const ModelConfig& config) : config_(config) {}
 
   void execute(const RequestInputs& inputs, const std::vector<std::string>& outputs,
-               TRITONBACKEND_Response* response) const override {
+               TRITONBACKEND_Response* response, size_t /*instance*/) const override {
     volatile uint8_t touched = 0;  // read every input's last byte, as the Python twin reads every input
     for (const auto& input : inputs.all()) {
       if (input.byte_size > 0) touched = touched ^ input.data[input.byte_size - 1];

@@ -64,6 +64,15 @@ struct Batch {
   std::vector<float> weights;  // empty when no feature is weighted
 };
 
+// Every buffer a request needs (an instance thread keeps one and reuses it).
+struct Scratch {
+  Batch batch;
+  std::vector<float> counts;
+  std::vector<float> cached;
+  std::vector<std::vector<int32_t>> packed;
+  std::vector<std::vector<float>> packed_weights;
+};
+
 class RouterStep : public Step {
  public:
   RouterStep(const ModelConfig& config, const std::string& version_dir, TRITONSERVER_Server* server)
@@ -87,11 +96,8 @@ class RouterStep : public Step {
     if (config.parameters.count("router_pooling")) read_pooling(config, version_dir);
     resolve_outputs(config);
     if (config.parameters.count("access_counts")) {
-      std::vector<CountedFeature> counted;
-      for (const auto& feature : features_) {
-        counted.push_back({feature.table, feature.ids_per_sample, feature.user_side, feature.num_rows});
-      }
-      counter_ = std::make_unique<AccessCounter>(JsonParameter(config, "access_counts"), config.name, counted);
+      access_counts_ = std::make_unique<JsonParameter>(config, "access_counts");
+      model_name_ = config.name;  // each instance's counters are created, and the parameter checked, by add_instance
     }
     if (config.parameters.count("admission")) {
       admission_ = std::make_unique<Admission>(JsonParameter(config, "admission"), config.name, server);
@@ -106,6 +112,13 @@ class RouterStep : public Step {
 
   std::string shed_message() const override { return admission_ ? admission_->shed_message() : ""; }
 
+  // Each instance counts into its own files (as each Python router instance does), so it adds without atomics.
+  // Triton initializes every instance before the model serves, so `counters_` does not grow while it is read.
+  size_t add_instance() override {
+    if (access_counts_) counters_.push_back(std::make_unique<AccessCounter>(*access_counts_, model_name_, counted_features()));
+    return instances_++;
+  }
+
   uint64_t batch_size(const RequestInputs& inputs) const override {
     if (ranking_) return 1;
     const InputTensor& ids = inputs.get(features_.front().input);
@@ -113,16 +126,23 @@ class RouterStep : public Step {
   }
 
   void execute(const RequestInputs& inputs, const std::vector<std::string>& outputs,
-               TRITONBACKEND_Response* response) const override {
+               TRITONBACKEND_Response* response, size_t instance) const override {
     for (const auto& name : finite_inputs_) check_finite(inputs.get(name));
-    Batch batch = ranking_ ? combine_ranking(inputs) : side_by_side(inputs);
+    // Per-request buffers, kept by the instance's thread from one request to the next (no allocation once warm).
+    thread_local Scratch scratch;
+    Batch& batch = scratch.batch;
+    if (ranking_) {
+      combine_ranking(inputs, batch);
+    } else {
+      side_by_side(inputs, batch);
+    }
     drop_padding(batch);
-    std::vector<float> counts = count_pooled(batch);
-    if (counter_) counter_->record(batch.ids.data(), batch.rows, batch.columns, ranking_);
+    const std::vector<float>& counts = count_pooled(batch, scratch.counts);
+    if (!counters_.empty()) counters_.at(instance)->record(batch.ids.data(), batch.rows, batch.columns, ranking_);
     to_ranks(batch);
-    std::vector<float> cached = front_cache(batch);
-    std::vector<std::vector<int32_t>> packed;
-    std::vector<std::vector<float>> packed_weights;
+    const std::vector<float>& cached = front_cache(batch, scratch.cached);
+    std::vector<std::vector<int32_t>>& packed = scratch.packed;
+    std::vector<std::vector<float>>& packed_weights = scratch.packed_weights;
     route(batch, &packed, &packed_weights);
     const auto wanted = [&outputs](const std::string& name) {
       return std::find(outputs.begin(), outputs.end(), name) != outputs.end();
@@ -156,6 +176,14 @@ class RouterStep : public Step {
   }
 
  private:
+  std::vector<CountedFeature> counted_features() const {
+    std::vector<CountedFeature> counted;
+    for (const auto& feature : features_) {
+      counted.push_back({feature.table, feature.ids_per_sample, feature.user_side, feature.num_rows});
+    }
+    return counted;
+  }
+
   void read_routing(const ModelConfig& config, const std::string& version_dir) {
     const JsonParameter routing(config, "routing");
     const rapidjson::Value& root = routing.root();
@@ -397,12 +425,15 @@ class RouterStep : public Step {
     }
   }
 
-  Batch side_by_side(const RequestInputs& inputs) const {
-    Batch batch;
+  void side_by_side(const RequestInputs& inputs, Batch& batch) const {
     batch.columns = columns_;
     batch.rows = static_cast<size_t>(ids_of(inputs, features_.front()).shape[0]);
     batch.ids.assign(batch.rows * columns_, -1);
-    if (weighted_) batch.weights.assign(batch.rows * columns_, 1.0f);
+    if (weighted_) {
+      batch.weights.assign(batch.rows * columns_, 1.0f);
+    } else {
+      batch.weights.clear();
+    }
     for (const auto& feature : features_) {
       const InputTensor& ids = ids_of(inputs, feature);
       if (static_cast<size_t>(ids.shape[0]) != batch.rows) {
@@ -417,11 +448,10 @@ class RouterStep : public Step {
       const InputTensor& ids = inputs.get(feature.input);
       place(weights_of(inputs, feature, ids.shape), batch.rows, feature, 0, columns_, batch.weights.data());
     }
-    return batch;
   }
 
   // One user row then N candidate rows (router_model.combine_ranking_request, with its messages).
-  Batch combine_ranking(const RequestInputs& inputs) const {
+  void combine_ranking(const RequestInputs& inputs, Batch& batch) const {
     std::vector<std::pair<std::string, int64_t>> candidates;
     for (const auto& feature : features_) {
       const InputTensor& ids = ids_of(inputs, feature);
@@ -443,11 +473,14 @@ class RouterStep : public Step {
       bad_request("a ranking request holds at most " + std::to_string(max_rows_ - 1) +
                   " candidates (max_batch_size - 1), got " + std::to_string(count));
     }
-    Batch batch;
     batch.rows = static_cast<size_t>(1 + count);
     batch.columns = columns_;
     batch.ids.assign(batch.rows * columns_, -1);
-    if (weighted_) batch.weights.assign(batch.rows * columns_, 1.0f);
+    if (weighted_) {
+      batch.weights.assign(batch.rows * columns_, 1.0f);
+    } else {
+      batch.weights.clear();
+    }
     for (const auto& feature : features_) {
       const InputTensor& ids = inputs.get(feature.input);
       const size_t first_row = feature.user_side ? 0 : 1;
@@ -467,7 +500,6 @@ class RouterStep : public Step {
       place(weights_of(inputs, feature, ids.shape), static_cast<size_t>(ids.shape[0]), feature,
             feature.user_side ? 0 : 1, columns_, batch.weights.data());
     }
-    return batch;
   }
 
   // INVALID_ARG naming the first table, in order, that holds an id outside [-1, num_rows), and its first such id.
@@ -496,8 +528,8 @@ class RouterStep : public Step {
   }
 
   // Per sample, the ids of every mean-pooled feature (before the front cache takes its share).
-  std::vector<float> count_pooled(const Batch& batch) const {
-    std::vector<float> counts(batch.rows * counted_.size(), 0.0f);
+  const std::vector<float>& count_pooled(const Batch& batch, std::vector<float>& counts) const {
+    counts.assign(batch.rows * counted_.size(), 0.0f);
     for (size_t row = 0; row < batch.rows; ++row) {
       for (size_t slot = 0; slot < counted_.size(); ++slot) {
         const Feature& feature = features_[counted_[slot]];
@@ -522,8 +554,8 @@ class RouterStep : public Step {
   }
 
   // Pools the cached tables' hottest ranks from the router's copy ([rows, cache width]) and takes them out.
-  std::vector<float> front_cache(Batch& batch) const {
-    std::vector<float> pooled(batch.rows * cache_width_, 0.0f);
+  const std::vector<float>& front_cache(Batch& batch, std::vector<float>& pooled) const {
+    pooled.assign(batch.rows * cache_width_, 0.0f);
     if (cache_width_ == 0) return pooled;
     uint64_t lookups = 0;
     uint64_t hits = 0;
@@ -557,9 +589,12 @@ class RouterStep : public Step {
 
   void route(const Batch& batch, std::vector<std::vector<int32_t>>* packed,
              std::vector<std::vector<float>>* packed_weights) const {
-    for (const auto& output : outputs_) {
-      packed->emplace_back(batch.rows * output.width, -1);
-      packed_weights->emplace_back(output.weights ? batch.rows * output.width : 0, 0.0f);
+    packed->resize(outputs_.size());
+    packed_weights->resize(outputs_.size());
+    for (size_t index = 0; index < outputs_.size(); ++index) {
+      const PackedOutput& output = outputs_[index];
+      (*packed)[index].assign(batch.rows * output.width, -1);
+      (*packed_weights)[index].assign(output.weights ? batch.rows * output.width : 0, 0.0f);
     }
     for (const auto& feature : features_) {
       for (size_t row = 0; row < batch.rows; ++row) {
@@ -607,7 +642,10 @@ class RouterStep : public Step {
   TensorSpec cache_spec_;
   size_t cache_width_ = 0;
   std::vector<PooledGroup> groups_;
-  std::unique_ptr<AccessCounter> counter_;
+  std::unique_ptr<JsonParameter> access_counts_;
+  std::string model_name_;
+  std::vector<std::unique_ptr<AccessCounter>> counters_;  // one per instance
+  size_t instances_ = 0;
   std::unique_ptr<Admission> admission_;
   std::unique_ptr<CounterMetric> cache_lookups_;
   std::unique_ptr<CounterMetric> cache_hits_;

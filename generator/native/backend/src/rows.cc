@@ -170,23 +170,26 @@ std::string GroupRows::invalid_id(const int32_t* ids, size_t batch) const {
   return "";
 }
 
-void GroupRows::add_row(const Stack& stack, size_t row, float weight, float* accumulator) const {
-  // The member holding stacked row `row`: the last whose first row is not past it.
-  const size_t index =
-      static_cast<size_t>(std::upper_bound(stack.first_rows.begin(), stack.first_rows.end(), row) -
-                          stack.first_rows.begin()) - 1;
-  const size_t member = stack.members[index];
-  const size_t local = row - stack.first_rows[index];
-  const uint8_t* values = rows_[member].row(local);
+GroupRows::RowRef GroupRows::locate(const Stack& stack, size_t row) const {
+  size_t index = 0;
+  if (stack.members.size() > 1) {  // the member holding stacked row `row`: the last whose first row is not past it
+    index = static_cast<size_t>(std::upper_bound(stack.first_rows.begin(), stack.first_rows.end(), row) -
+                                stack.first_rows.begin()) - 1;
+  }
+  return RowRef{stack.members[index], row - stack.first_rows[index]};
+}
+
+void GroupRows::add_row(size_t width, RowRef where, float weight, float* __restrict__ accumulator) const {
+  const uint8_t* values = rows_[where.member].row(where.row);
   if (dtype_ == RowDtype::kFp32) {
-    const float* row_values = reinterpret_cast<const float*>(values);
-    for (size_t d = 0; d < stack.width; ++d) accumulator[d] += weight * row_values[d];
+    const float* __restrict__ row_values = reinterpret_cast<const float*>(values);
+    for (size_t d = 0; d < width; ++d) accumulator[d] += weight * row_values[d];
   } else if (dtype_ == RowDtype::kFp16) {
-    const uint16_t* halves = reinterpret_cast<const uint16_t*>(values);
-    for (size_t d = 0; d < stack.width; ++d) accumulator[d] += weight * half_to_float(halves[d]);
+    const uint16_t* __restrict__ halves = reinterpret_cast<const uint16_t*>(values);
+    for (size_t d = 0; d < width; ++d) accumulator[d] += weight * half_to_float(halves[d]);
   } else {
-    const float* pair = reinterpret_cast<const float*>(scales_[member].row(local));
-    for (size_t d = 0; d < stack.width; ++d) {
+    const float* pair = reinterpret_cast<const float*>(scales_[where.member].row(where.row));
+    for (size_t d = 0; d < width; ++d) {
       accumulator[d] += weight * (static_cast<float>(values[d]) * pair[0] + pair[1]);
     }
   }
@@ -194,6 +197,16 @@ void GroupRows::add_row(const Stack& stack, size_t row, float weight, float* acc
 
 void GroupRows::pool(const int32_t* ids, const float* weights, size_t batch, float* out) const {
   std::fill(out, out + batch * output_width_, 0.0f);
+  // Rows are read at random: each row is asked for a few rows ahead of its use, so the cache misses overlap.
+  constexpr size_t kAhead = 8;
+  struct Pending {
+    RowRef where;
+    size_t width;
+    float weight;
+    float* accumulator;
+  };
+  Pending ring[kAhead] = {};
+  size_t queued = 0;
   for (size_t sample = 0; sample < batch; ++sample) {
     for (const auto& slot : slots_) {
       const Stack& stack = stacks_[slot.stack];
@@ -201,10 +214,19 @@ void GroupRows::pool(const int32_t* ids, const float* weights, size_t batch, flo
       for (size_t column = slot.first; column < slot.last; ++column) {
         const int32_t id = ids[sample * input_width_ + column];
         if (id < 0) continue;  // -1: the padding row, zeros
-        const float weight = weights == nullptr ? 1.0f : weights[sample * input_width_ + column];
-        add_row(stack, static_cast<size_t>(id), weight, accumulator);
+        const RowRef where = locate(stack, static_cast<size_t>(id));
+        __builtin_prefetch(rows_[where.member].row(where.row));
+        Pending& next = ring[queued % kAhead];
+        if (queued >= kAhead) add_row(next.width, next.where, next.weight, next.accumulator);
+        next = Pending{where, stack.width, weights == nullptr ? 1.0f : weights[sample * input_width_ + column],
+                       accumulator};
+        ++queued;
       }
     }
+  }
+  for (size_t done = queued > kAhead ? queued - kAhead : 0; done < queued; ++done) {
+    const Pending& job = ring[done % kAhead];
+    add_row(job.width, job.where, job.weight, job.accumulator);
   }
 }
 

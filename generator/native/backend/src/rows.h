@@ -75,8 +75,15 @@ class GroupRows {
   size_t add_member(const std::string& rows_path, const std::string& scales_path, const std::string& name);
   // Adds a slot pooling columns [first, last) from `stack`; Error when they lie outside the input.
   void add_slot(size_t stack, const GroupSlotColumns& slot);
-  // Adds weight x row `row` of `stack` (a stacked row id, not the padding row) to `accumulator`.
-  void add_row(const Stack& stack, size_t row, float weight, float* accumulator) const;
+  // A stored row: its member's index and its row within that member.
+  struct RowRef {
+    size_t member = 0;
+    size_t row = 0;
+  };
+  // Where stacked row `row` of `stack` (not the padding row) is stored.
+  RowRef locate(const Stack& stack, size_t row) const;
+  // Adds weight x the `width` values of row `where`, read back as FP32, to `accumulator`.
+  void add_row(size_t width, RowRef where, float weight, float* accumulator) const;
 
   RowDtype dtype_;
   size_t input_width_;

@@ -49,7 +49,7 @@ class ShardGroupStep : public Step {
   }
 
   void execute(const RequestInputs& inputs, const std::vector<std::string>& outputs,
-               TRITONBACKEND_Response* response) const override {
+               TRITONBACKEND_Response* response, size_t /*instance*/) const override {
     const InputTensor& ids = inputs.get(input_);
     if (ids.datatype != TRITONSERVER_TYPE_INT32 || ids.shape.size() != 2 ||
         ids.shape[1] != static_cast<int64_t>(input_width_)) {

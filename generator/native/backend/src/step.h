@@ -13,10 +13,13 @@ namespace recgen {
 class Step {
  public:
   virtual ~Step() = default;
-  // Serves one request: reads `inputs`, adds each of `outputs` to `response`. Throws Error for a bad request; the
-  // caller answers that request alone with it.
+  // Serves one request on instance `instance` (a number from add_instance): reads `inputs`, adds each of `outputs`
+  // to `response`. Throws Error for a bad request; the caller answers that request alone with it. Instances run
+  // concurrently; each calls from one thread at a time.
   virtual void execute(const RequestInputs& inputs, const std::vector<std::string>& outputs,
-                       TRITONBACKEND_Response* response) const = 0;
+                       TRITONBACKEND_Response* response, size_t instance) const = 0;
+  // Prepares what an instance keeps of its own (before it serves); returns its number.
+  virtual size_t add_instance() { return 0; }
   // Why to shed every request of the batch about to run (UNAVAILABLE, read unread); empty: serve them.
   virtual std::string shed_message() const { return ""; }
   // The number of samples in a request (its batch dimension, or 1 when the model has none), for statistics.
