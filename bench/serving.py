@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tritonclient.utils import InferenceServerException
 
 from bench.loadgen import cpu_seconds, pss_bytes, server_processes
 from bench.rounds import median_round, odd_rounds
@@ -86,7 +87,10 @@ def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: flo
 
 def router_busy_us(session: client.RankingClient) -> tuple[float, int, int]:
     """(busy microseconds, requests, executions) of the router step so far, from Triton's statistics."""
-    stats = session.client.get_inference_statistics(ROUTER, as_json=True) if ROUTER else {}
+    try:
+        stats = session.client.get_inference_statistics(ROUTER, as_json=True)
+    except InferenceServerException:  # a system without a router (the monolithic model)
+        return 0.0, 0, 0
     for entry in stats.get("model_stats", []):
         inference = entry["inference_stats"]
         parts = ("compute_input", "compute_infer", "compute_output")

@@ -9,12 +9,17 @@ tritonserver and stub of the deployment) before, at its peak during the overlap,
 table, writes JSON and a PNG (throughput over time around each switch).
 
     python -m bench.update [--rounds 3] [--before-s 8] [--after-s 8] [--clients 4] [--out runs/bench/update]
+                           [--systems embedded "local topology"] [--engines native python]
+
+Each system is served once per lookup engine (`native`, the default build, and `python`), so the load time of a
+new generation and the tail latency during it compare the two on one machine, interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import re
 import signal
@@ -38,11 +43,13 @@ from generator.check.client import RankingClient, check
 from generator.deploy.distributed import build_distributed
 from generator.deploy.stub_health import stat_fields
 from generator.model.dlrm import DLRM, example_model
+from generator.planning.choices import LookupEngine
 from generator.planning.plan import Plan, uniform_plan
 from generator.repository import build
 from generator.traffic.sampler import RequestSampler, table_traffic
 
 SYSTEMS = ("embedded", "local topology")
+ENGINES = ("native", "python")
 #: Hard bounds of one update's load: it never runs longer than this, whatever the update does.
 MAX_LOAD_S = 300.0
 REQUEST_TIMEOUT_S = 30.0
@@ -50,12 +57,20 @@ MEMORY_POLL_S = 0.25
 
 
 def plans(model: DLRM, system: str) -> tuple[Plan, Plan]:
-    """The two plans an update alternates between: other cuts and, on one server, another lookup step."""
-    if system == "embedded":
-        return uniform_plan(model, shards_per_table=2, lookup_step="fused"), uniform_plan(
-            model, shards_per_table=4, lookup_step="separate"
+    """The two plans an update alternates between: other cuts and, on one server, another lookup step.
+
+    `system` is "<layout> (<engine>)": the engine serves the routers and shard groups of both plans.
+    """
+    layout, named = system.rsplit(" (", 1)
+    engine: LookupEngine = "native" if named.rstrip(")") == "native" else "python"
+    if layout == "embedded":
+        first, second = (
+            uniform_plan(model, shards_per_table=2, lookup_step="fused"),
+            uniform_plan(model, shards_per_table=4, lookup_step="separate"),
         )
-    return uniform_plan(model, shards_per_table=1), uniform_plan(model, shards_per_table=3)
+    else:
+        first, second = uniform_plan(model, shards_per_table=1), uniform_plan(model, shards_per_table=3)
+    return dataclasses.replace(first, lookup_engine=engine), dataclasses.replace(second, lookup_engine=engine)
 
 
 @contextlib.contextmanager
@@ -202,7 +217,7 @@ def _requests(model: DLRM, count: int) -> list[dict[str, np.ndarray]]:
 
 def _serve_arguments(system: str, model: DLRM, plan: Plan, workdir: Path) -> tuple[list[str], str]:
     """`recgen serve` arguments of a first build of `system`, and what its output says the HTTP port is."""
-    if system == "embedded":
+    if system.startswith("embedded"):
         built = build.build(model, plan, workdir / "repo", workdir / "ens")
         ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
         return ["--repo", str(built.repository), "--ensembles", str(built.ensembles), *ports], r"HTTP +[\d.]+:(\d+)"
@@ -212,12 +227,13 @@ def _serve_arguments(system: str, model: DLRM, plan: Plan, workdir: Path) -> tup
 
 def run(options: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     """Every update of every round, per system (the systems interleaved round by round)."""
-    results: dict[str, list[dict[str, Any]]] = {system: [] for system in SYSTEMS}
+    systems = [f"{layout} ({engine})" for layout in options.systems for engine in options.engines]
+    results: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
     requests = _requests(example_model(), 8)
     with tempfile.TemporaryDirectory(prefix="recgen-bench-update-") as workdir, contextlib.ExitStack() as stack:
         served = {}
-        for system in SYSTEMS:
-            root = Path(workdir) / system.replace(" ", "_")
+        for system in systems:
+            root = Path(workdir) / "".join(c if c.isalnum() else "_" for c in system)
             root.mkdir()
             arguments, port_pattern = _serve_arguments(system, example_model(), plans(example_model(), system)[0], root)
             process, text = stack.enter_context(recgen_serve(arguments, root / "serve.log", port_pattern))
@@ -225,7 +241,7 @@ def run(options: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
             grpc_url = re.findall(r"grpc:? +(?:grpc )?([\d.]+:\d+)", text.replace("gRPC", "grpc"))[0]
             served[system] = (process.pid, http_port, grpc_url)
         for round_index in range(options.rounds):
-            for system in SYSTEMS:
+            for system in systems:
                 pid, http_port, grpc_url = served[system]
                 model = example_model(seed=round_index + 1)  # new weights every time
                 plan = plans(model, system)[(round_index + 1) % 2]  # other cuts every time
@@ -297,6 +313,8 @@ def main() -> None:
     parser.add_argument("--after-s", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/update"))
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     options = parser.parse_args()
     results = run(options)
     text = table(results)

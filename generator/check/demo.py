@@ -12,7 +12,7 @@ from generator.check import client
 from generator.deploy import server as serve
 from generator.model import dlrm as models
 from generator.planning import plan
-from generator.repository import build
+from generator.repository import build, settings
 from generator.repository.configs import Backend
 
 
@@ -47,7 +47,10 @@ def run_demo(
         f"[1/4] wrote the example model {model_path} ({len(model.tables)} tables, "
         f"{model.embedding_bytes():,} embedding bytes)"
     )
-    the_plan = plan.uniform_plan(model, shards_per_table=shards_per_table)
+    uniform = plan.uniform_plan(model, shards_per_table=shards_per_table)
+    the_plan, notes = settings.with_default_engine(uniform, "embedded")  # native where it was built
+    for note in notes:
+        echo(f"note: {note}")
     result = build.build(
         model, the_plan, workdir / "model_repository", workdir / "ensembles", backend=backend, force=True
     )

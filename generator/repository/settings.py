@@ -187,11 +187,11 @@ def resolve_plan(
     )
     notes: tuple[str, ...] = ()
     if plan.lookup_engine == "native" and deployment.lookup_engine is None:  # the default: named nowhere
-        plan, notes = _native_or_python(plan, deployment.target)
+        plan, notes = with_default_engine(plan, deployment.target)
     return Resolved(plan, deployment.backend, deployment.target, notes)
 
 
-def _native_or_python(plan: Plan, target: str) -> tuple[Plan, tuple[str, ...]]:
+def with_default_engine(plan: Plan, target: str) -> tuple[Plan, tuple[str, ...]]:
     """The plan with the native lookup engine where it can serve, else the Python models and a note saying why.
 
     Only for the default: a named `--lookup-engine native` that cannot serve is an error (build.check_options).
