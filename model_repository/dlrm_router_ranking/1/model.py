@@ -98,38 +98,19 @@ class Routing:
 
 def _table_route(entry: params.RoutedTable, version_dir: Path) -> TableRoute:
     """A feature's route, with its rank map and front-cache rows read from `version_dir` where the build wrote them."""
-    ranks = None
-    ranks_path = version_dir / ranks_file(entry.table)
+    ranks_path, cache_path = version_dir / ranks_file(entry.table), version_dir / front_cache_file(entry.table)
     if entry.permuted != ranks_path.exists():
-        raise params.ParameterError(
-            f"table {entry.table!r} is {'' if entry.permuted else 'not '}permuted, but {ranks_path.name} "
-            f"{'is missing' if entry.permuted else 'exists'}"
-        )
-    if entry.permuted:
-        ranks = np.load(ranks_path)
-        if ranks.shape != (entry.num_rows,) or ranks.dtype not in (np.int32, np.int64):
-            raise params.ParameterError(
-                f"table {entry.table!r}: {ranks_path.name} does not hold {entry.num_rows} ranks"
-            )
-    cache = None
-    if entry.cached_rows:
-        cache = np.load(version_dir / front_cache_file(entry.table))
-        if cache.ndim != 2 or cache.shape[0] != entry.cached_rows or cache.dtype != np.float32:
-            raise params.ParameterError(
-                f"table {entry.table!r}: {front_cache_file(entry.table)} does not hold {entry.cached_rows} FP32 rows"
-            )
-    return TableRoute(
-        entry.input,
-        entry.table,
-        entry.num_rows,
-        entry.ids_per_sample,
-        ranks,
-        entry.side,
-        entry.cached_rows,
-        None if cache is None else kernels.with_padding_row(cache),
-        entry.weights_input,
-        entry.padding_id,
-    )
+        raise params.ParameterError(f"table {entry.table!r}: permuted is {entry.permuted}, {ranks_path.name} "
+                                    f"{'is missing' if entry.permuted else 'exists'}")  # fmt: skip
+    ranks = np.load(ranks_path) if entry.permuted else None
+    if ranks is not None and (ranks.shape != (entry.num_rows,) or ranks.dtype not in (np.int32, np.int64)):
+        raise params.ParameterError(f"table {entry.table!r}: {ranks_path.name} does not hold {entry.num_rows} ranks")
+    cache = np.load(cache_path) if entry.cached_rows else None
+    if cache is not None and (cache.shape[:1] != (entry.cached_rows,) or cache.ndim != 2 or cache.dtype != np.float32):
+        raise params.ParameterError(f"table {entry.table!r}: {cache_path.name} does not hold {entry.cached_rows} rows")
+    padded = None if cache is None else kernels.with_padding_row(cache)
+    return TableRoute(entry.input, entry.table, entry.num_rows, entry.ids_per_sample, ranks, entry.side,
+                      entry.cached_rows, padded, entry.weights_input, entry.padding_id)  # fmt: skip
 
 
 def load_routing(model_config: dict[str, Any], version_dir: Path) -> Routing:
