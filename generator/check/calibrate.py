@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generator import naming
+from generator import naming, native
 from generator.check.client import RankingClient
 from generator.deploy import server as serve
 from generator.deploy import stub_health
@@ -128,7 +128,19 @@ def _step_costs(
     return shard_points, router_points
 
 
-def _memory(server: serve.TritonServer, smallest_table: str, lookup_engine: str) -> tuple[int, int, int]:
+def _native_data_bytes(server: serve.TritonServer) -> int:
+    """Bytes of the .npy files the server's native models map (their rows, rank maps and front caches)."""
+    total = 0
+    for repository in server.config.repositories:
+        for config in Path(repository).glob(f"*/{naming.CONFIG_FILE}"):
+            if f'backend: "{native.BACKEND_NAME}"' in config.read_text():
+                total += sum(path.stat().st_size for path in config.parent.glob("*/*.npy"))
+    return total
+
+
+def _memory(
+    server: serve.TritonServer, smallest_table: str, lookup_engine: str, warm: Callable[[str], None]
+) -> tuple[int, int, int]:
     """PSS of the server, of a dense replica (its stub) and of a router or shard replica (see the module's doc)."""
     if server.process is None:
         raise ServerError("the calibration server stopped unexpectedly")
@@ -138,7 +150,9 @@ def _memory(server: serve.TritonServer, smallest_table: str, lookup_engine: str)
     missing = [name for name in wanted if name not in stubs]
     if missing:
         raise ServerError(f"could not find the stub processes of {missing} among {sorted(stubs)}")
-    server_bytes = proportional_set_size_bytes(server.process.pid)
+    # Native models map their data files into the server; the planner counts those bytes apart, so they are not
+    # part of the server's overhead.
+    server_bytes = max(0, proportional_set_size_bytes(server.process.pid) - _native_data_bytes(server))
     dense_bytes = proportional_set_size_bytes(stubs[naming.dense_model(_MODEL)])
     if lookup_engine != "native":
         return server_bytes, dense_bytes, proportional_set_size_bytes(stubs[shard])
@@ -146,6 +160,7 @@ def _memory(server: serve.TritonServer, smallest_table: str, lookup_engine: str)
     without = proportional_set_size_bytes(server.process.pid)
     server.admin("load", shard)
     server.wait_until_ready([shard], timeout_s=60)
+    warm(shard)  # what serving requests adds (buffers), not only what loading does
     return server_bytes, dense_bytes, max(0, proportional_set_size_bytes(server.process.pid) - without)
 
 
@@ -182,7 +197,15 @@ def calibrate(
             dense_busy = _busy_seconds_per_request(client, naming.dense_model(_MODEL), dense_inputs, requests)
             echo(f"  dense: {dense_busy * 1e6:.1f} us per {batch_size} samples")
             smallest = min(model.tables, key=lambda t: t.num_rows).name
-            server_bytes, dense_bytes, lookup_bytes = _memory(server, smallest, lookup_engine)
+            group = next(g for g in the_plan.shard_groups() if g.shards[0].table == smallest)
+            shard_rows = {naming.group_local_ids(group.index): group.shards[0].row_end - group.shards[0].row_start}
+            shard_inputs = _random_inputs(layout.group_signature(the_plan, group)[0], batch_size, shard_rows, rng)
+
+            def warm(model_name: str) -> None:
+                for _ in range(_WARMUP_REQUESTS):
+                    client.send(shard_inputs, model_name=model_name, output_names=None)
+
+            server_bytes, dense_bytes, lookup_bytes = _memory(server, smallest, lookup_engine, warm)
             shard_fixed, shard_per_row = _fit_line(*zip(*shard_points, strict=True))
             router_fixed, router_per_id = _fit_line(*zip(*router_points, strict=True))
             figures = Capacity(

@@ -51,7 +51,15 @@ from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
 @click.option("--router-fixed-us", type=click.FloatRange(0), default=None, help="Override: router cost per request.")
 @click.option("--router-per-id-ns", type=click.FloatRange(0), default=None, help="Override: router cost per id.")
 @click.option("--dense-samples-per-s", type=click.FloatRange(0, min_open=True), default=None, help="Override.")
-@click.option("--replica-overhead-mb", type=click.FloatRange(0), default=None, help="Override: bytes per replica.")
+@click.option(
+    "--replica-overhead-mb", type=click.FloatRange(0), default=None, help="Override: MB per dense replica (a stub)."
+)
+@click.option(
+    "--lookup-replica-overhead-mb",
+    type=click.FloatRange(0),
+    default=None,
+    help="Override: MB per router or shard replica beyond its data (native: an instance thread).",
+)
 @click.option("--server-overhead-mb", type=click.FloatRange(0), default=None, help="Override: bytes per server.")
 @click.option("--target-utilization", type=click.FloatRange(0, 1, min_open=True), default=None, help="Override.")
 @options.out_file(help_text="plan.json (its row orders go beside it as <stem>.rows.npz).")

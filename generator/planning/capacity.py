@@ -30,20 +30,22 @@ _CEIL_SLACK = 1e-9  # 2.0000000001 replicas is 2
 class Capacity:
     """Per-replica costs; the defaults are `recgen calibrate --batch 256` on the example model, 2-core machine.
 
-    The median of three runs with the compiled (numba) kernels, bench/results/capacity-fused-2026-12-03-*.json; a
-    stub that loads numba costs about 88 MB against 21 MB on the numpy kernels (`RECGEN_KERNELS=numpy`).
+    The median of three runs with the native lookup engine (the default) and the dense step on the Python backend's
+    numpy kernels, bench/results/capacity-native-2026-12-07/: a router or shard replica is an instance thread of
+    the native backend (0.09 MB), a dense replica a stub process (101 MB). For builds with `--lookup-engine python`
+    calibrate with `--lookup-engine python` (a stub per router and shard replica, 74 to 95 MB).
     """
 
     batch_size: int = 256
-    shard_fixed_s: float = 200e-6
+    shard_fixed_s: float = 35e-6
     shard_per_row_s: float = 17e-9
-    router_fixed_s: float = 390e-6
-    router_per_id_s: float = 18e-9
-    dense_samples_per_s: float = 340_000.0
-    replica_overhead_bytes: int = 88_000_000
+    router_fixed_s: float = 52e-6
+    router_per_id_s: float = 14.5e-9
+    dense_samples_per_s: float = 188_000.0
+    replica_overhead_bytes: int = 101_000_000
     server_overhead_bytes: int = 45_000_000
     #: A router or shard replica's overhead (None: as `replica_overhead_bytes`, a stub per replica).
-    lookup_replica_overhead_bytes: int | None = None
+    lookup_replica_overhead_bytes: int | None = 94_000
     target_utilization: float = 0.8
     source: str = "built-in defaults"
 
@@ -151,6 +153,7 @@ def load_with_overrides(
     router_per_id_ns: float | None = None,
     dense_samples_per_s: float | None = None,
     replica_overhead_mb: float | None = None,
+    lookup_replica_overhead_mb: float | None = None,
     server_overhead_mb: float | None = None,
     target_utilization: float | None = None,
 ) -> Capacity:
@@ -170,6 +173,7 @@ def load_with_overrides(
         router_per_id_s=scaled(router_per_id_ns, 1e-9),
         dense_samples_per_s=dense_samples_per_s,
         replica_overhead_bytes=megabytes(replica_overhead_mb),
+        lookup_replica_overhead_bytes=megabytes(lookup_replica_overhead_mb),
         server_overhead_bytes=megabytes(server_overhead_mb),
         target_utilization=target_utilization,
     )

@@ -21,7 +21,8 @@ from generator.traffic.profile import AccessProfile, table_access_from_ids, tabl
 from tests.conftest import tiny_model, wide_model
 
 #: Replicas this cheap make the planner cut the hot head off.
-SMALL_REPLICAS = Capacity(replica_overhead_bytes=1_000)
+SMALL_REPLICAS = Capacity(replica_overhead_bytes=1_000, lookup_replica_overhead_bytes=None)
+OTHER_REPLICAS = Capacity(replica_overhead_bytes=2_000, lookup_replica_overhead_bytes=None)
 
 
 def _brute_force_moved(old_shard: list[int], new_shard: list[int]) -> list[bool]:
@@ -104,7 +105,14 @@ def test_a_plan_of_other_traffic_moves_rows_and_says_how_many(tmp_path: Path) ->
     assert f"{history.rows_moved:,}" in text and "memory allocated" in text and "front cache hit rate" in text
     assert "(for 3,000 queries/s) ->" in text and "(for 30,000 queries/s)" in text
     assert change.same_capacity and "other capacity figures" not in text
-    other_path, _ = _planned(tmp_path, "other", 0.9, 30_000, 11, capacity=Capacity(replica_overhead_bytes=2_000))
+    other_path, _ = _planned(
+        tmp_path,
+        "other",
+        0.9,
+        30_000,
+        11,
+        capacity=Capacity(replica_overhead_bytes=2_000, lookup_replica_overhead_bytes=None),
+    )
     other = changes.plan_change(load_plan(before_path), before_path, load_plan(other_path), other_path, profile)
     assert not other.same_capacity and "other capacity figures: compare the replicas" in str(other)
 
