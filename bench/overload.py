@@ -11,7 +11,7 @@ the goals: p99 within the target at every load, goodput at 4x at least 90% of go
 
     python -m bench.overload [--latency-slo-ms 100] [--shedding router|queue-policy] [--loads 0.5 1 2 4]
                              [--seconds 10] [--rounds 3] [--batch 64] [--capacity-per-s R] [--soak-minutes 0] [--pin]
-                             [--out runs/bench/overload]
+                             [--lookup-engine native|python] [--out runs/bench/overload]
 """
 
 from __future__ import annotations
@@ -242,6 +242,7 @@ def main() -> None:
         "queue policy's stalls hold closed-loop clients back, so its measured capacity says little)",
     )
     parser.add_argument("--shedding", choices=queueing.SHEDDING, default="router", help="as `recgen build --shedding`")
+    parser.add_argument("--lookup-engine", choices=("native", "python"), default="native", help="as `recgen build`")
     parser.add_argument("--soak-minutes", type=float, default=0.0)
     parser.add_argument("--soak-load", type=float, default=0.7)
     parser.add_argument(
@@ -253,7 +254,7 @@ def main() -> None:
     model = models.example_model()
     requests = [random_request(model, args.batch, np.random.default_rng(i)).tensors() for i in range(32)]
     the_plan = plan.uniform_plan(model, latency_slo_ms=args.latency_slo_ms)
-    the_plan = dataclasses.replace(the_plan, shedding=args.shedding)
+    the_plan = dataclasses.replace(the_plan, shedding=args.shedding, lookup_engine=args.lookup_engine)
     with tempfile.TemporaryDirectory(prefix="recgen-overload-") as workdir:
         result = build.build(model, the_plan, Path(workdir) / "r", Path(workdir) / "e")
         with running_server(result.repositories, timeout_s=300) as server:
