@@ -8,7 +8,8 @@ next request when the previous answer arrives, over gRPC, one client per thread)
 (`ensemble-native`, the default build) or on the Python models (`ensemble-python`), then the dense step on numpy
 kernels; the Python lookup step with an ONNX Runtime dense step (`ensemble-onnx`); every shard group its own step
 (`ensemble-native-separate`, `ensemble-python-separate`); and as it was before the compiled kernels and the fused step
-(`ensemble-python-numpy`: separate steps, numpy kernels).
+(`ensemble-python-numpy`: separate steps, numpy kernels); and the native lookup step with the dense step on numpy
+without numba (`ensemble-native-numpy`: does numba still pay once the lookup side is native?).
 Prints a markdown table with samples/s, requests/s, p50, p99, p99.9 and the slowest request's latency (tail
 latencies: a stall hides in a mean), the server CPU per request of all its processes, the router step's busy time
 per request (Triton's statistics: compute input + infer + output, stub IPC included), and the ratios (c)/(a),
@@ -63,11 +64,15 @@ SYSTEMS = (
     "ensemble-native-separate",
     "ensemble-python-separate",
     "ensemble-python-numpy",
+    "ensemble-native-numpy",
 )
 #: Systems whose routers and shard groups run on the native backend (the rest on the Python models).
-NATIVE_LOOKUP = ("ensemble-native", "ensemble-native-separate")
+NATIVE_LOOKUP = ("ensemble-native", "ensemble-native-separate", "ensemble-native-numpy")
 #: Systems served with the numpy reference kernels instead of the compiled ones (recgen_compiled).
-NUMPY_KERNELS = {"ensemble-python-numpy": {"RECGEN_KERNELS": "numpy"}}
+NUMPY_KERNELS = {
+    "ensemble-python-numpy": {"RECGEN_KERNELS": "numpy"},
+    "ensemble-native-numpy": {"RECGEN_KERNELS": "numpy"},
+}
 #: Ensembles built with every shard group its own step (the default fuses them into the router's step);
 #: `ensemble-python-numpy` is the ensemble as it was before the compiled kernels and the fused step.
 SEPARATE_STEPS = ("ensemble-native-separate", "ensemble-python-separate", "ensemble-python-numpy")
