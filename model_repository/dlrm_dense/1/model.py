@@ -2,7 +2,8 @@
 
 Typed parameter `dense` (`recgen_params.DenseParams`) names the dense-feature input, the score output, the row width
 `dim` and, per table in interaction order, its parts: (packed partial-sum input, slot) pairs to add; weights are in
-`dense.npz`.
+`dense.npz`. numpy only: numba's interaction saved at most 3% of the ensemble's CPU with the native lookup step and
+cost every dense stub 43 to 109 MB (bench/results/serving-native-numba-2026-12-07), so this stub does not load it.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ except ModuleNotFoundError:  # imported by tests or tooling
     pb_utils = None
 
 try:  # a generated repository has its helpers next to this file
-    import recgen_compiled as compiled
     import recgen_kernels as kernels
     import recgen_params as params
 except ModuleNotFoundError:
-    from generator.triton_models import recgen_compiled as compiled
     from generator.triton_models import recgen_kernels as kernels
     from generator.triton_models import recgen_params as params
 
@@ -32,8 +31,7 @@ class TritonPythonModel:
     """Triton entry point."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        """Load the MLP weights and the input layout once per instance; compile the interaction kernel."""
-        compiled.compile_for(args["model_name"])
+        """Load the MLP weights and the input layout once per instance."""
         layout = params.DenseParams.from_model_config(json.loads(args["model_config"]))
         self.dense_input = layout.dense_input
         self.output_name = layout.output
@@ -62,7 +60,7 @@ class TritonPythonModel:
             for name, slot in rest:
                 total += packed[name][:, slot * dim : (slot + 1) * dim]
             pooled.append(total)
-        scores = compiled.dense_tower(dense_features, pooled, self.bottom, self.top)
+        scores = kernels.dense_tower(dense_features, pooled, self.bottom, self.top)
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
             for part in kernels.unstack_responses(scores, split_points)
