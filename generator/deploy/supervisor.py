@@ -15,6 +15,7 @@ failed attempts; the others keep serving meanwhile.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -250,6 +251,7 @@ def serve_until_stopped(
     leaf_repository, ensemble_repository = _single_repositories(config.repositories)
     switch.prepare_to_serve(leaf_repository, ensemble_repository, config.repositories, echo)
     server = TritonServer(config, log_path=log_path)
+    deployment = switch.SingleServer(server, leaf_repository, ensemble_repository)  # its server: the current one
     server.start()
     try:
         server.wait_until_ready(timeout_s=timeout_s)
@@ -257,12 +259,15 @@ def serve_until_stopped(
         echo(f"  HTTP     {server.http_url}\n  gRPC     {server.grpc_url}\n  metrics  {server.metrics_url}")
         for ensemble in ensemble_names(config.repositories):
             echo(f"  ensemble {ensemble}: POST http://{server.http_url}/v2/models/{ensemble}/infer")
-        deployment = switch.SingleServer(server, leaf_repository, ensemble_repository)
+
         with control.listening(deployment, server.http_port, echo) as channel:
-            echo("Supervised: a model whose stub dies or pauses is reloaded. Ctrl-C to stop.")
+            echo("Supervised: a model whose stub dies or pauses is reloaded, a server that dies is restarted. "
+                 "Ctrl-C to stop.")  # fmt: skip
             echo(f"`recgen update --http-port {server.http_port}` switches it to a new plan or new weights.")
-            Supervisor([Watched("tritonserver", lambda: server)], echo, control=channel).run()
+            watched = Watched("tritonserver", lambda: deployment.server, lambda: _restart(deployment, timeout_s, echo))
+            Supervisor([watched], echo, control=channel).run()
     finally:
+        server = deployment.server
         code = server.stop()
     if code:  # after a stub died, its instance never finishes unloading: tritonserver then exits 1 at its timeout
         echo(f"tritonserver stopped; it exited {code} as some model did not finish unloading (log: {server.log_path}).")
@@ -270,6 +275,22 @@ def serve_until_stopped(
         server.close()  # a log of our own is removed after a clean stop
         echo("tritonserver stopped.")
     return code
+
+
+def _restart(deployment: switch.SingleServer, timeout_s: float, echo: Echo) -> None:
+    """Start a server that died (a crash in a native step takes tritonserver with it) again, on the same ports.
+
+    The dead server's log stays where it was, for the post-mortem; the new server writes a log of its own.
+    """
+    dead = deployment.server
+    config = dataclasses.replace(
+        dead.config, http_port=dead.http_port, grpc_port=dead.grpc_port, metrics_port=dead.metrics_port
+    )
+    deployment.server = TritonServer(config, log_path=None)
+    echo(f"tritonserver: the dead server's log stays at {dead.log_path}; the new one logs to "
+         f"{deployment.server.log_path}")  # fmt: skip
+    deployment.server.start()
+    deployment.server.wait_until_ready(timeout_s=timeout_s)
 
 
 def ensemble_names(repositories: Sequence[Path]) -> list[str]:

@@ -354,29 +354,74 @@ def test_force_refuses_an_output_that_holds_the_model(tmp_path: Path) -> None:
 
 @requires_server
 @pytest.mark.server
+def test_serve_restarts_a_server_that_crashed_on_the_same_ports(tmp_path: Path) -> None:
+    """A fault in a native step takes tritonserver down with it (SIGSEGV here): serve starts it again."""
+    model, out = _example_repository(tmp_path)
+    assert "lookup engine native" in out
+    http, grpc, metrics = serve.free_ports(3)
+    process = _start_serve(tmp_path, http, grpc, metrics)
+    try:
+        lines: list[str] = []
+
+        def read_until(text: str) -> None:
+            _read_until(process, lines, text)
+
+        read_until("Ctrl-C to stop")
+        (server_pid,) = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_child_tritonserver(
+            int(p.name), process.pid)]  # fmt: skip
+        os.kill(server_pid, signal.SIGSEGV)
+        read_until("tritonserver: restarted, ready again")
+        code, out = _run("check", "--model", str(model), "--url", f"127.0.0.1:{grpc}", "--protocol", "grpc",
+                         "--requests", "2", "--batch", "16")  # fmt: skip
+        assert code == 0 and out.startswith("OK"), out
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=60)
+        assert "tritonserver stopped" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def _start_serve(tmp_path: Path, *ports: int) -> subprocess.Popen[str]:
+    """`recgen serve` (see _serve_command) with its output readable line by line as it comes."""
+    return subprocess.Popen(_serve_command(tmp_path, *ports), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+
+def _read_until(process: subprocess.Popen[str], lines: list[str], text: str, timeout_s: float = 180) -> None:
+    """Read `process`'s output into `lines` until `text` appears (an assertion error with the output if not)."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and text not in "".join(lines):
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    assert text in "".join(lines), "".join(lines)
+
+
+def _is_child_tritonserver(pid: int, parent: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return name == "tritonserver" and int(stat.rsplit(")", 1)[1].split()[1]) == parent
+
+
+@requires_server
+@pytest.mark.server
 def test_serve_restores_a_model_whose_stub_was_killed(tmp_path: Path) -> None:
     from generator.deploy import stub_health
 
     model, _ = _example_repository(tmp_path, "--lookup-step", "separate")
     http, grpc, metrics = serve.free_ports(3)
-    process = subprocess.Popen(
-        _serve_command(tmp_path, http, grpc, metrics),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
+    process = _start_serve(tmp_path, http, grpc, metrics)
     try:
         lines: list[str] = []
 
         def read_until(text: str) -> None:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and text not in "".join(lines):
-                line = process.stdout.readline()
-                if not line:
-                    break
-                lines.append(line)
-            assert text in "".join(lines), "".join(lines)
+            _read_until(process, lines, text)
 
         read_until("Ctrl-C to stop")
         shard_dir = str(tmp_path / "r" / "dlrm_dense") + "/"  # a Python stub (the lookup side is native)
