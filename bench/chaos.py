@@ -2,7 +2,8 @@
 
 Steady closed-loop gRPC load on the example model while, every `--every-s` seconds, one fault in turn: on the
 embedded server a random Python-backend stub is killed (SIGKILL) or paused for `--pause-s` (SIGSTOP, then SIGCONT),
-or the public ensemble is unloaded through the admin API (what a holder of the key can do); on the distributed
+the public ensemble is unloaded through the admin API (what a holder of the key can do), or tritonserver itself
+crashes (SIGSEGV, what a fault in a native step does: `recgen serve` starts it again); on the distributed
 topology a random shard-group replica server is killed or paused, or the front's tritonserver is killed. The
 supervisor `recgen serve` runs restores what breaks. Per fault it reports the requests that failed, their errors,
 and the time to recovery (from the fault to the first success after its last failure), counts failures outside the
@@ -31,7 +32,7 @@ import numpy as np
 
 from bench.loadgen import Outcome, RequestLog, closed_loop
 from generator.check import client
-from generator.deploy import stub_health
+from generator.deploy import stub_health, supervisor, switch
 from generator.deploy.distributed import build_distributed
 from generator.deploy.local import LocalTopology
 from generator.deploy.server import running_server
@@ -104,6 +105,9 @@ def _inject(target: Target, kind: str, pause_s: float) -> None:
         return
     if kind in ("kill", "kill-server"):
         os.kill(target.pid, signal.SIGKILL)
+        return
+    if kind == "crash-server":
+        os.kill(target.pid, signal.SIGSEGV)
         return
     cmdline = Path(f"/proc/{target.pid}/cmdline").read_bytes()
     os.kill(target.pid, signal.SIGSTOP)
@@ -204,18 +208,27 @@ def run_layout(
 
 def _embedded(model: models.DLRM, workdir: Path, args: argparse.Namespace) -> tuple[list[Fault], dict]:
     result = build.build(model, plan.uniform_plan(model), workdir / "r", workdir / "e")
-    with (
-        running_server(result.repositories, timeout_s=300) as server,
-        _supervised([Watched("tritonserver", lambda: server)]) as events,
-    ):
+    assert result.ensembles is not None
+    with running_server(result.repositories, timeout_s=300) as first:
+        # As `recgen serve` does: the current server (a crash replaces it), restarted on the same ports.
+        deployment = switch.SingleServer(first, result.repository, result.ensembles)
+        restart = lambda: supervisor.restart_single_server(deployment, 300, lambda _: None)  # noqa: E731
+        with _supervised([Watched("tritonserver", lambda: deployment.server, restart)]) as events:
+            grpc_url = first.grpc_url
 
-        def stubs(kind: str) -> list[Target]:
-            if kind == "unload":
-                return [Target("dlrm (ensemble)", 0, lambda: server.admin("unload", "dlrm"))]
-            return [Target(s.model, s.pid) for s in stub_health.stub_processes(server.pid) if not s.broken]
+            def stubs(kind: str) -> list[Target]:
+                server = deployment.server
+                if kind == "unload":
+                    return [Target("dlrm (ensemble)", 0, lambda: server.admin("unload", "dlrm"))]
+                if kind == "crash-server":
+                    return [Target("tritonserver", server.pid)] if server.pid is not None else []
+                return [Target(s.model, s.pid) for s in stub_health.stub_processes(server.pid) if not s.broken]
 
-        faults, totals = run_layout("embedded", server.grpc_url, stubs, args, model, ("kill", "pause", "unload"))
-        totals["check"] = _check(model, server.grpc_url)
+            kinds = ("kill", "pause", "unload", "crash-server")
+            faults, totals = run_layout("embedded", grpc_url, stubs, args, model, kinds)
+            totals["check"] = _check(model, grpc_url)
+        if deployment.server is not first:
+            deployment.server.stop()
     totals["supervisor"] = events
     return faults, totals
 

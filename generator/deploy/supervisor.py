@@ -264,7 +264,9 @@ def serve_until_stopped(
             echo("Supervised: a model whose stub dies or pauses is reloaded, a server that dies is restarted. "
                  "Ctrl-C to stop.")  # fmt: skip
             echo(f"`recgen update --http-port {server.http_port}` switches it to a new plan or new weights.")
-            watched = Watched("tritonserver", lambda: deployment.server, lambda: _restart(deployment, timeout_s, echo))
+            watched = Watched(
+                "tritonserver", lambda: deployment.server, lambda: restart_single_server(deployment, timeout_s, echo)
+            )
             Supervisor([watched], echo, control=channel).run()
     finally:
         server = deployment.server
@@ -277,7 +279,7 @@ def serve_until_stopped(
     return code
 
 
-def _restart(deployment: switch.SingleServer, timeout_s: float, echo: Echo) -> None:
+def restart_single_server(deployment: switch.SingleServer, timeout_s: float, echo: Echo) -> None:
     """Start a server that died (a crash in a native step takes tritonserver with it) again, on the same ports.
 
     The dead server's log stays where it was, for the post-mortem; the new server writes a log of its own.
