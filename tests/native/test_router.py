@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 from generator import naming, native
 from generator.check import client
 from generator.deploy import server as serve
+from generator.errors import ModelLoadError
 from generator.model.dlrm import DLRM, TableSpec
 from generator.model.imported import import_module
 from generator.planning import precision
@@ -288,3 +289,20 @@ def test_the_access_counters_and_cache_metrics_read_as_the_python_routers(served
     lookups = [line for line in metrics.splitlines()
                if line.startswith(access.CACHE_LOOKUPS_METRIC) and f'model="{router.name}"' in line]  # fmt: skip
     assert lookups and float(lookups[0].split()[-1]) >= 7, metrics[-2000:]
+
+
+@requires_server
+def test_a_router_config_whose_outputs_disagree_with_its_routing_is_refused(
+    tmp_path: Path, native_library: Path
+) -> None:
+    model = tiny_model()
+    result = build(model, uniform_plan(model, lookup_step="separate"), tmp_path / "r", tmp_path / "e")
+    router = result.repository / naming.router_model("dlrm")
+    native_models.use_native_step(router, "router", native_library)
+    config = validation.parse_strict((router / naming.CONFIG_FILE).read_text())
+    config.output[0].dims[-1] += 1  # one column more than the routing fills
+    validation.write_config(config, router)
+    refused = rf"output '{config.output[0].name}' must be INT32 \[\.\.\., \d+\] as routed"
+    serving = serve.running_server([result.repository], timeout_s=SERVER_READY_TIMEOUT_S, stop_grace_s=STOP_GRACE_S)
+    with pytest.raises(ModelLoadError, match=refused), serving:
+        pass

@@ -273,12 +273,27 @@ class RouterStep : public Step {
   }
 
   // The routed outputs no pooled group consumes are the router's own: they must be in the config.
+  // Every output's type and width are checked against the config too: the responses are shaped from the routing.
   void resolve_outputs(const ModelConfig& config) {
     const JsonParameter routing(config, "routing");
     for (auto& output : outputs_) {
       if (output.pooled_by >= 0) continue;
       output.ids = tensor_spec(routing, config.outputs, output.ids.name, "output");
-      if (output.weights) output.weights = tensor_spec(routing, config.outputs, output.weights->name, "output");
+      expect_output(routing, output.ids, TRITONSERVER_TYPE_INT32, output.width);
+      if (output.weights) {
+        output.weights = tensor_spec(routing, config.outputs, output.weights->name, "output");
+        expect_output(routing, *output.weights, TRITONSERVER_TYPE_FP32, output.width);
+      }
+    }
+    if (!counts_output_.empty()) expect_output(routing, counts_spec_, TRITONSERVER_TYPE_FP32, counted_.size());
+    if (!cache_output_.empty()) expect_output(routing, cache_spec_, TRITONSERVER_TYPE_FP32, cache_width_);
+  }
+
+  static void expect_output(const JsonParameter& parameter, const TensorSpec& spec, TRITONSERVER_DataType datatype,
+                            size_t width) {
+    if (spec.datatype != datatype || spec.dims.empty() || spec.dims.back() != static_cast<int64_t>(width)) {
+      parameter.fail("output '" + spec.name + "' must be " + (datatype == TRITONSERVER_TYPE_INT32 ? "INT32" : "FP32") +
+                     " [..., " + std::to_string(width) + "] as routed");
     }
   }
 
