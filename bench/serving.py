@@ -46,6 +46,7 @@ from bench.rounds import median_round, odd_rounds
 from bench.structured import markdown_structured, plot_structured, run_structured, structured_workloads
 from bench.threads import closed_loop
 from generator.check import client
+from generator.check.calibrate import step_statistics
 from generator.deploy import server as serve
 from generator.model import dlrm as models
 from generator.planning import plan
@@ -91,17 +92,12 @@ def bench_pytorch(model: models.DLRM, batch: int, concurrency: int, seconds: flo
 
 
 def router_busy_us(session: client.RankingClient) -> tuple[float, int, int]:
-    """(busy microseconds, requests, executions) of the router step so far, from Triton's statistics."""
+    """(busy microseconds, requests, executions) of the router step so far (0s for a system without a router)."""
     try:
-        stats = session.client.get_inference_statistics(ROUTER, as_json=True)
-    except InferenceServerException:  # a system without a router (the monolithic model)
+        busy_ns, requests, executions = step_statistics(session, ROUTER)
+    except InferenceServerException:  # the monolithic model
         return 0.0, 0, 0
-    for entry in stats.get("model_stats", []):
-        inference = entry["inference_stats"]
-        parts = ("compute_input", "compute_infer", "compute_output")
-        busy_ns = sum(int(inference[part].get("ns", 0)) for part in parts)
-        return busy_ns / 1e3, int(inference["success"].get("count", 0)), int(entry.get("execution_count", 0))
-    return 0.0, 0, 0
+    return busy_ns / 1e3, requests, executions
 
 
 #: The router model of the ensembles (the step whose busy time is reported).

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from google.protobuf import json_format
 
 from generator import naming, native
 from generator.check.client import RankingClient
@@ -27,24 +28,32 @@ from generator.errors import ServerError
 from generator.planning import plan, queueing
 from generator.planning.capacity import Capacity
 from generator.planning.choices import LookupEngine
-from generator.repository import build, layout
+from generator.repository import build, layout, validation
 
 _WARMUP_REQUESTS = 5
+
+
+def step_statistics(client: RankingClient, model: str) -> tuple[int, int, int]:
+    """(busy ns, successful requests, executions) of `model` so far, from Triton's statistics.
+
+    Busy is compute input + infer + output: stub IPC included, queueing excluded; every request of a batched
+    execution is charged the whole execution.
+    """
+    stats = client.client.get_inference_statistics(model)  # a dict over HTTP, a protobuf message over gRPC
+    entry = stats["model_stats"][0] if isinstance(stats, dict) else stats.model_stats[0]
+    if not isinstance(entry, dict):
+        entry = json_format.MessageToDict(entry, preserving_proto_field_name=True)
+    inference = entry["inference_stats"]
+    busy = sum(int(inference[part].get("ns", 0)) for part in ("compute_input", "compute_infer", "compute_output"))
+    return busy, int(inference["success"].get("count", 0)), int(entry.get("execution_count", 0))
 
 
 def _busy_seconds_per_request(client: RankingClient, model: str, tensors: dict[str, np.ndarray], count: int) -> float:
     """Send `count` requests one by one; Triton's busy time per execution of `model`, in seconds."""
 
     def busy_ns_and_executions() -> tuple[int, int]:
-        stats = client.client.get_inference_statistics(model)
-        entry = stats["model_stats"][0] if isinstance(stats, dict) else stats.model_stats[0]
-        if not isinstance(entry, dict):
-            from google.protobuf import json_format
-
-            entry = json_format.MessageToDict(entry, preserving_proto_field_name=True)
-        inference = entry["inference_stats"]
-        busy = sum(int(inference[part].get("ns", 0)) for part in ("compute_input", "compute_infer", "compute_output"))
-        return busy, int(entry.get("execution_count", 0))
+        busy, _, executions = step_statistics(client, model)
+        return busy, executions
 
     for _ in range(_WARMUP_REQUESTS):
         client.send(tensors, model_name=model, output_names=None)
@@ -133,7 +142,7 @@ def _native_data_bytes(server: serve.TritonServer) -> int:
     total = 0
     for repository in server.config.repositories:
         for config in Path(repository).glob(f"*/{naming.CONFIG_FILE}"):
-            if f'backend: "{native.BACKEND_NAME}"' in config.read_text():
+            if validation.parse_strict(config.read_text()).backend == native.BACKEND_NAME:
                 total += sum(path.stat().st_size for path in config.parent.glob("*/*.npy"))
     return total
 

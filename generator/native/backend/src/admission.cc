@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <memory>
 #include <sstream>
+#include <utility>
 
 #include "status.h"
 
@@ -96,7 +97,10 @@ Admission::Admission(const JsonParameter& parameter, const std::string& model_na
   budget_s_ = static_cast<double>(parameter.integer(root, "budget_us")) / 1e6;
   for (const auto& step : parameter.list(root, "steps").GetArray()) {
     parameter.expect_keys(step, {"model", "instances"}, "AdmissionStep");
-    steps_.push_back(StepLoad{parameter.text(step, "model"), parameter.integer(step, "instances"), 750e-6, {}});
+    StepLoad load;
+    load.model = parameter.text(step, "model");
+    load.instances = parameter.integer(step, "instances");
+    steps_.push_back(std::move(load));
   }
   parameter.text(root, "directory");  // the Python routers' shared estimate lives there; a native one needs none
   thread_ = std::thread([this] { run(); });

@@ -21,11 +21,14 @@
 
 namespace recgen {
 
+// Seconds an instance takes per request before the counters have said anything (recgen_admission's default).
+constexpr double kDefaultSecondsPerRequest = 750e-6;
+
 // One step's counters as last read, and the running time an instance takes per request.
 struct StepLoad {
   std::string model;
   int64_t instances = 1;
-  double seconds_per_request = 750e-6;
+  double seconds_per_request = kDefaultSecondsPerRequest;
   std::map<std::string, double> counters;
 
   // Folds in one window's growth (compute per request x executions per request, smoothed).

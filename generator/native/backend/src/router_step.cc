@@ -76,7 +76,7 @@ struct Scratch {
 class RouterStep : public Step {
  public:
   RouterStep(const ModelConfig& config, const std::string& version_dir, TRITONSERVER_Server* server)
-      : ranking_(config.parameters.count("ranking_router") != 0), version_dir_(version_dir) {
+      : ranking_(config.parameters.count("ranking_router") != 0) {
     read_routing(config, version_dir);
     if (config.parameters.count("request_checks")) {
       const JsonParameter checks(config, "request_checks");
@@ -92,7 +92,7 @@ class RouterStep : public Step {
       ranking.expect_keys(ranking.root(), {"max_rows"}, "RankingRouterParams");
       max_rows_ = ranking.count(ranking.root(), "max_rows");
     }
-    read_front_cache(config);
+    read_front_cache(config, version_dir);
     if (config.parameters.count("router_pooling")) read_pooling(config, version_dir);
     resolve_outputs(config);
     if (config.parameters.count("access_counts")) {
@@ -320,7 +320,7 @@ class RouterStep : public Step {
     return value;
   }
 
-  void read_front_cache(const ModelConfig& config) {
+  void read_front_cache(const ModelConfig& config, const std::string& version_dir) {
     std::vector<std::string> cached;
     for (const auto& feature : features_) {
       if (feature.cached_rows) cached.push_back(feature.table);
@@ -336,7 +336,7 @@ class RouterStep : public Step {
     cache_spec_ = tensor_spec(cache, config.outputs, cache_output_, "output");
     for (auto& feature : features_) {
       if (!feature.cached_rows) continue;
-      const std::string path = version_dir_ + "/front_cache__" + feature.table + ".npy";
+      const std::string path = version_dir + "/front_cache__" + feature.table + ".npy";
       feature.cache.emplace(path, "<f4");
       if (feature.cache->rows() != feature.cached_rows) {
         cache.fail(path + " does not hold " + std::to_string(feature.cached_rows) + " rows");
@@ -643,7 +643,6 @@ class RouterStep : public Step {
   }
 
   bool ranking_;
-  std::string version_dir_;
   size_t max_rows_ = 0;
   bool weighted_ = false;
   size_t columns_ = 0;
