@@ -18,23 +18,6 @@ from generator.triton_models import router_model as router_module
 MODEL_VERSION = "1"
 CONFIG_FILE = "config.pbtxt"
 PYTHON_MODEL_FILE = "model.py"
-#: Pure-numpy helpers shared by the Python-backend models, copied next to each model.py.
-KERNELS_FILE = "recgen_kernels.py"
-#: Their compiled (numba) versions, with the numpy helpers as fallback, copied next to each model.py too.
-COMPILED_FILE = "recgen_compiled.py"
-#: Pooling a shard group's rows (the shard groups and the router's fused lookup step), copied next to each model.py.
-POOLING_FILE = "recgen_pooling.py"
-#: Reduced-precision rows (fp16, int8 row-wise) and their reference pooling, copied next to each model.py.
-ROWS_FILE = "recgen_rows.py"
-#: The typed parameter specs the Python-backend models read from their configs, copied next to each model.py.
-PARAMS_FILE = "recgen_params.py"
-#: The strict JSON spec machinery behind them.
-SPEC_FILE = "recgen_spec.py"
-#: The routers' access counters and front-cache counters, copied next to each model.py.
-ACCESS_FILE = "recgen_access.py"
-#: The routers' admission control (shedding overload) and the private runtime folder it and the counters use.
-ADMISSION_FILE = "recgen_admission.py"
-RUNTIME_FILE = "recgen_runtime.py"
 #: Data files read by the Python-backend models. Those modules must run without recgen installed (NGC
 #: container), so each defines its own file name and this module refers to it rather than repeating it.
 DENSE_WEIGHTS_FILE = recgen_kernels.DENSE_WEIGHTS_FILE

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from generator import naming
 from generator.cli import main as cli
 from generator.repository import export
 
@@ -28,9 +27,7 @@ def test_every_recgen_command_the_readme_runs_exists() -> None:
 def test_the_module_list_names_every_helper_copied_beside_a_model() -> None:
     usage = (ROOT / "docs" / "usage.md").read_text()
     helpers = {path.name for path in (ROOT / "generator" / "triton_models").glob("recgen_*.py")}
-    assert helpers == {naming.KERNELS_FILE, naming.COMPILED_FILE, naming.POOLING_FILE, naming.ROWS_FILE,
-                       naming.PARAMS_FILE, naming.SPEC_FILE, naming.ACCESS_FILE, naming.ADMISSION_FILE,
-                       naming.RUNTIME_FILE}  # fmt: skip
     assert all(helper in usage for helper in helpers), [h for h in helpers if h not in usage]
-    copied = set(re.findall(r"naming\.(\w+_FILE)", Path(export.__file__).read_text()))
-    assert {getattr(naming, name) for name in copied} >= helpers
+    models = [path.name for path in (ROOT / "generator" / "triton_models").glob("*_model.py")]
+    copied = {helper for model in models for helper in export.runtime_modules(model)[1:]}
+    assert copied == helpers  # every helper is imported by some model, and nothing else is copied

@@ -25,6 +25,8 @@ from generator.errors import NativeUnavailableError
 LIBRARY_NAME = "libtriton_recgen.so"
 #: The `backend` value of a native model's config.
 BACKEND_NAME = "recgen"
+#: The config parameter naming the version a native model was written for; a library of another refuses it.
+VERSION_PARAMETER = "recgen_native_version"
 SOURCE_DIR = Path(__file__).with_name("backend")
 BUILD_TIMEOUT_S = 600.0
 
@@ -38,6 +40,11 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
+def version() -> str:
+    """The build's version: what a native model's config names (`VERSION_PARAMETER`) and the library must be."""
+    return source_digest()[:16]
+
+
 def _cache_dir() -> Path:
     return private_cache_dir()
 
@@ -45,7 +52,7 @@ def _cache_dir() -> Path:
 def library_dir(sanitize: bool = False, cache: Path | None = None) -> Path:
     """Where the build of the current sources lives (it may not exist yet)."""
     suffix = "-sanitize" if sanitize else ""
-    return (cache or _cache_dir()) / f"native-{source_digest()[:16]}{suffix}"
+    return (cache or _cache_dir()) / f"native-{version()}{suffix}"
 
 
 def library(sanitize: bool = False, cache: Path | None = None) -> Path:
@@ -91,7 +98,8 @@ def build(sanitize: bool = False, cache: Path | None = None) -> Path:
         if shutil.which(os.environ.get("CXX", "c++")) is None:
             raise NativeUnavailableError("no C++ compiler (apt-get install g++, or set CXX)")
         with tempfile.TemporaryDirectory(prefix=".build-", dir=out) as workdir:
-            configure = [cmake, "-S", str(SOURCE_DIR), "-B", workdir, "-DCMAKE_BUILD_TYPE=Release"]
+            configure = [cmake, "-S", str(SOURCE_DIR), "-B", workdir, "-DCMAKE_BUILD_TYPE=Release",
+                         f"-DRECGEN_NATIVE_VERSION={version()}"]  # fmt: skip
             if sanitize:
                 configure.append("-DRECGEN_SANITIZE=ON")
             _run(configure, "configuring the native backend")

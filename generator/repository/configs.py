@@ -148,12 +148,17 @@ def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
     )
 
 
+def native_step_parameters(step: str) -> dict[str, str]:
+    """What a native model's config says besides its typed parameters: its step, and the backend's version."""
+    return {NATIVE_STEP_PARAMETER: step, native.VERSION_PARAMETER: native.version()}
+
+
 def _router_backend(plan: Plan, specs: Sequence[Spec]) -> tuple[str, dict[str, str]]:
     """A router's backend and parameters: the Python model, or the native step reading the same parameters."""
     parameters = {spec.PARAMETER: spec.to_json() for spec in specs}
     if not serves_natively(plan.lookup_engine, plan.router.device):
         return "python", parameters
-    return native.BACKEND_NAME, {**parameters, NATIVE_STEP_PARAMETER: "router"}
+    return native.BACKEND_NAME, {**parameters, **native_step_parameters("router")}
 
 
 def _later_steps(plan: Plan, dense_name: str) -> list[tuple[str, int]]:
@@ -224,7 +229,7 @@ def shard_group_config(
     backend, parameters = leaves.triton_backend, leaves.parameters(spec)
     if serves_natively(plan.lookup_engine, (placement or group.placement).device):
         backend = native.BACKEND_NAME
-        parameters = {spec.PARAMETER: spec.to_json(), NATIVE_STEP_PARAMETER: "shard_group"}
+        parameters = {spec.PARAMETER: spec.to_json(), **native_step_parameters("shard_group")}
     return _serving_config(
         layout.shard_group_model_name(plan, group),
         backend,

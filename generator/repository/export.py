@@ -1,13 +1,14 @@
 """Writes the model files of every generated model into its version directory.
 
-Python-backend models get a real module from `generator.triton_models` (copied as model.py, with the shared
-numpy kernels beside it) plus their data as .npy/.npz; ONNX models are exported with `torch.onnx.export`
+Python-backend models get a real module from `generator.triton_models` (copied as model.py, with the helpers it
+imports beside it) plus their data as .npy/.npz; ONNX models are exported with `torch.onnx.export`
 (dynamic batch axis only, so ORT's exact output-shape check passes) and checked against PyTorch with ONNX Runtime
 before the build goes on.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -48,14 +49,32 @@ EXPORT_EXAMPLE_BATCH = 3
 _BATCH_DIM = torch.export.Dim("batch", min=1, max=1 << 20)
 
 
-def install_python_model(module: str, version_dir: Path) -> None:
-    """Copy a model module from the package as model.py, with the kernels and parameter specs it imports."""
+def runtime_modules(module: str) -> list[str]:
+    """The model module and every helper it imports, transitively: the files its version directory needs.
+
+    The runtime modules import each other relatively (`from . import recgen_params`), so a model's version
+    directory, which the Python backend imports as a package (`<version>.model`), holds exactly these files.
+    """
     package = resources.files("generator.triton_models")
-    (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module).read_text())
-    helpers = (
-        naming.KERNELS_FILE, naming.COMPILED_FILE, naming.PARAMS_FILE, naming.SPEC_FILE, naming.POOLING_FILE,
-        naming.ROWS_FILE, naming.ACCESS_FILE, naming.ADMISSION_FILE, naming.RUNTIME_FILE,
-    )  # fmt: skip
+    needed, pending = [module], [module]
+    while pending:
+        tree = ast.parse(package.joinpath(pending.pop()).read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level != 1:
+                continue
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+            for name in (f"{name}.py" for name in names):
+                if name not in needed:
+                    needed.append(name)
+                    pending.append(name)
+    return needed
+
+
+def install_python_model(module: str, version_dir: Path) -> None:
+    """Copy a model module from the package as model.py, with the helpers it imports (`runtime_modules`)."""
+    package = resources.files("generator.triton_models")
+    module_file, *helpers = runtime_modules(module)
+    (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module_file).read_text())
     for helper in helpers:
         (version_dir / helper).write_text(package.joinpath(helper).read_text())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from generator import __version__, naming
+from generator import __version__, naming, native
 from generator.planning.plan import Plan
 from generator.repository import layout, settings
 from generator.repository.configs import LeafOptions
@@ -38,6 +38,8 @@ def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
         "group_by": plan.group_by,
         "lookup_step": plan.lookup_step,
         "lookup_engine": plan.lookup_engine,
+        # The native backend build the native models' configs name (`recgen_native_version`); None without them.
+        "native_backend_version": native.version() if plan.lookup_engine == "native" else None,
         "settings": settings.settings_of(plan, leaves.backend, leaves.target),
         "tables": [
             {

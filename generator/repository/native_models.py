@@ -14,6 +14,7 @@ from pathlib import Path
 from generator import naming, native
 from generator.repository import validation
 from generator.repository.configs import NATIVE_STEP_PARAMETER as STEP_PARAMETER
+from generator.repository.configs import native_step_parameters
 
 #: The steps libtriton_recgen.so serves, each with the typed parameter it reads ("" = none).
 NATIVE_STEPS = {"floor": "", "shard_group": "shards", "router": "routing"}
@@ -42,6 +43,7 @@ def use_native_step(model_dir: Path, step: str, library: Path) -> None:
     if needed and needed not in config.parameters:
         raise ValueError(f"{model_dir.name} has no parameter {needed!r}: it is not a {step} model")
     config.backend = native.BACKEND_NAME
-    config.parameters[STEP_PARAMETER].string_value = step
+    for key, value in native_step_parameters(step).items():
+        config.parameters[key].string_value = value
     validation.write_config(config, model_dir)
     install_library(model_dir, library)

@@ -11,15 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-try:  # inside Triton
-    import triton_python_backend_utils as pb_utils
-except ModuleNotFoundError:  # imported by tests or tooling
-    pb_utils = None
+from . import recgen_kernels as kernels
+from . import recgen_triton
 
-try:  # a generated repository has the kernels next to this file
-    import recgen_kernels as kernels
-except ModuleNotFoundError:
-    from generator.triton_models import recgen_kernels as kernels
+pb_utils = recgen_triton.utils()  # Triton's utilities inside a stub, None in tooling and tests
 
 ONNX_FILE = "model.onnx"
 

@@ -4,7 +4,9 @@ build, served by tritonserver with the sanitizers' runtime preloaded (what CI ru
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -12,7 +14,9 @@ from unittest import mock
 import pytest
 
 from generator import native
+from generator.deploy import server as serve
 from generator.errors import NativeUnavailableError
+from tests.conftest import SERVER_READY_TIMEOUT_S
 
 SANITIZE = os.environ.get("RECGEN_NATIVE_SANITIZE") == "1"
 #: How long a native-tier server may take to stop. tritonserver 2.51 with ASan's runtime preloaded never exits
@@ -47,3 +51,19 @@ def native_library() -> Iterator[Path]:
         return
     with mock.patch.dict(os.environ, _sanitizer_environment()):
         yield library
+
+
+def assert_refused(repository: Path, refused: re.Pattern[str], log: Path) -> None:
+    """Serve `repository` and wait for `refused` in the server's log (a model the backend refused to load).
+
+    The log, not the server's exit: with ASan's runtime preloaded, tritonserver does not exit after a failed load.
+    """
+    server = serve.TritonServer(serve.ServerConfig((repository,)), log)
+    server.start()
+    try:
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+        while time.monotonic() < deadline and not refused.search(server.logs()) and not server.exited:
+            time.sleep(0.2)
+        assert refused.search(server.logs()), server.logs()[-3000:]
+    finally:
+        server.stop(grace_s=STOP_GRACE_S)

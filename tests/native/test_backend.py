@@ -3,6 +3,7 @@ it declares with the values the server uses, batches, and reports its statistics
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import tritonclient.http as http_client
 from generator import native
 from generator.deploy import server as serve
 from tests.conftest import SERVER_READY_TIMEOUT_S, requires_server
-from tests.native.conftest import SANITIZE, STOP_GRACE_S
+from tests.native.conftest import SANITIZE, STOP_GRACE_S, assert_refused
 
 #: Every data type the backend maps (triton_api.h), as the config spells it and as the client reports it.
 DATA_TYPES = {
@@ -26,7 +27,7 @@ DATA_TYPES = {
 }  # fmt: skip
 
 
-def _floor_config(name: str, max_batch_size: int, instances: int) -> str:
+def _floor_config(name: str, max_batch_size: int, instances: int, version: str = native.version()) -> str:
     outputs = ", ".join(
         f'{{ name: "out_{config_type[5:].lower()}" data_type: {config_type} dims: [ {2 + index}, 3 ] }}'
         for index, config_type in enumerate(DATA_TYPES)
@@ -40,6 +41,7 @@ input [ {{ name: "ids" data_type: TYPE_INT64 dims: [ -1 ] }}, {{ name: "dense" d
 output [ {outputs} ]
 instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 parameters {{ key: "recgen_native_step" value {{ string_value: "floor" }} }}
+parameters {{ key: "{native.VERSION_PARAMETER}" value {{ string_value: "{version}" }} }}
 """
 
 
@@ -131,3 +133,16 @@ def test_a_model_without_the_library_is_served_from_the_backend_directory(floor_
     client.close()
     maps = Path(f"/proc/{floor_server.pid}/maps").read_text()
     assert f"/{native.BACKEND_NAME}/{native.LIBRARY_NAME}" in maps  # the backend directory's copy is loaded
+
+
+@requires_server
+def test_a_model_written_for_another_build_of_the_backend_is_refused(tmp_path: Path, native_library: Path) -> None:
+    repository = tmp_path / "models"
+    (repository / "stale" / "1").mkdir(parents=True)
+    (repository / "stale" / "config.pbtxt").write_text(_floor_config("stale", 8, 1, version="0123456789abcdef"))
+    shutil.copy(native_library, repository / "stale" / native.LIBRARY_NAME)
+    refused = re.compile(
+        rf"model 'stale' was written for recgen's native backend 0123456789abcdef, "
+        rf"but this libtriton_recgen.so is {native.version()}: serve the repository with the library it carries"
+    )
+    assert_refused(repository, refused, tmp_path / "tritonserver.log")

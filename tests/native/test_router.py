@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import re
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +39,7 @@ from generator.triton_models import recgen_pooling as pooling
 from generator.triton_models import router_model
 from tests.conftest import SERVER_READY_TIMEOUT_S, requires_server, tiny_model
 from tests.model import zoo
-from tests.native.conftest import STOP_GRACE_S
+from tests.native.conftest import STOP_GRACE_S, assert_refused
 
 ROUTERS = ("router", "router_ranking")
 
@@ -304,13 +303,4 @@ def test_a_router_config_whose_outputs_disagree_with_its_routing_is_refused(
     config.output[0].dims[-1] += 1  # one column more than the routing fills
     validation.write_config(config, router)
     refused = re.compile(rf"output '{config.output[0].name}' must be INT32 \[\.\.\., \d+\] as routed")
-    # The server's log, not its exit: with ASan's runtime preloaded, tritonserver does not exit after a failed load.
-    server = serve.TritonServer(serve.ServerConfig((result.repository,)), tmp_path / "tritonserver.log")
-    server.start()
-    try:
-        deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
-        while time.monotonic() < deadline and not refused.search(server.logs()) and not server.exited:
-            time.sleep(0.2)
-        assert refused.search(server.logs()), server.logs()[-3000:]
-    finally:
-        server.stop(grace_s=STOP_GRACE_S)
+    assert_refused(result.repository, refused, tmp_path / "tritonserver.log")

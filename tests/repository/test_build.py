@@ -21,6 +21,13 @@ def _build(tmp_path: Path, backend="python", target="embedded", force=False, loo
     return build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend, target=target, force=force)
 
 
+def _runtime_files(model_file: Path) -> list[str]:
+    """What a version directory holding this model.py should carry: it and exactly the helpers it imports."""
+    sources = Path(export.__file__).parents[1] / "triton_models"
+    module = next(p.name for p in sources.glob("*_model.py") if p.read_text() == model_file.read_text())
+    return ["model.py", *export.runtime_modules(module)[1:]]
+
+
 def test_python_build_layout_one_model_per_shard(tmp_path: Path) -> None:
     result = _build(tmp_path, group_by="shard")
     repo = tmp_path / "repo"
@@ -32,7 +39,7 @@ def test_python_build_layout_one_model_per_shard(tmp_path: Path) -> None:
     for name in names:
         version = repo / name / "1"
         assert (repo / name / "config.pbtxt").is_file()
-        assert (version / "model.py").is_file() and (version / naming.KERNELS_FILE).is_file()
+        assert sorted(p.name for p in version.glob("*.py")) == sorted(_runtime_files(version / "model.py"))
     assert (repo / "dlrm_shard_small_1" / "1" / "rows__small__1.npy").is_file()
     assert (repo / "dlrm_dense" / "1" / "dense.npz").is_file()
     assert (tmp_path / "ens" / "dlrm" / "config.pbtxt").is_file()
