@@ -14,17 +14,11 @@ from typing import Any
 
 import numpy as np
 
-try:  # inside Triton
-    import triton_python_backend_utils as pb_utils
-except ModuleNotFoundError:  # imported by tests or tooling
-    pb_utils = None
+from . import recgen_kernels as kernels
+from . import recgen_params as params
+from . import recgen_triton
 
-try:  # a generated repository has its helpers next to this file
-    import recgen_kernels as kernels
-    import recgen_params as params
-except ModuleNotFoundError:
-    from generator.triton_models import recgen_kernels as kernels
-    from generator.triton_models import recgen_params as params
+pb_utils = recgen_triton.utils()  # Triton's utilities inside a stub, None in tooling and tests
 
 
 class TritonPythonModel:

@@ -18,25 +18,15 @@ from typing import Any
 
 import numpy as np
 
-try:  # inside Triton
-    import triton_python_backend_utils as pb_utils
-except ModuleNotFoundError:  # imported by tests or tooling
-    pb_utils = None
+from . import recgen_access as access
+from . import recgen_admission as admission
+from . import recgen_compiled as compiled
+from . import recgen_kernels as kernels
+from . import recgen_params as params
+from . import recgen_pooling as pooling
+from . import recgen_triton
 
-try:  # a generated repository has its helpers next to this file
-    import recgen_access as access
-    import recgen_admission as admission
-    import recgen_compiled as compiled
-    import recgen_kernels as kernels
-    import recgen_params as params
-    import recgen_pooling as pooling
-except ModuleNotFoundError:
-    from generator.triton_models import recgen_access as access
-    from generator.triton_models import recgen_admission as admission
-    from generator.triton_models import recgen_compiled as compiled
-    from generator.triton_models import recgen_kernels as kernels
-    from generator.triton_models import recgen_params as params
-    from generator.triton_models import recgen_pooling as pooling
+pb_utils = recgen_triton.utils()  # Triton's utilities inside a stub, None in tooling and tests
 
 _cache_metrics = access.cache_metrics  # a module name tests can replace (Prometheus needs the server)
 

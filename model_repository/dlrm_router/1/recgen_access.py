@@ -26,19 +26,12 @@ from typing import Any
 
 import numpy as np
 
-try:  # inside Triton
-    import triton_python_backend_utils as pb_utils
-except ModuleNotFoundError:  # imported by tests or tooling
-    pb_utils = None
+from . import recgen_compiled as compiled
+from . import recgen_params as params
+from . import recgen_runtime as runtime
+from . import recgen_triton
 
-try:  # a generated repository has its helpers next to this file
-    import recgen_compiled as compiled
-    import recgen_params as params
-    import recgen_runtime as runtime
-except ModuleNotFoundError:
-    from generator.triton_models import recgen_compiled as compiled
-    from generator.triton_models import recgen_params as params
-    from generator.triton_models import recgen_runtime as runtime
+pb_utils = recgen_triton.utils()  # Triton's utilities inside a stub, None in tooling and tests
 
 COUNTS_SUFFIX = ".counts.npy"
 #: The middle name of a key's retired set: the counts of the instances that are gone, added up.
@@ -99,8 +92,8 @@ def open_counter(
         [np.full(width, first[table], np.int64) for table, width in zip(table_of, ids_per_sample, strict=True)]
     )
     user = np.zeros(len(spec.tables), dtype=bool)
-    for table, side in zip(table_of, sides, strict=True):
-        user[table] = side == "user"
+    for table_index, side in zip(table_of, sides, strict=True):
+        user[table_index] = side == "user"
     return AccessCounter(np.asarray(counts), np.asarray(samples), np.asarray(since), column_base, user)
 
 

@@ -32,12 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-try:  # a generated repository has its helpers next to this file
-    import recgen_params as params
-    import recgen_runtime as runtime
-except ModuleNotFoundError:
-    from generator.triton_models import recgen_params as params
-    from generator.triton_models import recgen_runtime as runtime
+from . import recgen_params as params
+from . import recgen_runtime as runtime
 
 #: Where a router reads its server's metrics (`recgen serve` sets it; Triton's default port otherwise).
 METRICS_URL_ENV = "RECGEN_METRICS_URL"

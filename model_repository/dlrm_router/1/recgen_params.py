@@ -15,13 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-try:  # a generated repository has its helpers next to this file
-    from recgen_spec import ParameterError as ParameterError
-    from recgen_spec import Spec as Spec
-except ModuleNotFoundError:
-    from generator.triton_models.recgen_spec import ParameterError as ParameterError
-    from generator.triton_models.recgen_spec import Spec as Spec
-
+from .recgen_spec import ParameterError as ParameterError
+from .recgen_spec import Spec as Spec
 
 # -- router --------------------------------------------------------------------------------------------------------
 

@@ -17,14 +17,9 @@ from typing import Any
 
 import numpy as np
 
-try:  # a generated repository has its helpers next to this file
-    import recgen_compiled as compiled
-    import recgen_kernels as kernels
-    import recgen_params as params
-except ModuleNotFoundError:
-    from generator.triton_models import recgen_compiled as compiled
-    from generator.triton_models import recgen_kernels as kernels
-    from generator.triton_models import recgen_params as params
+from . import recgen_compiled as compiled
+from . import recgen_kernels as kernels
+from . import recgen_params as params
 
 #: How each row dtype's values are stored (int8 row-wise: uint8 codes plus an FP32 (scale, offset) per row).
 STORED_DTYPES = {"fp32": np.dtype(np.float32), "fp16": np.dtype(np.float16), "int8": np.dtype(np.uint8)}

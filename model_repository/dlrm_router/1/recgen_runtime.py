@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
@@ -83,29 +84,34 @@ def remove_gone_servers(kind_folder: Path, ours: Sequence[str]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def content_addressed_module(source: Path, cache_folder: Path) -> ModuleType:
+def content_addressed_module(source: Path, cache_folder: Path, imports: Sequence[Path] = ()) -> ModuleType:
     """`source` imported from a private copy named after its text: `<cache_folder>/recgen-sources/<sha256>/`.
 
     numba keys its disk cache by a function's file path and modification time, and every generated repository has a
     copy of the kernels at a path of its own, so each new model directory compiled afresh (about 10 s of CPU per
     stub). The copy's path and time are the same for every repository with the same kernels, so the cache serves
-    them all. Its text is checked against its name before it is imported.
+    them all. The copy is a package with the sibling modules `source` imports relatively (`imports`), named after
+    the text of them all; each file is checked against that text before it is imported.
     """
-    text = source.read_bytes()
-    digest = hashlib.sha256(text).hexdigest()
+    texts = {path.name: path.read_bytes() for path in (source, *imports)}
+    digest = hashlib.sha256(b"".join(name.encode() + b"\0" + text + b"\0" for name, text in sorted(texts.items())))
+    name = digest.hexdigest()
     os.makedirs(cache_folder, mode=0o700, exist_ok=True)
-    folder = private_folder(private_folder(Path(cache_folder) / "recgen-sources") / digest[:32])
-    copy = folder / source.name
-    if not copy.is_file() or hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
-        staged = folder / f".{source.name}.{os.getpid()}"
-        staged.write_bytes(text)
-        os.replace(staged, copy)
-    spec = importlib.util.spec_from_file_location(f"{source.stem}_{digest[:16]}", copy)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {copy}")
-    if spec.name in sys.modules:
-        return sys.modules[spec.name]
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # numba's cache finds the functions' module by name when it loads them
-    spec.loader.exec_module(module)
-    return module
+    folder = private_folder(private_folder(Path(cache_folder) / "recgen-sources") / name[:32])
+    for file_name, text in {"__init__.py": b"", **texts}.items():
+        copy = folder / file_name
+        if not copy.is_file() or copy.read_bytes() != text:
+            staged = folder / f".{file_name}.{os.getpid()}"
+            staged.write_bytes(text)
+            os.replace(staged, copy)
+    package = f"recgen_sources_{name[:16]}"
+    if package not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            package, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {folder}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module  # numba's cache finds the functions' module by name when it loads them
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{package}.{source.stem}")

@@ -15,20 +15,15 @@ import functools
 import itertools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-try:  # a generated repository has its helpers next to this file
-    import recgen_kernels as kernels
-    import recgen_rows as rows_module
-    import recgen_runtime as runtime
-except ModuleNotFoundError:
-    from generator.triton_models import recgen_kernels as kernels
-    from generator.triton_models import recgen_rows as rows_module
-    from generator.triton_models import recgen_runtime as runtime
+from . import recgen_kernels as kernels
+from . import recgen_rows as rows_module
+from . import recgen_runtime as runtime
 
 #: "numba" once `compile_kernels()` has compiled every kernel, else "numpy".
 ENGINE = "numpy"
@@ -219,7 +214,8 @@ def _cached_source() -> dict[str, Any]:
     cache_folder = os.environ.get("NUMBA_CACHE_DIR")
     try:
         if cache_folder:
-            return vars(runtime.content_addressed_module(Path(__file__), Path(cache_folder)))
+            imports = [Path(module.__file__ or "") for module in (kernels, rows_module, runtime)]
+            return vars(runtime.content_addressed_module(Path(__file__), Path(cache_folder), imports))
     except (OSError, ImportError, runtime.UnsafeFolderError):
         pass  # compiled from this file: slower to load, the same kernels
     return globals()
@@ -357,7 +353,7 @@ def any_out_of_range(ids: np.ndarray, column_rows: np.ndarray) -> bool:
     return bool(_compiled["out_of_range"](ids, column_rows))
 
 
-def dot_interaction(bottom_out: np.ndarray, pooled: list[np.ndarray]) -> np.ndarray:
+def dot_interaction(bottom_out: np.ndarray, pooled: Sequence[np.ndarray]) -> np.ndarray:
     """`recgen_kernels.dot_interaction`, compiled.
 
     The strict upper triangle's dot products are written straight beside the bottom output, without the full Gram
