@@ -117,7 +117,10 @@ class BuildResult:
             f"  {self.container_command()}",
         ]
         if self.backend == "python" and self.uses_gpu:
-            lines.append("note: numpy models on KIND_GPU instances still compute on the host; use --backend onnx.")
+            lines.append(
+                "note: the numpy models refuse KIND_GPU instances (they would compute on the host): "
+                "serve GPU steps with --backend onnx."
+            )
         return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load every table and the dense weights once per instance; compile the pooling kernel."""
+        recgen_triton.require_cpu_instance(args)
         compiled.compile_for(args["model_name"])
         layout = params.MonolithicParams.from_model_config(json.loads(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]

@@ -2,7 +2,8 @@
 
 Inputs and outputs are those of the config; config parameters `intra_op_thread_count` and
 `inter_op_thread_count` size ORT's thread pools, as they do for Triton's native onnxruntime backend. A KIND_GPU
-instance uses ORT's CUDA provider on its device when the installed onnxruntime has it.
+instance runs on ORT's CUDA provider on its device, or refuses to load when the installed onnxruntime has none (it
+never computes on the CPU under a GPU placement).
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ class TritonPythonModel:
         options.intra_op_num_threads = _int_parameter(config, "intra_op_thread_count")
         options.inter_op_num_threads = _int_parameter(config, "inter_op_thread_count")
         providers: list[Any] = ["CPUExecutionProvider"]
-        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])}))
+        if args.get("model_instance_kind") == "GPU":
+            providers = [("CUDAExecutionProvider", {"device_id": int(args["model_instance_device_id"])})]
+            _require_cuda(args, ort.get_available_providers())
         path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        if args.get("model_instance_kind") == "GPU":
+            _require_cuda(args, self.session.get_providers())
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """Run all batched requests as one ORT call, then split the outputs back per request."""
@@ -65,3 +69,14 @@ class TritonPythonModel:
             )
             for index in range(len(requests))
         ]
+
+
+def _require_cuda(args: dict[str, str], providers: list[str]) -> None:
+    """A KIND_GPU instance runs on CUDA or does not load: ONNX Runtime would otherwise compute on the CPU."""
+    if "CUDAExecutionProvider" not in providers:
+        raise recgen_triton.PlacementError(
+            f"model {args.get('model_name')!r}: instance {args.get('model_instance_name')!r} is placed on GPU "
+            f"{args.get('model_instance_device_id')}, but ONNX Runtime here has no CUDA execution provider "
+            f"({', '.join(providers)}): install onnxruntime-gpu with the CUDA libraries it needs, or place the step "
+            "on the CPU"
+        )

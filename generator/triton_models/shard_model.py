@@ -29,6 +29,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load the member shards' rows into this instance's memory (each instance is a process); compile the kernel."""
+        recgen_triton.require_cpu_instance(args)
         compiled.compile_for(args["model_name"])
         layout = params.ShardGroupParams.from_model_config(json.loads(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
