@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from generator.cli import main as cli
-from generator.repository import export
+from generator.repository import runtime_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,5 +29,5 @@ def test_the_module_list_names_every_helper_copied_beside_a_model() -> None:
     helpers = {path.name for path in (ROOT / "generator" / "triton_models").glob("recgen_*.py")}
     assert all(helper in usage for helper in helpers), [h for h in helpers if h not in usage]
     models = [path.name for path in (ROOT / "generator" / "triton_models").glob("*_model.py")]
-    copied = {helper for model in models for helper in export.runtime_modules(model)[1:]}
+    copied = {helper for model in models for helper in runtime_files.runtime_modules(model)[1:]}
     assert copied == helpers  # every helper is imported by some model, and nothing else is copied

@@ -34,6 +34,7 @@ from generator.repository import (
     manifest,
     perf_input,
     readme,
+    runtime_files,
     staging,
     validation,
 )
@@ -218,7 +219,7 @@ class ModelWriter:
         if config is None:
             return
         version_dir = _new_model_dir(repository, config.name)
-        export.install_python_model(export.PROFILE_MODULE, version_dir)
+        runtime_files.install_python_model(runtime_files.PROFILE_MODULE, version_dir)
         self._finish(config, version_dir, "profile", "sums the routers' access counts (recgen profile --from-server)")
 
     def shard_group(self, repository: Path, group: ShardGroup, placement: Placement | None = None) -> None:
@@ -233,7 +234,7 @@ class ModelWriter:
         """The front's remote step for a shard group (replaces the group's config in the ensemble check)."""
         config = configs.remote_group_config(self.plan, group, policy)
         version_dir = _new_model_dir(repository, config.name)
-        export.install_python_model(export.REMOTE_GROUP_MODULE, version_dir)
+        runtime_files.install_python_model(runtime_files.REMOTE_GROUP_MODULE, version_dir)
         self._finish(config, version_dir, "remote", f"gRPC to {group.placement.instance_count} replica(s)")
 
     def dense(self, repository: Path) -> None:
@@ -264,7 +265,7 @@ class ModelWriter:
         if isinstance(model, ImportedModel):
             imported_graphs.export_imported_ranking_dense(model, plan, self.leaves, version_dir)
         else:
-            export.export_dense_weights(model, export.RANKING_DENSE_MODULE, version_dir)
+            export.export_dense_weights(model, runtime_files.RANKING_DENSE_MODULE, version_dir)
         self._finish(dense, version_dir, "dense", "ranking: user-side work once per request")
         self._ensemble(configs.ranking_ensemble_config(plan, model), ensemble_repository)
 

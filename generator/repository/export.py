@@ -8,14 +8,12 @@ before the build goes on.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import io
 import logging
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,51 +30,20 @@ from generator.planning.precision import rounded_rank_rows, rounded_table_rows, 
 from generator.repository import layout, native_models
 from generator.repository.configs import LeafOptions
 from generator.repository.layout import dense_inputs, ensemble_inputs, table_parts
+from generator.repository.runtime_files import (
+    DENSE_MODULE,
+    MONOLITHIC_MODULE,
+    ONNX_RUNNER_MODULE,
+    ROUTER_MODULE,
+    SHARD_MODULE,
+    install_python_model,
+)
 from generator.triton_models import recgen_rows
 
-#: Model modules in `generator.triton_models`, by role.
-ROUTER_MODULE = "router_model.py"
-SHARD_MODULE = "shard_model.py"
-DENSE_MODULE = "dense_model.py"
-MONOLITHIC_MODULE = "monolithic_model.py"
-ONNX_RUNNER_MODULE = "onnx_model.py"
-REMOTE_GROUP_MODULE = "remote_group_model.py"
-RANKING_DENSE_MODULE = "ranking_dense_model.py"
-PROFILE_MODULE = "profile_model.py"
 #: Exported ONNX graphs must match PyTorch this closely on a random batch.
 ONNX_CHECK_ATOL = 1e-6
 EXPORT_EXAMPLE_BATCH = 3
 _BATCH_DIM = torch.export.Dim("batch", min=1, max=1 << 20)
-
-
-def runtime_modules(module: str) -> list[str]:
-    """The model module and every helper it imports, transitively: the files its version directory needs.
-
-    The runtime modules import each other relatively (`from . import recgen_params`), so a model's version
-    directory, which the Python backend imports as a package (`<version>.model`), holds exactly these files.
-    """
-    package = resources.files("generator.triton_models")
-    needed, pending = [module], [module]
-    while pending:
-        tree = ast.parse(package.joinpath(pending.pop()).read_text())
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.ImportFrom) or node.level != 1:
-                continue
-            names = [node.module] if node.module else [alias.name for alias in node.names]
-            for name in (f"{name}.py" for name in names):
-                if name not in needed:
-                    needed.append(name)
-                    pending.append(name)
-    return needed
-
-
-def install_python_model(module: str, version_dir: Path) -> None:
-    """Copy a model module from the package as model.py, with the helpers it imports (`runtime_modules`)."""
-    package = resources.files("generator.triton_models")
-    module_file, *helpers = runtime_modules(module)
-    (version_dir / naming.PYTHON_MODEL_FILE).write_text(package.joinpath(module_file).read_text())
-    for helper in helpers:
-        (version_dir / helper).write_text(package.joinpath(helper).read_text())
 
 
 #: Timestamp of every member of the .npz files a build writes, so the same model and plan give the same bytes.

@@ -18,8 +18,9 @@ from generator.model.imported import ImportedModel
 from generator.planning.plan import Plan
 from generator.repository import layout
 from generator.repository.configs import LeafOptions
-from generator.repository.export import EXPORT_EXAMPLE_BATCH, ONNX_RUNNER_MODULE, export_onnx, install_python_model
+from generator.repository.export import EXPORT_EXAMPLE_BATCH, export_onnx
 from generator.repository.layout import dense_inputs
+from generator.repository.runtime_files import ONNX_RUNNER_MODULE, install_python_model
 
 
 class ImportedDenseGraph(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from generator import naming
 from generator.errors import ExportError, OutputExistsError, UserInputError
 from generator.planning.plan import uniform_plan
-from generator.repository import build, export
+from generator.repository import build, export, runtime_files
 from tests.conftest import requires_server, tiny_model, wide_model
 
 
@@ -23,9 +23,9 @@ def _build(tmp_path: Path, backend="python", target="embedded", force=False, loo
 
 def _runtime_files(model_file: Path) -> list[str]:
     """What a version directory holding this model.py should carry: it and exactly the helpers it imports."""
-    sources = Path(export.__file__).parents[1] / "triton_models"
+    sources = Path(runtime_files.__file__).parents[1] / "triton_models"
     module = next(p.name for p in sources.glob("*_model.py") if p.read_text() == model_file.read_text())
-    return ["model.py", *export.runtime_modules(module)[1:]]
+    return ["model.py", *runtime_files.runtime_modules(module)[1:]]
 
 
 def test_python_build_layout_one_model_per_shard(tmp_path: Path) -> None:

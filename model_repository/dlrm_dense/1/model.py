@@ -26,6 +26,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load the MLP weights and the input layout once per instance."""
+        recgen_triton.require_cpu_instance(args)
         layout = params.DenseParams.from_model_config(json.loads(args["model_config"]))
         self.dense_input = layout.dense_input
         self.output_name = layout.output

@@ -74,6 +74,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load the weights and split them by side once per instance."""
+        recgen_triton.require_cpu_instance(args)
         layout = params.RankingDenseParams.from_model_config(json.loads(args["model_config"]))
         self.dense = RankingDense(layout, str(Path(args["model_repository"]) / args["model_version"]))
         self.input_names = [name for name in (self.dense.user_dense, self.dense.item_dense) if name]

@@ -289,6 +289,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Load the routing table, compile the kernels, map the rows of the groups it pools; register cache counters."""
+        recgen_triton.require_cpu_instance(args)
         compiled.compile_for(args["model_name"])
         model_dir, config = Path(args["model_repository"]), json.loads(args["model_config"])
         self.routing = load_routing(config, model_dir / args["model_version"])
