@@ -32,7 +32,7 @@ from generator import naming
 from generator.deploy.server import running_server
 from generator.model import dlrm as models
 from generator.planning import plan, queueing
-from generator.repository import build, layout, validation
+from generator.repository import build, validation, wiring
 from generator.traffic.requests import random_request
 
 #: Share of the target each kind of step may queue (0 = no timeout), per variant.
@@ -47,7 +47,7 @@ VARIANTS: dict[str, dict[str, float]] = {
 def step_kinds(the_plan: plan.Plan) -> dict[str, str]:
     """Model name -> kind of step, for the steps of the plan's sharded ensemble."""
     kinds = {naming.router_model(the_plan.model_name): "router", naming.dense_model(the_plan.model_name): "dense"}
-    kinds.update({layout.shard_group_model_name(the_plan, group): "shards" for group in the_plan.shard_groups()})
+    kinds.update({wired.model_name: "shards" for wired in wiring.wire_layout(the_plan).groups})
     return kinds
 
 

@@ -15,7 +15,7 @@ from generator.planning.memory import ModelShape
 from generator.planning.placement import allocate_front_cache
 from generator.planning.plan_file import load_plan, save_plan
 from generator.planning.planner import plan_from_report, plan_model
-from generator.repository import build, configs, export
+from generator.repository import build, configs, export, wiring
 from generator.traffic.profile import TableShape, zipf_profile
 from generator.traffic.requests import random_request
 from generator.triton_models import recgen_access, router_model
@@ -68,8 +68,11 @@ def cached_plan(model):
 def test_router_pools_cached_ids_itself_and_hides_them_from_the_shards(tmp_path: Path) -> None:
     model = sided_model()
     plan = cached_plan(model)
-    export.export_router(model, plan, tmp_path)
-    config = json.loads(json_format.MessageToJson(configs.router_config(plan, ()), preserving_proto_field_name=True))
+    wire = wiring.wire_layout(plan)
+    export.export_router(model, plan, wire, tmp_path)
+    config = json.loads(
+        json_format.MessageToJson(configs.router_config(plan, wire, ()), preserving_proto_field_name=True)
+    )
     routing = router_model.load_routing(config, tmp_path)
     medium = plan.tables[2]
     hot_id, cold_id = int(medium.original_rows()[5]), int(medium.original_rows()[500])

@@ -28,7 +28,7 @@ from generator.errors import ServerError
 from generator.planning import plan, queueing
 from generator.planning.capacity import Capacity
 from generator.planning.choices import LookupEngine
-from generator.repository import build, layout, validation
+from generator.repository import build, layout, validation, wiring
 
 _WARMUP_REQUESTS = 5
 
@@ -105,6 +105,7 @@ def _random_inputs(
 def _step_costs(
     client: RankingClient,
     the_plan: plan.Plan,
+    wire: wiring.WireLayout,
     model: plan.Model,
     batches: list[int],
     requests: int,
@@ -113,10 +114,9 @@ def _step_costs(
     """(rows looked up, busy s) of the widest table's shard and (ids, busy s) of the router, at every batch."""
     rng = np.random.default_rng(0)
     widest = max(model.tables, key=lambda t: t.max_ids_per_sample)
-    widest_group = next(g for g in the_plan.shard_groups() if g.shards[0].table == widest.name)
-    shard_name = layout.shard_group_model_name(the_plan, widest_group)
-    group_inputs, _ = layout.group_signature(the_plan, widest_group)
-    group_rows = {naming.group_local_ids(widest_group.index): widest.num_rows}
+    widest_group = next(g for g in wire.groups if g.group.shards[0].table == widest.name)
+    shard_name, group_inputs = widest_group.model_name, widest_group.inputs
+    group_rows = {widest_group.ids.name: widest.num_rows}
     table_rows = {t.name: t.num_rows for t in model.tables}
     dense, _ = layout.model_signature(model)  # the router also reads (and checks) the dense features
     router_inputs = layout.with_checked(layout.router_inputs(the_plan), layout.finite_inputs(the_plan, dense))
@@ -195,20 +195,21 @@ def calibrate(
     batches = sorted({max(1, batch_size // 16), max(1, batch_size // 4), batch_size})
     rng = np.random.default_rng(1)
     fused_plan = dataclasses.replace(the_plan, model_name=_FUSED_MODEL, group_by="placement", lookup_step="fused")
+    wire = wiring.wire_layout(the_plan)
     with tempfile.TemporaryDirectory(prefix="recgen-calibrate-") as workdir:
         result = build.build(model, the_plan, Path(workdir) / "repo", Path(workdir) / "ens")
         fused = build.build(model, fused_plan, Path(workdir) / "fused", Path(workdir) / "fused_ens")
         repositories = [*result.repositories, *fused.repositories]
         with serve.running_server(repositories) as server, RankingClient(server.http_url, "http") as client:
-            shard_points, router_points = _step_costs(client, the_plan, model, batches, requests, echo)
+            shard_points, router_points = _step_costs(client, the_plan, wire, model, batches, requests, echo)
             dense, _ = layout.model_signature(model)
-            dense_inputs = _random_inputs(layout.dense_inputs(the_plan, dense), batch_size, {}, rng)
+            dense_inputs = _random_inputs(wiring.dense_inputs(wire, dense), batch_size, {}, rng)
             dense_busy = _busy_seconds_per_request(client, naming.dense_model(_MODEL), dense_inputs, requests)
             echo(f"  dense: {dense_busy * 1e6:.1f} us per {batch_size} samples")
             smallest = min(model.tables, key=lambda t: t.num_rows).name
-            group = next(g for g in the_plan.shard_groups() if g.shards[0].table == smallest)
-            shard_rows = {naming.group_local_ids(group.index): group.shards[0].row_end - group.shards[0].row_start}
-            shard_inputs = _random_inputs(layout.group_signature(the_plan, group)[0], batch_size, shard_rows, rng)
+            wired = next(g for g in wire.groups if g.group.shards[0].table == smallest)
+            rows = {wired.ids.name: wired.group.shards[0].num_rows}
+            shard_inputs = _random_inputs(wired.inputs, batch_size, rows, rng)
 
             def warm(model_name: str) -> None:
                 for _ in range(_WARMUP_REQUESTS):

@@ -115,7 +115,7 @@ def build_distributed(
         front.mkdir()
         writer.profile(front)
         write_front_and_groups(writer, topology, front, front, staged)
-        write_manifest(plan, leaves, front)
+        write_manifest(plan, writer.wire, leaves, front)
         write_perf_inputs(front, front)
         topology.save(staged)
         save_plan(plan, staged / naming.DISTRIBUTED_PLAN_FILE)
@@ -132,12 +132,11 @@ _STAGED_LEAVES = "leaves"
 
 def write_front_and_groups(writer: ModelWriter, topology: Topology, leaves: Path, ensembles: Path, root: Path) -> None:
     """A distributed build's models: the front's leaves, its ensembles, every group's repository under `root`."""
-    plan = writer.plan
     writer.router(leaves)
-    for group, deployment in zip(plan.shard_groups(), topology.groups, strict=True):
+    for wired, deployment in zip(writer.wire.groups, topology.groups, strict=True):
         one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
-        writer.shard_group(root / deployment.repository, group, one_instance)
-        writer.remote_group(leaves, group, topology.remote_call)
+        writer.shard_group(root / deployment.repository, wired, one_instance)
+        writer.remote_group(leaves, wired, topology.remote_call)
     writer.dense(leaves)
     writer.ensemble(ensembles)
     writer.ranking(leaves, ensembles)
@@ -165,7 +164,7 @@ def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: L
         for group in topology.groups:  # complete now; the front is listed again once its switch is done
             contents.record(staging / group.repository)
         check_ensembles(running, front, staging / STAGED_ENSEMBLES)
-        write_manifest(plan, leaves, staging)
+        write_manifest(plan, writer.wire, leaves, staging)
         topology.save(staging)
         save_plan(plan, staging / naming.DISTRIBUTED_PLAN_FILE)
         result = DistributedBuild(plan, root, topology, tuple(writer.built))

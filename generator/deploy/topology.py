@@ -20,9 +20,10 @@ from generator import __version__, naming
 from generator.errors import UserInputError
 from generator.planning import memory
 from generator.planning.capacity import Capacity
-from generator.planning.plan import Device, GroupBy, Plan, ShardGroup
-from generator.repository.layout import shard_group_model_name
+from generator.planning.plan import Device, GroupBy, Plan
+from generator.repository import wiring
 from generator.repository.params import RemoteCallPolicy
+from generator.repository.wiring import GroupWire
 
 TOPOLOGY_FORMAT_VERSION = 2
 #: Instances of a shard group's model inside each of its replica servers.
@@ -100,7 +101,7 @@ class Topology:
     ) -> Topology:
         """The topology of `plan` with its shards grouped by `group_by` (one service per shard by default)."""
         plan = dataclasses.replace(plan, group_by=group_by, lookup_step="separate")  # every group its own service
-        groups = tuple(_group_deployment(plan, group) for group in plan.shard_groups())
+        groups = tuple(_group_deployment(plan, wired) for wired in wiring.wire_layout(plan).groups)
         front_models = [naming.router_model(plan.leaf_stem), naming.dense_model(plan.leaf_stem)]
         front_models += [group.model for group in groups]
         front = FrontDeployment(
@@ -195,9 +196,9 @@ def _counter_bytes(plan: Plan) -> int:
     return (2 * plan.router.instance_count + 1) * memory.counter_bytes([t.spec for t in plan.tables])
 
 
-def _group_deployment(plan: Plan, group: ShardGroup) -> GroupDeployment:
+def _group_deployment(plan: Plan, wired: GroupWire) -> GroupDeployment:
     tables = {table.spec.name: table for table in plan.tables}
-    model = shard_group_model_name(plan, group)
+    group, model = wired.group, wired.model_name
     return GroupDeployment(
         model=model,
         service=naming.service_name(model),

@@ -23,7 +23,6 @@ from generator.planning.plan import (
     Model,
     Placement,
     Plan,
-    ShardGroup,
 )
 from generator.repository import (
     configs,
@@ -37,9 +36,11 @@ from generator.repository import (
     runtime_files,
     staging,
     validation,
+    wiring,
 )
 from generator.repository.configs import BACKENDS, TARGETS, Backend, LeafOptions, Target
 from generator.repository.params import RemoteCallPolicy
+from generator.repository.wiring import GroupWire
 
 #: What a generated model does in its ensemble.
 Role = Literal["router", "shards", "remote", "dense", "ensemble", "whole", "profile"]
@@ -181,6 +182,7 @@ class ModelWriter:
 
     def __init__(self, model: Model, plan: Plan, leaves: LeafOptions):
         self.model, self.plan, self.leaves = model, plan, leaves
+        self.wire = wiring.wire_layout(plan)  # the one wire layout every model of this build is written from
         self.configs: dict[str, mc.ModelConfig] = {}
         self.built: list[BuiltModel] = []
 
@@ -204,13 +206,13 @@ class ModelWriter:
 
     def router(self, repository: Path) -> None:
         """The router, with the rank maps and front cache it needs."""
-        config = configs.router_config(self.plan, layout.model_signature(self.model)[0])
+        config = configs.router_config(self.plan, self.wire, layout.model_signature(self.model)[0])
         version_dir = _new_model_dir(repository, config.name)
-        export.export_router(self.model, self.plan, version_dir)
-        pooled = self.plan.router_pooled_groups()
+        export.export_router(self.model, self.plan, self.wire, version_dir)
+        pooled = self.wire.pooled
         detail = f"{len(self.plan.tables)} tables -> {len(self.plan.shards)} shards"
         if pooled:
-            detail += f", pools {sum(len(group.shards) for group in pooled)} of them (fused lookup step)"
+            detail += f", pools {sum(len(wired.group.shards) for wired in pooled)} of them (fused lookup step)"
         self._finish(config, version_dir, "router", detail)
 
     def profile(self, repository: Path) -> None:
@@ -222,56 +224,57 @@ class ModelWriter:
         runtime_files.install_python_model(runtime_files.PROFILE_MODULE, version_dir)
         self._finish(config, version_dir, "profile", "sums the routers' access counts (recgen profile --from-server)")
 
-    def shard_group(self, repository: Path, group: ShardGroup, placement: Placement | None = None) -> None:
+    def shard_group(self, repository: Path, wired: GroupWire, placement: Placement | None = None) -> None:
         """A shard group model with its members' rows (`placement` replaces the group's own)."""
-        config = configs.shard_group_config(self.plan, group, self.leaves, placement)
+        config = configs.shard_group_config(self.plan, wired, self.leaves, placement)
         version_dir = _new_model_dir(repository, config.name)
-        export.export_shard_group(self.model, self.plan, group, self.leaves, version_dir)
+        export.export_shard_group(self.model, self.plan, wired, self.leaves, version_dir)
+        group = wired.group
         members = ", ".join(f"{s.table}[{s.row_start}:{s.row_end}]" for s in group.shards)
         self._finish(config, version_dir, "shards", members if len(members) < 60 else f"{len(group.shards)} shards")
 
-    def remote_group(self, repository: Path, group: ShardGroup, policy: RemoteCallPolicy) -> None:
+    def remote_group(self, repository: Path, wired: GroupWire, policy: RemoteCallPolicy) -> None:
         """The front's remote step for a shard group (replaces the group's config in the ensemble check)."""
-        config = configs.remote_group_config(self.plan, group, policy)
+        config = configs.remote_group_config(self.plan, wired, policy)
         version_dir = _new_model_dir(repository, config.name)
         runtime_files.install_python_model(runtime_files.REMOTE_GROUP_MODULE, version_dir)
-        self._finish(config, version_dir, "remote", f"gRPC to {group.placement.instance_count} replica(s)")
+        self._finish(config, version_dir, "remote", f"gRPC to {wired.group.placement.instance_count} replica(s)")
 
     def dense(self, repository: Path) -> None:
         """The dense model: recgen's DLRM tower (numpy or ONNX), or an imported model's remainder (ONNX)."""
         model = self.model
         dense, outputs = layout.model_signature(model)
-        config = configs.dense_config(self.plan, dense, self.leaves, outputs)
+        config = configs.dense_config(self.plan, self.wire, dense, self.leaves, outputs)
         version_dir = _new_model_dir(repository, config.name)
         if isinstance(model, ImportedModel):
-            imported_graphs.export_imported_dense(model, self.plan, self.leaves, version_dir)
+            imported_graphs.export_imported_dense(model, self.plan, self.wire, self.leaves, version_dir)
             nodes = sum(1 for node in model.cut.remainder.graph.nodes if node.op == "call_function")
             self._finish(config, version_dir, "dense", f"the model's dense graph ({nodes} ops, ONNX)")
             return
-        export.export_dense(model, self.plan, self.leaves, version_dir)
+        export.export_dense(model, self.plan, self.wire, self.leaves, version_dir)
         self._finish(config, version_dir, "dense", f"MLPs {model.bottom_mlp} / {model.top_mlp}")
 
     def ranking(self, leaf_repository: Path, ensemble_repository: Path) -> None:
         """`<model>_ranking`, its router and dense model, for models with user-side features (groups are shared)."""
-        model, plan = self.model, self.plan
+        model, plan, wire = self.model, self.plan, self.wire
         if not model.supports_ranking_requests:
             return
-        router = configs.ranking_router_config(plan, model)
+        router = configs.ranking_router_config(plan, wire, model)
         version_dir = _new_model_dir(leaf_repository, router.name)
-        export.export_router(model, plan, version_dir, pooled_rows=False)
+        export.export_router(model, plan, wire, version_dir, pooled_rows=False)
         self._finish(router, version_dir, "router", "ranking: user row + candidate rows")
-        dense = configs.ranking_dense_config(plan, model, self.leaves)
+        dense = configs.ranking_dense_config(plan, wire, model, self.leaves)
         version_dir = _new_model_dir(leaf_repository, dense.name)
         if isinstance(model, ImportedModel):
-            imported_graphs.export_imported_ranking_dense(model, plan, self.leaves, version_dir)
+            imported_graphs.export_imported_ranking_dense(model, plan, wire, self.leaves, version_dir)
         else:
             export.export_dense_weights(model, runtime_files.RANKING_DENSE_MODULE, version_dir)
         self._finish(dense, version_dir, "dense", "ranking: user-side work once per request")
-        self._ensemble(configs.ranking_ensemble_config(plan, model), ensemble_repository)
+        self._ensemble(configs.ranking_ensemble_config(plan, wire, model), ensemble_repository)
 
     def ensemble(self, repository: Path) -> None:
         """The flattened ensemble, checked against the models written so far."""
-        self._ensemble(configs.ensemble_config(self.plan, *layout.model_signature(self.model)), repository)
+        self._ensemble(configs.ensemble_config(self.plan, self.wire, *layout.model_signature(self.model)), repository)
 
     def _ensemble(self, ensemble: mc.ModelConfig, repository: Path) -> None:
         validation.check_ensemble(ensemble, self.configs)
@@ -309,13 +312,13 @@ def build(
         writer = ModelWriter(model, plan, leaves)
         writer.router(staged_repository)
         writer.profile(staged_repository)
-        for group in plan.step_groups():
-            writer.shard_group(staged_repository, group)
+        for wired in writer.wire.steps:
+            writer.shard_group(staged_repository, wired)
         writer.dense(staged_repository)
         writer.ensemble(staged_ensembles)
         writer.ranking(staged_repository, staged_ensembles)
         result = BuildResult(plan, backend, target, repository, ensembles, tuple(writer.built))
-        manifest.write_manifest(plan, leaves, staged_repository)
+        manifest.write_manifest(plan, writer.wire, leaves, staged_repository)
         perf_input.write_perf_inputs(staged_repository, staged_ensembles)
         for staged_path in (staged_repository, staged_ensembles):
             readme.write_single(staged_path, result, model)

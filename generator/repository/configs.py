@@ -17,9 +17,10 @@ from generator import naming, native
 from generator.model.imported import ImportedModel
 from generator.planning import queueing
 from generator.planning.choices import serves_natively
-from generator.planning.plan import Model, Placement, Plan, ShardGroup
-from generator.repository import layout, params
+from generator.planning.plan import Model, Placement, Plan
+from generator.repository import layout, params, wiring
 from generator.repository.layout import TensorSpec
+from generator.repository.wiring import GroupWire, WireLayout
 from generator.triton_models.recgen_params import Spec
 
 Backend = Literal["python", "onnx"]
@@ -123,27 +124,25 @@ def with_shedding(plan: Plan, config: mc.ModelConfig) -> mc.ModelConfig:
     return config
 
 
-def router_config(plan: Plan, dense: layout.DenseSignature) -> mc.ModelConfig:
+def router_config(plan: Plan, wire: WireLayout, dense: layout.DenseSignature) -> mc.ModelConfig:
     """Router: sparse ids in, one packed local-id tensor per shard group out; routing travels as a parameter.
 
     It also reads the dense tensors of `dense` (unless the plan allows non-finite inputs), only to check them.
     """
     inputs = layout.sparse_inputs(plan)
     checked = layout.finite_inputs(plan, dense)
-    specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs]), *params.request_checks(checked)]
-    specs += [
-        spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
-    ]
+    specs: list[Spec] = [params.routing(plan, wire, [spec.name for spec in inputs]), *params.request_checks(checked)]
+    specs += _router_extras(plan, wire)
     name = naming.router_model(plan.leaf_stem)
     if plan.shedding == "router":
-        specs.append(params.admission(plan, name, _later_steps(plan, naming.dense_model(plan.leaf_stem))))
+        specs.append(params.admission(plan, name, _later_steps(plan, wire, naming.dense_model(plan.leaf_stem))))
     backend, parameters = _router_backend(plan, specs)
     return _serving_config(
         name,
         backend,
         plan.max_batch_size,
         plan.router,
-        (layout.with_checked(layout.router_inputs(plan), checked), layout.router_outputs(plan)),
+        (layout.with_checked(layout.router_inputs(plan), checked), wire.router_outputs()),
         parameters,
     )
 
@@ -161,9 +160,18 @@ def _router_backend(plan: Plan, specs: Sequence[Spec]) -> tuple[str, dict[str, s
     return native.BACKEND_NAME, {**parameters, **native_step_parameters("router")}
 
 
-def _later_steps(plan: Plan, dense_name: str) -> list[tuple[str, int]]:
+def _router_extras(plan: Plan, wire: WireLayout) -> list[Spec]:
+    """The router's optional parameters: its front cache, the groups it pools, its access counters."""
+    return [
+        spec
+        for spec in (params.front_cache(plan), params.router_pooling(plan, wire), params.access_counts(plan))
+        if spec
+    ]
+
+
+def _later_steps(plan: Plan, wire: WireLayout, dense_name: str) -> list[tuple[str, int]]:
     """The ensemble's steps after the router on the router's server (shard groups or their remote steps, dense)."""
-    groups = [(layout.shard_group_model_name(plan, g), g.placement.instance_count) for g in plan.step_groups()]
+    groups = [(g.model_name, g.group.placement.instance_count) for g in wire.steps]
     return [*groups, (dense_name, plan.dense.instance_count)]
 
 
@@ -187,7 +195,7 @@ def profile_config(plan: Plan) -> mc.ModelConfig | None:
     return config
 
 
-def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
+def ranking_router_config(plan: Plan, wire: WireLayout, model: Model) -> mc.ModelConfig:
     """The ranking ensemble's router: the user's ids and the N candidates' ids in, per group [1 + N, width] out.
 
     Row 0 of every output carries the user-side tables' ids, rows 1..N the item-side ones, so the shard groups pool
@@ -197,14 +205,13 @@ def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
     inputs = layout.ranking_sparse_inputs(plan)
     weights = [spec.name for spec in layout.ranking_weight_inputs(plan)]
     checked = layout.ranking_finite_inputs(plan, model)
-    specs: list[Spec] = [params.routing(plan, [spec.name for spec in inputs], weights), params.ranking_router(plan)]
+    specs: list[Spec] = [params.routing(plan, wire, [s.name for s in inputs], weights), params.ranking_router(plan)]
     specs += params.request_checks(checked)
-    specs += [
-        spec for spec in (params.front_cache(plan), params.router_pooling(plan), params.access_counts(plan)) if spec
-    ]
+    specs += _router_extras(plan, wire)
     name = naming.ranking_router_model(plan.leaf_stem)
     if plan.shedding == "router":
-        specs.append(params.admission(plan, name, _later_steps(plan, naming.ranking_dense_model(plan.leaf_stem))))
+        dense_name = naming.ranking_dense_model(plan.leaf_stem)
+        specs.append(params.admission(plan, name, _later_steps(plan, wire, dense_name)))
     reads = layout.with_checked(layout.ranking_router_inputs(plan), checked)
     backend, parameters = _router_backend(plan, specs)
     return _serving_config(
@@ -212,52 +219,56 @@ def ranking_router_config(plan: Plan, model: Model) -> mc.ModelConfig:
         backend,
         0,
         plan.router,
-        (reads, [spec.unbatched() for spec in layout.router_outputs(plan)]),
+        (reads, [spec.unbatched() for spec in wire.router_outputs()]),
         parameters,
     )
 
 
 def shard_group_config(
-    plan: Plan, group: ShardGroup, leaves: LeafOptions, placement: Placement | None = None
+    plan: Plan, wired: GroupWire, leaves: LeafOptions, placement: Placement | None = None
 ) -> mc.ModelConfig:
     """Shard group: packed row ids of its tables in; per table it holds, the pool over all its shards out.
 
     `placement` replaces the group's own (the distributed layout runs one instance per replica server). With the
     native lookup engine the same typed parameter goes to recgen's backend, with the step it serves.
     """
-    spec = params.shard_group(plan, group)
+    spec, group = params.shard_group(wired), wired.group
     backend, parameters = leaves.triton_backend, leaves.parameters(spec)
     if serves_natively(plan.lookup_engine, (placement or group.placement).device):
         backend = native.BACKEND_NAME
         parameters = {spec.PARAMETER: spec.to_json(), **native_step_parameters("shard_group")}
     return _serving_config(
-        layout.shard_group_model_name(plan, group),
+        wired.model_name,
         backend,
         plan.max_batch_size,
         placement or group.placement,
-        layout.group_signature(plan, group),
+        (wired.inputs, [wired.partial_sums]),
         parameters,
     )
 
 
-def remote_group_config(plan: Plan, group: ShardGroup, policy: params.RemoteCallPolicy) -> mc.ModelConfig:
+def remote_group_config(plan: Plan, wired: GroupWire, policy: params.RemoteCallPolicy) -> mc.ModelConfig:
     """The front's step for a shard group served elsewhere: same name and tensors, calls the group over gRPC.
 
     One instance per planned replica of the group, so the front keeps every replica busy; the endpoints default to
     the group's Kubernetes Service and are overridden through the environment (see remote_group_model).
     """
     return _serving_config(
-        layout.shard_group_model_name(plan, group),
+        wired.model_name,
         "python",
         plan.max_batch_size,
-        Placement(device="cpu", instance_count=group.placement.instance_count),
-        layout.group_signature(plan, group),
-        [params.remote_group(plan, group, policy)],
+        Placement(device="cpu", instance_count=wired.group.placement.instance_count),
+        (wired.inputs, [wired.partial_sums]),
+        [params.remote_group(wired, policy)],
     )
 
 
 def dense_config(
-    plan: Plan, dense: layout.DenseSignature, leaves: LeafOptions, outputs: layout.OutputSignature = None
+    plan: Plan,
+    wire: WireLayout,
+    dense: layout.DenseSignature,
+    leaves: LeafOptions,
+    outputs: layout.OutputSignature = None,
 ) -> mc.ModelConfig:
     """Dense model: dense inputs, the packed partial sums (and mean counts) in, the model's outputs out.
 
@@ -271,18 +282,18 @@ def dense_config(
         leaves.triton_backend,
         plan.max_batch_size,
         plan.dense,
-        (layout.dense_inputs(plan, dense), layout.ensemble_outputs(outputs)),
-        leaves.parameters(params.dense(plan)),
+        (wiring.dense_inputs(wire, dense), layout.ensemble_outputs(outputs)),
+        leaves.parameters(params.dense(plan, wire)),
     )
 
 
-def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.ModelConfig:
+def ranking_dense_config(plan: Plan, wire: WireLayout, model: Model, leaves: LeafOptions) -> mc.ModelConfig:
     """The ranking ensemble's dense model, fed [1 + N, ...] partial sums (row 0 the user's pools).
 
     recgen's DLRM: user-only terms once, broadcast onto the N candidates (numpy). An imported model: its dense
     graph behind a prologue that broadcasts the user's pools and dense inputs onto the N candidates (ONNX).
     """
-    inputs = layout.ranking_dense_step_inputs(plan, model)
+    inputs = wiring.ranking_dense_step_inputs(wire, model)
     _, outputs = layout.ranking_signature(plan, model)
     if isinstance(model, ImportedModel):
         leaves = LeafOptions("onnx", leaves.target)
@@ -292,7 +303,7 @@ def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.Mo
             0,
             plan.dense,
             (inputs, outputs),
-            leaves.parameters(params.dense(plan)),
+            leaves.parameters(params.dense(plan, wire)),
         )
     return _serving_config(
         naming.ranking_dense_model(plan.leaf_stem),
@@ -300,7 +311,7 @@ def ranking_dense_config(plan: Plan, model: Model, leaves: LeafOptions) -> mc.Mo
         0,
         plan.dense,
         (inputs, outputs),
-        [params.ranking_dense(plan, model.dense_sides)],
+        [params.ranking_dense(plan, wire, model.dense_sides)],
     )
 
 
@@ -316,35 +327,37 @@ def monolithic_config(plan: Plan, num_dense_features: int, leaves: LeafOptions) 
     )
 
 
-def ensemble_config(plan: Plan, dense: layout.DenseSignature, outputs: layout.OutputSignature = None) -> mc.ModelConfig:
+def ensemble_config(
+    plan: Plan, wire: WireLayout, dense: layout.DenseSignature, outputs: layout.OutputSignature = None
+) -> mc.ModelConfig:
     """Ensemble: router, then every shard group (dispatched together), then dense; named after the model."""
     return _ensemble(
         naming.ensemble_model(plan.model_name),
-        plan,
+        wire,
         plan.max_batch_size,
         (layout.ensemble_inputs(plan, dense), layout.ensemble_outputs(outputs)),
         naming.router_model(plan.leaf_stem),
         layout.with_checked(layout.router_inputs(plan), layout.finite_inputs(plan, dense)),
-        (naming.dense_model(plan.leaf_stem), layout.dense_inputs(plan, dense)),
+        (naming.dense_model(plan.leaf_stem), wiring.dense_inputs(wire, dense)),
     )
 
 
-def ranking_ensemble_config(plan: Plan, model: Model) -> mc.ModelConfig:
+def ranking_ensemble_config(plan: Plan, wire: WireLayout, model: Model) -> mc.ModelConfig:
     """`<model>_ranking`: ranking router, the same shard groups as the flattened ensemble, ranking dense."""
     return _ensemble(
         naming.ranking_ensemble(plan.model_name),
-        plan,
+        wire,
         0,
         layout.ranking_signature(plan, model),
         naming.ranking_router_model(plan.leaf_stem),
         layout.with_checked(layout.ranking_router_inputs(plan), layout.ranking_finite_inputs(plan, model)),
-        (naming.ranking_dense_model(plan.leaf_stem), layout.ranking_dense_step_inputs(plan, model)),
+        (naming.ranking_dense_model(plan.leaf_stem), wiring.ranking_dense_step_inputs(wire, model)),
     )
 
 
 def _ensemble(
     name: str,
-    plan: Plan,
+    wire: WireLayout,
     max_batch_size: int,
     signature: tuple[Sequence[TensorSpec], Sequence[TensorSpec]],
     router_name: str,
@@ -359,18 +372,16 @@ def _ensemble(
     router = steps.add(model_name=router_name, model_version=LEAF_VERSION)
     for spec in router_inputs:
         router.input_map[spec.name] = spec.name
-    for spec in [*layout.front_cache_partials(plan), *layout.pool_counts(plan)]:  # straight to the dense model
+    for spec in [*wire.front_cache, *wire.counts]:  # straight to the dense model
         router.output_map[spec.name] = spec.name
-    for group in plan.router_pooled_groups():  # fused lookup step: the router's partial sums go to the dense model
-        partial = layout.group_signature(plan, group)[1][0]
-        router.output_map[partial.name] = partial.name
-    for group in plan.step_groups():
-        group_inputs, (partial,) = layout.group_signature(plan, group)
-        step = steps.add(model_name=layout.shard_group_model_name(plan, group), model_version=LEAF_VERSION)
-        for spec in group_inputs:  # the packed ids (and their weights) go straight from the router
+    for wired in wire.pooled:  # fused lookup step: the router's partial sums go to the dense model
+        router.output_map[wired.partial_sums.name] = wired.partial_sums.name
+    for wired in wire.steps:
+        step = steps.add(model_name=wired.model_name, model_version=LEAF_VERSION)
+        for spec in wired.inputs:  # the packed ids (and their weights) go straight from the router
             router.output_map[spec.name] = spec.name
             step.input_map[spec.name] = spec.name
-        step.output_map[partial.name] = partial.name
+        step.output_map[wired.partial_sums.name] = wired.partial_sums.name
     dense_name, dense_inputs = dense_step
     dense = steps.add(model_name=dense_name, model_version=LEAF_VERSION)
     for spec in dense_inputs:

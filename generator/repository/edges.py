@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from generator.planning.plan import Plan
-from generator.repository import layout
+from generator.repository import layout, wiring
 from generator.traffic.profile import AccessProfile
 
 
@@ -54,11 +54,11 @@ def edge_bytes(plan: Plan, profile: AccessProfile, batch_size: int) -> EdgeBytes
     tables = {t.spec.name: t for t in plan.tables}
     ids_bytes = partial_bytes = 0
     raw_bytes = real_ids = 0.0
-    for group in plan.shard_groups():
-        (ids,), (partials,) = layout.group_signature(plan, group)
-        ids_bytes += _tensor_bytes(batch_size, ids)
-        partial_bytes += _tensor_bytes(batch_size, partials)
-        for shard in group.shards:
+    wire = wiring.wire_layout(plan)
+    for wired in wire.groups:
+        ids_bytes += sum(_tensor_bytes(batch_size, spec) for spec in wired.inputs)  # the ids, and their weights
+        partial_bytes += _tensor_bytes(batch_size, wired.partial_sums)
+        for shard in wired.group.shards:
             table = tables[shard.table]
             access = profile.table(shard.table)
             counts = np.asarray(access.ranked_counts(), dtype=np.float64)
@@ -66,5 +66,5 @@ def edge_bytes(plan: Plan, profile: AccessProfile, batch_size: int) -> EdgeBytes
             expected = batch_size * access.mean_ids_per_sample * (reached / access.lookups if access.lookups else 0)
             real_ids += expected
             raw_bytes += expected * table.spec.bytes_per_row
-    cache_bytes = sum(_tensor_bytes(batch_size, spec) for spec in layout.front_cache_partials(plan))
+    cache_bytes = sum(_tensor_bytes(batch_size, spec) for spec in wire.front_cache)
     return EdgeBytes(batch_size, ids_bytes, partial_bytes, raw_bytes, real_ids, cache_bytes)

@@ -25,11 +25,11 @@ from generator import naming
 from generator.errors import ExportError
 from generator.model.dlrm import DLRM, DenseTower, pool_rows
 from generator.planning.choices import serves_natively
-from generator.planning.plan import Model, Plan, ShardGroup, ShardPlan, TablePlan
+from generator.planning.plan import Model, Plan, ShardPlan, TablePlan
 from generator.planning.precision import rounded_rank_rows, rounded_table_rows, with_rounded_rows
-from generator.repository import layout, native_models
+from generator.repository import native_models
 from generator.repository.configs import LeafOptions
-from generator.repository.layout import dense_inputs, ensemble_inputs, table_parts
+from generator.repository.layout import ensemble_inputs
 from generator.repository.runtime_files import (
     DENSE_MODULE,
     MONOLITHIC_MODULE,
@@ -38,6 +38,7 @@ from generator.repository.runtime_files import (
     SHARD_MODULE,
     install_python_model,
 )
+from generator.repository.wiring import GroupWire, WireLayout, dense_inputs
 from generator.triton_models import recgen_rows
 
 #: Exported ONNX graphs must match PyTorch this closely on a random batch.
@@ -63,7 +64,7 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(file, np.asanyarray(array), allow_pickle=False)
 
 
-def export_router(model: Model, plan: Plan, version_dir: Path, *, pooled_rows: bool = True) -> None:
+def export_router(model: Model, plan: Plan, wire: WireLayout, version_dir: Path, *, pooled_rows: bool = True) -> None:
     """The router's code (or the native library), the rank maps of permuted tables, the front cache's rows.
 
     With a fused lookup step, also the stacked rows of the groups the router pools (`pooled_rows`: the flattened
@@ -80,9 +81,10 @@ def export_router(model: Model, plan: Plan, version_dir: Path, *, pooled_rows: b
             cached = rounded_rank_rows(model, table, 0, table.cached_rows).astype(np.float32, copy=False)
             np.save(version_dir / naming.router_front_cache_file(table.spec.name), cached)
     tables = {table.spec.name: table for table in plan.tables}
-    for group in plan.router_pooled_groups() if pooled_rows else []:  # stacked, with the padding row, to be mapped
+    for wired in wire.pooled if pooled_rows else []:  # stacked, with the padding row, to be mapped
+        group = wired.group
         stored = [stored_rows(model, tables[s.table], s) for s in group.shards]
-        values, pairs = group_stacks(plan, group, stored)[:2]
+        values, pairs = group_stacks(wired, stored)[:2]
         for index, stack in enumerate(values):
             np.save(version_dir / naming.router_rows_file(group.index, index), _with_padding_row(stack))
         for index, stack in enumerate(pairs):
@@ -168,13 +170,13 @@ class ShardGroupGraph(nn.Module):
 
 
 def group_stacks(
-    plan: Plan, group: ShardGroup, stored: Sequence[StoredRows]
+    wired: GroupWire, stored: Sequence[StoredRows]
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """The members' stored rows stacked per row width (as `layout.group_layout` numbers them), and every slot's stack.
+    """The members' stored rows stacked per row width (as the group's wire numbers them), and every slot's stack.
 
     The int8 (scale, offset) pairs are stacked the same way ([] unless the group is int8).
     """
-    group_layout = layout.group_layout(plan, group)
+    group, group_layout = wired.group, wired.columns
     widths = group_layout.stack_widths
     values = [np.concatenate([v for v, _ in stored if v.shape[1] == width]) for width in widths]
     pairs = [
@@ -274,9 +276,9 @@ def export_onnx(
             raise ExportError(f"exported {path} differs from PyTorch (max |diff| {difference:.3g})")
 
 
-def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: LeafOptions, version_dir: Path) -> None:
+def export_shard_group(model: Model, plan: Plan, wired: GroupWire, leaves: LeafOptions, version_dir: Path) -> None:
     """A shard group's rows, as one .npy per shard (python, or the native engine) or one model.onnx (onnx)."""
-    tables = {table.spec.name: table for table in plan.tables}
+    group, tables = wired.group, {table.spec.name: table for table in plan.tables}
     stored = [stored_rows(model, tables[s.table], s) for s in group.shards]
     native = serves_natively(plan.lookup_engine, group.placement.device)
     if leaves.backend == "python" or native:
@@ -289,8 +291,8 @@ def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: Leaf
             if scale_offset is not None:
                 np.save(version_dir / naming.shard_scales_file(shard.table, shard.index), scale_offset)
         return
-    group_layout = layout.group_layout(plan, group)
-    stacks, pairs, slot_stacks = group_stacks(plan, group, stored)
+    group_layout = wired.columns
+    stacks, pairs, slot_stacks = group_stacks(wired, stored)
     generator = torch.Generator().manual_seed(0)
     example = torch.cat(
         [
@@ -299,7 +301,7 @@ def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: Leaf
         ],
         dim=1,
     ).to(torch.int32)
-    inputs, (output,) = layout.group_signature(plan, group)
+    inputs, output = wired.inputs, wired.partial_sums
     examples = (example,) if len(inputs) == 1 else (example, torch.rand(example.shape, generator=generator) * 2)
     export_onnx(
         ShardGroupGraph(stacks, group_layout.columns, slot_stacks, pairs).eval(),
@@ -312,14 +314,14 @@ def export_shard_group(model: Model, plan: Plan, group: ShardGroup, leaves: Leaf
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
 
 
-def export_dense(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
+def export_dense(model: DLRM, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path) -> None:
     """The dense tower's weights, as dense.npz (python) or model.onnx (onnx)."""
     if leaves.backend == "python":
         export_dense_weights(model, DENSE_MODULE, version_dir)
         return
-    inputs = dense_inputs(plan, model.num_dense_features)
+    inputs = dense_inputs(wire, model.num_dense_features)
     position = {spec.name: index - 1 for index, spec in enumerate(inputs)}
-    parts = [[(position[name], slot) for name, slot in table] for table in table_parts(plan)]
+    parts = [[(position[name], slot) for name, slot in table] for table in wire.table_parts]
     graph = DenseGraph(model.dense, parts, plan.tables[0].spec.dim).eval()
     generator = torch.Generator().manual_seed(0)
     example = tuple(torch.randn(EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)

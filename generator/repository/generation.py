@@ -271,8 +271,8 @@ def write_generation(
         writer = ModelWriter(model, plan, leaves)
         staged_leaves, staged_ensembles = staging / _STAGED_LEAVES, staging / STAGED_ENSEMBLES
         writer.router(staged_leaves)
-        for group in plan.step_groups():
-            writer.shard_group(staged_leaves, group)
+        for wired in writer.wire.steps:
+            writer.shard_group(staged_leaves, wired)
         writer.dense(staged_leaves)
         writer.ensemble(staged_ensembles)
         writer.ranking(staged_leaves, staged_ensembles)
@@ -281,7 +281,7 @@ def write_generation(
         kept = profile_entry(leaf_repository, plan.model_name)
         built = (*writer.built, *([kept] if kept else []))
         result = BuildResult(plan, leaves.backend, leaves.target, leaf_repository, ensemble_repository, built)
-        manifest.write_manifest(plan, leaves, staging)
+        manifest.write_manifest(plan, writer.wire, leaves, staging)
         installs = [(staging / naming.MANIFEST_FILE, leaf_repository / naming.MANIFEST_FILE)]
         for index, repository in enumerate((leaf_repository, ensemble_repository)):
             text = staging / f"{naming.README_FILE}.{index}"

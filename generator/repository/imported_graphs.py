@@ -16,11 +16,11 @@ from torch import nn
 from generator import naming
 from generator.model.imported import ImportedModel
 from generator.planning.plan import Plan
-from generator.repository import layout
+from generator.repository import layout, wiring
 from generator.repository.configs import LeafOptions
 from generator.repository.export import EXPORT_EXAMPLE_BATCH, export_onnx
-from generator.repository.layout import dense_inputs
 from generator.repository.runtime_files import ONNX_RUNNER_MODULE, install_python_model
+from generator.repository.wiring import WireLayout
 
 
 class ImportedDenseGraph(nn.Module):
@@ -57,12 +57,14 @@ class ImportedDenseGraph(nn.Module):
         return tuple(self.remainder(*dense, *pooled))
 
 
-def _imported_dense_graph(model: ImportedModel, plan: Plan) -> tuple[ImportedDenseGraph, list[layout.TensorSpec]]:
+def _imported_dense_graph(
+    model: ImportedModel, plan: Plan, wire: WireLayout
+) -> tuple[ImportedDenseGraph, list[layout.TensorSpec]]:
     """The flattened dense step of an imported model and its inputs (dense tensors, partial sums, counts)."""
-    inputs = dense_inputs(plan, model.dense_inputs)
+    inputs = wiring.dense_inputs(wire, model.dense_inputs)
     position = {spec.name: index - len(model.dense_inputs) for index, spec in enumerate(inputs)}
-    parts = [[(position[name], first, last) for name, first, last in per] for per in layout.part_columns(plan)]
-    means = layout.mean_features(plan)
+    parts = [[(position[name], first, last) for name, first, last in per] for per in wire.part_columns]
+    means = wiring.mean_features(plan)
     counted = [means.index(f.name) if f.name in means else None for f in plan.sparse_features]
     return ImportedDenseGraph(model.cut.remainder, len(model.dense_inputs), parts, counted).eval(), inputs
 
@@ -76,10 +78,12 @@ def _examples(specs: Sequence[layout.TensorSpec], rows: Sequence[int], counted: 
     return example
 
 
-def export_imported_dense(model: ImportedModel, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
+def export_imported_dense(
+    model: ImportedModel, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path
+) -> None:
     """An imported model's dense step as model.onnx (ORT inside a Python model on the embedded server)."""
-    graph, inputs = _imported_dense_graph(model, plan)
-    example = _examples(inputs, [EXPORT_EXAMPLE_BATCH] * len(inputs), bool(layout.mean_features(plan)))
+    graph, inputs = _imported_dense_graph(model, plan, wire)
+    example = _examples(inputs, [EXPORT_EXAMPLE_BATCH] * len(inputs), bool(wire.counts))
     names = [spec.name for spec in inputs]
     outputs = [name for name, _ in model.outputs]
     export_onnx(graph, tuple(example), names, outputs, version_dir / naming.ONNX_MODEL_FILE, varargs_after=0)
@@ -109,10 +113,12 @@ class RankingDenseGraph(nn.Module):
         return self.flattened(*broadcast, *[part[1:] + part[:1] for part in rows])
 
 
-def export_imported_ranking_dense(model: ImportedModel, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
+def export_imported_ranking_dense(
+    model: ImportedModel, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path
+) -> None:
     """The ranking ensemble's dense step of an imported model as model.onnx (see `RankingDenseGraph`)."""
-    flattened, _ = _imported_dense_graph(model, plan)
-    inputs = layout.ranking_dense_step_inputs(plan, model)
+    flattened, _ = _imported_dense_graph(model, plan, wire)
+    inputs = wiring.ranking_dense_step_inputs(wire, model)
     user_dense = [model.side_of(name) == "user" for name, _ in model.dense_inputs]
     candidates = torch.export.Dim("candidates", min=1, max=1 << 20)
     rows = torch.export.Dim("rows", min=2, max=(1 << 20) + 1) if not any(not user for user in user_dense) else None
@@ -121,7 +127,7 @@ def export_imported_ranking_dense(model: ImportedModel, plan: Plan, leaves: Leaf
     sizes = [1 if user else EXPORT_EXAMPLE_BATCH for user in user_dense]
     sizes += [EXPORT_EXAMPLE_BATCH + 1] * (len(inputs) - len(user_dense))
     per_row = [dataclasses.replace(spec, dims=spec.dims[1:]) for spec in inputs]  # without the leading 1 or N
-    example = _examples(per_row, sizes, bool(layout.mean_features(plan)))
+    example = _examples(per_row, sizes, bool(wire.counts))
     export_onnx(
         RankingDenseGraph(flattened, user_dense).eval(),
         tuple(example),

@@ -1,23 +1,20 @@
-"""The wire layout of a generated repository: every tensor between the steps, and where each id lands in it.
+"""The tensors of a generated repository's contracts: the requests (flattened and ranking), the router's reads.
 
-One owner for what the router writes and what the shard groups and dense models read: the request contracts
-(flattened and ranking), each shard group's packed input (one block of columns per table it holds, of row ids into
-its members' stacked rows) and output (one `dim` slot per table), and which (tensor, slot) pairs make up each
-table's pool. Configs, typed parameters, ONNX export, edge accounting and calibration all read it from here.
-Dtypes are Triton's names (`FP32`, `INT64`, `INT32`); mapping them to the config schema is `configs`' job.
+One owner for the request contracts and the tensor specs every signature is made of; what travels between the
+router, the shard groups and the dense models is `wire` (built once per plan from these). Dtypes are Triton's names
+(`FP32`, `INT64`, `INT32`); mapping them to the config schema is `configs`' job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate, pairwise
 from typing import Literal
 
 from generator import naming
 from generator.model.dlrm import Side
 from generator.model.imported import ImportedModel
-from generator.planning.plan import Model, Plan, ShardGroup
+from generator.planning.plan import Model, Plan
 
 DataType = Literal["FP32", "INT64", "INT32"]
 
@@ -149,14 +146,6 @@ def ranking_signature(plan: Plan, model: Model) -> tuple[list[TensorSpec], list[
     return ranking_inputs(plan, model.dense_sides), ranking_outputs()
 
 
-def ranking_dense_step_inputs(plan: Plan, model: Model) -> list[TensorSpec]:
-    """The ranking dense step's inputs: the request's dense tensors, the [1 + N, ...] partial sums (and counts)."""
-    partials = [spec.unbatched() for spec in [*partial_sum_inputs(plan), *pool_counts(plan)]]
-    if isinstance(model, ImportedModel):
-        return [*imported_ranking_dense_inputs(model), *partials]
-    return [*ranking_dense_inputs(model.dense_sides), *partials]
-
-
 def finite_inputs(plan: Plan, dense: DenseSignature) -> list[TensorSpec]:
     """The flattened request's FP32 tensors the router checks for finite values (none if the plan allows them)."""
     return [*dense_tensors(dense), *weight_inputs(plan)] if plan.check_finite else []
@@ -201,142 +190,6 @@ def _rows_of(side: str) -> int:
     return 1 if side == "user" else -1
 
 
-# -- shard groups ----------------------------------------------------------------------------------------------------
-
-
-def group_slots(plan: Plan, group: ShardGroup) -> list[tuple[str, str]]:
-    """(feature, table) of every partial-sum slot of a group: the features of the tables it holds, model order."""
-    tables = {shard.table for shard in group.shards}
-    return [(f.name, f.table) for f in plan.sparse_features if f.table in tables]
-
-
-def shard_group_model_name(plan: Plan, group: ShardGroup) -> str:
-    """The Triton model serving a shard group."""
-    return naming.shard_group_model(plan.leaf_stem, group.index, [(s.table, s.index) for s in group.shards])
-
-
-@dataclass(frozen=True)
-class GroupLayout:
-    """A shard group's packed input: one block of columns per feature slot, of row ids into its stacked rows.
-
-    The group stacks its member shards' rows per row width, in member order; `first_rows[i]` is where member i
-    starts in its width's stack (recgen's DLRM has one width, so one stack). A sample's id lives in exactly one
-    shard of its table, so the router writes it, already shifted to the stacked rows, into the feature's block: the
-    group pools each block with one gather per column, whatever its shard count. Output slot i is `slot_widths[i]`
-    columns wide.
-    """
-
-    features: list[str]  # partial-sum slot order
-    tables: list[str]  # the table of every slot
-    columns: list[tuple[int, int]]  # [first, last) input columns per slot
-    slot_widths: list[int]
-    first_rows: list[int]  # per member shard, within its width's stack
-    total_rows: int
-    stack_widths: tuple[int, ...] = ()  # the row width of every stack, in member order
-
-    @property
-    def slot_stacks(self) -> list[int]:
-        """The stack every slot pools from (the stack of its table's width)."""
-        return [self.stack_widths.index(width) for width in self.slot_widths]
-
-    @property
-    def width(self) -> int:
-        """Columns of the packed input."""
-        return self.columns[-1][1]
-
-    @property
-    def output_columns(self) -> list[tuple[int, int]]:
-        """[first, last) output columns per slot."""
-        edges = list(accumulate(self.slot_widths, initial=0))
-        return list(pairwise(edges))
-
-
-def group_layout(plan: Plan, group: ShardGroup) -> GroupLayout:
-    """Columns per feature slot and first stacked row per member shard (the router and the group both read this)."""
-    widths = {f.name: f.max_ids_per_sample for f in plan.sparse_features}
-    dims = table_dims(plan)
-    slots = group_slots(plan, group)
-    edges = list(accumulate((widths[feature] for feature, _ in slots), initial=0))
-    stacked: dict[int, int] = {}
-    first_rows = []
-    for shard in group.shards:
-        dim = dims[shard.table]
-        first_rows.append(stacked.get(dim, 0))
-        stacked[dim] = first_rows[-1] + shard.num_rows
-    return GroupLayout(
-        [feature for feature, _ in slots],
-        [table for _, table in slots],
-        list(pairwise(edges)),
-        [dims[table] for _, table in slots],
-        first_rows,
-        sum(stacked.values()),
-        tuple(stacked),
-    )
-
-
-def group_weighted(plan: Plan, group: ShardGroup) -> bool:
-    """Whether a group pools a weighted feature: then the router also sends it every id's weight."""
-    weighted = {f.name for f in plan.sparse_features if f.weighted}
-    return any(feature in weighted for feature, _ in group_slots(plan, group))
-
-
-def group_signature(plan: Plan, group: ShardGroup) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """A shard group's inputs and output, the same for the group model and its remote step in a front server.
-
-    The inputs are the packed local ids and, when the group pools a weighted feature, each id's weight in the same
-    columns (1 for the ids of unweighted features).
-    """
-    layout = group_layout(plan, group)
-    inputs = [int32(naming.group_local_ids(group.index), layout.width)]
-    if group_weighted(plan, group):
-        inputs.append(fp32(naming.group_id_weights(group.index), layout.width))
-    return inputs, [fp32(naming.group_partial_sums(group.index), sum(layout.slot_widths))]
-
-
-def cached_features(plan: Plan) -> list[tuple[str, str]]:
-    """(feature, table) of the features whose table has rows in the router's front cache (one slot each)."""
-    cached = {t.spec.name for t in plan.tables if t.cached_rows}
-    return [(f.name, f.table) for f in plan.sparse_features if f.table in cached]
-
-
-def cached_tables(plan: Plan) -> list[str]:
-    """The table of every front-cache slot, in model order (recgen's DLRM: the cached tables)."""
-    return [table for _, table in cached_features(plan)]
-
-
-def front_cache_partials(plan: Plan) -> list[TensorSpec]:
-    """The router's pools of its front cache, one slot per cached feature (straight to the dense model); []."""
-    if not plan.has_front_cache:
-        return []
-    dims = table_dims(plan)
-    return [fp32(naming.FRONT_CACHE_PARTIALS, sum(dims[table] for table in cached_tables(plan)))]
-
-
-def mean_features(plan: Plan) -> list[str]:
-    """Mean-pooled features in model order: the router counts their ids for the dense model."""
-    return [f.name for f in plan.sparse_features if f.pooling == "mean"]
-
-
-def pool_counts(plan: Plan) -> list[TensorSpec]:
-    """The router's per-sample id counts of the mean-pooled features, [B, features] FP32 ([] without any)."""
-    means = mean_features(plan)
-    return [fp32(naming.POOL_COUNTS, len(means))] if means else []
-
-
-def router_outputs(plan: Plan) -> list[TensorSpec]:
-    """The router's outputs: every group's packed ids, the front cache's partial sums and the mean counts (if any).
-
-    With a fused lookup step, the groups the router pools itself give their partial sums instead of their ids.
-    """
-    pooled = {group.index for group in plan.router_pooled_groups()}
-    groups = [
-        spec
-        for group in plan.shard_groups()
-        for spec in group_signature(plan, group)[1 if group.index in pooled else 0]
-    ]
-    return groups + front_cache_partials(plan) + pool_counts(plan)
-
-
 def profile_signature(plan: Plan) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The profile model's inputs (an optional [1] reset flag) and outputs (touched rows and counts per table)."""
     outputs = [
@@ -353,43 +206,3 @@ def profile_signature(plan: Plan) -> tuple[list[TensorSpec], list[TensorSpec]]:
         int64(naming.PROFILE_INSTANCES, 1),
     ]
     return [int32(naming.PROFILE_RESET, 1)], outputs
-
-
-# -- dense models ------------------------------------------------------------------------------------------------------
-
-
-def partial_sum_inputs(plan: Plan) -> list[TensorSpec]:
-    """Every shard group's packed partial sums, then the front cache's: what the dense models add up per table."""
-    return [group_signature(plan, group)[1][0] for group in plan.shard_groups()] + front_cache_partials(plan)
-
-
-def dense_inputs(plan: Plan, dense: DenseSignature) -> list[TensorSpec]:
-    """The dense tensors, the partial sums, then the mean counts (the dense ONNX graph's input order)."""
-    return [*dense_tensors(dense), *partial_sum_inputs(plan), *pool_counts(plan)]
-
-
-def table_parts(plan: Plan) -> list[list[tuple[str, int]]]:
-    """Per feature (model order): the (packed partial-sum tensor, slot) of each group holding its table's shards."""
-    slots = [
-        (naming.group_partial_sums(group.index), [feature for feature, _ in group_slots(plan, group)])
-        for group in plan.shard_groups()
-    ]
-    if plan.has_front_cache:
-        slots.append((naming.FRONT_CACHE_PARTIALS, [feature for feature, _ in cached_features(plan)]))
-    return [
-        [(tensor, features.index(f.name)) for tensor, features in slots if f.name in features]
-        for f in plan.sparse_features
-    ]
-
-
-def part_columns(plan: Plan) -> list[list[tuple[str, int, int]]]:
-    """Per feature (model order): the (packed partial-sum tensor, first column, last column) of each of its parts."""
-    dims = table_dims(plan)
-    columns = {
-        naming.group_partial_sums(group.index): group_layout(plan, group).output_columns
-        for group in plan.shard_groups()
-    }
-    if plan.has_front_cache:
-        edges = list(accumulate((dims[table] for table in cached_tables(plan)), initial=0))
-        columns[naming.FRONT_CACHE_PARTIALS] = list(pairwise(edges))
-    return [[(tensor, *columns[tensor][slot]) for tensor, slot in parts] for parts in table_parts(plan)]

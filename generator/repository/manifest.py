@@ -11,21 +11,19 @@ from pathlib import Path
 
 from generator import __version__, naming, native
 from generator.planning.plan import Plan
-from generator.repository import layout, settings
+from generator.repository import settings
 from generator.repository.configs import LeafOptions
+from generator.repository.wiring import WireLayout
 
 MANIFEST_FORMAT_VERSION = 1
 
 
-def write_manifest(plan: Plan, leaves: LeafOptions, repository: Path) -> None:
+def write_manifest(plan: Plan, wire: WireLayout, leaves: LeafOptions, repository: Path) -> None:
     """A versioned record of what was built (Triton ignores plain files at the repository root)."""
-    pooled = {group.index for group in plan.router_pooled_groups()}
     group_of = {
-        (shard.table, shard.index): naming.router_model(plan.leaf_stem)
-        if group.index in pooled
-        else layout.shard_group_model_name(plan, group)
-        for group in plan.shard_groups()
-        for shard in group.shards
+        (shard.table, shard.index): naming.router_model(plan.leaf_stem) if wired.pooled_by_router else wired.model_name
+        for wired in wire.groups
+        for shard in wired.group.shards
     }
     manifest = {
         "format_version": MANIFEST_FORMAT_VERSION,

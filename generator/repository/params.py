@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from generator import naming, triton_runtime
 from generator.model.dlrm import Side
 from generator.planning import queueing
-from generator.planning.plan import Plan, ShardGroup
-from generator.repository import layout
+from generator.planning.plan import Plan
+from generator.repository import layout, wiring
 from generator.repository.layout import TensorSpec
+from generator.repository.wiring import GroupWire, WireLayout
 from generator.triton_models import recgen_params as params
 
 
-def routing(plan: Plan, input_names: Sequence[str], weights_names: Sequence[str] | None = None) -> params.RoutingParams:
+def routing(
+    plan: Plan, wire: WireLayout, input_names: Sequence[str], weights_names: Sequence[str] | None = None
+) -> params.RoutingParams:
     """The router's routing table: per feature (read from `input_names`) where each shard's ids land.
 
     `weights_names`: the weighted features' weights tensors in order (default: the flattened request's names).
@@ -31,12 +34,10 @@ def routing(plan: Plan, input_names: Sequence[str], weights_names: Sequence[str]
             strict=True,
         )
     )
-    groups = plan.shard_groups()
-    layouts = [layout.group_layout(plan, group) for group in groups]
     member = {
-        (shard.table, shard.index): (position, group_layout, first)
-        for position, (group, group_layout) in enumerate(zip(groups, layouts, strict=True))
-        for shard, first in zip(group.shards, group_layout.first_rows, strict=True)
+        (shard.table, shard.index): (group.index, group.columns, first)
+        for group in wire.groups
+        for shard, first in zip(group.group.shards, group.columns.first_rows, strict=True)
     }
     tables = {t.spec.name: t for t in plan.tables}
 
@@ -64,29 +65,26 @@ def routing(plan: Plan, input_names: Sequence[str], weights_names: Sequence[str]
     )
     outputs = tuple(
         params.PackedOutput(
-            name=naming.group_local_ids(group.index),
-            width=group_layout.width,
-            weights=naming.group_id_weights(group.index) if layout.group_weighted(plan, group) else "",
+            name=group.ids.name, width=group.columns.width, weights=group.weights.name if group.weights else ""
         )
-        for group, group_layout in zip(groups, layouts, strict=True)
+        for group in wire.groups
     )
-    counts = naming.POOL_COUNTS if layout.mean_features(plan) else ""
+    counts = wire.counts[0].name if wire.counts else ""
     return params.RoutingParams(tables=routed, outputs=outputs, counts_output=counts)
 
 
-def router_pooling(plan: Plan) -> params.RouterPoolingParams | None:
+def router_pooling(plan: Plan, wire: WireLayout) -> params.RouterPoolingParams | None:
     """The groups the router pools itself (fused lookup step) and where their stacked rows live; None if none."""
-    pooled = plan.router_pooled_groups()
-    if not pooled:
+    if not wire.pooled:
         return None
     entries = []
-    for group in pooled:
-        group_layout = layout.group_layout(plan, group)
+    for wired in wire.pooled:
+        group, group_layout = wired.group, wired.columns
         entries.append(
             params.PooledGroup(
-                ids=naming.group_local_ids(group.index),
-                weights=naming.group_id_weights(group.index) if layout.group_weighted(plan, group) else "",
-                output=naming.group_partial_sums(group.index),
+                ids=wired.ids.name,
+                weights=wired.weights.name if wired.weights else "",
+                output=wired.partial_sums.name,
                 stack_files=tuple(
                     naming.router_rows_file(group.index, stack) for stack in range(len(group_layout.stack_widths))
                 ),
@@ -141,7 +139,7 @@ def front_cache(plan: Plan) -> params.FrontCacheParams | None:
     """The router's front cache (None without one)."""
     if not plan.has_front_cache:
         return None
-    return params.FrontCacheParams(output=naming.FRONT_CACHE_PARTIALS, tables=tuple(layout.cached_tables(plan)))
+    return params.FrontCacheParams(output=naming.FRONT_CACHE_PARTIALS, tables=tuple(wiring.cached_tables(plan)))
 
 
 def ranking_router(plan: Plan) -> params.RankingRouterParams:
@@ -149,12 +147,12 @@ def ranking_router(plan: Plan) -> params.RankingRouterParams:
     return params.RankingRouterParams(max_rows=plan.max_batch_size)
 
 
-def shard_group(plan: Plan, group: ShardGroup) -> params.ShardGroupParams:
+def shard_group(wired: GroupWire) -> params.ShardGroupParams:
     """A numpy shard group: its packed tensors, member rows files (stacked in member order) and slot columns."""
-    group_layout = layout.group_layout(plan, group)
+    group, group_layout = wired.group, wired.columns
     return params.ShardGroupParams(
-        input=naming.group_local_ids(group.index),
-        output=naming.group_partial_sums(group.index),
+        input=wired.ids.name,
+        output=wired.partial_sums.name,
         shards=tuple(
             params.GroupMember(
                 table=s.table,
@@ -168,7 +166,7 @@ def shard_group(plan: Plan, group: ShardGroup) -> params.ShardGroupParams:
             params.GroupSlot(table=table, columns=span)
             for table, span in zip(group_layout.tables, group_layout.columns, strict=True)
         ),
-        weights_input=naming.group_id_weights(group.index) if layout.group_weighted(plan, group) else "",
+        weights_input=wired.weights.name if wired.weights else "",
         row_dtype=group.row_dtype,
     )
 
@@ -177,7 +175,7 @@ def _parts(parts: Sequence[tuple[str, int]]) -> tuple[params.PartialSlot, ...]:
     return tuple(params.PartialSlot(input=name, slot=slot) for name, slot in parts)
 
 
-def dense(plan: Plan) -> params.DenseParams:
+def dense(plan: Plan, wire: WireLayout) -> params.DenseParams:
     """A numpy dense model: its inputs and the parts of every table's pool."""
     return params.DenseParams(
         dense_input=naming.DENSE_FEATURES,
@@ -185,12 +183,12 @@ def dense(plan: Plan) -> params.DenseParams:
         dim=layout.row_dim(plan),
         tables=tuple(
             params.TableParts(table=f.name, parts=_parts(parts))
-            for f, parts in zip(plan.sparse_features, layout.table_parts(plan), strict=True)
+            for f, parts in zip(plan.sparse_features, wire.table_parts, strict=True)
         ),
     )
 
 
-def ranking_dense(plan: Plan, dense_sides: Sequence[Side]) -> params.RankingDenseParams:
+def ranking_dense(plan: Plan, wire: WireLayout, dense_sides: Sequence[Side]) -> params.RankingDenseParams:
     """The ranking dense model: each side's dense input, every feature's side, every table's side and parts."""
     return params.RankingDenseParams(
         user_dense=naming.USER_DENSE_FEATURES if "user" in dense_sides else None,
@@ -200,7 +198,7 @@ def ranking_dense(plan: Plan, dense_sides: Sequence[Side]) -> params.RankingDens
         dense_sides=tuple(dense_sides),
         tables=tuple(
             params.SidedTableParts(table=f.name, side=f.side, parts=_parts(parts))
-            for f, parts in zip(plan.sparse_features, layout.table_parts(plan), strict=True)
+            for f, parts in zip(plan.sparse_features, wire.table_parts, strict=True)
         ),
     )
 
@@ -232,14 +230,13 @@ class RemoteCallPolicy:
     resolve_interval_s: float = 30.0
 
 
-def remote_group(plan: Plan, group: ShardGroup, policy: RemoteCallPolicy) -> params.RemoteParams:
+def remote_group(wired: GroupWire, policy: RemoteCallPolicy) -> params.RemoteParams:
     """The front's step for a shard group served elsewhere; endpoints default to the group's Kubernetes Service."""
-    name = layout.shard_group_model_name(plan, group)
-    inputs, (outputs,) = layout.group_signature(plan, group)
+    name = wired.model_name
     return params.RemoteParams(
         model=name,
-        inputs=tuple(params.RemoteTensor(name=spec.name, dtype=spec.data_type) for spec in inputs),
-        output=outputs.name,
+        inputs=tuple(params.RemoteTensor(name=spec.name, dtype=spec.data_type) for spec in wired.inputs),
+        output=wired.partial_sums.name,
         endpoints=(f"{naming.service_name(name)}:{triton_runtime.GRPC_PORT}",),
         deadline_s=policy.deadline_s,
         max_attempts=policy.max_attempts,

@@ -9,7 +9,7 @@ import torch
 from generator import naming
 from generator.errors import ExportError, OutputExistsError, UserInputError
 from generator.planning.plan import uniform_plan
-from generator.repository import build, export, runtime_files
+from generator.repository import build, export, runtime_files, wiring
 from tests.conftest import requires_server, tiny_model, wide_model
 
 
@@ -121,13 +121,11 @@ def test_onnx_container_build_has_native_ort_configs_and_no_python(tmp_path: Pat
 def test_onnx_graphs_match_pytorch(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from generator.repository.layout import group_layout
-
     model = tiny_model()
     plan = dataclasses.replace(uniform_plan(model, shards_per_table=3, lookup_step="separate"), lookup_engine="python")
     build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend="onnx")
-    (group,) = plan.shard_groups()
-    layout = group_layout(plan, group)
+    (wired,) = wiring.wire_layout(plan).groups
+    group, layout = wired.group, wired.columns
     member = next(i for i, s in enumerate(group.shards) if (s.table, s.index) == ("medium", 2))
     session = ort.InferenceSession(str(tmp_path / "repo" / "dlrm_shards_0" / "1" / "model.onnx"))
     assert [i.name for i in session.get_inputs()] == ["local_ids__g0"]

@@ -9,7 +9,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from generator import naming
 from generator.errors import ConfigValidationError
 from generator.planning.plan import uniform_plan
-from generator.repository import configs, validation
+from generator.repository import configs, validation, wiring
 from tests.conftest import tiny_model
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -28,9 +28,10 @@ def _all_configs(
     plan = dataclasses.replace(plan, lookup_engine="python" if target == "container" else "native")
     leaves = configs.LeafOptions(backend, target)
     dense = model.num_dense_features
-    rendered = [configs.router_config(plan, dense), configs.dense_config(plan, dense, leaves)]
-    rendered += [configs.shard_group_config(plan, group, leaves) for group in plan.shard_groups()]
-    rendered.append(configs.ensemble_config(plan, model.num_dense_features))
+    wire = wiring.wire_layout(plan)
+    rendered = [configs.router_config(plan, wire, dense), configs.dense_config(plan, wire, dense, leaves)]
+    rendered += [configs.shard_group_config(plan, wired, leaves) for wired in wire.groups]
+    rendered.append(configs.ensemble_config(plan, wire, model.num_dense_features))
     return {config.name: config for config in rendered}
 
 

@@ -19,7 +19,7 @@ from generator.deploy.distributed import build_distributed
 from generator.errors import UserInputError
 from generator.model.dlrm import DLRM, TableSpec, pool_rows
 from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
-from generator.repository import layout, validation
+from generator.repository import validation, wiring
 from generator.repository.build import build
 from generator.triton_models import recgen_params as params
 from generator.triton_models import router_model
@@ -150,11 +150,11 @@ def test_every_table_pool_is_the_sum_of_its_parts(
     }  # fmt: skip
     for group in plan.step_groups():
         ids = outputs.pop(naming.group_local_ids(group.index))
-        group_layout = layout.group_layout(plan, group)
+        group_layout = wiring.wire_layout(plan).of(group).columns
         parts = [np.where((ids[:, first:last] >= 0)[..., None], stacked[group.index][ids[:, first:last]], 0).sum(1)
                  for first, last in group_layout.columns]  # fmt: skip
         outputs[naming.group_partial_sums(group.index)] = np.concatenate(parts, axis=1)
-    for feature, columns in zip(plan.sparse_features, layout.part_columns(plan), strict=True):
+    for feature, columns in zip(plan.sparse_features, wiring.wire_layout(plan).part_columns, strict=True):
         total = sum(outputs[tensor][:, first:last] for tensor, first, last in columns)
         expected = pool_rows(
             model.embeddings[feature.table].detach(), torch.from_numpy(inputs[naming.sparse_input(feature.name)])

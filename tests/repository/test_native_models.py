@@ -16,7 +16,7 @@ from generator.deploy import server as serve
 from generator.errors import NativeUnavailableError, UserInputError
 from generator.planning.plan import Placement, uniform_plan
 from generator.planning.plan_file import load_plan, save_plan
-from generator.repository import build, configs, settings, validation
+from generator.repository import build, configs, settings, validation, wiring
 from tests.conftest import requires_server
 from tests.test_ranking import sided_model
 
@@ -116,5 +116,6 @@ def test_a_group_is_native_only_where_its_shards_are_on_the_cpu() -> None:
                                                *table.shards[1:]))  # fmt: skip
     mixed = dataclasses.replace(plan, tables=(*plan.tables[:-1], moved))
     leaves = configs.LeafOptions("python", "embedded")
-    backends = {g.placement.device: configs.shard_group_config(mixed, g, leaves).backend for g in mixed.shard_groups()}
+    wire = wiring.wire_layout(mixed)
+    backends = {g.group.placement.device: configs.shard_group_config(mixed, g, leaves).backend for g in wire.groups}
     assert backends == {"cpu": native.BACKEND_NAME, "gpu": "python"}

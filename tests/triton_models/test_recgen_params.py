@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import json_format
 
 from generator.planning.plan import uniform_plan
-from generator.repository import build, configs, layout, params, validation
+from generator.repository import build, configs, layout, params, validation, wiring
 from generator.triton_models import recgen_params as specs
 from tests.conftest import tiny_model
 from tests.test_front_cache import cached_plan
@@ -19,19 +19,20 @@ def every_spec_of_a_plan() -> list[specs.Spec]:
     model = sided_model()
     plan = sided_plan(model)
     cached = cached_plan(tiny_model())
-    (group, *_) = plan.shard_groups()
+    wire = wiring.wire_layout(plan)
+    (group, *_) = wire.groups
     built = [
-        params.routing(plan, ["a", "b", "c"]),
+        params.routing(plan, wire, ["a", "b", "c"]),
         params.front_cache(cached),
         *params.request_checks(layout.finite_inputs(plan, model.num_dense_features)),
         params.ranking_router(plan),
         params.access_counts(plan),
         params.admission(plan, "dlrm_router", [("dlrm_dense", 2)]),
-        params.shard_group(plan, group),
-        params.dense(cached),
-        params.ranking_dense(plan, model.dense_sides),
+        params.shard_group(group),
+        params.dense(cached, wiring.wire_layout(cached)),
+        params.ranking_dense(plan, wire, model.dense_sides),
         params.monolithic(plan),
-        params.remote_group(plan, group, params.RemoteCallPolicy()),
+        params.remote_group(group, params.RemoteCallPolicy()),
     ]
     assert all(spec is not None for spec in built)
     return [spec for spec in built if spec is not None]
@@ -57,7 +58,8 @@ def test_a_missing_or_unknown_key_is_an_error_naming_it(spec: specs.Spec) -> Non
 
 
 def test_nested_drift_names_the_path_and_wrong_types_are_refused() -> None:
-    routing = params.routing(uniform_plan(tiny_model(), shards_per_table=2), ["a", "b", "c"])
+    plan = uniform_plan(tiny_model(), shards_per_table=2)
+    routing = params.routing(plan, wiring.wire_layout(plan), ["a", "b", "c"])
     data = json.loads(routing.to_json())
     del data["tables"][1]["shards"][0]["first_row"]
     with pytest.raises(specs.ParameterError, match=r"RoutingParams\.tables\[1\]\.shards\[0\]: missing keys"):

@@ -15,8 +15,7 @@ from generator.check.client import RankingClient
 from generator.errors import ModelLoadError
 from generator.model.dlrm import pool_rows
 from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
-from generator.repository import build, configs, layout, params
-from generator.repository.layout import group_layout
+from generator.repository import build, configs, layout, params, wiring
 from generator.traffic.requests import random_request, reference_scores
 from generator.triton_models import recgen_kernels as kernels
 from generator.triton_models import recgen_pooling, router_model
@@ -25,7 +24,7 @@ from tests.conftest import requires_server, tiny_model
 
 def _routing(plan: Plan, tmp_path: Path, dense: layout.DenseSignature = ()) -> router_model.Routing:
     """The router of `plan`; it checks the dense tensors of `dense` (none by default)."""
-    router = configs.router_config(plan, dense)
+    router = configs.router_config(plan, wiring.wire_layout(plan), dense)
     config = json.loads(json_format.MessageToJson(router, preserving_proto_field_name=True))
     return router_model.load_routing(config, tmp_path)
 
@@ -53,8 +52,9 @@ def test_grouped_routing_then_pooling_equals_whole_tables(tmp_path: Path) -> Non
     (group,) = plan.shard_groups()
     (packed,) = router_model.route_request(_routing(plan, tmp_path), INPUTS).values()
     tables = {t.spec.name: t for t in plan.tables}
-    slots = group_layout(plan, group).tables
-    description = params.shard_group(plan, group)
+    wired = wiring.wire_layout(plan).of(group)
+    slots = wired.columns.tables
+    description = params.shard_group(wired)
     for s, member in zip(group.shards, description.shards, strict=True):
         np.save(tmp_path / member.rows_file, model.embeddings[s.table].detach().numpy()[s.row_start : s.row_end])
     pooled = recgen_pooling.pool_group(recgen_pooling.load_group_rows(description, tmp_path), packed)
@@ -94,7 +94,10 @@ def test_ranking_request_becomes_one_batch_with_the_user_in_row_zero(tmp_path: P
 
     plan = sided_plan(sided_model())
     config = json.loads(
-        json_format.MessageToJson(configs.ranking_router_config(plan, sided_model()), preserving_proto_field_name=True)
+        json_format.MessageToJson(
+            configs.ranking_router_config(plan, wiring.wire_layout(plan), sided_model()),
+            preserving_proto_field_name=True,
+        )
     )
     for table in plan.tables:
         if table.row_order is not None:
@@ -197,7 +200,8 @@ def test_the_router_checks_dense_features_for_finite_values_unless_the_plan_allo
     checked = uniform_plan(model, shards_per_table=1)
     config = json.loads(
         json_format.MessageToJson(
-            configs.router_config(checked, model.num_dense_features), preserving_proto_field_name=True
+            configs.router_config(checked, wiring.wire_layout(checked), model.num_dense_features),
+            preserving_proto_field_name=True,
         )
     )
     routing = router_model.load_routing(config, tmp_path)
@@ -213,7 +217,8 @@ def test_the_router_checks_dense_features_for_finite_values_unless_the_plan_allo
     allowed = dataclasses.replace(checked, check_finite=False)
     config = json.loads(
         json_format.MessageToJson(
-            configs.router_config(allowed, model.num_dense_features), preserving_proto_field_name=True
+            configs.router_config(allowed, wiring.wire_layout(allowed), model.num_dense_features),
+            preserving_proto_field_name=True,
         )
     )
     assert router_model.load_routing(config, tmp_path).finite_inputs == ()
