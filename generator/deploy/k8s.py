@@ -16,6 +16,7 @@ built image: its remote steps need `tritonclient[grpc]`, which the Triton image 
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from generator import naming, native
 from generator.deploy import k8s_objects, k8s_security
 from generator.deploy.k8s_objects import (
     ADAPTER_VALUES_FILE,
@@ -191,6 +193,8 @@ def render_manifests(
     for component in built:
         files[f"{IMAGES_DIR}/{component.name}.Dockerfile"] = k8s_objects.dockerfile(options, component)
     files[f"{IMAGES_DIR}/build.sh"] = k8s_objects.build_script(options, built)
+    for name, text in native.source_files().items():  # what every image compiles its native backend from
+        files[f"{IMAGES_DIR}/{k8s_objects.NATIVE_SOURCES_DIR}/{name}"] = text.decode()
     files[ADAPTER_VALUES_FILE] = yaml.safe_dump(k8s_objects.adapter_values(), sort_keys=False)
     kustomization: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
@@ -212,6 +216,18 @@ def render_manifests(
     return Manifests(topology, options, tuple(parts), files, tuple(objects), memory)
 
 
+def _check_native_version(layout_dir: Path, built: Topology) -> None:
+    """The images compile this recgen's native backend: a build whose native models name another is refused."""
+    manifest = Path(layout_dir) / built.front.repository / naming.MANIFEST_FILE
+    wanted = json.loads(manifest.read_text()).get("native_backend_version") if manifest.is_file() else None
+    if wanted is not None and wanted != native.version():
+        raise UserInputError(
+            f"--layout-dir {layout_dir} was built for recgen's native backend {wanted}, but this recgen's images "
+            f"would compile {native.version()}: build the layout again with this recgen, or deploy it with the "
+            "recgen that built it"
+        )
+
+
 def topology_for(plan_path: Path | None, layout_dir: Path | None, group_by: GroupBy | None) -> Topology:
     """The topology to deploy: a distributed build's (`layout_dir`), or a plan's grouped by `group_by`.
 
@@ -222,6 +238,7 @@ def topology_for(plan_path: Path | None, layout_dir: Path | None, group_by: Grou
             raise UserInputError("give --plan plan.json, or --layout-dir DIR of a `recgen build --layout distributed`")
         return Topology.from_plan(load_plan(plan_path), group_by=group_by or "shard")
     built = Topology.load(layout_dir)
+    _check_native_version(layout_dir, built)
     if group_by is not None and group_by != built.group_by:
         raise UserInputError(
             f"--layout-dir {layout_dir} was built with --group-by {built.group_by}, not {group_by}; "

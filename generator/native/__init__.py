@@ -35,8 +35,8 @@ BUILD_TIMEOUT_S = 600.0
 def source_digest() -> str:
     """SHA-256 over the backend's sources (relative paths and contents): the name of a build."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in SOURCE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(str(path.relative_to(SOURCE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, text in source_files().items():
+        digest.update(name.encode() + b"\0" + text + b"\0")
     return digest.hexdigest()
 
 
@@ -83,6 +83,30 @@ def _run(command: list[str], what: str) -> None:
         raise NativeUnavailableError(f"{what} failed ({' '.join(command)}):\n{output}{hint}")
 
 
+def cmake_commands(
+    cmake: str, source_dir: str, build_dir: str, *, sanitize: bool = False, warnings_are_errors: bool = True
+) -> tuple[list[str], list[str]]:
+    """The configure and compile commands of a build of this version (here, and in the images `recgen k8s` writes).
+
+    An image's compiler is not the one these sources were checked with, so images build with
+    `warnings_are_errors=False`: a new warning there must not stop a deployment.
+    """
+    configure = [cmake, "-S", source_dir, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release"]
+    configure += [f"-DRECGEN_NATIVE_VERSION={version()}", f"-DRECGEN_WERROR={'ON' if warnings_are_errors else 'OFF'}"]
+    if sanitize:
+        configure.append("-DRECGEN_SANITIZE=ON")
+    return configure, [cmake, "--build", build_dir, "--parallel", "2"]
+
+
+def source_files() -> dict[str, bytes]:
+    """The backend's sources by path relative to `SOURCE_DIR` (what an image copies to build it)."""
+    return {
+        str(path.relative_to(SOURCE_DIR)): path.read_bytes()
+        for path in sorted(SOURCE_DIR.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
 def build(sanitize: bool = False, cache: Path | None = None) -> Path:
     """Build the library of the current sources (once) and return it; NativeUnavailableError saying why it cannot."""
     out = library_dir(sanitize, cache)
@@ -98,12 +122,9 @@ def build(sanitize: bool = False, cache: Path | None = None) -> Path:
         if shutil.which(os.environ.get("CXX", "c++")) is None:
             raise NativeUnavailableError("no C++ compiler (apt-get install g++, or set CXX)")
         with tempfile.TemporaryDirectory(prefix=".build-", dir=out) as workdir:
-            configure = [cmake, "-S", str(SOURCE_DIR), "-B", workdir, "-DCMAKE_BUILD_TYPE=Release",
-                         f"-DRECGEN_NATIVE_VERSION={version()}"]  # fmt: skip
-            if sanitize:
-                configure.append("-DRECGEN_SANITIZE=ON")
+            configure, compile_ = cmake_commands(cmake, str(SOURCE_DIR), workdir, sanitize=sanitize)
             _run(configure, "configuring the native backend")
-            _run([cmake, "--build", workdir, "--parallel", "2"], "compiling the native backend")
+            _run(compile_, "compiling the native backend")
             os.replace(Path(workdir) / LIBRARY_NAME, target)  # atomic: another process may build at the same time
     except NativeUnavailableError as error:
         failure.write_text(str(error) + "\n")

@@ -1,15 +1,19 @@
 """Kubernetes manifests: schema-valid offline for a pinned Kubernetes version, and consistent with each other."""
 
 import dataclasses
+import json
 import math
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from generator import naming, triton_runtime
-from generator.deploy import k8s, k8s_security, stub_health
+from generator import naming, native, triton_runtime
+from generator.deploy import k8s, k8s_objects, k8s_security, stub_health
 from generator.deploy.distributed import build_distributed
 from generator.deploy.topology import Topology
 from generator.errors import OutputExistsError, UserInputError
@@ -282,3 +286,39 @@ def test_the_fronts_shared_memory_holds_the_routers_access_counters() -> None:
     assert limits[False] == 256
     # two routers x two instances, plus the retired set (replaced instances' counts), x 4 B a row
     assert limits[True] == 256 + math.ceil((2 * 2 + 1) * 4 * 3_000_000 / 2**20)
+
+
+def test_every_image_compiles_the_native_backend_the_models_name(tmp_path: Path) -> None:
+    manifests = k8s.render_manifests(Topology.from_plan(two_group_plan()), k8s.K8sOptions())
+    out = manifests.write(tmp_path / "deploy")
+    sources = out / k8s.IMAGES_DIR / k8s_objects.NATIVE_SOURCES_DIR
+    assert {name: (sources / name).read_bytes() for name in native.source_files()} == native.source_files()
+    build_script = (out / k8s.IMAGES_DIR / "build.sh").read_text()
+    for component in manifests.components:
+        dockerfile = (out / k8s.IMAGES_DIR / f"{component.name}.Dockerfile").read_text()
+        assert f"-DRECGEN_NATIVE_VERSION={native.version()} -DRECGEN_WERROR=OFF" in dockerfile
+        assert f"{k8s_objects.IMAGE_NATIVE_LIBRARY}\n" in dockerfile  # Triton's backend directory in the image
+        assert f"-exec cp {k8s_objects.IMAGE_NATIVE_LIBRARY} {{}} \\;" in dockerfile  # the carried copies replaced
+        assert f'--build-context {k8s_objects.NATIVE_SOURCES_CONTEXT}="$here/{k8s_objects.NATIVE_SOURCES_DIR}" ' \
+               f'-f "$here/{component.name}.Dockerfile"' in build_script  # fmt: skip
+    # The image's configure step, run here on the sources written beside the Dockerfile (compiling is the native
+    # tier's job): the version it passes and the warnings switch are options the sources' CMakeLists accepts.
+    run = next(line for line in dockerfile.splitlines() if line.startswith("RUN cmake "))
+    configure = shlex.split(run.removeprefix("RUN ").split(" && ")[0])
+    cmake = str(Path(sys.executable).with_name("cmake"))
+    configure = [cmake if arg == "cmake" else arg.replace("/src/recgen-native", str(sources)) for arg in configure]
+    configure = [arg.replace("/tmp/recgen-native-build", str(tmp_path / "build")) for arg in configure]
+    done = subprocess.run(configure, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "RECGEN_WERROR:BOOL=OFF" in (tmp_path / "build" / "CMakeCache.txt").read_text()
+
+
+def test_a_layout_built_for_another_native_backend_is_refused(tmp_path: Path) -> None:
+    build_distributed(tiny_model(), two_group_plan(), tmp_path / "dist")
+    assert k8s.topology_for(None, tmp_path / "dist", None).groups  # this recgen's own build
+    manifest = tmp_path / "dist" / naming.FRONT_DIR / naming.MANIFEST_FILE
+    recorded = json.loads(manifest.read_text())
+    assert recorded["native_backend_version"] == native.version()
+    manifest.write_text(json.dumps({**recorded, "native_backend_version": "0123456789abcdef"}))
+    with pytest.raises(UserInputError, match=r"built for recgen's native backend 0123456789abcdef, but this recgen"):
+        k8s.topology_for(None, tmp_path / "dist", None)
