@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from generator import naming, native
-from generator.deploy import k8s_objects, k8s_security
+from generator.deploy import k8s_images, k8s_objects, k8s_security
 from generator.deploy.k8s_objects import (
     ADAPTER_VALUES_FILE,
     ADMIN_KEY_FILE,
@@ -191,10 +191,10 @@ def render_manifests(
         objects += documents
     built = [c for c in parts if options.source == "image" or c.role == "front"]
     for component in built:
-        files[f"{IMAGES_DIR}/{component.name}.Dockerfile"] = k8s_objects.dockerfile(options, component)
-    files[f"{IMAGES_DIR}/build.sh"] = k8s_objects.build_script(options, built)
+        files[f"{IMAGES_DIR}/{component.name}.Dockerfile"] = k8s_images.dockerfile(options, component)
+    files[f"{IMAGES_DIR}/build.sh"] = k8s_images.build_script(options, built)
     for name, text in native.source_files().items():  # what every image compiles its native backend from
-        files[f"{IMAGES_DIR}/{k8s_objects.NATIVE_SOURCES_DIR}/{name}"] = text.decode()
+        files[f"{IMAGES_DIR}/{k8s_images.NATIVE_SOURCES_DIR}/{name}"] = text.decode()
     files[ADAPTER_VALUES_FILE] = yaml.safe_dump(k8s_objects.adapter_values(), sort_keys=False)
     kustomization: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",

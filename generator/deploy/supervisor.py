@@ -97,9 +97,14 @@ class Supervisor:
         self.refresh = refresh
 
     def run(self) -> None:
-        """Block until SIGTERM or Ctrl-C; a server without `restart` that exits raises ServerError."""
+        """Block until SIGTERM or SIGINT (Ctrl-C); a server without `restart` that exits raises ServerError.
+
+        Both are handled here, so a serve started in the background by a script (which starts it with SIGINT
+        ignored) still stops on SIGINT.
+        """
         stop_requested: list[bool] = []
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+        stops = (signal.SIGTERM, signal.SIGINT)
+        previous = {stop: signal.signal(stop, lambda *_: stop_requested.append(True)) for stop in stops}
         try:
             while not stop_requested:
                 if self.control is not None and self.control.take_changed():  # before looking: servers may be gone
@@ -111,7 +116,8 @@ class Supervisor:
         except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for stop, handler in previous.items():
+                signal.signal(stop, handler)
 
     def check_once(self) -> None:
         """One look at every server: restart the dead ones that may be, restore models with broken stubs."""

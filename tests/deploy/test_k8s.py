@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from generator import naming, native, triton_runtime
-from generator.deploy import k8s, k8s_objects, k8s_security, stub_health
+from generator.deploy import k8s, k8s_images, k8s_security, stub_health
 from generator.deploy.distributed import build_distributed
 from generator.deploy.topology import Topology
 from generator.errors import OutputExistsError, UserInputError
@@ -291,15 +291,15 @@ def test_the_fronts_shared_memory_holds_the_routers_access_counters() -> None:
 def test_every_image_compiles_the_native_backend_the_models_name(tmp_path: Path) -> None:
     manifests = k8s.render_manifests(Topology.from_plan(two_group_plan()), k8s.K8sOptions())
     out = manifests.write(tmp_path / "deploy")
-    sources = out / k8s.IMAGES_DIR / k8s_objects.NATIVE_SOURCES_DIR
+    sources = out / k8s.IMAGES_DIR / k8s_images.NATIVE_SOURCES_DIR
     assert {name: (sources / name).read_bytes() for name in native.source_files()} == native.source_files()
     build_script = (out / k8s.IMAGES_DIR / "build.sh").read_text()
     for component in manifests.components:
         dockerfile = (out / k8s.IMAGES_DIR / f"{component.name}.Dockerfile").read_text()
         assert f"-DRECGEN_NATIVE_VERSION={native.version()} -DRECGEN_WERROR=OFF" in dockerfile
-        assert f"{k8s_objects.IMAGE_NATIVE_LIBRARY}\n" in dockerfile  # Triton's backend directory in the image
-        assert f"-exec cp {k8s_objects.IMAGE_NATIVE_LIBRARY} {{}} \\;" in dockerfile  # the carried copies replaced
-        assert f'--build-context {k8s_objects.NATIVE_SOURCES_CONTEXT}="$here/{k8s_objects.NATIVE_SOURCES_DIR}" ' \
+        assert f"{k8s_images.IMAGE_NATIVE_LIBRARY}\n" in dockerfile  # Triton's backend directory in the image
+        assert f"-exec cp {k8s_images.IMAGE_NATIVE_LIBRARY} {{}} \\;" in dockerfile  # the carried copies replaced
+        assert f'--build-context {k8s_images.NATIVE_SOURCES_CONTEXT}="$here/{k8s_images.NATIVE_SOURCES_DIR}" ' \
                f'-f "$here/{component.name}.Dockerfile"' in build_script  # fmt: skip
     # The image's configure step, run here on the sources written beside the Dockerfile (compiling is the native
     # tier's job): the version it passes and the warnings switch are options the sources' CMakeLists accepts.
