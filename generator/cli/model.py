@@ -38,6 +38,13 @@ def example(out_path: Path, seed: int, tiny: bool) -> None:
 @click.option("--arch-interaction-itself", is_flag=True, help="The dot interaction keeps the gram matrix's diagonal.")
 @click.option("--weighted-pooling", is_flag=True, help="The checkpoint has learned per-row weights (v_W_l).")
 @click.option("--loss-threshold", type=float, default=0.0, show_default=True, help="Output clamp, as in training.")
+@click.option(
+    "--sigmoid-top",
+    type=int,
+    default=None,
+    help="DLRM_Net's sigmoid_top: the top MLP layer (from 0) a sigmoid follows, -1 for none (DLRM_Net's own "
+    "default) [default: the last layer, as dlrm_s_pytorch.py builds it].",
+)
 @options.max_ids
 @options.out_file(help_text="Where to write the program (.pt2) that build, plan and check take.")
 @options.reports_errors
@@ -51,6 +58,7 @@ def import_dlrm(
     arch_interaction_itself: bool,
     weighted_pooling: bool,
     loss_threshold: float,
+    sigmoid_top: int | None,
     max_ids: dict[str, int],
     out_path: Path,
 ) -> None:
@@ -64,6 +72,7 @@ def import_dlrm(
         arch_interaction_itself=arch_interaction_itself,
         weighted_pooling=weighted_pooling,
         loss_threshold=loss_threshold,
+        sigmoid_top=sigmoid_top,
     )
     imported = dlrm_net.import_dlrm_checkpoint(checkpoint, arch, max_ids=max_ids)
     imported.save(out_path)

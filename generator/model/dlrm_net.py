@@ -47,6 +47,9 @@ class DlrmNetArchitecture:
     interaction_itself: bool = False
     weighted_pooling: bool = False
     loss_threshold: float = 0.0
+    #: DLRM_Net's `sigmoid_top`: the top MLP layer a sigmoid follows (-1: none, DLRM_Net's own default); None: the
+    #: last layer, as dlrm_s_pytorch.py builds it.
+    sigmoid_top: int | None = None
 
     @classmethod
     def from_flags(
@@ -60,6 +63,7 @@ class DlrmNetArchitecture:
         arch_interaction_itself: bool = False,
         weighted_pooling: bool = False,
         loss_threshold: float = 0.0,
+        sigmoid_top: int | None = None,
     ) -> DlrmNetArchitecture:
         """Parse the flags as `dlrm_s_pytorch.py` writes them ("13-512-256-64")."""
         arch = cls(
@@ -71,6 +75,7 @@ class DlrmNetArchitecture:
             arch_interaction_itself,
             weighted_pooling,
             loss_threshold,
+            sigmoid_top,
         )
         arch.check()
         return arch
@@ -90,6 +95,16 @@ class DlrmNetArchitecture:
             )
         if not 0.0 <= self.loss_threshold < 0.5:
             raise UserInputError(f"`--loss-threshold` must be in [0, 0.5), got {self.loss_threshold}")
+        if self.sigmoid_top is not None and not -1 <= self.sigmoid_top < len(self.mlp_top):
+            raise UserInputError(
+                f"`--sigmoid-top` must be -1 (no sigmoid) to {len(self.mlp_top) - 1} (the top MLP's last layer), "
+                f"got {self.sigmoid_top}"
+            )
+
+    @property
+    def sigmoid_layer(self) -> int:
+        """The top MLP layer the sigmoid follows (-1: none)."""
+        return len(self.mlp_top) - 1 if self.sigmoid_top is None else self.sigmoid_top
 
     @property
     def top_input(self) -> int:
@@ -110,7 +125,7 @@ def _mlp(widths: Sequence[int], sigmoid_layer: int) -> nn.Sequential:
 
 
 class DlrmNet(nn.Module):
-    """DLRM_Net's forward: bottom MLP, sum-pooled bags, dot (or cat) interaction, top MLP with a sigmoid."""
+    """DLRM_Net's forward: bottom MLP, sum-pooled bags, dot (or cat) interaction, top MLP (with its sigmoid)."""
 
     pair_rows: torch.Tensor
     pair_cols: torch.Tensor
@@ -126,7 +141,7 @@ class DlrmNet(nn.Module):
         )
         self.bot_l = _mlp(arch.mlp_bot, -1)
         top = [arch.top_input, *arch.mlp_top]
-        self.top_l = _mlp(top, len(top) - 2)
+        self.top_l = _mlp(top, arch.sigmoid_layer)
         self.register_pairs()
 
     def register_pairs(self) -> None:

@@ -43,6 +43,7 @@ class DlrmNetLike(nn.Module):
         weighted: bool = False,
         clamp: float = 0.0,
         widths: Sequence[int] | None = None,
+        sigmoid_top: int | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -57,7 +58,8 @@ class DlrmNetLike(nn.Module):
         self.lj = torch.tensor([j for i in range(num_vectors) for j in range(i + offset)])
         top_in = ln_bot[-1] + (len(self.li) if interaction == "dot" else sum(widths))
         self.bot_l = _mlp(ln_bot)
-        self.top_l = _mlp([top_in, *ln_top], sigmoid_layer=len(ln_top) - 1)
+        sigmoid_layer = len(ln_top) - 1 if sigmoid_top is None else sigmoid_top  # DLRM_Net's sigmoid_top
+        self.top_l = _mlp([top_in, *ln_top], sigmoid_layer=sigmoid_layer)
         for layer in self.modules():
             if isinstance(layer, nn.EmbeddingBag):
                 nn.init.uniform_(layer.weight, -0.5, 0.5)
