@@ -28,6 +28,7 @@ from generator.errors import ModelImportError, UserInputError
 from generator.model.cut import cut_program
 from generator.model.dlrm import PADDING_ID, TableSpec
 from generator.model.features import FeatureSpec
+from generator.model.import_settings import IMPORT_SETTINGS_FILE, ImportSettings
 from generator.model.input_form import dynamic_leaf, module_inputs, restructure
 from generator.model.program import Cut, Lookup, spec_children
 
@@ -113,11 +114,12 @@ class ImportedModel:
         return self.cut.outputs
 
     def save(self, path: str | Path) -> Path:
-        """Write the program (`.pt2`, dynamic batch) that `recgen build --model` and `load_model` read."""
+        """Write the program (`.pt2`, dynamic batch) and how it was imported (`import_settings`) for load_model."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        record = ImportSettings.of(self.features, sorted(self.user_inputs)).to_json()
         with quiet_tracing(), _tensors_written_in_place():
-            torch.export.save(self.program, path)
+            torch.export.save(self.program, path, extra_files={IMPORT_SETTINGS_FILE: record})
         return path
 
     def embedding_bytes(self) -> int:

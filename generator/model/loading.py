@@ -24,6 +24,7 @@ import torch
 
 from generator.errors import ModelFileError, UserInputError
 from generator.model.dlrm import DLRM, MODEL_FILE_FORMAT
+from generator.model.import_settings import IMPORT_SETTINGS_FILE, ImportSettings
 from generator.model.imported import ImportedModel, import_program, quiet_tracing
 
 PROGRAM_SUFFIX = ".pt2"
@@ -61,11 +62,11 @@ def _pickled_members(archive: zipfile.ZipFile) -> Iterator[str]:
     yield from (n for n in names if "/data/sample_inputs/" in n)
 
 
-def load_program(path: Path) -> torch.export.ExportedProgram:
+def load_program(path: Path, extra_files: dict[str, Any] | None = None) -> torch.export.ExportedProgram:
     """A `.pt2` program, after checking that nothing in it unpickles beyond tensors and the allowlist.
 
     The pickled members (small: example inputs, odd weights) are checked from the archive; the program is then
-    loaded from the path, so the weights are read once.
+    loaded from the path, so the weights are read once. `extra_files`: names to read from the archive (filled in).
     """
     try:
         with zipfile.ZipFile(path) as archive:
@@ -83,7 +84,7 @@ def load_program(path: Path) -> torch.export.ExportedProgram:
         ) from error
     try:
         with _allowlisted(), quiet_tracing():
-            return torch.export.load(path)
+            return torch.export.load(path, extra_files=extra_files)
     except Exception as error:  # torch raises many types for a program it cannot read
         raise ModelFileError(f"`{path}` cannot be read as a torch.export program: {error}") from error
 
@@ -94,12 +95,18 @@ def load_model(
     """Recgen's DLRM file, or a `.pt2` program cut at its embedding bags.
 
     `max_ids`: ids per sample per feature of a program; `user_features`: its user-side features and dense inputs.
+    A program recgen saved carries both (`import_settings`); these flags must then agree with it.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file `{path}` does not exist")
     if path.suffix == PROGRAM_SUFFIX or (zipfile.is_zipfile(path) and _is_program(path)):
-        imported = import_program(load_program(path), max_ids=max_ids)
+        record: dict[str, Any] = {IMPORT_SETTINGS_FILE: ""}
+        program = load_program(path, record)
+        if record[IMPORT_SETTINGS_FILE]:  # saved by recgen: what the import chose, unless a flag disagrees
+            settings = ImportSettings.from_json(record[IMPORT_SETTINGS_FILE], str(path))
+            max_ids, user_features = settings.resolve(max_ids, user_features, str(path))
+        imported = import_program(program, max_ids=max_ids)
         return imported.with_user_side(user_features) if user_features else imported
     if user_features:
         raise UserInputError(

@@ -14,6 +14,7 @@ from torch import nn
 
 from generator import naming
 from generator.errors import ModelFileError, ModelImportError, UserInputError
+from generator.model.import_settings import IMPORT_SETTINGS_FILE, ImportSettings
 from generator.model.imported import import_module, import_program, module_inputs, verify
 from generator.model.loading import load_model
 from tests.model import zoo
@@ -329,5 +330,6 @@ def test_saving_writes_torch_export_saves_own_archive_without_copying_weights(tm
     ours = imported.save(tmp_path / "ours" / "model.pt2")
     assert _package._get_raw_tensor_bytes is before  # torch's writer is restored
     (tmp_path / "torch").mkdir()
-    torch.export.save(imported.program, tmp_path / "torch" / "model.pt2")
+    record = ImportSettings.of(imported.features, []).to_json()  # recgen's record of the import, beside the program
+    torch.export.save(imported.program, tmp_path / "torch" / "model.pt2", extra_files={IMPORT_SETTINGS_FILE: record})
     assert ours.read_bytes() == (tmp_path / "torch" / "model.pt2").read_bytes()
