@@ -31,8 +31,9 @@ def _models() -> dict[str, tuple[ImportedModel, str]]:
     """name -> (imported model, shard backend)."""
     dlrm_net = zoo.DlrmNetLike(8, [300, 7, 50], [4, 16, 8], [16, 1], itself=True, weighted=True).eval()
     cat_net = zoo.DlrmNetLike(8, [300, 7, 50], [4, 8], [16, 1], interaction="cat", widths=[8, 4, 2]).eval()
-    models = {
-        "dlrmnet": (import_module(dlrm_net, zoo.dlrm_net_example(dlrm_net), max_ids={"*": 4}), "python"),
+    dense, offsets, ids = zoo.dlrm_net_example(dlrm_net)
+    models = {  # dlrmnet in DLRM_Net's natural form: one offsets tensor per table (the export reads B from one)
+        "dlrmnet": (import_module(dlrm_net, (dense, list(offsets), ids), max_ids={"*": 4}), "python"),
         "catnet": (import_module(cat_net, zoo.dlrm_net_example(cat_net), max_ids={"*": 3}), "onnx"),
         "dcn": (
             import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 5}).with_user_side(

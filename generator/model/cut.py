@@ -2,7 +2,8 @@
 
 The remainder is a `torch.fx.GraphModule` that maps (dense inputs, one pooled [B, width] tensor per lookup) to
 the module's outputs: everything the outputs need, with each lookup's result replaced by an input. A sparse input
-read outside the lookups, or a lookup's offsets read by the outputs, is a `ModelImportError` naming the node.
+read outside the lookups, or a lookup's offsets read by the outputs, is a `ModelImportError` naming the node; only
+its batch size may be read (a shape: the remainder takes it from a pooled input).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class _Remainder:
         self.env: dict[fx.Node, fx.Node] = {}
         self.dense: dict[fx.Node, DenseInput] = {}
         self.pooled: dict[fx.Node, fx.Node] = {}
+        #: `sym_size` nodes that read a sparse input's batch dimension (recomputed from a pooled input).
+        self.batch_reads: set[fx.Node] = set()
 
     def build(self) -> Cut:
         """The remainder graph module and the cut's description."""
@@ -85,6 +88,9 @@ class _Remainder:
                 continue
             if node.op == "placeholder" and self.program.leaf(node) is not None:
                 value = node.meta.get("val")
+                if self._reads_batch_size(consumer):  # a shape, not a value: the remainder takes it elsewhere
+                    self.batch_reads.add(consumer)
+                    continue
                 if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
                     raise fail(
                         consumer,
@@ -94,12 +100,30 @@ class _Remainder:
             stack.extend((parent, node) for parent in node.all_input_nodes)
         return needed
 
+    def _reads_batch_size(self, consumer: fx.Node) -> bool:
+        """Whether `consumer` only reads the batch size (dim 0 of a tensor whose dim 0 is the lookups' batch)."""
+        if consumer.target is not torch.ops.aten.sym_size.int or consumer.args[1:] != (0,):
+            return False
+        batch = self._batch_size()
+        return batch is not None and _same_size(consumer.meta.get("val"), batch)
+
+    def _batch_size(self) -> object:
+        """The lookups' batch size as the program knows it (a symbol with a dynamic batch): a pool's dim 0."""
+        for bag in self.bags:
+            for user in bag.users:
+                value = user.meta.get("val") if user.target is operator.getitem and user.args[1] == 0 else None
+                if isinstance(value, torch.Tensor) and value.dim() >= 1:
+                    return value.shape[0]
+        return None
+
     def _leaf_name(self, node: fx.Node) -> str:
         leaf = self.program.leaf(node)
         assert leaf is not None
         return self.program.leaves[leaf].name
 
     def _copy(self, node: fx.Node, placeholders: dict[fx.Node, fx.Node], pooled_of: dict[fx.Node, fx.Node]) -> fx.Node:
+        if node in self.batch_reads:  # the batch size, read from the first pooled input instead of a sparse one
+            return self.graph.call_function(torch.ops.aten.sym_size.int, (next(iter(pooled_of.values())), 0))
         if node.target is operator.getitem and node.args[0] in pooled_of:
             return pooled_of[node.args[0]]  # type: ignore[index]
         if node in placeholders:
@@ -139,3 +163,10 @@ def _output_names(out_spec: pytree.TreeSpec, count: int) -> list[str]:
     if isinstance(out_spec.context, list) and len(out_spec.context) == count:
         return [sanitize(str(key), "output") for key in out_spec.context]
     return [f"output_{index}" for index in range(count)]
+
+
+def _same_size(value: object, batch: object) -> bool:
+    """Whether two sizes are the same (the same symbol of a dynamic batch, or the same number)."""
+    if isinstance(value, torch.SymInt) and isinstance(batch, torch.SymInt):
+        return bool(value.node.expr == batch.node.expr)
+    return isinstance(value, int) and isinstance(batch, int) and value == batch

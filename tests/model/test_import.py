@@ -44,6 +44,34 @@ def test_dlrm_net_variants_match_the_module(variant: str) -> None:
         torch.testing.assert_close(imported.embeddings["emb_l_0"], folded.detach())
 
 
+def test_dlrm_nets_natural_form_imports_though_the_export_reads_the_batch_from_an_offsets_tensor() -> None:
+    """DLRM_Net fed offsets as a list of per-table tensors: the dynamic export takes the batch size (for the
+    interaction's view) from one of them. A shape is not a value: the remainder reads it from a pool instead."""
+    model = zoo.DlrmNetLike(8, [50, 7, 300], [4, 16, 8], [16, 1], seed=3).eval()
+    dense, offsets, ids = zoo.dlrm_net_example(model)
+    imported = import_module(model, (dense, list(offsets), ids), max_ids={"*": 3})
+    remainder = imported.cut.remainder.graph
+    assert all(node.op != "placeholder" or not node.name.startswith("ls_o") for node in remainder.nodes)
+    assert verify(imported, batch=17, seed=2) < 1e-5
+
+
+class _ReadsTheIdCount(nn.Module):
+    """Reads a size that is not the batch: the number of ids (a value of the request, not its shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(10, 4)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.bag(ids, offsets) * ids.shape[0] + x
+
+
+def test_a_size_other_than_the_batch_read_from_a_sparse_input_is_refused() -> None:
+    example = (torch.randn(3, 4), torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 2, 3]))
+    with pytest.raises(ModelImportError, match=r"sparse input 'ids' is read outside the embedding-bag lookups"):
+        import_module(_ReadsTheIdCount().eval(), example)
+
+
 def test_a_batch_of_any_size_runs_through_the_same_graph() -> None:
     model = zoo.DlrmNetLike(8, [50, 7], [4, 8], [8, 1]).eval()
     imported = import_module(model, zoo.dlrm_net_example(model, batch=3))
