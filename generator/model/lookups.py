@@ -62,6 +62,12 @@ def _trace_ids(node: fx.Node) -> tuple[fx.Node, list[tuple[str, int]]] | None:
     return node, steps
 
 
+#: What to pass instead of ids recgen cannot route (the refusals of `_source` end with it).
+_PER_TABLE_IDS = (
+    "pass each table's ids as a tensor of its own (a list of tensors, one per table, as DLRM_Net takes lS_i)"
+)
+
+
 def _source(program: ProgramIndex, bag: fx.Node, lookup_of: str) -> IdSource:
     ids, offsets = bag.args[1], bag.args[2] if len(bag.args) > 2 else None
     include_last = bool(bag.args[7]) if len(bag.args) > 7 else False
@@ -76,10 +82,14 @@ def _source(program: ProgramIndex, bag: fx.Node, lookup_of: str) -> IdSource:
         return IdSource("kjt", leaf, steps[0][1], None, None, include_last)
     select = steps[0][1] if len(steps) == 1 and steps[0][0] == "select" else None
     if steps and select is None:
-        raise fail(bag, f"the ids of {lookup_of} are sliced out of input {path.name!r} in a way recgen cannot route")
+        raise fail(bag, f"the ids of {lookup_of} are sliced out of input {path.name!r} in a way recgen cannot route; "
+                   f"{_PER_TABLE_IDS}")  # fmt: skip
     value = placeholder.meta.get("val")
     if offsets is None or (not steps and isinstance(value, torch.Tensor) and value.dim() == 2):
         return IdSource("ids_2d", leaf, select, None, None, False)  # nn.EmbeddingBag makes its own offsets
+    if select is not None:  # a request's tables carry different numbers of ids: they cannot share one tensor
+        raise fail(bag, f"the ids of {lookup_of} are a row of input {path.name!r}, which stacks every table's ids; "
+                   f"{_PER_TABLE_IDS}")  # fmt: skip
     traced_offsets = _trace_ids(offsets)  # type: ignore[arg-type]
     offsets_leaf = None if traced_offsets is None else program.leaf(traced_offsets[0])
     if traced_offsets is None or offsets_leaf is None or len(traced_offsets[1]) > 1:

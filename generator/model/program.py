@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -139,17 +140,32 @@ def dtype_of(node: fx.Node) -> torch.dtype | None:
 
 
 def fail(node: fx.Node, message: str) -> ModelImportError:
-    """An import error naming the module and the graph node it is about."""
-    return ModelImportError(f"{message} (module {module_of(node)!r}, graph node {node.name!r}: {node.target})")
+    """An import error naming the module, the line of the user's code and the graph node it is about."""
+    source = source_of(node)
+    at = f", at {source}" if source else ""
+    return ModelImportError(f"{message} (module {module_of(node)!r}{at}, graph node {node.name!r}: {node.target})")
+
+
+#: The module path torch.export gives a node it traced outside any module's forward (not a path of the user's).
+_NO_MODULE = "_empty_nn_module_stack"
 
 
 def module_of(node: fx.Node) -> str:
-    """The module path a graph node was traced in."""
+    """The module path a graph node was traced in (the innermost of the user's modules)."""
     stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "<top level>"
-    path, _ = list(stack.values())[-1]
-    return str(path) or "<top level>"
+    paths = [str(path) for path, _ in stack.values() if str(path) and not str(path).startswith(_NO_MODULE)]
+    return paths[-1] if paths else "<top level>"
+
+
+def source_of(node: fx.Node) -> str:
+    """`file.py:line in function` of the user's code that traced the node ("" when only torch's code did)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', str(node.meta.get("stack_trace") or ""))
+    torch_dir = Path(torch.__file__).parent  # torch names its own frames relative ("torch/fx/...") or in full
+    own = [f for f in frames if not (Path(f[0]).is_relative_to(torch_dir) or Path(f[0]).parts[:1] == ("torch",))]
+    if not own:
+        return ""
+    path, line, function = own[-1]
+    return f"{Path(path).name}:{line} in {function}"
 
 
 class ProgramIndex:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import pickle
 import zipfile
@@ -68,8 +69,41 @@ class _ReadsTheIdCount(nn.Module):
 
 def test_a_size_other_than_the_batch_read_from_a_sparse_input_is_refused() -> None:
     example = (torch.randn(3, 4), torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 2, 3]))
-    with pytest.raises(ModelImportError, match=r"sparse input 'ids' is read outside the embedding-bag lookups"):
+    refused = r"sparse input 'ids' is read outside the embedding-bag lookups"
+    with pytest.raises(ModelImportError, match=refused) as error:
         import_module(_ReadsTheIdCount().eval(), example)
+    assert "_empty_nn_module_stack" not in str(error.value)  # torch's placeholder is no module of the user's
+
+
+def test_a_refusal_names_the_line_of_the_users_code() -> None:
+    example = (torch.randn(3, 4), torch.tensor([1, 2, 3, 4, 5]), torch.tensor([0, 2, 3]))
+    with pytest.raises(ModelImportError, match=r"'offsets' is read outside") as error:
+        import_module(_ReadsIdsOutside().eval(), example)
+    line = inspect.getsourcelines(_ReadsIdsOutside.forward)[1] + 1  # the forward's one statement
+    assert f"at test_import.py:{line} in forward" in str(error.value), str(error.value)
+
+
+class _IteratesStackedIds(nn.Module):
+    """dlrm_s_pytorch's Criteo loader form: every table's ids stacked in one tensor, iterated table by table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb_l = nn.ModuleList([nn.EmbeddingBag(20, 4, mode="sum"), nn.EmbeddingBag(30, 4, mode="sum")])
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        pooled = [bag(table_ids, offsets[k]) for k, (bag, table_ids) in enumerate(zip(self.emb_l, ids, strict=True))]
+        return x + sum(pooled)
+
+
+def test_the_criteo_loaders_stacked_ids_are_refused_saying_what_to_pass_instead() -> None:
+    example = (torch.randn(3, 4), torch.tensor([[0, 2, 3], [0, 1, 2]]), torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]]))
+    with pytest.raises(ModelImportError, match=r"cannot route; pass each table's ids as a tensor of its own"):
+        import_module(_IteratesStackedIds().eval(), example)
+    model = zoo.DlrmNetLike(8, [50, 7, 300], [4, 16, 8], [16, 1], seed=3).eval()  # indexes lS_i[k] instead
+    dense, offsets, _ = zoo.dlrm_net_example(model)
+    stacked = torch.stack([torch.arange(6) % 7 for _ in range(3)])
+    with pytest.raises(ModelImportError, match=r"a row of input 'ls_i', which stacks every table's ids; pass each"):
+        import_module(model, (dense, offsets, stacked))
 
 
 def test_a_batch_of_any_size_runs_through_the_same_graph() -> None:
