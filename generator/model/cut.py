@@ -8,6 +8,7 @@ its batch size may be read (a shape: the remainder takes it from a pooled input)
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -104,9 +105,10 @@ class _Remainder:
         """Whether `consumer` only reads the batch size (dim 0 of a tensor whose dim 0 is the lookups' batch)."""
         if consumer.target is not torch.ops.aten.sym_size.int or consumer.args[1:] != (0,):
             return False
-        batch = self._batch_size()
+        batch = self._batch_size
         return batch is not None and _same_size(consumer.meta.get("val"), batch)
 
+    @functools.cached_property
     def _batch_size(self) -> object:
         """The lookups' batch size as the program knows it (a symbol with a dynamic batch): a pool's dim 0."""
         for bag in self.bags:

@@ -50,8 +50,9 @@ class ImportSettings:
         self, max_ids: Mapping[str, int] | None, user_features: Sequence[str], source: str
     ) -> tuple[dict[str, int], tuple[str, ...]]:
         """The ids per sample and user side to import with: the record, after checking the flags agree with it."""
+        flags = dict(max_ids or {})
         for feature, recorded in self.max_ids.items():
-            given = (max_ids or {}).get(feature, (max_ids or {}).get("*"))
+            given = flags.get(feature, flags.get("*"))
             if given is not None and given != recorded:
                 raise UserInputError(
                     f"--max-ids gives feature {feature!r} {given} ids per sample, but `{source}` was imported with "
