@@ -49,6 +49,10 @@ def _models() -> dict[str, tuple[ImportedModel, str]]:
             "onnx",
         ),
     }
+    for name, head in (("heavy", "cross"), ("usertowers", "towers")):  # heavy user sides, split at build time
+        module = zoo.HeavyUser(head).eval()
+        imported = import_module(module, zoo.heavy_user_example(), max_ids={"*": 6})
+        models[name] = (imported.with_user_side(["user_dense", "history", "user_ids"]), "python")
     try:
         module, example = zoo.torchrec_models()["dcn"]
     except ImportError:
@@ -62,17 +66,18 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     root = tmp_path_factory.mktemp("imported")
     models = _models()
     repositories: list[Path] = []
+    built = {}
     for name, (model, backend) in models.items():
         plan = uniform_plan(model, name=name, shards_per_table=3)
         if name in FRONT_CACHED_ROWS:
             plan = replace(plan, tables=tuple(replace(t, cached_rows=FRONT_CACHED_ROWS[name]) for t in plan.tables))
-        result = build(model, plan, root / f"{name}_models", root / f"{name}_ensembles", backend=backend)
-        repositories += result.repositories
+        built[name] = build(model, plan, root / f"{name}_models", root / f"{name}_ensembles", backend=backend)
+        repositories += built[name].repositories
     log = root / "tritonserver.log"
     failed_before = request.session.testsfailed
     try:
         with serve.running_server(repositories, timeout_s=SERVER_READY_TIMEOUT_S, log_path=log) as server:
-            yield models, server
+            yield models, server, built
     finally:  # the server's log, when it did not start or a test of this module failed
         if request.session.testsfailed > failed_before or not log.exists() or "server" not in locals():
             sys.stderr.write(
@@ -82,7 +87,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_served_outputs_equal_the_original_modules(served: Any, protocol: client.Protocol) -> None:
-    models, server = served
+    models, server, _ = served
     url = server.http_url if protocol == "http" else server.grpc_url
     for name, (model, _) in models.items():
         report = client.check(model, url, protocol=protocol, model_name=name, requests=3, batch_size=17, seed=4)
@@ -91,7 +96,7 @@ def test_served_outputs_equal_the_original_modules(served: Any, protocol: client
 
 
 def test_check_with_other_max_ids_than_the_build_names_the_flag(served: Any) -> None:
-    models, server = served
+    models, server, _ = served
     model, _ = models["dcn"]
     first = model.features[0]
     widened = replace(first, max_ids_per_sample=first.max_ids_per_sample + 3)
@@ -103,7 +108,7 @@ def test_check_with_other_max_ids_than_the_build_names_the_flag(served: Any) -> 
 
 
 def test_bad_requests_name_the_feature_and_the_next_request_succeeds(served: Any) -> None:
-    models, server = served
+    models, server, _ = served
     model, _ = models["dcn"]
     request = model.random_request(4, seed=9)
     cases: list[tuple[str, Callable[[dict[str, np.ndarray]], None], str]] = [
@@ -124,12 +129,12 @@ def test_bad_requests_name_the_feature_and_the_next_request_succeeds(served: Any
 
 
 #: Models built with user-side features, so with a `<name>_ranking` ensemble.
-RANKED = ("dcn", "weighted")
+RANKED = ("dcn", "weighted", "heavy", "usertowers")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_ranking_requests_pool_the_user_once_and_equal_the_module(served: Any, protocol: client.Protocol) -> None:
-    models, server = served
+    models, server, _ = served
     url = server.http_url if protocol == "http" else server.grpc_url
     for name in RANKED:
         model, _ = models[name]
@@ -142,8 +147,18 @@ def test_ranking_requests_pool_the_user_once_and_equal_the_module(served: Any, p
     assert {f.name: f.side for f in models["weighted"][0].features} == {"viewed": "user", "clicked": "item"}
 
 
+def test_the_build_reports_the_user_side_it_computes_once(served: Any) -> None:
+    _, _, built = served
+    for name in ("heavy", "usertowers"):
+        (dense,) = [model for model in built[name].models if model.name == f"{name}_dense_ranking"]
+        assert dense.notes and dense.notes[0].startswith("user side once per request: 8 of "), dense.notes
+        assert f"{name}_dense_ranking: user side once per request" in str(built[name])
+    (dense,) = [model for model in built["dcn"].models if model.name == "dcn_dense_ranking"]
+    assert dense.notes[0].startswith("user side once per request: 0 of "), dense.notes  # the cross mixes at once
+
+
 def test_a_bad_ranking_request_names_the_tensor_and_the_next_one_succeeds(served: Any) -> None:
-    models, server = served
+    models, server, _ = served
     model, _ = models["dcn"]
     request, flattened = model.random_ranking_request(6, seed=2)
     assert request["user_sparse_user_ids"].shape == (1, 5) and request["item_sparse_item_ids"].shape == (6, 5)
@@ -158,7 +173,7 @@ def test_a_bad_ranking_request_names_the_tensor_and_the_next_one_succeeds(served
 
 
 def test_two_outputs_keep_their_names_and_meaning(served: Any) -> None:
-    models, server = served
+    models, server, _ = served
     model, _ = models["towers"]
     request = model.random_request(5, seed=3)
     with client.RankingClient(server.grpc_url, "grpc", "towers") as session:
@@ -172,7 +187,7 @@ def test_two_outputs_keep_their_names_and_meaning(served: Any) -> None:
 def test_load_test_learns_the_imported_contract_and_spot_checks_it(
     served: Any, tmp_path: Path, structured: bool
 ) -> None:
-    models, server = served
+    models, server, _ = served
     model, _ = models["dcn"]
     program_path = model.save(tmp_path / "dcn.pt2")
     summary = loadtest.run_loadtest(

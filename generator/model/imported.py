@@ -53,7 +53,7 @@ class ImportedModel:
     def with_user_side(self, names: Iterable[str]) -> ImportedModel:
         """The same model with these features and dense inputs on the user side (the ranking ensemble's contract).
 
-        Raises UserInputError naming what the model has when a name is neither a feature nor a dense input.
+        Raises UserInputError naming what the model has when a name is neither, or when every input is named.
         """
         chosen = set(names)
         features = {f.name for f in self.features}
@@ -64,6 +64,8 @@ class ImportedModel:
                 f"`user_features` names {unknown}, which are neither features ({sorted(features)}) nor dense inputs "
                 f"({sorted(dense)}) of the model"
             )
+        if chosen >= features | dense:
+            raise UserInputError("`user_features` names every input: the candidates of a request would score the same")
         sided = [replace(f, side="user" if f.name in chosen else "item") for f in self.features]
         return replace(self, features=sided, user_inputs=frozenset(chosen & dense))
 

@@ -60,6 +60,8 @@ class BuiltModel:
     device: str
     num_bytes: int
     detail: str = ""
+    #: Lines the build prints under the table (what a step computes, what stopped it doing more).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class BuildResult:
                 f"  {model.name:<40} {model.role:<8} {model.backend:<11} {model.instance_count:>9} "
                 f"{model.device:>6} {model.num_bytes:>12,}  {model.detail}"
             )
+        for model in self.models:
+            lines += [f"  {model.name}: {note}" for note in model.notes]
         total = sum(model.num_bytes for model in self.models)
         lines += [
             f"  total {total:,} bytes; {len(self.plan.shards)} shards over {len(self.plan.tables)} tables",
@@ -186,7 +190,9 @@ class ModelWriter:
         self.configs: dict[str, mc.ModelConfig] = {}
         self.built: list[BuiltModel] = []
 
-    def _finish(self, config: mc.ModelConfig, version_dir: Path, role: Role, detail: str) -> None:
+    def _finish(
+        self, config: mc.ModelConfig, version_dir: Path, role: Role, detail: str, notes: Sequence[str] = ()
+    ) -> None:
         config = configs.with_shedding(self.plan, config)
         validation.write_config(config, version_dir.parent)
         self.configs[config.name] = config
@@ -201,6 +207,7 @@ class ModelWriter:
                 device="gpu" if group.kind == mc.ModelInstanceGroup.KIND_GPU else "cpu",
                 num_bytes=export.directory_bytes(version_dir.parent),
                 detail=detail,
+                notes=tuple(notes),
             )
         )
 
@@ -266,10 +273,12 @@ class ModelWriter:
         dense = configs.ranking_dense_config(plan, wire, model, self.leaves)
         version_dir = _new_model_dir(leaf_repository, dense.name)
         if isinstance(model, ImportedModel):
-            imported_graphs.export_imported_ranking_dense(model, plan, wire, self.leaves, version_dir)
+            split = imported_graphs.export_imported_ranking_dense(model, plan, wire, self.leaves, version_dir)
+            detail = "ranking: the model's dense graph split, its user side once (ONNX)"
+            self._finish(dense, version_dir, "dense", detail, str(split).splitlines())
         else:
             export.export_dense_weights(model, runtime_files.RANKING_DENSE_MODULE, version_dir)
-        self._finish(dense, version_dir, "dense", "ranking: user-side work once per request")
+            self._finish(dense, version_dir, "dense", "ranking: user-side work once per request")
         self._ensemble(configs.ranking_ensemble_config(plan, wire, model), ensemble_repository)
 
     def ensemble(self, repository: Path) -> None:

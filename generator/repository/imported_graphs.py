@@ -1,7 +1,8 @@
 """The ONNX graphs of an imported model's dense steps: the flattened one and the ranking ensemble's.
 
 Both run the model's own remainder (everything after its lookups) behind a prologue that adds each feature's
-partial sums from the shard groups (and divides the mean-pooled ones by their id counts).
+partial sums from the shard groups (and divides the mean-pooled ones by their id counts); the ranking one runs it
+split between the user side, computed once per request, and the candidates (`generator.model.user_split`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from generator import naming
 from generator.model.imported import ImportedModel
+from generator.model.user_split import UserSplit, split_user_side
 from generator.planning.plan import Plan
 from generator.repository import layout, wiring
 from generator.repository.configs import LeafOptions
@@ -23,37 +25,42 @@ from generator.repository.runtime_files import ONNX_RUNNER_MODULE, install_pytho
 from generator.repository.wiring import WireLayout
 
 
-class ImportedDenseGraph(nn.Module):
-    """The ONNX graph of an imported model's dense step: pool every feature from its parts, then the remainder.
+class Pooling:
+    """Each feature's pool from the packed partial sums.
 
-    A feature's pool is the sum of its column ranges in the packed partial sums; a mean-pooled one is divided by
-    its id count (at least 1, as `nn.EmbeddingBag` gives 0 for an empty bag).
+    The sum of its column ranges; a mean-pooled one divided by its id count (at least 1, as `nn.EmbeddingBag`
+    gives 0 for an empty bag).
     """
 
-    def __init__(
-        self,
-        remainder: nn.Module,
-        num_dense: int,
-        parts: Sequence[Sequence[tuple[int, int, int]]],
-        counted: Sequence[int | None],
-    ):
+    def __init__(self, parts: Sequence[Sequence[tuple[int, int, int]]], counted: Sequence[int | None]):
+        self.parts = [list(per_feature) for per_feature in parts]  # per feature: (packed input index, first, last)
+        self.counted = list(counted)  # per feature: its column in the counts input, or None (sum pooling)
+
+    def pool(self, packed: Sequence[torch.Tensor], feature: int, rows: slice) -> torch.Tensor:
+        """One feature's pool over these rows of the packed inputs (the counts input last, if any)."""
+        per_feature, count = self.parts[feature], self.counted[feature]
+        total = packed[per_feature[0][0]][rows, per_feature[0][1] : per_feature[0][2]]
+        for index, first, last in per_feature[1:]:
+            total = total + packed[index][rows, first:last]
+        if count is not None:
+            total = total / packed[-1][rows, count : count + 1].clamp(min=1.0)
+        return total
+
+
+class ImportedDenseGraph(nn.Module):
+    """The ONNX graph of an imported model's dense step: pool every feature from its parts, then the remainder."""
+
+    def __init__(self, remainder: nn.Module, num_dense: int, pooling: Pooling):
         super().__init__()
         self.remainder = remainder
         self.num_dense = num_dense
-        self.parts = [list(per_feature) for per_feature in parts]  # per feature: (packed input index, first, last)
-        self.counted = list(counted)  # per feature: its column in the counts input, or None (sum pooling)
+        self.pooling = pooling
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Dense inputs, each group's packed partial sums, then (if any feature is mean-pooled) the counts."""
         dense, packed = inputs[: self.num_dense], inputs[self.num_dense :]
-        pooled = []
-        for per_feature, count in zip(self.parts, self.counted, strict=True):
-            total = packed[per_feature[0][0]][:, per_feature[0][1] : per_feature[0][2]]
-            for index, first, last in per_feature[1:]:
-                total = total + packed[index][:, first:last]
-            if count is not None:
-                total = total / packed[-1][:, count : count + 1].clamp(min=1.0)
-            pooled.append(total)
+        every_row = slice(None)
+        pooled = [self.pooling.pool(packed, feature, every_row) for feature in range(len(self.pooling.parts))]
         return tuple(self.remainder(*dense, *pooled))
 
 
@@ -66,7 +73,7 @@ def _imported_dense_graph(
     parts = [[(position[name], first, last) for name, first, last in per] for per in wire.part_columns]
     means = wiring.mean_features(plan)
     counted = [means.index(f.name) if f.name in means else None for f in plan.sparse_features]
-    return ImportedDenseGraph(model.cut.remainder, len(model.dense_inputs), parts, counted).eval(), inputs
+    return ImportedDenseGraph(model.cut.remainder, len(model.dense_inputs), Pooling(parts, counted)).eval(), inputs
 
 
 def _examples(specs: Sequence[layout.TensorSpec], rows: Sequence[int], counted: bool) -> list[torch.Tensor]:
@@ -95,31 +102,48 @@ class RankingDenseGraph(nn.Module):
     """An imported model's dense step for a ranking request: one user, N candidates.
 
     The partial sums (and counts) arrive as [1 + N, ...]: row 0 holds the pools of the user-side features, rows
-    1..N those of the candidates', and each is zero where the other side's features sit. So row 0 added to every
-    candidate row is the flattened request's partial sums, with the user's rows pooled once. The user's dense
-    inputs ([1, width]) are broadcast onto the N candidates, then the flattened dense graph runs.
+    1..N those of the candidates' (each is zero where the other side's features sit). The user's pools come from
+    row 0, the candidates' from rows 1..N, and the model's dense graph runs split in two (`UserSplit`): what
+    depends only on the user once, at batch 1, the rest per candidate with the user's values broadcast.
     """
 
-    def __init__(self, flattened: ImportedDenseGraph, user_dense: Sequence[bool]):
+    def __init__(self, split: UserSplit, pooling: Pooling, user_dense: Sequence[bool], user_features: Sequence[bool]):
         super().__init__()
-        self.flattened = flattened
-        self.user_dense = list(user_dense)
+        self.user_graph, self.candidate_graph = split.user_graph, split.candidate_graph
+        self.user_inputs, self.candidate_inputs = list(split.user_inputs), list(split.candidate_inputs)
+        self.pooling = pooling
+        self.num_dense = len(user_dense)
+        self.rows = [slice(0, 1) if user else slice(1, None) for user in user_features]
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The request's dense inputs (model order), then the [1 + N, ...] partial sums and counts."""
-        dense, rows = inputs[: len(self.user_dense)], inputs[len(self.user_dense) :]
-        candidates = rows[0].shape[0] - 1
-        broadcast = [x.expand(candidates, -1) if user else x for x, user in zip(dense, self.user_dense, strict=True)]
-        return self.flattened(*broadcast, *[part[1:] + part[:1] for part in rows])
+        dense, packed = inputs[: self.num_dense], inputs[self.num_dense :]
+        values = [*dense, *(self.pooling.pool(packed, feature, rows) for feature, rows in enumerate(self.rows))]
+        crossing = self.user_graph(*[values[i] for i in self.user_inputs])
+        return tuple(self.candidate_graph(*[values[i] for i in self.candidate_inputs], *crossing))
+
+
+def user_split(model: ImportedModel) -> UserSplit:
+    """The split of the model's dense graph between its user side (once per request) and the candidates."""
+    user_dense = [model.side_of(name) == "user" for name, _ in model.dense_inputs]
+    user_side = [*user_dense, *(feature.side == "user" for feature in model.features)]
+
+    def samples(candidates: int, seed: int) -> list[torch.Tensor]:
+        _, flattened = model.random_ranking_request(candidates, seed)
+        return [*(torch.from_numpy(flattened[name]) for name, _ in model.dense_inputs), *model.pooled(flattened)]
+
+    return split_user_side(model.cut.remainder, user_side, samples)
 
 
 def export_imported_ranking_dense(
     model: ImportedModel, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path
-) -> None:
+) -> UserSplit:
     """The ranking ensemble's dense step of an imported model as model.onnx (see `RankingDenseGraph`)."""
     flattened, _ = _imported_dense_graph(model, plan, wire)
+    split = user_split(model)
     inputs = wiring.ranking_dense_step_inputs(wire, model)
     user_dense = [model.side_of(name) == "user" for name, _ in model.dense_inputs]
+    user_features = [feature.side == "user" for feature in model.features]
     candidates = torch.export.Dim("candidates", min=1, max=1 << 20)
     rows = torch.export.Dim("rows", min=2, max=(1 << 20) + 1) if not any(not user for user in user_dense) else None
     dense_shapes = [None if user else {0: candidates} for user in user_dense]
@@ -129,7 +153,7 @@ def export_imported_ranking_dense(
     per_row = [dataclasses.replace(spec, dims=spec.dims[1:]) for spec in inputs]  # without the leading 1 or N
     example = _examples(per_row, sizes, bool(wire.counts))
     export_onnx(
-        RankingDenseGraph(flattened, user_dense).eval(),
+        RankingDenseGraph(split, flattened.pooling, user_dense, user_features).eval(),
         tuple(example),
         [spec.name for spec in inputs],
         [name for name, _ in model.outputs],
@@ -138,3 +162,4 @@ def export_imported_ranking_dense(
     )
     if leaves.target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
+    return split

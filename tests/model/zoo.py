@@ -5,6 +5,9 @@
   dot interaction with or without the diagonal, or cat; an optional output clamp.
 - `DcnV2`: bags of mixed widths (sum, mean), a cross network, 2-D ids with a padding_idx for one feature.
 - `TwoTower`: two outputs (a dict), a table shared by two id inputs.
+- `HeavyUser`: a heavy user side (an MLP over the user's dense features, the user's history mean-pooled and
+  projected, a user id) and an item side, joined by a head: an MLP, a dot product, a DCN cross over the
+  concatenation, two outputs, or a normalization over the batch (a mistake the user/candidate split must catch).
 - TorchRec builders: `DLRM`, `DLRM_DCN` and `DLRM_Projection` over an EmbeddingBagCollection (one table read by
   two features, one MEAN table), with a KeyedJaggedTensor example.
 """
@@ -195,6 +198,82 @@ def two_tower_example(batch: int = 3, weighted: bool = False) -> tuple[torch.Ten
         torch.tensor([0, 2, 2]),
     )
     return (*example, torch.tensor([3.0, 0.5, 1.0, 2.0])) if weighted else example
+
+
+#: The heads `HeavyUser` joins its user and item sides with.
+HEAVY_USER_HEADS = ("mlp", "dot", "cross", "towers", "batch_normalized")
+
+
+class HeavyUser(nn.Module):
+    """A user side worth computing once per ranking request, and an item side, joined by `head`.
+
+    Inputs: the user's dense features [B, 24], history ids and offsets (mean), user ids [B, 1]; item ids and offsets,
+    item categories [B, 1], item dense features [B, 4]. The user side: an MLP over the dense features, the pooled
+    history projected (tanh), the user id's row, concatenated and projected to 16. The item side: the same shape.
+    """
+
+    def __init__(self, head: str, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.head = head
+        self.user_mlp = _mlp([24, 64, 32])
+        self.history = nn.EmbeddingBag(500, 16, mode="mean")
+        self.history_projection = nn.Linear(16, 16)
+        self.user_id = nn.EmbeddingBag(300, 16, mode="sum")
+        self.user_out = nn.Linear(32 + 16 + 16, 16)
+        self.item_id = nn.EmbeddingBag(400, 16, mode="sum")
+        self.item_category = nn.EmbeddingBag(50, 8, mode="sum")
+        self.item_dense = nn.Linear(4, 8)
+        self.item_out = nn.Linear(16 + 8 + 8, 16)
+        self.cross = nn.ModuleList([CrossLayer(32) for _ in range(2)])
+        self.top = _mlp([32, 16])
+        self.logit = nn.Linear(16, 1)
+
+    def forward(
+        self,
+        user_dense: torch.Tensor,
+        history: torch.Tensor,
+        history_offsets: torch.Tensor,
+        user_ids: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_offsets: torch.Tensor,
+        item_categories: torch.Tensor,
+        item_dense: torch.Tensor,
+    ) -> Any:
+        projected = torch.tanh(self.history_projection(self.history(history, history_offsets)))
+        user = self.user_out(torch.cat([self.user_mlp(user_dense), projected, self.user_id(user_ids)], 1))
+        item_parts = [
+            self.item_id(item_ids, item_offsets),
+            self.item_category(item_categories),
+            self.item_dense(item_dense),
+        ]
+        item = self.item_out(torch.cat(item_parts, 1))
+        if self.head == "batch_normalized":  # over dim 0, the batch: depends on the other rows of the batch
+            user = nn.functional.normalize(user, dim=0)
+        dot = torch.sigmoid((user * item).sum(1, keepdim=True))
+        if self.head in ("dot", "batch_normalized"):
+            return dot
+        both = torch.cat([user, item], 1)
+        if self.head == "cross":
+            crossed = both
+            for layer in self.cross:
+                crossed = layer(both, crossed)
+            both = crossed
+        score = torch.sigmoid(self.logit(self.top(both)))
+        return {"click": dot, "relevance": score} if self.head == "towers" else score
+
+
+def heavy_user_example(batch: int = 3) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.randn(batch, 24),
+        torch.tensor([1, 2, 3, 4, 5, 6]),
+        torch.tensor([0, 3, 3]),
+        torch.tensor([[7], [8], [9]]),
+        torch.tensor([10, 11, 12, 13]),
+        torch.tensor([0, 1, 2]),
+        torch.tensor([[1], [2], [3]]),
+        torch.randn(batch, 4),
+    )
 
 
 def torchrec_models() -> dict[str, tuple[nn.Module, tuple[Any, ...]]]:

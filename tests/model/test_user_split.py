@@ -1,0 +1,97 @@
+"""The user/candidate split of imported dense graphs: what runs once, what crosses, and that it changes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from generator.model.imported import ImportedModel, import_module
+from generator.repository.imported_graphs import user_split
+from tests.model import zoo
+
+USER_SIDE = ["user_dense", "history", "user_ids"]
+
+
+def _heavy_user(head: str) -> ImportedModel:
+    return import_module(zoo.HeavyUser(head).eval(), zoo.heavy_user_example(), max_ids={"*": 6}).with_user_side(
+        USER_SIDE
+    )
+
+
+def _ranking_outputs(model: ImportedModel, candidates: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The split's outputs for a ranking request, and the module's for the same request flattened."""
+    split = user_split(model)
+    _, flattened = model.random_ranking_request(candidates, seed)
+    dense = [torch.from_numpy(flattened[name]) for name, _ in model.dense_inputs]
+    inputs = [*dense, *model.pooled(flattened)]
+    inputs = [tensor[:1] if i in split.user_inputs else tensor for i, tensor in enumerate(inputs)]
+    with torch.no_grad():
+        ours = [tensor.numpy() for tensor in split(inputs)]
+    return ours, model.reference_outputs(flattened)
+
+
+@pytest.mark.parametrize("head", [h for h in zoo.HEAVY_USER_HEADS if h != "batch_normalized"])
+def test_the_user_tower_runs_once_and_the_outputs_equal_the_module(head: str) -> None:
+    model = _heavy_user(head)
+    split = user_split(model)
+    # user MLP (3 linears, 2 relus), history projection and tanh, the concatenation and its projection
+    assert split.user_ops >= 8 and split.user_ops < split.total_ops, str(split)
+    assert [boundary.dims for boundary in split.boundaries] == [(16,)], str(split)
+    assert not split.stops and split.max_abs_diff <= 1e-5
+    for candidates in (1, 2, 40):
+        ours, theirs = _ranking_outputs(model, candidates, seed=candidates)
+        for got, expected in zip(ours, theirs, strict=True):
+            assert got.shape == expected.shape == (candidates, *expected.shape[1:])
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_a_node_that_reads_other_rows_of_the_batch_stops_the_user_side_and_is_named() -> None:
+    model = _heavy_user("batch_normalized")
+    split = user_split(model)
+    assert len(split.stops) == 1, str(split)
+    stop = split.stops[0]
+    assert "norm" in stop.target and stop.source.startswith("zoo.py:") and "rows" in stop.reason
+    assert "stopped at" in str(split) and split.max_abs_diff <= 1e-5
+    ours, theirs = _ranking_outputs(model, 9, seed=3)  # normalized over the 9 flattened rows, as the module does
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
+
+
+def test_a_model_with_nothing_user_side_past_its_inputs_broadcasts_them() -> None:
+    model = import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 5}).with_user_side(
+        ["user_ids", "features"]
+    )
+    split = user_split(model)  # the cross network's first operation concatenates user and item parts
+    assert split.user_ops == 0 and {boundary.node for boundary in split.boundaries} == {"features", "pooled_user_ids"}
+    ours, theirs = _ranking_outputs(model, 5, seed=1)
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
+
+
+class _Reshaping(torch.nn.Module):
+    """The user's features reshaped with the batch size read from a candidate's pool, and a batch of zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items = torch.nn.EmbeddingBag(50, 3, mode="sum")
+
+    def forward(self, user: torch.Tensor, item_ids: torch.Tensor, item_offsets: torch.Tensor) -> torch.Tensor:
+        item = self.items(item_ids, item_offsets)
+        rows = user.reshape(item.shape[0], 2, 3).sum(1)
+        return (rows * item).sum(1, keepdim=True) + torch.zeros(user.shape[0], 1)
+
+
+def test_sizes_read_from_the_batch_are_recomputed_on_each_side() -> None:
+    example = (torch.randn(3, 6), torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2]))
+    model = import_module(_Reshaping().eval(), example, max_ids={"*": 2}).with_user_side(["user"])
+    split = user_split(model)
+    assert split.user_ops == 2 and [boundary.node for boundary in split.boundaries] == ["sum_1"], str(split)
+    batch_reads = [n for n in split.user_graph.graph.nodes if n.target is torch.ops.aten.sym_size.int]
+    assert [n.args[0].name for n in batch_reads] == ["user"]  # the user graph reads its own batch of 1
+    ours, theirs = _ranking_outputs(model, 6, seed=2)
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
+
+
+def test_every_input_on_the_user_side_is_refused() -> None:
+    model = import_module(zoo.HeavyUser("dot").eval(), zoo.heavy_user_example(), max_ids={"*": 6})
+    with pytest.raises(Exception, match="every input"):
+        model.with_user_side([*USER_SIDE, "item_ids", "item_categories", "item_dense"])
