@@ -20,11 +20,13 @@ Writes JSON and a PNG.
                             [--systems ...] [--out runs/bench/serving]
     python -m bench.serving --structured [--shares 0.25 0.5 0.75] [--candidates 16 64 256] [--concurrency 4]
     python -m bench.serving --structured --heavy-user --candidates 64 256
+    python -m bench.serving --structured --imported [--candidates 16 64 256]
 
 The structured mode (RecServe) serves, per user-side share of the features, the flattened ensemble and
 `<model>_ranking`, and sends the same samples both ways: N rows of everything, or the user's features once and
 N candidates' item features. It reports requests/s and request bytes of each. `--heavy-user` replaces the shares
-with a model whose user side is heavy (`heavy_user_model`), where packing should pay most.
+with a model whose user side is heavy (`heavy_user_model`), where packing should pay most. `--imported` serves a
+light and the heavy user side each twice: as recgen's DLRM, and as the same model imported (`bench.structured`).
 """
 
 from __future__ import annotations
@@ -297,13 +299,18 @@ def main() -> None:
         action="store_true",
         help="structured: the heavy-user model (200-id history, wide user bottom MLP) instead of the shares",
     )
+    parser.add_argument(
+        "--imported",
+        action="store_true",
+        help="structured: a light and the heavy user side, as recgen's DLRM and as the same model imported",
+    )
     parser.add_argument("--candidates", type=int, nargs="+", default=[16, 64, 256])
     args = parser.parse_args()
     globals()["ENSEMBLE_INSTANCES"] = args.ensemble_instances
     args.out.mkdir(parents=True, exist_ok=True)
     if args.structured:
         concurrency = args.concurrency[0] if len(args.concurrency) == 1 else 4
-        workloads = structured_workloads(args.shares, args.heavy_user)
+        workloads = structured_workloads(args.shares, args.heavy_user, args.imported)
         cells = run_structured(workloads, args.candidates, concurrency, args.seconds, args.rounds)
         table = markdown_structured(cells)
         print(table)

@@ -3,6 +3,10 @@
 Per workload (a user-side share of the features, or the heavy-user model) it serves the flattened ensemble and
 `<model>_ranking` and sends the same samples both ways: N rows of everything, or the user's features once and N
 candidates' item features. Run through `python -m bench.serving --structured`.
+
+`--imported` adds, beside each recgen DLRM, the same model written as a user would write it (`AsImported`:
+`nn.EmbeddingBag` tables, the same dense tower) and brought in with `import_module`: its ranking dense step is the
+user/candidate split of the traced graph, where recgen's own class has a hand-written one.
 """
 
 from __future__ import annotations
@@ -11,17 +15,23 @@ import functools
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from bench.loadgen import cpu_seconds, server_processes
 from bench.rounds import median_round
 from bench.threads import closed_loop
 from generator import naming
 from generator.check import client
+from generator.check.calibrate import step_statistics
 from generator.deploy import server as serve
 from generator.model import dlrm as models
+from generator.model.imported import ImportedModel, import_module
 from generator.planning import plan
+from generator.planning.plan import Model
 from generator.repository import build
 from generator.traffic.requests import random_structured_request
 
@@ -30,12 +40,12 @@ from generator.traffic.requests import random_structured_request
 LATENCY_SLO_MS = 60_000.0
 
 
-def shared_model(user_share: float) -> models.DLRM:
+def shared_model(user_share: float, dense_user_share: float | None = None) -> models.DLRM:
     """8 equal tables (100k rows, dim 16, up to 4 ids) and 16 dense features; the first `user_share` of each are
-    user-side, so the share is exact for tables and dense features alike."""
+    user-side (of the dense features `dense_user_share`, if given), so the share is exact for both."""
     user_tables = round(8 * user_share)
     tables = [models.TableSpec(f"t{i}", 100_000, 16, 4, "user" if i < user_tables else "item") for i in range(8)]
-    user_dense = round(16 * user_share)
+    user_dense = round(16 * (user_share if dense_user_share is None else dense_user_share))
     user: list[models.Side] = ["user"]
     item: list[models.Side] = ["item"]
     sides = user * user_dense + item * (16 - user_dense)
@@ -66,19 +76,97 @@ def heavy_user_model() -> models.DLRM:
     ).eval()
 
 
-def structured_workloads(shares: list[float], heavy_user: bool) -> list[tuple[str, Callable[[], models.DLRM]]]:
-    """(label, model factory) of every structured workload: the user-side shares, or the heavy-user model."""
+class AsImported(nn.Module):
+    """A recgen DLRM as a user writes it: one `nn.EmbeddingBag` per table (ids and offsets), the same dense tower."""
+
+    def __init__(self, model: models.DLRM):
+        super().__init__()
+        self.names = model.table_names
+        self.bags = nn.ModuleDict(
+            {
+                name: nn.EmbeddingBag.from_pretrained(model.embeddings[name].detach(), freeze=True, mode="sum")
+                for name in self.names
+            }
+        )
+        self.tower = model.dense
+
+    def forward(self, dense: torch.Tensor, ids: dict[str, torch.Tensor], offsets: dict[str, torch.Tensor]) -> Any:
+        return self.tower(dense, [self.bags[name](ids[name], offsets[name]) for name in self.names])
+
+
+def as_imported(model: models.DLRM) -> ImportedModel:
+    """The DLRM imported through `import_module`, with the same user side (its dense input only if all user-side)."""
+    if set(model.dense_sides) != {"user"}:
+        raise ValueError("as_imported takes a DLRM whose dense features are all user-side (one dense input)")
+    module = AsImported(model).eval()
+    ids = {name: torch.tensor([1, 0, 1]) for name in module.names}
+    offsets = {name: torch.tensor([0, 1, 3]) for name in module.names}
+    max_ids = {f"ids_{table.name}": table.max_ids_per_sample for table in model.tables}
+    imported = import_module(module, (torch.randn(3, model.num_dense_features), ids, offsets), max_ids=max_ids)
+    return imported.with_user_side(["dense", *(f"ids_{table.name}" for table in model.tables if table.side == "user")])
+
+
+def light_user_model() -> models.DLRM:
+    """Half the tables user-side and every dense feature (as `as_imported` needs): a light user side."""
+    return shared_model(0.5, dense_user_share=1.0)
+
+
+def structured_workloads(
+    shares: list[float], heavy_user: bool, imported: bool = False
+) -> list[tuple[str, Callable[[], Model]]]:
+    """(label, model factory) of every structured workload: the user-side shares, or the heavy-user model.
+
+    `imported`: a light and the heavy user side, each as recgen's DLRM and as the same model imported.
+    """
+    if imported:
+        pairs = [("light user", light_user_model), ("heavy user", heavy_user_model)]
+        return [
+            workload
+            for label, make in pairs
+            for workload in ((label, make), (f"{label} (imported)", lambda make=make: as_imported(make())))
+        ]
     if heavy_user:
         return [("heavy user", heavy_user_model)]
     return [(f"user share {share:.0%}", functools.partial(shared_model, share)) for share in shares]
 
 
+def ranking_requests(model: Model, candidates: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A ranking request (one user, N candidates) and the same samples flattened, as tensors to send."""
+    if isinstance(model, ImportedModel):
+        return model.random_ranking_request(candidates, seed)
+    structured = random_structured_request(model, candidates, np.random.default_rng(seed))
+    return structured.tensors(), structured.flattened(model).tensors()
+
+
 def _infer_one(clients: Sequence[client.RankingClient], payloads: Sequence[Mapping[str, np.ndarray]], i: int) -> object:
-    return clients[i].infer(payloads[i])
+    return clients[i].send(payloads[i], output_names=None)  # every output, whatever the model names it
+
+
+#: Each mode's lookup and dense steps (the fused lookup step: the router pools every group).
+STEPS = {
+    "flattened": {"router": "dlrm_router", "dense": "dlrm_dense"},
+    "packed": {"router": "dlrm_router_ranking", "dense": "dlrm_dense_ranking"},
+}
+
+
+def _steps_busy(session: client.RankingClient, steps: Mapping[str, str]) -> dict[str, tuple[int, int, int]]:
+    return {step: step_statistics(session, model) for step, model in steps.items()}
+
+
+def _busy_us_per_request(
+    before: Mapping[str, tuple[int, int, int]], after: Mapping[str, tuple[int, int, int]]
+) -> dict[str, float]:
+    """Each step's busy time per request between two readings (Triton charges each request of an execution the
+    whole execution: x executions / requests undoes it)."""
+    busy_us = {}
+    for step in before:
+        busy_ns, served, executions = (a - b for a, b in zip(after[step], before[step], strict=True))
+        busy_us[step] = busy_ns / 1e3 / served * executions / served if served else float("nan")
+    return busy_us
 
 
 def run_structured(
-    workloads: list[tuple[str, Callable[[], models.DLRM]]],
+    workloads: list[tuple[str, Callable[[], Model]]],
     candidates: list[int],
     concurrency: int,
     seconds: float,
@@ -99,25 +187,23 @@ def run_structured(
                 }
                 pids = list(server_processes(server.pid).values()) if server.pid else []
                 for count in candidates:
-                    structured = [
-                        random_structured_request(model, count, np.random.default_rng(i)) for i in range(concurrency)
-                    ]
-                    tensors = {
-                        "packed": [r.tensors() for r in structured],
-                        "flattened": [r.flattened(model).tensors() for r in structured],
-                    }
+                    pairs = [ranking_requests(model, count, seed) for seed in range(concurrency)]
+                    tensors = {"packed": [p for p, _ in pairs], "flattened": [f for _, f in pairs]}
                     runs: dict[str, list[dict]] = {"flattened": [], "packed": []}
                     for _ in range(rounds):
                         for mode in runs:
-                            runs[mode].append(
-                                closed_loop(
-                                    functools.partial(_infer_one, clients[mode], tensors[mode]),
-                                    concurrency,
-                                    seconds,
-                                    warmup_s=0.5,
-                                    cpu_s=functools.partial(cpu_seconds, pids) if pids else None,
-                                )
+                            before = _steps_busy(clients[mode][0], STEPS[mode])
+                            timed = closed_loop(
+                                functools.partial(_infer_one, clients[mode], tensors[mode]),
+                                concurrency,
+                                seconds,
+                                warmup_s=0.5,
+                                cpu_s=functools.partial(cpu_seconds, pids) if pids else None,
                             )
+                            after = _steps_busy(clients[mode][0], STEPS[mode])
+                            for step, busy_us in _busy_us_per_request(before, after).items():
+                                timed[f"{step}_us_per_request"] = busy_us
+                            runs[mode].append(timed)
                     for mode, measured in runs.items():
                         median = median_round(measured, key=lambda c: c["requests_per_s"])
                         cell = {
@@ -131,7 +217,8 @@ def run_structured(
                         print(
                             f"{label} N {count:>4} {mode:<9}: {cell['requests_per_s']:8.1f} req/s, "
                             f"{cell['bytes_per_request']:>9,} B/request, p99 {cell['p99_ms']:.1f} ms, "
-                            f"{cell['cpu_ms_per_request']:.2f} CPU ms/request",
+                            f"{cell['cpu_ms_per_request']:.2f} CPU ms/request, busy per request: router "
+                            f"{cell['router_us_per_request']:.0f} us, dense {cell['dense_us_per_request']:.0f} us",
                             flush=True,
                         )
                 for each in (c for per_mode in clients.values() for c in per_mode):
@@ -143,15 +230,16 @@ def markdown_structured(cells: list[dict]) -> str:
     by_key = {(c["workload"], c["candidates"], c["mode"]): c for c in cells}
     lines = [
         "| workload | N | flattened req/s | packed req/s | packed ÷ flattened | server CPU ms/request, flattened "
-        "| packed | flattened B/req | packed B/req | bytes ÷ |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| packed | dense step us/request, flattened | packed | flattened B/req | packed B/req | bytes ÷ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, count in dict.fromkeys((c["workload"], c["candidates"]) for c in cells):
         flat, packed = by_key[(label, count, "flattened")], by_key[(label, count, "packed")]
         lines.append(
             f"| {label} | {count} | {flat['requests_per_s']:,.1f} | {packed['requests_per_s']:,.1f} | "
             f"{packed['requests_per_s'] / flat['requests_per_s']:.2f}x | {flat['cpu_ms_per_request']:.2f} | "
-            f"{packed['cpu_ms_per_request']:.2f} | {flat['bytes_per_request']:,} | "
+            f"{packed['cpu_ms_per_request']:.2f} | {flat.get('dense_us_per_request', float('nan')):.0f} | "
+            f"{packed.get('dense_us_per_request', float('nan')):.0f} | {flat['bytes_per_request']:,} | "
             f"{packed['bytes_per_request']:,} | {flat['bytes_per_request'] / packed['bytes_per_request']:.2f}x |"
         )
     return "\n".join(lines)

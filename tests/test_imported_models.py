@@ -157,6 +157,13 @@ def test_the_build_reports_the_user_side_it_computes_once(served: Any) -> None:
     assert dense.notes[0].startswith("user side once per request: 0 of "), dense.notes  # the cross mixes at once
 
 
+def test_the_build_says_the_backend_changed_nothing(served: Any) -> None:
+    _, _, built = served
+    for name, backend in (("catnet", "onnx"), ("dcn", "python")):  # fused lookup step, dense graph ONNX either way
+        assert built[name].notes and built[name].notes[0].startswith(f"--backend {backend} changes nothing here")
+        assert f"note: --backend {backend} changes nothing" in str(built[name])
+
+
 def test_a_bad_ranking_request_names_the_tensor_and_the_next_one_succeeds(served: Any) -> None:
     models, server, _ = served
     model, _ = models["dcn"]

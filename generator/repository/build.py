@@ -19,6 +19,7 @@ from generator import naming, native, triton_runtime
 from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
 from generator.model.imported import ImportedModel
+from generator.planning.choices import serves_natively
 from generator.planning.plan import (
     Model,
     Placement,
@@ -74,6 +75,8 @@ class BuildResult:
     repository: Path
     ensembles: Path | None
     models: tuple[BuiltModel, ...]
+    #: What the build wants its user to know (printed last, as `note:` lines).
+    notes: tuple[str, ...] = ()
 
     @property
     def repositories(self) -> list[Path]:
@@ -122,6 +125,7 @@ class BuildResult:
             f"NGC container ({triton_runtime.NGC_IMAGE}):",
             f"  {self.container_command()}",
         ]
+        lines += [f"note: {note}" for note in self.notes]
         if self.backend == "python" and self.uses_gpu:
             lines.append(
                 "note: the numpy models refuse KIND_GPU instances (they would compute on the host): "
@@ -209,6 +213,19 @@ class ModelWriter:
                 detail=detail,
                 notes=tuple(notes),
             )
+        )
+
+    def backend_note(self) -> str | None:
+        """Say so when `backend` changed nothing: an imported model's dense steps are ONNX with either backend."""
+        if not isinstance(self.model, ImportedModel):
+            return None
+        engine = self.plan.lookup_engine
+        if any(not serves_natively(engine, wired.group.placement.device) for wired in self.wire.steps):
+            return None
+        where = "the router pools every shard group" if not self.wire.steps else "every shard group is served natively"
+        return (
+            f"--backend {self.leaves.backend} changes nothing here: an imported model's dense steps are ONNX "
+            f"(ONNX Runtime) with either backend, and {where} (lookup engine {engine})"
         )
 
     def router(self, repository: Path) -> None:
@@ -326,7 +343,8 @@ def build(
         writer.dense(staged_repository)
         writer.ensemble(staged_ensembles)
         writer.ranking(staged_repository, staged_ensembles)
-        result = BuildResult(plan, backend, target, repository, ensembles, tuple(writer.built))
+        notes = tuple(note for note in [writer.backend_note()] if note)
+        result = BuildResult(plan, backend, target, repository, ensembles, tuple(writer.built), notes)
         manifest.write_manifest(plan, writer.wire, leaves, staged_repository)
         perf_input.write_perf_inputs(staged_repository, staged_ensembles)
         for staged_path in (staged_repository, staged_ensembles):
