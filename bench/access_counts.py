@@ -29,7 +29,7 @@ from bench.threads import closed_loop
 from generator import naming
 from generator.check import client
 from generator.deploy import server as serve
-from generator.model.dlrm import example_model
+from generator.model.examples import example_model
 from generator.planning.plan import uniform_plan
 from generator.repository import build
 from generator.traffic.sampler import RequestSampler, table_traffic

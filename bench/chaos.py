@@ -38,6 +38,7 @@ from generator.deploy.local import LocalTopology
 from generator.deploy.server import running_server
 from generator.deploy.supervisor import Supervisor, Watched
 from generator.model import dlrm as models
+from generator.model import examples
 from generator.planning import plan
 from generator.repository import build
 from generator.traffic.requests import random_request
@@ -317,7 +318,7 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=["embedded", "distributed"])
     parser.add_argument("--out", type=Path, default=Path("runs/bench/chaos"))
     args = parser.parse_args()
-    model = models.example_model()
+    model = examples.example_model()
     faults: list[Fault] = []
     totals: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="recgen-chaos-") as workdir:

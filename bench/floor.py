@@ -39,6 +39,7 @@ from generator import naming, native
 from generator.check import client
 from generator.deploy import server as serve
 from generator.model import dlrm as models
+from generator.model import examples
 from generator.planning import plan
 from generator.repository import build, native_models, validation
 from generator.traffic.requests import random_request
@@ -175,7 +176,7 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/floor"))
     args = parser.parse_args()
-    model = models.example_model()
+    model = examples.example_model()
     measured: dict[tuple[str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="recgen-floor-") as workdir, contextlib.ExitStack() as stack:
         servers = {}

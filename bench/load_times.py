@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from generator.deploy import server as serve
-from generator.model.dlrm import example_model
+from generator.model.examples import example_model
 from generator.planning import plan
 from generator.repository import build
 

@@ -26,7 +26,7 @@ from bench.loadgen import RequestLog, closed_loop, cpu_seconds, pss_bytes, serve
 from bench.rounds import median_round, odd_rounds
 from generator.deploy.distributed import build_distributed
 from generator.deploy.local import LocalTopology
-from generator.model import dlrm as models
+from generator.model import examples
 from generator.planning import plan
 from generator.planning.choices import LookupEngine
 from generator.traffic.requests import random_request
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=odd_rounds, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/native_groups"))
     args = parser.parse_args()
-    model = models.example_model()
+    model = examples.example_model()
     requests = [random_request(model, args.batch, np.random.default_rng(i)).tensors() for i in range(16)]
     rounds: dict[str, list[dict]] = {engine: [] for engine in ENGINES}
     fixed: dict[str, dict] = {}

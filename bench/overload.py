@@ -32,7 +32,7 @@ import numpy as np
 from bench.loadgen import RequestLog, closed_loop_processes, cpu_seconds, open_loop, pss_bytes, server_processes
 from bench.rounds import median_round, odd_rounds
 from generator.deploy.server import running_server
-from generator.model import dlrm as models
+from generator.model import examples
 from generator.planning import plan, queueing
 from generator.repository import build
 from generator.traffic.requests import random_request
@@ -251,7 +251,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/overload"))
     args = parser.parse_args()
     queueing.check_latency_slo_ms(args.latency_slo_ms)
-    model = models.example_model()
+    model = examples.example_model()
     requests = [random_request(model, args.batch, np.random.default_rng(i)).tensors() for i in range(32)]
     the_plan = plan.uniform_plan(model, latency_slo_ms=args.latency_slo_ms)
     the_plan = dataclasses.replace(the_plan, shedding=args.shedding, lookup_engine=args.lookup_engine)

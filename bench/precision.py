@@ -43,7 +43,7 @@ from bench.threads import closed_loop
 from generator import naming
 from generator.check import client, quality
 from generator.deploy import server as serve
-from generator.model.dlrm import example_model
+from generator.model.examples import example_model
 from generator.model.imported import ImportedModel, import_module
 from generator.planning import precision
 from generator.planning.capacity import Capacity

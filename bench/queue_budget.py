@@ -30,7 +30,7 @@ from bench.overload import capacity, measure, pin_apart
 from bench.rounds import median_round, odd_rounds
 from generator import naming
 from generator.deploy.server import running_server
-from generator.model import dlrm as models
+from generator.model import examples
 from generator.planning import plan, queueing
 from generator.repository import build, validation, wiring
 from generator.traffic.requests import random_request
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/queue_budget"))
     args = parser.parse_args()
     queueing.check_latency_slo_ms(args.latency_slo_ms)
-    model = models.example_model()
+    model = examples.example_model()
     requests = [random_request(model, 64, np.random.default_rng(i)).tensors() for i in range(32)]
     # The splits are of Triton's queue-policy timeouts, so the build sheds that way (`--shedding queue-policy`).
     uniform = plan.uniform_plan(model, latency_slo_ms=args.latency_slo_ms)

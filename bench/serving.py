@@ -51,6 +51,7 @@ from generator.check import client
 from generator.check.calibrate import step_statistics
 from generator.deploy import server as serve
 from generator.model import dlrm as models
+from generator.model import examples
 from generator.planning import plan
 from generator.repository import build
 from generator.traffic.requests import random_request
@@ -156,7 +157,7 @@ def run(
     These machines are shared VMs whose speed drifts from minute to minute (steal time); interleaving keeps the
     ratios between systems honest.
     """
-    model = models.example_model()
+    model = examples.example_model()
     torch.set_num_threads(2)
     measured: dict[tuple[str, int, int], list[dict]] = {}
     memory: dict[str, dict[str, int]] = {}

@@ -42,7 +42,8 @@ from generator.check.calibrate import proportional_set_size_bytes
 from generator.check.client import RankingClient, check
 from generator.deploy.distributed import build_distributed
 from generator.deploy.stub_health import stat_fields
-from generator.model.dlrm import DLRM, example_model
+from generator.model.dlrm import DLRM
+from generator.model.examples import example_model
 from generator.planning.choices import LookupEngine
 from generator.planning.plan import Plan, uniform_plan
 from generator.repository import build

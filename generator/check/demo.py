@@ -10,7 +10,7 @@ from pathlib import Path
 from generator import naming
 from generator.check import client
 from generator.deploy import server as serve
-from generator.model import dlrm as models
+from generator.model import examples
 from generator.planning import plan
 from generator.repository import build, settings
 from generator.repository.configs import Backend
@@ -41,7 +41,7 @@ def run_demo(
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     model_path = workdir / "example.pt"
-    model = models.example_model()
+    model = examples.example_model()
     model.save(model_path)
     echo(
         f"[1/4] wrote the example model {model_path} ({len(model.tables)} tables, "

@@ -15,7 +15,7 @@ from generator.check import client, quality
 from generator.check import demo as demos
 from generator.check import loadtest as loadtests
 from generator.cli import options
-from generator.model.dlrm import example_model
+from generator.model.examples import example_model
 from generator.model.loading import load_model
 from generator.planning import precision
 from generator.planning.choices import LOOKUP_ENGINES, LookupEngine

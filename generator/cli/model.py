@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from generator.cli import options
-from generator.model import dlrm, dlrm_net
+from generator.model import dlrm_net, examples
 
 
 @click.command()
@@ -17,7 +17,7 @@ from generator.model import dlrm, dlrm_net
 @options.reports_errors
 def example(out_path: Path, seed: int, tiny: bool) -> None:
     """Write the bundled example DLRM (8 tables of 1 to 200k rows), or the tiny one."""
-    model = dlrm.tiny_example_model(seed) if tiny else dlrm.example_model(seed)
+    model = examples.tiny_example_model(seed) if tiny else examples.example_model(seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model.save(out_path)
     click.echo(f"wrote {out_path}: {len(model.tables)} tables, {model.embedding_bytes():,} embedding bytes")

@@ -6,6 +6,7 @@ dense model of a repository runs exactly the code the reference forward runs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -14,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from generator import naming
 from generator.errors import ModelFileError, UserInputError
+from generator.model.features import FeatureSpec
 
 #: Written into every saved model file; `DLRM.load` refuses other formats and newer versions.
 MODEL_FILE_FORMAT = "recgen.dlrm"
@@ -61,6 +64,14 @@ class TableSpec:
         return 4 * self.dim
 
 
+@dataclass(frozen=True)
+class NumpyTower:
+    """The DLRM tower as recgen's numpy dense models read it: its weights, and each dense feature's side."""
+
+    weights: Mapping[str, np.ndarray]
+    dense_sides: tuple[Side, ...]
+
+
 def _mlp(widths: Sequence[int], *, relu_last: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
     for index, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
@@ -94,6 +105,17 @@ class DenseTower(nn.Module):
         gram = torch.bmm(vectors, vectors.transpose(1, 2))
         interactions = gram[:, self.upper_rows, self.upper_cols]
         return torch.sigmoid(self.top(torch.cat([bottom_out, interactions], dim=1)))
+
+
+class _TowerGraph(nn.Module):
+    """The dense tower in the dense-graph form: pools as separate inputs, outputs as a tuple."""
+
+    def __init__(self, tower: DenseTower):
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, dense_features: torch.Tensor, *pooled: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.tower(dense_features, list(pooled)),)
 
 
 def pool_rows(weight: torch.Tensor, ids: torch.Tensor, id_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,6 +196,75 @@ class DLRM(nn.Module):
         """Whether features sit on both sides (then the build adds the `<model>_ranking` ensemble)."""
         sides = {*self.dense_sides, *(table.side for table in self.tables)}
         return sides == {"user", "item"}
+
+    # -- the model protocol (generator.model.protocol.ServedModel) ------------------------------------------------
+
+    @property
+    def features(self) -> list[FeatureSpec]:
+        """One sum-pooled feature per table, named as the table."""
+        return [FeatureSpec(t.name, t.name, t.max_ids_per_sample, "sum", t.side) for t in self.tables]
+
+    @property
+    def plan_features(self) -> tuple[FeatureSpec, ...]:
+        """() : a plan of recgen's DLRM derives its features from the tables."""
+        return ()
+
+    @property
+    def dense_signature(self) -> int:
+        """One `dense_features` tensor [B, num_dense_features]."""
+        return self.num_dense_features
+
+    @property
+    def outputs(self) -> list[tuple[str, tuple[int, ...]]]:
+        """One `score` [B, 1]."""
+        return [(naming.SCORE, (1,))]
+
+    def ranking_dense_tensors(self) -> list[tuple[str, Side, int]]:
+        """The user's dense features [1, Du] and the candidates' [N, Di] (a side without any sends none)."""
+        widths = {side: len(self.dense_indices(side)) for side in SIDES}
+        names = {"user": naming.USER_DENSE_FEATURES, "item": naming.ITEM_DENSE_FEATURES}
+        return [(names[side], side, widths[side]) for side in SIDES if widths[side]]
+
+    @property
+    def dense_graph(self) -> nn.Module:
+        """The tower as a graph of (dense features, one pool per table) -> (score,)."""
+        return _TowerGraph(self.dense)
+
+    @property
+    def numpy_dense(self) -> bool:
+        """True: recgen's numpy dense models compute its tower."""
+        return True
+
+    def numpy_tower(self) -> NumpyTower:
+        """The tower's weights and dense sides, which recgen's numpy dense models compute with."""
+        weights = {key: value.detach().cpu().numpy() for key, value in self.dense.state_dict().items()}
+        return NumpyTower(weights, tuple(self.dense_sides))
+
+    @property
+    def dense_parameter_bytes(self) -> int:
+        """fp32 bytes of the tower's weights and biases."""
+        return sum(parameter.numel() * 4 for parameter in self.dense.parameters())
+
+    @property
+    def dense_description(self) -> str:
+        """Its MLPs' widths."""
+        return f"MLPs {self.bottom_mlp} / {self.top_mlp}"
+
+    def user_split(self) -> None:
+        """None: recgen's numpy ranking model computes the user-only terms of its tower by hand."""
+        return None
+
+    def rows_of(self, table: str) -> torch.Tensor:
+        """A table's rows."""
+        return self.embeddings[table]
+
+    def with_rows(self, rows: Mapping[str, torch.Tensor]) -> DLRM:
+        """A copy serving these rows for these tables."""
+        copied = copy.deepcopy(self)
+        with torch.no_grad():
+            for name, values in rows.items():
+                copied.embeddings[name].copy_(values)
+        return copied
 
     def dense_indices(self, side: Side) -> list[int]:
         """Positions of the dense features of one side, in model order."""
@@ -276,58 +367,3 @@ def _validate_architecture(
             raise UserInputError(
                 f"table {table.name!r}: `dim` {table.dim} must equal `bottom_mlp[-1]` = {bottom_mlp[-1]}"
             )
-
-
-def _sides(*, user: int, item: int) -> list[Side]:
-    """The first `user` dense features user-side, the next `item` item-side."""
-    sides: list[Side] = ["user"] * user
-    return sides + ["item"] * item
-
-
-def example_model(seed: int = 0) -> DLRM:
-    """The bundled example: 8 tables of very different row counts (1 to 200k), dim 16.
-
-    The user, the query and the context (5 tables, the first 6 dense features) are user-side: one value per
-    ranking request; the candidate item (3 tables, 7 dense features) is item-side.
-    """
-    dim = 16
-    tables = [
-        TableSpec("user_id", 200_000, dim, 1, "user"),
-        TableSpec("item_id", 100_000, dim, 1),
-        TableSpec("item_category", 1_000, dim, 3),
-        TableSpec("user_history", 50_000, dim, 20, "user"),
-        TableSpec("query_terms", 20_000, dim, 8, "user"),
-        TableSpec("device", 12, dim, 1, "user"),
-        TableSpec("country", 200, dim, 1, "user"),
-        TableSpec("bias", 1, dim, 1),
-    ]
-    return DLRM(
-        num_dense_features=13,
-        tables=tables,
-        bottom_mlp=[64, 32, dim],
-        top_mlp=[64, 32, 1],
-        seed=seed,
-        dense_sides=_sides(user=6, item=7),
-    ).eval()
-
-
-def tiny_example_model(seed: int = 0) -> DLRM:
-    """A tiny example (4 tables of 20 to 1,000 rows, dim 8) whose generated repository the project commits.
-
-    It has user- and item-side features, so its repository holds the ranking ensemble too, in well under 1 MB.
-    """
-    dim = 8
-    tables = [
-        TableSpec("user_id", 500, dim, 1, "user"),
-        TableSpec("user_history", 300, dim, 4, "user"),
-        TableSpec("item_id", 1_000, dim, 1),
-        TableSpec("item_category", 20, dim, 2),
-    ]
-    return DLRM(
-        num_dense_features=4,
-        tables=tables,
-        bottom_mlp=[16, dim],
-        top_mlp=[16, 1],
-        seed=seed,
-        dense_sides=_sides(user=2, item=2),
-    ).eval()

@@ -10,10 +10,7 @@ the dense inputs and outputs, the dense remainder, and the original program as t
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,11 +23,14 @@ from torch.utils import _pytree as pytree
 from generator import naming
 from generator.errors import ModelImportError, UserInputError
 from generator.model.cut import cut_program
-from generator.model.dlrm import PADDING_ID, TableSpec
+from generator.model.dlrm import PADDING_ID, Side, TableSpec
 from generator.model.features import FeatureSpec
 from generator.model.import_settings import IMPORT_SETTINGS_FILE, ImportSettings
 from generator.model.input_form import dynamic_leaf, module_inputs, restructure
+from generator.model.lookups import served_rows
 from generator.model.program import Cut, Lookup, spec_children
+from generator.model.pt2_files import quiet_tracing, tensors_written_in_place
+from generator.model.user_split import UserSplit, split_user_side
 
 #: Ids per sample of a feature unless `max_ids` says otherwise.
 DEFAULT_MAX_IDS = 32
@@ -49,6 +49,8 @@ class ImportedModel:
     reference: nn.Module = field(repr=False)
     #: Dense inputs that describe the user, not the candidate (sent once per ranking request).
     user_inputs: frozenset[str] = frozenset()
+    #: Rows replaced (`with_rows`): the reference is then the remainder over them, not the original program.
+    rows_replaced: bool = False
 
     def with_user_side(self, names: Iterable[str]) -> ImportedModel:
         """The same model with these features and dense inputs on the user side (the ranking ensemble's contract).
@@ -100,6 +102,76 @@ class ImportedModel:
                 ranking[naming.side_input(name, "item")] = array
         return ranking, flattened
 
+    # -- the model protocol (generator.model.protocol.ServedModel) ------------------------------------------------
+
+    @property
+    def plan_features(self) -> tuple[FeatureSpec, ...]:
+        """Every feature: a plan records the model's own."""
+        return tuple(self.features)
+
+    @property
+    def dense_signature(self) -> list[tuple[str, int]]:
+        """The module's dense inputs by name."""
+        return self.dense_inputs
+
+    def ranking_dense_tensors(self) -> list[tuple[str, Side, int]]:
+        """Each dense input as `user_<name>` [1, width] or `item_<name>` [N, width]."""
+        sides: dict[bool, Side] = {True: "user", False: "item"}
+        return [
+            (naming.side_input(name, sides[name in self.user_inputs]), sides[name in self.user_inputs], width)
+            for name, width in self.dense_inputs
+        ]
+
+    @property
+    def dense_graph(self) -> nn.Module:
+        """The cut remainder: (dense inputs, one pool per feature) -> outputs."""
+        return self.cut.remainder
+
+    @property
+    def numpy_dense(self) -> bool:
+        """False: an imported dense graph is served by ONNX Runtime."""
+        return False
+
+    def numpy_tower(self) -> None:
+        """None (see `numpy_dense`)."""
+        return None
+
+    @property
+    def dense_parameter_bytes(self) -> int:
+        """Bytes of the remainder's constants (its weights)."""
+        return sum(t.numel() * t.element_size() for t in self.cut.remainder.buffers())
+
+    @property
+    def dense_description(self) -> str:
+        """Its dense graph's size."""
+        nodes = sum(1 for node in self.cut.remainder.graph.nodes if node.op == "call_function")
+        return f"the model's dense graph, {nodes} ops"
+
+    def user_split(self) -> UserSplit | None:
+        """The remainder split between its user side (once per ranking request) and the candidates."""
+        if not self.supports_ranking_requests:
+            return None
+        user_dense = [name in self.user_inputs for name, _ in self.dense_inputs]
+        user_side = [*user_dense, *(feature.side == "user" for feature in self.features)]
+
+        def samples(candidates: int, seed: int) -> list[torch.Tensor]:
+            _, flattened = self.random_ranking_request(candidates, seed)
+            return [*(torch.from_numpy(flattened[name]) for name, _ in self.dense_inputs), *self.pooled(flattened)]
+
+        return split_user_side(self.cut.remainder, user_side, samples)
+
+    def with_rows(self, rows: Mapping[str, torch.Tensor]) -> ImportedModel:
+        """The same model serving these rows (read back from a reduced precision).
+
+        The original program holds its own FP32 tables, so the reference becomes the remainder over these rows
+        (the fp32 build checks that remainder against the whole program).
+        """
+        return replace(self, embeddings={**self.embeddings, **rows}, rows_replaced=True)
+
+    def rows_of(self, table: str) -> torch.Tensor:
+        """A table's served rows."""
+        return self.embeddings[table]
+
     @property
     def lookups(self) -> list[Lookup]:
         """One per feature, in the remainder's input order."""
@@ -120,7 +192,7 @@ class ImportedModel:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         record = ImportSettings.of(self.features, sorted(self.user_inputs)).to_json()
-        with quiet_tracing(), _tensors_written_in_place():
+        with quiet_tracing(), tensors_written_in_place():
             torch.export.save(self.program, path, extra_files={IMPORT_SETTINGS_FILE: record})
         return path
 
@@ -152,7 +224,9 @@ class ImportedModel:
         return module_inputs(self.cut, request)
 
     def reference_outputs(self, request: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """What the original program returns for a request, one array per output."""
+        """What the original program returns for a request, one array per output (see `with_rows`)."""
+        if self.rows_replaced:
+            return self.served_outputs(request)
         with torch.no_grad(), quiet_tracing():
             args, kwargs = self.module_inputs(request)
             result = self.reference(*args, **kwargs)
@@ -203,66 +277,6 @@ class ImportedModel:
                     np.float32
                 )
         return request
-
-
-class _StorageToWrite:
-    """A tensor whose storage the archive writer writes from memory, instead of a `bytes` copy of it."""
-
-    def __init__(self, tensor: torch.Tensor):
-        self.storage = tensor.untyped_storage()
-
-
-@contextlib.contextmanager
-def _tensors_written_in_place() -> Iterator[None]:
-    """Make torch.export.save write every CPU weight straight from its storage (the same bytes, in the same file).
-
-    torch 2.13's archive writer copies each weight into a `bytes` object before writing it: one table's bytes on
-    top of the model (measured: 1.67x the table bytes for a 2 GiB checkpoint). Its zip writer also takes a storage
-    directly, which is what `torch.save` uses. Where these internals are absent, saving is left as it is.
-    """
-    from torch.export.pt2_archive import _package
-
-    get_bytes = getattr(_package, "_get_raw_tensor_bytes", None)
-    writer = getattr(_package, "PT2ArchiveWriter", None)
-    if get_bytes is None or writer is None or not hasattr(writer, "write_bytes"):
-        yield
-        return
-    write_bytes = writer.write_bytes
-
-    def raw(value: torch.Tensor) -> Any:
-        if value.device.type == "cpu" and value.data_ptr() and not _package._is_fake_tensor(value):
-            return _StorageToWrite(value)
-        return get_bytes(value)
-
-    def write(self: Any, name: str, data: Any) -> None:
-        if isinstance(data, _StorageToWrite):
-            self.archive_file.write_record(name, data.storage, data.storage.nbytes())
-        else:
-            write_bytes(self, name, data)
-
-    _package._get_raw_tensor_bytes = raw
-    writer.write_bytes = write
-    try:
-        yield
-    finally:
-        _package._get_raw_tensor_bytes = get_bytes
-        writer.write_bytes = write_bytes
-
-
-@contextlib.contextmanager
-def quiet_tracing() -> Iterator[None]:
-    """Hide torch's and TorchRec's notes about tracing internals (not about the user's model)."""
-    loggers = [logging.getLogger(name) for name in ("torch.fx._symbolic_trace", "torch._export", "root")]
-    levels = [logger.level for logger in loggers]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for logger in loggers:
-                logger.setLevel(logging.ERROR)
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def _export(module: nn.Module, args: tuple[Any, ...], dynamic_shapes: Any = None) -> torch.export.ExportedProgram:
@@ -349,7 +363,7 @@ def _assemble(
     embeddings: dict[str, torch.Tensor] = {}
     tables: dict[str, TableSpec] = {}
     for lookup, feature in zip(cut.lookups, features, strict=True):
-        rows = _served_rows(program, lookup)
+        rows = served_rows(program, lookup)
         known = embeddings.get(lookup.table)
         if known is not None and known.data_ptr() != rows.data_ptr() and not torch.equal(known, rows):
             raise ModelImportError(f"table {lookup.table!r} is read with different per-row weights by two lookups")
@@ -360,20 +374,6 @@ def _assemble(
     if check:
         verify(model)
     return model
-
-
-def _served_rows(program: torch.export.ExportedProgram, lookup: Lookup) -> torch.Tensor:
-    """The rows the shards serve: the program's own tensor, copied only to fold weights or zero a padding row."""
-    state = {**program.state_dict, **program.constants}
-    rows = state[lookup.weight].detach()
-    if lookup.row_weights is None and lookup.padding_idx is None and rows.dtype == torch.float32:
-        return rows
-    rows = rows.to(torch.float32).clone()
-    if lookup.row_weights is not None:
-        rows *= state[lookup.row_weights].detach().to(torch.float32).reshape(-1, 1)
-    if lookup.padding_idx is not None:
-        rows[lookup.padding_idx] = 0.0  # the module skips it; a request that sends it pools nothing
-    return rows
 
 
 #: The cut must reproduce the module this closely before anything is built.

@@ -25,7 +25,8 @@ import torch
 from generator.errors import ModelFileError, UserInputError
 from generator.model.dlrm import DLRM, MODEL_FILE_FORMAT
 from generator.model.import_settings import IMPORT_SETTINGS_FILE, ImportSettings
-from generator.model.imported import ImportedModel, import_program, quiet_tracing
+from generator.model.imported import ImportedModel, import_program
+from generator.model.pt2_files import quiet_tracing
 
 PROGRAM_SUFFIX = ".pt2"
 

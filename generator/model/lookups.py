@@ -246,3 +246,17 @@ def check_tables_read_only_by_lookups(program: ProgramIndex, bags: list[fx.Node]
                     f"table {program.constants_of[table.name]!r} is read outside its pooled lookups "
                     "(max_norm, a plain embedding or another op); recgen can only serve pooled partial sums",
                 )
+
+
+def served_rows(program: torch.export.ExportedProgram, lookup: Lookup) -> torch.Tensor:
+    """The rows the shards serve: the program's own tensor, copied only to fold weights or zero a padding row."""
+    state = {**program.state_dict, **program.constants}
+    rows = state[lookup.weight].detach()
+    if lookup.row_weights is None and lookup.padding_idx is None and rows.dtype == torch.float32:
+        return rows
+    rows = rows.to(torch.float32).clone()
+    if lookup.row_weights is not None:
+        rows *= state[lookup.row_weights].detach().to(torch.float32).reshape(-1, 1)
+    if lookup.padding_idx is not None:
+        rows[lookup.padding_idx] = 0.0  # the module skips it; a request that sends it pools nothing
+    return rows

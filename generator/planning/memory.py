@@ -11,9 +11,9 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from generator.model.dlrm import DLRM, TableSpec
+from generator.model.dlrm import TableSpec
 from generator.model.features import FeatureSpec
-from generator.model.imported import ImportedModel
+from generator.model.protocol import ServedModel
 
 #: Bytes of one entry of the router's id -> hotness-rank map (int32; a table holds < 2**31 rows).
 RANK_BYTES = 4
@@ -63,13 +63,11 @@ class ModelShape:
     dense_graph_bytes: int | None = None
 
     @classmethod
-    def of(cls, model: DLRM | ImportedModel) -> ModelShape:
-        """The shape of a DLRM, or of an imported model (its dense graph's bytes instead of MLP widths)."""
-        if isinstance(model, ImportedModel):
-            constants = sum(t.numel() * t.element_size() for t in model.cut.remainder.buffers())
-            width = sum(w for _, w in model.dense_inputs)
-            return cls(tuple(model.tables), width, (), (), tuple(model.features), constants)
-        return cls(tuple(model.tables), model.num_dense_features, tuple(model.bottom_mlp), tuple(model.top_mlp))
+    def of(cls, model: ServedModel) -> ModelShape:
+        """The shape of a model: its tables, features and dense graph's bytes (instead of MLP widths)."""
+        dense = model.dense_signature
+        width = dense if isinstance(dense, int) else sum(w for _, w in dense)
+        return cls(tuple(model.tables), width, (), (), model.plan_features, model.dense_parameter_bytes)
 
     @property
     def dense_bytes(self) -> int:

@@ -14,9 +14,9 @@ import numpy as np
 
 from generator import naming
 from generator.errors import PlanError, UserInputError
-from generator.model.dlrm import DLRM, TableSpec
+from generator.model.dlrm import TableSpec
 from generator.model.features import FeatureSpec
-from generator.model.imported import ImportedModel
+from generator.model.protocol import Model
 from generator.planning import queueing
 from generator.planning.choices import (
     DEVICES,
@@ -31,9 +31,6 @@ from generator.planning.choices import (
 )
 from generator.planning.queueing import Shedding
 from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype, bytes_per_row
-
-#: A model recgen builds: its own DLRM (numpy fast path) or an imported one (a program cut at its lookups).
-Model = DLRM | ImportedModel
 
 #: Largest batch (candidates per request) a generated model accepts unless told otherwise.
 DEFAULT_MAX_BATCH_SIZE = 1024
@@ -275,7 +272,7 @@ class Plan:
     def check_matches(self, model: Model) -> None:
         """Raise PlanError unless the plan's tables are exactly the model's tables, in order; name what differs."""
         planned = [table.spec for table in self.tables]
-        features = list(model.features) if isinstance(model, ImportedModel) else []
+        features = list(model.plan_features)
         if planned == list(model.tables) and list(self.features) == features:
             return
         if planned == list(model.tables):
@@ -391,7 +388,7 @@ def uniform_plan(
         dense=placement,
         max_batch_size=max_batch_size,
         group_by=group_by,
-        features=tuple(model.features) if isinstance(model, ImportedModel) else (),
+        features=model.plan_features,
         latency_slo_ms=latency_slo_ms,
         lookup_step=lookup_step,
     )

@@ -11,7 +11,6 @@ its shard's dtype (`with_rounded_rows`): served outputs are compared with that m
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +19,6 @@ import numpy as np
 import torch
 
 from generator.errors import UserInputError
-from generator.model.dlrm import DLRM
-from generator.model.imported import ImportedModel
 from generator.planning.plan import Model, Plan, TablePlan
 from generator.triton_models import recgen_rows
 from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
@@ -174,7 +171,7 @@ def dtype_summary(plan: Plan) -> str:
 
 def table_weight(model: Model, table: str) -> np.ndarray:
     """A table's FP32 rows as the model serves them (an imported model's with per-row weights folded in)."""
-    return np.asarray(model.embeddings[table].detach().cpu().numpy(), dtype=np.float32)
+    return np.asarray(model.rows_of(table).detach().cpu().numpy(), dtype=np.float32)
 
 
 def rounded_rank_rows(model: Model, table: TablePlan, rank_start: int, rank_end: int) -> np.ndarray:
@@ -196,19 +193,6 @@ def rounded_table_rows(model: Model, table: TablePlan) -> np.ndarray:
     return rounded
 
 
-@dataclass
-class RoundedImportedModel(ImportedModel):
-    """An imported model whose served rows went through reduced precision: its reference is the cut program.
-
-    The original program holds its own FP32 tables, so the model to agree with is the program's remainder fed
-    the pools of the rounded rows (the fp32 build checks that remainder against the whole program).
-    """
-
-    def reference_outputs(self, request: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """The remainder applied to the pools of the rounded rows."""
-        return self.served_outputs(request)
-
-
 def with_rounded_rows(model: Model, plan: Plan) -> Model:
     """The model a repository built from `plan` serves: every row read back through its shard's dtype.
 
@@ -217,13 +201,4 @@ def with_rounded_rows(model: Model, plan: Plan) -> Model:
     if not has_reduced_rows(plan):
         return model
     rows = {table.spec.name: torch.from_numpy(rounded_table_rows(model, table)) for table in plan.tables}
-    if isinstance(model, ImportedModel):
-        fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.init}
-        return RoundedImportedModel(**{**fields, "embeddings": {**model.embeddings, **rows}})
-    if not isinstance(model, DLRM):  # pragma: no cover - Model is DLRM | ImportedModel
-        raise TypeError(type(model).__name__)
-    rounded = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, values in rows.items():
-            rounded.embeddings[name].copy_(values)
-    return rounded
+    return model.with_rows(rows)

@@ -18,7 +18,6 @@ from tritonclient.grpc import model_config_pb2 as mc
 from generator import naming, native, triton_runtime
 from generator.errors import UserInputError
 from generator.model.dlrm import DLRM
-from generator.model.imported import ImportedModel
 from generator.planning.choices import serves_natively
 from generator.planning.plan import (
     Model,
@@ -28,8 +27,8 @@ from generator.planning.plan import (
 from generator.repository import (
     configs,
     contents,
+    dense_graphs,
     export,
-    imported_graphs,
     layout,
     manifest,
     perf_input,
@@ -216,15 +215,15 @@ class ModelWriter:
         )
 
     def backend_note(self) -> str | None:
-        """Say so when `backend` changed nothing: an imported model's dense steps are ONNX with either backend."""
-        if not isinstance(self.model, ImportedModel):
+        """Say so when `backend` changed nothing: a dense graph without numpy kernels is ONNX with either backend."""
+        if self.model.numpy_dense:
             return None
         engine = self.plan.lookup_engine
         if any(not serves_natively(engine, wired.group.placement.device) for wired in self.wire.steps):
             return None
         where = "the router pools every shard group" if not self.wire.steps else "every shard group is served natively"
         return (
-            f"--backend {self.leaves.backend} changes nothing here: an imported model's dense steps are ONNX "
+            f"--backend {self.leaves.backend} changes nothing here: this model's dense steps are ONNX "
             f"(ONNX Runtime) with either backend, and {where} (lookup engine {engine})"
         )
 
@@ -265,18 +264,11 @@ class ModelWriter:
         self._finish(config, version_dir, "remote", f"gRPC to {wired.group.placement.instance_count} replica(s)")
 
     def dense(self, repository: Path) -> None:
-        """The dense model: recgen's DLRM tower (numpy or ONNX), or an imported model's remainder (ONNX)."""
-        model = self.model
-        dense, outputs = layout.model_signature(model)
-        config = configs.dense_config(self.plan, self.wire, dense, self.leaves, outputs)
+        """The dense model: recgen's numpy tower (`--backend python`) or the model's dense graph (ONNX)."""
+        config = configs.dense_config(self.plan, self.wire, self.model, self.leaves)
         version_dir = _new_model_dir(repository, config.name)
-        if isinstance(model, ImportedModel):
-            imported_graphs.export_imported_dense(model, self.plan, self.wire, self.leaves, version_dir)
-            nodes = sum(1 for node in model.cut.remainder.graph.nodes if node.op == "call_function")
-            self._finish(config, version_dir, "dense", f"the model's dense graph ({nodes} ops, ONNX)")
-            return
-        export.export_dense(model, self.plan, self.wire, self.leaves, version_dir)
-        self._finish(config, version_dir, "dense", f"MLPs {model.bottom_mlp} / {model.top_mlp}")
+        detail = dense_graphs.export_dense(self.model, self.plan, self.wire, self.leaves, version_dir)
+        self._finish(config, version_dir, "dense", detail)
 
     def ranking(self, leaf_repository: Path, ensemble_repository: Path) -> None:
         """`<model>_ranking`, its router and dense model, for models with user-side features (groups are shared)."""
@@ -289,13 +281,14 @@ class ModelWriter:
         self._finish(router, version_dir, "router", "ranking: user row + candidate rows")
         dense = configs.ranking_dense_config(plan, wire, model, self.leaves)
         version_dir = _new_model_dir(leaf_repository, dense.name)
-        if isinstance(model, ImportedModel):
-            split = imported_graphs.export_imported_ranking_dense(model, plan, wire, self.leaves, version_dir)
+        tower, split = model.numpy_tower(), model.user_split()
+        if tower is not None:
+            export.export_dense_weights(tower, runtime_files.RANKING_DENSE_MODULE, version_dir)
+            self._finish(dense, version_dir, "dense", "ranking: user-side work once per request")
+        elif split is not None:
+            dense_graphs.export_ranking_dense_graph(model, split, plan, wire, self.leaves, version_dir)
             detail = "ranking: the model's dense graph split, its user side once (ONNX)"
             self._finish(dense, version_dir, "dense", detail, str(split).splitlines())
-        else:
-            export.export_dense_weights(model, runtime_files.RANKING_DENSE_MODULE, version_dir)
-            self._finish(dense, version_dir, "dense", "ranking: user-side work once per request")
         self._ensemble(configs.ranking_ensemble_config(plan, wire, model), ensemble_repository)
 
     def ensemble(self, repository: Path) -> None:

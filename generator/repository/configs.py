@@ -14,7 +14,6 @@ from typing import Any, Literal
 from tritonclient.grpc import model_config_pb2 as mc
 
 from generator import naming, native
-from generator.model.imported import ImportedModel
 from generator.planning import queueing
 from generator.planning.choices import serves_natively
 from generator.planning.plan import Model, Placement, Plan
@@ -263,20 +262,15 @@ def remote_group_config(plan: Plan, wired: GroupWire, policy: params.RemoteCallP
     )
 
 
-def dense_config(
-    plan: Plan,
-    wire: WireLayout,
-    dense: layout.DenseSignature,
-    leaves: LeafOptions,
-    outputs: layout.OutputSignature = None,
-) -> mc.ModelConfig:
+def dense_config(plan: Plan, wire: WireLayout, model: Model, leaves: LeafOptions) -> mc.ModelConfig:
     """Dense model: dense inputs, the packed partial sums (and mean counts) in, the model's outputs out.
 
-    An imported model's dense graph is always ONNX (`outputs` given): run by ORT inside a Python model on the
-    embedded server, by the native onnxruntime backend in the container.
+    A dense graph recgen has no numpy kernels for (an imported model's) is always ONNX: run by ORT inside a Python
+    model on the embedded server, by the native onnxruntime backend in the container.
     """
-    if outputs is not None:
+    if not model.numpy_dense:
         leaves = LeafOptions("onnx", leaves.target)
+    dense, outputs = layout.model_signature(model)
     return _serving_config(
         naming.dense_model(plan.leaf_stem),
         leaves.triton_backend,
@@ -290,12 +284,13 @@ def dense_config(
 def ranking_dense_config(plan: Plan, wire: WireLayout, model: Model, leaves: LeafOptions) -> mc.ModelConfig:
     """The ranking ensemble's dense model, fed [1 + N, ...] partial sums (row 0 the user's pools).
 
-    recgen's DLRM: user-only terms once, broadcast onto the N candidates (numpy). An imported model: its dense
-    graph behind a prologue that broadcasts the user's pools and dense inputs onto the N candidates (ONNX).
+    recgen's DLRM: user-only terms once, broadcast onto the N candidates (numpy). Any other model: its dense
+    graph split between the user side, once, and the N candidates (ONNX; `imported_graphs`).
     """
     inputs = wiring.ranking_dense_step_inputs(wire, model)
     _, outputs = layout.ranking_signature(plan, model)
-    if isinstance(model, ImportedModel):
+    tower = model.numpy_tower()
+    if tower is None:
         leaves = LeafOptions("onnx", leaves.target)
         return _serving_config(
             naming.ranking_dense_model(plan.leaf_stem),
@@ -311,7 +306,7 @@ def ranking_dense_config(plan: Plan, wire: WireLayout, model: Model, leaves: Lea
         0,
         plan.dense,
         (inputs, outputs),
-        [params.ranking_dense(plan, wire, model.dense_sides)],
+        [params.ranking_dense(plan, wire, list(tower.dense_sides))],
     )
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from generator import naming
 from generator.errors import ExportError
-from generator.model.dlrm import DLRM, DenseTower, pool_rows
+from generator.model.dlrm import DLRM, NumpyTower, pool_rows
 from generator.planning.choices import serves_natively
 from generator.planning.plan import Model, Plan, ShardPlan, TablePlan
 from generator.planning.precision import rounded_rank_rows, rounded_table_rows, with_rounded_rows
@@ -31,14 +31,13 @@ from generator.repository import native_models
 from generator.repository.configs import LeafOptions
 from generator.repository.layout import ensemble_inputs
 from generator.repository.runtime_files import (
-    DENSE_MODULE,
     MONOLITHIC_MODULE,
     ONNX_RUNNER_MODULE,
     ROUTER_MODULE,
     SHARD_MODULE,
     install_python_model,
 )
-from generator.repository.wiring import GroupWire, WireLayout, dense_inputs
+from generator.repository.wiring import GroupWire, WireLayout
 from generator.triton_models import recgen_rows
 
 #: Exported ONNX graphs must match PyTorch this closely on a random batch.
@@ -109,7 +108,7 @@ def stored_rows(model: Model, table: TablePlan, shard: ShardPlan) -> StoredRows:
 
 def shard_rows(model: Model, table: TablePlan, shard: ShardPlan) -> np.ndarray:
     """The rows one shard holds, in hotness-rank order."""
-    weight = model.embeddings[table.spec.name].detach().cpu().numpy()
+    weight = model.rows_of(table.spec.name).detach().cpu().numpy()
     if table.row_order is None:  # identity order: a view, so writing a shard copies nothing
         return np.ascontiguousarray(weight[shard.row_start : shard.row_end], dtype=np.float32)
     original = table.original_rows()[shard.row_start : shard.row_end]
@@ -185,27 +184,6 @@ def group_stacks(
         if group.row_dtype == "int8"
     ]
     return values, pairs, group_layout.slot_stacks
-
-
-class DenseGraph(nn.Module):
-    """The ONNX graph of the dense model: add each table's partial sums, then the model's own DenseTower."""
-
-    def __init__(self, tower: DenseTower, parts: Sequence[Sequence[tuple[int, int]]], dim: int):
-        super().__init__()
-        self.tower = tower
-        self.parts = [list(per_table) for per_table in parts]  # per table: (packed input index, slot)
-        self.dim = dim
-
-    def forward(self, dense_features: torch.Tensor, *packed: torch.Tensor) -> torch.Tensor:
-        """Dense features [B, D] and each group's packed partial sums -> score [B, 1]."""
-        pooled = []
-        for per_table in self.parts:
-            slices = [packed[i][:, slot * self.dim : (slot + 1) * self.dim] for i, slot in per_table]
-            total = slices[0]
-            for piece in slices[1:]:
-                total = total + piece
-            pooled.append(total)
-        return self.tower(dense_features, pooled)
 
 
 @contextlib.contextmanager
@@ -314,28 +292,10 @@ def export_shard_group(model: Model, plan: Plan, wired: GroupWire, leaves: LeafO
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
 
 
-def export_dense(model: DLRM, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path) -> None:
-    """The dense tower's weights, as dense.npz (python) or model.onnx (onnx)."""
-    if leaves.backend == "python":
-        export_dense_weights(model, DENSE_MODULE, version_dir)
-        return
-    inputs = dense_inputs(wire, model.num_dense_features)
-    position = {spec.name: index - 1 for index, spec in enumerate(inputs)}
-    parts = [[(position[name], slot) for name, slot in table] for table in wire.table_parts]
-    graph = DenseGraph(model.dense, parts, plan.tables[0].spec.dim).eval()
-    generator = torch.Generator().manual_seed(0)
-    example = tuple(torch.randn(EXPORT_EXAMPLE_BATCH, *spec.dims, generator=generator) for spec in inputs)
-    names = [spec.name for spec in inputs]
-    export_onnx(graph, example, names, naming.SCORE, version_dir / naming.ONNX_MODEL_FILE, varargs_after=1)
-    if leaves.target == "embedded":
-        install_python_model(ONNX_RUNNER_MODULE, version_dir)
-
-
-def export_dense_weights(model: DLRM, module: str, version_dir: Path) -> None:
+def export_dense_weights(tower: NumpyTower, module: str, version_dir: Path) -> None:
     """A numpy dense model: its module and the tower's weights as dense.npz."""
     install_python_model(module, version_dir)
-    weights = {key: value.detach().cpu().numpy() for key, value in model.dense.state_dict().items()}
-    save_npz(version_dir / naming.DENSE_WEIGHTS_FILE, weights)
+    save_npz(version_dir / naming.DENSE_WEIGHTS_FILE, dict(tower.weights))
 
 
 class MonolithicGraph(nn.Module):
@@ -356,7 +316,7 @@ class MonolithicGraph(nn.Module):
 def export_monolithic(model: DLRM, plan: Plan, leaves: LeafOptions, version_dir: Path) -> None:
     """The whole model: every table's rows and the dense weights (python), or one ONNX graph (onnx)."""
     if leaves.backend == "python":
-        export_dense_weights(model, MONOLITHIC_MODULE, version_dir)
+        export_dense_weights(model.numpy_tower(), MONOLITHIC_MODULE, version_dir)
         for table in plan.tables:  # FP32, each row as its shard reads it back (the model the ensemble serves)
             np.save(version_dir / naming.table_rows_file(table.spec.name), rounded_table_rows(model, table))
         return

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from generator import naming
-from generator.model.dlrm import Side
-from generator.model.imported import ImportedModel
+from generator.model.protocol import DenseSignature
 from generator.planning.plan import Model, Plan
 
 DataType = Literal["FP32", "INT64", "INT32"]
@@ -75,18 +74,13 @@ def router_inputs(plan: Plan) -> list[TensorSpec]:
     return [*sparse_inputs(plan), *weight_inputs(plan)]
 
 
-#: The dense side of a request: recgen's DLRM has one `dense_features` tensor of this width; an imported model has
-#: its own dense inputs, (name, width) each.
-DenseSignature = int | Sequence[tuple[str, int]]
-#: An imported model's outputs, (name, per-sample dims) each; None for recgen's DLRM (one `score` [B, 1]).
+#: A model's outputs, (name, per-sample dims) each; None for `score` [B, 1] (the monolithic baseline's).
 OutputSignature = Sequence[tuple[str, tuple[int, ...]]] | None
 
 
 def model_signature(model: Model) -> tuple[DenseSignature, OutputSignature]:
     """The dense side and the outputs of a model's request contract."""
-    if isinstance(model, ImportedModel):
-        return model.dense_inputs, model.outputs
-    return model.num_dense_features, None
+    return model.dense_signature, model.outputs
 
 
 def dense_tensors(dense: DenseSignature) -> list[TensorSpec]:
@@ -130,20 +124,15 @@ def ranking_router_inputs(plan: Plan) -> list[TensorSpec]:
     return [*ranking_sparse_inputs(plan), *ranking_weight_inputs(plan)]
 
 
-def imported_ranking_dense_inputs(model: ImportedModel) -> list[TensorSpec]:
-    """An imported model's dense inputs in a ranking request: `user_<name>` [1, width], `item_<name>` [N, width]."""
-    return [
-        fp32(naming.side_input(name, model.side_of(name)), _rows_of(model.side_of(name)), width)
-        for name, width in model.dense_inputs
-    ]
+def ranking_dense_inputs(model: Model) -> list[TensorSpec]:
+    """A ranking request's dense tensors: [1, width] on the user side, [N, width] on the candidates'."""
+    return [fp32(name, _rows_of(side), width) for name, side, width in model.ranking_dense_tensors()]
 
 
 def ranking_signature(plan: Plan, model: Model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The `<model>_ranking` request contract (full shapes): inputs, then outputs ([N, ...] each)."""
-    if isinstance(model, ImportedModel):
-        outputs = [fp32(name, -1, *dims) for name, dims in model.outputs]
-        return [*imported_ranking_dense_inputs(model), *ranking_router_inputs(plan)], outputs
-    return ranking_inputs(plan, model.dense_sides), ranking_outputs()
+    outputs = [fp32(name, -1, *dims) for name, dims in model.outputs]
+    return [*ranking_dense_inputs(model), *ranking_router_inputs(plan)], outputs
 
 
 def finite_inputs(plan: Plan, dense: DenseSignature) -> list[TensorSpec]:
@@ -155,35 +144,13 @@ def ranking_finite_inputs(plan: Plan, model: Model) -> list[TensorSpec]:
     """The ranking request's FP32 tensors the ranking router checks for finite values."""
     if not plan.check_finite:
         return []
-    if isinstance(model, ImportedModel):
-        return [*imported_ranking_dense_inputs(model), *ranking_weight_inputs(plan)]
-    return [*ranking_dense_inputs(model.dense_sides), *ranking_weight_inputs(plan)]
+    return [*ranking_dense_inputs(model), *ranking_weight_inputs(plan)]
 
 
 def with_checked(reads: Sequence[TensorSpec], checked: Sequence[TensorSpec]) -> list[TensorSpec]:
     """A router's inputs: what it routes, then the tensors it only checks (each tensor once)."""
     names = {spec.name for spec in reads}
     return [*reads, *(spec for spec in checked if spec.name not in names)]
-
-
-def ranking_dense_inputs(dense_sides: list[Side]) -> list[TensorSpec]:
-    """The ranking request's dense features: [1, Du] of the user, [N, Di] of the candidates (absent when empty)."""
-    specs = []
-    for side, name in (("user", naming.USER_DENSE_FEATURES), ("item", naming.ITEM_DENSE_FEATURES)):
-        width = sum(1 for value in dense_sides if value == side)
-        if width:
-            specs.append(fp32(name, _rows_of(side), width))
-    return specs
-
-
-def ranking_inputs(plan: Plan, dense_sides: list[Side]) -> list[TensorSpec]:
-    """The ranking request contract (full shapes, no batch dimension): one user row, N candidate rows."""
-    return [*ranking_dense_inputs(dense_sides), *ranking_sparse_inputs(plan)]
-
-
-def ranking_outputs() -> list[TensorSpec]:
-    """The ranking request's output: one score per candidate."""
-    return [fp32(naming.SCORE, -1, 1)]
 
 
 def _rows_of(side: str) -> int:

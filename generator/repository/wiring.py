@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from itertools import accumulate, pairwise
 
 from generator import naming
-from generator.model.imported import ImportedModel
 from generator.planning.plan import Model, Plan, ShardGroup
 from generator.repository.layout import (
     DenseSignature,
     TensorSpec,
     dense_tensors,
     fp32,
-    imported_ranking_dense_inputs,
     int32,
     ranking_dense_inputs,
     table_dims,
@@ -261,6 +259,4 @@ def _part_columns(
 def ranking_dense_step_inputs(wire: WireLayout, model: Model) -> list[TensorSpec]:
     """The ranking dense step's inputs: the request's dense tensors, the [1 + N, ...] partial sums (and counts)."""
     partials = [spec.unbatched() for spec in [*wire.partial_sum_inputs(), *wire.counts]]
-    if isinstance(model, ImportedModel):
-        return [*imported_ranking_dense_inputs(model), *partials]
-    return [*ranking_dense_inputs(model.dense_sides), *partials]
+    return [*ranking_dense_inputs(model), *partials]

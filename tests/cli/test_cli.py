@@ -328,7 +328,7 @@ def test_ctrl_c_during_a_build_prints_one_line_and_keeps_the_old_output(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(builds.export, "export_dense", interrupted)
+    monkeypatch.setattr(builds.dense_graphs, "export_dense", interrupted)
     result = CliRunner().invoke(
         main, ["build", "--model", str(model), "--out", str(tmp_path / "r"), "--ensembles", str(tmp_path / "e"),
                "--force"],

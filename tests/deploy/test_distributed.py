@@ -19,7 +19,7 @@ from generator.deploy.supervisor import Supervisor
 from generator.errors import OutputExistsError
 from generator.model.imported import import_module
 from generator.planning.plan import Placement, Plan, table_plan, uniform_plan
-from generator.repository import export
+from generator.repository import dense_graphs
 from generator.repository.params import RemoteCallPolicy
 from generator.repository.validation import parse_strict
 from generator.traffic.requests import RankingRequest, random_request, reference_scores
@@ -81,7 +81,7 @@ def test_failed_distributed_build_leaves_nothing(tmp_path: Path, monkeypatch: py
     def broken_export(*args: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export, "export_dense", broken_export)  # fails after the group repositories are written
+    monkeypatch.setattr(dense_graphs, "export_dense", broken_export)  # fails after the group repositories are written
     with pytest.raises(RuntimeError, match="disk full"):
         build_distributed(tiny_model(), two_group_plan(), tmp_path / "dist")
     assert list(tmp_path.iterdir()) == []

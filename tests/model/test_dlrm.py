@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from generator.errors import ModelFileError, UserInputError
-from generator.model.dlrm import DLRM, TableSpec, example_model, pool_rows
+from generator.model.dlrm import DLRM, TableSpec, pool_rows
+from generator.model.examples import example_model
 from tests.conftest import tiny_model, wide_model
 
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from generator.model.imported import ImportedModel, import_module
-from generator.repository.imported_graphs import user_split
 from tests.model import zoo
 
 USER_SIDE = ["user_dense", "history", "user_ids"]
@@ -21,7 +20,8 @@ def _heavy_user(head: str) -> ImportedModel:
 
 def _ranking_outputs(model: ImportedModel, candidates: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The split's outputs for a ranking request, and the module's for the same request flattened."""
-    split = user_split(model)
+    split = model.user_split()
+    assert split is not None
     _, flattened = model.random_ranking_request(candidates, seed)
     dense = [torch.from_numpy(flattened[name]) for name, _ in model.dense_inputs]
     inputs = [*dense, *model.pooled(flattened)]
@@ -34,7 +34,8 @@ def _ranking_outputs(model: ImportedModel, candidates: int, seed: int) -> tuple[
 @pytest.mark.parametrize("head", [h for h in zoo.HEAVY_USER_HEADS if h != "batch_normalized"])
 def test_the_user_tower_runs_once_and_the_outputs_equal_the_module(head: str) -> None:
     model = _heavy_user(head)
-    split = user_split(model)
+    split = model.user_split()
+    assert split is not None
     # user MLP (3 linears, 2 relus), history projection and tanh, the concatenation and its projection
     assert split.user_ops >= 8 and split.user_ops < split.total_ops, str(split)
     assert [boundary.dims for boundary in split.boundaries] == [(16,)], str(split)
@@ -48,7 +49,8 @@ def test_the_user_tower_runs_once_and_the_outputs_equal_the_module(head: str) ->
 
 def test_a_node_that_reads_other_rows_of_the_batch_stops_the_user_side_and_is_named() -> None:
     model = _heavy_user("batch_normalized")
-    split = user_split(model)
+    split = model.user_split()
+    assert split is not None
     assert len(split.stops) == 1, str(split)
     stop = split.stops[0]
     assert "norm" in stop.target and stop.source.startswith("zoo.py:") and "rows" in stop.reason
@@ -61,7 +63,7 @@ def test_a_model_with_nothing_user_side_past_its_inputs_broadcasts_them() -> Non
     model = import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 5}).with_user_side(
         ["user_ids", "features"]
     )
-    split = user_split(model)  # the cross network's first operation concatenates user and item parts
+    split = model.user_split()  # the cross network's first operation concatenates user and item parts
     assert split.user_ops == 0 and {boundary.node for boundary in split.boundaries} == {"features", "pooled_user_ids"}
     ours, theirs = _ranking_outputs(model, 5, seed=1)
     np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
@@ -83,7 +85,8 @@ class _Reshaping(torch.nn.Module):
 def test_sizes_read_from_the_batch_are_recomputed_on_each_side() -> None:
     example = (torch.randn(3, 6), torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2]))
     model = import_module(_Reshaping().eval(), example, max_ids={"*": 2}).with_user_side(["user"])
-    split = user_split(model)
+    split = model.user_split()
+    assert split is not None
     assert split.user_ops == 2 and [boundary.node for boundary in split.boundaries] == ["sum_1"], str(split)
     batch_reads = [n for n in split.user_graph.graph.nodes if n.target is torch.ops.aten.sym_size.int]
     assert [n.args[0].name for n in batch_reads] == ["user"]  # the user graph reads its own batch of 1

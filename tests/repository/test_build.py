@@ -9,7 +9,7 @@ import torch
 from generator import naming
 from generator.errors import ExportError, OutputExistsError, UserInputError
 from generator.planning.plan import uniform_plan
-from generator.repository import build, export, runtime_files, wiring
+from generator.repository import build, dense_graphs, runtime_files, wiring
 from tests.conftest import requires_server, tiny_model, wide_model
 
 
@@ -86,14 +86,14 @@ def test_failed_build_keeps_previous_output_and_leaves_no_temporaries(tmp_path: 
     def explode(*args, **kwargs):
         raise ExportError("simulated export failure")
 
-    monkeypatch.setattr(export, "export_dense", explode)
+    monkeypatch.setattr(dense_graphs, "export_dense", explode)
     with pytest.raises(ExportError, match="simulated"):
         _build(tmp_path, force=True)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
 
 
 def test_failed_first_build_writes_nothing(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(export, "export_dense", lambda *a, **k: (_ for _ in ()).throw(ExportError("boom")))
+    monkeypatch.setattr(dense_graphs, "export_dense", lambda *a, **k: (_ for _ in ()).throw(ExportError("boom")))
     with pytest.raises(ExportError):
         _build(tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -29,7 +29,7 @@ def _all_configs(
     leaves = configs.LeafOptions(backend, target)
     dense = model.num_dense_features
     wire = wiring.wire_layout(plan)
-    rendered = [configs.router_config(plan, wire, dense), configs.dense_config(plan, wire, dense, leaves)]
+    rendered = [configs.router_config(plan, wire, dense), configs.dense_config(plan, wire, model, leaves)]
     rendered += [configs.shard_group_config(plan, wired, leaves) for wired in wire.groups]
     rendered.append(configs.ensemble_config(plan, wire, model.num_dense_features))
     return {config.name: config for config in rendered}

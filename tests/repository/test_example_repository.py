@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from generator.check import client
 from generator.cli import main
-from generator.model.dlrm import tiny_example_model
+from generator.model.examples import tiny_example_model
 from tests.conftest import requires_server
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,8 +1,9 @@
-"""The ONNX graphs of an imported model's dense steps: the flattened one and the ranking ensemble's.
+"""The ONNX graphs of a model's dense steps: the flattened one and the ranking ensemble's.
 
-Both run the model's own remainder (everything after its lookups) behind a prologue that adds each feature's
-partial sums from the shard groups (and divides the mean-pooled ones by their id counts); the ranking one runs it
-split between the user side, computed once per request, and the candidates (`generator.model.user_split`).
+Both run the model's dense graph (an imported model's remainder after its lookups, recgen's DLRM tower) behind a
+prologue that adds each feature's partial sums from the shard groups (and divides the mean-pooled ones by their id
+counts); the ranking one runs it split between the user side, computed once per request, and the candidates
+(`generator.model.user_split`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import torch
 from torch import nn
 
 from generator import naming
-from generator.model.imported import ImportedModel
-from generator.model.user_split import UserSplit, split_user_side
-from generator.planning.plan import Plan
+from generator.model.user_split import UserSplit
+from generator.planning.plan import Model, Plan
 from generator.repository import layout, wiring
 from generator.repository.configs import LeafOptions
-from generator.repository.export import EXPORT_EXAMPLE_BATCH, export_onnx
-from generator.repository.runtime_files import ONNX_RUNNER_MODULE, install_python_model
+from generator.repository.export import EXPORT_EXAMPLE_BATCH, export_dense_weights, export_onnx
+from generator.repository.runtime_files import DENSE_MODULE, ONNX_RUNNER_MODULE, install_python_model
 from generator.repository.wiring import WireLayout
 
 
@@ -47,8 +47,8 @@ class Pooling:
         return total
 
 
-class ImportedDenseGraph(nn.Module):
-    """The ONNX graph of an imported model's dense step: pool every feature from its parts, then the remainder."""
+class DenseStepGraph(nn.Module):
+    """The ONNX graph of a dense step: pool every feature from its parts, then the model's dense graph."""
 
     def __init__(self, remainder: nn.Module, num_dense: int, pooling: Pooling):
         super().__init__()
@@ -64,16 +64,15 @@ class ImportedDenseGraph(nn.Module):
         return tuple(self.remainder(*dense, *pooled))
 
 
-def _imported_dense_graph(
-    model: ImportedModel, plan: Plan, wire: WireLayout
-) -> tuple[ImportedDenseGraph, list[layout.TensorSpec]]:
-    """The flattened dense step of an imported model and its inputs (dense tensors, partial sums, counts)."""
-    inputs = wiring.dense_inputs(wire, model.dense_inputs)
-    position = {spec.name: index - len(model.dense_inputs) for index, spec in enumerate(inputs)}
+def _dense_step_graph(model: Model, plan: Plan, wire: WireLayout) -> tuple[DenseStepGraph, list[layout.TensorSpec]]:
+    """The flattened dense step of a model and its inputs (dense tensors, partial sums, counts)."""
+    num_dense = len(layout.dense_tensors(model.dense_signature))
+    inputs = wiring.dense_inputs(wire, model.dense_signature)
+    position = {spec.name: index - num_dense for index, spec in enumerate(inputs)}
     parts = [[(position[name], first, last) for name, first, last in per] for per in wire.part_columns]
     means = wiring.mean_features(plan)
     counted = [means.index(f.name) if f.name in means else None for f in plan.sparse_features]
-    return ImportedDenseGraph(model.cut.remainder, len(model.dense_inputs), Pooling(parts, counted)).eval(), inputs
+    return DenseStepGraph(model.dense_graph, num_dense, Pooling(parts, counted)).eval(), inputs
 
 
 def _examples(specs: Sequence[layout.TensorSpec], rows: Sequence[int], counted: bool) -> list[torch.Tensor]:
@@ -85,11 +84,22 @@ def _examples(specs: Sequence[layout.TensorSpec], rows: Sequence[int], counted: 
     return example
 
 
-def export_imported_dense(
-    model: ImportedModel, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path
-) -> None:
-    """An imported model's dense step as model.onnx (ORT inside a Python model on the embedded server)."""
-    graph, inputs = _imported_dense_graph(model, plan, wire)
+def export_dense(model: Model, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path) -> str:
+    """The dense step, and what it wrote in a few words.
+
+    recgen's numpy tower where the model has one and `--backend python` asks for it; else its dense graph as ONNX.
+    """
+    tower = model.numpy_tower() if leaves.backend == "python" else None
+    if tower is not None:
+        export_dense_weights(tower, DENSE_MODULE, version_dir)
+        return model.dense_description
+    export_dense_graph(model, plan, wire, leaves, version_dir)
+    return f"{model.dense_description} (ONNX)"
+
+
+def export_dense_graph(model: Model, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path) -> None:
+    """A model's dense step as model.onnx (ORT inside a Python model on the embedded server)."""
+    graph, inputs = _dense_step_graph(model, plan, wire)
     example = _examples(inputs, [EXPORT_EXAMPLE_BATCH] * len(inputs), bool(wire.counts))
     names = [spec.name for spec in inputs]
     outputs = [name for name, _ in model.outputs]
@@ -99,7 +109,7 @@ def export_imported_dense(
 
 
 class RankingDenseGraph(nn.Module):
-    """An imported model's dense step for a ranking request: one user, N candidates.
+    """A model's dense step for a ranking request, one user and N candidates (a model without numpy kernels).
 
     The partial sums (and counts) arrive as [1 + N, ...]: row 0 holds the pools of the user-side features, rows
     1..N those of the candidates' (each is zero where the other side's features sit). The user's pools come from
@@ -123,26 +133,13 @@ class RankingDenseGraph(nn.Module):
         return tuple(self.candidate_graph(*[values[i] for i in self.candidate_inputs], *crossing))
 
 
-def user_split(model: ImportedModel) -> UserSplit:
-    """The split of the model's dense graph between its user side (once per request) and the candidates."""
-    user_dense = [model.side_of(name) == "user" for name, _ in model.dense_inputs]
-    user_side = [*user_dense, *(feature.side == "user" for feature in model.features)]
-
-    def samples(candidates: int, seed: int) -> list[torch.Tensor]:
-        _, flattened = model.random_ranking_request(candidates, seed)
-        return [*(torch.from_numpy(flattened[name]) for name, _ in model.dense_inputs), *model.pooled(flattened)]
-
-    return split_user_side(model.cut.remainder, user_side, samples)
-
-
-def export_imported_ranking_dense(
-    model: ImportedModel, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path
-) -> UserSplit:
-    """The ranking ensemble's dense step of an imported model as model.onnx (see `RankingDenseGraph`)."""
-    flattened, _ = _imported_dense_graph(model, plan, wire)
-    split = user_split(model)
+def export_ranking_dense_graph(
+    model: Model, split: UserSplit, plan: Plan, wire: WireLayout, leaves: LeafOptions, version_dir: Path
+) -> None:
+    """The ranking ensemble's dense step as model.onnx: the model's dense graph split (see `RankingDenseGraph`)."""
+    flattened, _ = _dense_step_graph(model, plan, wire)
     inputs = wiring.ranking_dense_step_inputs(wire, model)
-    user_dense = [model.side_of(name) == "user" for name, _ in model.dense_inputs]
+    user_dense = [side == "user" for _, side, _ in model.ranking_dense_tensors()]
     user_features = [feature.side == "user" for feature in model.features]
     candidates = torch.export.Dim("candidates", min=1, max=1 << 20)
     rows = torch.export.Dim("rows", min=2, max=(1 << 20) + 1) if not any(not user for user in user_dense) else None
@@ -162,4 +159,3 @@ def export_imported_ranking_dense(
     )
     if leaves.target == "embedded":
         install_python_model(ONNX_RUNNER_MODULE, version_dir)
-    return split
