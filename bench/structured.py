@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,36 @@ def _busy_us_per_request(
     return busy_us
 
 
+def _onnx_run_us(repository: Path, candidates: int, runs: int = 200) -> dict[str, float]:
+    """Microseconds one ONNX Runtime call of each ONNX dense step takes in this process (1 thread) for N candidates.
+
+    What the step's busy time holds beyond this is the Python backend's cost of an execution (stub IPC, tensors).
+    """
+    import onnxruntime as ort
+
+    timings = {}
+    for step in (s["dense"] for s in STEPS.values()):
+        path = repository / step / "1" / naming.ONNX_MODEL_FILE
+        if not path.exists():  # recgen's DLRM with --backend python: numpy kernels
+            continue
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        feeds = {}
+        for tensor in session.get_inputs():
+            rows = 1 if tensor.name.startswith("user_") else candidates + (0 if "ranking" not in step else 1)
+            rows = candidates if tensor.name.startswith("item_") else rows
+            dims = [rows, *(d if isinstance(d, int) else 1 for d in tensor.shape[1:])]
+            feeds[tensor.name] = np.random.default_rng(0).random(dims, dtype=np.float32)
+        for _ in range(20):
+            session.run(None, feeds)
+        start = time.perf_counter()
+        for _ in range(runs):
+            session.run(None, feeds)
+        timings[step] = (time.perf_counter() - start) / runs * 1e6
+    return timings
+
+
 def run_structured(
     workloads: list[tuple[str, Callable[[], Model]]],
     candidates: list[int],
@@ -204,8 +235,10 @@ def run_structured(
                             for step, busy_us in _busy_us_per_request(before, after).items():
                                 timed[f"{step}_us_per_request"] = busy_us
                             runs[mode].append(timed)
+                    onnx_us = _onnx_run_us(result.repository, count)
                     for mode, measured in runs.items():
                         median = median_round(measured, key=lambda c: c["requests_per_s"])
+                        median["dense_onnx_run_us"] = onnx_us.get(STEPS[mode]["dense"], float("nan"))
                         cell = {
                             **median,
                             "mode": mode,
@@ -218,7 +251,8 @@ def run_structured(
                             f"{label} N {count:>4} {mode:<9}: {cell['requests_per_s']:8.1f} req/s, "
                             f"{cell['bytes_per_request']:>9,} B/request, p99 {cell['p99_ms']:.1f} ms, "
                             f"{cell['cpu_ms_per_request']:.2f} CPU ms/request, busy per request: router "
-                            f"{cell['router_us_per_request']:.0f} us, dense {cell['dense_us_per_request']:.0f} us",
+                            f"{cell['router_us_per_request']:.0f} us, dense {cell['dense_us_per_request']:.0f} us "
+                            f"(its ONNX graph alone {cell['dense_onnx_run_us']:.0f} us)",
                             flush=True,
                         )
                 for each in (c for per_mode in clients.values() for c in per_mode):
@@ -230,8 +264,9 @@ def markdown_structured(cells: list[dict]) -> str:
     by_key = {(c["workload"], c["candidates"], c["mode"]): c for c in cells}
     lines = [
         "| workload | N | flattened req/s | packed req/s | packed ÷ flattened | server CPU ms/request, flattened "
-        "| packed | dense step us/request, flattened | packed | flattened B/req | packed B/req | bytes ÷ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| packed | dense step us/request, flattened | packed | packed dense ONNX run alone, us | flattened B/req "
+        "| packed B/req | bytes ÷ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, count in dict.fromkeys((c["workload"], c["candidates"]) for c in cells):
         flat, packed = by_key[(label, count, "flattened")], by_key[(label, count, "packed")]
@@ -239,7 +274,8 @@ def markdown_structured(cells: list[dict]) -> str:
             f"| {label} | {count} | {flat['requests_per_s']:,.1f} | {packed['requests_per_s']:,.1f} | "
             f"{packed['requests_per_s'] / flat['requests_per_s']:.2f}x | {flat['cpu_ms_per_request']:.2f} | "
             f"{packed['cpu_ms_per_request']:.2f} | {flat.get('dense_us_per_request', float('nan')):.0f} | "
-            f"{packed.get('dense_us_per_request', float('nan')):.0f} | {flat['bytes_per_request']:,} | "
+            f"{packed.get('dense_us_per_request', float('nan')):.0f} | "
+            f"{packed.get('dense_onnx_run_us', float('nan')):.0f} | {flat['bytes_per_request']:,} | "
             f"{packed['bytes_per_request']:,} | {flat['bytes_per_request'] / packed['bytes_per_request']:.2f}x |"
         )
     return "\n".join(lines)
