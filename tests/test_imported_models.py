@@ -49,10 +49,9 @@ def _models() -> dict[str, tuple[ImportedModel, str]]:
             "onnx",
         ),
     }
-    for name, head in (("heavy", "cross"), ("usertowers", "towers")):  # heavy user sides, split at build time
-        module = zoo.HeavyUser(head).eval()
-        imported = import_module(module, zoo.heavy_user_example(), max_ids={"*": 6})
-        models[name] = (imported.with_user_side(["user_dense", "history", "user_ids"]), "python")
+    # A heavy user side, split at build time (the other heads: tests/model/test_user_split.py)
+    heavy = import_module(zoo.HeavyUser("cross").eval(), zoo.heavy_user_example(), max_ids={"*": 6})
+    models["heavy"] = (heavy.with_user_side(["user_dense", "history", "user_ids"]), "python")
     try:
         module, example = zoo.torchrec_models()["dcn"]
     except ImportError:
@@ -129,7 +128,7 @@ def test_bad_requests_name_the_feature_and_the_next_request_succeeds(served: Any
 
 
 #: Models built with user-side features, so with a `<name>_ranking` ensemble.
-RANKED = ("dcn", "weighted", "heavy", "usertowers")
+RANKED = ("dcn", "weighted", "heavy")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -149,10 +148,9 @@ def test_ranking_requests_pool_the_user_once_and_equal_the_module(served: Any, p
 
 def test_the_build_reports_the_user_side_it_computes_once(served: Any) -> None:
     _, _, built = served
-    for name in ("heavy", "usertowers"):
-        (dense,) = [model for model in built[name].models if model.name == f"{name}_dense_ranking"]
-        assert dense.notes and dense.notes[0].startswith("user side once per request: 8 of "), dense.notes
-        assert f"{name}_dense_ranking: user side once per request" in str(built[name])
+    (dense,) = [model for model in built["heavy"].models if model.name == "heavy_dense_ranking"]
+    assert dense.notes and dense.notes[0].startswith("user side once per request: 8 of "), dense.notes
+    assert "heavy_dense_ranking: user side once per request" in str(built["heavy"])
     (dense,) = [model for model in built["dcn"].models if model.name == "dcn_dense_ranking"]
     assert dense.notes[0].startswith("user side once per request: 0 of "), dense.notes  # the cross mixes at once
 
