@@ -26,7 +26,7 @@ from generator.model.cut import cut_program
 from generator.model.dlrm import PADDING_ID, Side, TableSpec
 from generator.model.features import FeatureSpec
 from generator.model.import_settings import IMPORT_SETTINGS_FILE, ImportSettings
-from generator.model.input_form import dynamic_leaf, module_inputs, restructure
+from generator.model.input_form import by_parameter, dynamic_leaf, module_inputs, restructure
 from generator.model.lookups import served_rows
 from generator.model.program import Cut, Lookup, spec_children
 from generator.model.pt2_files import quiet_tracing, tensors_written_in_place
@@ -314,7 +314,7 @@ def import_module(
     flat = [dynamic_leaf(first, leaf, path, keys[leaf], id_dims) for leaf, path in enumerate(first.leaves)]
     args_spec, _ = spec_children(first.in_spec)
     dynamic_shapes = restructure(args_spec, flat[: args_spec.num_leaves])
-    program = _export(module, args, tuple(dynamic_shapes))
+    program = _export(module, args, by_parameter(module.forward, dynamic_shapes))
     return _assemble(cut_program(program), program, module, max_ids, check=True)
 
 

@@ -8,7 +8,8 @@ are the batch or an id count when the module is exported with a dynamic batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -165,3 +166,12 @@ def restructure(spec: pytree.TreeSpec, flat: list[Any]) -> Any:
     return (
         children if getattr(spec.type, "__name__", "") == "KeyedJaggedTensor" or spec.type is list else tuple(children)
     )
+
+
+def by_parameter(forward: Any, per_argument: Sequence[Any]) -> tuple[Any, ...]:
+    """Dynamic shapes per positional argument, nested as `forward` takes them: a `*args` parameter as one tuple."""
+    parameters = list(inspect.signature(forward).parameters.values())
+    variadic = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    if variadic is None or variadic >= len(per_argument):
+        return tuple(per_argument)
+    return (*per_argument[:variadic], tuple(per_argument[variadic:]))

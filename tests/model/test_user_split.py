@@ -94,6 +94,39 @@ def test_sizes_read_from_the_batch_are_recomputed_on_each_side() -> None:
     np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
 
 
+class _TupleResults(torch.nn.Module):
+    """User-side operations with several results (a chunk, a max with its indices) and an integer tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.history = torch.nn.EmbeddingBag(100, 8, mode="sum")
+        self.items = torch.nn.EmbeddingBag(50, 8, mode="sum")
+        self.user = torch.nn.Linear(6, 16)
+        self.out = torch.nn.Linear(8 + 4 + 4 + 8, 1)
+
+    def forward(self, user_dense: torch.Tensor, *ids_and_offsets: torch.Tensor) -> torch.Tensor:
+        history_ids, history_offsets, item_ids, item_offsets = ids_and_offsets
+        first, second = self.user(user_dense).chunk(2, dim=1)
+        peak, where = torch.max(first.view(-1, 2, 4), dim=1)
+        history, item = self.history(history_ids, history_offsets), self.items(item_ids, item_offsets)
+        mixed = where.float() + item[:, :4].sum(1, keepdim=True)
+        return torch.sigmoid(self.out(torch.cat([second * history, peak, mixed, item], 1)))
+
+
+def test_operations_with_several_results_stay_on_the_user_side() -> None:
+    ids, offsets = torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2])
+    module = _TupleResults().eval()
+    example = (torch.randn(3, 6), ids, offsets, ids.clone(), offsets.clone())  # distinct tensors: distinct inputs
+    model = import_module(module, example, max_ids={"*": 3})
+    model = model.with_user_side(["user_dense", "ids_and_offsets_0"])
+    split = model.user_split()
+    assert split is not None and not split.stops and split.user_ops >= 8, str(split)
+    for candidates in (1, 5, 33):
+        ours, theirs = _ranking_outputs(model, candidates, seed=candidates)
+        np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
+
+
 def test_every_input_on_the_user_side_is_refused() -> None:
     model = import_module(zoo.HeavyUser("dot").eval(), zoo.heavy_user_example(), max_ids={"*": 6})
     with pytest.raises(Exception, match="every input"):
