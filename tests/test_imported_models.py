@@ -148,11 +148,11 @@ def test_ranking_requests_pool_the_user_once_and_equal_the_module(served: Any, p
 
 def test_the_build_reports_the_user_side_it_computes_once(served: Any) -> None:
     _, _, built = served
-    (dense,) = [model for model in built["heavy"].models if model.name == "heavy_dense_ranking"]
-    assert dense.notes and dense.notes[0].startswith("user side once per request: 8 of "), dense.notes
-    assert "heavy_dense_ranking: user side once per request" in str(built["heavy"])
-    (dense,) = [model for model in built["dcn"].models if model.name == "dcn_dense_ranking"]
-    assert dense.notes[0].startswith("user side once per request: 0 of "), dense.notes  # the cross mixes at once
+    for name, once in (("heavy", 9), ("dcn", 2)):  # the user tower (heavy), the user half of a projection of x0
+        (dense,) = [model for model in built[name].models if model.name == f"{name}_dense_ranking"]
+        assert dense.notes and dense.notes[0].startswith(f"user side once per request: {once} of "), dense.notes
+        assert "1 linear layer(s) over user and item parts split by columns" in dense.notes[0]
+        assert f"{name}_dense_ranking: user side once per request" in str(built[name])
 
 
 def test_the_build_says_the_backend_changed_nothing(served: Any) -> None:

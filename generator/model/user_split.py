@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import fx
 
+from generator.model.column_split import split_concatenated_linears
 from generator.model.program import source_of
 
 #: A node's place in the split: computed once (user), per candidate (item), wherever it is read (const), or a
@@ -80,6 +81,8 @@ class UserSplit:
     boundaries: tuple[Boundary, ...]
     stops: tuple[Stop, ...]
     max_abs_diff: float  # the split against the flattened graph on the check sample
+    #: Linear layers over user and item parts split by their weight's columns (`column_split`).
+    split_linears: int = 0
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Outputs for the remainder's inputs: user-side ones [1, ...], candidate-side ones [N, ...]."""
@@ -89,6 +92,8 @@ class UserSplit:
     def __str__(self) -> str:
         crossing = ", ".join(map(str, self.boundaries)) or "none"
         line = f"user side once per request: {self.user_ops} of {self.total_ops} ops; to the candidates: {crossing}"
+        if self.split_linears:
+            line += f"; {self.split_linears} linear layer(s) over user and item parts split by columns"
         return "\n".join([line, *(f"  stopped at {stop}" for stop in self.stops)])
 
 
@@ -102,12 +107,19 @@ def split_user_side(remainder: fx.GraphModule, user_side: Sequence[bool], sample
         raise ValueError(f"the graph has {len(placeholders)} inputs, sides name {len(user_side)}")
     if all(user_side):
         raise ValueError("every input is user-side: the candidates would all get the same scores")
-    decision = _decide(remainder, dict(zip(placeholders, user_side, strict=True)), samples(_DECIDE_CANDIDATES, 0))
-    split = _Builder(remainder, decision).build()
+    sample = samples(_DECIDE_CANDIDATES, 0)
+    decision = _decide(remainder, dict(zip(placeholders, user_side, strict=True)), sample)
+    user_nodes = {node: side == "user" for node, side in decision.sides.items()}
+    rewritten, linears = split_concatenated_linears(remainder, user_nodes, decision.row_dims)
+    if linears:  # decide again on the rewritten graph: each split layer's user half is now user-side
+        copies = [node for node in rewritten.graph.nodes if node.op == "placeholder"]
+        split = _Builder(rewritten, _decide(rewritten, dict(zip(copies, user_side, strict=True)), sample)).build()
+    else:
+        split = _Builder(remainder, decision).build()
     check = samples(_CHECK_CANDIDATES, 1)
     worst = _difference(remainder, split, check)
     if worst <= SPLIT_ATOL:
-        return dataclasses.replace(split, max_abs_diff=worst)
+        return dataclasses.replace(split, max_abs_diff=worst, split_linears=linears)
     inputs_only = _Decision(
         {
             node: "item" if side == "user" and node.op != "placeholder" else side

@@ -38,7 +38,11 @@ def test_the_user_tower_runs_once_and_the_outputs_equal_the_module(head: str) ->
     assert split is not None
     # user MLP (3 linears, 2 relus), history projection and tanh, the concatenation and its projection
     assert split.user_ops >= 8 and split.user_ops < split.total_ops, str(split)
-    assert [boundary.dims for boundary in split.boundaries] == [(16,)], str(split)
+    # a head over cat([user, item]) has its first layer's user columns computed once too (a second boundary)
+    # what crosses: the user vector [1, 16] where the candidates read it, the split layer's user half [1, out]
+    crossing = {"mlp": [(16,)], "dot": [(16,)], "cross": [(16,), (32,)], "towers": [(16,), (16,)]}[head]
+    assert split.split_linears == (head != "dot"), str(split)
+    assert [boundary.dims for boundary in split.boundaries] == crossing, str(split)
     assert not split.stops and split.max_abs_diff <= 1e-5
     for candidates in (1, 2, 40):
         ours, theirs = _ranking_outputs(model, candidates, seed=candidates)
@@ -59,14 +63,21 @@ def test_a_node_that_reads_other_rows_of_the_batch_stops_the_user_side_and_is_na
     np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
 
 
-def test_a_model_with_nothing_user_side_past_its_inputs_broadcasts_them() -> None:
+def test_a_cross_over_user_and_item_parts_computes_its_projections_user_columns_once() -> None:
     model = import_module(zoo.DcnV2().eval(), zoo.dcn_example(), max_ids={"*": 5}).with_user_side(
         ["user_ids", "features"]
     )
-    split = model.user_split()  # the cross network's first operation concatenates user and item parts
-    assert split.user_ops == 0 and {boundary.node for boundary in split.boundaries} == {"features", "pooled_user_ids"}
-    ours, theirs = _ranking_outputs(model, 5, seed=1)
-    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
+    split = model.user_split()  # x0 = cat(features, user, item, tags); the first cross layer projects x0
+    assert split is not None and split.split_linears == 1, str(split)
+    # the user half of that projection [1, 34] crosses, and so do the user's parts of x0 (x0 * projection + x0)
+    assert {(b.node, b.dims) for b in split.boundaries} == {
+        ("features", (6,)),
+        ("pooled_user_ids", (16,)),
+        ("linear_default", (34,)),
+    }, str(split)
+    for candidates in (1, 5):
+        ours, theirs = _ranking_outputs(model, candidates, seed=candidates)
+        np.testing.assert_allclose(ours[0], theirs[0], atol=1e-5, rtol=0)
 
 
 class _Reshaping(torch.nn.Module):
