@@ -89,7 +89,10 @@ def _split(module: fx.GraphModule, node: fx.Node, user_parts: list[bool], widths
             chosen = [part for part, user in zip(parts, user_parts, strict=True) if user == side]
             joined = chosen[0] if len(chosen) == 1 else graph.call_function(torch.ops.aten.cat.default, (chosen, 1))
             arguments = (joined, graph.get_attr(names[side]), *((bias,) if bias is not None and not side else ()))
-            halves[side] = graph.call_function(torch.ops.aten.linear.default, arguments)
+            name = f"{node.name}_{'user' if side else 'item'}_columns"
+            halves[side] = graph.create_node("call_function", torch.ops.aten.linear.default, arguments, name=name)
         total = graph.call_function(torch.ops.aten.add.Tensor, (halves[False], halves[True]))
+    for made in (*halves.values(), total):  # the user's line that made the layer, for what the build reports
+        made.meta["stack_trace"] = node.meta.get("stack_trace")
     node.replace_all_uses_with(total)
     graph.erase_node(node)

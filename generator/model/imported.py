@@ -287,10 +287,10 @@ def _export(module: nn.Module, args: tuple[Any, ...], dynamic_shapes: Any = None
         raise
     except Exception as error:  # torch.export raises many types; all mean "this module does not trace"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelImportError(
-            f"torch.export could not trace the module ({type(error).__name__}: {first_line}); data-dependent "
-            "branches on ids or values cannot be served as a fixed graph"
-        ) from error
+        data_dependent = "datadependent" in type(error).__name__.lower() or "data-dependent" in str(error).lower()
+        hint = "; data-dependent branches on ids or values cannot be served as a fixed graph" if data_dependent else ""
+        what = f"torch.export could not trace the module ({type(error).__name__}: {first_line}){hint}"
+        raise ModelImportError(what) from error
 
 
 def import_module(

@@ -63,9 +63,11 @@ class Boundary:
 
     node: str
     dims: tuple[int, ...]
+    source: str = ""  # the user's line that made it, or ""
 
     def __str__(self) -> str:
-        return f"{self.node} [1, {', '.join(map(str, self.dims))}]"
+        at = f" ({self.source})" if self.source else ""
+        return f"{self.node} [1, {', '.join(map(str, self.dims))}]{at}"
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ class _Builder:
             candidate_inputs=tuple(i for i, node in enumerate(self.placeholders) if self.sides[node] != "user"),
             user_ops=sum(1 for node in operations if self.sides[node] == "user"),
             total_ops=len(operations),
-            boundaries=tuple(Boundary(node.name, self.decision.row_dims[node]) for node in boundaries),
+            boundaries=tuple(Boundary(node.name, self.decision.row_dims[node], source_of(node)) for node in boundaries),
             stops=tuple(self.decision.stops),
             max_abs_diff=float("nan"),
         )

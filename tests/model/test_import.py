@@ -250,7 +250,7 @@ REFUSALS = {
     "ids_read_outside": (_ReadsIdsOutside, "sparse input 'offsets' is read outside the embedding-bag lookups"),
     "max_norm": (_MaxNorm, "table .bag.weight. is read outside its pooled lookups .max_norm"),
     "plain_embedding": (_PlainEmbedding, "sparse input 'ids' is read outside the embedding-bag lookups"),
-    "branches": (_Branches, "torch.export could not trace the module"),
+    "branches": (_Branches, "could not trace the module .*; data-dependent branches on ids or values"),
     "no_bags": (_NoBags, "no embedding-bag lookup"),
     "computed_weights": (_ComputedWeights, "per-sample weights of the lookup of table 'bag' are neither"),
 }

@@ -69,11 +69,11 @@ def test_a_cross_over_user_and_item_parts_computes_its_projections_user_columns_
     )
     split = model.user_split()  # x0 = cat(features, user, item, tags); the first cross layer projects x0
     assert split is not None and split.split_linears == 1, str(split)
-    # the user half of that projection [1, 34] crosses, and so do the user's parts of x0 (x0 * projection + x0)
+    # the user columns of that projection [1, 34] cross, and so do the user's parts of x0 (x0 * projection + x0)
     assert {(b.node, b.dims) for b in split.boundaries} == {
         ("features", (6,)),
         ("pooled_user_ids", (16,)),
-        ("linear_default", (34,)),
+        ("linear_user_columns", (34,)),
     }, str(split)
     for candidates in (1, 5):
         ours, theirs = _ranking_outputs(model, candidates, seed=candidates)
