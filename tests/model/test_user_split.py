@@ -142,3 +142,32 @@ def test_every_input_on_the_user_side_is_refused() -> None:
     model = import_module(zoo.HeavyUser("dot").eval(), zoo.heavy_user_example(), max_ids={"*": 6})
     with pytest.raises(Exception, match="every input"):
         model.with_user_side([*USER_SIDE, "item_ids", "item_categories", "item_dense"])
+
+
+class _Interleaved(torch.nn.Module):
+    """A linear layer over parts that alternate sides ([u, i, u, i]), with or without a bias."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.bags = torch.nn.ModuleList(torch.nn.EmbeddingBag(40, width, mode="sum") for width in (3, 5, 2, 4))
+        self.layer = torch.nn.Linear(3 + 5 + 2 + 4, 6, bias=bias)
+
+    def forward(self, *ids_and_offsets: torch.Tensor) -> torch.Tensor:
+        pairs = zip(ids_and_offsets[::2], ids_and_offsets[1::2], strict=True)
+        parts = [bag(ids, offsets) for bag, (ids, offsets) in zip(self.bags, pairs, strict=True)]
+        return torch.tanh(self.layer(torch.cat(parts, 1)))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_linear_layer_over_interleaved_sides_is_split_by_its_columns_exactly(bias: bool) -> None:
+    example = [t for _ in range(4) for t in (torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2]))]
+    example = [t.clone() for t in example]  # a distinct tensor per input
+    model = import_module(_Interleaved(bias).eval(), example, max_ids={"*": 3})
+    model = model.with_user_side([model.features[0].name, model.features[2].name])
+    split = model.user_split()
+    assert split is not None and split.split_linears == 1, str(split)
+    assert [boundary.dims for boundary in split.boundaries] == [(6,)], str(split)  # only the user columns' product
+    for candidates in (1, 4, 19):
+        ours, theirs = _ranking_outputs(model, candidates, seed=candidates)
+        np.testing.assert_allclose(ours[0], theirs[0], atol=1e-6, rtol=0)
