@@ -74,6 +74,7 @@ class DistributedBuild:
                 f"{group.device}, {group.rows_bytes:,} bytes of rows, "
                 f"service {group.service}:{triton_runtime.GRPC_PORT}"
             )
+        lines += [f"  {model.name}: {note}" for model in self.models for note in model.notes]
         lines += [
             f"remote calls: deadline {policy.deadline_s:g} s, {policy.max_attempts} attempts, "
             f"backoff from {policy.backoff_s:g} s",

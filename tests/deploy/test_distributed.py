@@ -1,5 +1,6 @@
 """The distributed layout: one repository per shard group, a front whose remote steps call them over gRPC."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -73,6 +74,8 @@ def test_layout_has_a_front_and_one_repository_per_group(tmp_path: Path) -> None
         settings = json.loads(step.parameters["remote"].string_value)
         assert settings["endpoints"] == [f"{naming.service_name(name)}:8001"]
     assert "recgen serve --distributed" in str(result)
+    noted = dataclasses.replace(result.models[0], notes=("what the build wants said",))
+    assert f"  {noted.name}: what the build wants said" in str(dataclasses.replace(result, models=(noted,)))
     with pytest.raises(OutputExistsError):
         build_distributed(tiny_model(), plan, tmp_path / "dist", group_by="placement")
 
