@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,11 +104,19 @@ def test_statistics_reach_triton_and_the_log_says_which_step_loaded(floor_server
     dense.set_data_from_numpy(np.zeros((3, 13), np.float32))
     for _ in range(4):
         client.infer("batched", [ids, dense])
-    after = client.get_inference_statistics("batched", as_json=True)["model_stats"][0]
-    succeeded = int(after["inference_stats"]["success"]["count"]) - int(
-        before["inference_stats"]["success"].get("count", 0)
-    )
-    assert succeeded == 4
+
+    def succeeded(stats: dict) -> int:
+        return int(stats["inference_stats"]["success"].get("count", 0)) - int(
+            before["inference_stats"]["success"].get("count", 0)
+        )
+
+    deadline = time.monotonic() + 5.0
+    for _ in range(50):  # Triton records a request's statistics just after it sends the response
+        after = client.get_inference_statistics("batched", as_json=True)["model_stats"][0]
+        if succeeded(after) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert succeeded(after) == 4
     assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 12  # 4 requests x batch 3
     assert int(after["inference_stats"]["compute_infer"]["ns"]) > 0
     client.close()
