@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import re
 import statistics
 import tempfile
 from pathlib import Path
 
+from bench.report import write_report
 from generator.deploy import server as serve
 from generator.model.examples import example_model
 from generator.planning import plan
@@ -95,14 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recgen-load-times-") as workdir:
         cells = run(args.rounds, Path(workdir))
-    table = markdown(cells)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.date.today().isoformat()
-    (args.out / "load_times.json").write_text(json.dumps({"date": stamp, "cells": cells}, indent=2) + "\n")
-    (args.out / "load_times.md").write_text(table + "\n")
-    plot(cells, args.out / "load_times.png")
-    print(f"wrote {args.out}/load_times.json, load_times.md, load_times.png")
+    figures = {"date": datetime.date.today().isoformat(), "cells": cells}
+    write_report(args.out, "load_times", markdown(cells), figures, lambda path: plot(cells, path))
 
 
 if __name__ == "__main__":

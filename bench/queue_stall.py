@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import write_report
 from bench.structured import shared_model
 from generator import naming, triton_runtime
 from generator.check import client
@@ -151,12 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     cells = run(args.seconds, args.rounds, args.clients, args.slow_ms / 1e3)
     table = markdown(cells, args.slow_ms)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "queue_stall.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
-    (args.out / "queue_stall.md").write_text(table + "\n")
-    plot(cells, args.out / "queue_stall.png")
-    print(f"wrote {args.out}/queue_stall.json, queue_stall.md, queue_stall.png")
+    write_report(args.out, "queue_stall", table, {"cells": cells}, lambda path: plot(cells, path))
 
 
 if __name__ == "__main__":

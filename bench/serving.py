@@ -34,9 +34,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ import torch
 from tritonclient.utils import InferenceServerException
 
 from bench.loadgen import cpu_seconds, pss_bytes, server_processes
+from bench.report import write_report
 from bench.rounds import median_round, odd_rounds
 from bench.structured import markdown_structured, plot_structured, run_structured, structured_workloads
 from bench.threads import closed_loop
@@ -308,26 +309,16 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, nargs="+", default=[16, 64, 256])
     args = parser.parse_args()
     globals()["ENSEMBLE_INSTANCES"] = args.ensemble_instances
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.structured:
         concurrency = args.concurrency[0] if len(args.concurrency) == 1 else 4
         workloads = structured_workloads(args.shares, args.heavy_user, args.imported)
-        cells = run_structured(workloads, args.candidates, concurrency, args.seconds, args.rounds)
-        table = markdown_structured(cells)
-        print(table)
-        (args.out / "structured.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
-        (args.out / "structured.md").write_text(table + "\n")
-        plot_structured(cells, args.out / "structured.png")
-        print(f"wrote {args.out}/structured.json, structured.md, structured.png")
+        found = run_structured(workloads, args.candidates, concurrency, args.seconds, args.rounds)
+        table = markdown_structured(found)
+        write_report(args.out, "structured", table, {"cells": found}, partial(plot_structured, found))
         return
     cells, memory = run(args.systems, args.batches, args.concurrency, args.seconds, args.rounds)
-    table = markdown(cells, memory)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serving.json").write_text(json.dumps({"cells": cells, "pss_bytes": memory}, indent=2) + "\n")
-    (args.out / "serving.md").write_text(table + "\n")
-    plot(cells, args.out / "serving.png")
-    print(f"wrote {args.out}/serving.json, serving.md, serving.png")
+    figures = {"cells": cells, "pss_bytes": memory}
+    write_report(args.out, "serving", markdown(cells, memory), figures, lambda path: plot(cells, path))
 
 
 if __name__ == "__main__":
