@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from generator.cli import options
-from generator.planning import capacity, planner, precision
+from generator.planning import capacity, planner, precision, servers
 from generator.planning.plan import LookupStep
 from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
 
@@ -37,6 +37,22 @@ from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
     type=click.FloatRange(0, min_open=True),
     default=None,
     help="Put the dense model, then the hottest shards, on GPU while they fit.",
+)
+@click.option(
+    "--server-cores",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help=f"Cores of one server the replicas are placed on [default: {servers.DEFAULT_SERVER_CORES}].",
+)
+@click.option(
+    "--server-memory-gb",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help=f"Memory of one server [default: {servers.DEFAULT_SERVER_MEMORY_BYTES / 1e9:g}].",
+)
+@click.option("--server-gpus", type=click.IntRange(0, 64), default=None, help="GPUs of one server [default: 0].")
+@click.option(
+    "--server-gpu-memory-gb", type=click.FloatRange(0, min_open=True), default=None, help="Memory of each GPU."
 )
 @click.option(
     "--window-s",
@@ -109,6 +125,10 @@ def plan(
     capacity_path: Path | None,
     max_shards_per_table: int,
     gpu_memory_gb: float | None,
+    server_cores: int | None,
+    server_memory_gb: float | None,
+    server_gpus: int | None,
+    server_gpu_memory_gb: float | None,
     window_s: float,
     name: str,
     out_path: Path,
@@ -134,6 +154,7 @@ def plan(
         latency_slo_ms=latency_slo_ms,
         lookup_step=lookup_step or "fused",
         precision=precision.row_precision(row_dtypes, hot_share, hot_row_dtype, cold_row_dtype),
+        servers=servers.server_size(server_cores, server_memory_gb, server_gpus, server_gpu_memory_gb),
     )
     figures = capacity.load_with_overrides(capacity_path, **overrides)
     written = planner.plan_to_files(

@@ -18,6 +18,7 @@ from generator.model.features import max_ids_items
 from generator.model.loading import load_model
 from generator.planning import figure, memory, queueing
 from generator.planning.capacity import Capacity
+from generator.planning.choices import Device
 from generator.planning.cuts import ShardStats, cut_table
 from generator.planning.memory import ModelShape
 from generator.planning.placement import allocate_front_cache, place_on_gpu
@@ -25,7 +26,17 @@ from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, LookupStep, Placemen
 from generator.planning.plan_change import PlanChange, plan_change
 from generator.planning.plan_file import load_plan, row_order_path, save_plan
 from generator.planning.precision import RowPrecision
-from generator.planning.report import PlanReport, model_wise_totals, planned_totals
+from generator.planning.pricing import (
+    DENSE,
+    ROUTER,
+    Traffic,
+    model_wise_on_servers,
+    planned_components,
+    priced,
+    shard_name,
+)
+from generator.planning.report import PlanReport, Totals
+from generator.planning.servers import Fleet, ServerSize
 from generator.traffic.profile import AccessProfile, TableAccess
 
 
@@ -43,6 +54,8 @@ class PlanTargets:
     latency_slo_ms: float = queueing.DEFAULT_LATENCY_SLO_MS
     lookup_step: LookupStep = "fused"
     precision: RowPrecision = field(default_factory=RowPrecision)
+    #: The servers replicas are placed on (None: the default size, with one GPU of `gpu_memory_bytes` if given).
+    servers: ServerSize | None = None
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)
@@ -88,6 +101,7 @@ def plan_model(
     front_cache_bytes: int = 0,
     lookup_step: LookupStep = "fused",
     precision: RowPrecision | None = None,
+    servers: ServerSize | None = None,
 ) -> PlanReport:
     """Cut every table, size every model for `target_qps` queries of `batch_size` candidates, place on GPU.
 
@@ -95,11 +109,12 @@ def plan_model(
     lookups reach no shard, so hot shards need fewer replicas. Needs no weights; `plan_from_report` turns the
     result into a buildable Plan. `lookup_step`: "fused" sizes the router to pool the CPU shards itself, whose rows
     every router instance then maps (one copy); "separate" gives every shard group its own replicas. `precision`:
-    every shard's row dtype, fixed per table or by hotness (the cuts minimise the bytes it stores).
+    every shard's row dtype, fixed per table or by hotness (the cuts minimise the bytes it stores). `servers`: the
+    size of the servers the plan and the model-wise baseline are placed on (`pricing`).
     """
     targets = PlanTargets(
         target_qps, batch_size, max_shards_per_table, gpu_memory_bytes, window_s, max_batch_size, front_cache_bytes,
-        lookup_step=lookup_step, precision=precision or RowPrecision(),
+        lookup_step=lookup_step, precision=precision or RowPrecision(), servers=servers,
     )  # fmt: skip
     capacity = capacity or Capacity()
     accesses = [profile.table(spec.name) for spec in shape.tables]
@@ -107,33 +122,66 @@ def plan_model(
     lookups_per_query = _lookups_per_query(shape, profile, batch_size)
     window_lookups = [target_qps * window_s * lookups for lookups in lookups_per_query]
     stats = _cut_tables(shape, accesses, cached, targets, capacity)
-    whole_model_s = capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
-    model_wise_replicas = capacity.replicas(target_qps, whole_model_s)
     dense_replicas = capacity.replicas(target_qps, capacity.dense_seconds(batch_size))
     router_bytes = memory.router_bytes(shape.tables, cached, permuted=[True] * len(shape.tables))
     stats, dense_device = place_on_gpu(stats, dense_replicas * shape.dense_bytes, gpu_memory_bytes)
     lookups = dict(zip([spec.name for spec in shape.tables], lookups_per_query, strict=True))
-    router_replicas = capacity.replicas(target_qps, _router_seconds(capacity, lookups, stats, lookup_step))
-    planned = planned_totals(
-        shape, accesses, capacity, stats, (router_replicas, dense_replicas), router_bytes, window_lookups, cached,
-        pooled_by_router=lookup_step == "fused",
+    router_s = _router_seconds(capacity, lookups, stats, lookup_step)
+    router_replicas = capacity.replicas(target_qps, router_s)
+    traffic = Traffic(tuple(accesses), tuple(window_lookups), tuple(cached))
+    size = _server_size(targets)
+    planned, fleet = _plan_on_servers(
+        shape, traffic, capacity, size, stats, (target_qps, batch_size, lookups),
+        (router_s, router_replicas, dense_replicas), router_bytes, lookup_step, dense_device,
     )  # fmt: skip
+    whole_model_s = capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
+    baseline, baseline_fleet = model_wise_on_servers(shape, traffic, capacity, size, target_qps, whole_model_s)
+    cached_bytes = sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True))
     return PlanReport(
-        target_qps,
-        batch_size,
-        window_s,
-        capacity,
-        tuple(stats),
-        router_replicas,
-        dense_replicas,
-        planned,
-        model_wise_totals(shape, accesses, capacity, model_wise_replicas, window_lookups),
-        dense_device == "gpu",
-        tuple(cached),
-        sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True)),
-        _hit_rate(accesses, cached),
-        lookup_step,
-    )
+        target_qps, batch_size, window_s, capacity, tuple(stats), router_replicas, dense_replicas, planned, baseline,
+        dense_device == "gpu", tuple(cached), cached_bytes, _hit_rate(accesses, cached), lookup_step, fleet,
+        baseline_fleet,
+    )  # fmt: skip
+
+
+def _plan_on_servers(
+    shape: ModelShape,
+    traffic: Traffic,
+    capacity: Capacity,
+    size: ServerSize,
+    stats: Sequence[ShardStats],
+    load: tuple[float, int, Mapping[str, float]],
+    routers_and_dense: tuple[float, int, int],
+    router_bytes: int,
+    lookup_step: LookupStep,
+    dense_device: Device,
+) -> tuple[Totals, Fleet]:
+    """The plan's models placed on servers of `size`.
+
+    `load`: (queries/s, candidates per query, lookups per query by table); `routers_and_dense`: (router seconds
+    per query, router replicas, dense replicas).
+    """
+    target_qps, batch_size, lookups = load
+    router_s, router_replicas, dense_replicas = routers_and_dense
+    busy_s = {
+        ROUTER: target_qps * router_s,
+        DENSE: target_qps * capacity.dense_seconds(batch_size),
+        **{shard_name(s): target_qps * capacity.shard_seconds(lookups[s.table] * s.access_share) for s in stats},
+    }
+    components, held = planned_components(
+        stats, busy_s, (router_replicas, dense_replicas), router_bytes, shape.dense_bytes, capacity, lookup_step,
+        dense_device,
+    )  # fmt: skip
+    return priced(components, held, size, capacity, shape, traffic)
+
+
+def _server_size(targets: PlanTargets) -> ServerSize:
+    """The stated servers, or the default size with one GPU of the planner's GPU budget when it has one."""
+    if targets.servers is not None:
+        return targets.servers
+    if targets.gpu_memory_bytes:
+        return ServerSize(gpus=1, gpu_memory_bytes=targets.gpu_memory_bytes)
+    return ServerSize()
 
 
 def _cut_tables(
@@ -284,6 +332,7 @@ def plan_to_files(
         front_cache_bytes=targets.front_cache_bytes,
         lookup_step=targets.lookup_step,
         precision=targets.precision,
+        servers=targets.servers,
     )
     the_plan = plan_from_report(
         report,

@@ -1,27 +1,20 @@
-"""What a plan is expected to cost, next to the model-wise baseline: memory allocated and memory utility.
+"""What a plan is expected to cost, next to the model-wise baseline: servers, memory allocated and memory utility.
 
-The model-wise baseline holds the whole model per replica, with the same capacity model: one replica serves a
-query in `shard_fixed_s + shard_per_row_s * all lookups + dense time` (no routing, one step), so the comparison
-favours the baseline. Memory utility is the bytes of distinct rows each replica reads in a replay window, summed
-over replicas, divided by the bytes allocated for embeddings.
+Both are priced on servers of the same size (`pricing`, `servers`). The model-wise baseline holds the whole model
+once per server, with the same capacity model: one replica serves a query in `shard_fixed_s + shard_per_row_s *
+all lookups + dense time` (no routing, one step), so the comparison favours the baseline. Memory utility is the
+bytes of distinct rows each server reads in a window, summed over servers, divided by the bytes of rows they hold.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from generator.model.dlrm import TableSpec
 from generator.planning.capacity import Capacity
 from generator.planning.cuts import ShardStats
-from generator.planning.memory import ModelShape
 from generator.planning.plan import LookupStep
-from generator.traffic.profile import TableAccess
-from generator.triton_models.recgen_rows import bytes_per_row
+from generator.planning.servers import Fleet
 
 
 @dataclass(frozen=True)
@@ -76,6 +69,9 @@ class PlanReport:
     expected_hit_rate: float = 0.0
     #: "fused": the router replicas also pool the CPU shards (their rows mapped once); "separate": shard replicas.
     lookup_step: LookupStep = "separate"
+    #: The servers the plan and the model-wise baseline are placed on (None: priced without servers).
+    fleet: Fleet | None = None
+    model_wise_fleet: Fleet | None = None
 
     @property
     def memory_ratio(self) -> float:
@@ -104,7 +100,21 @@ class PlanReport:
                 "cached_rows": list(self.cached_rows),
                 "expected_hit_rate": self.expected_hit_rate,
             },
+            "servers": None if self.fleet is None else self.fleet.to_dict(),
+            "model_wise_servers": None if self.model_wise_fleet is None else self.model_wise_fleet.to_dict(),
         }
+
+    def _servers(self) -> list[str]:
+        """The servers of the plan, what each holds, and how many the model-wise baseline takes."""
+        if self.fleet is None or self.model_wise_fleet is None:
+            return []
+        stated = " (the default: --server-cores, --server-memory-gb)" if self.fleet.size.is_default else ""
+        return [
+            f"servers of {self.fleet.size}{stated}: planned {len(self.fleet.servers)}, model-wise "
+            f"{len(self.model_wise_fleet.servers)}",
+            f"  {'server':>9} {'cores busy':>11} {'memory GB':>9}  replicas",
+            *self.fleet.describe(),
+        ]
 
     def __str__(self) -> str:
         lines = [
@@ -122,6 +132,7 @@ class PlanReport:
         lines += [
             f"  router replicas {self.router_replicas}{pooled if self.lookup_step == 'fused' else ''}, "
             f"dense replicas {self.dense_replicas}",
+            *self._servers(),
             f"memory allocated: model-wise {self.model_wise.memory_bytes / 1e9:.3f} GB "
             f"({self.model_wise.replicas} whole-model replicas), planned {self.planned.memory_bytes / 1e9:.3f} GB "
             f"-> {_times(self.memory_ratio, 'less', 'more')}",
@@ -140,99 +151,3 @@ class PlanReport:
                 f"expected hit rate {self.expected_hit_rate:.1%} of lookups"
             )
         return "\n".join(lines)
-
-
-def _expected_unique(probabilities: np.ndarray, draws: float) -> float:
-    """Expected distinct items in `draws` independent draws with these probabilities."""
-    if draws <= 0 or probabilities.size == 0:
-        return 0.0
-    return float(-np.expm1(draws * np.log1p(-np.minimum(probabilities, 1.0 - 1e-12))).sum())
-
-
-def window_bytes_read(
-    access: TableAccess, spec: TableSpec, lookups: float, shards: Sequence[ShardStats], cached_rows: int = 0
-) -> float:
-    """Bytes of distinct rows each replica reads in a window of `lookups` lookups, summed over replicas."""
-    if not access.lookups:
-        return 0.0
-    probabilities = access.ranked_counts() / access.lookups
-    if cached_rows:  # the router serves these; shards never read them
-        probabilities = probabilities.copy()
-        probabilities[:cached_rows] = 0.0
-    read_bytes = 0.0  # each shard's rows in its dtype
-    for shard in shards:
-        within = probabilities[shard.row_start : min(shard.row_end, access.touched_rows)]
-        if shard.access_share <= 0 or within.size == 0 or not within.any():
-            continue
-        per_replica = lookups * shard.access_share / shard.replicas
-        read_bytes += (
-            shard.replicas
-            * _expected_unique(within / shard.access_share, per_replica)
-            * bytes_per_row(spec.dim, shard.row_dtype)
-        )
-    return read_bytes
-
-
-def model_wise_totals(
-    shape: ModelShape,
-    accesses: Sequence[TableAccess],
-    capacity: Capacity,
-    replicas: int,
-    window_lookups: Sequence[float],
-) -> Totals:
-    """The baseline: `replicas` whole-model replicas, each one shard per table that sees 1/R of the traffic."""
-    model_bytes = shape.embedding_bytes
-    bytes_read = sum(
-        window_bytes_read(
-            access,
-            spec,
-            lookups,
-            [ShardStats(spec.name, 0, 0, spec.num_rows, 1.0 if access.lookups else 0.0, replicas, 0, "cpu")],
-        )
-        for spec, access, lookups in zip(shape.tables, accesses, window_lookups, strict=True)
-    )
-    return Totals(
-        replicas=replicas,
-        memory_bytes=replicas * (model_bytes + shape.dense_bytes + capacity.replica_overhead_bytes)
-        + capacity.server_overhead_bytes,
-        embedding_bytes=replicas * model_bytes,
-        bytes_read=bytes_read,
-    )
-
-
-def planned_totals(
-    shape: ModelShape,
-    accesses: Sequence[TableAccess],
-    capacity: Capacity,
-    shards: Sequence[ShardStats],
-    replicas: tuple[int, int],
-    router_bytes: int,
-    window_lookups: Sequence[float],
-    cached_rows: Sequence[int],
-    *,
-    pooled_by_router: bool = False,
-) -> Totals:
-    """The plan: every shard's replicas and rows, `replicas` = (router, dense) with their data, one server.
-
-    `pooled_by_router` (fused lookup step): the CPU shards are no replicas of their own; their rows are mapped
-    read-only by every router instance, so they are held (and read) once.
-    """
-    router_replicas, dense_replicas = replicas
-    if pooled_by_router:
-        shards = [dataclasses.replace(s, replicas=1) if s.device == "cpu" else s for s in shards]
-    shard_replicas = sum(s.replicas for s in shards if not (pooled_by_router and s.device == "cpu"))
-    embedding_bytes = sum(s.memory_bytes for s in shards)
-    bytes_read = sum(
-        window_bytes_read(access, spec, lookups, [s for s in shards if s.table == spec.name], cached)
-        for spec, access, lookups, cached in zip(shape.tables, accesses, window_lookups, cached_rows, strict=True)
-    )
-    return Totals(
-        replicas=shard_replicas + router_replicas + dense_replicas,
-        memory_bytes=embedding_bytes
-        + shard_replicas * capacity.lookup_overhead_bytes
-        + router_replicas * (router_bytes + capacity.lookup_overhead_bytes)
-        + dense_replicas * (shape.dense_bytes + capacity.replica_overhead_bytes)
-        + capacity.server_overhead_bytes,
-        embedding_bytes=embedding_bytes,
-        bytes_read=bytes_read,
-    )

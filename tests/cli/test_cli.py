@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -452,3 +453,19 @@ def test_serve_restores_a_model_whose_stub_was_killed(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_plan_places_replicas_on_the_servers_it_is_given(tmp_path: Path) -> None:
+    model, profile = tmp_path / "m.pt", tmp_path / "p.npz"
+    _run("example", "--out", str(model))
+    assert _run("profile", "--model", str(model), "--zipf", "1.1", "--samples", "3000", "-o", str(profile))[0] == 0
+    common = ["plan", "--model", str(model), "--profile", str(profile), "--target-qps", "20000"]
+    code, out = _run(*common, "--server-cores", "2", "--server-memory-gb", "8", "-o", str(tmp_path / "plan.json"))
+    assert code == 0, out
+    assert "servers of 2 cores, 8 GB: planned" in out and "cores busy" in out and "router x" in out
+    totals = json.loads((tmp_path / "plan.json").read_text())["totals"]
+    assert totals["servers"]["server"] == {"cores": 2, "memory_bytes": 8 * 10**9, "gpus": 0, "gpu_memory_bytes": 0}
+    assert len(totals["model_wise_servers"]["servers"]) > 1
+    code, out = _run(*common, "--server-memory-gb", "0.05", "-o", str(tmp_path / "small.json"))
+    assert code != 0 and "(--server-memory-gb)" in out
+    assert not (tmp_path / "small.json").exists()

@@ -1,0 +1,189 @@
+"""A plan and the model-wise baseline priced on servers: their replicas placed (`servers.place`), memory and utility.
+
+Each model becomes a `servers.Component`: its replicas, the cores each keeps busy at the target load, the data a
+server hosting it holds once (a shard step's rows; with the fused lookup step, the router's: every CPU shard's
+rows), and each replica's own bytes. Memory allocated is the sum over the placed servers. Memory utility counts,
+per server and per copy of a shard's rows, the distinct rows that copy reads in a window of the traffic its
+replicas serve, and divides their bytes by the bytes of rows held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from generator.model.dlrm import TableSpec
+from generator.planning.capacity import Capacity
+from generator.planning.cuts import ShardStats
+from generator.planning.memory import ModelShape
+from generator.planning.plan import Device, LookupStep
+from generator.planning.report import Totals
+from generator.planning.servers import Component, Fleet, ServerSize, place
+from generator.traffic.profile import TableAccess
+from generator.triton_models.recgen_rows import bytes_per_row
+
+#: The names of the non-shard models in a fleet (a shard step is named `<table>/<shard>`).
+ROUTER, DENSE, WHOLE_MODEL = "router", "dense", "whole model"
+
+
+def _expected_unique(probabilities: np.ndarray, draws: float) -> float:
+    """Expected distinct items in `draws` independent draws with these probabilities."""
+    if draws <= 0 or probabilities.size == 0:
+        return 0.0
+    return float(-np.expm1(draws * np.log1p(-np.minimum(probabilities, 1.0 - 1e-12))).sum())
+
+
+def copy_bytes_read(
+    access: TableAccess, spec: TableSpec, shard: ShardStats, table_lookups: float, cached_rows: int = 0
+) -> float:
+    """Bytes of distinct rows of `shard` one copy of its rows reads in a window.
+
+    `table_lookups`: the lookups of its table that go to the replicas sharing that copy; the hottest `cached_rows`
+    ranks never reach a shard.
+    """
+    if not access.lookups or shard.access_share <= 0:
+        return 0.0
+    probabilities = access.ranked_counts() / access.lookups
+    if cached_rows:
+        probabilities = probabilities.copy()
+        probabilities[:cached_rows] = 0.0
+    within = probabilities[shard.row_start : min(shard.row_end, access.touched_rows)]
+    if within.size == 0 or not within.any():
+        return 0.0
+    draws = table_lookups * shard.access_share
+    return _expected_unique(within / shard.access_share, draws) * bytes_per_row(spec.dim, shard.row_dtype)
+
+
+def shard_name(shard: ShardStats) -> str:
+    """The name a shard step has in a fleet."""
+    return f"{shard.table}/{shard.index}"
+
+
+def planned_components(
+    shards: Sequence[ShardStats],
+    busy_s: Mapping[str, float],
+    replicas: tuple[int, int],
+    router_bytes: int,
+    dense_bytes: int,
+    capacity: Capacity,
+    lookup_step: LookupStep,
+    dense_device: Device = "cpu",
+) -> tuple[list[Component], dict[str, list[ShardStats]]]:
+    """The plan's models as fleet components, and the shards whose rows each holds.
+
+    `busy_s`: seconds of work per second at the target load, by model name (router, dense, each shard step). A
+    dense model on GPU holds its weights there (once per server) and keeps no core busy.
+    """
+    router_replicas, dense_replicas = replicas
+    pooled = [s for s in shards if lookup_step == "fused" and s.device == "cpu"]
+    components = [
+        Component(
+            ROUTER,
+            router_replicas,
+            busy_s[ROUTER] / router_replicas,
+            sum(s.bytes_per_replica for s in pooled),
+            router_bytes + capacity.lookup_overhead_bytes,
+        ),
+        Component(
+            DENSE, dense_replicas, busy_s[DENSE] / dense_replicas, 0, dense_bytes + capacity.replica_overhead_bytes
+        )
+        if dense_device == "cpu"
+        else Component(DENSE, dense_replicas, 0.0, dense_bytes, capacity.replica_overhead_bytes, "gpu"),
+    ]
+    held = {ROUTER: pooled}
+    for shard in shards:
+        if shard in pooled:
+            continue
+        name = shard_name(shard)
+        components.append(
+            Component(
+                name,
+                shard.replicas,
+                0.0 if shard.device == "gpu" else busy_s[name] / shard.replicas,
+                shard.bytes_per_replica,
+                capacity.lookup_overhead_bytes,
+                shard.device,
+            )
+        )
+        held[name] = [shard]
+    return components, held
+
+
+def model_wise_component(shape: ModelShape, replicas: int, busy_s: float, capacity: Capacity) -> Component:
+    """Whole-model replicas: each server holds every row once; each replica is a process with the dense weights."""
+    return Component(
+        WHOLE_MODEL,
+        replicas,
+        busy_s / replicas,
+        shape.embedding_bytes,
+        shape.dense_bytes + capacity.replica_overhead_bytes,
+    )
+
+
+def model_wise_on_servers(
+    shape: ModelShape, traffic: Traffic, capacity: Capacity, size: ServerSize, qps: float, whole_model_s: float
+) -> tuple[Totals, Fleet]:
+    """The model-wise baseline on servers of `size`: the replicas `qps` needs, the whole model once per server.
+
+    It has no front cache: every lookup reaches the rows.
+    """
+    replicas = capacity.replicas(qps, whole_model_s)
+    component = model_wise_component(shape, replicas, qps * whole_model_s, capacity)
+    held = {component.name: whole_tables(shape, traffic.accesses, replicas)}
+    no_cache = Traffic(traffic.accesses, traffic.window_lookups, (0,) * len(shape.tables))
+    return priced([component], held, size, capacity, shape, no_cache)
+
+
+def whole_tables(shape: ModelShape, accesses: Sequence[TableAccess], replicas: int) -> list[ShardStats]:
+    """Every table as one shard: the rows a whole-model server holds."""
+    return [
+        ShardStats(
+            spec.name,
+            0,
+            0,
+            spec.num_rows,
+            1.0 if access.lookups else 0.0,
+            replicas,
+            spec.num_rows * spec.bytes_per_row,
+            "cpu",
+        )
+        for spec, access in zip(shape.tables, accesses, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the tables see, in model order: their accesses, lookups in a window, ranks the front cache serves."""
+
+    accesses: tuple[TableAccess, ...]
+    window_lookups: tuple[float, ...]
+    cached_rows: tuple[int, ...]
+
+
+def priced(
+    components: Sequence[Component],
+    held: Mapping[str, Sequence[ShardStats]],
+    size: ServerSize,
+    capacity: Capacity,
+    shape: ModelShape,
+    traffic: Traffic,
+) -> tuple[Totals, Fleet]:
+    """Place the components on servers of `size`; the totals of that fleet."""
+    fleet = place(components, size, capacity.target_utilization, capacity.server_overhead_bytes)
+    tables = {
+        spec.name: (spec, access, lookups, cached)
+        for spec, access, lookups, cached in zip(
+            shape.tables, traffic.accesses, traffic.window_lookups, traffic.cached_rows, strict=True
+        )
+    }
+    replicas = {component.name: component.replicas for component in components}
+    held_bytes, read_bytes = 0, 0.0
+    for server in fleet.servers:
+        for name, count in server.hosts:
+            for shard in held.get(name, ()):
+                spec, access, lookups, cached = tables[shard.table]
+                held_bytes += shard.bytes_per_replica
+                read_bytes += copy_bytes_read(access, spec, shard, lookups * count / replicas[name], cached)
+    return Totals(sum(replicas.values()), fleet.memory_bytes, held_bytes, read_bytes), fleet

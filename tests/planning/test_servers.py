@@ -1,0 +1,137 @@
+"""Placing replicas on servers of a stated size (`planning.servers`) and pricing a plan on them (`planning.pricing`)."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from generator.errors import PlanError, UserInputError
+from generator.model.dlrm import TableSpec
+from generator.planning.capacity import Capacity
+from generator.planning.memory import ModelShape
+from generator.planning.planner import plan_model
+from generator.planning.servers import Component, ServerSize, place
+from generator.traffic.profile import TableShape, zipf_profile
+
+UTILIZATION = 0.8
+SERVER_BYTES = 45_000_000
+
+components_strategy = st.lists(
+    st.builds(
+        Component,
+        name=st.text("abcdefgh", min_size=1, max_size=4),
+        replicas=st.integers(1, 40),
+        busy_cores=st.floats(0.0, UTILIZATION),
+        data_bytes=st.integers(0, 3 * 10**9),
+        replica_bytes=st.integers(0, 200 * 10**6),
+    ),
+    min_size=1,
+    max_size=8,
+    unique_by=lambda c: c.name,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(components_strategy, st.integers(1, 32))
+def test_every_replica_is_placed_and_no_server_is_over_its_cores_or_memory(components, cores) -> None:
+    size = ServerSize(cores=cores, memory_bytes=16 * 10**9)
+    fleet = place(components, size, UTILIZATION, SERVER_BYTES)
+    by_name = {c.name: c for c in components}
+    for component in components:
+        assert sum(count for _, count in fleet.placements(component.name)) == component.replicas
+    for server in fleet.servers:
+        hosted = [(by_name[name], count) for name, count in server.hosts]
+        assert all(count > 0 for _, count in hosted)
+        assert server.busy_cores <= cores * UTILIZATION + 1e-6
+        # one copy of each hosted model's data, whatever the number of its replicas there
+        expected = SERVER_BYTES + sum(c.data_bytes + count * c.replica_bytes for c, count in hosted)
+        assert server.memory_bytes == expected <= size.memory_bytes
+    assert fleet.memory_bytes == sum(s.memory_bytes for s in fleet.servers)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 500), st.floats(0.01, UTILIZATION), st.integers(0, 10**9), st.integers(1, 10**8), st.integers(1, 64)
+)
+def test_one_model_takes_as_few_servers_as_its_load_and_memory_allow(replicas, busy, data, per_replica, cores) -> None:
+    size = ServerSize(cores=cores, memory_bytes=8 * 10**9)
+    fleet = place([Component("m", replicas, busy, data, per_replica)], size, UTILIZATION, SERVER_BYTES)
+    per_server = min(
+        math.floor((cores * UTILIZATION + 1e-9) / busy), (size.memory_bytes - SERVER_BYTES - data) // per_replica
+    )
+    assert len(fleet.servers) == math.ceil(replicas / per_server)
+
+
+def test_a_replica_too_big_for_any_server_names_the_flag() -> None:
+    with pytest.raises(PlanError, match=r"t/0: one replica with its data needs 20\.045 GB .*\(--server-memory-gb\)"):
+        place([Component("t/0", 1, 0.1, 20 * 10**9, 0)], ServerSize(memory_bytes=16 * 10**9), UTILIZATION, SERVER_BYTES)
+    with pytest.raises(PlanError, match=r"placed on GPU, but the servers have no GPUs.*--server-gpus"):
+        place([Component("t/0", 1, 0.0, 10, 0, "gpu")], ServerSize(), UTILIZATION, SERVER_BYTES)
+    gpu_server = ServerSize(gpus=2, gpu_memory_bytes=10**9)
+    with pytest.raises(PlanError, match=r"2 x 1 GB \(--server-gpu-memory-gb"):
+        place([Component("t/0", 1, 0.0, 3 * 10**9, 0, "gpu")], gpu_server, UTILIZATION, SERVER_BYTES)
+    assert len(place([Component("t/0", 5, 0.0, 2 * 10**9, 0, "gpu")], gpu_server, UTILIZATION, 0).servers) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"cores": 0}, "`server_cores` must be an integer in 1..4096, got 0"),
+        ({"memory_bytes": 10**6}, "`server_memory_gb` must be in 0.01..100000, got 0.001"),
+        ({"gpus": 65}, "`server_gpus` must be an integer in 0..64, got 65"),
+        ({"gpus": 1}, "`server_gpu_memory_gb` must be in 0.001..10000 when servers have GPUs, got 0"),
+    ],
+)
+def test_a_bad_server_size_names_the_field_and_the_range(fields, message) -> None:
+    with pytest.raises(UserInputError, match=message.replace(".", r"\.")):
+        ServerSize(**fields)
+
+
+def _big_table_model() -> tuple[ModelShape, object]:
+    tables = [TableShape("big", 4_000_000, 1), TableShape("small", 1_000, 1)]
+    specs = tuple(TableSpec(t.name, t.num_rows, 64, 1) for t in tables)
+    return ModelShape(specs, 13, (64, 32), (64, 1)), zipf_profile(tables, 1.1, samples=100_000, seed=3)
+
+
+def test_the_model_wise_baseline_holds_the_whole_model_once_per_server_it_needs() -> None:
+    shape, profile = _big_table_model()
+    capacity = Capacity()
+    report = plan_model(shape, profile, target_qps=30_000, capacity=capacity, servers=ServerSize(cores=4))
+    baseline = report.model_wise_fleet
+    assert baseline is not None
+    replicas = report.model_wise.replicas
+    per_server = sum(count for _, count in baseline.servers[0].hosts)
+    assert len(baseline.servers) == math.ceil(replicas / per_server) > 1
+    expected = len(baseline.servers) * (capacity.server_overhead_bytes + shape.embedding_bytes) + replicas * (
+        shape.dense_bytes + capacity.replica_overhead_bytes
+    )
+    assert report.model_wise.memory_bytes == expected
+    assert report.model_wise.embedding_bytes == len(baseline.servers) * shape.embedding_bytes
+
+
+def test_cold_rows_are_held_less_often_than_whole_model_copies_and_read_more_per_byte() -> None:
+    shape, profile = _big_table_model()
+    report = plan_model(
+        shape, profile, target_qps=30_000, lookup_step="separate", servers=ServerSize(cores=4), max_shards_per_table=4
+    )
+    assert report.fleet is not None and report.model_wise_fleet is not None
+    big = [s for s in report.shards if s.table == "big"]
+    coldest = f"big/{big[-1].index}"
+    assert len(report.fleet.placements(coldest)) < len(report.model_wise_fleet.servers)
+    assert report.utility_ratio > 1.0
+    assert np.isfinite(report.memory_ratio) and report.memory_ratio > 1.0
+
+
+def test_the_report_and_plan_json_show_the_servers() -> None:
+    shape, profile = _big_table_model()
+    report = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=4))
+    text = str(report)
+    assert "servers of 4 cores, 64 GB: planned" in text and "the default" not in text
+    assert "router x" in text and "cores busy" in text
+    assert "(the default: --server-cores, --server-memory-gb)" in str(plan_model(shape, profile, target_qps=100))
+    document = report.to_dict()
+    assert document["servers"]["server"]["cores"] == 4
+    assert len(document["servers"]["servers"]) == len(report.fleet.servers)
+    assert document["model_wise_servers"]["memory_bytes"] == report.model_wise.memory_bytes
