@@ -1,10 +1,12 @@
 """Cutting one table's hotness order into shards: the cost grid and the exact dynamic program (ElasticRec).
 
 A shard is a contiguous range of a table's rows ordered by access count (hottest first). Its replicas are what its
-expected lookups per query need under the capacity model at the target QPS, and it costs `replicas * (rows *
-bytes_per_row + replica overhead)` bytes. The cut points minimise that memory exactly over a candidate-cut grid
-that holds every position in the hot head and geometrically spaced ones after it (`optimal_segmentation` is a
-textbook O(K G^2) dynamic program, vectorised over the grid).
+expected lookups per query need under the capacity model at the target QPS. It costs a copy of its rows on every
+server its replicas need (the cores they keep busy over a server's usable cores; see `servers`) plus a replica
+overhead each: `copies * rows * bytes_per_row + replicas * overhead` bytes. A cut pays only where a shard's load
+spans servers, so that its cold rows can live on fewer of them. The cut points minimise that memory exactly over a
+candidate-cut grid that holds every position in the hot head and geometrically spaced ones after it
+(`optimal_segmentation` is a textbook O(K G^2) dynamic program, vectorised over the grid).
 """
 
 from __future__ import annotations
@@ -94,11 +96,14 @@ def _table_grid_costs(
     grid: np.ndarray,
     cached_rows: int = 0,
     row_dtypes: np.ndarray | None = None,
+    server_cores: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Memory cost, replicas and access share of every grid segment (i, j).
 
     Lookups of the hottest `cached_rows` ranks are served by the router's front cache and reach no shard.
     `row_dtypes`: the row dtype (index into ROW_DTYPES) of a segment starting at each grid point (fp32 if None).
+    `server_cores`: a shard's replicas share one copy of its rows per server, and take as many servers as the cores
+    they keep busy need (`servers.place` packs them so); None: every replica holds its own copy.
     """
     counts = np.asarray(access.ranked_counts(), dtype=np.float64).copy()
     counts[:cached_rows] = 0.0
@@ -111,7 +116,11 @@ def _table_grid_costs(
     rows = grid[np.newaxis, :] - grid[:, np.newaxis]
     dtypes = np.zeros(grid.size, dtype=np.int64) if row_dtypes is None else row_dtypes
     row_bytes = bytes_per_row_of(spec.dim, dtypes)[:, np.newaxis]
-    memory = replicas * (rows * row_bytes + capacity.lookup_overhead_bytes)
+    copies = replicas
+    if server_cores is not None:
+        per_server = server_cores * capacity.target_utilization
+        copies = np.minimum(replicas, np.maximum(1, np.ceil(qps * seconds / per_server - 1e-9)))
+    memory = copies * rows * row_bytes + replicas * capacity.lookup_overhead_bytes
     return memory, replicas.astype(np.int64), share
 
 
@@ -125,11 +134,13 @@ def cut_table(
     max_shards: int,
     cached_rows: int = 0,
     precision: RowPrecision | None = None,
+    server_cores: int | None = None,
 ) -> list[ShardStats]:
     """Optimal cuts of one table's hotness order and each shard's replicas (all on CPU; placement comes later).
 
     With a front cache of the hottest `cached_rows` ranks, those lookups reach no shard (shares exclude them).
     `precision`: every shard's row dtype (by hotness: the cuts are chosen for the bytes that dtype stores).
+    `server_cores`: price a shard's rows once per server its replicas need (see `_table_grid_costs`).
     """
     if access.num_rows != spec.num_rows:
         raise PlanError(f"table {spec.name!r}: the profile has {access.num_rows} rows, the model {spec.num_rows}")
@@ -145,7 +156,7 @@ def cut_table(
         grid = np.unique(np.concatenate([grid, [edge]]))
     dtypes = precision.dtypes(spec.name, shares_before[np.minimum(grid, spec.num_rows)])
     memory, replicas, share = _table_grid_costs(
-        access, spec, lookups_per_query, qps, capacity, grid, cached_rows, dtypes
+        access, spec, lookups_per_query, qps, capacity, grid, cached_rows, dtypes, server_cores
     )
     if 0 < edge < spec.num_rows:  # no shard spans the edge, so the hot and cold rows get their own dtypes
         memory[(grid[:, np.newaxis] < edge) & (grid[np.newaxis, :] > edge)] = np.inf

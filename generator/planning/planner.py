@@ -194,7 +194,7 @@ def _cut_tables(
         for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)
         for shard in cut_table(spec, access, qps=targets.target_qps, batch_size=targets.batch_size,
                                capacity=capacity, max_shards=targets.max_shards_per_table, cached_rows=cached_rows,
-                               precision=targets.precision)
+                               precision=targets.precision, server_cores=_server_size(targets).cores)
     ]  # fmt: skip
 
 

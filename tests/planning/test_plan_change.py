@@ -17,6 +17,7 @@ from generator.planning.memory import ModelShape
 from generator.planning.plan import Placement, table_plan, uniform_plan
 from generator.planning.plan_file import load_plan, save_plan
 from generator.planning.planner import plan_from_report, plan_model
+from generator.planning.servers import ServerSize
 from generator.traffic.profile import AccessProfile, table_access_from_ids, table_shapes, zipf_profile
 from tests.conftest import tiny_model, wide_model
 
@@ -74,9 +75,10 @@ def _planned(
     model = wide_model()
     shape = ModelShape.of(model)
     profile = zipf_profile(table_shapes(model.tables), alpha, samples=20_000, seed=seed)
-    report = plan_model(
-        shape, profile, target_qps=qps, front_cache_bytes=256, lookup_step="separate", capacity=capacity
-    )
+    report = plan_model(  # one-core servers: the load spans servers, so the tables are cut
+        shape, profile, target_qps=qps, front_cache_bytes=256, lookup_step="separate", capacity=capacity,
+        servers=ServerSize(cores=1),
+    )  # fmt: skip
     path = save_plan(plan_from_report(report, shape, profile), tmp_path / f"{name}.json", report)
     return path, profile
 

@@ -1,4 +1,5 @@
 import itertools
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -60,8 +61,10 @@ def test_dp_matches_brute_force_on_random_costs(size: int, max_segments: int, se
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 50), min_size=1, max_size=9), st.integers(1, 4), st.floats(10, 20_000))
-def test_dp_matches_brute_force_on_real_shard_costs(counts: list[int], max_shards: int, qps: float) -> None:
+@given(
+    st.lists(st.integers(0, 50), min_size=1, max_size=9), st.integers(1, 4), st.floats(10, 20_000), st.integers(1, 16)
+)
+def test_dp_matches_brute_force_on_real_shard_costs(counts: list[int], max_shards: int, qps: float, cores: int) -> None:
     """On small tables the grid is every row boundary, so the DP must equal the best of all cut sets."""
     spec = TableSpec("t", len(counts), 16, 1)
     order = np.argsort(-np.asarray(counts), kind="stable")
@@ -76,8 +79,9 @@ def test_dp_matches_brute_force_on_real_shard_costs(counts: list[int], max_shard
     profile = AccessProfile((access,), "test")
     shape = ModelShape((spec,), 1, (16,), (1,))
     report = plan_model(
-        shape, profile, target_qps=qps, batch_size=64, capacity=CAPACITY, max_shards_per_table=max_shards
-    )
+        shape, profile, target_qps=qps, batch_size=64, capacity=CAPACITY, max_shards_per_table=max_shards,
+        servers=ServerSize(cores=cores),
+    )  # fmt: skip
 
     ranked = np.sort(np.asarray(counts))[::-1].astype(float)
     total = ranked.sum()
@@ -85,8 +89,8 @@ def test_dp_matches_brute_force_on_real_shard_costs(counts: list[int], max_shard
     def memory(start: int, end: int) -> float:
         share = ranked[start:end].sum() / total if total else 0.0
         seconds = CAPACITY.shard_seconds(64 * access.mean_ids_per_sample * share)
-        replicas = CAPACITY.replicas(qps, seconds)
-        return replicas * ((end - start) * spec.bytes_per_row + CAPACITY.replica_overhead_bytes)
+        rows_bytes = _copies(CAPACITY, qps, seconds, cores) * (end - start) * spec.bytes_per_row
+        return rows_bytes + CAPACITY.replicas(qps, seconds) * CAPACITY.replica_overhead_bytes
 
     rows = len(counts)
     brute = min(
@@ -94,7 +98,7 @@ def test_dp_matches_brute_force_on_real_shard_costs(counts: list[int], max_shard
         for k in range(max_shards)
         for cuts in itertools.combinations(range(1, rows), k)
     )
-    planned = sum(s.memory_bytes + s.replicas * CAPACITY.replica_overhead_bytes for s in report.shards)
+    planned = sum(memory(s.row_start, s.row_end) for s in report.shards)
     assert planned == pytest.approx(brute)
     assert all(s.replicas >= 1 for s in report.shards)
 
@@ -125,24 +129,42 @@ def _uniform_history() -> AccessProfile:
 
 
 def _table_memory(report, table: str) -> float:
+    """Bytes the plan's servers hold for one table's shards: a copy of its rows per server, an overhead per replica."""
     return sum(
-        s.memory_bytes + s.replicas * report.capacity.replica_overhead_bytes for s in report.shards if s.table == table
+        len(report.fleet.placements(f"{s.table}/{s.index}")) * s.bytes_per_replica
+        + s.replicas * report.capacity.lookup_overhead_bytes
+        for s in report.shards
+        if s.table == table
     )
+
+
+#: Servers small enough that these tables' load spans several: where hotness-ordered cuts pay.
+SMALL_SERVERS = ServerSize(cores=2)
+
+
+def _copies(capacity: Capacity, qps: float, seconds: float, cores: int) -> int:
+    """Servers (copies of a shard's rows) the replicas of a shard busy `seconds` per query need."""
+    replicas = capacity.replicas(qps, seconds)
+    return min(replicas, max(1, math.ceil(qps * seconds / (cores * capacity.target_utilization) - 1e-9)))
 
 
 def test_uniform_access_gains_nothing_from_hotness() -> None:
     """With uniform access the hotness order is arbitrary: the DP's cuts are no better than an even split."""
     profile = _uniform_history()
-    report = plan_model(HISTORY_SHAPE, profile, target_qps=8_000, max_shards_per_table=8)
+    report = plan_model(
+        HISTORY_SHAPE, profile, target_qps=8_000, max_shards_per_table=8, lookup_step="separate", servers=SMALL_SERVERS
+    )
     shards = [s for s in report.shards if s.table == "history"]
     even = np.linspace(0, HISTORY.num_rows, len(shards) + 1).astype(int)
     capacity = report.capacity
     lookups = 256 * profile.table("history").mean_ids_per_sample
-    even_memory = sum(
-        capacity.replicas(8_000, capacity.shard_seconds(lookups * (b - a) / HISTORY.num_rows))
-        * ((b - a) * HISTORY.bytes_per_row + capacity.replica_overhead_bytes)
-        for a, b in itertools.pairwise(even)
-    )
+
+    def even_shard(rows: int) -> float:
+        seconds = capacity.shard_seconds(lookups * rows / HISTORY.num_rows)
+        rows_bytes = _copies(capacity, 8_000, seconds, SMALL_SERVERS.cores) * rows * HISTORY.bytes_per_row
+        return rows_bytes + capacity.replicas(8_000, seconds) * capacity.lookup_overhead_bytes
+
+    even_memory = sum(even_shard(b - a) for a, b in itertools.pairwise(even))
     assert _table_memory(report, "history") == pytest.approx(even_memory, rel=0.05)
     # Every row is still stored at least once per copy the load needs; nothing is dropped.
     assert sum(s.memory_bytes for s in shards) >= HISTORY.num_rows * HISTORY.bytes_per_row
@@ -160,19 +182,16 @@ def test_the_report_says_more_when_the_plan_allocates_more_than_model_wise() -> 
 
 def test_strong_skew_saves_a_lot_with_few_shards() -> None:
     skewed = zipf_profile([TableShape("history", HISTORY.num_rows, 20)], 1.2, samples=200_000)
-    uniform_report = plan_model(
-        HISTORY_SHAPE, _uniform_history(), target_qps=8_000, max_shards_per_table=8, capacity=NUMPY_KERNELS
-    )
-    report = plan_model(HISTORY_SHAPE, skewed, target_qps=8_000, max_shards_per_table=8, capacity=NUMPY_KERNELS)
-    # On servers of 2 cores the whole model needs 16 copies of its rows; the plan holds the cold rows 3 times.
-    small = plan_model(
-        HISTORY_SHAPE, skewed, target_qps=8_000, max_shards_per_table=8, capacity=NUMPY_KERNELS,
-        lookup_step="separate", servers=ServerSize(cores=2),
-    )  # fmt: skip
-    assert small.model_wise_fleet is not None and small.fleet is not None
-    cold_copies = len(small.fleet.placements(f"history/{len(small.shards) - 1}"))
-    assert cold_copies < len(small.model_wise_fleet.servers) // 4
-    assert small.memory_ratio > 1.5 and small.utility_ratio > 1.5
+    options = {"target_qps": 8_000, "max_shards_per_table": 8, "capacity": NUMPY_KERNELS, "lookup_step": "separate"}
+    uniform_report = plan_model(HISTORY_SHAPE, _uniform_history(), **options, servers=SMALL_SERVERS)
+    report = plan_model(HISTORY_SHAPE, skewed, **options, servers=SMALL_SERVERS)
+    # The whole model needs 16 servers, each with a copy of its rows; the plan holds the cold rows far less often.
+    assert report.model_wise_fleet is not None and report.fleet is not None
+    cold_copies = len(report.fleet.placements(f"history/{len(report.shards) - 1}"))
+    assert cold_copies < len(report.model_wise_fleet.servers) // 4
+    assert report.memory_ratio > 1.5 and report.utility_ratio > 1.5
+    # On one server of 16 cores the table is not cut: a copy per server is all a cut could save.
+    assert len(plan_model(HISTORY_SHAPE, skewed, **options).shards) == 1
     assert _table_memory(report, "history") < 0.85 * _table_memory(uniform_report, "history")
     assert len(report.shards) < len(uniform_report.shards)
     hot, *_, cold = report.shards
@@ -347,9 +366,9 @@ def test_planned_repository_serves_scores_equal_to_pytorch(tmp_path: Path, serve
         [TableShape(t.name, t.num_rows, t.max_ids_per_sample) for t in model.tables], 1.2, samples=20_000, seed=0
     )
     lookup_step = "separate" if backend == "python" else "fused"  # both ways, each with one backend
-    report = plan_model(
+    report = plan_model(  # one-core servers: the load spans servers, so the history table is cut
         shape, profile, target_qps=3_000, batch_size=64, capacity=SERVING_CAPACITY, max_shards_per_table=3,
-        lookup_step=lookup_step,
+        lookup_step=lookup_step, servers=ServerSize(cores=1),
     )  # fmt: skip
     plan = load_plan(save_plan(plan_from_report(report, shape, profile), tmp_path / "plan.json", report))
     assert plan.lookup_step == lookup_step
