@@ -1,25 +1,29 @@
-"""Benchmark: memory allocated and memory utility, planned vs model-wise, for a DLRM with Criteo Kaggle tables.
+"""Benchmark: where hot and cold cuts appear, at fleet scale: memory and utility, planned vs model-wise, on servers.
 
 Plans (without allocating any weights) a DLRM with the 26 Criteo Kaggle categorical-feature table sizes, dim 64,
-one id per sample, under synthetic Zipf traffic with alpha 0.8, 1.05 and 1.2, at target QPS worth 1, 2, 4, 8, 16
-and 32 model-wise replicas, with the fused lookup step (the single-server default) and with separate steps, and
-prints a markdown table (memory allocated ratio = model-wise / planned; memory utility ratio = planned / model-wise;
-tables cut = tables given more than one shard) and writes the cells as JSON, markdown and a PNG.
+one id per sample, under synthetic Zipf traffic with alpha 0.8, 1.05 and 1.2, at loads worth 1 to 1,000 whole-model
+servers (16 cores, 64 GB unless told otherwise), with the fused lookup step and with separate steps. Both the plan
+and the model-wise baseline are placed on those servers (`planning.servers`: each server holds the rows it serves
+once). Per load it prints the servers each needs, the tables cut (given more than one shard), the memory ratio
+(model-wise / planned) and the utility ratio (planned / model-wise), and writes the cells as JSON, markdown and a
+PNG of both ratios against load.
 
-    python -m bench.plan_memory [--capacity capacity.json] [--samples N] [--shard-fixed-us US]
-                                [--out runs/bench/plan_memory.json]
+    python -m bench.plan_memory [--capacity capacity.json] [--samples N] [--server-cores 16]
+                                [--server-memory-gb 64] [--shard-fixed-us US] [--out runs/bench/plan_memory]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from bench.report import write_report
 from generator.model.dlrm import TableSpec
 from generator.planning.capacity import Capacity
+from generator.planning.plan import LookupStep
 from generator.planning.planner import ModelShape, plan_model
+from generator.planning.servers import ServerSize
 from generator.traffic.profile import AccessProfile, TableShape, zipf_profile
 
 #: Rows of the 26 categorical features of the Criteo Kaggle Display Advertising dataset (DLRM's day-split counts).
@@ -29,8 +33,10 @@ CRITEO_KAGGLE_ROWS = (
 )  # fmt: skip
 DIM = 64
 ALPHAS = (0.8, 1.05, 1.2)
-REPLICA_MULTIPLES = (1, 2, 4, 8, 16, 32)
+#: Loads, in whole-model servers the model-wise deployment needs.
+SERVER_LOADS = (1, 3, 10, 30, 100, 300, 1000)
 BATCH = 256
+STEPS: tuple[LookupStep, ...] = ("fused", "separate")
 
 
 def criteo_shape_and_profile(
@@ -43,86 +49,95 @@ def criteo_shape_and_profile(
     return shape, zipf_profile(tables, alpha, samples=samples, seed=seed)
 
 
-def run(capacity: Capacity, samples: int) -> list[dict[str, float]]:
+def run(capacity: Capacity, samples: int, size: ServerSize) -> list[dict[str, float]]:
+    """Every alpha and load: the plan with each lookup step, beside the model-wise baseline on the same servers."""
     cells = []
     for alpha in ALPHAS:
         shape, profile = criteo_shape_and_profile(alpha, samples=samples)
-        one_replica_qps = _model_wise_qps(shape, profile, capacity)
-        for multiple in REPLICA_MULTIPLES:
-            started = time.perf_counter()
-            report, separate = (
-                plan_model(
-                    shape, profile, target_qps=multiple * one_replica_qps, batch_size=BATCH, capacity=capacity,
-                    max_shards_per_table=8, lookup_step=step,
+        one_server_qps = _model_wise_qps(shape, profile, capacity) * size.cores
+        for load in SERVER_LOADS:
+            cell: dict[str, float] = {"alpha": alpha, "load_servers": load, "target_qps": load * one_server_qps}
+            for step in STEPS:
+                started = time.perf_counter()
+                report = plan_model(
+                    shape, profile, target_qps=load * one_server_qps, batch_size=BATCH, capacity=capacity,
+                    max_shards_per_table=8, lookup_step=step, servers=size,
+                )  # fmt: skip
+                assert report.fleet is not None and report.model_wise_fleet is not None
+                cell.update(
+                    {
+                        "model_wise_servers": len(report.model_wise_fleet.servers),
+                        "model_wise_gb": report.model_wise.memory_bytes / 1e9,
+                        f"{step}_servers": len(report.fleet.servers),
+                        f"{step}_gb": report.planned.memory_bytes / 1e9,
+                        f"{step}_memory_ratio": report.memory_ratio,
+                        f"{step}_utility_ratio": report.utility_ratio,
+                        f"{step}_tables_cut": len({s.table for s in report.shards if s.row_start > 0}),
+                        f"{step}_shards": len(report.shards),
+                        f"{step}_plan_s": time.perf_counter() - started,
+                    }
                 )
-                for step in ("fused", "separate")
-            )  # fmt: skip
-            cells.append(
-                {
-                    "alpha": alpha,
-                    "model_wise_replicas": report.model_wise.replicas,
-                    "target_qps": report.target_qps,
-                    "memory_ratio": report.memory_ratio,
-                    "utility_ratio": report.utility_ratio,
-                    "model_wise_gb": report.model_wise.memory_bytes / 1e9,
-                    "planned_gb": report.planned.memory_bytes / 1e9,
-                    "separate_memory_ratio": separate.memory_ratio,
-                    "separate_utility_ratio": separate.utility_ratio,
-                    "shards": len(report.shards),
-                    "tables_cut": len({s.table for s in report.shards if s.row_start > 0}),
-                    "plan_seconds": (time.perf_counter() - started) / 2,
-                }
+            cells.append(cell)
+            print(
+                f"alpha {alpha} load {load:>5} servers: model-wise {cell['model_wise_servers']}, "
+                + ", ".join(
+                    f"{step} {cell[f'{step}_servers']} servers {cell[f'{step}_memory_ratio']:.2f}x memory "
+                    f"{cell[f'{step}_utility_ratio']:.2f}x utility, {cell[f'{step}_tables_cut']} tables cut"
+                    for step in STEPS
+                ),
+                flush=True,
             )
     return cells
 
 
 def _model_wise_qps(shape: ModelShape, profile: AccessProfile, capacity: Capacity) -> float:
-    """Queries/s one whole-model replica serves at the capacity model's utilisation target."""
+    """Queries/s one whole-model replica (one core) serves at the capacity model's utilisation target."""
     lookups = sum(BATCH * profile.table(t.name).mean_ids_per_sample for t in shape.tables)
-    seconds = capacity.shard_fixed_s + capacity.shard_per_row_s * lookups + capacity.dense_seconds(BATCH)
-    return capacity.target_utilization / seconds * (1 - 1e-6)
+    return capacity.target_utilization / capacity.whole_model_seconds(lookups, BATCH) * (1 - 1e-6)
 
 
-def markdown(cells: list[dict[str, float]]) -> str:
+def markdown(cells: list[dict[str, float]], size: ServerSize) -> str:
     lines = [
-        "| alpha | model-wise replicas | target q/s | model-wise GB | planned GB | memory ratio | utility ratio "
-        "| separate steps: memory ratio | utility ratio | shards | tables cut | plan s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"servers of {size}",
+        "",
+        "| alpha | load (whole-model servers) | target q/s | model-wise servers | model-wise GB "
+        "| fused: servers | GB | memory ratio | utility ratio | tables cut "
+        "| separate: servers | GB | memory ratio | utility ratio | tables cut |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
-        lines.append(
-            f"| {c['alpha']} | {c['model_wise_replicas']} | {c['target_qps']:,.0f} | {c['model_wise_gb']:.1f} "
-            f"| {c['planned_gb']:.1f} | {c['memory_ratio']:.2f}x | {c['utility_ratio']:.2f}x "
-            f"| {c['separate_memory_ratio']:.2f}x | {c['separate_utility_ratio']:.2f}x | {c['shards']} "
-            f"| {c['tables_cut']} | {c['plan_seconds']:.2f} |"
+        steps = " | ".join(
+            f"{c[f'{s}_servers']} | {c[f'{s}_gb']:,.1f} | {c[f'{s}_memory_ratio']:.2f}x | "
+            f"{c[f'{s}_utility_ratio']:.2f}x | {c[f'{s}_tables_cut']}"
+            for s in STEPS
         )
-    mean_memory = sum(c["memory_ratio"] for c in cells) / len(cells)
-    mean_utility = sum(c["utility_ratio"] for c in cells) / len(cells)
-    lines.append(
-        f"\nmean memory ratio {mean_memory:.2f}x (ElasticRec: 3.3x), mean utility ratio "
-        f"{mean_utility:.2f}x (ElasticRec: 8.1x)"
-    )
+        lines.append(
+            f"| {c['alpha']} | {c['load_servers']} | {c['target_qps']:,.0f} | {c['model_wise_servers']} "
+            f"| {c['model_wise_gb']:,.1f} | {steps} |"
+        )
     return "\n".join(lines)
 
 
 def plot(cells: list[dict[str, float]], path: Path) -> None:
-    """Memory ratio against model-wise replicas, per alpha, fused and separate lookup steps."""
+    """Memory and utility ratios against load, per alpha and lookup step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for alpha in dict.fromkeys(c["alpha"] for c in cells):
-        mine = [c for c in cells if c["alpha"] == alpha]
-        replicas = [c["model_wise_replicas"] for c in mine]
-        axis.plot(replicas, [c["memory_ratio"] for c in mine], marker="o", label=f"alpha {alpha}, fused")
-        axis.plot(replicas, [c["separate_memory_ratio"] for c in mine], marker="x", linestyle="--",
-                  label=f"alpha {alpha}, separate")  # fmt: skip
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("model-wise replicas")
-    axis.set_ylabel("memory ratio (model-wise ÷ planned)")
-    axis.legend(fontsize=7)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, figure_name in zip(axes, ("memory_ratio", "utility_ratio"), strict=True):
+        for alpha in dict.fromkeys(c["alpha"] for c in cells):
+            mine = [c for c in cells if c["alpha"] == alpha]
+            loads = [c["load_servers"] for c in mine]
+            for step, style in zip(STEPS, ("-", "--"), strict=True):
+                values = [c[f"{step}_{figure_name}"] for c in mine]
+                axis.plot(loads, values, marker="o", linestyle=style, label=f"alpha {alpha}, {step}")
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_xlabel("load, in whole-model servers")
+        axis.set_ylabel(f"{figure_name.replace('_', ' ')} (x, vs model-wise)")
+        axis.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -132,28 +147,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--capacity", type=Path, default=None, help="capacity.json (default: built-in figures)")
     parser.add_argument("--samples", type=int, default=1_000_000, help="synthetic samples per table")
+    parser.add_argument("--server-cores", type=int, default=16)
+    parser.add_argument("--server-memory-gb", type=float, default=64.0)
     parser.add_argument(
-        "--shard-fixed-us",
-        type=float,
-        default=None,
-        help="override the per-request cost of a shard step (sensitivity: a native backend)",
+        "--shard-fixed-us", type=float, default=None, help="override the per-request cost of a shard step"
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/plan_memory.json"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/plan_memory"))
     args = parser.parse_args()
     capacity = Capacity.load(args.capacity) if args.capacity else Capacity()
     capacity = capacity.with_overrides(
         shard_fixed_s=None if args.shard_fixed_us is None else args.shard_fixed_us * 1e-6
     )
+    size = ServerSize(cores=args.server_cores, memory_bytes=int(args.server_memory_gb * 1e9))
     started = time.perf_counter()
-    cells = run(capacity, args.samples)
-    print(f"capacity: {capacity}")
-    print(markdown(cells))
-    print(f"\n{len(cells)} plans in {time.perf_counter() - started:.1f} s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"capacity": capacity.to_dict(), "cells": cells}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(cells) + "\n")
-    plot(cells, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and its .md and .png")
+    cells = run(capacity, args.samples, size)
+    print(f"capacity: {capacity}\n{len(cells) * len(STEPS)} plans in {time.perf_counter() - started:.1f} s")
+    figures = {"capacity": capacity.to_dict(), "server": size.to_dict(), "cells": cells}
+    write_report(args.out, "plan_memory", markdown(cells, size), figures, lambda path: plot(cells, path))
 
 
 if __name__ == "__main__":
