@@ -9,15 +9,14 @@ against the planner's expected hit rate.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from generator.errors import PlanError
 from generator.planning.plan import Plan
+from generator.planning.plan_file import load_planner_figures
 from generator.traffic.profile import AccessProfile
 
 
@@ -55,25 +54,16 @@ class Drift:
 
 def planned_expectations(plan_path: Path) -> tuple[dict[tuple[str, int], float], float]:
     """The planner's access share of every shard and its expected front-cache hit rate, from plan.json."""
-    document = json.loads(Path(plan_path).read_text())
-    shares = {
-        (table["name"], shard["index"]): float(shard["access_share"])
-        for table in document["tables"]
-        for shard in table["shards"]
-        if "access_share" in shard
-    }
-    if not shares:
+    figures = load_planner_figures(plan_path)
+    if figures is None or not figures.access_shares:
         raise PlanError(f"plan `{plan_path}` holds no access shares: it was not made by `recgen plan`")
-    return shares, _expected_hit_rate(document)
-
-
-def _expected_hit_rate(document: dict[str, Any]) -> float:
-    return float(document.get("totals", {}).get("front_cache", {}).get("expected_hit_rate", 0.0))
+    return figures.access_shares, figures.expected_hit_rate
 
 
 def expected_hit_rate(plan_path: Path) -> float:
     """The front cache's hit rate the planner expected (0 without a cache, or for a plan not made by the planner)."""
-    return _expected_hit_rate(json.loads(Path(plan_path).read_text()))
+    figures = load_planner_figures(plan_path)
+    return 0.0 if figures is None else figures.expected_hit_rate
 
 
 def drift(

@@ -9,7 +9,6 @@ cache would serve of this profile's lookups against what the new plan expects.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from generator.errors import PlanError
 from generator.planning import drift
 from generator.planning.plan import Plan, TablePlan
+from generator.planning.plan_file import load_planner_figures
 from generator.traffic.profile import AccessProfile
 
 
@@ -153,10 +153,10 @@ def table_change(before: TablePlan, now: TablePlan, profile: AccessProfile) -> T
 
 def _planner_figures(plan_path: Path) -> tuple[int, float, object]:
     """The memory allocated, the target queries/s and the capacity figures the planner wrote into plan.json."""
-    document = json.loads(Path(plan_path).read_text())
-    inputs = document.get("inputs", {})
-    memory = int(document.get("totals", {}).get("planned", {}).get("memory_bytes", 0))
-    return memory, float(inputs.get("target_qps", 0.0)), inputs.get("capacity")
+    figures = load_planner_figures(plan_path)
+    if figures is None:
+        return 0, 0.0, None
+    return figures.planned_memory_bytes, figures.target_qps, figures.capacity
 
 
 def plan_change(previous: Plan, previous_path: Path, plan: Plan, plan_path: Path, profile: AccessProfile) -> PlanChange:

@@ -1,8 +1,10 @@
 """plan.json (schema-versioned) and its row orders (`<stem>.rows.npz`, checked by sha256): the plan on disk.
 
-One writer for every plan: a uniform one, a planner's (then with every shard's access share, the totals and what
-the plan was made from), and the copy a distributed build keeps. The reader checks every field as if the plan
-were built by hand.
+One writer for every plan: a uniform one, a planner's (then with every shard's access share and a `planner`
+section: what the plan was made from, its totals and servers), and the copy a distributed build keeps. The reader
+is strict: every field must be there with its type (none is read with a default), unknown fields are refused, and
+a version 1 file (written before 2026-12-07, when fields could be missing) is migrated in memory by `migrate_v1`,
+which fills exactly what the version 1 reader defaulted.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from generator.planning.precision import check_row_dtype
 from generator.planning.report import PlanReport
 
 PLAN_FORMAT = "recgen.plan"
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2
 
 
 def _sha256(path: Path) -> str:
@@ -41,14 +45,10 @@ def row_order_path(plan_path: Path) -> Path:
     return plan_path.with_name(plan_path.stem + ".rows.npz")
 
 
-def _report_sections(report: PlanReport | None, profile_source: str) -> dict[str, Any]:
-    """What a planner's report adds to plan.json: inputs, per-shard expectations, totals."""
+def _planner_section(report: PlanReport | None, profile_source: str) -> dict[str, Any] | None:
+    """What a planner's report adds to plan.json: its inputs and totals (None for a plan not made by the planner)."""
     if report is None:
-        return {"inputs": {}, "details": {}, "totals": {}}
-    details = {
-        (s.table, s.index): {"access_share": s.access_share, "replicas": s.replicas, "bytes": s.bytes_per_replica}
-        for s in report.shards
-    }
+        return None
     inputs = {
         "target_qps": report.target_qps,
         "batch_size": report.batch_size,
@@ -57,10 +57,10 @@ def _report_sections(report: PlanReport | None, profile_source: str) -> dict[str
         "capacity": report.capacity.to_dict(),
     }
     totals = {**report.to_dict(), "router_replicas": report.router_replicas, "dense_replicas": report.dense_replicas}
-    return {"inputs": inputs, "details": details, "totals": totals}
+    return {"inputs": inputs, "totals": totals}
 
 
-def _table_entry(table: TablePlan, details: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+def _table_entry(table: TablePlan, shares: dict[tuple[str, int], float]) -> dict[str, Any]:
     return {
         **dataclasses.asdict(table.spec),
         "permuted": table.row_order is not None,
@@ -74,7 +74,7 @@ def _table_entry(table: TablePlan, details: dict[tuple[str, int], dict[str, Any]
                 "device": s.placement.device,
                 "row_dtype": s.row_dtype,
                 "bytes": table.shard_bytes(s),
-                **details.get((table.spec.name, s.index), {}),
+                "access_share": shares.get((table.spec.name, s.index)),
             }
             for s in table.shards
         ],
@@ -90,7 +90,7 @@ def save_plan(plan: Plan, path: str | Path, report: PlanReport | None = None, *,
     if orders:
         with rows_path.open("wb") as file:
             np.savez(file, **orders)
-    sections = _report_sections(report, profile_source)
+    shares = {(s.table, s.index): s.access_share for s in report.shards} if report is not None else {}
     document = {
         "format": PLAN_FORMAT,
         "schema_version": PLAN_SCHEMA_VERSION,
@@ -104,81 +104,216 @@ def save_plan(plan: Plan, path: str | Path, report: PlanReport | None = None, *,
         "check_finite": plan.check_finite,
         "count_accesses": plan.count_accesses,
         "generation": plan.generation,
-        "inputs": sections["inputs"],
         "row_order_file": rows_path.name if orders else None,
         "row_order_sha256": _sha256(rows_path) if orders else None,
         "router": {"instance_count": plan.router.instance_count, "device": plan.router.device},
         "dense": {"instance_count": plan.dense.instance_count, "device": plan.dense.device},
-        "tables": [_table_entry(t, sections["details"]) for t in plan.tables],
+        "tables": [_table_entry(t, shares) for t in plan.tables],
         "features": [dataclasses.asdict(feature) for feature in plan.features],
-        "totals": sections["totals"],
+        "planner": _planner_section(report, profile_source),
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 
 
-def _row_orders(path: Path, document: dict[str, Any]) -> dict[str, np.ndarray]:
-    if not document.get("row_order_file"):
+class _Fields:
+    """Strict reads of one plan document: every field present, of its type, and nothing unknown."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def get(self, entry: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+        """`entry[key]`, which must be there and of `kind` (an int is a float; a bool is no int)."""
+        if not isinstance(entry, Mapping):
+            raise PlanError(f"plan `{self.path}`: {where} must be an object, got {entry!r}")
+        if key not in entry:
+            raise PlanError(f"plan `{self.path}`: {where} has no `{key}`")
+        value = entry[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        accepted = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            accepted = True
+        if not accepted:
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise PlanError(f"plan `{self.path}`: {where} `{key}` must be {names}, got {value!r}")
+        return value
+
+    def only(self, entry: Mapping[str, Any], known: set[str], where: str) -> None:
+        """Refuse fields this reader does not know (a typo must not be ignored)."""
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise PlanError(f"plan `{self.path}`: {where} has unknown fields {unknown}; known: {sorted(known)}")
+
+
+_TOP_FIELDS = {
+    "format", "schema_version", "model_name", "max_batch_size", "group_by", "lookup_step", "lookup_engine",
+    "latency_slo_ms", "shedding", "check_finite", "count_accesses", "generation", "row_order_file",
+    "row_order_sha256", "router", "dense", "tables", "features", "planner",
+}  # fmt: skip
+_TABLE_FIELDS = {"name", "num_rows", "dim", "max_ids_per_sample", "side", "permuted", "cached_rows", "shards"}
+_SHARD_FIELDS = {"index", "row_start", "row_end", "replicas", "device", "row_dtype", "bytes", "access_share"}
+
+
+def migrate_v1(document: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 plan.json as version 2.
+
+    What the version 1 reader defaulted is filled in; the planner's `inputs` and `totals` move into `planner`.
+    """
+    migrated = {key: value for key, value in document.items() if key not in ("inputs", "totals")}
+    defaults = {
+        "group_by": "placement", "lookup_step": "separate", "lookup_engine": "python",
+        "latency_slo_ms": queueing.DEFAULT_LATENCY_SLO_MS, "shedding": "router", "check_finite": True,
+        "count_accesses": True, "generation": naming.FIRST_GENERATION, "features": [],
+    }  # fmt: skip
+    for key, value in defaults.items():
+        migrated.setdefault(key, value)
+    migrated["schema_version"] = PLAN_SCHEMA_VERSION
+    totals = document.get("totals") or {}
+    migrated["planner"] = {"inputs": document.get("inputs") or {}, "totals": totals} if totals else None
+    tables = []
+    for table in document.get("tables", []):
+        table = {"side": "item", "permuted": False, "cached_rows": 0, **table}
+        table["shards"] = [{"row_dtype": "fp32", "access_share": None, **shard} for shard in table.get("shards", [])]
+        tables.append(table)
+    migrated["tables"] = tables
+    return migrated
+
+
+def _row_orders(path: Path, document: dict[str, Any], fields: _Fields) -> dict[str, np.ndarray]:
+    name = fields.get(document, "row_order_file", (str, type(None)), "the plan")
+    digest = fields.get(document, "row_order_sha256", (str, type(None)), "the plan")
+    if not name:
         return {}
-    rows_path = path.with_name(document["row_order_file"])
+    rows_path = path.with_name(name)
     if not rows_path.is_file():
         raise PlanError(f"plan `{path}` needs its row orders `{rows_path}`, which is missing")
-    if _sha256(rows_path) != document.get("row_order_sha256"):
+    if _sha256(rows_path) != digest:
         raise PlanError(f"`{rows_path}` does not match plan `{path}` (sha256 differs); re-run `recgen plan`")
     with np.load(rows_path, allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
 
 
-def _table_from_entry(path: Path, entry: dict[str, Any], orders: dict[str, np.ndarray]) -> TablePlan:
+def _table_from_entry(entry: dict[str, Any], orders: dict[str, np.ndarray], fields: _Fields) -> TablePlan:
+    where = f"table {entry.get('name')!r}" if isinstance(entry, dict) else "a table"
+    fields.only(entry, _TABLE_FIELDS, where)
     spec = TableSpec(
-        entry["name"], entry["num_rows"], entry["dim"], entry["max_ids_per_sample"], entry.get("side", "item")
+        fields.get(entry, "name", str, where),
+        fields.get(entry, "num_rows", int, where),
+        fields.get(entry, "dim", int, where),
+        fields.get(entry, "max_ids_per_sample", int, where),
+        fields.get(entry, "side", str, where),
     )
-    shards = entry["shards"]
+    shards = fields.get(entry, "shards", list, where)
+    if not shards:
+        raise PlanError(f"plan `{fields.path}`: {where} has no shards")
+    for number, shard in enumerate(shards):
+        fields.only(shard, _SHARD_FIELDS, f"{where} shard {number}")
+        for key, kind in (("index", int), ("row_start", int), ("row_end", int), ("replicas", int), ("bytes", int)):
+            fields.get(shard, key, kind, f"{where} shard {number}")
+        fields.get(shard, "access_share", (float, type(None)), f"{where} shard {number}")
     boundaries = [shards[0]["row_start"], *(shard["row_end"] for shard in shards)]
-    placements = [Placement(shard["replicas"], shard["device"]) for shard in shards]
-    order = orders.get(spec.name) if entry.get("permuted") else None
-    if entry.get("permuted") and order is None:
-        raise PlanError(f"plan `{path}`: table {spec.name!r} is permuted but has no row order")
-    dtypes = [  # plans written before row dtypes: fp32
-        check_row_dtype(shard.get("row_dtype", "fp32"), f"plan `{path}` table {spec.name!r} shard `row_dtype`")
+    placements = [Placement(shard["replicas"], fields.get(shard, "device", str, where)) for shard in shards]
+    permuted = fields.get(entry, "permuted", bool, where)
+    order = orders.get(spec.name) if permuted else None
+    if permuted and order is None:
+        raise PlanError(f"plan `{fields.path}`: table {spec.name!r} is permuted but has no row order")
+    dtypes = [
+        check_row_dtype(fields.get(shard, "row_dtype", str, where), f"plan `{fields.path}` {where} shard `row_dtype`")
         for shard in shards
     ]
-    return table_plan(
-        spec, boundaries, placements, row_order=order, cached_rows=entry.get("cached_rows", 0), row_dtypes=dtypes
-    )
+    cached_rows = fields.get(entry, "cached_rows", int, where)
+    return table_plan(spec, boundaries, placements, row_order=order, cached_rows=cached_rows, row_dtypes=dtypes)
+
+
+def _document(path: Path) -> dict[str, Any]:
+    """plan.json as a version 2 document (a version 1 file migrated), its format and version checked."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PlanError(f"plan `{path}` cannot be read: {error}") from error
+    if not isinstance(document, dict) or document.get("format") != PLAN_FORMAT:
+        raise PlanError(f"`{path}` is not a recgen plan")
+    version = document.get("schema_version")
+    if version == 1:
+        return migrate_v1(document)
+    if version != PLAN_SCHEMA_VERSION:
+        raise PlanError(f"plan `{path}` has schema version {version!r}; this recgen reads 1 and {PLAN_SCHEMA_VERSION}")
+    return document
+
+
+def _placement(document: dict[str, Any], key: str, fields: _Fields) -> Placement:
+    entry = fields.get(document, key, dict, "the plan")
+    fields.only(entry, {"instance_count", "device"}, f"`{key}`")
+    return Placement(fields.get(entry, "instance_count", int, f"`{key}`"), fields.get(entry, "device", str, f"`{key}`"))
 
 
 def load_plan(path: str | Path) -> Plan:
     """Read plan.json and its row orders; every field is checked as if the plan were built by hand."""
     path = Path(path)
+    document = _document(path)
+    fields = _Fields(path)
+    fields.only(document, _TOP_FIELDS, "the plan")
+    top = "the plan"
+    features = fields.get(document, "features", list, top)
     try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise PlanError(f"plan `{path}` cannot be read: {error}") from error
-    if document.get("format") != PLAN_FORMAT:
-        raise PlanError(f"`{path}` is not a recgen plan")
-    if document.get("schema_version") != PLAN_SCHEMA_VERSION:
-        raise PlanError(
-            f"plan `{path}` has schema version {document.get('schema_version')!r}; this recgen reads "
-            f"{PLAN_SCHEMA_VERSION}"
-        )
-    orders = _row_orders(path, document)
-    try:
-        return Plan(
-            model_name=document["model_name"],
-            tables=tuple(_table_from_entry(path, entry, orders) for entry in document["tables"]),
-            router=Placement(document["router"]["instance_count"], document["router"]["device"]),
-            dense=Placement(document["dense"]["instance_count"], document["dense"]["device"]),
-            max_batch_size=document["max_batch_size"],
-            group_by=document.get("group_by", "placement"),
-            lookup_step=document.get("lookup_step", "separate"),
-            lookup_engine=document.get("lookup_engine", "python"),
-            latency_slo_ms=document.get("latency_slo_ms", queueing.DEFAULT_LATENCY_SLO_MS),
-            shedding=document.get("shedding", "router"),
-            check_finite=bool(document.get("check_finite", True)),
-            count_accesses=bool(document.get("count_accesses", True)),
-            generation=int(document.get("generation", naming.FIRST_GENERATION)),
-            features=tuple(FeatureSpec(**entry) for entry in document.get("features", [])),
-        )
-    except (KeyError, IndexError, TypeError) as error:
-        raise PlanError(f"plan `{path}` is missing a field: {error!r}") from error
+        feature_specs = tuple(FeatureSpec(**entry) for entry in features)
+    except TypeError as error:
+        raise PlanError(f"plan `{path}`: a feature has missing or unknown fields ({error})") from error
+    fields.get(document, "planner", (dict, type(None)), top)
+    return Plan(
+        model_name=fields.get(document, "model_name", str, top),
+        tables=tuple(
+            _table_from_entry(entry, _row_orders(path, document, fields), fields)
+            for entry in fields.get(document, "tables", list, top)
+        ),
+        router=_placement(document, "router", fields),
+        dense=_placement(document, "dense", fields),
+        max_batch_size=fields.get(document, "max_batch_size", int, top),
+        group_by=fields.get(document, "group_by", str, top),
+        lookup_step=fields.get(document, "lookup_step", str, top),
+        lookup_engine=fields.get(document, "lookup_engine", str, top),
+        latency_slo_ms=float(fields.get(document, "latency_slo_ms", float, top)),
+        shedding=fields.get(document, "shedding", str, top),
+        check_finite=fields.get(document, "check_finite", bool, top),
+        count_accesses=fields.get(document, "count_accesses", bool, top),
+        generation=fields.get(document, "generation", int, top),
+        features=feature_specs,
+    )
+
+
+@dataclass(frozen=True)
+class PlannerFigures:
+    """What `recgen plan` wrote into plan.json besides the plan: the load, its totals, every shard's access share."""
+
+    target_qps: float
+    planned_memory_bytes: int
+    expected_hit_rate: float
+    capacity: dict[str, Any]
+    access_shares: dict[tuple[str, int], float]
+
+
+def load_planner_figures(path: str | Path) -> PlannerFigures | None:
+    """The planner's figures of plan.json, or None for a plan the planner did not make (uniform, by hand)."""
+    path = Path(path)
+    load_plan(path)  # the whole file is checked first
+    document = _document(path)
+    fields = _Fields(path)
+    planner = document["planner"]
+    if planner is None:
+        return None
+    inputs = fields.get(planner, "inputs", dict, "`planner`")
+    totals = fields.get(planner, "totals", dict, "`planner`")
+    planned = fields.get(totals, "planned", dict, "`planner.totals`")
+    cache = fields.get(totals, "front_cache", dict, "`planner.totals`")
+    return PlannerFigures(
+        float(fields.get(inputs, "target_qps", float, "`planner.inputs`")),
+        fields.get(planned, "memory_bytes", int, "`planner.totals.planned`"),
+        float(fields.get(cache, "expected_hit_rate", float, "`planner.totals.front_cache`")),
+        fields.get(inputs, "capacity", dict, "`planner.inputs`"),
+        {
+            (table["name"], shard["index"]): float(shard["access_share"])
+            for table in document["tables"]
+            for shard in table["shards"]
+            if shard["access_share"] is not None
+        },
+    )

@@ -27,6 +27,8 @@ from generator.planning.choices import Device
 DEFAULT_SERVER_CORES = 16
 DEFAULT_SERVER_MEMORY_BYTES = 64 * 10**9
 _BUSY_SLACK = 1e-9  # 12.8000000001 busy cores is 12.8
+#: A server with fewer spare cores than this takes no more replicas (keeps placing a large fleet linear).
+_FULL_CORES = 1e-3
 
 
 @dataclass(frozen=True)
@@ -178,13 +180,13 @@ def place(components: Sequence[Component], size: ServerSize, target_utilization:
     """Every replica of every component on a server of `size` (first fit decreasing by data; see the module)."""
     usable_cores = size.cores * target_utilization
     filling: list[_Filling] = []
+    roomy: list[_Filling] = []  # servers with cores to spare (a full one is never looked at again)
     for component in sorted(components, key=lambda c: -c.data_bytes):  # stable: ties keep the given order
         left = component.replicas
+        holding: list[_Filling] = []
         while left:
-            holding = [f for f in filling if component.name in f.hosts]
-            others = [f for f in filling if component.name not in f.hosts]
             chosen = next(
-                ((f, n) for f in holding + others if (n := _fits(f, component, left, size, usable_cores)) > 0), None
+                ((f, n) for f in holding + roomy if (n := _fits(f, component, left, size, usable_cores)) > 0), None
             )
             if chosen is None:
                 fresh = _Filling(len(filling), 0.0, server_bytes, 0)
@@ -192,10 +194,15 @@ def place(components: Sequence[Component], size: ServerSize, target_utilization:
                 if count == 0:
                     raise PlanError(_too_big(component, size, server_bytes))
                 filling.append(fresh)
+                roomy.append(fresh)
                 chosen = (fresh, count)
             server, count = chosen
+            if component.name not in server.hosts:
+                holding.append(server)
             _add(server, component, count)
             left -= count
+            if usable_cores - server.busy_cores < _FULL_CORES:
+                roomy.remove(server)
     return Fleet(
         size,
         tuple(

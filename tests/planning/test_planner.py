@@ -326,7 +326,7 @@ def test_plan_json_round_trip_keeps_cuts_replicas_and_row_orders(tmp_path: Path)
     document = json.loads(path.read_text())
     shard = document["tables"][2]["shards"][0]
     assert {"row_start", "row_end", "access_share", "replicas", "bytes", "device"} <= set(shard)
-    assert document["totals"]["memory_ratio"] == pytest.approx(report.memory_ratio)
+    assert document["planner"]["totals"]["memory_ratio"] == pytest.approx(report.memory_ratio)
     rows = row_order_path(path)
     rows.write_bytes(rows.read_bytes()[:-10] + b"0123456789")
     from generator.errors import PlanError

@@ -96,6 +96,10 @@ def test_plan_files_keep_row_dtypes_and_older_files_read_as_fp32(tmp_path: Path)
         for shard in table["shards"]:
             del shard["row_dtype"]
     path.write_text(json.dumps(document))
+    with pytest.raises(PlanError, match="has no `row_dtype`"):  # version 2 reads no field with a default
+        load_plan(path)
+    document["schema_version"] = 1  # a version 1 file, written before row dtypes: fp32
+    path.write_text(json.dumps(document))
     assert {s.row_dtype for s in load_plan(path).shards} == {"fp32"}
     document["tables"][0]["shards"][0]["row_dtype"] = "int3"
     path.write_text(json.dumps(document))

@@ -1,0 +1,93 @@
+"""plan.json version 2: strict reading (every field, its type, nothing unknown) and the migration of version 1."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generator.errors import PlanError
+from generator.planning import queueing
+from generator.planning.plan import Placement, uniform_plan
+from generator.planning.plan_file import load_plan, load_planner_figures, save_plan
+from tests.conftest import tiny_model
+
+
+def _saved(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    path = save_plan(uniform_plan(tiny_model(), name="tiny", shards_per_table=2), tmp_path / "plan.json")
+    return path, json.loads(path.read_text())
+
+
+def _write(path: Path, document: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_a_saved_plan_reads_back_equal_and_has_no_planner_section(tmp_path: Path) -> None:
+    path, document = _saved(tmp_path)
+    plan = uniform_plan(tiny_model(), name="tiny", shards_per_table=2)
+    assert load_plan(path) == plan
+    assert document["schema_version"] == 2 and document["planner"] is None
+    assert load_planner_figures(path) is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("lookup_engine"), "the plan has no `lookup_engine`"),
+        (lambda d: d.pop("generation"), "the plan has no `generation`"),
+        (lambda d: d.update(check_finite="yes"), "the plan `check_finite` must be bool, got 'yes'"),
+        (lambda d: d.update(max_batch_size=True), "the plan `max_batch_size` must be int, got True"),
+        (lambda d: d.update(extra=1), r"the plan has unknown fields \['extra'\]"),
+        (lambda d: d["tables"][1].pop("side"), "table 'small' has no `side`"),
+        (lambda d: d["tables"][1].pop("cached_rows"), "table 'small' has no `cached_rows`"),
+        (lambda d: d["tables"][1]["shards"][1].pop("row_dtype"), "table 'small' has no `row_dtype`"),
+        (lambda d: d["tables"][0]["shards"][0].update(replicas="2"), "shard 0 `replicas` must be int, got '2'"),
+        (lambda d: d["tables"][0]["shards"][0].update(hot=True), r"shard 0 has unknown fields \['hot'\]"),
+        (lambda d: d["router"].pop("device"), "`router` has no `device`"),
+        (lambda d: d.update(schema_version=3), "schema version 3; this recgen reads 1 and 2"),
+    ],
+)
+def test_a_missing_mistyped_or_unknown_field_is_named(tmp_path: Path, edit: Any, message: str) -> None:
+    path, document = _saved(tmp_path)
+    edit(document)
+    with pytest.raises(PlanError, match=message):
+        load_plan(_write(path, document))
+
+
+def _version_1(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as recgen wrote version 1 before plans had engines, generations, features and row dtypes."""
+    old = {key: value for key, value in document.items() if key not in ("planner", "lookup_engine", "generation")}
+    for key in ("group_by", "lookup_step", "latency_slo_ms", "shedding", "check_finite", "count_accesses", "features"):
+        old.pop(key)
+    old["schema_version"] = 1
+    old["inputs"], old["totals"] = {}, {}
+    for table in old["tables"]:
+        table.pop("side"), table.pop("cached_rows")
+        for shard in table["shards"]:
+            shard.pop("row_dtype"), shard.pop("access_share")
+    return old
+
+
+def test_a_version_1_file_is_migrated_with_what_its_reader_defaulted(tmp_path: Path) -> None:
+    path, document = _saved(tmp_path)
+    plan = load_plan(_write(path, _version_1(document)))
+    assert plan.lookup_engine == "python" and plan.lookup_step == "separate" and plan.group_by == "placement"
+    assert plan.latency_slo_ms == queueing.DEFAULT_LATENCY_SLO_MS and plan.shedding == "router"
+    assert plan.check_finite and plan.count_accesses and plan.generation == 1 and plan.features == ()
+    assert all(t.spec.side == "item" and t.cached_rows == 0 for t in plan.tables)
+    assert {s.row_dtype for s in plan.shards} == {"fp32"}
+    assert plan.router == Placement(1, "cpu")
+    assert load_planner_figures(path) is None
+
+
+def test_a_version_1_planner_file_keeps_its_figures(tmp_path: Path) -> None:
+    path, document = _saved(tmp_path)
+    old = _version_1(document)
+    old["inputs"] = {"target_qps": 3000.0, "capacity": {"format": "recgen.capacity"}}
+    old["totals"] = {"planned": {"memory_bytes": 123}, "front_cache": {"expected_hit_rate": 0.25}}
+    old["tables"][1]["shards"][0]["access_share"] = 0.75
+    figures = load_planner_figures(_write(path, old))
+    assert figures is not None
+    assert (figures.target_qps, figures.planned_memory_bytes, figures.expected_hit_rate) == (3000.0, 123, 0.25)
+    assert figures.access_shares == {("small", 0): 0.75}
