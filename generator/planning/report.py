@@ -73,6 +73,23 @@ class PlanReport:
     fleet: Fleet | None = None
     model_wise_fleet: Fleet | None = None
 
+    def memory_parts(self, totals: Totals, fleet: Fleet | None) -> dict[str, int]:
+        """Memory allocated by part: rows held, what every server runs once, what every replica adds."""
+        servers = len(fleet.servers) if fleet is not None else 1
+        per_server = servers * self.capacity.server_overhead_bytes
+        rows = totals.embedding_bytes
+        return {"rows": rows, "per server": per_server, "per replica": totals.memory_bytes - rows - per_server}
+
+    @property
+    def memory_words(self) -> str:
+        """The memory ratio in the one wording the report and the figure use ('1.27x more', '2.00x less')."""
+        return _times(self.memory_ratio, "less", "more")
+
+    @property
+    def utility_words(self) -> str:
+        """The utility ratio in the same wording."""
+        return _times(self.utility_ratio, "higher", "lower")
+
     @property
     def memory_ratio(self) -> float:
         """Model-wise memory allocated / planned (higher is better)."""
@@ -135,9 +152,9 @@ class PlanReport:
             *self._servers(),
             f"memory allocated: model-wise {self.model_wise.memory_bytes / 1e9:.3f} GB "
             f"({self.model_wise.replicas} whole-model replicas), planned {self.planned.memory_bytes / 1e9:.3f} GB "
-            f"-> {_times(self.memory_ratio, 'less', 'more')}",
+            f"-> {self.memory_words}",
             f"memory utility ({self.window_s:g} s window): model-wise {self.model_wise.memory_utility:.4f}, "
-            f"planned {self.planned.memory_utility:.4f} -> {_times(self.utility_ratio, 'higher', 'lower')}",
+            f"planned {self.planned.memory_utility:.4f} -> {self.utility_words}",
         ]
         dtypes = sorted({shard.row_dtype for shard in self.shards})
         if dtypes != ["fp32"]:

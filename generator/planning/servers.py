@@ -108,6 +108,7 @@ class _Filling:
     memory_bytes: int
     gpu_memory_bytes: int
     hosts: dict[str, int] = field(default_factory=dict)
+    data_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ class Server:
     busy_cores: float
     memory_bytes: int
     gpu_memory_bytes: int
+    #: Of its memory (host and GPU), the data held once for the models it hosts (rows, GPU weights).
+    data_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able server for plan.json."""
@@ -128,6 +131,7 @@ class Server:
             "busy_cores": self.busy_cores,
             "memory_bytes": self.memory_bytes,
             "gpu_memory_bytes": self.gpu_memory_bytes,
+            "data_bytes": self.data_bytes,
         }
 
 
@@ -206,7 +210,8 @@ def place(components: Sequence[Component], size: ServerSize, target_utilization:
     return Fleet(
         size,
         tuple(
-            Server(f.index, tuple(f.hosts.items()), f.busy_cores, f.memory_bytes, f.gpu_memory_bytes) for f in filling
+            Server(f.index, tuple(f.hosts.items()), f.busy_cores, f.memory_bytes, f.gpu_memory_bytes, f.data_bytes)
+            for f in filling
         ),
     )
 
@@ -229,6 +234,7 @@ def _fits(server: _Filling, component: Component, wanted: int, size: ServerSize,
 
 def _add(server: _Filling, component: Component, count: int) -> None:
     if component.name not in server.hosts:
+        server.data_bytes += component.data_bytes
         if component.device == "cpu":
             server.memory_bytes += component.data_bytes
         else:

@@ -135,3 +135,21 @@ def test_the_report_and_plan_json_show_the_servers() -> None:
     assert document["servers"]["server"]["cores"] == 4
     assert len(document["servers"]["servers"]) == len(report.fleet.servers)
     assert document["model_wise_servers"]["memory_bytes"] == report.model_wise.memory_bytes
+
+
+def test_memory_parts_add_up_and_the_figure_draws_cut_and_uncut_plans(tmp_path) -> None:
+    from generator.planning.figure import cut_tables, plot_plan
+
+    history = TableShape("history", 1_000_000, 20)  # long lists: rows, not calls, dominate a shard's time
+    shape = ModelShape((TableSpec("history", history.num_rows, 64, 20),), 4, (64,), (8, 1))
+    profile = zipf_profile([history], 1.2, samples=100_000, seed=2)
+    for cores, cut in ((1, True), (64, False)):
+        report = plan_model(shape, profile, target_qps=30_000, lookup_step="separate", servers=ServerSize(cores=cores))
+        for totals, fleet in ((report.planned, report.fleet), (report.model_wise, report.model_wise_fleet)):
+            parts = report.memory_parts(totals, fleet)
+            assert sum(parts.values()) == totals.memory_bytes and min(parts.values()) >= 0
+        assert bool(cut_tables(report)) == cut, str(report)
+        assert all(any(s.table == name and s.index > 0 for s in report.shards) for name in cut_tables(report))
+        written = plot_plan(report, profile, tmp_path / f"plan-{cores}.png")
+        assert written.stat().st_size > 20_000
+        assert report.memory_words in str(report)
