@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.loadgen import cpu_seconds, server_processes
-from bench.report import write_report
+from bench.report import save_figure, write_report
 from bench.rounds import median_round, odd_rounds
 from bench.structured import LATENCY_SLO_MS, as_imported, heavy_user_model, light_user_model, ranking_requests
 from bench.threads import closed_loop
@@ -188,9 +188,7 @@ def plot(cells: list[dict], path: Path) -> None:
     axis.set_xticks([i + width for i in range(len(groups))], [f"{label}\nN={count}" for label, count in groups])
     axis.set_ylabel("server CPU ms per request")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main() -> None:

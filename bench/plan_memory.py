@@ -18,7 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench.report import write_report
+from bench.report import save_figure, write_report
 from generator.model.dlrm import TableSpec
 from generator.planning.capacity import Capacity
 from generator.planning.plan import LookupStep
@@ -138,9 +138,7 @@ def plot(cells: list[dict[str, float]], path: Path) -> None:
         axis.set_xlabel("load, in whole-model servers")
         axis.set_ylabel(f"{figure_name.replace('_', ' ')} (x, vs model-wise)")
         axis.legend(fontsize=6)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_report(out: Path, stem: str, table: str, figures: object, plot: Callable[[Path], None]) -> None:
@@ -18,3 +19,12 @@ def write_report(out: Path, stem: str, table: str, figures: object, plot: Callab
     (out / f"{stem}.md").write_text(table + "\n")
     plot(out / f"{stem}.png")
     print(f"wrote {out}/{stem}.json, {stem}.md, {stem}.png")
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Lay out, write and close a matplotlib figure (every benchmark's plot ends so)."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

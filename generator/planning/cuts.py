@@ -42,6 +42,8 @@ class ShardStats:
     bytes_per_replica: int
     device: Device
     row_dtype: RowDtype = "fp32"
+    #: With the fused lookup step: the router pools it (True) or it is its own step (False).
+    router_pooled: bool = True
 
     @property
     def memory_bytes(self) -> int:
@@ -97,13 +99,16 @@ def _table_grid_costs(
     cached_rows: int = 0,
     row_dtypes: np.ndarray | None = None,
     server_cores: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Memory cost, replicas and access share of every grid segment (i, j).
+    pooled_copies: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Memory cost, replicas, access share and whether the router should pool it, of every grid segment (i, j).
 
     Lookups of the hottest `cached_rows` ranks are served by the router's front cache and reach no shard.
     `row_dtypes`: the row dtype (index into ROW_DTYPES) of a segment starting at each grid point (fp32 if None).
     `server_cores`: a shard's replicas share one copy of its rows per server, and take as many servers as the cores
     they keep busy need (`servers.place` packs them so); None: every replica holds its own copy.
+    `pooled_copies` (the fused lookup step): a segment the router pools costs a copy of its rows on each of the
+    router's servers instead; each segment costs the cheaper of the two, and says which it is.
     """
     counts = np.asarray(access.ranked_counts(), dtype=np.float64).copy()
     counts[:cached_rows] = 0.0
@@ -121,7 +126,12 @@ def _table_grid_costs(
         per_server = server_cores * capacity.target_utilization
         copies = np.minimum(replicas, np.maximum(1, np.ceil(qps * seconds / per_server - 1e-9)))
     memory = copies * rows * row_bytes + replicas * capacity.lookup_overhead_bytes
-    return memory, replicas.astype(np.int64), share
+    pooled = np.zeros(memory.shape, dtype=bool)
+    if pooled_copies is not None:
+        pooled_memory = pooled_copies * rows * row_bytes
+        pooled = pooled_memory <= memory
+        memory = np.where(pooled, pooled_memory, memory)
+    return memory, replicas.astype(np.int64), share, pooled
 
 
 def cut_table(
@@ -135,12 +145,15 @@ def cut_table(
     cached_rows: int = 0,
     precision: RowPrecision | None = None,
     server_cores: int | None = None,
+    pooled_copies: int | None = None,
 ) -> list[ShardStats]:
     """Optimal cuts of one table's hotness order and each shard's replicas (all on CPU; placement comes later).
 
     With a front cache of the hottest `cached_rows` ranks, those lookups reach no shard (shares exclude them).
     `precision`: every shard's row dtype (by hotness: the cuts are chosen for the bytes that dtype stores).
     `server_cores`: price a shard's rows once per server its replicas need (see `_table_grid_costs`).
+    `pooled_copies`: the fused router's servers; each shard is then pooled by the router or its own step, whichever
+    holds its rows in fewer bytes.
     """
     if access.num_rows != spec.num_rows:
         raise PlanError(f"table {spec.name!r}: the profile has {access.num_rows} rows, the model {spec.num_rows}")
@@ -155,8 +168,8 @@ def cut_table(
         edge = min(int(np.searchsorted(shares_before, precision.hot_share - 1e-12, side="left")), spec.num_rows)
         grid = np.unique(np.concatenate([grid, [edge]]))
     dtypes = precision.dtypes(spec.name, shares_before[np.minimum(grid, spec.num_rows)])
-    memory, replicas, share = _table_grid_costs(
-        access, spec, lookups_per_query, qps, capacity, grid, cached_rows, dtypes, server_cores
+    memory, replicas, share, pooled = _table_grid_costs(
+        access, spec, lookups_per_query, qps, capacity, grid, cached_rows, dtypes, server_cores, pooled_copies
     )
     if 0 < edge < spec.num_rows:  # no shard spans the edge, so the hot and cold rows get their own dtypes
         memory[(grid[:, np.newaxis] < edge) & (grid[np.newaxis, :] > edge)] = np.inf
@@ -173,6 +186,7 @@ def cut_table(
             int(grid[j] - grid[i]) * int(bytes_per_row_of(spec.dim, dtypes[i : i + 1])[0]),
             "cpu",
             ROW_DTYPES[int(dtypes[i])],
+            pooled_copies is None or bool(pooled[i, j]),
         )
         for index, (i, j) in enumerate(itertools.pairwise(cut_indices))
     ]

@@ -75,6 +75,9 @@ class ShardPlan:
     placement: Placement = field(default_factory=Placement)
     #: How the shard stores its rows (`recgen_rows`): fp32, fp16, or int8 row-wise (codes plus scale and offset).
     row_dtype: RowDtype = "fp32"
+    #: With the fused lookup step, whether the router pools this shard itself (on the router's device); False: the
+    #: shard is a step of its own, so that its rows sit on the few servers its calls need, not on every router's.
+    router_pooled: bool = True
 
     def __post_init__(self) -> None:
         if self.row_dtype not in ROW_DTYPES:
@@ -173,6 +176,11 @@ class ShardGroup:
         """How every member stores its rows (groups never mix row dtypes: each slot pools one kind of stack)."""
         return self.shards[0].row_dtype
 
+    @property
+    def router_pooled(self) -> bool:
+        """Whether the router may pool the group (groups never mix pooled and own-step shards)."""
+        return self.shards[0].router_pooled
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -253,16 +261,23 @@ class Plan:
         """
         if self.group_by == "shard":
             return [ShardGroup(i, shard.placement, (shard,)) for i, shard in enumerate(self.shards)]
-        members: dict[tuple[Placement, RowDtype], list[ShardPlan]] = {}
+        members: dict[tuple[Placement, RowDtype, bool], list[ShardPlan]] = {}
         for shard in self.shards:
-            members.setdefault((shard.placement, shard.row_dtype), []).append(shard)
+            members.setdefault((shard.placement, shard.row_dtype, shard.router_pooled), []).append(shard)
         return [ShardGroup(i, key[0], tuple(group)) for i, (key, group) in enumerate(members.items())]
 
     def router_pooled_groups(self) -> list[ShardGroup]:
-        """The shard groups the router pools in its own step: with a fused lookup step, those on its device."""
+        """The shard groups the router pools in its own step.
+
+        With a fused lookup step: those on its device that the plan leaves to it (`ShardPlan.router_pooled`).
+        """
         if self.lookup_step != "fused":
             return []
-        return [group for group in self.shard_groups() if group.placement.device == self.router.device]
+        return [
+            group
+            for group in self.shard_groups()
+            if group.placement.device == self.router.device and group.router_pooled
+        ]
 
     def step_groups(self) -> list[ShardGroup]:
         """The shard groups served as their own model and ensemble step."""
@@ -296,32 +311,9 @@ class Plan:
         raise PlanError("the plan does not match the model: " + "; ".join(differences))
 
     def __str__(self) -> str:
-        lines = [f"plan for {self.model_name!r}: {len(self.tables)} tables, {len(self.shards)} shards"]
-        lines.append(f"  {'table':<16} {'shard':>5} {'rows':>21} {'instances':>9} {'device':>6} {'dtype':>5} {'MB':>9}")
-        for table in self.tables:
-            for shard in table.shards:
-                rows = f"[{shard.row_start}, {shard.row_end})"
-                lines.append(
-                    f"  {table.spec.name:<16} {shard.index:>5} {rows:>21} {shard.placement.instance_count:>9} "
-                    f"{shard.placement.device:>6} {shard.row_dtype:>5} {table.shard_bytes(shard) / 1e6:>9.3f}"
-                )
-        full = sum(table.spec.num_rows * table.spec.bytes_per_row for table in self.tables)
-        stored = sum(table.embedding_bytes for table in self.tables)
-        if stored != full:
-            lines.append(f"  embedding rows: {stored / 1e6:.3f} MB as stored, {full / 1e6:.3f} MB in fp32")
-        pooled = len(self.router_pooled_groups())
-        lines.append(
-            f"  {len(self.step_groups())} shard models (grouped by {self.group_by})"
-            + (f"; the router pools {pooled} group(s) itself (fused lookup step)" if pooled else "")
-        )
-        lines.append(
-            f"  router: {self.router.instance_count} x {self.router.device}; "
-            f"dense: {self.dense.instance_count} x {self.dense.device}"
-        )
-        who = "the router sheds" if self.shedding == "router" else "Triton's queue policy (stalls ~0.5 s) rejects"
-        budget_ms = queueing.queue_budget_us(self.latency_slo_ms) / 1000
-        lines.append(f"  latency target {self.latency_slo_ms:g} ms: {who} requests queued over {budget_ms:g} ms")
-        return "\n".join(lines)
+        from generator.planning.plan_text import describe  # the printed form has its own module
+
+        return describe(self)
 
 
 def _check_placement(instance_count: int, device: str, what: str) -> None:
@@ -337,18 +329,25 @@ def table_plan(
     row_order: np.ndarray | None = None,
     cached_rows: int = 0,
     row_dtypes: Sequence[RowDtype] | None = None,
+    router_pooled: Sequence[bool] | None = None,
 ) -> TablePlan:
-    """Build one table's plan from its boundaries [0, ..., num_rows], one placement (and row dtype) per shard."""
+    """Build one table's plan from its boundaries [0, ..., num_rows], one placement (and row dtype) per shard.
+
+    `router_pooled`: per shard, whether the fused router pools it (all of them if None).
+    """
     count = len(boundaries) - 1
     if len(placements) != count or (row_dtypes is not None and len(row_dtypes) != count):
         raise PlanError(
             f"table {spec.name!r}: {count} shards need {count} placements (and row dtypes), got {len(placements)}"
         )
     dtypes: list[RowDtype] = list(row_dtypes) if row_dtypes is not None else ["fp32"] * count
+    pooled = list(router_pooled) if router_pooled is not None else [True] * count
+    if len(pooled) != count:
+        raise PlanError(f"table {spec.name!r}: {count} shards need {count} router_pooled flags, got {len(pooled)}")
     shards = tuple(
-        ShardPlan(spec.name, index, int(start), int(end), placement, dtype)
-        for index, (start, end, placement, dtype) in enumerate(
-            zip(boundaries[:-1], boundaries[1:], placements, dtypes, strict=True)
+        ShardPlan(spec.name, index, int(start), int(end), placement, dtype, is_pooled)
+        for index, (start, end, placement, dtype, is_pooled) in enumerate(
+            zip(boundaries[:-1], boundaries[1:], placements, dtypes, pooled, strict=True)
         )
     )
     return TablePlan(spec, shards, row_order, cached_rows)

@@ -74,6 +74,7 @@ def _table_entry(table: TablePlan, shares: dict[tuple[str, int], float]) -> dict
                 "device": s.placement.device,
                 "row_dtype": s.row_dtype,
                 "bytes": table.shard_bytes(s),
+                "router_pooled": s.router_pooled,
                 "access_share": shares.get((table.spec.name, s.index)),
             }
             for s in table.shards
@@ -151,7 +152,9 @@ _TOP_FIELDS = {
     "row_order_sha256", "router", "dense", "tables", "features", "planner",
 }  # fmt: skip
 _TABLE_FIELDS = {"name", "num_rows", "dim", "max_ids_per_sample", "side", "permuted", "cached_rows", "shards"}
-_SHARD_FIELDS = {"index", "row_start", "row_end", "replicas", "device", "row_dtype", "bytes", "access_share"}
+_SHARD_FIELDS = {
+    "index", "row_start", "row_end", "replicas", "device", "row_dtype", "bytes", "router_pooled", "access_share",
+}  # fmt: skip
 
 
 def migrate_v1(document: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +176,10 @@ def migrate_v1(document: dict[str, Any]) -> dict[str, Any]:
     tables = []
     for table in document.get("tables", []):
         table = {"side": "item", "permuted": False, "cached_rows": 0, **table}
-        table["shards"] = [{"row_dtype": "fp32", "access_share": None, **shard} for shard in table.get("shards", [])]
+        table["shards"] = [
+            {"row_dtype": "fp32", "router_pooled": True, "access_share": None, **shard}
+            for shard in table.get("shards", [])
+        ]
         tables.append(table)
     migrated["tables"] = tables
     return migrated
@@ -222,7 +228,10 @@ def _table_from_entry(entry: dict[str, Any], orders: dict[str, np.ndarray], fiel
         for shard in shards
     ]
     cached_rows = fields.get(entry, "cached_rows", int, where)
-    return table_plan(spec, boundaries, placements, row_order=order, cached_rows=cached_rows, row_dtypes=dtypes)
+    pooled = [fields.get(shard, "router_pooled", bool, f"{where} shard {n}") for n, shard in enumerate(shards)]
+    return table_plan(
+        spec, boundaries, placements, row_order=order, cached_rows=cached_rows, row_dtypes=dtypes, router_pooled=pooled
+    )
 
 
 def _document(path: Path) -> dict[str, Any]:

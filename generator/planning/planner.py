@@ -9,6 +9,7 @@ cache, `report` prices the plan against the model-wise baseline. `plan_model` co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,8 @@ def _router_seconds(
     ids = sum(lookups.values())
     if lookup_step != "fused":
         return capacity.router_seconds(ids)
-    return capacity.fused_seconds(ids, sum(lookups[s.table] * s.access_share for s in shards if s.device == "cpu"))
+    pooled = [s for s in shards if s.device == "cpu" and s.router_pooled]
+    return capacity.fused_seconds(ids, sum(lookups[s.table] * s.access_share for s in pooled))
 
 
 def plan_model(
@@ -187,15 +189,45 @@ def _server_size(targets: PlanTargets) -> ServerSize:
 def _cut_tables(
     shape: ModelShape, accesses: Sequence[TableAccess], cached: Sequence[int], targets: PlanTargets, capacity: Capacity
 ) -> list[ShardStats]:
-    """Every table's shards, hottest first, cut for the targets' load (and its row dtypes)."""
+    """Every table's shards, hottest first, cut for the targets' load (and its row dtypes).
+
+    With the fused step a shard is pooled by the router or its own step, whichever holds its rows in fewer bytes,
+    priced with the servers the routers take when they pool every row: an upper bound, so a shard becomes its own
+    step only where that pays even against the most router servers (one pass; no iteration to flip-flop).
+    """
     targets.precision.check_tables([spec.name for spec in shape.tables])
+    pooled_rows = sum(targets.batch_size * access.mean_ids_per_sample for access in accesses)
+    return _cuts(shape, accesses, cached, targets, capacity, _router_servers(pooled_rows, accesses, targets, capacity))
+
+
+def _cuts(
+    shape: ModelShape,
+    accesses: Sequence[TableAccess],
+    cached: Sequence[int],
+    targets: PlanTargets,
+    capacity: Capacity,
+    router_servers: int | None,
+) -> list[ShardStats]:
     return [
         shard
         for spec, access, cached_rows in zip(shape.tables, accesses, cached, strict=True)
         for shard in cut_table(spec, access, qps=targets.target_qps, batch_size=targets.batch_size,
                                capacity=capacity, max_shards=targets.max_shards_per_table, cached_rows=cached_rows,
-                               precision=targets.precision, server_cores=_server_size(targets).cores)
+                               precision=targets.precision, server_cores=_server_size(targets).cores,
+                               pooled_copies=router_servers)
     ]  # fmt: skip
+
+
+def _router_servers(
+    pooled_rows: float, accesses: Sequence[TableAccess], targets: PlanTargets, capacity: Capacity
+) -> int | None:
+    """With the fused step, the servers the routers take pooling `pooled_rows` rows a query (None: separate steps)."""
+    if targets.lookup_step != "fused":
+        return None
+    ids = sum(targets.batch_size * access.mean_ids_per_sample for access in accesses)
+    busy_cores = targets.target_qps * capacity.fused_seconds(ids, pooled_rows)
+    per_server = _server_size(targets).cores * capacity.target_utilization
+    return max(1, math.ceil(busy_cores / per_server - 1e-9))
 
 
 def _hit_rate(accesses: Sequence[TableAccess], cached: Sequence[int]) -> float:
@@ -254,7 +286,15 @@ def plan_from_report(
         order = profile.table(spec.name).row_order()
         dtypes = [s.row_dtype for s in shards]
         tables.append(
-            table_plan(spec, boundaries, placements, row_order=order, cached_rows=cached_rows, row_dtypes=dtypes)
+            table_plan(
+                spec,
+                boundaries,
+                placements,
+                row_order=order,
+                cached_rows=cached_rows,
+                row_dtypes=dtypes,
+                router_pooled=[s.router_pooled for s in shards],
+            )
         )
     return Plan(
         model_name=name,

@@ -77,7 +77,7 @@ def planned_components(
     dense model on GPU holds its weights there (once per server) and keeps no core busy.
     """
     router_replicas, dense_replicas = replicas
-    pooled = [s for s in shards if lookup_step == "fused" and s.device == "cpu"]
+    pooled = [s for s in shards if lookup_step == "fused" and s.device == "cpu" and s.router_pooled]
     components = [
         Component(
             ROUTER,

@@ -141,11 +141,13 @@ class PlanReport:
         ]
         for shard in self.shards:
             rows = f"[{shard.row_start:,}, {shard.row_end:,})"
+            own_step = self.lookup_step == "fused" and shard.device == "cpu" and not shard.router_pooled
             lines.append(
                 f"  {shard.table:<18} {shard.index:>5} {rows:>25} {shard.access_share:>8.2%} {shard.replicas:>8} "
                 f"{shard.bytes_per_replica / 1e6:>11.3f} {shard.device:>6} {shard.row_dtype:>5}"
+                + ("  own step" if own_step else "")
             )
-        pooled = ", pooling the cpu shards itself (fused lookup step; their rows mapped once)"
+        pooled = ", pooling the cpu shards itself but those marked own step (fused lookup step; rows mapped once)"
         lines += [
             f"  router replicas {self.router_replicas}{pooled if self.lookup_step == 'fused' else ''}, "
             f"dense replicas {self.dense_replicas}",

@@ -1,5 +1,6 @@
 """plan.json version 2: strict reading (every field, its type, nothing unknown) and the migration of version 1."""
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def _version_1(document: dict[str, Any]) -> dict[str, Any]:
     for table in old["tables"]:
         table.pop("side"), table.pop("cached_rows")
         for shard in table["shards"]:
-            shard.pop("row_dtype"), shard.pop("access_share")
+            shard.pop("row_dtype"), shard.pop("access_share"), shard.pop("router_pooled")
     return old
 
 
@@ -77,6 +78,7 @@ def test_a_version_1_file_is_migrated_with_what_its_reader_defaulted(tmp_path: P
     assert plan.check_finite and plan.count_accesses and plan.generation == 1 and plan.features == ()
     assert all(t.spec.side == "item" and t.cached_rows == 0 for t in plan.tables)
     assert {s.row_dtype for s in plan.shards} == {"fp32"}
+    assert all(s.router_pooled for s in plan.shards)
     assert plan.router == Placement(1, "cpu")
     assert load_planner_figures(path) is None
 
@@ -91,3 +93,12 @@ def test_a_version_1_planner_file_keeps_its_figures(tmp_path: Path) -> None:
     assert figures is not None
     assert (figures.target_qps, figures.planned_memory_bytes, figures.expected_hit_rate) == (3000.0, 123, 0.25)
     assert figures.access_shares == {("small", 0): 0.75}
+
+
+def test_a_shard_left_to_its_own_step_stays_so(tmp_path: Path) -> None:
+    plan = uniform_plan(tiny_model(), name="tiny", shards_per_table=2)
+    medium = plan.tables[2]
+    shards = (medium.shards[0], dataclasses.replace(medium.shards[1], router_pooled=False))
+    plan = dataclasses.replace(plan, tables=(*plan.tables[:2], dataclasses.replace(medium, shards=shards)))
+    loaded = load_plan(save_plan(plan, tmp_path / "plan.json"))
+    assert loaded == plan and [g.router_pooled for g in loaded.step_groups()] == [False]

@@ -16,6 +16,7 @@ from generator.planning import memory
 from generator.planning.capacity import Capacity
 from generator.planning.cuts import candidate_cuts, optimal_segmentation
 from generator.planning.memory import ModelShape
+from generator.planning.plan import uniform_plan
 from generator.planning.plan_file import load_plan, row_order_path, save_plan
 from generator.planning.planner import plan_from_report, plan_model, scale_to_load
 from generator.planning.servers import ServerSize
@@ -378,7 +379,9 @@ def test_planned_repository_serves_scores_equal_to_pytorch(tmp_path: Path, serve
     assert not np.array_equal(history.row_order, np.arange(history.spec.num_rows))
     result = build.build(model, plan, tmp_path / "repo", tmp_path / "ens", backend=backend)
     counts = sorted(m.instance_count for m in result.models if m.role == "shards")
-    assert counts == (sorted({s.placement.instance_count for s in plan.shards}) if lookup_step == "separate" else [])
+    assert counts == sorted(group.placement.instance_count for group in plan.step_groups())
+    if lookup_step == "fused":  # on one-core servers, a step of its own holds a shard's rows in fewer bytes
+        assert any(not s.router_pooled for s in plan.shards), str(report)
     server = server_factory(result)
     for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
         report = client.check(model, url, protocol=protocol, requests=3, batch_size=64, seed=5)
@@ -390,3 +393,22 @@ def test_planned_repository_serves_scores_equal_to_pytorch(tmp_path: Path, serve
         ids[ids >= 0] = hot_ids[ids[ids >= 0] % 3]
         with RankingClient(url, protocol) as ranking:
             np.testing.assert_allclose(ranking.score(request), reference_scores(model, request), atol=1e-5)
+
+
+@requires_server
+@pytest.mark.server
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a_fused_plan_with_shards_of_their_own_serves_exactly(tmp_path: Path, server_factory, engine: str) -> None:
+    model = wide_model()
+    plan = replace(uniform_plan(model, shards_per_table=3), lookup_engine=engine)
+    tables = tuple(  # the hottest shard of every table pooled by the router, the others steps of their own
+        replace(t, shards=tuple(replace(s, router_pooled=s.index == 0) for s in t.shards)) for t in plan.tables
+    )
+    plan = load_plan(save_plan(replace(plan, tables=tables), tmp_path / "plan.json"))
+    assert len(plan.router_pooled_groups()) == 1 and len(plan.step_groups()) == 1
+    result = build.build(model, plan, tmp_path / "repo", tmp_path / "ens")
+    assert [m.role for m in result.models].count("shards") == 1
+    server = server_factory(result)
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        report = client.check(model, url, protocol=protocol, requests=3, batch_size=32, seed=4)
+        assert report.passed, str(report)

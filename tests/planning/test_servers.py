@@ -153,3 +153,18 @@ def test_memory_parts_add_up_and_the_figure_draws_cut_and_uncut_plans(tmp_path) 
         written = plot_plan(report, profile, tmp_path / f"plan-{cores}.png")
         assert written.stat().st_size > 20_000
         assert report.memory_words in str(report)
+
+
+def test_the_fused_router_leaves_cold_rows_that_span_its_servers_to_steps_of_their_own() -> None:
+    history = TableShape("history", 1_000_000, 20)
+    shape = ModelShape((TableSpec("history", history.num_rows, 64, 20),), 4, (64,), (8, 1))
+    profile = zipf_profile([history], 1.2, samples=100_000, seed=2)
+    one_server = plan_model(shape, profile, target_qps=30_000)
+    assert all(s.router_pooled for s in one_server.shards)  # one router server: pooling holds every row once
+    report = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=1))
+    assert report.fleet is not None
+    hot, cold = report.shards[0], report.shards[-1]
+    assert hot.router_pooled and not cold.router_pooled, str(report)
+    routers = len(report.fleet.placements("router"))
+    assert 0 < len(report.fleet.placements(f"history/{cold.index}")) < routers
+    assert "own step" in str(report)
