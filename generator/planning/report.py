@@ -141,9 +141,11 @@ class PlanReport:
         ]
         for shard in self.shards:
             rows = f"[{shard.row_start:,}, {shard.row_end:,})"
+            pooled = self.lookup_step == "fused" and shard.device == "cpu" and shard.router_pooled
             own_step = self.lookup_step == "fused" and shard.device == "cpu" and not shard.router_pooled
+            replicas = "router" if pooled else str(shard.replicas)  # a pooled shard's replicas are the router's
             lines.append(
-                f"  {shard.table:<18} {shard.index:>5} {rows:>25} {shard.access_share:>8.2%} {shard.replicas:>8} "
+                f"  {shard.table:<18} {shard.index:>5} {rows:>25} {shard.access_share:>8.2%} {replicas:>8} "
                 f"{shard.bytes_per_replica / 1e6:>11.3f} {shard.device:>6} {shard.row_dtype:>5}"
                 + ("  own step" if own_step else "")
             )
