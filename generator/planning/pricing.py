@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from generator.errors import PlanError
 from generator.model.dlrm import TableSpec
 from generator.planning.capacity import Capacity
 from generator.planning.cuts import ShardStats
@@ -133,7 +134,13 @@ def model_wise_on_servers(
     component = model_wise_component(shape, replicas, qps * whole_model_s, capacity)
     held = {component.name: whole_tables(shape, traffic.accesses, replicas)}
     no_cache = Traffic(traffic.accesses, traffic.window_lookups, (0,) * len(shape.tables))
-    return priced([component], held, size, capacity, shape, no_cache)
+    try:
+        return priced([component], held, size, capacity, shape, no_cache)
+    except PlanError as error:
+        raise PlanError(
+            f"the model-wise baseline holds every row on each of its servers, and {error}; plans are priced against "
+            "it on servers of the same size, so give servers that hold the whole model"
+        ) from error
 
 
 def whole_tables(shape: ModelShape, accesses: Sequence[TableAccess], replicas: int) -> list[ShardStats]:

@@ -141,17 +141,17 @@ class PlanReport:
         ]
         for shard in self.shards:
             rows = f"[{shard.row_start:,}, {shard.row_end:,})"
-            pooled = self.lookup_step == "fused" and shard.device == "cpu" and shard.router_pooled
-            own_step = self.lookup_step == "fused" and shard.device == "cpu" and not shard.router_pooled
-            replicas = "router" if pooled else str(shard.replicas)  # a pooled shard's replicas are the router's
+            fused_cpu = self.lookup_step == "fused" and shard.device == "cpu"
+            own_step = fused_cpu and not shard.router_pooled
+            replicas = "router" if fused_cpu and shard.router_pooled else str(shard.replicas)  # the router's replicas
             lines.append(
                 f"  {shard.table:<18} {shard.index:>5} {rows:>25} {shard.access_share:>8.2%} {replicas:>8} "
                 f"{shard.bytes_per_replica / 1e6:>11.3f} {shard.device:>6} {shard.row_dtype:>5}"
                 + ("  own step" if own_step else "")
             )
-        pooled = ", pooling the cpu shards itself but those marked own step (fused lookup step; rows mapped once)"
+        pooling = ", pooling the cpu shards itself but those marked own step (fused lookup step; rows mapped once)"
         lines += [
-            f"  router replicas {self.router_replicas}{pooled if self.lookup_step == 'fused' else ''}, "
+            f"  router replicas {self.router_replicas}{pooling if self.lookup_step == 'fused' else ''}, "
             f"dense replicas {self.dense_replicas}",
             *self._servers(),
             f"memory allocated: model-wise {self.model_wise.memory_bytes / 1e9:.3f} GB "

@@ -168,3 +168,11 @@ def test_the_fused_router_leaves_cold_rows_that_span_its_servers_to_steps_of_the
     routers = len(report.fleet.placements("router"))
     assert 0 < len(report.fleet.placements(f"history/{cold.index}")) < routers
     assert "own step" in str(report)
+
+
+def test_a_model_larger_than_a_server_names_the_baseline_and_the_flag() -> None:
+    shape, profile = _big_table_model()  # 1.02 GB of rows
+    with pytest.raises(PlanError, match=r"model-wise baseline holds every row.*\(--server-memory-gb\)"):
+        plan_model(
+            shape, profile, target_qps=1_000, lookup_step="separate", servers=ServerSize(memory_bytes=11 * 10**8)
+        )
