@@ -55,6 +55,8 @@ class PlanChange:
     target_qps: tuple[float, float] = (0.0, 0.0)
     #: Whether both plans were priced with the same capacity figures (else their memory is not comparable).
     same_capacity: bool = True
+    #: Shard steps (groups the router does not pool) before and now: the ensembles' steps change with them.
+    step_groups: tuple[int, int] = (0, 0)
 
     @property
     def rows_moved(self) -> int:
@@ -94,6 +96,11 @@ class PlanChange:
             lines.append(
                 f"  front cache hit rate: previous plan {on_profile:.1%} on this profile (it expected "
                 f"{expected_before:.1%}), new plan {expected_now:.1%}"
+            )
+        if self.step_groups[0] != self.step_groups[1]:
+            lines.append(
+                f"  shard groups served as steps of their own {self.step_groups[0]} -> {self.step_groups[1]} "
+                "(the ensembles' steps change with them)"
             )
         if not any(table.cuts_changed for table in self.tables):
             lines.append("  no row changes shard")
@@ -189,4 +196,5 @@ def plan_change(previous: Plan, previous_path: Path, plan: Plan, plan_path: Path
         hit_rates=(on_profile, expected_before, expected_now),
         target_qps=(figures_before[1], figures_now[1]),
         same_capacity=figures_before[2] == figures_now[2],
+        step_groups=(len(previous.step_groups()), len(plan.step_groups())),
     )

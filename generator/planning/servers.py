@@ -205,7 +205,7 @@ def place(components: Sequence[Component], size: ServerSize, target_utilization:
                 holding.append(server)
             _add(server, component, count)
             left -= count
-            if usable_cores - server.busy_cores < _FULL_CORES:
+            if usable_cores - server.busy_cores < _FULL_CORES and server in roomy:
                 roomy.remove(server)
     return Fleet(
         size,

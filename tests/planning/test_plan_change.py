@@ -141,3 +141,19 @@ def test_plans_of_other_models_are_refused(tmp_path: Path) -> None:
     other = save_plan(uniform_plan(tiny_model()), tmp_path / "other.json")
     with pytest.raises(PlanError, match="--previous must be a plan of the same model"):
         changes.plan_change(load_plan(other), other, load_plan(path), path, profile)
+
+
+def test_shards_that_leave_the_router_for_steps_of_their_own_are_said(tmp_path: Path) -> None:
+    model = wide_model()
+    shape = ModelShape.of(model)
+    profile = zipf_profile(table_shapes(model.tables), 1.2, samples=20_000, seed=3)
+    paths = []
+    for cores in (64, 1):  # one router server pools every row; on one-core servers cold rows get steps of their own
+        report = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=cores))
+        plan = plan_from_report(report, shape, profile)
+        paths.append(save_plan(plan, tmp_path / f"plan-{cores}.json", report))
+    before, now = (load_plan(path) for path in paths)
+    change = changes.plan_change(before, paths[0], now, paths[1], profile)
+    assert change.step_groups == (0, len(now.step_groups())) and change.step_groups[1] > 0
+    assert f"steps of their own 0 -> {change.step_groups[1]}" in str(change)
+    assert "steps of their own" not in str(changes.plan_change(before, paths[0], before, paths[0], profile))
