@@ -78,6 +78,9 @@ class ShardPlan:
     #: With the fused lookup step, whether the router pools this shard itself (on the router's device); False: the
     #: shard is a step of its own, so that its rows sit on the few servers its calls need, not on every router's.
     router_pooled: bool = True
+    #: Whether the server faults the shard's pages in at load (True), or leaves them on disk until a request reads
+    #: them (False: cold rows paged from disk; only the pages read occupy memory, in the page cache).
+    resident: bool = True
 
     def __post_init__(self) -> None:
         if self.row_dtype not in ROW_DTYPES:
@@ -181,6 +184,11 @@ class ShardGroup:
         """Whether the router may pool the group (groups never mix pooled and own-step shards)."""
         return self.shards[0].router_pooled
 
+    @property
+    def resident(self) -> bool:
+        """Whether the group's pages are faulted in at load (groups never mix resident and paged shards)."""
+        return self.shards[0].resident
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -228,6 +236,9 @@ class Plan:
         queueing.check_shedding(self.shedding)
         check_choice("lookup_step", self.lookup_step, LOOKUP_STEPS)
         check_choice("lookup_engine", self.lookup_engine, LOOKUP_ENGINES)
+        from generator.planning.plan_checks import check_paged
+
+        check_paged(self)
 
     @property
     def leaf_stem(self) -> str:
@@ -261,9 +272,10 @@ class Plan:
         """
         if self.group_by == "shard":
             return [ShardGroup(i, shard.placement, (shard,)) for i, shard in enumerate(self.shards)]
-        members: dict[tuple[Placement, RowDtype, bool], list[ShardPlan]] = {}
+        members: dict[tuple[Placement, RowDtype, bool, bool], list[ShardPlan]] = {}
         for shard in self.shards:
-            members.setdefault((shard.placement, shard.row_dtype, shard.router_pooled), []).append(shard)
+            key = (shard.placement, shard.row_dtype, shard.router_pooled, shard.resident)
+            members.setdefault(key, []).append(shard)
         return [ShardGroup(i, key[0], tuple(group)) for i, (key, group) in enumerate(members.items())]
 
     def router_pooled_groups(self) -> list[ShardGroup]:
@@ -286,29 +298,9 @@ class Plan:
 
     def check_matches(self, model: Model) -> None:
         """Raise PlanError unless the plan's tables are exactly the model's tables, in order; name what differs."""
-        planned = [table.spec for table in self.tables]
-        features = list(model.plan_features)
-        if planned == list(model.tables) and list(self.features) == features:
-            return
-        if planned == list(model.tables):
-            raise PlanError(
-                f"the plan's features {[f.name for f in self.sparse_features]} differ from the model's "
-                f"{[f.name for f in features] or [t.name for t in model.tables]} "
-                "(their tables, ids per sample or pooling)"
-            )
-        differences = []
-        names = [t.name for t in model.tables]
-        if [t.name for t in planned] != names:
-            differences.append(f"tables {[t.name for t in planned]} in the plan, {names} in the model")
-        else:
-            for plan_spec, model_spec in zip(planned, model.tables, strict=True):
-                for field_name in ("num_rows", "dim", "max_ids_per_sample", "side"):
-                    ours, theirs = getattr(plan_spec, field_name), getattr(model_spec, field_name)
-                    if ours != theirs:
-                        differences.append(
-                            f"table {plan_spec.name!r}: `{field_name}` {ours} in the plan, {theirs} in the model"
-                        )
-        raise PlanError("the plan does not match the model: " + "; ".join(differences))
+        from generator.planning.plan_checks import check_matches  # the comparison has its own module
+
+        check_matches(self, model)
 
     def __str__(self) -> str:
         from generator.planning.plan_text import describe  # the printed form has its own module
@@ -330,10 +322,12 @@ def table_plan(
     cached_rows: int = 0,
     row_dtypes: Sequence[RowDtype] | None = None,
     router_pooled: Sequence[bool] | None = None,
+    resident: Sequence[bool] | None = None,
 ) -> TablePlan:
     """Build one table's plan from its boundaries [0, ..., num_rows], one placement (and row dtype) per shard.
 
-    `router_pooled`: per shard, whether the fused router pools it (all of them if None).
+    `router_pooled`: per shard, whether the fused router pools it; `resident`: whether its pages are faulted in at
+    load (all of them if None).
     """
     count = len(boundaries) - 1
     if len(placements) != count or (row_dtypes is not None and len(row_dtypes) != count):
@@ -342,12 +336,13 @@ def table_plan(
         )
     dtypes: list[RowDtype] = list(row_dtypes) if row_dtypes is not None else ["fp32"] * count
     pooled = list(router_pooled) if router_pooled is not None else [True] * count
-    if len(pooled) != count:
-        raise PlanError(f"table {spec.name!r}: {count} shards need {count} router_pooled flags, got {len(pooled)}")
+    loaded = list(resident) if resident is not None else [True] * count
+    if len(pooled) != count or len(loaded) != count:
+        raise PlanError(f"table {spec.name!r}: {count} shards need {count} router_pooled and resident flags")
     shards = tuple(
-        ShardPlan(spec.name, index, int(start), int(end), placement, dtype, is_pooled)
-        for index, (start, end, placement, dtype, is_pooled) in enumerate(
-            zip(boundaries[:-1], boundaries[1:], placements, dtypes, pooled, strict=True)
+        ShardPlan(spec.name, index, int(start), int(end), placement, dtype, is_pooled, is_resident)
+        for index, (start, end, placement, dtype, is_pooled, is_resident) in enumerate(
+            zip(boundaries[:-1], boundaries[1:], placements, dtypes, pooled, loaded, strict=True)
         )
     )
     return TablePlan(spec, shards, row_order, cached_rows)

@@ -75,6 +75,7 @@ def _table_entry(table: TablePlan, shares: dict[tuple[str, int], float]) -> dict
                 "row_dtype": s.row_dtype,
                 "bytes": table.shard_bytes(s),
                 "router_pooled": s.router_pooled,
+                "resident": s.resident,
                 "access_share": shares.get((table.spec.name, s.index)),
             }
             for s in table.shards
@@ -153,7 +154,8 @@ _TOP_FIELDS = {
 }  # fmt: skip
 _TABLE_FIELDS = {"name", "num_rows", "dim", "max_ids_per_sample", "side", "permuted", "cached_rows", "shards"}
 _SHARD_FIELDS = {
-    "index", "row_start", "row_end", "replicas", "device", "row_dtype", "bytes", "router_pooled", "access_share",
+    "index", "row_start", "row_end", "replicas", "device", "row_dtype", "bytes", "router_pooled", "resident",
+    "access_share",
 }  # fmt: skip
 
 
@@ -177,7 +179,7 @@ def migrate_v1(document: dict[str, Any]) -> dict[str, Any]:
     for table in document.get("tables", []):
         table = {"side": "item", "permuted": False, "cached_rows": 0, **table}
         table["shards"] = [
-            {"row_dtype": "fp32", "router_pooled": True, "access_share": None, **shard}
+            {"row_dtype": "fp32", "router_pooled": True, "resident": True, "access_share": None, **shard}
             for shard in table.get("shards", [])
         ]
         tables.append(table)
@@ -229,9 +231,11 @@ def _table_from_entry(entry: dict[str, Any], orders: dict[str, np.ndarray], fiel
     ]
     cached_rows = fields.get(entry, "cached_rows", int, where)
     pooled = [fields.get(shard, "router_pooled", bool, f"{where} shard {n}") for n, shard in enumerate(shards)]
+    resident = [fields.get(shard, "resident", bool, f"{where} shard {n}") for n, shard in enumerate(shards)]
     return table_plan(
-        spec, boundaries, placements, row_order=order, cached_rows=cached_rows, row_dtypes=dtypes, router_pooled=pooled
-    )
+        spec, boundaries, placements, row_order=order, cached_rows=cached_rows, row_dtypes=dtypes,
+        router_pooled=pooled, resident=resident,
+    )  # fmt: skip
 
 
 def _document(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ def describe(plan: Plan) -> str:
                 f"  {table.spec.name:<16} {shard.index:>5} {rows:>21} {shard.placement.instance_count:>9} "
                 f"{shard.placement.device:>6} {shard.row_dtype:>5} {table.shard_bytes(shard) / 1e6:>9.3f}"
                 + ("  own step" if own_step else "")
+                + ("  paged" if not shard.resident else "")
             )
     full = sum(table.spec.num_rows * table.spec.bytes_per_row for table in plan.tables)
     stored = sum(table.embedding_bytes for table in plan.tables)

@@ -99,6 +99,7 @@ def router_pooling(plan: Plan, wire: WireLayout) -> params.RouterPoolingParams |
                 )
                 if group.row_dtype == "int8"
                 else (),
+                fault_in=group.resident,
             )
         )
     return params.RouterPoolingParams(rows_model=naming.router_model(plan.leaf_stem), groups=tuple(entries))
@@ -168,6 +169,7 @@ def shard_group(wired: GroupWire) -> params.ShardGroupParams:
         ),
         weights_input=wired.weights.name if wired.weights else "",
         row_dtype=group.row_dtype,
+        fault_in=group.resident,
     )
 
 

@@ -193,6 +193,8 @@ class ShardGroupParams(Spec):
     weights_input: str
     #: How the members store their rows (`recgen_rows.ROW_DTYPES`); the pools are FP32 whatever it is.
     row_dtype: str
+    #: Read every page of the rows at load (False: cold rows stay on disk until a request reads them).
+    fault_in: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +213,8 @@ class PooledGroup(Spec):
     slot_stacks: tuple[int, ...]
     row_dtype: str
     scale_files: tuple[str, ...]  # int8: per stack, its (scale, offset) pairs; () otherwise
+    #: Read every page of the stacks at load (False: cold rows stay on disk until a request reads them).
+    fault_in: bool
 
 
 @dataclasses.dataclass(frozen=True)

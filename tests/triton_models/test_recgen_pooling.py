@@ -94,6 +94,7 @@ def test_a_group_loads_codes_and_scales_and_refuses_rows_of_another_dtype(tmp_pa
         slots=(params.GroupSlot("t", (0, 2)),),
         weights_input="",
         row_dtype="int8",
+        fault_in=True,
     )
     rows = recgen_pooling.load_group_rows(layout, tmp_path)
     assert rows.stacks[0].dtype == np.uint8 and rows.scale_offsets[0].shape == (7, 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,13 +97,34 @@ def load_group_rows(layout: params.ShardGroupParams, version_dir: Path) -> Group
     )
 
 
-def _load_stored(path: Path, row_dtype: str) -> np.ndarray:
-    """A rows file mapped read-only, checked to hold what `row_dtype` stores."""
-    array = np.load(path, mmap_mode="r")
+def _load_stored(path: Path, row_dtype: str, paged: bool = False) -> np.ndarray:
+    """A rows file mapped read-only, checked to hold what `row_dtype` stores (`paged`: see `map_paged`)."""
+    array = map_paged(path) if paged else np.load(path, mmap_mode="r")
     expected = STORED_DTYPES.get(row_dtype)
     if expected is None or array.dtype != expected or array.ndim != 2:
         raise ValueError(f"{path.name}: expected [rows, width] {expected} rows for {row_dtype!r}, got {array.dtype}")
     return array
+
+
+def map_paged(path: Path) -> np.ndarray:
+    """A .npy file mapped read-only with MADV_RANDOM, for paged rows.
+
+    No read-ahead and no fault-around: a page of rows comes into memory only when a request reads it (the native
+    steps advise the same).
+    """
+    with path.open("rb") as file:
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(file)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(file)
+        else:
+            raise ValueError(f"{path.name}: .npy version {version} is not mapped paged (1.0 and 2.0 are)")
+        offset = file.tell()
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mmap, "MADV_RANDOM"):  # advice: without it the rows are read ahead, still correct
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.ndarray(shape, dtype=dtype, buffer=mapped, offset=offset, order="F" if fortran else "C")
 
 
 def _stack(members: list[np.ndarray], width: int) -> np.ndarray:
@@ -226,14 +248,19 @@ def map_router_groups(spec: params.RouterPoolingParams, model_dir: Path, version
 
     `model_dir` is this model's directory; the rows model is a sibling in the same repository. Mapped, not
     loaded: the router's instances (and the ranking router's) share one copy of the rows in the page cache, and
-    rows no request reads stay on disk. Every page is touched here once, so no request pays the first read.
+    rows no request reads stay on disk. Every page of a resident group (`fault_in`) is touched here once, so no
+    request pays the first read; a paged group's pages are read when a request first needs them.
     """
     rows_dir = model_dir.parent / spec.rows_model / version
     groups = []
     for group in spec.groups:
-        stacks = [np.asarray(_load_stored(rows_dir / name, group.row_dtype)) for name in group.stack_files]
-        pairs = [np.asarray(np.load(rows_dir / name, mmap_mode="r")) for name in group.scale_files]
-        for array in [*stacks, *pairs]:
+        paged = not group.fault_in
+        stacks = [np.asarray(_load_stored(rows_dir / name, group.row_dtype, paged)) for name in group.stack_files]
+        pairs = [
+            np.asarray(map_paged(rows_dir / name) if paged else np.load(rows_dir / name, mmap_mode="r"))
+            for name in group.scale_files
+        ]
+        for array in [*stacks, *pairs] if group.fault_in else []:
             _ = float(array.sum(dtype=np.float64))  # fault the pages in now, not on a request
         rows = GroupRows(stacks, [slot.columns for slot in group.slots], list(group.slot_stacks), pairs)
         _ = rows.slot_starts, rows.per_stack

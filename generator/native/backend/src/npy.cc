@@ -95,6 +95,11 @@ MappedFile::MappedFile(const std::string& path) {
   }
 }
 
+void MappedFile::advise_random() const {
+  // Advice only: where the kernel refuses it, the pages are read ahead as usual and the rows are still correct.
+  if (data_ != nullptr) ::madvise(const_cast<uint8_t*>(data_), size_, MADV_RANDOM);
+}
+
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
 }

@@ -21,6 +21,9 @@ class MappedFile {
 
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
+  // Tells the kernel the pages are read at random: no read-ahead and no fault-around, so a page comes into memory
+  // only when it is read (paged rows).
+  void advise_random() const;
 
  private:
   const uint8_t* data_ = nullptr;
@@ -59,6 +62,8 @@ class NpyMatrix {
   const uint8_t* row(size_t row) const { return values_ + row * row_bytes_; }
   // Reads every byte once, so that no request pays for a page's first read.
   void touch() const;
+  // Leaves the pages on disk until read, one at a time (MappedFile::advise_random).
+  void advise_random() const { file_.advise_random(); }
 
  private:
   MappedFile file_;

@@ -357,7 +357,7 @@ class RouterStep : public Step {
                                  version_dir.substr(version_slash);
     for (const auto& entry : pooling.list(root, "groups").GetArray()) {
       pooling.expect_keys(entry, {"ids", "weights", "output", "stack_files", "slots", "slot_stacks", "row_dtype",
-                                  "scale_files"},
+                                  "scale_files", "fault_in"},
                           "PooledGroup");
       const std::string ids = pooling.text(entry, "ids");
       const auto output = std::find_if(outputs_.begin(), outputs_.end(),
@@ -377,7 +377,11 @@ class RouterStep : public Step {
           rows_dir, pooling.texts(entry, "stack_files"), pooling.texts(entry, "scale_files"),
           read_slots(pooling, entry), slot_stacks, row_dtype_from_name(pooling.text(entry, "row_dtype")),
           output->width));
-      group.rows->touch();
+      if (pooling.boolean(entry, "fault_in")) {
+        group.rows->touch();
+      } else {
+        group.rows->advise_random();  // paged: a page comes into memory when a request reads it
+      }
       group.output = tensor_spec(pooling, config.outputs, pooling.text(entry, "output"), "output");
       if (group.output.datatype != TRITONSERVER_TYPE_FP32 || group.output.dims.empty() ||
           group.output.dims.back() != static_cast<int64_t>(group.rows->output_width())) {

@@ -154,6 +154,11 @@ void GroupRows::touch() const {
   for (const auto& matrix : scales_) matrix.touch();
 }
 
+void GroupRows::advise_random() const {
+  for (const auto& matrix : rows_) matrix.advise_random();
+  for (const auto& matrix : scales_) matrix.advise_random();
+}
+
 std::string GroupRows::invalid_id(const int32_t* ids, size_t batch) const {
   for (const auto& stack : stacks_) {
     const int64_t rows = static_cast<int64_t>(stack.first_rows.back());

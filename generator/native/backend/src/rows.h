@@ -50,6 +50,8 @@ class GroupRows {
   size_t output_width() const { return output_width_; }
   // Reads every page of the rows once, so that no request pays for a first read.
   void touch() const;
+  // Leaves every page of the rows on disk until a request reads it (paged rows).
+  void advise_random() const;
   // The first id, in the reference's order, that is not -1 nor a row of its stack: "row id X is outside ...";
   // empty when every id is valid.
   std::string invalid_id(const int32_t* ids, size_t batch) const;

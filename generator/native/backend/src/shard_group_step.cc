@@ -16,7 +16,7 @@ class ShardGroupStep : public Step {
   ShardGroupStep(const ModelConfig& config, const std::string& version_dir) {
     const JsonParameter parameter(config, "shards");
     const rapidjson::Value& root = parameter.root();
-    parameter.expect_keys(root, {"input", "output", "shards", "slots", "weights_input", "row_dtype"},
+    parameter.expect_keys(root, {"input", "output", "shards", "slots", "weights_input", "row_dtype", "fault_in"},
                           "ShardGroupParams");
     input_ = parameter.text(root, "input");
     output_ = parameter.text(root, "output");
@@ -40,7 +40,11 @@ class ShardGroupStep : public Step {
     }
     rows_ = std::make_unique<GroupRows>(version_dir, members, read_slots(parameter, root),
                                         row_dtype_from_name(parameter.text(root, "row_dtype")), input_width_);
-    rows_->touch();
+    if (parameter.boolean(root, "fault_in")) {
+      rows_->touch();
+    } else {
+      rows_->advise_random();  // paged: a page comes into memory when a request reads it
+    }
     output_spec_ = tensor_spec(parameter, config.outputs, output_, "output");
     if (output_spec_.datatype != TRITONSERVER_TYPE_FP32 || output_spec_.dims.size() != 1 ||
         output_spec_.dims[0] != static_cast<int64_t>(rows_->output_width())) {
