@@ -2,7 +2,8 @@
 
 Plans (without allocating any weights) a DLRM with the 26 Criteo Kaggle categorical-feature table sizes, dim 64,
 one id per sample, under synthetic Zipf traffic with alpha 0.8, 1.05 and 1.2, at loads worth 1 to 1,000 whole-model
-servers (16 cores, 64 GB unless told otherwise), with the fused lookup step and with separate steps. Both the plan
+servers (16 cores, 64 GB unless told otherwise), with the fused lookup step, with separate steps, and fused with
+cold rows paged from disk (`--page-cold-rows`, priced at the bytes a copy is expected to keep resident). Both the plan
 and the model-wise baseline are placed on those servers (`planning.servers`: each server holds the rows it serves
 once). Per load it prints the servers each needs, the tables cut (given more than one shard), the memory ratio
 (model-wise / planned) and the utility ratio (planned / model-wise), and writes the cells as JSON, markdown and a
@@ -36,7 +37,12 @@ ALPHAS = (0.8, 1.05, 1.2)
 #: Loads, in whole-model servers the model-wise deployment needs.
 SERVER_LOADS = (1, 3, 10, 30, 100, 300, 1000)
 BATCH = 256
-STEPS: tuple[LookupStep, ...] = ("fused", "separate")
+#: name -> (lookup step, cold rows paged from disk)
+VARIANTS: dict[str, tuple[LookupStep, bool]] = {
+    "fused": ("fused", False),
+    "separate": ("separate", False),
+    "paged": ("fused", True),
+}
 
 
 def criteo_shape_and_profile(
@@ -57,11 +63,11 @@ def run(capacity: Capacity, samples: int, size: ServerSize) -> list[dict[str, fl
         one_server_qps = _model_wise_qps(shape, profile, capacity) * size.cores
         for load in SERVER_LOADS:
             cell: dict[str, float] = {"alpha": alpha, "load_servers": load, "target_qps": load * one_server_qps}
-            for step in STEPS:
+            for step, (lookup_step, paged) in VARIANTS.items():
                 started = time.perf_counter()
                 report = plan_model(
                     shape, profile, target_qps=load * one_server_qps, batch_size=BATCH, capacity=capacity,
-                    max_shards_per_table=8, lookup_step=step, servers=size,
+                    max_shards_per_table=8, lookup_step=lookup_step, servers=size, page_cold_rows=paged,
                 )  # fmt: skip
                 assert report.fleet is not None and report.model_wise_fleet is not None
                 cell.update(
@@ -83,7 +89,7 @@ def run(capacity: Capacity, samples: int, size: ServerSize) -> list[dict[str, fl
                 + ", ".join(
                     f"{step} {cell[f'{step}_servers']} servers {cell[f'{step}_memory_ratio']:.2f}x memory "
                     f"{cell[f'{step}_utility_ratio']:.2f}x utility, {cell[f'{step}_tables_cut']} tables cut"
-                    for step in STEPS
+                    for step in VARIANTS
                 ),
                 flush=True,
             )
@@ -101,15 +107,15 @@ def markdown(cells: list[dict[str, float]], size: ServerSize) -> str:
         f"servers of {size}",
         "",
         "| alpha | load (whole-model servers) | target q/s | model-wise servers | model-wise GB "
-        "| fused: servers | GB | memory ratio | utility ratio | tables cut "
-        "| separate: servers | GB | memory ratio | utility ratio | tables cut |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        + "".join(f"| {step}: servers | GB | memory ratio | utility ratio | tables cut " for step in VARIANTS)
+        + "|",
+        "|---|---|---|---|---|" + "---|" * 5 * len(VARIANTS),
     ]
     for c in cells:
         steps = " | ".join(
             f"{c[f'{s}_servers']} | {c[f'{s}_gb']:,.1f} | {c[f'{s}_memory_ratio']:.2f}x | "
             f"{c[f'{s}_utility_ratio']:.2f}x | {c[f'{s}_tables_cut']}"
-            for s in STEPS
+            for s in VARIANTS
         )
         lines.append(
             f"| {c['alpha']} | {c['load_servers']} | {c['target_qps']:,.0f} | {c['model_wise_servers']} "
@@ -130,7 +136,7 @@ def plot(cells: list[dict[str, float]], path: Path) -> None:
         for alpha in dict.fromkeys(c["alpha"] for c in cells):
             mine = [c for c in cells if c["alpha"] == alpha]
             loads = [c["load_servers"] for c in mine]
-            for step, style in zip(STEPS, ("-", "--"), strict=True):
+            for step, style in zip(VARIANTS, ("-", "--", ":"), strict=True):
                 values = [c[f"{step}_{figure_name}"] for c in mine]
                 axis.plot(loads, values, marker="o", linestyle=style, label=f"alpha {alpha}, {step}")
         axis.axhline(1.0, color="grey", linewidth=0.8)
@@ -159,7 +165,7 @@ def main() -> None:
     size = ServerSize(cores=args.server_cores, memory_bytes=int(args.server_memory_gb * 1e9))
     started = time.perf_counter()
     cells = run(capacity, args.samples, size)
-    print(f"capacity: {capacity}\n{len(cells) * len(STEPS)} plans in {time.perf_counter() - started:.1f} s")
+    print(f"capacity: {capacity}\n{len(cells) * len(VARIANTS)} plans in {time.perf_counter() - started:.1f} s")
     figures = {"capacity": capacity.to_dict(), "server": size.to_dict(), "cells": cells}
     write_report(args.out, "plan_memory", markdown(cells, size), figures, lambda path: plot(cells, path))
 

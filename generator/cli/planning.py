@@ -55,6 +55,13 @@ from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
     "--server-gpu-memory-gb", type=click.FloatRange(0, min_open=True), default=None, help="Memory of each GPU."
 )
 @click.option(
+    "--page-cold-rows",
+    is_flag=True,
+    default=False,
+    help="Leave the rows of cold shards on disk until a request reads them (paged), where a copy would keep under "
+    "half of them in memory; priced at the bytes it is expected to keep.",
+)
+@click.option(
     "--window-s",
     type=click.FloatRange(0, min_open=True),
     default=1.0,
@@ -129,6 +136,7 @@ def plan(
     server_memory_gb: float | None,
     server_gpus: int | None,
     server_gpu_memory_gb: float | None,
+    page_cold_rows: bool,
     window_s: float,
     name: str,
     out_path: Path,
@@ -155,6 +163,7 @@ def plan(
         lookup_step=lookup_step or "fused",
         precision=precision.row_precision(row_dtypes, hot_share, hot_row_dtype, cold_row_dtype),
         servers=servers.server_size(server_cores, server_memory_gb, server_gpus, server_gpu_memory_gb),
+        page_cold_rows=page_cold_rows,
     )
     figures = capacity.load_with_overrides(capacity_path, **overrides)
     written = planner.plan_to_files(

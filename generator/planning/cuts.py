@@ -44,6 +44,15 @@ class ShardStats:
     row_dtype: RowDtype = "fp32"
     #: With the fused lookup step: the router pools it (True) or it is its own step (False).
     router_pooled: bool = True
+    #: Faulted in at load (True), or paged: only the folios requests read are in memory (`paging`).
+    resident: bool = True
+    #: What a copy of its rows is expected to keep in memory (None: all of it, as a resident shard does).
+    resident_bytes: int | None = None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes a copy of its rows keeps in memory."""
+        return self.bytes_per_replica if self.resident_bytes is None else self.resident_bytes
 
     @property
     def memory_bytes(self) -> int:

@@ -17,9 +17,8 @@ from pathlib import Path
 from generator.errors import UserInputError
 from generator.model.features import max_ids_items
 from generator.model.loading import load_model
-from generator.planning import figure, memory, queueing
+from generator.planning import figure, memory, paging, queueing
 from generator.planning.capacity import Capacity
-from generator.planning.choices import Device
 from generator.planning.cuts import ShardStats, cut_table
 from generator.planning.memory import ModelShape
 from generator.planning.placement import allocate_front_cache, place_on_gpu
@@ -27,17 +26,9 @@ from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, LookupStep, Placemen
 from generator.planning.plan_change import PlanChange, plan_change
 from generator.planning.plan_file import load_plan, row_order_path, save_plan
 from generator.planning.precision import RowPrecision
-from generator.planning.pricing import (
-    DENSE,
-    ROUTER,
-    Traffic,
-    model_wise_on_servers,
-    planned_components,
-    priced,
-    shard_name,
-)
-from generator.planning.report import PlanReport, Totals
-from generator.planning.servers import Fleet, ServerSize
+from generator.planning.pricing import Traffic, model_wise_on_servers, plan_on_servers
+from generator.planning.report import PlanReport
+from generator.planning.servers import ServerSize
 from generator.traffic.profile import AccessProfile, TableAccess
 
 
@@ -57,6 +48,8 @@ class PlanTargets:
     precision: RowPrecision = field(default_factory=RowPrecision)
     #: The servers replicas are placed on (None: the default size, with one GPU of `gpu_memory_bytes` if given).
     servers: ServerSize | None = None
+    #: Page the CPU shards a copy would keep under half resident (`paging`): their cold rows stay on disk.
+    page_cold_rows: bool = False
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)
@@ -104,6 +97,7 @@ def plan_model(
     lookup_step: LookupStep = "fused",
     precision: RowPrecision | None = None,
     servers: ServerSize | None = None,
+    page_cold_rows: bool = False,
 ) -> PlanReport:
     """Cut every table, size every model for `target_qps` queries of `batch_size` candidates, place on GPU.
 
@@ -112,11 +106,12 @@ def plan_model(
     result into a buildable Plan. `lookup_step`: "fused" sizes the router to pool the CPU shards itself, whose rows
     every router instance then maps (one copy); "separate" gives every shard group its own replicas. `precision`:
     every shard's row dtype, fixed per table or by hotness (the cuts minimise the bytes it stores). `servers`: the
-    size of the servers the plan and the model-wise baseline are placed on (`pricing`).
+    size of the servers the plan and the model-wise baseline are placed on (`pricing`). `page_cold_rows`: leave the
+    cold shards' rows on disk until read (`paging`), priced at the bytes a copy is expected to keep resident.
     """
     targets = PlanTargets(
         target_qps, batch_size, max_shards_per_table, gpu_memory_bytes, window_s, max_batch_size, front_cache_bytes,
-        lookup_step=lookup_step, precision=precision or RowPrecision(), servers=servers,
+        lookup_step=lookup_step, precision=precision or RowPrecision(), servers=servers, page_cold_rows=page_cold_rows,
     )  # fmt: skip
     capacity = capacity or Capacity()
     accesses = [profile.table(spec.name) for spec in shape.tables]
@@ -132,7 +127,10 @@ def plan_model(
     router_replicas = capacity.replicas(target_qps, router_s)
     traffic = Traffic(tuple(accesses), tuple(window_lookups), tuple(cached))
     size = _server_size(targets)
-    planned, fleet = _plan_on_servers(
+    if page_cold_rows:
+        copies = paging.shard_copies(stats, lookups, (target_qps, router_s), size.cores, capacity, lookup_step)
+        stats = paging.page_cold_shards(stats, shape, traffic, copies)
+    planned, fleet = plan_on_servers(
         shape, traffic, capacity, size, stats, (target_qps, batch_size, lookups),
         (router_s, router_replicas, dense_replicas), router_bytes, lookup_step, dense_device,
     )  # fmt: skip
@@ -144,37 +142,6 @@ def plan_model(
         dense_device == "gpu", tuple(cached), cached_bytes, _hit_rate(accesses, cached), lookup_step, fleet,
         baseline_fleet,
     )  # fmt: skip
-
-
-def _plan_on_servers(
-    shape: ModelShape,
-    traffic: Traffic,
-    capacity: Capacity,
-    size: ServerSize,
-    stats: Sequence[ShardStats],
-    load: tuple[float, int, Mapping[str, float]],
-    routers_and_dense: tuple[float, int, int],
-    router_bytes: int,
-    lookup_step: LookupStep,
-    dense_device: Device,
-) -> tuple[Totals, Fleet]:
-    """The plan's models placed on servers of `size`.
-
-    `load`: (queries/s, candidates per query, lookups per query by table); `routers_and_dense`: (router seconds
-    per query, router replicas, dense replicas).
-    """
-    target_qps, batch_size, lookups = load
-    router_s, router_replicas, dense_replicas = routers_and_dense
-    busy_s = {
-        ROUTER: target_qps * router_s,
-        DENSE: target_qps * capacity.dense_seconds(batch_size),
-        **{shard_name(s): target_qps * capacity.shard_seconds(lookups[s.table] * s.access_share) for s in stats},
-    }
-    components, held = planned_components(
-        stats, busy_s, (router_replicas, dense_replicas), router_bytes, shape.dense_bytes, capacity, lookup_step,
-        dense_device,
-    )  # fmt: skip
-    return priced(components, held, size, capacity, shape, traffic)
 
 
 def _server_size(targets: PlanTargets) -> ServerSize:
@@ -294,6 +261,7 @@ def plan_from_report(
                 cached_rows=cached_rows,
                 row_dtypes=dtypes,
                 router_pooled=[s.router_pooled for s in shards],
+                resident=[s.resident for s in shards],
             )
         )
     return Plan(
@@ -373,6 +341,7 @@ def plan_to_files(
         lookup_step=targets.lookup_step,
         precision=targets.precision,
         servers=targets.servers,
+        page_cold_rows=targets.page_cold_rows,
     )
     the_plan = plan_from_report(
         report,

@@ -84,7 +84,7 @@ def planned_components(
             ROUTER,
             router_replicas,
             busy_s[ROUTER] / router_replicas,
-            sum(s.bytes_per_replica for s in pooled),
+            sum(s.held_bytes for s in pooled),
             router_bytes + capacity.lookup_overhead_bytes,
         ),
         Component(
@@ -103,7 +103,7 @@ def planned_components(
                 name,
                 shard.replicas,
                 0.0 if shard.device == "gpu" else busy_s[name] / shard.replicas,
-                shard.bytes_per_replica,
+                shard.held_bytes,
                 capacity.lookup_overhead_bytes,
                 shard.device,
             )
@@ -191,6 +191,37 @@ def priced(
         for name, count in server.hosts:
             for shard in held.get(name, ()):
                 spec, access, lookups, cached = tables[shard.table]
-                held_bytes += shard.bytes_per_replica
+                held_bytes += shard.held_bytes
                 read_bytes += copy_bytes_read(access, spec, shard, lookups * count / replicas[name], cached)
     return Totals(sum(replicas.values()), fleet.memory_bytes, held_bytes, read_bytes), fleet
+
+
+def plan_on_servers(
+    shape: ModelShape,
+    traffic: Traffic,
+    capacity: Capacity,
+    size: ServerSize,
+    stats: Sequence[ShardStats],
+    load: tuple[float, int, Mapping[str, float]],
+    routers_and_dense: tuple[float, int, int],
+    router_bytes: int,
+    lookup_step: LookupStep,
+    dense_device: Device,
+) -> tuple[Totals, Fleet]:
+    """The plan's models placed on servers of `size`.
+
+    `load`: (queries/s, candidates per query, lookups per query by table); `routers_and_dense`: (router seconds
+    per query, router replicas, dense replicas).
+    """
+    target_qps, batch_size, lookups = load
+    router_s, router_replicas, dense_replicas = routers_and_dense
+    busy_s = {
+        ROUTER: target_qps * router_s,
+        DENSE: target_qps * capacity.dense_seconds(batch_size),
+        **{shard_name(s): target_qps * capacity.shard_seconds(lookups[s.table] * s.access_share) for s in stats},
+    }
+    components, held = planned_components(
+        stats, busy_s, (router_replicas, dense_replicas), router_bytes, shape.dense_bytes, capacity, lookup_step,
+        dense_device,
+    )  # fmt: skip
+    return priced(components, held, size, capacity, shape, traffic)

@@ -148,6 +148,7 @@ class PlanReport:
                 f"  {shard.table:<18} {shard.index:>5} {rows:>25} {shard.access_share:>8.2%} {replicas:>8} "
                 f"{shard.bytes_per_replica / 1e6:>11.3f} {shard.device:>6} {shard.row_dtype:>5}"
                 + ("  own step" if own_step else "")
+                + (f"  paged, {shard.held_bytes / 1e6:.3f} MB expected resident" if not shard.resident else "")
             )
         pooling = ", pooling the cpu shards itself but those marked own step (fused lookup step; rows mapped once)"
         lines += [

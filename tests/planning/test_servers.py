@@ -1,5 +1,6 @@
 """Placing replicas on servers of a stated size (`planning.servers`) and pricing a plan on them (`planning.pricing`)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -176,3 +177,30 @@ def test_a_model_larger_than_a_server_names_the_baseline_and_the_flag() -> None:
         plan_model(
             shape, profile, target_qps=1_000, lookup_step="separate", servers=ServerSize(memory_bytes=11 * 10**8)
         )
+
+
+def test_paging_keeps_in_memory_only_the_folios_a_copy_is_expected_to_read() -> None:
+    from generator.planning import paging
+
+    history = TableShape("history", 1_000_000, 20)
+    shape = ModelShape((TableSpec("history", history.num_rows, 64, 20),), 4, (64,), (8, 1))
+    profile = zipf_profile([history], 1.2, samples=100_000, seed=2)
+    plain = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=1))
+    paged = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=1), page_cold_rows=True)
+    assert [(s.row_start, s.row_end) for s in paged.shards] == [(s.row_start, s.row_end) for s in plain.shards]
+    cold = paged.shards[-1]
+    assert not cold.resident and cold.held_bytes < cold.bytes_per_replica / 2, str(paged)
+    assert paged.planned.memory_bytes < plain.planned.memory_bytes
+    assert paged.utility_ratio > plain.utility_ratio
+    assert "paged," in str(paged) and "paged" not in str(plain)
+    # The expectation is the touched folios' bytes (plus the header's), checked by brute force on a tiny shard.
+    access = profile.table("history")
+    rows_per_folio = paging.FAULT_BYTES // 256
+    tiny = dataclasses.replace(cold, row_start=0, row_end=3 * rows_per_folio, access_share=1.0)
+    tiny = dataclasses.replace(tiny, bytes_per_replica=3 * paging.FAULT_BYTES)
+    counts = np.zeros(3 * rows_per_folio)
+    ranked = access.ranked_counts()[: counts.size]
+    counts[: ranked.size] = ranked
+    p = counts.reshape(3, -1).sum(axis=1) / counts.sum()
+    expected = (sum(1 - (1 - q) ** 5 for q in p) + 1) * paging.FAULT_BYTES
+    assert paging.resident_bytes(access, shape.tables[0], tiny, 5, 0) == min(3 * paging.FAULT_BYTES, int(expected))
