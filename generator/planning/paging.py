@@ -4,8 +4,9 @@ A paged shard (`ShardPlan.resident` false) holds in memory only the page-cache f
 rows serving `draws` lookups in a window touches folio b with probability 1 - (1 - p_b)^draws, where p_b is the
 share of the shard's accesses that fall in the folio's rows; its expected resident bytes are the expected touched
 folios times the folio size. The planner pages a CPU shard where that is under half of its bytes. The folio size
-is what a page fault reads: 64 KiB on ext4 with Linux 6.18 even with MADV_RANDOM (measured by
-tests/native/test_paged_rows.py), 4 KiB on filesystems without large folios.
+is what a page fault reads, which the kernel picks: 64 KiB per isolated fault on ext4 with Linux 6.18 even with
+MADV_RANDOM (tests/native/test_paged_rows.py), 4 KiB on filesystems without large folios. Taken as 64 KiB it is
+an upper bound where touched blocks are dense: bench/paged_rows.py measured about half of it.
 """
 
 from __future__ import annotations

