@@ -55,28 +55,35 @@ def model_and_profile(alpha: float) -> tuple[models.DLRM, AccessProfile]:
     return model, zipf_profile(shapes, alpha, samples=1_000_000, seed=7)
 
 
-def _drop_from_page_cache(directory: Path) -> None:
-    for path in directory.rglob("*rows*.npy"):
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(descriptor)
+def drop_from_page_cache(path: Path) -> None:
+    """Write the file out and drop its pages from the page cache (the kernel then reads what is faulted in), as on
+    a machine that did not write it."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
 
 
-def _mapped_rss(pid: int, directory: Path) -> dict[str, int]:
-    """Resident bytes of every rows file under `directory` mapped by the server or its stubs."""
-    resident: dict[str, int] = {}
+def mapped_rows(pid: int, directory: Path) -> dict[str, tuple[int, int]]:
+    """file name -> (resident bytes, mapped bytes) of every rows file under `directory` that the server `pid` or
+    its stubs map (/proc/PID/smaps; the Python router maps its rows in its stub)."""
+    totals: dict[str, tuple[int, int]] = {}
     for process in [pid, *(stub.pid for stub in stub_health.stub_processes(pid))]:
         current = ""
         for line in Path(f"/proc/{process}/smaps").read_text().splitlines():
             fields = line.split()
             if len(fields) >= 6 and "-" in fields[0]:
                 current = Path(fields[-1]).name if fields[-1].startswith(str(directory)) else ""
+                if current:
+                    start, end = (int(part, 16) for part in fields[0].split("-"))
+                    rss, size = totals.get(current, (0, 0))
+                    totals[current] = (rss, max(size, end - start))
             elif current and fields and fields[0] == "Rss:":
-                resident[current] = resident.get(current, 0) + int(fields[1]) * 1024
-    return resident
+                rss, size = totals[current]
+                totals[current] = (rss + int(fields[1]) * 1024, size)
+    return {name: figures for name, figures in totals.items() if "rows" in name}
 
 
 def _latencies_ms(session: client.RankingClient, requests: list) -> np.ndarray:
@@ -102,7 +109,8 @@ def _one_round(
             ),
         )
     result = build(model, plan, work / system / "repo", work / system / "ens", force=True)
-    _drop_from_page_cache(work / system / "repo")
+    for rows_file in (work / system / "repo").rglob("*rows*.npy"):
+        drop_from_page_cache(rows_file)
     sampler = RequestSampler(
         4, tuple(table_traffic(t.name, t.num_rows, t.max_ids_per_sample, profile) for t in model.tables)
     )
@@ -117,7 +125,7 @@ def _one_round(
             cold = _latencies_ms(session, window[: args.probe])  # the window's first requests, pages cold
             _latencies_ms(session, window[args.probe :])
             served_pss = sum(pss_bytes(processes).values())  # after exactly one planning window of lookups
-            mapped = _mapped_rss(server.pid, repo)
+            mapped = {name: rss for name, (rss, _) in mapped_rows(server.pid, repo).items()}
             warm = _latencies_ms(session, window[: args.probe])  # the same requests again, pages read
     return {
         "system": system,

@@ -10,14 +10,13 @@ still equal PyTorch's.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.paged_rows import drop_from_page_cache, mapped_rows
 from generator.check import client
-from generator.deploy import stub_health
 from generator.errors import PlanError
 from generator.model import dlrm as models
 from generator.planning.plan import Plan, uniform_plan
@@ -51,45 +50,6 @@ def _paged_plan(lookup_step: str) -> Plan:
     return dataclasses.replace(plan, tables=(dataclasses.replace(big, shards=shards), *plan.tables[1:]))
 
 
-def _drop_from_page_cache(path: Path) -> None:
-    """Write the file out and drop its pages from the page cache (the kernel then reads what is faulted)."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(descriptor)
-
-
-def _resident_bytes(pid: int, directory: Path) -> dict[str, tuple[int, int]]:
-    """file name -> (resident bytes, mapped bytes) of every rows file under `directory` the process maps."""
-    mapped: dict[str, tuple[int, int]] = {}
-    current = ""
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and "-" in fields[0] and fields[-1].startswith(str(directory)):
-            current = Path(fields[-1]).name
-            start, end = (int(part, 16) for part in fields[0].split("-"))
-            rss, size = mapped.get(current, (0, 0))
-            mapped[current] = (rss, size + end - start)
-        elif len(fields) >= 6 and "-" in fields[0]:
-            current = ""
-        elif current and fields and fields[0] == "Rss:":
-            rss, size = mapped[current]
-            mapped[current] = (rss + int(fields[1]) * 1024, size)
-    return {name: figures for name, figures in mapped.items() if "rows" in name}
-
-
-def _resident_in_server(pid: int, directory: Path) -> dict[str, tuple[int, int]]:
-    """`_resident_bytes` over the server and its stubs (the Python router maps the rows in its stub)."""
-    totals: dict[str, tuple[int, int]] = {}
-    for process in [pid, *(stub.pid for stub in stub_health.stub_processes(pid))]:
-        for name, (rss, size) in _resident_bytes(process, directory).items():
-            before = totals.get(name, (0, 0))
-            totals[name] = (before[0] + rss, max(before[1], size))
-    return totals
-
-
 @pytest.mark.parametrize(("lookup_step", "engine"), [("fused", "native"), ("separate", "native"), ("fused", "python")])
 def test_a_paged_shard_is_read_from_disk_only_where_requests_read_it(
     tmp_path: Path, server_factory, lookup_step: str, engine: str
@@ -98,10 +58,10 @@ def test_a_paged_shard_is_read_from_disk_only_where_requests_read_it(
     assert [group.resident for group in plan.shard_groups()].count(False) == 1
     result = build(MODEL, plan, tmp_path / "repo", tmp_path / "ens")
     for rows_file in (tmp_path / "repo").rglob("*rows*.npy"):  # as on a machine that did not write them
-        _drop_from_page_cache(rows_file)
+        drop_from_page_cache(rows_file)
     server = server_factory(result)
     assert server.pid is not None
-    files = _resident_in_server(server.pid, (tmp_path / "repo").resolve())
+    files = mapped_rows(server.pid, (tmp_path / "repo").resolve())
     paged = {
         name: figures for name, figures in files.items() if figures[1] > 3_000_000 and figures[0] < figures[1] / 10
     }
@@ -115,7 +75,7 @@ def test_a_paged_shard_is_read_from_disk_only_where_requests_read_it(
             for request in requests:
                 np.testing.assert_allclose(session.score(request), reference_scores(MODEL, request), atol=1e-5)
     ((name, (_, size)),) = paged.items()
-    after, _ = _resident_in_server(server.pid, (tmp_path / "repo").resolve())[name]
+    after, _ = mapped_rows(server.pid, (tmp_path / "repo").resolve())[name]
     # At most the blocks the requests' ids fall in, plus the header's (the page cache reads a folio per fault, of a
     # size the kernel picks: 64 KiB was seen here, up to twice that is allowed), and far less than the shard.
     big = plan.tables[0]
