@@ -31,11 +31,13 @@ import numpy as np
 from bench.loadgen import pss_bytes, server_processes
 from bench.report import save_figure, write_report
 from bench.rounds import median_round, odd_rounds
+from generator import naming
 from generator.check import client
 from generator.deploy import server as serve
 from generator.deploy import stub_health
 from generator.model import dlrm as models
 from generator.planning.memory import ModelShape
+from generator.planning.plan import Plan
 from generator.planning.planner import plan_from_report, plan_model
 from generator.planning.report import PlanReport
 from generator.repository.build import build
@@ -86,6 +88,20 @@ def mapped_rows(pid: int, directory: Path) -> dict[str, tuple[int, int]]:
     return {name: figures for name, figures in totals.items() if "rows" in name}
 
 
+def paged_files(plan: Plan) -> dict[str, list[str]]:
+    """Every paged shard ("table/index") -> the rows files holding it: its router group's stacks, or its own file."""
+    pooled = {group.index for group in plan.router_pooled_groups()}
+    files: dict[str, list[str]] = {}
+    for group in plan.shard_groups():
+        for shard in (s for s in group.shards if not s.resident):
+            name = f"{shard.table}/{shard.index}"
+            if group.index in pooled:  # the router's stacks of the group, one per row width
+                files[name] = [naming.router_rows_file(group.index, stack) for stack in range(len(group.shards))]
+            else:
+                files[name] = [naming.shard_rows_file(shard.table, shard.index)]
+    return files
+
+
 def _latencies_ms(session: client.RankingClient, requests: list) -> np.ndarray:
     times = []
     for request in requests:
@@ -126,12 +142,14 @@ def _one_round(
             _latencies_ms(session, window[args.probe :])
             served_pss = sum(pss_bytes(processes).values())  # after exactly one planning window of lookups
             mapped = {name: rss for name, (rss, _) in mapped_rows(server.pid, repo).items()}
+            paged = {name: sum(mapped.get(f, 0) for f in files) for name, files in paged_files(plan).items()}
             warm = _latencies_ms(session, window[: args.probe])  # the same requests again, pages read
     return {
         "system": system,
         "loaded_pss_bytes": loaded_pss,
         "served_pss_bytes": served_pss,
         "mapped_rss_bytes": mapped,
+        "paged_rss_bytes": paged,
         **{f"cold_{k}": v for k, v in _percentiles(cold).items()},
         **{f"warm_{k}": v for k, v in _percentiles(warm).items()},
     }
@@ -170,9 +188,7 @@ def markdown(report: PlanReport, cells: list[dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for shard in paged:
-        name = f"rows__{shard.table}__{shard.index}"
-        measured = sum(v for k, v in by_system["paged"]["mapped_rss_bytes"].items() if k.startswith(name))
-        measured = measured or sum(by_system["paged"]["mapped_rss_bytes"].get(k, 0) for k in _router_files(by_system))
+        measured = by_system["paged"]["paged_rss_bytes"][f"{shard.table}/{shard.index}"]
         lines.append(
             f"| {shard.table}/{shard.index} | [{shard.row_start:,}, {shard.row_end:,}) | "
             f"{shard.bytes_per_replica / 1e6:.1f} MB | {shard.held_bytes / 1e6:.1f} MB | {measured / 1e6:.1f} MB | "
@@ -198,11 +214,6 @@ def markdown(report: PlanReport, cells: list[dict]) -> str:
 
 def _servers(report: PlanReport) -> int:
     return len(report.fleet.servers) if report.fleet is not None else 1
-
-
-def _router_files(by_system: dict[str, dict]) -> list[str]:
-    """The router's stacked rows files of paged groups (a pooled paged shard lives in one of them)."""
-    return [name for name in by_system["paged"]["mapped_rss_bytes"] if name.startswith("group_rows")]
 
 
 def plot(cells: list[dict], path: Path) -> None:

@@ -6,7 +6,7 @@ share of the shard's accesses that fall in the folio's rows; its expected reside
 folios times the folio size. The planner pages a CPU shard where that is under half of its bytes. The folio size
 is what a page fault reads, which the kernel picks: 64 KiB per isolated fault on ext4 with Linux 6.18 even with
 MADV_RANDOM (tests/native/test_paged_rows.py), 4 KiB on filesystems without large folios. Taken as 64 KiB it is
-an upper bound where touched blocks are dense: bench/paged_rows.py measured about half of it.
+an upper bound: bench/paged_rows.py measured about a third of it.
 """
 
 from __future__ import annotations
