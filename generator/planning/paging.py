@@ -23,6 +23,7 @@ from generator.planning.cuts import ShardStats
 from generator.planning.memory import ModelShape
 from generator.planning.plan import LookupStep
 from generator.planning.pricing import Traffic
+from generator.planning.servers import servers_needed
 from generator.traffic.profile import TableAccess
 from generator.triton_models.recgen_rows import bytes_per_row
 
@@ -66,15 +67,15 @@ def shard_copies(
     `load`: (queries/s, a router replica's seconds per query); `lookups`: each table's lookups per query.
     """
     qps, router_s = load
-    per_server = server_cores * capacity.target_utilization
-    routers = max(1, math.ceil(qps * router_s / per_server - 1e-9))
+    routers = servers_needed(qps * router_s, server_cores, capacity.target_utilization)
     copies = {}
     for shard in stats:
         if lookup_step == "fused" and shard.device == "cpu" and shard.router_pooled:
             copies[(shard.table, shard.index)] = routers
             continue
         busy = qps * capacity.shard_seconds(lookups[shard.table] * shard.access_share)
-        copies[(shard.table, shard.index)] = min(shard.replicas, max(1, math.ceil(busy / per_server - 1e-9)))
+        needed = servers_needed(busy, server_cores, capacity.target_utilization)
+        copies[(shard.table, shard.index)] = min(shard.replicas, needed)
     return copies
 
 

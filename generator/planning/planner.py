@@ -9,7 +9,6 @@ cache, `report` prices the plan against the model-wise baseline. `plan_model` co
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from generator.planning.plan_file import load_plan, row_order_path, save_plan
 from generator.planning.precision import RowPrecision
 from generator.planning.pricing import Traffic, model_wise_on_servers, plan_on_servers
 from generator.planning.report import PlanReport
-from generator.planning.servers import ServerSize
+from generator.planning.servers import ServerSize, servers_needed
 from generator.traffic.profile import AccessProfile, TableAccess
 
 
@@ -193,8 +192,7 @@ def _router_servers(
         return None
     ids = sum(targets.batch_size * access.mean_ids_per_sample for access in accesses)
     busy_cores = targets.target_qps * capacity.fused_seconds(ids, pooled_rows)
-    per_server = _server_size(targets).cores * capacity.target_utilization
-    return max(1, math.ceil(busy_cores / per_server - 1e-9))
+    return servers_needed(busy_cores, _server_size(targets).cores, capacity.target_utilization)
 
 
 def _hit_rate(accesses: Sequence[TableAccess], cached: Sequence[int]) -> float:

@@ -94,8 +94,9 @@ def planned_components(
         else Component(DENSE, dense_replicas, 0.0, dense_bytes, capacity.replica_overhead_bytes, "gpu"),
     ]
     held = {ROUTER: pooled}
+    pooled_keys = {(s.table, s.index) for s in pooled}
     for shard in shards:
-        if shard in pooled:
+        if (shard.table, shard.index) in pooled_keys:
             continue
         name = shard_name(shard)
         components.append(

@@ -72,6 +72,11 @@ class ServerSize:
         return f"{self.cores} cores, {self.memory_bytes / 1e9:g} GB{gpus}"
 
 
+def servers_needed(busy_cores: float, server_cores: int, target_utilization: float) -> int:
+    """Servers that keep `busy_cores` of work within their cores times the target utilization (at least one)."""
+    return max(1, math.ceil(busy_cores / (server_cores * target_utilization) - _BUSY_SLACK))
+
+
 def server_size(
     cores: int | None, memory_gb: float | None, gpus: int | None, gpu_memory_gb: float | None
 ) -> ServerSize | None:
@@ -149,7 +154,7 @@ class Fleet:
 
     def placements(self, name: str) -> list[tuple[int, int]]:
         """(server index, replicas there) of one model."""
-        return [(server.index, dict(server.hosts)[name]) for server in self.servers if name in dict(server.hosts)]
+        return [(server.index, count) for server in self.servers for host, count in server.hosts if host == name]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fleet for plan.json."""
