@@ -1,21 +1,20 @@
 """The distributed build: one repository per shard group and a front repository whose steps call them over gRPC.
 
 Layout of `out/` (see `naming`): `front/` (router, dense, one remote step per group, the ensembles), `groups/<group
-model>/` (one repository per shard group, one instance per replica server), `topology.json` (the `Topology`),
+model>/` (one repository per shard group, its instances per replica server), `topology.json` (the `Topology`),
 `plan.json` (the plan, what `recgen k8s --layout-dir` deploys) and README.md. Written through `staging` like a
 single-server build: a failed build leaves the old output untouched.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from generator import naming, triton_runtime
-from generator.deploy.topology import INSTANCES_PER_GROUP_SERVER, GroupDeployment, Topology
+from generator.deploy.topology import GroupDeployment, Topology, distributed_plan, front_plan, remote_instances
 from generator.planning.plan import GroupBy, Model, Placement, Plan
 from generator.planning.plan_file import save_plan
 from generator.repository import contents, readme, staging
@@ -67,11 +66,16 @@ class DistributedBuild:
     def __str__(self) -> str:
         policy = self.topology.remote_call
         lines = [f"wrote a distributed layout of {self.plan.model_name!r} in {self.root}:"]
-        lines.append(f"  front    {self.front}  (router, dense, {len(self.groups)} remote steps, ensemble)")
+        front = self.topology.front
+        pooled = f", pools {front.rows_bytes:,} bytes of rows" if front.rows_bytes else ""
+        lines.append(
+            f"  front    {self.front}  {front.replica_servers} server(s): router{pooled}, dense, "
+            f"{len(self.groups)} remote steps, ensemble"
+        )
         for group in self.groups:
             lines.append(
-                f"  group    {self.group_repository(group)}  {group.replica_servers} replica server(s) on "
-                f"{group.device}, {group.rows_bytes:,} bytes of rows, "
+                f"  group    {self.group_repository(group)}  {group.replica_servers} replica server(s) of "
+                f"{group.instances_per_server} instance(s) on {group.device}, {group.rows_bytes:,} bytes of rows, "
                 f"service {group.service}:{triton_runtime.GRPC_PORT}"
             )
         lines += [f"  {model.name}: {note}" for model in self.models for note in model.notes]
@@ -98,20 +102,21 @@ def build_distributed(
 ) -> DistributedBuild:
     """The plan as separately served shard groups behind a front server.
 
-    One repository per shard group (one instance per server; the plan's count is the replica count) and a front
-    repository whose ensemble keeps the request contract, its shard-group steps calling the groups over gRPC.
-    By default (`group_by` None) every shard is its own group, so each is scaled on its own (ElasticRec);
+    One repository per shard group the router does not pool (its replica servers run the plan's instances per
+    server) and a front repository whose ensemble keeps the request contract, its shard-group steps calling the
+    groups over gRPC. With the fused lookup step the front's routers pool the shards the plan leaves to them. By
+    default (`group_by` None) every shard is its own group, so each is scaled on its own (ElasticRec);
     `group_by="placement"` serves shards with the same placement together (fewer services and hops).
     `inputs`: the files the build was made from (model, plan), never allowed inside the output.
     """
     leaves = check_options(backend, target, plan.lookup_engine)
     plan.check_matches(model)
-    plan = dataclasses.replace(plan, group_by=group_by or "shard", lookup_step="separate")  # groups scale apart
+    plan = distributed_plan(plan, group_by or "shard")
     topology = Topology.from_plan(plan, group_by=plan.group_by, policy=policy)
     out = Path(out)
     staging.check_output(out, "--out", force, inputs)
     with staging.staged([out]) as (staged,):
-        writer = ModelWriter(model, plan, leaves)
+        writer = ModelWriter(model, front_plan(plan), leaves)
         front = staged / topology.front.repository
         front.mkdir()
         writer.profile(front)
@@ -134,10 +139,11 @@ _STAGED_LEAVES = "leaves"
 def write_front_and_groups(writer: ModelWriter, topology: Topology, leaves: Path, ensembles: Path, root: Path) -> None:
     """A distributed build's models: the front's leaves, its ensembles, every group's repository under `root`."""
     writer.router(leaves)
-    for wired, deployment in zip(writer.wire.groups, topology.groups, strict=True):
-        one_instance = Placement(INSTANCES_PER_GROUP_SERVER, deployment.device)
-        writer.shard_group(root / deployment.repository, wired, one_instance)
-        writer.remote_group(leaves, wired, topology.remote_call)
+    servers = topology.front.replica_servers
+    for wired, deployment in zip(writer.wire.steps, topology.groups, strict=True):
+        per_server = deployment.instances_per_server
+        writer.shard_group(root / deployment.repository, wired, Placement(per_server, deployment.device, per_server))
+        writer.remote_group(leaves, wired, topology.remote_call, remote_instances(deployment, servers))
     writer.dense(leaves)
     writer.ensemble(ensembles)
     writer.ranking(leaves, ensembles)
@@ -155,12 +161,12 @@ def write_distributed_generation(model: Model, plan: Plan, root: Path, leaves: L
     running_topology = Topology.load(root)
     front = root / running_topology.front.repository
     running = read_running(front, front)
-    plan = dataclasses.replace(next_plan(plan, running), group_by=running_topology.group_by, lookup_step="separate")
+    plan = distributed_plan(next_plan(plan, running), running_topology.group_by)
     plan.check_matches(model)
     topology = Topology.from_plan(plan, group_by=plan.group_by, policy=running_topology.remote_call)
     staging = new_staging_dir(front, plan.generation)
     try:
-        writer = ModelWriter(model, plan, leaves)
+        writer = ModelWriter(model, front_plan(plan), leaves)
         write_front_and_groups(writer, topology, staging / _STAGED_LEAVES, staging / STAGED_ENSEMBLES, staging)
         for group in topology.groups:  # complete now; the front is listed again once its switch is done
             contents.record(staging / group.repository)

@@ -129,6 +129,7 @@ def components(topology: Topology, options: K8sOptions) -> list[Component]:
             front.memory_bytes(options.capacity),
             front.models,
             front.counter_bytes,  # already in its memory (router bytes): only /dev/shm's size limit grows
+            front.router_instances + front.dense_instances,
         )
     ]
     for group in topology.groups:
@@ -141,6 +142,7 @@ def components(topology: Topology, options: K8sOptions) -> list[Component]:
                 group.device,
                 group.memory_bytes(options.capacity),
                 (group.model,),
+                working_instances=group.instances_per_server,
             )
         )
     return result

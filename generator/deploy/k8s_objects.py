@@ -94,6 +94,9 @@ class Component:
     memory_bytes: int  # expected resident bytes of one replica: rows, rank maps, front cache, server and stubs
     models: tuple[str, ...]
     shm_extra_bytes: int = 0  # what else /dev/shm holds besides the Python backend's buffers (access counters)
+    #: Instances that compute (routers, dense, a group's lookups), each planned to keep at most the capacity
+    #: model's target utilization of a core busy; a remote step's instances wait on the network and count for none.
+    working_instances: int = 1
 
     def shm_mib(self, options: K8sOptions) -> int:
         """The size limit of the memory-backed /dev/shm: the backend's buffers plus the access counters."""
@@ -185,11 +188,16 @@ def request_bytes(options: K8sOptions, component: Component) -> int:
     return component.memory_bytes + (options.shm_mb << 20)
 
 
+def cpu_request(options: K8sOptions, component: Component) -> str:
+    """Cores one pod requests: its working instances at the target utilization, in whole millicores."""
+    return f"{math.ceil(component.working_instances * options.capacity.target_utilization * 1000)}m"
+
+
 def _resources(options: K8sOptions, component: Component) -> dict[str, Any]:
     pod_bytes = request_bytes(options, component)
     limit_bytes = math.ceil(pod_bytes * options.memory_headroom)
     resources: dict[str, Any] = {
-        "requests": {"cpu": "1", "memory": mebibytes(pod_bytes)},
+        "requests": {"cpu": cpu_request(options, component), "memory": mebibytes(pod_bytes)},
         "limits": {"memory": mebibytes(limit_bytes)},
     }
     if component.device == "gpu":

@@ -1,11 +1,15 @@
 """The distributed topology: which servers run what, how many replica servers each has, and what each holds.
 
-One owner for the distributed layout (ElasticRec's microservices): a front server (router, dense model, one remote
-step per shard group, the ensembles) and one deployment per shard group. A plan's instance count of a group is the
-capacity the planner sized; here it becomes `replica_servers` servers of one Triton instance each. The distributed
-build writes it as topology.json (versioned), `recgen serve --distributed` starts it, and the Kubernetes manifests
-are rendered from it, so all three agree on names, replicas and memory (the front's rank maps and front cache
-included, counted by the same `planning.memory` as the planner's totals).
+One owner for the distributed layout (ElasticRec's microservices): front servers (router, dense model, one remote
+step per shard group, the ensembles) and one deployment per shard group the router does not pool. It follows the
+plan's servers (`Placement.instances_per_server`, set by the planner from its fleet): a group runs on
+`placement.servers` replica servers of `instances_per_server` Triton instances each, sharing one mapped copy of the
+group's rows per server; the front on as many servers as its router or dense model take, each running its share of
+the router, dense and remote-step instances (a remote step keeps one group instance busy at a time). With the fused
+lookup step the front's routers pool the shards the plan leaves to them, holding their rows once per front server.
+The distributed build writes it as topology.json (versioned), `recgen serve --distributed` starts it, and the
+Kubernetes manifests are rendered from it, so all three agree on names, replicas, CPU and memory (the front's rank
+maps, pooled rows and front cache included, counted by the same `planning.memory` as the planner's totals).
 """
 
 from __future__ import annotations
@@ -20,19 +24,22 @@ from generator import __version__, naming
 from generator.errors import UserInputError
 from generator.planning import memory
 from generator.planning.capacity import Capacity
-from generator.planning.plan import Device, GroupBy, Plan
+from generator.planning.plan import Device, GroupBy, Placement, Plan
 from generator.repository import wiring
 from generator.repository.params import RemoteCallPolicy
 from generator.repository.wiring import GroupWire
 
-TOPOLOGY_FORMAT_VERSION = 2
-#: Instances of a shard group's model inside each of its replica servers.
-INSTANCES_PER_GROUP_SERVER = 1
+TOPOLOGY_FORMAT_VERSION = 3
+
+
+def _share(count: int, servers: int) -> int:
+    """Instances each of `servers` servers runs so that together they run at least `count`."""
+    return -(-count // servers)
 
 
 @dataclass(frozen=True)
 class GroupDeployment:
-    """One shard group served by `replica_servers` Triton servers, each loading the repository `repository`."""
+    """One shard group served by `replica_servers` Triton servers of `instances_per_server` instances each."""
 
     model: str
     service: str
@@ -41,19 +48,20 @@ class GroupDeployment:
     device: Device
     rows_bytes: int
     endpoints_env: str
+    instances_per_server: int = 1
 
     def memory_bytes(self, capacity: Capacity) -> int:
-        """Expected resident bytes of one replica server: its rows, the server and each instance's overhead."""
+        """Expected resident bytes of one replica server: its rows once, the server and each instance's overhead."""
         return (
             self.rows_bytes
             + capacity.server_overhead_bytes
-            + INSTANCES_PER_GROUP_SERVER * capacity.lookup_overhead_bytes
+            + self.instances_per_server * capacity.lookup_overhead_bytes
         )
 
 
 @dataclass(frozen=True)
 class FrontDeployment:
-    """The front server: router, dense model, a remote step per shard group and the ensembles."""
+    """A front server: router, dense model, a remote step per shard group and the ensembles."""
 
     service: str
     repository: str
@@ -61,20 +69,52 @@ class FrontDeployment:
     device: Device
     #: What its router instances load (rank maps and front cache), once per router instance.
     router_bytes: int
+    #: Router instances on each front server.
     router_instances: int
-    #: Python-backend stubs it runs: router, dense and one remote-step instance per group replica.
+    #: Stubs and instances it runs: routers, dense and the remote steps' instances.
     instances: int
     models: tuple[str, ...]
     #: Most bytes its routers' access counters take in /dev/shm (flattened and ranking routers, every instance).
     counter_bytes: int = 0
+    #: Rows of the shards its routers pool (fused lookup step), mapped once per front server.
+    rows_bytes: int = 0
+    #: Dense-model instances on each front server.
+    dense_instances: int = 1
 
     def memory_bytes(self, capacity: Capacity) -> int:
         """Expected resident bytes of one front server."""
         return (
             self.router_instances * (self.router_bytes + capacity.lookup_overhead_bytes)
+            + self.rows_bytes
             + capacity.server_overhead_bytes
             + (self.instances - self.router_instances) * capacity.replica_overhead_bytes
         )
+
+
+def front_servers(plan: Plan) -> int:
+    """Servers the front takes: as many as its router's or its dense model's instances are spread over."""
+    return max(plan.router.servers, plan.dense.servers)
+
+
+def front_plan(plan: Plan) -> Plan:
+    """`plan` as one front server runs it: its share of the router's and the dense model's instances."""
+    servers = front_servers(plan)
+
+    def share(placement: Placement) -> Placement:
+        count = _share(placement.instance_count, servers)
+        return Placement(count, placement.device, count)
+
+    return dataclasses.replace(plan, router=share(plan.router), dense=share(plan.dense))
+
+
+def distributed_plan(plan: Plan, group_by: GroupBy) -> Plan:
+    """The plan as the distributed layout serves it: its shards grouped by `group_by`, its lookup step kept."""
+    return dataclasses.replace(plan, group_by=group_by)
+
+
+def remote_instances(group: GroupDeployment, servers: int) -> int:
+    """A front server's instances of a group's remote step: its share of the group's instances."""
+    return _share(group.replica_servers * group.instances_per_server, servers)
 
 
 @dataclass(frozen=True)
@@ -97,17 +137,20 @@ class Topology:
         *,
         group_by: GroupBy = "shard",
         policy: RemoteCallPolicy | None = None,
-        front_replicas: int = 1,
     ) -> Topology:
         """The topology of `plan` with its shards grouped by `group_by` (one service per shard by default)."""
-        plan = dataclasses.replace(plan, group_by=group_by, lookup_step="separate")  # every group its own service
-        groups = tuple(_group_deployment(plan, wired) for wired in wiring.wire_layout(plan).groups)
+        plan = distributed_plan(plan, group_by)
+        wire = wiring.wire_layout(plan)
+        groups = tuple(_group_deployment(plan, wired) for wired in wire.steps)
+        servers = front_servers(plan)
+        per_front = front_plan(plan)
         front_models = [naming.router_model(plan.leaf_stem), naming.dense_model(plan.leaf_stem)]
         front_models += [group.model for group in groups]
+        tables = {table.spec.name: table for table in plan.tables}
         front = FrontDeployment(
             service=naming.front_service_name(plan.model_name),
             repository=naming.FRONT_DIR,
-            replica_servers=front_replicas,
+            replica_servers=servers,
             device=plan.dense.device,
             router_bytes=memory.router_bytes(
                 [t.spec for t in plan.tables],
@@ -115,12 +158,16 @@ class Topology:
                 [t.row_order is not None for t in plan.tables],
                 plan.count_accesses,
             ),
-            router_instances=plan.router.instance_count,
-            instances=plan.router.instance_count
-            + plan.dense.instance_count
-            + sum(group.replica_servers for group in groups),
+            router_instances=per_front.router.instance_count,
+            instances=per_front.router.instance_count
+            + per_front.dense.instance_count
+            + sum(remote_instances(group, servers) for group in groups),
             models=(naming.ensemble_model(plan.model_name), *front_models),
-            counter_bytes=_counter_bytes(plan),
+            counter_bytes=_counter_bytes(per_front),
+            rows_bytes=sum(
+                tables[shard.table].shard_bytes(shard) for wired in wire.pooled for shard in wired.group.shards
+            ),
+            dense_instances=per_front.dense.instance_count,
         )
         return cls(
             plan.model_name,
@@ -169,7 +216,9 @@ class Topology:
         except ValueError as error:
             raise UserInputError(f"{path} is not a recgen topology ({error})") from error
         version = data.get("format_version") if isinstance(data, dict) else None
-        if version != TOPOLOGY_FORMAT_VERSION:
+        if version == 2:
+            data = _migrate_v2(data)
+        elif version != TOPOLOGY_FORMAT_VERSION:
             raise UserInputError(
                 f"{path} has format version {version!r}; this recgen reads version {TOPOLOGY_FORMAT_VERSION} "
                 "(rebuild it with this recgen)"
@@ -188,6 +237,19 @@ class Topology:
             raise UserInputError(f"{path} is not a recgen topology ({type(error).__name__}: {error})") from error
 
 
+def _migrate_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A version 2 topology.json as version 3: what version 2 served (an instance per group server, no pooled rows)."""
+    try:
+        front, groups = data["front"], data["groups"]
+        replicas = sum(group["replica_servers"] for group in groups)
+        dense = front["instances"] - front["router_instances"] - replicas
+        front = {"rows_bytes": 0, "dense_instances": dense, **front}
+        groups = [{"instances_per_server": 1, **group} for group in groups]
+    except (KeyError, TypeError):
+        return data  # the reader names what is missing
+    return {**data, "front": front, "groups": groups}
+
+
 def _counter_bytes(plan: Plan) -> int:
     """The most bytes the front's access counters take: every table's rows per set (see `recgen_access`)."""
     if not plan.count_accesses:
@@ -203,8 +265,9 @@ def _group_deployment(plan: Plan, wired: GroupWire) -> GroupDeployment:
         model=model,
         service=naming.service_name(model),
         repository=f"{naming.GROUPS_DIR}/{model}",
-        replica_servers=group.placement.instance_count,
+        replica_servers=group.placement.servers,
         device=group.placement.device,
         rows_bytes=sum(tables[shard.table].shard_bytes(shard) for shard in group.shards),
         endpoints_env=naming.endpoints_env_var(model),
+        instances_per_server=group.placement.instances_per_server,
     )

@@ -51,17 +51,24 @@ def split_rows(num_rows: int, max_shards: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a model runs and how many Triton instances (instance_group count) it gets on one server.
+    """Where a model runs, how many Triton instances (instance_group count) it gets, and how many share a server.
 
-    The planner sizes this count; the distributed layout serves the same capacity as that many replica servers of
-    one instance each (`deploy.topology` names them apart).
+    The planner sizes the count; one server (the embedded build) runs them all. The distributed layout spreads them
+    over `servers` servers of `instances_per_server` each, as the planner's fleet did (`deploy.topology`).
     """
 
     instance_count: int = 1
     device: Device = "cpu"
+    #: Of its instances, how many one server of the distributed layout runs (1: a server per instance).
+    instances_per_server: int = 1
 
     def __post_init__(self) -> None:
-        _check_placement(self.instance_count, self.device, "model")
+        _check_placement(self.instance_count, self.device, "model", self.instances_per_server)
+
+    @property
+    def servers(self) -> int:
+        """Servers of the distributed layout that run its instances."""
+        return -(-self.instance_count // self.instances_per_server)
 
 
 @dataclass(frozen=True)
@@ -308,9 +315,14 @@ class Plan:
         return describe(self)
 
 
-def _check_placement(instance_count: int, device: str, what: str) -> None:
+def _check_placement(instance_count: int, device: str, what: str, per_server: int = 1) -> None:
     if not isinstance(instance_count, int) or not 1 <= instance_count <= 256:
         raise UserInputError(f"{what} `instance_count` must be an integer in 1..256, got {instance_count!r}")
+    if not isinstance(per_server, int) or not 1 <= per_server <= instance_count:
+        raise UserInputError(
+            f"{what} `instances_per_server` must be an integer in 1..{instance_count} (its instance_count), "
+            f"got {per_server!r}"
+        )
     check_choice("device", device, DEVICES, f"{what} ")
 
 
@@ -378,8 +390,8 @@ def uniform_plan(
     return Plan(
         model_name=name,
         tables=tuple(tables),
-        router=Placement(instance_count, "cpu"),
-        dense=placement,
+        router=Placement(instance_count, "cpu", instance_count),  # one front server runs them all
+        dense=Placement(instance_count, device, instance_count),
         max_batch_size=max_batch_size,
         group_by=group_by,
         features=model.plan_features,

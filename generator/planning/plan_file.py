@@ -3,8 +3,9 @@
 One writer for every plan: a uniform one, a planner's (then with every shard's access share and a `planner`
 section: what the plan was made from, its totals and servers), and the copy a distributed build keeps. The reader
 is strict: every field must be there with its type (none is read with a default), unknown fields are refused, and
-a version 1 file (written before 2026-12-07, when fields could be missing) is migrated in memory by `migrate_v1`,
-which fills exactly what the version 1 reader defaulted.
+older files are migrated in memory with exactly what their reader assumed: version 1 (written before 2026-12-07,
+when fields could be missing) by `migrate_v1`, version 2 (before the distributed layout followed the planner's
+servers: one instance per server) by `migrate_v2`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from generator.planning.precision import check_row_dtype
 from generator.planning.report import PlanReport
 
 PLAN_FORMAT = "recgen.plan"
-PLAN_SCHEMA_VERSION = 2
+PLAN_SCHEMA_VERSION = 3
 
 
 def _sha256(path: Path) -> str:
@@ -71,6 +72,7 @@ def _table_entry(table: TablePlan, shares: dict[tuple[str, int], float]) -> dict
                 "row_start": s.row_start,
                 "row_end": s.row_end,
                 "replicas": s.placement.instance_count,
+                "replicas_per_server": s.placement.instances_per_server,
                 "device": s.placement.device,
                 "row_dtype": s.row_dtype,
                 "bytes": table.shard_bytes(s),
@@ -108,8 +110,8 @@ def save_plan(plan: Plan, path: str | Path, report: PlanReport | None = None, *,
         "generation": plan.generation,
         "row_order_file": rows_path.name if orders else None,
         "row_order_sha256": _sha256(rows_path) if orders else None,
-        "router": {"instance_count": plan.router.instance_count, "device": plan.router.device},
-        "dense": {"instance_count": plan.dense.instance_count, "device": plan.dense.device},
+        "router": _placement_entry(plan.router),
+        "dense": _placement_entry(plan.dense),
         "tables": [_table_entry(t, shares) for t in plan.tables],
         "features": [dataclasses.asdict(feature) for feature in plan.features],
         "planner": _planner_section(report, profile_source),
@@ -154,13 +156,41 @@ _TOP_FIELDS = {
 }  # fmt: skip
 _TABLE_FIELDS = {"name", "num_rows", "dim", "max_ids_per_sample", "side", "permuted", "cached_rows", "shards"}
 _SHARD_FIELDS = {
-    "index", "row_start", "row_end", "replicas", "device", "row_dtype", "bytes", "router_pooled", "resident",
-    "access_share",
+    "index", "row_start", "row_end", "replicas", "replicas_per_server", "device", "row_dtype", "bytes",
+    "router_pooled", "resident", "access_share",
 }  # fmt: skip
+_PLACEMENT_FIELDS = {"instance_count", "instances_per_server", "device"}
+
+
+def _placement_entry(placement: Placement) -> dict[str, Any]:
+    return {
+        "instance_count": placement.instance_count,
+        "instances_per_server": placement.instances_per_server,
+        "device": placement.device,
+    }
+
+
+def migrate_v2(document: dict[str, Any]) -> dict[str, Any]:
+    """A version 2 plan.json as version 3, spread as version 2's distributed layout served it.
+
+    Every shard instance on a server of its own; the router's and dense model's instances all on one front server.
+    """
+    migrated = {**document, "schema_version": PLAN_SCHEMA_VERSION}
+    for key in ("router", "dense"):
+        if isinstance(document.get(key), dict):
+            migrated[key] = {"instances_per_server": document[key].get("instance_count"), **document[key]}
+    if isinstance(document.get("tables"), list):
+        migrated["tables"] = [
+            {**table, "shards": [{"replicas_per_server": 1, **shard} for shard in table.get("shards", [])]}
+            if isinstance(table, dict)
+            else table
+            for table in document["tables"]
+        ]
+    return migrated
 
 
 def migrate_v1(document: dict[str, Any]) -> dict[str, Any]:
-    """A version 1 plan.json as version 2.
+    """A version 1 plan.json as version 2 (which `migrate_v2` takes on).
 
     What the version 1 reader defaulted is filled in; the planner's `inputs` and `totals` move into `planner`.
     """
@@ -172,7 +202,7 @@ def migrate_v1(document: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
     for key, value in defaults.items():
         migrated.setdefault(key, value)
-    migrated["schema_version"] = PLAN_SCHEMA_VERSION
+    migrated["schema_version"] = 2
     totals = document.get("totals") or {}
     migrated["planner"] = {"inputs": document.get("inputs") or {}, "totals": totals} if totals else None
     tables = []
@@ -216,11 +246,15 @@ def _table_from_entry(entry: dict[str, Any], orders: dict[str, np.ndarray], fiel
         raise PlanError(f"plan `{fields.path}`: {where} has no shards")
     for number, shard in enumerate(shards):
         fields.only(shard, _SHARD_FIELDS, f"{where} shard {number}")
-        for key, kind in (("index", int), ("row_start", int), ("row_end", int), ("replicas", int), ("bytes", int)):
-            fields.get(shard, key, kind, f"{where} shard {number}")
+        integers = ("index", "row_start", "row_end", "replicas", "replicas_per_server", "bytes")
+        for key in integers:
+            fields.get(shard, key, int, f"{where} shard {number}")
         fields.get(shard, "access_share", (float, type(None)), f"{where} shard {number}")
     boundaries = [shards[0]["row_start"], *(shard["row_end"] for shard in shards)]
-    placements = [Placement(shard["replicas"], fields.get(shard, "device", str, where)) for shard in shards]
+    placements = [
+        Placement(shard["replicas"], fields.get(shard, "device", str, where), shard["replicas_per_server"])
+        for shard in shards
+    ]
     permuted = fields.get(entry, "permuted", bool, where)
     order = orders.get(spec.name) if permuted else None
     if permuted and order is None:
@@ -239,7 +273,7 @@ def _table_from_entry(entry: dict[str, Any], orders: dict[str, np.ndarray], fiel
 
 
 def _document(path: Path) -> dict[str, Any]:
-    """plan.json as a version 2 document (a version 1 file migrated), its format and version checked."""
+    """plan.json as a version 3 document (older versions migrated), its format and version checked."""
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -248,16 +282,22 @@ def _document(path: Path) -> dict[str, Any]:
         raise PlanError(f"`{path}` is not a recgen plan")
     version = document.get("schema_version")
     if version == 1:
-        return migrate_v1(document)
+        document, version = migrate_v1(document), 2
+    if version == 2:
+        return migrate_v2(document)
     if version != PLAN_SCHEMA_VERSION:
-        raise PlanError(f"plan `{path}` has schema version {version!r}; this recgen reads 1 and {PLAN_SCHEMA_VERSION}")
+        raise PlanError(f"plan `{path}` has schema version {version!r}; this recgen reads 1 to {PLAN_SCHEMA_VERSION}")
     return document
 
 
 def _placement(document: dict[str, Any], key: str, fields: _Fields) -> Placement:
     entry = fields.get(document, key, dict, "the plan")
-    fields.only(entry, {"instance_count", "device"}, f"`{key}`")
-    return Placement(fields.get(entry, "instance_count", int, f"`{key}`"), fields.get(entry, "device", str, f"`{key}`"))
+    fields.only(entry, _PLACEMENT_FIELDS, f"`{key}`")
+    return Placement(
+        fields.get(entry, "instance_count", int, f"`{key}`"),
+        fields.get(entry, "device", str, f"`{key}`"),
+        fields.get(entry, "instances_per_server", int, f"`{key}`"),
+    )
 
 
 def load_plan(path: str | Path) -> Plan:

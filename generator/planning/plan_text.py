@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from generator.planning import queueing
 
 if TYPE_CHECKING:
-    from generator.planning.plan import Plan
+    from generator.planning.plan import Placement, Plan
 
 
 def describe(plan: Plan) -> str:
@@ -23,6 +23,7 @@ def describe(plan: Plan) -> str:
                 f"{shard.placement.device:>6} {shard.row_dtype:>5} {table.shard_bytes(shard) / 1e6:>9.3f}"
                 + ("  own step" if own_step else "")
                 + ("  paged" if not shard.resident else "")
+                + _spread(shard.placement)
             )
     full = sum(table.spec.num_rows * table.spec.bytes_per_row for table in plan.tables)
     stored = sum(table.embedding_bytes for table in plan.tables)
@@ -34,10 +35,17 @@ def describe(plan: Plan) -> str:
         + (f"; the router pools {pooled} group(s) itself (fused lookup step)" if pooled else "")
     )
     lines.append(
-        f"  router: {plan.router.instance_count} x {plan.router.device}; "
-        f"dense: {plan.dense.instance_count} x {plan.dense.device}"
+        f"  router: {plan.router.instance_count} x {plan.router.device}{_spread(plan.router)}; "
+        f"dense: {plan.dense.instance_count} x {plan.dense.device}{_spread(plan.dense)}"
     )
     who = "the router sheds" if plan.shedding == "router" else "Triton's queue policy (stalls ~0.5 s) rejects"
     budget_ms = queueing.queue_budget_us(plan.latency_slo_ms) / 1000
     lines.append(f"  latency target {plan.latency_slo_ms:g} ms: {who} requests queued over {budget_ms:g} ms")
     return "\n".join(lines)
+
+
+def _spread(placement: Placement) -> str:
+    """How the distributed layout spreads the instances over servers, where it takes more than one instance each."""
+    if placement.instances_per_server == 1:
+        return ""
+    return f"  ({placement.servers} server(s) of {placement.instances_per_server})"

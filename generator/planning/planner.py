@@ -21,11 +21,11 @@ from generator.planning.capacity import Capacity
 from generator.planning.cuts import ShardStats, cut_table
 from generator.planning.memory import ModelShape
 from generator.planning.placement import allocate_front_cache, place_on_gpu
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, LookupStep, Placement, Plan, table_plan
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, Device, LookupStep, Placement, Plan, table_plan
 from generator.planning.plan_change import PlanChange, plan_change
 from generator.planning.plan_file import load_plan, row_order_path, save_plan
 from generator.planning.precision import RowPrecision
-from generator.planning.pricing import Traffic, model_wise_on_servers, plan_on_servers
+from generator.planning.pricing import DENSE, FRONT, ROUTER, Traffic, model_wise_on_servers, plan_on_servers, shard_name
 from generator.planning.report import PlanReport
 from generator.planning.servers import ServerSize, servers_needed
 from generator.traffic.profile import AccessProfile, TableAccess
@@ -247,7 +247,7 @@ def plan_from_report(
     for spec, cached_rows in zip(shape.tables, cached, strict=True):
         shards = [s for s in report.shards if s.table == spec.name]
         boundaries = [shards[0].row_start, *(s.row_end for s in shards)]
-        placements = [Placement(s.replicas, s.device) for s in shards]
+        placements = [_spread(report, shard_name(s), s.replicas, s.device) for s in shards]
         order = profile.table(spec.name).row_order()
         dtypes = [s.row_dtype for s in shards]
         tables.append(
@@ -265,13 +265,28 @@ def plan_from_report(
     return Plan(
         model_name=name,
         tables=tuple(tables),
-        router=Placement(report.router_replicas, "cpu"),
-        dense=Placement(report.dense_replicas, "gpu" if report.dense_on_gpu else "cpu"),
+        router=_spread(report, ROUTER, report.router_replicas, "cpu"),
+        dense=_spread(report, DENSE, report.dense_replicas, "gpu" if report.dense_on_gpu else "cpu"),
         max_batch_size=max_batch_size,
         features=shape.features,
         latency_slo_ms=latency_slo_ms,
         lookup_step=report.lookup_step,
     )
+
+
+def _spread(report: PlanReport, name: str, instances: int, device: Device) -> Placement:
+    """A model's placement, its instances spread over as many servers as the planned fleet hosts it on.
+
+    A shard the router pools has no servers of its own (the fronts pool it). In a distributed fleet the router and
+    a CPU dense model run on every front server, each front its share of their instances.
+    """
+    fleet = report.fleet
+    servers = len(fleet.placements(name)) if fleet is not None else 0
+    fronts = sum(count for _, count in fleet.placements(FRONT)) if fleet is not None else 0
+    if fronts and name in (ROUTER, DENSE) and not (name == DENSE and servers):
+        per_front = -(-instances // fronts)
+        return Placement(per_front * fronts, device, per_front)
+    return Placement(instances, device, -(-instances // max(servers, 1)))
 
 
 @dataclass(frozen=True)

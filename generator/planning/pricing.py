@@ -2,13 +2,18 @@
 
 Each model becomes a `servers.Component`: its replicas, the cores each keeps busy at the target load, the data a
 server hosting it holds once (a shard step's rows; with the fused lookup step, the router's: every CPU shard's
-rows), and each replica's own bytes. Memory allocated is the sum over the placed servers. Memory utility counts,
-per server and per copy of a shard's rows, the distinct rows that copy reads in a window of the traffic its
-replicas serve, and divides their bytes by the bytes of rows held.
+rows), and each replica's own bytes. A plan whose models fit one server is served by one tritonserver there (the
+embedded build). A larger one is priced as the distributed layout serves it (`deploy.topology`): every shard step
+a pod of its own on each server it uses, and front servers, each a pod with its share of the routers and dense
+replicas and a remote-step stub per shard-step instance (at least one per step on every front). Memory allocated
+is the sum over the placed servers. Memory utility counts, per server and per copy of a shard's rows, the distinct
+rows that copy reads in a window of the traffic its replicas serve, and divides their bytes by the bytes of rows
+held.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,12 +26,16 @@ from generator.planning.cuts import ShardStats
 from generator.planning.memory import ModelShape
 from generator.planning.plan import Device, LookupStep
 from generator.planning.report import Totals
-from generator.planning.servers import Component, Fleet, ServerSize, place
+from generator.planning.servers import Component, Fleet, ServerSize, place, servers_needed
 from generator.traffic.profile import TableAccess
 from generator.triton_models.recgen_rows import bytes_per_row
 
 #: The names of the non-shard models in a fleet (a shard step is named `<table>/<shard>`).
 ROUTER, DENSE, WHOLE_MODEL = "router", "dense", "whole model"
+#: A distributed layout's front server: its share of the routers, the dense replicas and the remote steps.
+FRONT = "front"
+#: The pods a fleet's components run in: one tritonserver for a one-server plan, the front's for a larger one.
+ONE_SERVER_POD, FRONT_POD = "server", "front"
 
 
 def _expected_unique(probabilities: np.ndarray, draws: float) -> float:
@@ -71,30 +80,21 @@ def planned_components(
     capacity: Capacity,
     lookup_step: LookupStep,
     dense_device: Device = "cpu",
+    *,
+    fronts: int | None = None,
 ) -> tuple[list[Component], dict[str, list[ShardStats]]]:
     """The plan's models as fleet components, and the shards whose rows each holds.
 
     `busy_s`: seconds of work per second at the target load, by model name (router, dense, each shard step). A
-    dense model on GPU holds its weights there (once per server) and keeps no core busy.
+    dense model on GPU holds its weights there (once per server) and keeps no core busy. `fronts`: priced as the
+    distributed layout with that many front servers (see the module); None: one tritonserver per server.
     """
-    router_replicas, dense_replicas = replicas
     pooled = [s for s in shards if lookup_step == "fused" and s.device == "cpu" and s.router_pooled]
-    components = [
-        Component(
-            ROUTER,
-            router_replicas,
-            busy_s[ROUTER] / router_replicas,
-            sum(s.held_bytes for s in pooled),
-            router_bytes + capacity.lookup_overhead_bytes,
-        ),
-        Component(
-            DENSE, dense_replicas, busy_s[DENSE] / dense_replicas, 0, dense_bytes + capacity.replica_overhead_bytes
-        )
-        if dense_device == "cpu"
-        else Component(DENSE, dense_replicas, 0.0, dense_bytes, capacity.replica_overhead_bytes, "gpu"),
-    ]
-    held = {ROUTER: pooled}
     pooled_keys = {(s.table, s.index) for s in pooled}
+    steps = [s.replicas for s in shards if (s.table, s.index) not in pooled_keys]
+    front = _FrontCosts(replicas, busy_s, sum(s.held_bytes for s in pooled), router_bytes, dense_bytes, capacity)
+    components = front.components(dense_device, fronts, steps)
+    held = {components[0].name: pooled}
     for shard in shards:
         if (shard.table, shard.index) in pooled_keys:
             continue
@@ -107,10 +107,67 @@ def planned_components(
                 shard.held_bytes,
                 capacity.lookup_overhead_bytes,
                 shard.device,
+                ONE_SERVER_POD if fronts is None else "",
             )
         )
         held[name] = [shard]
     return components, held
+
+
+@dataclass(frozen=True)
+class _FrontCosts:
+    """What the router and the dense model cost a fleet, as one server's models or as the distributed fronts."""
+
+    replicas: tuple[int, int]  # router, dense
+    busy_s: Mapping[str, float]
+    pooled_bytes: int
+    router_bytes: int
+    dense_bytes: int
+    capacity: Capacity
+
+    def components(self, dense_device: Device, fronts: int | None, steps: Sequence[int]) -> list[Component]:
+        """With `fronts`, each front server runs its share of the routers, dense replicas and remote-step stubs.
+
+        `steps`: the instances of every shard step; a front runs at least one remote-step stub for each.
+
+        A front is one component then, so its replicas are exactly the fronts `deploy.topology` lays out (a dense
+        model on GPU stays a component of its own in the front's pod).
+        """
+        routers, denses = self.replicas
+        capacity, busy_s = self.capacity, self.busy_s
+        router_replica = self.router_bytes + capacity.lookup_overhead_bytes
+        if fronts is None:
+            return [
+                Component(
+                    ROUTER, routers, busy_s[ROUTER] / routers, self.pooled_bytes, router_replica, pod=ONE_SERVER_POD
+                ),
+                _dense_component(denses, busy_s[DENSE], self.dense_bytes, capacity, dense_device, ONE_SERVER_POD),
+            ]
+        stubs = sum(-(-instances // fronts) for instances in steps) * capacity.replica_overhead_bytes
+        front_bytes = -(-routers // fronts) * router_replica + stubs
+        busy = busy_s[ROUTER]
+        dense = []
+        if dense_device == "cpu":
+            front_bytes += -(-denses // fronts) * (self.dense_bytes + capacity.replica_overhead_bytes)
+            busy += busy_s[DENSE]
+        else:
+            dense = [_dense_component(denses, busy_s[DENSE], self.dense_bytes, capacity, "gpu", FRONT_POD)]
+        return [Component(FRONT, fronts, busy / fronts, self.pooled_bytes, front_bytes, pod=FRONT_POD), *dense]
+
+
+def front_servers(busy_s: Mapping[str, float], dense_device: Device, size: ServerSize, capacity: Capacity) -> int:
+    """Front servers the distributed layout needs: the cores its routers (and CPU dense replicas) keep busy."""
+    busy = busy_s[ROUTER] + (busy_s[DENSE] if dense_device == "cpu" else 0.0)
+    return servers_needed(busy, size.cores, capacity.target_utilization)
+
+
+def _dense_component(
+    replicas: int, busy_s: float, dense_bytes: int, capacity: Capacity, device: Device, pod: str
+) -> Component:
+    """The dense model: its weights in each replica on CPU, once per server on GPU (where it keeps no core busy)."""
+    if device == "cpu":
+        return Component(DENSE, replicas, busy_s / replicas, 0, dense_bytes + capacity.replica_overhead_bytes, pod=pod)
+    return Component(DENSE, replicas, 0.0, dense_bytes, capacity.replica_overhead_bytes, "gpu", pod)
 
 
 def model_wise_component(shape: ModelShape, replicas: int, busy_s: float, capacity: Capacity) -> Component:
@@ -221,8 +278,16 @@ def plan_on_servers(
         DENSE: target_qps * capacity.dense_seconds(batch_size),
         **{shard_name(s): target_qps * capacity.shard_seconds(lookups[s.table] * s.access_share) for s in stats},
     }
-    components, held = planned_components(
-        stats, busy_s, (router_replicas, dense_replicas), router_bytes, shape.dense_bytes, capacity, lookup_step,
-        dense_device,
-    )  # fmt: skip
-    return priced(components, held, size, capacity, shape, traffic)
+
+    def fleet(fronts: int | None) -> tuple[Totals, Fleet]:
+        components, held = planned_components(
+            stats, busy_s, (router_replicas, dense_replicas), router_bytes, shape.dense_bytes, capacity, lookup_step,
+            dense_device, fronts=fronts,
+        )  # fmt: skip
+        return priced(components, held, size, capacity, shape, traffic)
+
+    with contextlib.suppress(PlanError):  # a model that fits no server alone may fit once the layout spreads it
+        one_server = fleet(None)
+        if len(one_server[1].servers) == 1:
+            return one_server
+    return fleet(front_servers(busy_s, dense_device, size, capacity))

@@ -1,10 +1,12 @@
 """Servers in the plan: every replica placed on a server of a stated size, each server holding the rows it serves once.
 
 A replica is one instance (a thread of the native backend, or a Python-backend stub) and keeps at most the
-capacity model's `target_utilization` of a core busy. A server takes replicas while the cores they keep busy stay
-within its cores times that target, and while its memory holds them: its own overhead, one copy of the data of
-every model it hosts (a shard's rows are mapped once and shared by its instances), and each replica's own bytes
-(its overhead, a router's rank maps and counters, a dense tower's weights). A replica on GPU needs a server with
+capacity model's `target_utilization` of a core busy. A replica runs in a pod: one tritonserver process, shared by
+the components of the same `pod` name on that server (the front's router and dense model; everything, when one
+server runs the whole plan). A server takes replicas while the cores they keep busy stay within its cores times
+that target, and while its memory holds them: each pod's server overhead, one copy of the data of every model it
+hosts (a shard's rows are mapped once and shared by its instances), and each replica's own bytes (its overhead, a
+router's rank maps and counters, a dense tower's weights). A replica on GPU needs a server with
 GPUs and counts its data against their memory (the capacity model has no GPU throughput, so GPU memory is the only
 limit there).
 
@@ -104,6 +106,13 @@ class Component:
     #: Added by every replica (its overhead and whatever it holds alone).
     replica_bytes: int
     device: Device = "cpu"
+    #: The tritonserver process its replicas run in on a server ("": one of its own).
+    pod: str = ""
+
+    @property
+    def pod_name(self) -> str:
+        """The pod its replicas share a server's tritonserver with."""
+        return self.pod or self.name
 
 
 @dataclass
@@ -114,6 +123,7 @@ class _Filling:
     gpu_memory_bytes: int
     hosts: dict[str, int] = field(default_factory=dict)
     data_bytes: int = 0
+    pods: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -186,7 +196,10 @@ class Fleet:
 
 
 def place(components: Sequence[Component], size: ServerSize, target_utilization: float, server_bytes: int) -> Fleet:
-    """Every replica of every component on a server of `size` (first fit decreasing by data; see the module)."""
+    """Every replica of every component on a server of `size` (first fit decreasing by data; see the module).
+
+    `server_bytes`: what each pod's tritonserver takes before any model.
+    """
     usable_cores = size.cores * target_utilization
     filling: list[_Filling] = []
     roomy: list[_Filling] = []  # servers with cores to spare (a full one is never looked at again)
@@ -195,11 +208,16 @@ def place(components: Sequence[Component], size: ServerSize, target_utilization:
         holding: list[_Filling] = []
         while left:
             chosen = next(
-                ((f, n) for f in holding + roomy if (n := _fits(f, component, left, size, usable_cores)) > 0), None
+                (
+                    (f, n)
+                    for f in holding + roomy
+                    if (n := _fits(f, component, left, size, usable_cores, server_bytes)) > 0
+                ),
+                None,
             )
             if chosen is None:
-                fresh = _Filling(len(filling), 0.0, server_bytes, 0)
-                count = _fits(fresh, component, left, size, usable_cores)
+                fresh = _Filling(len(filling), 0.0, 0, 0)
+                count = _fits(fresh, component, left, size, usable_cores, server_bytes)
                 if count == 0:
                     raise PlanError(_too_big(component, size, server_bytes))
                 filling.append(fresh)
@@ -208,7 +226,7 @@ def place(components: Sequence[Component], size: ServerSize, target_utilization:
             server, count = chosen
             if component.name not in server.hosts:
                 holding.append(server)
-            _add(server, component, count)
+            _add(server, component, count, server_bytes)
             left -= count
             if usable_cores - server.busy_cores < _FULL_CORES and server in roomy:
                 roomy.remove(server)
@@ -221,15 +239,18 @@ def place(components: Sequence[Component], size: ServerSize, target_utilization:
     )
 
 
-def _fits(server: _Filling, component: Component, wanted: int, size: ServerSize, usable_cores: float) -> int:
+def _fits(
+    server: _Filling, component: Component, wanted: int, size: ServerSize, usable_cores: float, server_bytes: int
+) -> int:
     """How many of `wanted` replicas `server` can take."""
     new_data = 0 if component.name in server.hosts else component.data_bytes
+    new_pod = 0 if component.pod_name in server.pods else server_bytes
     counts = [wanted]
     if component.busy_cores > 0:
         allowed = (usable_cores - server.busy_cores + _BUSY_SLACK) / component.busy_cores
         counts.append(wanted if allowed >= wanted else math.floor(allowed))
     host_data = new_data if component.device == "cpu" else 0
-    free_memory = size.memory_bytes - server.memory_bytes - host_data
+    free_memory = size.memory_bytes - server.memory_bytes - host_data - new_pod
     counts.append(-1 if free_memory < 0 else free_memory // max(component.replica_bytes, 1))
     if component.device == "gpu":
         free_gpu = size.gpus * size.gpu_memory_bytes - server.gpu_memory_bytes - new_data
@@ -237,7 +258,10 @@ def _fits(server: _Filling, component: Component, wanted: int, size: ServerSize,
     return max(0, min(counts))
 
 
-def _add(server: _Filling, component: Component, count: int) -> None:
+def _add(server: _Filling, component: Component, count: int, server_bytes: int) -> None:
+    if component.pod_name not in server.pods:
+        server.pods.add(component.pod_name)
+        server.memory_bytes += server_bytes
     if component.name not in server.hosts:
         server.data_bytes += component.data_bytes
         if component.device == "cpu":

@@ -256,12 +256,15 @@ class ModelWriter:
         members = ", ".join(f"{s.table}[{s.row_start}:{s.row_end}]" for s in group.shards)
         self._finish(config, version_dir, "shards", members if len(members) < 60 else f"{len(group.shards)} shards")
 
-    def remote_group(self, repository: Path, wired: GroupWire, policy: RemoteCallPolicy) -> None:
-        """The front's remote step for a shard group (replaces the group's config in the ensemble check)."""
-        config = configs.remote_group_config(self.plan, wired, policy)
+    def remote_group(self, repository: Path, wired: GroupWire, policy: RemoteCallPolicy, instances: int) -> None:
+        """The front's remote step for a shard group (replaces the group's config in the ensemble check).
+
+        `instances`: this front server's share of the group's instances (one call in flight each).
+        """
+        config = configs.remote_group_config(self.plan, wired, policy, instances)
         version_dir = _new_model_dir(repository, config.name)
         runtime_files.install_python_model(runtime_files.REMOTE_GROUP_MODULE, version_dir)
-        self._finish(config, version_dir, "remote", f"gRPC to {wired.group.placement.instance_count} replica(s)")
+        self._finish(config, version_dir, "remote", f"gRPC to {wired.group.placement.instance_count} instance(s)")
 
     def dense(self, repository: Path) -> None:
         """The dense model: recgen's numpy tower (`--backend python`) or the model's dense graph (ONNX)."""

@@ -246,17 +246,20 @@ def shard_group_config(
     )
 
 
-def remote_group_config(plan: Plan, wired: GroupWire, policy: params.RemoteCallPolicy) -> mc.ModelConfig:
+def remote_group_config(
+    plan: Plan, wired: GroupWire, policy: params.RemoteCallPolicy, instances: int
+) -> mc.ModelConfig:
     """The front's step for a shard group served elsewhere: same name and tensors, calls the group over gRPC.
 
-    One instance per planned replica of the group, so the front keeps every replica busy; the endpoints default to
-    the group's Kubernetes Service and are overridden through the environment (see remote_group_model).
+    `instances`: the front server's share of the group's instances, so the fronts together keep every one busy;
+    the endpoints default to the group's Kubernetes Service and are overridden through the environment (see
+    remote_group_model).
     """
     return _serving_config(
         wired.model_name,
         "python",
         plan.max_batch_size,
-        Placement(device="cpu", instance_count=wired.group.placement.instance_count),
+        Placement(device="cpu", instance_count=instances),
         (wired.inputs, [wired.partial_sums]),
         [params.remote_group(wired, policy)],
     )

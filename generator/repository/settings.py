@@ -182,13 +182,18 @@ def resolve_plan(
         check_finite=plan.check_finite and deployment.check_finite,
         count_accesses=plan.count_accesses and deployment.count_accesses,
         shedding=deployment.shedding or plan.shedding,
-        lookup_step=deployment.lookup_step or plan.lookup_step,
+        lookup_step=deployment.lookup_step or _default_lookup_step(plan, plan_path, distributed),
         lookup_engine=deployment.lookup_engine or plan.lookup_engine,
     )
     notes: tuple[str, ...] = ()
     if plan.lookup_engine == "native" and deployment.lookup_engine is None:  # the default: named nowhere
         plan, notes = with_default_engine(plan, deployment.target)
     return Resolved(plan, deployment.backend, deployment.target, notes)
+
+
+def _default_lookup_step(plan: Plan, plan_path: Path | None, distributed: bool) -> LookupStep:
+    """The plan's lookup step; a distributed build of no plan file serves every shard group as its own service."""
+    return "separate" if distributed and plan_path is None else plan.lookup_step
 
 
 def with_default_engine(plan: Plan, target: str) -> tuple[Plan, tuple[str, ...]]:

@@ -273,7 +273,7 @@ def test_memory_requests_follow_the_row_dtypes() -> None:
 def test_the_fronts_shared_memory_holds_the_routers_access_counters() -> None:
     """/dev/shm is a size-limited emptyDir: the front's also holds every router instance's counters."""
     spec = TableSpec("big", 3_000_000, 16, 1)
-    plan = Plan("dlrm", (table_plan(spec, [0, 3_000_000], [Placement()]),), router=Placement(2))
+    plan = Plan("dlrm", (table_plan(spec, [0, 3_000_000], [Placement()]),), router=Placement(2, "cpu", 2))
     limits = {}
     for counted in (True, False):
         topology = Topology.from_plan(dataclasses.replace(plan, count_accesses=counted))

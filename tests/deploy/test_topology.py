@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from generator import naming, triton_runtime
-from generator.deploy import k8s
+from generator.deploy import k8s, k8s_objects
 from generator.deploy.distributed import build_distributed
 from generator.deploy.server import ServerConfig, TritonServer
 from generator.deploy.topology import TOPOLOGY_FORMAT_VERSION, Topology
@@ -110,3 +110,39 @@ def test_k8s_deploys_the_build_and_refuses_a_plan_or_grouping_that_does_not_matc
         k8s.topology_for(tmp_path / "other.json", result.root, None)
     with pytest.raises(UserInputError, match="give --plan"):
         k8s.topology_for(None, None, None)
+
+
+@pytest.mark.parametrize("lookup_step", ["fused", "separate"])
+def test_the_topology_follows_the_planned_servers_and_holds_what_the_plan_prices(lookup_step: str) -> None:
+    """A plan spread over small servers: each group on the servers the fleet gave it, the fronts as placed."""
+    from generator.planning.pricing import FRONT, shard_name
+    from generator.planning.servers import ServerSize
+    from generator.traffic.profile import TableShape
+
+    tables = [TableShape("history", 1_000_000, 20), TableShape("country", 200, 1)]
+    shape = ModelShape(tuple(memory.TableSpec(t.name, t.num_rows, 64, t.max_ids_per_sample) for t in tables), 4, (64,), (8, 1))
+    profile = zipf_profile(tables, 1.2, samples=100_000, seed=2)
+    capacity = Capacity()
+    report = plan_model(
+        shape, profile, target_qps=30_000, servers=ServerSize(cores=2), lookup_step=lookup_step, capacity=capacity
+    )
+    assert report.fleet is not None and len(report.fleet.servers) > 2
+    plan = plan_from_report(report, shape, profile)
+    topology = Topology.from_plan(plan)
+    stats = {(s.table, s.index): s for s in report.shards}
+    for group, wired_shard in zip(topology.groups, [s for s in plan.shards if not _pooled(plan, s)], strict=True):
+        servers = len(report.fleet.placements(shard_name(stats[(wired_shard.table, wired_shard.index)])))
+        assert group.replica_servers == servers
+        assert group.instances_per_server == -(-wired_shard.placement.instance_count // servers)
+    assert topology.front.replica_servers == len(report.fleet.placements(FRONT))
+    components = k8s.components(topology, k8s.K8sOptions(capacity=capacity))
+    laid_out = sum(c.replicas * c.memory_bytes for c in components)
+    assert laid_out == pytest.approx(report.planned.memory_bytes, rel=0.05)
+    cpu = {c.name: k8s_objects.cpu_request(k8s.K8sOptions(capacity=capacity), c) for c in components}
+    busiest = max(components[1:], key=lambda c: c.working_instances, default=None)
+    if busiest is not None:  # a group's pod asks for its instances' cores at the target utilization
+        assert cpu[busiest.name] == f"{round(busiest.working_instances * capacity.target_utilization * 1000)}m"
+
+
+def _pooled(plan, shard) -> bool:  # type: ignore[no-untyped-def]
+    return plan.lookup_step == "fused" and shard.router_pooled and shard.placement.device == plan.router.device

@@ -223,7 +223,7 @@ def test_a_bad_new_version_leaves_the_old_one_serving(tmp_path: Path, monkeypatc
 
 def test_the_local_topology_starts_the_new_groups_before_the_front_switches(tmp_path: Path) -> None:
     old, new = tiny_model(), new_weights()
-    layout = build_distributed(old, uniform_plan(old, shards_per_table=1), tmp_path / "dist")
+    layout = build_distributed(old, uniform_plan(old, shards_per_table=1, lookup_step="separate"), tmp_path / "dist")
     front = r"front +'dlrm': http (?:127\.0\.0\.1):(\d+)"
     with recgen_serve(["--distributed", str(layout.root)], tmp_path / "serve.log", front) as http_port:
         grpc_url = re.search(r"front .*grpc (127\.0\.0\.1:\d+)", (tmp_path / "serve.log").read_text()).group(1)  # type: ignore[union-attr]
@@ -234,7 +234,10 @@ def test_the_local_topology_starts_the_new_groups_before_the_front_switches(tmp_
         with SteadyLoad(grpc_url, _requests(old)) as load:
             _wait_for_answers(load, 20)
             report = updates.update(
-                new, uniform_plan(new, shards_per_table=2), http_port=http_port, echo=lambda _: None
+                new,
+                uniform_plan(new, shards_per_table=2, lookup_step="separate"),
+                http_port=http_port,
+                echo=lambda _: None,
             )
             switched_at_s = time.monotonic()
             _wait_for_answers(load, len(load.answers) + 20)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from generator.errors import PlanError
+from generator.errors import PlanError, UserInputError
 from generator.planning import queueing
 from generator.planning.plan import Placement, uniform_plan
 from generator.planning.plan_file import load_plan, load_planner_figures, save_plan
@@ -28,7 +28,7 @@ def test_a_saved_plan_reads_back_equal_and_has_no_planner_section(tmp_path: Path
     path, document = _saved(tmp_path)
     plan = uniform_plan(tiny_model(), name="tiny", shards_per_table=2)
     assert load_plan(path) == plan
-    assert document["schema_version"] == 2 and document["planner"] is None
+    assert document["schema_version"] == 3 and document["planner"] is None
     assert load_planner_figures(path) is None
 
 
@@ -46,7 +46,9 @@ def test_a_saved_plan_reads_back_equal_and_has_no_planner_section(tmp_path: Path
         (lambda d: d["tables"][0]["shards"][0].update(replicas="2"), "shard 0 `replicas` must be int, got '2'"),
         (lambda d: d["tables"][0]["shards"][0].update(hot=True), r"shard 0 has unknown fields \['hot'\]"),
         (lambda d: d["router"].pop("device"), "`router` has no `device`"),
-        (lambda d: d.update(schema_version=3), "schema version 3; this recgen reads 1 and 2"),
+        (lambda d: d["router"].pop("instances_per_server"), "`router` has no `instances_per_server`"),
+        (lambda d: d["tables"][0]["shards"][0].pop("replicas_per_server"), "has no `replicas_per_server`"),
+        (lambda d: d.update(schema_version=4), "schema version 4; this recgen reads 1 to 3"),
     ],
 )
 def test_a_missing_mistyped_or_unknown_field_is_named(tmp_path: Path, edit: Any, message: str) -> None:
@@ -56,8 +58,36 @@ def test_a_missing_mistyped_or_unknown_field_is_named(tmp_path: Path, edit: Any,
         load_plan(_write(path, document))
 
 
+def test_more_instances_per_server_than_instances_is_refused(tmp_path: Path) -> None:
+    path, document = _saved(tmp_path)
+    document["dense"]["instances_per_server"] = 2
+    with pytest.raises(UserInputError, match=r"`instances_per_server` must be an integer in 1..1 .*got 2"):
+        load_plan(_write(path, document))
+
+
+def _version_2(document: dict[str, Any]) -> dict[str, Any]:
+    """The document as recgen wrote version 2, before placements said how many instances share a server."""
+    old = json.loads(json.dumps(document))
+    old["schema_version"] = 2
+    old["router"].pop("instances_per_server"), old["dense"].pop("instances_per_server")
+    for table in old["tables"]:
+        for shard in table["shards"]:
+            shard.pop("replicas_per_server")
+    return old
+
+
+def test_a_version_2_file_is_spread_as_its_distributed_layout_served_it(tmp_path: Path) -> None:
+    plan = uniform_plan(tiny_model(), name="tiny", shards_per_table=2, instance_count=3)
+    path = save_plan(plan, tmp_path / "plan.json")
+    loaded = load_plan(_write(path, _version_2(json.loads(path.read_text()))))
+    assert loaded == plan
+    assert {s.placement.instances_per_server for s in loaded.shards} == {1}  # a server per shard instance
+    assert loaded.router.servers == loaded.dense.servers == 1  # one front server runs them all
+
+
 def _version_1(document: dict[str, Any]) -> dict[str, Any]:
     """The document as recgen wrote version 1 before plans had engines, generations, features and row dtypes."""
+    document = _version_2(document)
     old = {key: value for key, value in document.items() if key not in ("planner", "lookup_engine", "generation")}
     for key in ("group_by", "lookup_step", "latency_slo_ms", "shedding", "check_finite", "count_accesses", "features"):
         old.pop(key)

@@ -27,6 +27,7 @@ components_strategy = st.lists(
         busy_cores=st.floats(0.0, UTILIZATION),
         data_bytes=st.integers(0, 3 * 10**9),
         replica_bytes=st.integers(0, 200 * 10**6),
+        pod=st.sampled_from(["", "front"]),
     ),
     min_size=1,
     max_size=8,
@@ -46,8 +47,9 @@ def test_every_replica_is_placed_and_no_server_is_over_its_cores_or_memory(compo
         hosted = [(by_name[name], count) for name, count in server.hosts]
         assert all(count > 0 for _, count in hosted)
         assert server.busy_cores <= cores * UTILIZATION + 1e-6
-        # one copy of each hosted model's data, whatever the number of its replicas there
-        expected = SERVER_BYTES + sum(c.data_bytes + count * c.replica_bytes for c, count in hosted)
+        # one copy of each hosted model's data, whatever the number of its replicas there; a server per pod
+        pods = {c.pod_name for c, _ in hosted}
+        expected = SERVER_BYTES * len(pods) + sum(c.data_bytes + count * c.replica_bytes for c, count in hosted)
         assert server.memory_bytes == expected <= size.memory_bytes
     assert fleet.memory_bytes == sum(s.memory_bytes for s in fleet.servers)
 
@@ -130,7 +132,7 @@ def test_the_report_and_plan_json_show_the_servers() -> None:
     report = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=4))
     text = str(report)
     assert "servers of 4 cores, 64 GB: planned" in text and "the default" not in text
-    assert "router x" in text and "cores busy" in text
+    assert "front x" in text and "cores busy" in text  # a distributed fleet: fronts and shard steps
     assert "(the default: --server-cores, --server-memory-gb)" in str(plan_model(shape, profile, target_qps=100))
     document = report.to_dict()
     assert document["servers"]["server"]["cores"] == 4
@@ -166,7 +168,7 @@ def test_the_fused_router_leaves_cold_rows_that_span_its_servers_to_steps_of_the
     assert report.fleet is not None
     hot, cold = report.shards[0], report.shards[-1]
     assert hot.router_pooled and not cold.router_pooled, str(report)
-    routers = len(report.fleet.placements("router"))
+    routers = len(report.fleet.placements("front"))
     assert 0 < len(report.fleet.placements(f"history/{cold.index}")) < routers
     assert "own step" in str(report)
 

@@ -80,11 +80,23 @@ def test_the_ranking_router_maps_the_flattened_routers_rows(fused_repository: tu
             assert not a.flags.writeable and not b.flags.writeable and np.array_equal(a, b)
 
 
-def test_the_distributed_layout_keeps_every_group_its_own_step(tmp_path: Path) -> None:
+def test_the_distributed_layout_serves_the_fused_plan_it_is_given(tmp_path: Path) -> None:
+    """The front's routers pool what the plan leaves to them; only the shards of their own step are services."""
     model = tiny_model()
-    result = build_distributed(model, uniform_plan(model), tmp_path / "dist")
-    assert result.plan.lookup_step == "separate"
-    assert len(result.topology.groups) == len(result.plan.shard_groups()) > 1
+    plan = uniform_plan(model, shards_per_table=2)
+    big = plan.tables[-1]  # the tiny model's largest table takes both shards
+    own = big.shards[1]
+    table = dataclasses.replace(big, shards=(big.shards[0], dataclasses.replace(own, router_pooled=False)))
+    plan = dataclasses.replace(plan, tables=(*plan.tables[:-1], table))
+    result = build_distributed(model, plan, tmp_path / "dist")
+    assert result.plan.lookup_step == "fused"
+    steps = wiring.wire_layout(result.plan).steps
+    assert [group.model for group in result.topology.groups] == [wired.model_name for wired in steps]
+    assert len(result.topology.groups) == 1
+    pooled_bytes = sum(t.embedding_bytes for t in plan.tables) - big.shard_bytes(own)
+    assert result.topology.front.rows_bytes == pooled_bytes
+    separate = build_distributed(model, dataclasses.replace(plan, lookup_step="separate"), tmp_path / "separate")
+    assert len(separate.topology.groups) == len(plan.shards) and separate.topology.front.rows_bytes == 0
 
 
 def _router(repository: Path, name: str) -> router_model.TritonPythonModel:
