@@ -120,7 +120,8 @@ def test_the_topology_follows_the_planned_servers_and_holds_what_the_plan_prices
     from generator.traffic.profile import TableShape
 
     tables = [TableShape("history", 1_000_000, 20), TableShape("country", 200, 1)]
-    shape = ModelShape(tuple(memory.TableSpec(t.name, t.num_rows, 64, t.max_ids_per_sample) for t in tables), 4, (64,), (8, 1))
+    specs = tuple(memory.TableSpec(t.name, t.num_rows, 64, t.max_ids_per_sample) for t in tables)
+    shape = ModelShape(specs, 4, (64,), (8, 1))
     profile = zipf_profile(tables, 1.2, samples=100_000, seed=2)
     capacity = Capacity()
     report = plan_model(
