@@ -13,8 +13,11 @@ planning window of profile-shaped requests (`--qps` x `--window-s` requests of `
 The same is done with the plan's shards all resident, for the PSS and latency it is compared with; rounds are
 interleaved and the median round is reported.
 
-    python -m bench.paged_rows [--qps 200] [--window-s 1] [--batch 64] [--probe 100] [--rounds 3]
-        [--out runs/bench/paged_rows]
+Plans use this machine's capacity model (`--capacity FILE` from `recgen calibrate`, or a calibration run first),
+fault bytes included.
+
+    python -m bench.paged_rows [--capacity capacity.json] [--qps 200] [--window-s 1] [--batch 64] [--probe 100]
+        [--rounds 3] [--out runs/bench/paged_rows]
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from bench.loadgen import pss_bytes, server_processes
 from bench.report import save_figure, write_report
 from bench.rounds import median_round, odd_rounds
 from generator import naming
-from generator.check import client
+from generator.check import calibrate, client
 from generator.deploy import server as serve
 from generator.deploy import stub_health
 from generator.model import dlrm as models
+from generator.model.examples import example_model
+from generator.planning.capacity import Capacity
 from generator.planning.memory import ModelShape
 from generator.planning.plan import Plan
 from generator.planning.planner import plan_from_report, plan_model
@@ -166,9 +171,10 @@ def _percentiles(latencies: np.ndarray) -> dict[str, float]:
 def run(args: argparse.Namespace) -> tuple[PlanReport, list[dict]]:
     """The plan, then every system's median round (by served PSS)."""
     model, profile = model_and_profile(args.alpha)
+    capacity = Capacity.load(args.capacity) if args.capacity else calibrate.calibrate(example_model())
     report = plan_model(
         ModelShape.of(model), profile, target_qps=args.qps, batch_size=args.batch, window_s=args.window_s,
-        page_cold_rows=True,
+        page_cold_rows=True, capacity=capacity,
     )  # fmt: skip
     print(report, flush=True)
     runs: dict[str, list[dict]] = {system: [] for system in SYSTEMS}
@@ -235,6 +241,7 @@ def plot(cells: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--capacity", type=Path, help="capacity.json from `recgen calibrate` (default: calibrate)")
     parser.add_argument("--qps", type=float, default=200.0)
     parser.add_argument("--window-s", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=64)
@@ -244,7 +251,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/paged_rows"))
     args = parser.parse_args()
     report, cells = run(args)
-    figures = {"plan_memory_bytes": report.planned.memory_bytes, "cells": cells}
+    figures = {
+        "plan_memory_bytes": report.planned.memory_bytes,
+        "capacity": report.capacity.to_dict(),
+        "cells": cells,
+    }
     write_report(args.out, "paged_rows", markdown(report, cells), figures, lambda path: plot(cells, path))
 
 

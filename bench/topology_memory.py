@@ -15,9 +15,11 @@ Reported per pod kind: measured bytes against the topology's prediction (what `r
 in total, measured against the plan's memory allocated and the topology's prediction. `LocalTopology` runs one
 front; where the plan has more, the measured front counts once per planned front (the output says so).
 
-Variants (interleaved, `--rounds` odd, the median round by measured total is reported):
-- `separate`: every shard its own step, at a load whose front fits one server;
-- `fused`: the default lookup step at a load that takes more than one front server (each pools the rows).
+Variants (interleaved, `--rounds` odd, the median round by measured total is reported), each at the lowest load
+of 250 x 2^k queries/s that the plan spreads over more than one server (a one-server plan is priced as the
+embedded build):
+- `separate`: every shard its own step;
+- `fused`: the default lookup step (more than one front server, each pooling the rows).
 
     python -m bench.topology_memory [--capacity capacity.json] [--server-cores 2] [--requests 200] [--rounds 3]
         [--out runs/bench/topology_memory]
@@ -132,6 +134,18 @@ def _one_round(variant: Variant, root: Path, profile: AccessProfile, requests: i
     return {"variant": variant.lookup_step, "pods": pods, "total_bytes": total, "method": ", ".join(sorted(how))}
 
 
+def _spreading(
+    lookup_step: LookupStep, model: models.DLRM, profile: AccessProfile, size: ServerSize, capacity: Capacity
+) -> Variant:
+    """The lowest load of 250 x 2^k queries/s (k < 12) at which the plan takes more than one server."""
+    for power in range(12):
+        variant = Variant(lookup_step, 250.0 * 2**power)
+        report, _ = plan_variant(variant, model, profile, size, capacity)
+        if report.fleet is not None and len(report.fleet.servers) > 1:
+            return variant
+    raise SystemExit(f"no load up to {250 * 2**11} queries/s spreads the {lookup_step} plan; use fewer --server-cores")
+
+
 def plan_variant(
     variant: Variant, model: models.DLRM, profile: AccessProfile, size: ServerSize, capacity: Capacity
 ) -> tuple[PlanReport, Any]:
@@ -150,7 +164,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     capacity = Capacity.load(args.capacity) if args.capacity else calibrate.calibrate(example_model())
     size = ServerSize(cores=args.server_cores)
     print(capacity, flush=True)
-    variants = [Variant("separate", args.separate_qps), Variant("fused", args.fused_qps)]
+    variants = [_spreading(step, model, profile, size, capacity) for step in ("separate", "fused")]
     results = []
     with tempfile.TemporaryDirectory(prefix="recgen-bench-topology-") as workdir:
         built = {}
@@ -261,8 +275,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--capacity", type=Path, help="capacity.json from `recgen calibrate` (default: calibrate)")
     parser.add_argument("--server-cores", type=int, default=2)
-    parser.add_argument("--separate-qps", type=float, default=1000.0)
-    parser.add_argument("--fused-qps", type=float, default=2000.0)
     parser.add_argument("--alpha", type=float, default=1.05)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=odd_rounds, default=3)

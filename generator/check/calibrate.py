@@ -7,7 +7,8 @@ line through busy time vs rows looked up gives a shard's fixed and per-row cost;
 the dense model's samples/s is taken at the calibration batch. Memory is the proportional set size
 (`/proc/PID/smaps_rollup`): of the server process, of the dense model's stub process (a dense replica), and of a
 router or shard replica: with the native lookup engine, what the server grows by when the smallest shard's model
-(one instance thread) is loaded again; with the Python models, that shard's stub process.
+(one instance thread) is loaded again; with the Python models, that shard's stub process. What a page fault of a
+paged shard reads is measured in the build's directory (`page_faults`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from generator import naming, native
+from generator.check import page_faults
 from generator.check.client import RankingClient
 from generator.deploy import server as serve
 from generator.deploy import stub_health
@@ -216,6 +218,8 @@ def calibrate(
                     client.send(shard_inputs, model_name=model_name, output_names=None)
 
             server_bytes, dense_bytes, lookup_bytes = _memory(server, smallest, lookup_engine, warm)
+            fault_bytes = page_faults.measure_fault_bytes(Path(workdir))
+            echo(f"  a paged fault reads {fault_bytes / 1024:g} KiB here (MADV_RANDOM, first read of a page)")
             shard_fixed, shard_per_row = _fit_line(*zip(*shard_points, strict=True))
             router_fixed, router_per_id = _fit_line(*zip(*router_points, strict=True))
             figures = Capacity(
@@ -228,6 +232,7 @@ def calibrate(
                 replica_overhead_bytes=dense_bytes,
                 server_overhead_bytes=server_bytes,
                 lookup_replica_overhead_bytes=lookup_bytes,
+                fault_bytes=fault_bytes,
                 source=f"calibrated on the embedded server at batch {batch_size}, {lookup_engine} lookup engine",
             )
             _check_fused(client, fused_plan, model, figures, requests, echo)

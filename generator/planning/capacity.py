@@ -46,6 +46,8 @@ class Capacity:
     server_overhead_bytes: int = 45_000_000
     #: A router or shard replica's overhead (None: as `replica_overhead_bytes`, a stub per replica).
     lookup_replica_overhead_bytes: int | None = 94_000
+    #: Bytes one page fault of a paged shard brings into memory (the kernel's folio; `page_faults` measures it).
+    fault_bytes: int = 64 * 1024
     target_utilization: float = 0.8
     source: str = "built-in defaults"
 
@@ -61,6 +63,10 @@ class Capacity:
         overheads = (self.replica_overhead_bytes, self.server_overhead_bytes, self.lookup_overhead_bytes)
         if self.batch_size < 1 or min(overheads) < 0:
             raise UserInputError("capacity `batch_size` must be >= 1 and the overhead bytes >= 0")
+        if not isinstance(self.fault_bytes, int) or not 512 <= self.fault_bytes <= 1 << 24:
+            raise UserInputError(
+                f"capacity `fault_bytes` must be an integer in 512..16777216, got {self.fault_bytes!r}"
+            )
 
     @property
     def lookup_overhead_bytes(self) -> int:
@@ -140,7 +146,8 @@ class Capacity:
             f"{self.router_per_id_s * 1e9:.1f} ns/id; dense {self.dense_samples_per_s:,.0f} samples/s; "
             f"{self.lookup_overhead_bytes / 1e6:.1f} MB per router or shard replica, "
             f"{self.replica_overhead_bytes / 1e6:.0f} MB per dense replica, {self.server_overhead_bytes / 1e6:.0f} MB "
-            f"per server; replicas kept <= {self.target_utilization:.0%} busy"
+            f"per server; a paged fault reads {self.fault_bytes / 1024:g} KiB; replicas kept <= "
+            f"{self.target_utilization:.0%} busy"
         )
 
 

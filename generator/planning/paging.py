@@ -4,9 +4,9 @@ A paged shard (`ShardPlan.resident` false) holds in memory only the page-cache f
 rows serving `draws` lookups in a window touches folio b with probability 1 - (1 - p_b)^draws, where p_b is the
 share of the shard's accesses that fall in the folio's rows; its expected resident bytes are the expected touched
 folios times the folio size. The planner pages a CPU shard where that is under half of its bytes. The folio size
-is what a page fault reads, which the kernel picks: 64 KiB per isolated fault on ext4 with Linux 6.18 even with
-MADV_RANDOM (tests/native/test_paged_rows.py), 4 KiB on filesystems without large folios. Taken as 64 KiB it is
-an upper bound: bench/paged_rows.py measured about a third of it.
+is what a page fault reads, which the kernel picks: the capacity model's `fault_bytes`, which `recgen calibrate`
+measures where it builds (`check.page_faults`); 64 KiB unless calibrated, what an isolated fault read on ext4 with
+Linux 6.18 even with MADV_RANDOM (tests/native/test_paged_rows.py). Filesystems without large folios read 4 KiB.
 """
 
 from __future__ import annotations
@@ -27,17 +27,19 @@ from generator.planning.servers import servers_needed
 from generator.traffic.profile import TableAccess
 from generator.triton_models.recgen_rows import bytes_per_row
 
-#: Bytes one page fault reads into the page cache (a large folio); see the module.
-FAULT_BYTES = 64 * 1024
+#: Bytes one page fault reads into the page cache (a large folio) unless calibrated; see the module.
+FAULT_BYTES = Capacity().fault_bytes
 #: A shard is paged where a copy is expected to keep less than this share of its bytes resident.
 PAGE_BELOW_SHARE = 0.5
 
 
-def resident_bytes(access: TableAccess, spec: TableSpec, shard: ShardStats, draws: float, cached_rows: int) -> int:
+def resident_bytes(
+    access: TableAccess, spec: TableSpec, shard: ShardStats, draws: float, cached_rows: int, fault_bytes: int
+) -> int:
     """Expected bytes of `shard` a copy keeps resident when it serves `draws` of the shard's lookups in a window."""
     row_bytes = bytes_per_row(spec.dim, shard.row_dtype)
     if draws <= 0 or not access.lookups or shard.access_share <= 0:
-        return min(FAULT_BYTES, shard.bytes_per_replica)  # the header's folio
+        return min(fault_bytes, shard.bytes_per_replica)  # the header's folio
     counts = np.zeros(shard.row_end - shard.row_start, dtype=np.float64)
     ranked = np.asarray(access.ranked_counts(), dtype=np.float64)
     within = ranked[shard.row_start : min(shard.row_end, ranked.size)].copy()
@@ -45,13 +47,13 @@ def resident_bytes(access: TableAccess, spec: TableSpec, shard: ShardStats, draw
     counts[: within.size] = within
     total = counts.sum()
     if total <= 0:
-        return min(FAULT_BYTES, shard.bytes_per_replica)
-    rows_per_folio = max(1, FAULT_BYTES // row_bytes)
+        return min(fault_bytes, shard.bytes_per_replica)
+    rows_per_folio = max(1, fault_bytes // row_bytes)
     padded = np.zeros(math.ceil(counts.size / rows_per_folio) * rows_per_folio)
     padded[: counts.size] = counts / total
     per_folio = padded.reshape(-1, rows_per_folio).sum(axis=1)
     touched = float(-np.expm1(draws * np.log1p(-np.minimum(per_folio, 1.0 - 1e-12))).sum())
-    return min(shard.bytes_per_replica, int((touched + 1) * FAULT_BYTES))  # + the header's folio
+    return min(shard.bytes_per_replica, int((touched + 1) * fault_bytes))  # + the header's folio
 
 
 def shard_copies(
@@ -80,7 +82,11 @@ def shard_copies(
 
 
 def page_cold_shards(
-    stats: Sequence[ShardStats], shape: ModelShape, traffic: Traffic, copies: Mapping[tuple[str, int], int]
+    stats: Sequence[ShardStats],
+    shape: ModelShape,
+    traffic: Traffic,
+    copies: Mapping[tuple[str, int], int],
+    fault_bytes: int = FAULT_BYTES,
 ) -> list[ShardStats]:
     """Every CPU shard paged where a copy would keep under half its bytes resident, with that expectation.
 
@@ -98,7 +104,7 @@ def page_cold_shards(
     for shard in stats:
         spec, access, window_lookups, cached = tables[shard.table]
         draws = window_lookups * shard.access_share / max(1, copies[(shard.table, shard.index)])
-        expected = resident_bytes(access, spec, shard, draws, cached)
+        expected = resident_bytes(access, spec, shard, draws, cached, fault_bytes)
         if shard.device == "cpu" and expected < PAGE_BELOW_SHARE * shard.bytes_per_replica:
             shard = dataclasses.replace(shard, resident=False, resident_bytes=expected)
         paged.append(shard)

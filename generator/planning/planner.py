@@ -128,7 +128,7 @@ def plan_model(
     size = _server_size(targets)
     if page_cold_rows:
         copies = paging.shard_copies(stats, lookups, (target_qps, router_s), size.cores, capacity, lookup_step)
-        stats = paging.page_cold_shards(stats, shape, traffic, copies)
+        stats = paging.page_cold_shards(stats, shape, traffic, copies, capacity.fault_bytes)
     planned, fleet = plan_on_servers(
         shape, traffic, capacity, size, stats, (target_qps, batch_size, lookups),
         (router_s, router_replicas, dense_replicas), router_bytes, lookup_step, dense_device,

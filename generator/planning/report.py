@@ -126,9 +126,16 @@ class PlanReport:
         if self.fleet is None or self.model_wise_fleet is None:
             return []
         stated = " (the default: --server-cores, --server-memory-gb)" if self.fleet.size.is_default else ""
+        fronts = sum(count for _, count in self.fleet.placements("front"))
+        layout = (
+            f"; served distributed: {fronts} front server(s), each its share of the routers and dense replicas and "
+            "a remote step per shard step; every shard step its own pod"
+            if fronts
+            else "; one tritonserver serves it (the embedded build)"
+        )
         return [
             f"servers of {self.fleet.size}{stated}: planned {len(self.fleet.servers)}, model-wise "
-            f"{len(self.model_wise_fleet.servers)}",
+            f"{len(self.model_wise_fleet.servers)}{layout}",
             f"  {'server':>9} {'cores busy':>11} {'memory GB':>9}  replicas",
             *self.fleet.describe(),
         ]

@@ -205,4 +205,5 @@ def test_paging_keeps_in_memory_only_the_folios_a_copy_is_expected_to_read() -> 
     counts[: ranked.size] = ranked
     p = counts.reshape(3, -1).sum(axis=1) / counts.sum()
     expected = (sum(1 - (1 - q) ** 5 for q in p) + 1) * paging.FAULT_BYTES
-    assert paging.resident_bytes(access, shape.tables[0], tiny, 5, 0) == min(3 * paging.FAULT_BYTES, int(expected))
+    resident = paging.resident_bytes(access, shape.tables[0], tiny, 5, 0, paging.FAULT_BYTES)
+    assert resident == min(3 * paging.FAULT_BYTES, int(expected))
