@@ -64,12 +64,13 @@ def shard_copies(
     capacity: Capacity,
     lookup_step: LookupStep,
 ) -> dict[tuple[str, int], int]:
-    """The copies of each shard's rows the plan holds: the routers' servers for a pooled shard, else its own.
+    """The copies of each shard's rows the plan holds: the front servers for a pooled shard, else its own.
 
-    `load`: (queries/s, a router replica's seconds per query); `lookups`: each table's lookups per query.
+    `load`: (queries/s, a front's seconds per query: routing, and the dense model on CPU); `lookups`: each table's
+    lookups per query.
     """
-    qps, router_s = load
-    routers = servers_needed(qps * router_s, server_cores, capacity.target_utilization)
+    qps, front_s = load
+    routers = servers_needed(qps * front_s, server_cores, capacity.target_utilization)
     copies = {}
     for shard in stats:
         if lookup_step == "fused" and shard.device == "cpu" and shard.router_pooled:

@@ -127,7 +127,8 @@ def plan_model(
     traffic = Traffic(tuple(accesses), tuple(window_lookups), tuple(cached))
     size = _server_size(targets)
     if page_cold_rows:
-        copies = paging.shard_copies(stats, lookups, (target_qps, router_s), size.cores, capacity, lookup_step)
+        front_s = router_s + (capacity.dense_seconds(batch_size) if dense_device == "cpu" else 0.0)
+        copies = paging.shard_copies(stats, lookups, (target_qps, front_s), size.cores, capacity, lookup_step)
         stats = paging.page_cold_shards(stats, shape, traffic, copies, capacity.fault_bytes)
     planned, fleet = plan_on_servers(
         shape, traffic, capacity, size, stats, (target_qps, batch_size, lookups),
@@ -187,11 +188,15 @@ def _cuts(
 def _router_servers(
     pooled_rows: float, accesses: Sequence[TableAccess], targets: PlanTargets, capacity: Capacity
 ) -> int | None:
-    """With the fused step, the servers the routers take pooling `pooled_rows` rows a query (None: separate steps)."""
+    """With the fused step, the front servers the routers pooling `pooled_rows` rows a query take (None: separate).
+
+    A front also runs its share of the dense replicas, unless they may go to GPU.
+    """
     if targets.lookup_step != "fused":
         return None
     ids = sum(targets.batch_size * access.mean_ids_per_sample for access in accesses)
-    busy_cores = targets.target_qps * capacity.fused_seconds(ids, pooled_rows)
+    dense_s = 0.0 if targets.gpu_memory_bytes else capacity.dense_seconds(targets.batch_size)
+    busy_cores = targets.target_qps * (capacity.fused_seconds(ids, pooled_rows) + dense_s)
     return servers_needed(busy_cores, _server_size(targets).cores, capacity.target_utilization)
 
 

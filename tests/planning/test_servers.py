@@ -162,8 +162,8 @@ def test_the_fused_router_leaves_cold_rows_that_span_its_servers_to_steps_of_the
     history = TableShape("history", 1_000_000, 20)
     shape = ModelShape((TableSpec("history", history.num_rows, 64, 20),), 4, (64,), (8, 1))
     profile = zipf_profile([history], 1.2, samples=100_000, seed=2)
-    one_server = plan_model(shape, profile, target_qps=30_000)
-    assert all(s.router_pooled for s in one_server.shards)  # one router server: pooling holds every row once
+    one_server = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=64))
+    assert all(s.router_pooled for s in one_server.shards)  # one front server: pooling holds every row once
     report = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=1))
     assert report.fleet is not None
     hot, cold = report.shards[0], report.shards[-1]
