@@ -175,6 +175,12 @@ def _memory(
     return server_bytes, dense_bytes, max(0, proportional_set_size_bytes(server.process.pid) - without)
 
 
+def _fault_bytes(directory: Path, echo: Callable[[str], None]) -> int:
+    fault_bytes = page_faults.measure_fault_bytes(directory)
+    echo(f"  a paged fault reads {fault_bytes / 1024:g} KiB here (MADV_RANDOM, first read of a page)")
+    return fault_bytes
+
+
 def calibrate(
     model: plan.Model,
     *,
@@ -218,8 +224,6 @@ def calibrate(
                     client.send(shard_inputs, model_name=model_name, output_names=None)
 
             server_bytes, dense_bytes, lookup_bytes = _memory(server, smallest, lookup_engine, warm)
-            fault_bytes = page_faults.measure_fault_bytes(Path(workdir))
-            echo(f"  a paged fault reads {fault_bytes / 1024:g} KiB here (MADV_RANDOM, first read of a page)")
             shard_fixed, shard_per_row = _fit_line(*zip(*shard_points, strict=True))
             router_fixed, router_per_id = _fit_line(*zip(*router_points, strict=True))
             figures = Capacity(
@@ -232,7 +236,7 @@ def calibrate(
                 replica_overhead_bytes=dense_bytes,
                 server_overhead_bytes=server_bytes,
                 lookup_replica_overhead_bytes=lookup_bytes,
-                fault_bytes=fault_bytes,
+                fault_bytes=_fault_bytes(Path(workdir), echo),
                 source=f"calibrated on the embedded server at batch {batch_size}, {lookup_engine} lookup engine",
             )
             _check_fused(client, fused_plan, model, figures, requests, echo)

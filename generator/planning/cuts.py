@@ -118,7 +118,8 @@ def _table_grid_costs(
     they keep busy need (`servers.place` packs them so); None: every replica holds its own copy.
     `pooled_copies` (the fused lookup step): a segment the router pools costs a copy of its rows on each of the
     front servers instead; each segment costs the cheaper of the two, and says which it is. With more than one
-    front, a segment of its own step also costs a remote-step stub on every front per share of its replicas.
+    front, a segment of its own step also costs a tritonserver per copy and a remote-step stub on every front per
+    share of its replicas.
     """
     counts = np.asarray(access.ranked_counts(), dtype=np.float64).copy()
     counts[:cached_rows] = 0.0
@@ -138,9 +139,9 @@ def _table_grid_costs(
     memory = copies * rows * row_bytes + replicas * capacity.lookup_overhead_bytes
     pooled = np.zeros(memory.shape, dtype=bool)
     if pooled_copies is not None:
-        if pooled_copies > 1:  # served distributed: each front calls the step through stubs of its own
+        if pooled_copies > 1:  # served distributed: a pod per copy, and each front calls it through stubs of its own
             stubs = pooled_copies * np.ceil(replicas / pooled_copies)
-            memory = memory + stubs * capacity.replica_overhead_bytes
+            memory = memory + stubs * capacity.replica_overhead_bytes + copies * capacity.server_overhead_bytes
         pooled_memory = pooled_copies * rows * row_bytes
         pooled = pooled_memory <= memory
         memory = np.where(pooled, pooled_memory, memory)

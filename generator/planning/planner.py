@@ -116,7 +116,6 @@ def plan_model(
     accesses = [profile.table(spec.name) for spec in shape.tables]
     cached = allocate_front_cache(shape, profile, targets.front_cache_bytes)
     lookups_per_query = _lookups_per_query(shape, profile, batch_size)
-    window_lookups = [target_qps * window_s * lookups for lookups in lookups_per_query]
     stats = _cut_tables(shape, accesses, cached, targets, capacity)
     dense_replicas = capacity.replicas(target_qps, capacity.dense_seconds(batch_size))
     router_bytes = memory.router_bytes(shape.tables, cached, permuted=[True] * len(shape.tables))
@@ -124,10 +123,10 @@ def plan_model(
     lookups = dict(zip([spec.name for spec in shape.tables], lookups_per_query, strict=True))
     router_s = _router_seconds(capacity, lookups, stats, lookup_step)
     router_replicas = capacity.replicas(target_qps, router_s)
-    traffic = Traffic(tuple(accesses), tuple(window_lookups), tuple(cached))
+    traffic = Traffic(tuple(accesses), tuple(target_qps * window_s * n for n in lookups_per_query), tuple(cached))
     size = _server_size(targets)
     if page_cold_rows:
-        front_s = router_s + (capacity.dense_seconds(batch_size) if dense_device == "cpu" else 0.0)
+        front_s = router_s + capacity.dense_seconds(batch_size) * (dense_device == "cpu")
         copies = paging.shard_copies(stats, lookups, (target_qps, front_s), size.cores, capacity, lookup_step)
         stats = paging.page_cold_shards(stats, shape, traffic, copies, capacity.fault_bytes)
     planned, fleet = plan_on_servers(

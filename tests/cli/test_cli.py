@@ -462,7 +462,7 @@ def test_plan_places_replicas_on_the_servers_it_is_given(tmp_path: Path) -> None
     common = ["plan", "--model", str(model), "--profile", str(profile), "--target-qps", "20000"]
     code, out = _run(*common, "--server-cores", "2", "--server-memory-gb", "8", "-o", str(tmp_path / "plan.json"))
     assert code == 0, out
-    assert "servers of 2 cores, 8 GB: planned" in out and "cores busy" in out and "router x" in out
+    assert "servers of 2 cores, 8 GB: planned" in out and "cores busy" in out and "front x" in out
     totals = json.loads((tmp_path / "plan.json").read_text())["planner"]["totals"]
     assert totals["servers"]["server"] == {"cores": 2, "memory_bytes": 8 * 10**9, "gpus": 0, "gpu_memory_bytes": 0}
     assert len(totals["model_wise_servers"]["servers"]) > 1

@@ -149,8 +149,8 @@ def test_shards_that_leave_the_router_for_steps_of_their_own_are_said(tmp_path: 
     profile = zipf_profile(table_shapes(model.tables), 1.2, samples=20_000, seed=3)
     paths = []
     # One front server pools every row; on one-core servers cold rows get steps of their own (where their rows
-    # outweigh a remote-step stub on each front: this tiny model's do against a 10 kB one).
-    capacity = Capacity(replica_overhead_bytes=10_000)
+    # outweigh a tritonserver and a remote-step stub per front: this tiny model's do against 10 kB ones).
+    capacity = Capacity(replica_overhead_bytes=10_000, server_overhead_bytes=10_000)
     for cores in (64, 1):
         report = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=cores), capacity=capacity)
         plan = plan_from_report(report, shape, profile)

@@ -346,8 +346,9 @@ def test_planning_26_criteo_tables_takes_seconds() -> None:
     assert len({s.table for s in report.shards}) == len(CRITEO_KAGGLE_ROWS) == 26
 
 
-SERVING_CAPACITY = Capacity(
+SERVING_CAPACITY = Capacity(  # overheads this small let the tiny model's cold rows pay for steps of their own
     replica_overhead_bytes=100,
+    server_overhead_bytes=100,
     lookup_replica_overhead_bytes=None,
     shard_fixed_s=20e-6,
     shard_per_row_s=2e-6,
