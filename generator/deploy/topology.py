@@ -67,7 +67,7 @@ class FrontDeployment:
     repository: str
     replica_servers: int
     device: Device
-    #: What its router instances load (rank maps and front cache), once per router instance.
+    #: What each router instance holds alone: its access counters (and, Python routers, rank maps and front cache).
     router_bytes: int
     #: Router instances on each front server.
     router_instances: int
@@ -80,12 +80,15 @@ class FrontDeployment:
     rows_bytes: int = 0
     #: Dense-model instances on each front server.
     dense_instances: int = 1
+    #: What its native routers map once, shared by their instances: rank maps and front cache.
+    router_data_bytes: int = 0
 
     def memory_bytes(self, capacity: Capacity) -> int:
         """Expected resident bytes of one front server."""
         return (
             self.router_instances * (self.router_bytes + capacity.lookup_overhead_bytes)
             + self.rows_bytes
+            + self.router_data_bytes
             + capacity.server_overhead_bytes
             + (self.instances - self.router_instances) * capacity.replica_overhead_bytes
         )
@@ -147,17 +150,18 @@ class Topology:
         front_models = [naming.router_model(plan.leaf_stem), naming.dense_model(plan.leaf_stem)]
         front_models += [group.model for group in groups]
         tables = {table.spec.name: table for table in plan.tables}
+        router_files = (
+            [t.spec for t in plan.tables],
+            [t.cached_rows for t in plan.tables],
+            [t.row_order is not None for t in plan.tables],
+        )
+        shared_bytes = memory.router_data_bytes(*router_files) if plan.lookup_engine == "native" else 0
         front = FrontDeployment(
             service=naming.front_service_name(plan.model_name),
             repository=naming.FRONT_DIR,
             replica_servers=servers,
             device=plan.dense.device,
-            router_bytes=memory.router_bytes(
-                [t.spec for t in plan.tables],
-                [t.cached_rows for t in plan.tables],
-                [t.row_order is not None for t in plan.tables],
-                plan.count_accesses,
-            ),
+            router_bytes=memory.router_bytes(*router_files, plan.count_accesses) - shared_bytes,
             router_instances=per_front.router.instance_count,
             instances=per_front.router.instance_count
             + per_front.dense.instance_count
@@ -168,6 +172,7 @@ class Topology:
                 tables[shard.table].shard_bytes(shard) for wired in wire.pooled for shard in wired.group.shards
             ),
             dense_instances=per_front.dense.instance_count,
+            router_data_bytes=shared_bytes,
         )
         return cls(
             plan.model_name,

@@ -44,10 +44,18 @@ def router_bytes(
     Unless the build turned counting off, every row of every table has a counter (at most: pages no id touched
     cost nothing).
     """
-    ranks = sum(spec.num_rows * RANK_BYTES for spec, is_permuted in zip(tables, permuted, strict=True) if is_permuted)
-    cache = sum(rows * spec.bytes_per_row for spec, rows in zip(tables, cached_rows, strict=True))
     counters = counter_bytes(tables) if counted else 0
-    return ranks + cache + counters
+    return router_data_bytes(tables, cached_rows, permuted) + counters
+
+
+def router_data_bytes(tables: Sequence[TableSpec], cached_rows: Sequence[int], permuted: Sequence[bool]) -> int:
+    """A router's read-only files: rank maps of permuted tables and front-cache rows.
+
+    The native router maps them once per model, shared by its instances (threads); a Python router loads them into
+    every instance's stub.
+    """
+    ranks = sum(spec.num_rows * RANK_BYTES for spec, is_permuted in zip(tables, permuted, strict=True) if is_permuted)
+    return ranks + sum(rows * spec.bytes_per_row for spec, rows in zip(tables, cached_rows, strict=True))
 
 
 @dataclass(frozen=True)

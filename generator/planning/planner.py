@@ -118,7 +118,7 @@ def plan_model(
     lookups_per_query = _lookups_per_query(shape, profile, batch_size)
     stats = _cut_tables(shape, accesses, cached, targets, capacity)
     dense_replicas = capacity.replicas(target_qps, capacity.dense_seconds(batch_size))
-    router_bytes = memory.router_bytes(shape.tables, cached, permuted=[True] * len(shape.tables))
+    router_bytes = _router_bytes(shape, cached)
     stats, dense_device = place_on_gpu(stats, dense_replicas * shape.dense_bytes, gpu_memory_bytes)
     lookups = dict(zip([spec.name for spec in shape.tables], lookups_per_query, strict=True))
     router_s = _router_seconds(capacity, lookups, stats, lookup_step)
@@ -141,6 +141,12 @@ def plan_model(
         dense_device == "gpu", tuple(cached), cached_bytes, _hit_rate(accesses, cached), lookup_step, fleet,
         baseline_fleet,
     )  # fmt: skip
+
+
+def _router_bytes(shape: ModelShape, cached: Sequence[int]) -> tuple[int, int]:
+    """What the native router (the default engine) maps once per server, and what each of its instances holds."""
+    permuted = [True] * len(shape.tables)
+    return memory.router_data_bytes(shape.tables, cached, permuted), memory.counter_bytes(shape.tables)
 
 
 def _server_size(targets: PlanTargets) -> ServerSize:

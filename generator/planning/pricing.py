@@ -75,7 +75,7 @@ def planned_components(
     shards: Sequence[ShardStats],
     busy_s: Mapping[str, float],
     replicas: tuple[int, int],
-    router_bytes: int,
+    router_bytes: tuple[int, int],
     dense_bytes: int,
     capacity: Capacity,
     lookup_step: LookupStep,
@@ -85,14 +85,19 @@ def planned_components(
 ) -> tuple[list[Component], dict[str, list[ShardStats]]]:
     """The plan's models as fleet components, and the shards whose rows each holds.
 
-    `busy_s`: seconds of work per second at the target load, by model name (router, dense, each shard step). A
-    dense model on GPU holds its weights there (once per server) and keeps no core busy. `fronts`: priced as the
+    `busy_s`: seconds of work per second at the target load, by model name (router, dense, each shard step).
+    `router_bytes`: what a server's routers map once (rank maps, front cache) and what each instance holds alone
+    (its access counters). A dense model on GPU holds its weights there (once per server) and keeps no core busy.
+    `fronts`: priced as the
     distributed layout with that many front servers (see the module); None: one tritonserver per server.
     """
     pooled = [s for s in shards if lookup_step == "fused" and s.device == "cpu" and s.router_pooled]
     pooled_keys = {(s.table, s.index) for s in pooled}
     steps = [s.replicas for s in shards if (s.table, s.index) not in pooled_keys]
-    front = _FrontCosts(replicas, busy_s, sum(s.held_bytes for s in pooled), router_bytes, dense_bytes, capacity)
+    router_data, router_replica = router_bytes
+    front = _FrontCosts(
+        replicas, busy_s, sum(s.held_bytes for s in pooled) + router_data, router_replica, dense_bytes, capacity
+    )
     components = front.components(dense_device, fronts, steps)
     held = {components[0].name: pooled}
     for shard in shards:
@@ -120,7 +125,7 @@ class _FrontCosts:
 
     replicas: tuple[int, int]  # router, dense
     busy_s: Mapping[str, float]
-    pooled_bytes: int
+    data_bytes: int  # held once per server: the rows the router pools, its rank maps and front cache
     router_bytes: int
     dense_bytes: int
     capacity: Capacity
@@ -139,7 +144,7 @@ class _FrontCosts:
         if fronts is None:
             return [
                 Component(
-                    ROUTER, routers, busy_s[ROUTER] / routers, self.pooled_bytes, router_replica, pod=ONE_SERVER_POD
+                    ROUTER, routers, busy_s[ROUTER] / routers, self.data_bytes, router_replica, pod=ONE_SERVER_POD
                 ),
                 _dense_component(denses, busy_s[DENSE], self.dense_bytes, capacity, dense_device, ONE_SERVER_POD),
             ]
@@ -152,7 +157,7 @@ class _FrontCosts:
             busy += busy_s[DENSE]
         else:
             dense = [_dense_component(denses, busy_s[DENSE], self.dense_bytes, capacity, "gpu", FRONT_POD)]
-        return [Component(FRONT, fronts, busy / fronts, self.pooled_bytes, front_bytes, pod=FRONT_POD), *dense]
+        return [Component(FRONT, fronts, busy / fronts, self.data_bytes, front_bytes, pod=FRONT_POD), *dense]
 
 
 def front_servers(busy_s: Mapping[str, float], dense_device: Device, size: ServerSize, capacity: Capacity) -> int:
@@ -262,7 +267,7 @@ def plan_on_servers(
     stats: Sequence[ShardStats],
     load: tuple[float, int, Mapping[str, float]],
     routers_and_dense: tuple[float, int, int],
-    router_bytes: int,
+    router_bytes: tuple[int, int],
     lookup_step: LookupStep,
     dense_device: Device,
 ) -> tuple[Totals, Fleet]:

@@ -67,14 +67,20 @@ def test_the_front_memory_counts_the_front_cache_the_planner_counts() -> None:
     topology = Topology.from_plan(plan)
     rank_maps = sum(spec.num_rows * memory.RANK_BYTES for spec in shape.tables)
     counters = sum(spec.num_rows * memory.COUNT_BYTES for spec in shape.tables)
-    assert topology.front.router_bytes == rank_maps + report.front_cache_bytes + counters
+    # The native router maps its rank maps and front cache once; each instance has its own counters.
+    assert plan.lookup_engine == "native"
+    assert topology.front.router_data_bytes == rank_maps + report.front_cache_bytes
+    assert topology.front.router_bytes == counters
     uncounted = Topology.from_plan(dataclasses.replace(plan, count_accesses=False))
-    assert uncounted.front.router_bytes == rank_maps + report.front_cache_bytes
+    assert uncounted.front.router_bytes == 0
+    python = Topology.from_plan(dataclasses.replace(plan, lookup_engine="python"))  # every stub loads them
+    assert python.front.router_bytes == rank_maps + report.front_cache_bytes + counters
+    assert python.front.router_data_bytes == 0
     capacity = Capacity()
     without_cache = Topology.from_plan(dataclasses.replace(plan, tables=tuple(
         dataclasses.replace(t, cached_rows=0) for t in plan.tables)))  # fmt: skip
     extra = topology.front.memory_bytes(capacity) - without_cache.front.memory_bytes(capacity)
-    assert extra == plan.router.instance_count * report.front_cache_bytes
+    assert extra == report.front_cache_bytes
     (front,) = [c for c in k8s.components(topology, k8s.K8sOptions(capacity=capacity)) if c.role == "front"]
     assert front.memory_bytes == topology.front.memory_bytes(capacity)
 

@@ -223,7 +223,9 @@ def test_the_fused_lookup_step_charges_the_router_for_pooling_and_the_rows_once(
     assert bool(gpu) == (gpu_memory_bytes is not None)
     assert fused.fleet is not None and separate.fleet is not None
     assert len(fused.fleet.servers) == len(separate.fleet.servers) == 1  # one server holds it all: rows once
-    router_bytes = memory.router_bytes(shape.tables, [0] * len(shape.tables), permuted=[True] * len(shape.tables))
+    # The native router maps its rank maps once per server; each instance counts accesses apart.
+    rank_maps = memory.router_data_bytes(shape.tables, [0] * len(shape.tables), permuted=[True] * len(shape.tables))
+    router_bytes = memory.counter_bytes(shape.tables)
     overhead = CAPACITY.replica_overhead_bytes  # every replica a stub here
     dense = (
         fused.dense_replicas * (shape.dense_bytes + overhead)
@@ -231,6 +233,7 @@ def test_the_fused_lookup_step_charges_the_router_for_pooling_and_the_rows_once(
         else shape.dense_bytes + fused.dense_replicas * overhead
     )
     common = dense + CAPACITY.server_overhead_bytes + sum(s.bytes_per_replica + s.replicas * overhead for s in gpu)
+    common += rank_maps
     expected_fused = sum(s.bytes_per_replica for s in cpu) + fused.router_replicas * (router_bytes + overhead) + common
     expected_separate = (
         sum(s.bytes_per_replica + s.replicas * overhead for s in cpu)
