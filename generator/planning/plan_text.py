@@ -45,7 +45,7 @@ def describe(plan: Plan) -> str:
 
 
 def _spread(placement: Placement) -> str:
-    """How the distributed layout spreads the instances over servers, where it takes more than one instance each."""
-    if placement.instances_per_server == 1:
+    """How the distributed layout spreads the instances over servers, where it takes more than one."""
+    if placement.servers == 1:
         return ""
     return f"  ({placement.servers} server(s) of {placement.instances_per_server})"

@@ -160,10 +160,20 @@ class _FrontCosts:
         return [Component(FRONT, fronts, busy / fronts, self.data_bytes, front_bytes, pod=FRONT_POD), *dense]
 
 
-def front_servers(busy_s: Mapping[str, float], dense_device: Device, size: ServerSize, capacity: Capacity) -> int:
-    """Front servers the distributed layout needs: the cores its routers (and CPU dense replicas) keep busy."""
+def front_servers(
+    busy_s: Mapping[str, float], replicas: tuple[int, int], dense_device: Device, size: ServerSize, capacity: Capacity
+) -> int:
+    """Front servers the distributed layout needs: the cores its routers (and CPU dense replicas) keep busy.
+
+    Also enough that each front's share of those instances is at most a server's cores: a front pod requests
+    its instances' cores at the target utilization (`deploy.k8s_objects.cpu_request`), which must fit a server.
+    """
+    routers, denses = replicas if dense_device == "cpu" else (replicas[0], 0)
     busy = busy_s[ROUTER] + (busy_s[DENSE] if dense_device == "cpu" else 0.0)
-    return servers_needed(busy, size.cores, capacity.target_utilization)
+    fronts = servers_needed(busy, size.cores, capacity.target_utilization)
+    while -(-routers // fronts) + -(-denses // fronts) > size.cores and fronts < routers + denses:
+        fronts += 1
+    return fronts
 
 
 def _dense_component(
@@ -295,4 +305,4 @@ def plan_on_servers(
         one_server = fleet(None)
         if len(one_server[1].servers) == 1:
             return one_server
-    return fleet(front_servers(busy_s, dense_device, size, capacity))
+    return fleet(front_servers(busy_s, (router_replicas, dense_replicas), dense_device, size, capacity))

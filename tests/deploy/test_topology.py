@@ -146,6 +146,7 @@ def test_the_topology_follows_the_planned_servers_and_holds_what_the_plan_prices
     laid_out = sum(c.replicas * c.memory_bytes for c in components)
     assert laid_out == pytest.approx(report.planned.memory_bytes, rel=0.05)
     cpu = {c.name: k8s_objects.cpu_request(k8s.K8sOptions(capacity=capacity), c) for c in components}
+    assert all(int(request.removesuffix("m")) <= 2_000 for request in cpu.values()), cpu  # every pod fits a server
     busiest = max(components[1:], key=lambda c: c.working_instances, default=None)
     if busiest is not None:  # a group's pod asks for its instances' cores at the target utilization
         assert cpu[busiest.name] == f"{round(busiest.working_instances * capacity.target_utilization * 1000)}m"
