@@ -214,8 +214,8 @@ lookup_step = click.option(
     type=click.Choice(LOOKUP_STEPS),
     default=None,
     help="fused: the router pools the shard groups on its device in its own step (a two-step ensemble); "
-    "separate: every shard group is its own step [default: the plan's, else separate]. The distributed layout "
-    "always keeps the groups apart.",
+    "separate: every shard group is its own step [default: the plan's; without a plan file fused, and separate "
+    "for the distributed layout, whose fronts pool what the router pools and serve every other group apart].",
 )
 lookup_engine = click.option(
     "--lookup-engine",

@@ -84,6 +84,12 @@ from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
     help="Override: MB per router or shard replica beyond its data (native: an instance thread).",
 )
 @click.option("--server-overhead-mb", type=click.FloatRange(0), default=None, help="Override: bytes per server.")
+@click.option(
+    "--fault-kib",
+    type=click.FloatRange(0.5, 16384),
+    default=None,
+    help="Override: KiB one page fault of a paged shard reads (what `recgen calibrate` measures where it builds).",
+)
 @click.option("--target-utilization", type=click.FloatRange(0, 1, min_open=True), default=None, help="Override.")
 @options.out_file(help_text="plan.json (its row orders go beside it as <stem>.rows.npz).")
 @click.option(

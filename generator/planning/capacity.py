@@ -162,6 +162,7 @@ def load_with_overrides(
     replica_overhead_mb: float | None = None,
     lookup_replica_overhead_mb: float | None = None,
     server_overhead_mb: float | None = None,
+    fault_kib: float | None = None,
     target_utilization: float | None = None,
 ) -> Capacity:
     """A calibrated capacity file (or the built-in figures) with some figures overridden, given in the CLI's units."""
@@ -182,5 +183,6 @@ def load_with_overrides(
         replica_overhead_bytes=megabytes(replica_overhead_mb),
         lookup_replica_overhead_bytes=megabytes(lookup_replica_overhead_mb),
         server_overhead_bytes=megabytes(server_overhead_mb),
+        fault_bytes=None if fault_kib is None else int(fault_kib * 1024),
         target_utilization=target_utilization,
     )
