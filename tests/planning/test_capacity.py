@@ -37,3 +37,14 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
         Capacity(shard_fixed_s=-1)
     with pytest.raises(UserInputError, match="unknown capacity"):
         Capacity().with_overrides(nope=1)
+
+
+def test_the_fault_size_is_a_calibrated_figure_with_a_flag_and_a_range(tmp_path: Path) -> None:
+    from generator.planning.capacity import load_with_overrides
+
+    assert Capacity().fault_bytes == 64 * 1024  # unless calibrated: what an isolated fault read on ext4, at most
+    path = Capacity(fault_bytes=4096).save(tmp_path / "capacity.json")
+    assert Capacity.load(path).fault_bytes == 4096
+    assert load_with_overrides(path, fault_kib=16).fault_bytes == 16 * 1024
+    with pytest.raises(UserInputError, match=r"`fault_bytes` must be an integer in 512..16777216, got 100"):
+        Capacity(fault_bytes=100)
