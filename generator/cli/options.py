@@ -14,7 +14,8 @@ from click.core import ParameterSource
 from generator.check.client import PROTOCOLS
 from generator.errors import RecgenError
 from generator.planning import queueing
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, DEVICES, GROUP_BY, LOOKUP_ENGINES, LOOKUP_STEPS
+from generator.planning.choices import DEVICES
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, GROUP_BY, LOOKUP_ENGINES, LOOKUP_STEPS
 from generator.repository.configs import BACKENDS, TARGETS
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -130,6 +130,7 @@ def components(topology: Topology, options: K8sOptions) -> list[Component]:
             front.models,
             front.counter_bytes,  # already in its memory (router bytes): only /dev/shm's size limit grows
             front.router_instances + front.dense_instances,
+            front.cores_per_server,
         )
     ]
     for group in topology.groups:
@@ -143,6 +144,7 @@ def components(topology: Topology, options: K8sOptions) -> list[Component]:
                 group.memory_bytes(options.capacity),
                 (group.model,),
                 working_instances=group.instances_per_server,
+                busy_cores=group.cores_per_server,
             )
         )
     return result

@@ -97,6 +97,8 @@ class Component:
     #: Instances that compute (routers, dense, a group's lookups), each planned to keep at most the capacity
     #: model's target utilization of a core busy; a remote step's instances wait on the network and count for none.
     working_instances: int = 1
+    #: Cores one pod keeps busy at the planned load (None: a plan not made by the planner).
+    busy_cores: float | None = None
 
     def shm_mib(self, options: K8sOptions) -> int:
         """The size limit of the memory-backed /dev/shm: the backend's buffers plus the access counters."""
@@ -189,8 +191,15 @@ def request_bytes(options: K8sOptions, component: Component) -> int:
 
 
 def cpu_request(options: K8sOptions, component: Component) -> str:
-    """Cores one pod requests: its working instances at the target utilization, in whole millicores."""
-    return f"{math.ceil(component.working_instances * options.capacity.target_utilization * 1000)}m"
+    """Cores one pod requests, in whole millicores (at least 10).
+
+    What the plan expects it to keep busy; for a plan not made by the planner, its working instances at the target
+    utilization.
+    """
+    cores = component.busy_cores
+    if cores is None:
+        cores = component.working_instances * options.capacity.target_utilization
+    return f"{max(10, math.ceil(cores * 1000))}m"
 
 
 def _resources(options: K8sOptions, component: Component) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class GroupDeployment:
     rows_bytes: int
     endpoints_env: str
     instances_per_server: int = 1
+    #: Cores one replica server keeps busy at the planned load (None: a plan not made by the planner).
+    cores_per_server: float | None = None
 
     def memory_bytes(self, capacity: Capacity) -> int:
         """Expected resident bytes of one replica server: its rows once, the server and each instance's overhead."""
@@ -82,6 +84,8 @@ class FrontDeployment:
     dense_instances: int = 1
     #: What its native routers map once, shared by their instances: rank maps and front cache.
     router_data_bytes: int = 0
+    #: Cores one front keeps busy at the planned load: its share of the routers' and CPU dense replicas' work.
+    cores_per_server: float | None = None
 
     def memory_bytes(self, capacity: Capacity) -> int:
         """Expected resident bytes of one front server."""
@@ -173,6 +177,9 @@ class Topology:
             ),
             dense_instances=per_front.dense.instance_count,
             router_data_bytes=shared_bytes,
+            cores_per_server=_cores(
+                [plan.router, plan.dense] if plan.dense.device == "cpu" else [plan.router], servers
+            ),
         )
         return cls(
             plan.model_name,
@@ -275,4 +282,12 @@ def _group_deployment(plan: Plan, wired: GroupWire) -> GroupDeployment:
         rows_bytes=sum(tables[shard.table].shard_bytes(shard) for shard in group.shards),
         endpoints_env=naming.endpoints_env_var(model),
         instances_per_server=group.placement.instances_per_server,
+        cores_per_server=_cores([group.placement], group.placement.servers),
     )
+
+
+def _cores(placements: list[Placement], servers: int) -> float | None:
+    """Each of `servers` servers' even share of the cores these placements' instances keep busy (None: unknown)."""
+    if any(p.cores_per_instance is None for p in placements):
+        return None
+    return round(sum(p.instance_count * (p.cores_per_instance or 0.0) for p in placements) / servers, 4)

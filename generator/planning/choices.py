@@ -37,3 +37,19 @@ def check_choice(field_name: str, value: object, allowed: Sequence[str], what: s
     """UserInputError naming the field and the allowed values unless `value` is one of them."""
     if value not in allowed:
         raise UserInputError(f"{what}`{field_name}` must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def check_placement(
+    instance_count: int, device: str, what: str, per_server: int = 1, cores: float | None = None
+) -> None:
+    """Raise UserInputError unless a placement's counts, device and cores are in range (naming `what`)."""
+    if cores is not None and not (isinstance(cores, (int, float)) and 0 <= cores <= 1):
+        raise UserInputError(f"{what} `cores_per_instance` must be in 0..1 or null, got {cores!r}")
+    if not isinstance(instance_count, int) or not 1 <= instance_count <= 256:
+        raise UserInputError(f"{what} `instance_count` must be an integer in 1..256, got {instance_count!r}")
+    if not isinstance(per_server, int) or not 1 <= per_server <= instance_count:
+        raise UserInputError(
+            f"{what} `instances_per_server` must be an integer in 1..{instance_count} (its instance_count), "
+            f"got {per_server!r}"
+        )
+    check_choice("device", device, DEVICES, f"{what} ")

@@ -19,7 +19,6 @@ from generator.model.features import FeatureSpec
 from generator.model.protocol import Model
 from generator.planning import queueing
 from generator.planning.choices import (
-    DEVICES,
     GROUP_BY,
     LOOKUP_ENGINES,
     LOOKUP_STEPS,
@@ -28,6 +27,7 @@ from generator.planning.choices import (
     LookupEngine,
     LookupStep,
     check_choice,
+    check_placement,
 )
 from generator.planning.queueing import Shedding
 from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype, bytes_per_row
@@ -61,9 +61,11 @@ class Placement:
     device: Device = "cpu"
     #: Of its instances, how many one server of the distributed layout runs (1: a server per instance).
     instances_per_server: int = 1
+    #: Cores one instance keeps busy at the planned load (None, a plan not made by the planner: the target share).
+    cores_per_instance: float | None = None
 
     def __post_init__(self) -> None:
-        _check_placement(self.instance_count, self.device, "model", self.instances_per_server)
+        check_placement(self.instance_count, self.device, "model", self.instances_per_server, self.cores_per_instance)
 
     @property
     def servers(self) -> int:
@@ -315,17 +317,6 @@ class Plan:
         return describe(self)
 
 
-def _check_placement(instance_count: int, device: str, what: str, per_server: int = 1) -> None:
-    if not isinstance(instance_count, int) or not 1 <= instance_count <= 256:
-        raise UserInputError(f"{what} `instance_count` must be an integer in 1..256, got {instance_count!r}")
-    if not isinstance(per_server, int) or not 1 <= per_server <= instance_count:
-        raise UserInputError(
-            f"{what} `instances_per_server` must be an integer in 1..{instance_count} (its instance_count), "
-            f"got {per_server!r}"
-        )
-    check_choice("device", device, DEVICES, f"{what} ")
-
-
 def table_plan(
     spec: TableSpec,
     boundaries: Sequence[int],
@@ -379,7 +370,7 @@ def uniform_plan(
     fused lookup step (the default) the router also pools the shards that share its device. `row_dtypes`: how
     each named table stores its rows (fp32 when not named).
     """
-    _check_placement(instance_count, device, "shard")
+    check_placement(instance_count, device, "shard")
     placement = Placement(instance_count, device)
     tables = []
     for spec in model.tables:

@@ -73,6 +73,7 @@ def _table_entry(table: TablePlan, shares: dict[tuple[str, int], float]) -> dict
                 "row_end": s.row_end,
                 "replicas": s.placement.instance_count,
                 "replicas_per_server": s.placement.instances_per_server,
+                "cores_per_replica": s.placement.cores_per_instance,
                 "device": s.placement.device,
                 "row_dtype": s.row_dtype,
                 "bytes": table.shard_bytes(s),
@@ -156,16 +157,17 @@ _TOP_FIELDS = {
 }  # fmt: skip
 _TABLE_FIELDS = {"name", "num_rows", "dim", "max_ids_per_sample", "side", "permuted", "cached_rows", "shards"}
 _SHARD_FIELDS = {
-    "index", "row_start", "row_end", "replicas", "replicas_per_server", "device", "row_dtype", "bytes",
-    "router_pooled", "resident", "access_share",
+    "index", "row_start", "row_end", "replicas", "replicas_per_server", "cores_per_replica", "device", "row_dtype",
+    "bytes", "router_pooled", "resident", "access_share",
 }  # fmt: skip
-_PLACEMENT_FIELDS = {"instance_count", "instances_per_server", "device"}
+_PLACEMENT_FIELDS = {"instance_count", "instances_per_server", "cores_per_instance", "device"}
 
 
 def _placement_entry(placement: Placement) -> dict[str, Any]:
     return {
         "instance_count": placement.instance_count,
         "instances_per_server": placement.instances_per_server,
+        "cores_per_instance": placement.cores_per_instance,
         "device": placement.device,
     }
 
@@ -178,10 +180,19 @@ def migrate_v2(document: dict[str, Any]) -> dict[str, Any]:
     migrated = {**document, "schema_version": PLAN_SCHEMA_VERSION}
     for key in ("router", "dense"):
         if isinstance(document.get(key), dict):
-            migrated[key] = {"instances_per_server": document[key].get("instance_count"), **document[key]}
+            migrated[key] = {
+                "instances_per_server": document[key].get("instance_count"),
+                "cores_per_instance": None,
+                **document[key],
+            }
     if isinstance(document.get("tables"), list):
         migrated["tables"] = [
-            {**table, "shards": [{"replicas_per_server": 1, **shard} for shard in table.get("shards", [])]}
+            {
+                **table,
+                "shards": [
+                    {"replicas_per_server": 1, "cores_per_replica": None, **shard} for shard in table.get("shards", [])
+                ],
+            }
             if isinstance(table, dict)
             else table
             for table in document["tables"]
@@ -250,9 +261,15 @@ def _table_from_entry(entry: dict[str, Any], orders: dict[str, np.ndarray], fiel
         for key in integers:
             fields.get(shard, key, int, f"{where} shard {number}")
         fields.get(shard, "access_share", (float, type(None)), f"{where} shard {number}")
+        fields.get(shard, "cores_per_replica", (float, type(None)), f"{where} shard {number}")
     boundaries = [shards[0]["row_start"], *(shard["row_end"] for shard in shards)]
     placements = [
-        Placement(shard["replicas"], fields.get(shard, "device", str, where), shard["replicas_per_server"])
+        Placement(
+            shard["replicas"],
+            fields.get(shard, "device", str, where),
+            shard["replicas_per_server"],
+            shard["cores_per_replica"],
+        )
         for shard in shards
     ]
     permuted = fields.get(entry, "permuted", bool, where)
@@ -297,6 +314,7 @@ def _placement(document: dict[str, Any], key: str, fields: _Fields) -> Placement
         fields.get(entry, "instance_count", int, f"`{key}`"),
         fields.get(entry, "device", str, f"`{key}`"),
         fields.get(entry, "instances_per_server", int, f"`{key}`"),
+        fields.get(entry, "cores_per_instance", (float, type(None)), f"`{key}`"),
     )
 
 

@@ -21,11 +21,20 @@ from generator.planning.capacity import Capacity
 from generator.planning.cuts import ShardStats, cut_table
 from generator.planning.memory import ModelShape
 from generator.planning.placement import allocate_front_cache, place_on_gpu
-from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, Device, LookupStep, Placement, Plan, table_plan
+from generator.planning.plan import DEFAULT_MAX_BATCH_SIZE, LookupStep, Plan, table_plan
 from generator.planning.plan_change import PlanChange, plan_change
 from generator.planning.plan_file import load_plan, row_order_path, save_plan
 from generator.planning.precision import RowPrecision
-from generator.planning.pricing import DENSE, FRONT, ROUTER, Traffic, model_wise_on_servers, plan_on_servers, shard_name
+from generator.planning.pricing import (
+    DENSE,
+    ROUTER,
+    Traffic,
+    busy_cores,
+    model_wise_on_servers,
+    placed_on,
+    plan_on_servers,
+    shard_name,
+)
 from generator.planning.report import PlanReport
 from generator.planning.servers import ServerSize, servers_needed
 from generator.traffic.profile import AccessProfile, TableAccess
@@ -254,10 +263,15 @@ def plan_from_report(
     """The buildable plan: hotness row orders from the profile, the report's cuts, replicas and devices."""
     tables = []
     cached = report.cached_rows or (0,) * len(shape.tables)
+    lookups = dict(
+        zip([t.name for t in shape.tables], _lookups_per_query(shape, profile, report.batch_size), strict=True)
+    )
+    router_s = _router_seconds(report.capacity, lookups, report.shards, report.lookup_step)
+    busy = busy_cores(report.shards, (report.target_qps, report.batch_size, lookups), router_s, report.capacity)
     for spec, cached_rows in zip(shape.tables, cached, strict=True):
         shards = [s for s in report.shards if s.table == spec.name]
         boundaries = [shards[0].row_start, *(s.row_end for s in shards)]
-        placements = [_spread(report, shard_name(s), s.replicas, s.device) for s in shards]
+        placements = [placed_on(report.fleet, shard_name(s), s.replicas, s.device, busy) for s in shards]
         order = profile.table(spec.name).row_order()
         dtypes = [s.row_dtype for s in shards]
         tables.append(
@@ -275,28 +289,13 @@ def plan_from_report(
     return Plan(
         model_name=name,
         tables=tuple(tables),
-        router=_spread(report, ROUTER, report.router_replicas, "cpu"),
-        dense=_spread(report, DENSE, report.dense_replicas, "gpu" if report.dense_on_gpu else "cpu"),
+        router=placed_on(report.fleet, ROUTER, report.router_replicas, "cpu", busy),
+        dense=placed_on(report.fleet, DENSE, report.dense_replicas, "gpu" if report.dense_on_gpu else "cpu", busy),
         max_batch_size=max_batch_size,
         features=shape.features,
         latency_slo_ms=latency_slo_ms,
         lookup_step=report.lookup_step,
     )
-
-
-def _spread(report: PlanReport, name: str, instances: int, device: Device) -> Placement:
-    """A model's placement, its instances spread over as many servers as the planned fleet hosts it on.
-
-    A shard the router pools has no servers of its own (the fronts pool it). In a distributed fleet the router and
-    a CPU dense model run on every front server, each front its share of their instances.
-    """
-    fleet = report.fleet
-    servers = len(fleet.placements(name)) if fleet is not None else 0
-    fronts = sum(count for _, count in fleet.placements(FRONT)) if fleet is not None else 0
-    if fronts and name in (ROUTER, DENSE) and not (name == DENSE and servers):
-        per_front = -(-instances // fronts)
-        return Placement(per_front * fronts, device, per_front)
-    return Placement(instances, device, -(-instances // max(servers, 1)))
 
 
 @dataclass(frozen=True)

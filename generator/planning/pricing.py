@@ -24,7 +24,7 @@ from generator.model.dlrm import TableSpec
 from generator.planning.capacity import Capacity
 from generator.planning.cuts import ShardStats
 from generator.planning.memory import ModelShape
-from generator.planning.plan import Device, LookupStep
+from generator.planning.plan import Device, LookupStep, Placement
 from generator.planning.report import Totals
 from generator.planning.servers import Component, Fleet, ServerSize, place, servers_needed
 from generator.traffic.profile import TableAccess
@@ -160,20 +160,10 @@ class _FrontCosts:
         return [Component(FRONT, fronts, busy / fronts, self.data_bytes, front_bytes, pod=FRONT_POD), *dense]
 
 
-def front_servers(
-    busy_s: Mapping[str, float], replicas: tuple[int, int], dense_device: Device, size: ServerSize, capacity: Capacity
-) -> int:
-    """Front servers the distributed layout needs: the cores its routers (and CPU dense replicas) keep busy.
-
-    Also enough that each front's share of those instances is at most a server's cores: a front pod requests
-    its instances' cores at the target utilization (`deploy.k8s_objects.cpu_request`), which must fit a server.
-    """
-    routers, denses = replicas if dense_device == "cpu" else (replicas[0], 0)
+def front_servers(busy_s: Mapping[str, float], dense_device: Device, size: ServerSize, capacity: Capacity) -> int:
+    """Front servers the distributed layout needs: the cores its routers (and CPU dense replicas) keep busy."""
     busy = busy_s[ROUTER] + (busy_s[DENSE] if dense_device == "cpu" else 0.0)
-    fronts = servers_needed(busy, size.cores, capacity.target_utilization)
-    while -(-routers // fronts) + -(-denses // fronts) > size.cores and fronts < routers + denses:
-        fronts += 1
-    return fronts
+    return servers_needed(busy, size.cores, capacity.target_utilization)
 
 
 def _dense_component(
@@ -269,6 +259,21 @@ def priced(
     return Totals(sum(replicas.values()), fleet.memory_bytes, held_bytes, read_bytes), fleet
 
 
+def busy_cores(
+    stats: Sequence[ShardStats], load: tuple[float, int, Mapping[str, float]], router_s: float, capacity: Capacity
+) -> dict[str, float]:
+    """Cores each model keeps busy at the load (seconds of work per second), by fleet name.
+
+    `load`: (queries/s, candidates per query, lookups per query by table); `router_s`: a router's seconds per query.
+    """
+    target_qps, batch_size, lookups = load
+    return {
+        ROUTER: target_qps * router_s,
+        DENSE: target_qps * capacity.dense_seconds(batch_size),
+        **{shard_name(s): target_qps * capacity.shard_seconds(lookups[s.table] * s.access_share) for s in stats},
+    }
+
+
 def plan_on_servers(
     shape: ModelShape,
     traffic: Traffic,
@@ -286,13 +291,8 @@ def plan_on_servers(
     `load`: (queries/s, candidates per query, lookups per query by table); `routers_and_dense`: (router seconds
     per query, router replicas, dense replicas).
     """
-    target_qps, batch_size, lookups = load
     router_s, router_replicas, dense_replicas = routers_and_dense
-    busy_s = {
-        ROUTER: target_qps * router_s,
-        DENSE: target_qps * capacity.dense_seconds(batch_size),
-        **{shard_name(s): target_qps * capacity.shard_seconds(lookups[s.table] * s.access_share) for s in stats},
-    }
+    busy_s = busy_cores(stats, load, router_s, capacity)
 
     def fleet(fronts: int | None) -> tuple[Totals, Fleet]:
         components, held = planned_components(
@@ -305,4 +305,22 @@ def plan_on_servers(
         one_server = fleet(None)
         if len(one_server[1].servers) == 1:
             return one_server
-    return fleet(front_servers(busy_s, (router_replicas, dense_replicas), dense_device, size, capacity))
+    return fleet(front_servers(busy_s, dense_device, size, capacity))
+
+
+def placed_on(fleet: Fleet | None, name: str, instances: int, device: Device, busy: Mapping[str, float]) -> Placement:
+    """A model's placement, its instances spread over as many servers as the planned fleet hosts it on.
+
+    A shard the router pools has no servers of its own (the fronts pool it). In a distributed fleet the router and
+    a CPU dense model run on every front server, each front its share of their instances. Each instance keeps its
+    share of the model's busy cores (none on GPU).
+    """
+    servers = len(fleet.placements(name)) if fleet is not None else 0
+    fronts = sum(count for _, count in fleet.placements(FRONT)) if fleet is not None else 0
+    if fronts and name in (ROUTER, DENSE) and not (name == DENSE and servers):
+        per_server = -(-instances // fronts)
+        instances = per_server * fronts
+    else:
+        per_server = -(-instances // max(servers, 1))
+    cores = 0.0 if device == "gpu" else min(1.0, round(busy.get(name, 0.0) / instances, 4))
+    return Placement(instances, device, per_server, cores)

@@ -145,11 +145,12 @@ def test_the_topology_follows_the_planned_servers_and_holds_what_the_plan_prices
     components = k8s.components(topology, k8s.K8sOptions(capacity=capacity))
     laid_out = sum(c.replicas * c.memory_bytes for c in components)
     assert laid_out == pytest.approx(report.planned.memory_bytes, rel=0.05)
-    cpu = {c.name: k8s_objects.cpu_request(k8s.K8sOptions(capacity=capacity), c) for c in components}
-    assert all(int(request.removesuffix("m")) <= 2_000 for request in cpu.values()), cpu  # every pod fits a server
-    busiest = max(components[1:], key=lambda c: c.working_instances, default=None)
-    if busiest is not None:  # a group's pod asks for its instances' cores at the target utilization
-        assert cpu[busiest.name] == f"{round(busiest.working_instances * capacity.target_utilization * 1000)}m"
+    options = k8s.K8sOptions(capacity=capacity)
+    cpu = {c.name: int(k8s_objects.cpu_request(options, c).removesuffix("m")) for c in components}
+    # Every pod asks for the cores the plan expects it to keep busy, so the pods fit the servers as planned.
+    assert all(millicores <= 2_000 * capacity.target_utilization + 1 for millicores in cpu.values()), cpu
+    requested = sum(c.replicas * cpu[c.name] for c in components) / 1000
+    assert requested == pytest.approx(sum(server.busy_cores for server in report.fleet.servers), abs=0.05)
 
 
 def _pooled(plan, shard) -> bool:  # type: ignore[no-untyped-def]

@@ -47,6 +47,8 @@ def test_a_saved_plan_reads_back_equal_and_has_no_planner_section(tmp_path: Path
         (lambda d: d["tables"][0]["shards"][0].update(hot=True), r"shard 0 has unknown fields \['hot'\]"),
         (lambda d: d["router"].pop("device"), "`router` has no `device`"),
         (lambda d: d["router"].pop("instances_per_server"), "`router` has no `instances_per_server`"),
+        (lambda d: d["dense"].pop("cores_per_instance"), "`dense` has no `cores_per_instance`"),
+        (lambda d: d["tables"][0]["shards"][0].update(cores_per_replica="1"), "`cores_per_replica` must be"),
         (lambda d: d["tables"][0]["shards"][0].pop("replicas_per_server"), "has no `replicas_per_server`"),
         (lambda d: d.update(schema_version=4), "schema version 4; this recgen reads 1 to 3"),
     ],
@@ -69,10 +71,11 @@ def _version_2(document: dict[str, Any]) -> dict[str, Any]:
     """The document as recgen wrote version 2, before placements said how many instances share a server."""
     old = json.loads(json.dumps(document))
     old["schema_version"] = 2
-    old["router"].pop("instances_per_server"), old["dense"].pop("instances_per_server")
+    for key in ("router", "dense"):
+        old[key].pop("instances_per_server"), old[key].pop("cores_per_instance")
     for table in old["tables"]:
         for shard in table["shards"]:
-            shard.pop("replicas_per_server")
+            shard.pop("replicas_per_server"), shard.pop("cores_per_replica")
     return old
 
 

@@ -190,8 +190,7 @@ def test_strong_skew_saves_a_lot_with_few_shards() -> None:
     assert report.model_wise_fleet is not None and report.fleet is not None
     cold_copies = len(report.fleet.placements(f"history/{len(report.shards) - 1}"))
     assert cold_copies < len(report.model_wise_fleet.servers) // 4
-    # (priced as the distributed layout serves it: its fronts' stubs and a tritonserver per step and server)
-    assert report.memory_ratio > 1.3 and report.utility_ratio > 1.5
+    assert report.memory_ratio > 1.5 and report.utility_ratio > 1.5
     # On one server of 16 cores the table is not cut: a copy per server is all a cut could save.
     assert len(plan_model(HISTORY_SHAPE, skewed, **options).shards) == 1
     assert _table_memory(report, "history") < 0.85 * _table_memory(uniform_report, "history")
