@@ -3,7 +3,8 @@
 Plans (without allocating any weights) a DLRM with the 26 Criteo Kaggle categorical-feature table sizes, dim 64,
 one id per sample, under synthetic Zipf traffic with alpha 0.8, 1.05 and 1.2, at loads worth 1 to 1,000 whole-model
 servers (16 cores, 64 GB unless told otherwise), with the fused lookup step, with separate steps, and fused with
-cold rows paged from disk (`--page-cold-rows`, priced at the bytes a copy is expected to keep resident). Both the plan
+cold rows paged from disk (`--page-cold-rows`, priced at the bytes a copy is expected to keep resident), and paged
+with routers that count no accesses (`--no-access-counts`: no per-instance counters to price). Both the plan
 and the model-wise baseline are placed on those servers (`planning.servers`: each server holds the rows it serves
 once). Per load it prints the servers each needs, the tables cut (given more than one shard), the memory ratio
 (model-wise / planned) and the utility ratio (planned / model-wise), and writes the cells as JSON, markdown and a
@@ -37,11 +38,12 @@ ALPHAS = (0.8, 1.05, 1.2)
 #: Loads, in whole-model servers the model-wise deployment needs.
 SERVER_LOADS = (1, 3, 10, 30, 100, 300, 1000)
 BATCH = 256
-#: name -> (lookup step, cold rows paged from disk)
-VARIANTS: dict[str, tuple[LookupStep, bool]] = {
-    "fused": ("fused", False),
-    "separate": ("separate", False),
-    "paged": ("fused", True),
+#: name -> (lookup step, cold rows paged from disk, routers count accesses)
+VARIANTS: dict[str, tuple[LookupStep, bool, bool]] = {
+    "fused": ("fused", False, True),
+    "separate": ("separate", False, True),
+    "paged": ("fused", True, True),
+    "paged_uncounted": ("fused", True, False),
 }
 
 
@@ -63,11 +65,12 @@ def run(capacity: Capacity, samples: int, size: ServerSize) -> list[dict[str, fl
         one_server_qps = _model_wise_qps(shape, profile, capacity) * size.cores
         for load in SERVER_LOADS:
             cell: dict[str, float] = {"alpha": alpha, "load_servers": load, "target_qps": load * one_server_qps}
-            for step, (lookup_step, paged) in VARIANTS.items():
+            for step, (lookup_step, paged, counted) in VARIANTS.items():
                 started = time.perf_counter()
                 report = plan_model(
                     shape, profile, target_qps=load * one_server_qps, batch_size=BATCH, capacity=capacity,
                     max_shards_per_table=8, lookup_step=lookup_step, servers=size, page_cold_rows=paged,
+                    count_accesses=counted,
                 )  # fmt: skip
                 assert report.fleet is not None and report.model_wise_fleet is not None
                 cell.update(
@@ -136,7 +139,7 @@ def plot(cells: list[dict[str, float]], path: Path) -> None:
         for alpha in dict.fromkeys(c["alpha"] for c in cells):
             mine = [c for c in cells if c["alpha"] == alpha]
             loads = [c["load_servers"] for c in mine]
-            for step, style in zip(VARIANTS, ("-", "--", ":"), strict=True):
+            for step, style in zip(VARIANTS, ("-", "--", ":", "-."), strict=True):
                 values = [c[f"{step}_{figure_name}"] for c in mine]
                 axis.plot(loads, values, marker="o", linestyle=style, label=f"alpha {alpha}, {step}")
         axis.axhline(1.0, color="grey", linewidth=0.8)

@@ -54,6 +54,7 @@ from generator.triton_models.recgen_rows import ROW_DTYPES, RowDtype
 @click.option(
     "--server-gpu-memory-gb", type=click.FloatRange(0, min_open=True), default=None, help="Memory of each GPU."
 )
+@options.no_access_counts
 @click.option(
     "--page-cold-rows",
     is_flag=True,
@@ -142,6 +143,7 @@ def plan(
     server_memory_gb: float | None,
     server_gpus: int | None,
     server_gpu_memory_gb: float | None,
+    no_access_counts: bool,
     page_cold_rows: bool,
     window_s: float,
     name: str,
@@ -170,6 +172,7 @@ def plan(
         precision=precision.row_precision(row_dtypes, hot_share, hot_row_dtype, cold_row_dtype),
         servers=servers.server_size(server_cores, server_memory_gb, server_gpus, server_gpu_memory_gb),
         page_cold_rows=page_cold_rows,
+        count_accesses=not no_access_counts,
     )
     figures = capacity.load_with_overrides(capacity_path, **overrides)
     written = planner.plan_to_files(

@@ -58,6 +58,8 @@ class PlanTargets:
     servers: ServerSize | None = None
     #: Page the CPU shards a copy would keep under half resident (`paging`): their cold rows stay on disk.
     page_cold_rows: bool = False
+    #: The routers count every id they route (`recgen profile --from-server`); their counters are priced.
+    count_accesses: bool = True
 
     def __post_init__(self) -> None:
         queueing.check_latency_slo_ms(self.latency_slo_ms)
@@ -106,16 +108,17 @@ def plan_model(
     precision: RowPrecision | None = None,
     servers: ServerSize | None = None,
     page_cold_rows: bool = False,
+    count_accesses: bool = True,
 ) -> PlanReport:
     """Cut every table, size every model for `target_qps` queries of `batch_size` candidates, place on GPU.
 
     `front_cache_bytes`: the router keeps that many bytes of the hottest rows (see `allocate_front_cache`); their
     lookups reach no shard, so hot shards need fewer replicas. Needs no weights; `plan_from_report` turns the
-    result into a buildable Plan. `lookup_step`: "fused" sizes the router to pool the CPU shards itself, whose rows
-    every router instance then maps (one copy); "separate" gives every shard group its own replicas. `precision`:
-    every shard's row dtype, fixed per table or by hotness (the cuts minimise the bytes it stores). `servers`: the
-    size of the servers the plan and the model-wise baseline are placed on (`pricing`). `page_cold_rows`: leave the
-    cold shards' rows on disk until read (`paging`), priced at the bytes a copy is expected to keep resident.
+    result into a buildable Plan. `lookup_step`: "fused" sizes the router to pool the CPU shards itself; "separate"
+    gives every shard group its own replicas. `precision`: every shard's row dtype, fixed per table or by hotness.
+    `servers`: the size of the servers the plan and the model-wise baseline are placed on (`pricing`).
+    `page_cold_rows`: leave cold shards' rows on disk until read (`paging`), priced at what a copy keeps resident.
+    `count_accesses`: the routers count every id (each instance one uint32 a row; False: a build without them).
     """
     targets = PlanTargets(
         target_qps, batch_size, max_shards_per_table, gpu_memory_bytes, window_s, max_batch_size, front_cache_bytes,
@@ -127,7 +130,7 @@ def plan_model(
     lookups_per_query = _lookups_per_query(shape, profile, batch_size)
     stats = _cut_tables(shape, accesses, cached, targets, capacity)
     dense_replicas = capacity.replicas(target_qps, capacity.dense_seconds(batch_size))
-    router_bytes = _router_bytes(shape, cached)
+    router_bytes = _router_bytes(shape, cached, count_accesses)
     stats, dense_device = place_on_gpu(stats, dense_replicas * shape.dense_bytes, gpu_memory_bytes)
     lookups = dict(zip([spec.name for spec in shape.tables], lookups_per_query, strict=True))
     router_s = _router_seconds(capacity, lookups, stats, lookup_step)
@@ -142,20 +145,25 @@ def plan_model(
         shape, traffic, capacity, size, stats, (target_qps, batch_size, lookups),
         (router_s, router_replicas, dense_replicas), router_bytes, lookup_step, dense_device,
     )  # fmt: skip
-    whole_model_s = capacity.whole_model_seconds(sum(lookups_per_query), batch_size)
+    whole_model_s = capacity.whole_model_seconds(sum(lookups_per_query), batch_size)  # the baseline: no counters
     baseline, baseline_fleet = model_wise_on_servers(shape, traffic, capacity, size, target_qps, whole_model_s)
-    cached_bytes = sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True))
     return PlanReport(
         target_qps, batch_size, window_s, capacity, tuple(stats), router_replicas, dense_replicas, planned, baseline,
-        dense_device == "gpu", tuple(cached), cached_bytes, _hit_rate(accesses, cached), lookup_step, fleet,
-        baseline_fleet,
+        dense_device == "gpu", tuple(cached), _cached_bytes(shape, cached), _hit_rate(accesses, cached), lookup_step,
+        fleet, baseline_fleet, count_accesses,
     )  # fmt: skip
 
 
-def _router_bytes(shape: ModelShape, cached: Sequence[int]) -> tuple[int, int]:
+def _cached_bytes(shape: ModelShape, cached: Sequence[int]) -> int:
+    """Bytes of the front cache's rows."""
+    return sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True))
+
+
+def _router_bytes(shape: ModelShape, cached: Sequence[int], counted: bool) -> tuple[int, int]:
     """What the native router (the default engine) maps once per server, and what each of its instances holds."""
     permuted = [True] * len(shape.tables)
-    return memory.router_data_bytes(shape.tables, cached, permuted), memory.counter_bytes(shape.tables)
+    counters = memory.counter_bytes(shape.tables) if counted else 0
+    return memory.router_data_bytes(shape.tables, cached, permuted), counters
 
 
 def _server_size(targets: PlanTargets) -> ServerSize:
@@ -295,6 +303,7 @@ def plan_from_report(
         features=shape.features,
         latency_slo_ms=latency_slo_ms,
         lookup_step=report.lookup_step,
+        count_accesses=report.count_accesses,
     )
 
 
@@ -364,6 +373,7 @@ def plan_to_files(
         precision=targets.precision,
         servers=targets.servers,
         page_cold_rows=targets.page_cold_rows,
+        count_accesses=targets.count_accesses,
     )
     the_plan = plan_from_report(
         report,

@@ -72,6 +72,8 @@ class PlanReport:
     #: The servers the plan and the model-wise baseline are placed on (None: priced without servers).
     fleet: Fleet | None = None
     model_wise_fleet: Fleet | None = None
+    #: Whether the routers count accesses (each instance's counters priced), as the plan built from it does.
+    count_accesses: bool = True
 
     def memory_parts(self, totals: Totals, fleet: Fleet | None) -> dict[str, int]:
         """Memory allocated by part: rows held, what every server runs once, what every replica adds."""

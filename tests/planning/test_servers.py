@@ -207,3 +207,19 @@ def test_paging_keeps_in_memory_only_the_folios_a_copy_is_expected_to_read() -> 
     expected = (sum(1 - (1 - q) ** 5 for q in p) + 1) * paging.FAULT_BYTES
     resident = paging.resident_bytes(access, shape.tables[0], tiny, 5, 0, paging.FAULT_BYTES)
     assert resident == min(3 * paging.FAULT_BYTES, int(expected))
+
+
+def test_routers_that_count_nothing_hold_no_counters_and_the_plan_says_so() -> None:
+    from generator.planning import memory
+    from generator.planning.planner import plan_from_report
+
+    shape, profile = _big_table_model()
+    counted = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=4))
+    uncounted = plan_model(shape, profile, target_qps=30_000, servers=ServerSize(cores=4), count_accesses=False)
+    assert counted.router_replicas == uncounted.router_replicas and counted.fleet is not None
+    fronts = len(counted.fleet.placements("front"))  # a distributed fleet: each front its share of the routers
+    routers = fronts * -(-counted.router_replicas // fronts)
+    saved = counted.planned.memory_bytes - uncounted.planned.memory_bytes
+    assert saved == routers * memory.counter_bytes(shape.tables)  # every router instance's counters, and no more
+    assert not plan_from_report(uncounted, shape, profile).count_accesses
+    assert plan_from_report(counted, shape, profile).count_accesses
