@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from generator.cli import options
-from generator.deploy.distributed import build_distributed
+from generator.deploy.distributed import DistributedBuild, build_distributed
 from generator.errors import UserInputError
 from generator.model.loading import load_model
 from generator.planning.plan import Device, GroupBy, LookupEngine, LookupStep, Shedding
+from generator.planning.plan_file import load_planner_figures
 from generator.repository import build as builds
 from generator.repository import settings
 from generator.repository.configs import Backend, Target
@@ -126,3 +127,16 @@ def build(
     result = build_distributed(model, the_plan, out, backend=backend, target=target, policy=policy,
                                group_by=group_by, force=force, inputs=inputs)  # fmt: skip
     click.echo(str(result))
+    if plan_path is not None:
+        _note_one_server_plan(plan_path, result)
+
+
+def _note_one_server_plan(plan_path: Path, result: DistributedBuild) -> None:
+    """Say so when the planner priced the plan as one tritonserver, which the distributed layout does not run."""
+    figures = load_planner_figures(plan_path)
+    if figures is not None and figures.planned_servers == 1:
+        pods = result.topology.front.replica_servers + sum(group.replica_servers for group in result.groups)
+        click.echo(
+            f"note: {plan_path} fits one server, where its memory is priced as one tritonserver (`recgen build` "
+            f"without --layout); this layout runs {pods} tritonservers, each with the overhead of its own"
+        )

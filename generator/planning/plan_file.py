@@ -215,7 +215,8 @@ def migrate_v1(document: dict[str, Any]) -> dict[str, Any]:
         migrated.setdefault(key, value)
     migrated["schema_version"] = 2
     totals = document.get("totals") or {}
-    migrated["planner"] = {"inputs": document.get("inputs") or {}, "totals": totals} if totals else None
+    planner = {"inputs": document.get("inputs") or {}, "totals": {"servers": None, **totals}}  # no servers then
+    migrated["planner"] = planner if totals else None
     tables = []
     for table in document.get("tables", []):
         table = {"side": "item", "permuted": False, "cached_rows": 0, **table}
@@ -361,6 +362,8 @@ class PlannerFigures:
     expected_hit_rate: float
     capacity: dict[str, Any]
     access_shares: dict[tuple[str, int], float]
+    #: Servers the plan was priced on (None: planned before plans had servers).
+    planned_servers: int | None = None
 
 
 def load_planner_figures(path: str | Path) -> PlannerFigures | None:
@@ -376,6 +379,7 @@ def load_planner_figures(path: str | Path) -> PlannerFigures | None:
     totals = fields.get(planner, "totals", dict, "`planner`")
     planned = fields.get(totals, "planned", dict, "`planner.totals`")
     cache = fields.get(totals, "front_cache", dict, "`planner.totals`")
+    fleet = fields.get(totals, "servers", (dict, type(None)), "`planner.totals`")
     return PlannerFigures(
         float(fields.get(inputs, "target_qps", float, "`planner.inputs`")),
         fields.get(planned, "memory_bytes", int, "`planner.totals.planned`"),
@@ -387,4 +391,5 @@ def load_planner_figures(path: str | Path) -> PlannerFigures | None:
             for shard in table["shards"]
             if shard["access_share"] is not None
         },
+        None if fleet is None else len(fields.get(fleet, "servers", list, "`planner.totals.servers`")),
     )

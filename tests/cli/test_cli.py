@@ -455,6 +455,18 @@ def test_serve_restores_a_model_whose_stub_was_killed(tmp_path: Path) -> None:
             process.kill()
 
 
+def test_a_one_server_plan_built_distributed_says_what_its_price_left_out(tmp_path: Path) -> None:
+    model, profile = tmp_path / "m.pt", tmp_path / "p.npz"
+    _run("example", "--tiny", "--out", str(model))
+    assert _run("profile", "--model", str(model), "--zipf", "1.1", "--samples", "2000", "-o", str(profile))[0] == 0
+    common = ["plan", "--model", str(model), "--profile", str(profile), "--lookup-step", "separate"]
+    assert _run(*common, "--target-qps", "100", "-o", str(tmp_path / "plan.json"))[0] == 0
+    build = ["build", "--model", str(model), "--plan", str(tmp_path / "plan.json"), "--layout", "distributed"]
+    code, out = _run(*build, "--out", str(tmp_path / "dist"))
+    assert code == 0, out
+    assert "fits one server, where its memory is priced as one tritonserver" in out, out
+
+
 def test_plan_places_replicas_on_the_servers_it_is_given(tmp_path: Path) -> None:
     model, profile = tmp_path / "m.pt", tmp_path / "p.npz"
     _run("example", "--out", str(model))
