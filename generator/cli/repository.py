@@ -134,8 +134,8 @@ def build(
 def _note_one_server_plan(plan_path: Path, result: DistributedBuild) -> None:
     """Say so when the planner priced the plan as one tritonserver, which the distributed layout does not run."""
     figures = load_planner_figures(plan_path)
-    if figures is not None and figures.planned_servers == 1:
-        pods = result.topology.front.replica_servers + sum(group.replica_servers for group in result.groups)
+    pods = result.topology.front.replica_servers + sum(group.replica_servers for group in result.groups)
+    if figures is not None and figures.planned_servers == 1 and pods > 1:
         click.echo(
             f"note: {plan_path} fits one server, where its memory is priced as one tritonserver (`recgen build` "
             f"without --layout); this layout runs {pods} tritonservers, each with the overhead of its own"

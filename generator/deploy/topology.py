@@ -154,18 +154,19 @@ class Topology:
         front_models = [naming.router_model(plan.leaf_stem), naming.dense_model(plan.leaf_stem)]
         front_models += [group.model for group in groups]
         tables = {table.spec.name: table for table in plan.tables}
-        router_files = (
+        shared_bytes, instance_bytes = memory.router_memory(
             [t.spec for t in plan.tables],
             [t.cached_rows for t in plan.tables],
             [t.row_order is not None for t in plan.tables],
+            counted=plan.count_accesses,
+            shares_files=plan.lookup_engine == "native",
         )
-        shared_bytes = memory.router_data_bytes(*router_files) if plan.lookup_engine == "native" else 0
         front = FrontDeployment(
             service=naming.front_service_name(plan.model_name),
             repository=naming.FRONT_DIR,
             replica_servers=servers,
             device=plan.dense.device,
-            router_bytes=memory.router_bytes(*router_files, plan.count_accesses) - shared_bytes,
+            router_bytes=instance_bytes,
             router_instances=per_front.router.instance_count,
             instances=per_front.router.instance_count
             + per_front.dense.instance_count

@@ -58,6 +58,24 @@ def router_data_bytes(tables: Sequence[TableSpec], cached_rows: Sequence[int], p
     return ranks + sum(rows * spec.bytes_per_row for spec, rows in zip(tables, cached_rows, strict=True))
 
 
+def router_memory(
+    tables: Sequence[TableSpec],
+    cached_rows: Sequence[int],
+    permuted: Sequence[bool],
+    *,
+    counted: bool,
+    shares_files: bool,
+) -> tuple[int, int]:
+    """(held once per server, held by each instance) of a server's routers.
+
+    `shares_files`: the native router, whose instances (threads) map the rank maps and front cache once; a Python
+    router's stubs each load them. Each instance has counters of its own unless counting is off.
+    """
+    files = router_data_bytes(tables, cached_rows, permuted)
+    counters = counter_bytes(tables) if counted else 0
+    return (files, counters) if shares_files else (0, files + counters)
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """What planning needs of a model (no weights): tables and MLP widths."""

@@ -154,16 +154,15 @@ def plan_model(
     )  # fmt: skip
 
 
+def _router_bytes(shape: ModelShape, cached: Sequence[int], counted: bool) -> tuple[int, int]:
+    """The routers' memory as the native router (the default engine) holds it: files once a server, counters each."""
+    permuted = [True] * len(shape.tables)
+    return memory.router_memory(shape.tables, cached, permuted, counted=counted, shares_files=True)
+
+
 def _cached_bytes(shape: ModelShape, cached: Sequence[int]) -> int:
     """Bytes of the front cache's rows."""
     return sum(rows * spec.bytes_per_row for rows, spec in zip(cached, shape.tables, strict=True))
-
-
-def _router_bytes(shape: ModelShape, cached: Sequence[int], counted: bool) -> tuple[int, int]:
-    """What the native router (the default engine) maps once per server, and what each of its instances holds."""
-    permuted = [True] * len(shape.tables)
-    counters = memory.counter_bytes(shape.tables) if counted else 0
-    return memory.router_data_bytes(shape.tables, cached, permuted), counters
 
 
 def _server_size(targets: PlanTargets) -> ServerSize:

@@ -88,8 +88,8 @@ def planned_components(
     `busy_s`: seconds of work per second at the target load, by model name (router, dense, each shard step).
     `router_bytes`: what a server's routers map once (rank maps, front cache) and what each instance holds alone
     (its access counters). A dense model on GPU holds its weights there (once per server) and keeps no core busy.
-    `fronts`: priced as the
-    distributed layout with that many front servers (see the module); None: one tritonserver per server.
+    `fronts`: priced as the distributed layout with that many front servers (see the module); None: one
+    tritonserver per server.
     """
     pooled = [s for s in shards if lookup_step == "fused" and s.device == "cpu" and s.router_pooled]
     pooled_keys = {(s.table, s.index) for s in pooled}
@@ -301,10 +301,12 @@ def plan_on_servers(
         )  # fmt: skip
         return priced(components, held, size, capacity, shape, traffic)
 
-    with contextlib.suppress(PlanError):  # a model that fits no server alone may fit once the layout spreads it
-        one_server = fleet(None)
-        if len(one_server[1].servers) == 1:
-            return one_server
+    # Routers and dense replicas alone past one server's cores: more than one server, surely.
+    if busy_s[ROUTER] + busy_s[DENSE] * (dense_device == "cpu") <= size.cores * capacity.target_utilization:
+        with contextlib.suppress(PlanError):  # a model that fits no server alone may fit once the layout spreads it
+            one_server = fleet(None)
+            if len(one_server[1].servers) == 1:
+                return one_server
     return fleet(front_servers(busy_s, dense_device, size, capacity))
 
 
